@@ -1,0 +1,268 @@
+"""The `planner` command: thin Typer commands over the library; errors end in `main()`.
+
+Results go to stdout (a rich table, or JSON with --json); progress and errors to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from planner import report
+from planner.budget import parse_budget
+from planner.errors import PlannerError
+from planner.export import plan_document, read_plan, write_plan
+from planner.search import STRATEGIES, best_trial
+from planner.space import SearchSpace
+from planner.spec import TaskSpec, load_spec
+from planner.store import Store, TrialRecord
+from planner.study import optimize as run_optimize
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find a compute allocation for a multi-stage LLM pipeline.")
+out = Console()
+err = Console(stderr=True)
+
+DbOpt = Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the study database.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+StudyArg = Annotated[str, typer.Argument(help="Study name (see `planner studies`).")]
+DEFAULT_DB = "sqlite:///planner.db"
+
+
+def _emit_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def optimize(
+    task: Annotated[Path, typer.Argument(help="Path of the task.yaml.")],
+    budget: Annotated[str | None, typer.Option(help="Cap on the allocation's cost, e.g. "
+                                               "8gpu-h, 90gpu-min, 3.5e18flop "
+                                               "(default: the task's).")] = None,
+    strategy: Annotated[str, typer.Option(help=f"One of {', '.join(STRATEGIES)}.")] = "optuna",
+    trials: Annotated[int, typer.Option(min=1, help="Search budget: trials in the study.")] = 30,
+    study: Annotated[str | None, typer.Option(help="Study name (default: TASK-STRATEGY).")] = None,
+    db: DbOpt = DEFAULT_DB,
+    seed: Annotated[int, typer.Option(help="Seed of the strategy.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an existing study (fail if none).")]
+    = False,
+    from_plan: Annotated[Path | None, typer.Option("--from", help="Evaluate this exported "
+                                                   "plan.yaml first.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search for the best allocation of TASK under --budget."""
+    from envs import make_environment
+
+    spec = load_spec(task)
+    if strategy not in STRATEGIES:
+        raise typer.BadParameter(f"choose from {', '.join(STRATEGIES)}", param_hint="--strategy")
+    budget = budget or spec.budget
+    if budget is None:
+        raise PlannerError(f"{task}: budget: not set; pass --budget (e.g. 8gpu-h) or add "
+                           "`budget:` to the task file")
+    parse_budget(budget)
+    start = read_plan(from_plan, SearchSpace(spec)) if from_plan else None
+    env = make_environment(spec)
+    store = Store(db)
+    with _progress(trials, quiet=as_json) as on_trial:
+        result = run_optimize(spec, env, store=store, budget=budget, strategy=strategy,
+                              n_trials=trials, seed=seed, study=study, task_path=str(task),
+                              resume=resume, start_from=start, callback=on_trial)
+    board = report.leaderboard(result.trials)
+    if as_json:
+        _emit_json({**report.summary(result.study, result.trials), "leaderboard": board})
+        return
+    _print_leaderboard(spec, board, result.study.name)
+
+
+class _progress:
+    """A progress bar with a live best-so-far line; silent with --json."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                                 disable=quiet)
+        self.task = self.progress.add_task("trials", total=total)
+
+    def __enter__(self):
+        self.progress.__enter__()
+
+        def on_trial(trial: TrialRecord, best: TrialRecord | None) -> None:
+            line = "best: -" if best is None else (
+                f"best {best.score:.4f} @ {best.cost.total_gpu_hours:.4g} GPU-h (trial "
+                f"{best.number}: {'; '.join(best.allocation.describe())})")
+            self.progress.update(self.task, completed=trial.number + 1, description=line)
+
+        return on_trial
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+
+def _print_leaderboard(spec: TaskSpec | None, board: list[dict], study: str) -> None:
+    table = Table(title=f"{study}: leaderboard", show_lines=True)
+    for col in ("rank", "trial", "score", "est. GPU-h", "allocation"):
+        table.add_column(col, justify="right" if col != "allocation" else "left")
+    for row in board:
+        lines = [f"{s}: {_plan_line(p)}  [{row['subtask_scores'].get(s, float('nan')):.3f}]"
+                 for s, p in row["allocation"].items()]
+        table.add_row(str(row["rank"]), str(row["number"]), f"{row['score']:.4f}",
+                      f"{row['cost_gpu_hours']['total']:.4g}", "\n".join(lines))
+    out.print(table)
+
+
+def _plan_line(p: dict) -> str:
+    mix = "" if p["mixture"] == "default" else f" / mix={p['mixture']}"
+    return f"{p['model']} / {p['method']}{mix} / n={p['samples']} {p['aggregator']}"
+
+
+@app.command()
+def studies(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
+    """List the studies in the database."""
+    store = Store(db)
+    rows = []
+    for s in store.studies():
+        trials = store.trials(s.name)
+        best = best_trial(trials)
+        rows.append({"study": s.name, "task": s.task_name, "strategy": s.strategy,
+                     "budget": s.budget, "trials": len(trials),
+                     "best_score": best.score if best else None})
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title=f"studies in {db}")
+    for col in ("study", "task", "strategy", "budget", "trials", "best_score"):
+        table.add_column(col)
+    for r in rows:
+        score = "-" if r["best_score"] is None else f"{r['best_score']:.4f}"
+        table.add_row(r["study"], r["task"], r["strategy"], r["budget"], str(r["trials"]), score)
+    out.print(table)
+
+
+@app.command()
+def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
+         top: Annotated[int, typer.Option(help="Leaderboard rows.")] = 5) -> None:
+    """Best allocation, per-subtask scores, cost split and search spend of a study."""
+    store = Store(db)
+    record = store.require_study(study)
+    trials = store.trials(study)
+    info = report.summary(record, trials)
+    board = report.leaderboard(trials, top)
+    if as_json:
+        _emit_json({**info, "leaderboard": board})
+        return
+    out.print(f"[bold]{record.name}[/] task={record.task_name} strategy={record.strategy} "
+              f"seed={record.seed} budget={record.budget} ({record.budget_gpu_hours:.4g} GPU-h)")
+    statuses = ", ".join(f"{k} {v}" for k, v in info["trials_by_status"].items() if v)
+    out.print(f"trials run: {info['trials']} ({statuses}); search wall time "
+              f"{info['search_seconds']:.2f} s")
+    best = info["best"]
+    if best is None:
+        out.print("no successful trial yet")
+        return
+    c = best["cost_gpu_hours"]
+    out.print(f"best: trial {best['number']} score {best['score']:.4f}; cost {c['total']:.4g} "
+              f"GPU-h = training {c['train']:.4g} + inference {c['inference']:.4g}")
+    for s, p in best["allocation"].items():
+        score = best["subtask_scores"].get(s, float("nan"))
+        out.print(f"  {s}: {_plan_line(p)}  score {score:.4f}")
+    _print_leaderboard(None, board, record.name)
+
+
+@app.command()
+def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
+          step: Annotated[int | None, typer.Option(help="Show one agent step in full.")]
+          = None) -> None:
+    """Trial-by-trial timeline of a study, with the agent's steps where it has them."""
+    store = Store(db)
+    store.require_study(study)
+    steps = store.steps(study)
+    if step is not None:
+        match = [s for s in steps if s.number == step]
+        if not match:
+            raise PlannerError(f"--step: study {study!r} has no step {step}; it has "
+                               f"{len(steps)} steps (0..{len(steps) - 1})")
+        s = match[0]
+        data = {"number": s.number, "node": s.node, "created": s.created, "payload": s.payload}
+        if as_json:
+            _emit_json(data)
+        else:
+            out.print_json(json.dumps(data, default=str))
+        return
+    events = report.timeline(store.trials(study), steps)
+    if as_json:
+        _emit_json(events)
+        return
+    table = Table(title=f"{study}: timeline")
+    for col in ("#", "what", "status", "score", "GPU-h", "detail"):
+        table.add_column(col)
+    best = float("-inf")
+    for e in events:
+        if e["kind"] == "trial":
+            score = e["score"]
+            mark = ""
+            if score is not None and score > best:
+                best, mark = score, " *"
+            table.add_row(f"trial {e['number']}", e["source"] or "-", e["status"],
+                          "-" if score is None else f"{score:.4f}{mark}",
+                          f"{e['cost_gpu_hours']['total']:.4g}",
+                          e["error"] or "; ".join(_plan_line(p)
+                                                  for p in e["allocation"].values()))
+        else:
+            table.add_row(f"step {e['number']}", e["node"], "", "", "",
+                          str(e["payload"].get("summary", "")))
+    out.print(table)
+    out.print("* new best")
+
+
+@app.command()
+def export(study: StudyArg,
+           output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the "
+                                                "plan YAML.")],
+           db: DbOpt = DEFAULT_DB) -> None:
+    """Write the study's best allocation as a plan YAML (`planner optimize --from` reads it)."""
+    store = Store(db)
+    record = store.require_study(study)
+    best = best_trial(store.trials(study))
+    if best is None:
+        raise PlannerError(f"study {study!r} has no successful trial to export; run "
+                           "`planner optimize` first")
+    spec = TaskSpec.model_validate(record.task)
+    write_plan(plan_document(spec, record, best), output)
+    err.print(f"wrote {output} (trial {best.number}, score {best.score:.4f})")
+
+
+def main() -> None:
+    """Entry point: known errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except PlannerError as e:
+        err.print(f"Error: {e}", markup=False, highlight=False)
+        if os.environ.get("PLANNER_DEBUG"):
+            raise
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("Aborted.")
+        sys.exit(130)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The environment protocol: `evaluate(allocation) -> Observation`.
+
+Environments live in the top-level `envs` package (replay tables, live training and
+sampling); the search sees them only through this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from planner.cost import Calibration
+from planner.space import Allocation
+from planner.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What evaluating one allocation showed.
+
+    `score` is the end-to-end metric; `subtask_scores` each stage's own metric, which the
+    agent uses to search stage by stage; `measured` holds measured costs such as
+    `device_seconds` or `tokens` (empty for replay).
+    """
+
+    score: float
+    subtask_scores: Mapping[str, float]
+    measured: Mapping[str, float] = field(default_factory=dict)
+
+
+class Environment(Protocol):
+    """Evaluates allocations of one task."""
+
+    spec: TaskSpec
+
+    def calibration(self) -> Calibration:
+        """Recorded inference FLOPs per sample, for the cost model (may be empty)."""
+        ...
+
+    def evaluate(self, allocation: Allocation) -> Observation:
+        """Run (or look up) the allocation and report its scores."""
+        ...

@@ -1,0 +1,67 @@
+"""Plain-data views of a study (leaderboard, summary, timeline) for the CLI and --json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from planner.search import best_trial
+from planner.store import StepRecord, StudyRecord, TrialRecord, TrialStatus
+
+
+def trial_row(t: TrialRecord) -> dict:
+    return {
+        "number": t.number,
+        "status": t.status.value,
+        "score": t.score,
+        "subtask_scores": dict(t.subtask_scores),
+        "cost_gpu_hours": {"train": t.cost.train_gpu_hours,
+                           "inference": t.cost.inference_gpu_hours,
+                           "total": t.cost.total_gpu_hours},
+        "measured": dict(t.measured),
+        "allocation": t.allocation.to_dict(),
+        "source": t.source,
+        "duration_s": t.duration_s,
+        "error": t.error,
+    }
+
+
+def leaderboard(trials: Sequence[TrialRecord], top: int = 10) -> list[dict]:
+    """The best `top` finished trials, ranked by score (ties: earlier first)."""
+    ok = [t for t in trials if t.status is TrialStatus.OK and t.score is not None]
+    ranked = sorted(ok, key=lambda t: (-t.score, t.number))[:top]
+    return [{"rank": i + 1, **trial_row(t)} for i, t in enumerate(ranked)]
+
+
+def summary(study: StudyRecord, trials: Sequence[TrialRecord]) -> dict:
+    """Best allocation, its per-subtask scores and cost split, and what the search spent."""
+    best = best_trial(trials)
+    counts = {s.value: sum(t.status is s for t in trials) for s in TrialStatus}
+    return {
+        "study": study.name,
+        "task": study.task_name,
+        "strategy": study.strategy,
+        "seed": study.seed,
+        "budget": study.budget,
+        "budget_gpu_hours": study.budget_gpu_hours,
+        "trials": len(trials),
+        "trials_by_status": counts,
+        "search_seconds": sum(t.duration_s or 0.0 for t in trials),
+        "search_measured": _sum_measured(trials),
+        "best": trial_row(best) if best else None,
+    }
+
+
+def timeline(trials: Sequence[TrialRecord], steps: Sequence[StepRecord]) -> list[dict]:
+    """Trials and agent steps merged in time order."""
+    events = [{"kind": "trial", "time": t.started, **trial_row(t)} for t in trials]
+    events += [{"kind": "step", "time": s.created, "number": s.number, "node": s.node,
+                "payload": s.payload} for s in steps]
+    return sorted(events, key=lambda e: e["time"])
+
+
+def _sum_measured(trials: Sequence[TrialRecord]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for t in trials:
+        for k, v in t.measured.items():
+            total[k] = total.get(k, 0.0) + v
+    return total

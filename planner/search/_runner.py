@@ -1,0 +1,91 @@
+"""The budget loop: ask -> check cost -> evaluate -> store -> tell.
+
+`Runner.run_trial` is also what the agent's evaluate node calls, so every strategy's
+trials go through the same cost check and the same store.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Sequence
+
+from planner.cost import CostModel
+from planner.env import Environment
+from planner.search._base import BaseStrategy
+from planner.space import Allocation, SearchSpace
+from planner.store import Store, TrialRecord, TrialStatus
+
+TrialCallback = Callable[[TrialRecord, TrialRecord | None], None]
+
+
+def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
+    """The highest-scoring finished trial (earliest on ties), or None."""
+    ok = [t for t in trials if t.status is TrialStatus.OK and t.score is not None]
+    return max(ok, key=lambda t: (t.score, -t.number), default=None)
+
+
+class Runner:
+    """Evaluates allocations of one study and records them."""
+
+    def __init__(self, env: Environment, store: Store, study: str, cost_model: CostModel,
+                 budget_gpu_hours: float) -> None:
+        self.env = env
+        self.store = store
+        self.study = study
+        self.space = SearchSpace(env.spec)
+        self.cost_model = cost_model
+        self.budget_gpu_hours = budget_gpu_hours
+
+    def history(self) -> list[TrialRecord]:
+        return self.store.trials(self.study)
+
+    def run_trial(self, allocation: Allocation, *, source: str = "",
+                  number: int | None = None) -> TrialRecord:
+        """Evaluate one allocation unless it is over budget; store and return the trial.
+
+        `number` re-runs a trial left running by a crash instead of starting a new one.
+        """
+        cost = self.cost_model.estimate(allocation)
+        if number is None:
+            number = self.store.start_trial(self.study, allocation, cost, source=source)
+        if cost.total_gpu_hours > self.budget_gpu_hours:
+            self.store.finish_trial(
+                self.study, number, TrialStatus.OVER_BUDGET,
+                error=f"estimated {cost.total_gpu_hours:.4g} GPU-h > budget "
+                      f"{self.budget_gpu_hours:.4g} GPU-h; not evaluated")
+        else:
+            try:
+                self.space.validate(allocation)
+                obs = self.env.evaluate(allocation)
+            except Exception as e:  # recorded as FAILED, like Optuna's _run_trial
+                self.store.finish_trial(self.study, number, TrialStatus.FAILED,
+                                        error="".join(traceback.format_exception_only(e)).strip())
+            else:
+                costs = {s: self.cost_model.plan_cost(s, p) for s, p in allocation.items()}
+                self.store.finish_trial(self.study, number, TrialStatus.OK, observation=obs,
+                                        subtask_costs=costs)
+        return next(t for t in self.history() if t.number == number)
+
+    def resume_interrupted(self, callback: TrialCallback | None = None) -> None:
+        """Re-run trials a crash left running, under their own numbers."""
+        for t in self.history():
+            if t.status is TrialStatus.RUNNING:
+                done = self.run_trial(t.allocation, source=t.source, number=t.number)
+                if callback:
+                    callback(done, best_trial(self.history()))
+
+    def optimize(self, strategy: BaseStrategy, n_trials: int,
+                 callback: TrialCallback | None = None) -> list[TrialRecord]:
+        """Run until the study holds `n_trials` finished trials or the strategy stops."""
+        self.resume_interrupted(callback)
+        history = self.history()
+        while len(history) < n_trials:
+            allocation = strategy.ask(history)
+            if allocation is None:
+                break
+            trial = self.run_trial(allocation, source=strategy.name)
+            strategy.tell(trial)
+            history = [*history, trial]
+            if callback:
+                callback(trial, best_trial(history))
+        return history
