@@ -43,7 +43,7 @@ def _emit_json(data: object) -> None:
 
 @app.command()
 def optimize(
-    task: Annotated[Path, typer.Argument(help="Path of the task.yaml.")],
+    task: Annotated[Path, typer.Argument(metavar="TASK", help="Path of the task.yaml.")],
     budget: Annotated[str | None, typer.Option(help="Cap on the allocation's cost, e.g. "
                                                "8gpu-h, 90gpu-min, 3.5e18flop "
                                                "(default: the task's).")] = None,
@@ -255,13 +255,9 @@ def main() -> None:
     except typer.Abort:
         err.print("Aborted.")
         sys.exit(130)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        raise
+    except typer.TyperException as e:  # usage errors: bad option value, missing argument
+        e.show()
+        sys.exit(2)
 
 
 if __name__ == "__main__":

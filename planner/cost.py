@@ -8,7 +8,8 @@ Formulas (N = parameters, D = training tokens, P/O = prompt/output tokens, n = s
   backward pass computes activation gradients, 2ND, but no weight gradients, 2ND);
 - inference per query: 2·N·P for the prompt, processed once and shared by the n samples
   (prefix caching), plus n·2·N·O for generating (Kaplan et al.: 2N FLOPs per token);
-  where a replay table records FLOPs per sample, n times that figure is used instead;
+  where a replay table records FLOPs per sample (or tokens, priced at 2N each, or USD,
+  converted at the hardware's USD per GPU-hour), n times that figure is used instead;
 - GPU-hours = FLOPs / (peak FLOP/s · utilisation) / 3600, on the task's hardware.
 
 Inference is multiplied by the task's workload (queries served). A pre-trained checkpoint
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from planner.errors import SpecError
 from planner.space import Allocation, Plan
 from planner.spec import TaskSpec
 
@@ -53,8 +55,10 @@ class CostModel:
     def train_flops(self, plan: Plan) -> float:
         """FLOPs to produce the plan's model: 6ND (full, pretrain), 4ND (lora, prompt), 0."""
         method = self.spec.method(plan.method)
-        n_params = self.spec.model(plan.model).params
-        return _TRAIN_FLOPS_PER_PARAM_TOKEN[method.kind] * n_params * method.train_tokens
+        if method.kind == "none":
+            return 0.0
+        return (_TRAIN_FLOPS_PER_PARAM_TOKEN[method.kind] * self._params(plan.model)
+                * method.train_tokens)
 
     def inference_flops_per_query(self, subtask: str, plan: Plan) -> float:
         """FLOPs to answer one query with n samples: 2NP + n·2NO, or n·(recorded)."""
@@ -62,8 +66,15 @@ class CostModel:
         if recorded is not None:
             return plan.samples * recorded
         s = self.spec.subtask(subtask)
-        n_params = self.spec.model(plan.model).params
+        n_params = self._params(plan.model)
         return 2 * n_params * s.prompt_tokens + plan.samples * 2 * n_params * s.output_tokens
+
+    def _params(self, model: str) -> float:
+        params = self.spec.model(model).params
+        if params is None:
+            raise SpecError(f"{self.spec.name}: model {model!r} has no `params`; give them, or "
+                            "price it from a replay table (FLOPs, tokens or USD column)")
+        return params
 
     def plan_cost(self, subtask: str, plan: Plan) -> Cost:
         """One subtask's cost, with its training counted in full."""
@@ -71,16 +82,20 @@ class CostModel:
         return Cost(self.train_flops(plan) / self._flops_per_gpu_hour,
                     infer / self._flops_per_gpu_hour)
 
+    def artifact(self, subtask: str, plan: Plan) -> tuple[str, ...]:
+        """Key of the trained model a plan uses: subtasks with equal keys pay training once.
+
+        Base and pre-trained checkpoints are shared across subtasks; fine-tunes are not."""
+        if self.spec.method(plan.method).kind in ("none", "pretrain"):
+            return (plan.model, plan.method)
+        return (subtask, plan.model, plan.method, plan.mixture)
+
     def estimate(self, allocation: Allocation) -> Cost:
         """Whole allocation: inference summed, each distinct trained artifact paid once."""
         trained: dict[tuple, float] = {}
         infer = 0.0
         for subtask, plan in allocation.items():
-            kind = self.spec.method(plan.method).kind
-            shared = kind in ("none", "pretrain")
-            key = (plan.model, plan.method) if shared else (subtask, plan.model, plan.method,
-                                                            plan.mixture)
-            trained[key] = self.train_flops(plan)
+            trained[self.artifact(subtask, plan)] = self.train_flops(plan)
             infer += self.inference_flops_per_query(subtask, plan) * self.spec.workload.queries
         return Cost(sum(trained.values()) / self._flops_per_gpu_hour,
                     infer / self._flops_per_gpu_hour)

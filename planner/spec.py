@@ -34,6 +34,8 @@ class Hardware(_Strict):
     name: str = "H100-SXM"
     peak_flops: float = Field(9.89e14, gt=0, description="dense bf16 FLOP/s of one GPU")
     utilization: float = Field(0.4, gt=0, le=1, description="achieved fraction of peak (MFU)")
+    usd_per_gpu_hour: float | None = Field(
+        None, gt=0, description="rental price of one GPU-hour; converts recorded USD costs")
 
 
 class Workload(_Strict):
@@ -46,7 +48,9 @@ class ModelSpec(_Strict):
     """A base model a subtask may use."""
 
     name: str
-    params: float = Field(gt=0, description="parameter count N")
+    params: float | None = Field(
+        None, gt=0, description="parameter count N; None if undisclosed (then the replay "
+        "table must price it, e.g. in USD, and it cannot be trained)")
     source: str = Field("", description="HF id, local folder, .gguf file, or a table label")
     methods: list[str] | None = Field(
         None, description="methods this model supports (default: every method of the subtask)"
@@ -80,11 +84,19 @@ class ReplaySpec(_Strict):
     flops_per_sample: str | None = Field(
         None, description="column of recorded inference FLOPs per sample; else the cost model"
     )
+    input_tokens: str | None = Field(
+        None, description="column of recorded prompt tokens per sample (priced at 2N each)")
+    output_tokens: str | None = Field(
+        None, description="column of recorded generated tokens per sample (priced at 2N each)")
+    usd_per_sample: str | None = Field(
+        None, description="column of recorded USD per sample; needs hardware.usd_per_gpu_hour")
 
     @model_validator(mode="after")
     def _one_outcome_form(self) -> ReplaySpec:
         if self.correct is None and not (self.n_samples and self.n_correct):
             raise ValueError("give `correct`, or both `n_samples` and `n_correct`")
+        if (self.input_tokens is None) != (self.output_tokens is None):
+            raise ValueError("give both `input_tokens` and `output_tokens`, or neither")
         return self
 
 
@@ -171,6 +183,16 @@ def _check_references(spec: TaskSpec) -> None:
         for m in s.models:
             if m not in model_names:
                 raise ValueError(f"unknown model {m!r}; known: {sorted(model_names)}", where)
+            allowed = spec.model(m).methods
+            trained = [x for x in s.methods if x in method_names and spec.method(x).kind != "none"
+                       and (allowed is None or x in allowed)]
+            if spec.model(m).params is None and trained:
+                raise ValueError(f"model {m!r} has no `params`, so methods {trained} cannot be "
+                                 "priced; give its params or use methods of kind none", where)
+        if (s.replay is not None and s.replay.usd_per_sample
+                and spec.hardware.usd_per_gpu_hour is None):
+            raise ValueError("replay.usd_per_sample needs hardware.usd_per_gpu_hour to convert "
+                             "USD to GPU-hours", where)
         for m in s.methods:
             if m not in method_names:
                 raise ValueError(f"unknown method {m!r}; known: {sorted(method_names)}", where)

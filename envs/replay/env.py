@@ -9,6 +9,10 @@ expected score of its aggregator with n samples:
   unbiased estimator of Chen et al. 2021 from N recorded samples with c correct;
 - `first` (one answer, whatever n): c/N.
 
+Inference cost per sample comes from the table's cost columns where it has them (FLOPs;
+tokens, priced at 2N each; USD, converted at the hardware's price per GPU-hour), else from
+the cost model (2N per prompt and output token declared in task.yaml).
+
 A query must pass every stage, so the end-to-end score is the product of stage scores
 (stages are drawn from independent item sets).
 """
@@ -21,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tools.evaluate import pass_at_k
 
 from planner.cost import Calibration
 from planner.env import Observation
 from planner.errors import SpecError
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import ReplaySpec, TaskSpec
+from tools.evaluate import pass_at_k
 
 AGGREGATORS = ("oracle", "first")
 
@@ -63,44 +67,62 @@ class ReplayEnvironment:
         where = f"{self.spec.name}: subtasks.{subtask}.replay"
         table = read_table(self.spec.path(rs.table))
         outcome = [rs.correct] if rs.correct else [rs.n_samples, rs.n_correct]
-        needed = [*rs.choices.values(), rs.item, *outcome]
-        if rs.flops_per_sample:
-            needed.append(rs.flops_per_sample)
+        costs = [rs.flops_per_sample, rs.input_tokens, rs.output_tokens, rs.usd_per_sample]
+        needed = [*rs.choices.values(), rs.item, *outcome, *(c for c in costs if c)]
         missing = [c for c in needed if c not in table.columns]
         if missing:
             raise SpecError(f"{where}: table lacks columns {missing}; it has {list(table.columns)}")
-        bad_aggs = set(self.spec.subtask(subtask).aggregators) - set(AGGREGATORS)
+        sub = self.spec.subtask(subtask)
+        bad_aggs = set(sub.aggregators) - set(AGGREGATORS)
         if bad_aggs:
             raise SpecError(f"{where}: aggregators {sorted(bad_aggs)} cannot be replayed from "
                             f"counts; use {list(AGGREGATORS)}")
-        if rs.correct:  # one row per sample -> counts per (choice, item)
-            keys = [*rs.choices.values(), rs.item]
-            grouped = table.groupby(keys, as_index=False)
-            table = grouped.agg(n_samples=(rs.correct, "size"), n_correct=(rs.correct, "sum"),
-                                **({"flops": (rs.flops_per_sample, "median")}
-                                   if rs.flops_per_sample else {}))
-            n_col, c_col, f_col = "n_samples", "n_correct", "flops" if rs.flops_per_sample else None
-        else:
-            n_col, c_col, f_col = rs.n_samples, rs.n_correct, rs.flops_per_sample
+        columns = {column: table[column].astype(str).to_numpy() for column in rs.choices.values()}
         for plan_choice in self._choices(subtask):
             mask = np.ones(len(table), dtype=bool)
             for field, column in rs.choices.items():
-                mask &= table[column].astype(str).to_numpy() == getattr(plan_choice, field)
+                mask &= columns[column] == getattr(plan_choice, field)
             rows = table[mask]
+            label = f"{plan_choice.model}/{plan_choice.method}/{plan_choice.mixture}"
             if rows.empty:
-                raise SpecError(f"{where}: no rows for {plan_choice.model}/{plan_choice.method}"
-                                f"/{plan_choice.mixture}; restrict the model's `methods` or "
+                raise SpecError(f"{where}: no rows for {label}; restrict the model's `methods` or "
                                 "add the rows")
-            n = rows[n_col].to_numpy(dtype=np.int64)
-            c = rows[c_col].to_numpy(dtype=np.int64)
+            if rs.correct:  # one row per sample -> counts per item
+                per_item = rows.groupby(rs.item)[rs.correct].agg(["size", "sum"])
+                n, c = per_item["size"].to_numpy(), per_item["sum"].to_numpy()
+            else:
+                n, c = rows[rs.n_samples].to_numpy(), rows[rs.n_correct].to_numpy()
+            n, c = n.astype(np.int64), c.astype(np.int64)
+            if "oracle" in sub.aggregators and max(sub.samples) > n.min():
+                raise SpecError(f"{where}: samples go up to {max(sub.samples)} but {label} has "
+                                f"only {n.min()} recorded samples for some item; lower `samples`")
             scores = {k: float(np.mean([pass_at_k(int(ni), int(ci), k)
                                         for ni, ci in zip(n, c, strict=True)]))
-                      for k in self.spec.subtask(subtask).samples}
+                      for k in sub.samples}
             scores[0] = float(np.mean(c / n))  # key 0 holds the single-answer accuracy c/N
             self._scores[(subtask, plan_choice)] = scores
-            if f_col:
-                self._flops[(subtask, plan_choice.model, plan_choice.method)] = float(
-                    rows[f_col].median())
+            flops = self._recorded_flops(rows, rs, plan_choice.model)
+            if flops is not None:
+                self._flops[(subtask, plan_choice.model, plan_choice.method)] = flops
+            elif self.spec.model(plan_choice.model).params is None:
+                raise SpecError(f"{where}: model {plan_choice.model!r} has no `params` and the "
+                                "table no cost column; give flops_per_sample, tokens or "
+                                "usd_per_sample")
+
+    def _recorded_flops(self, rows: pd.DataFrame, rs: ReplaySpec, model: str) -> float | None:
+        """Mean inference FLOPs per sample from the table's cost columns, in order of
+        preference: FLOPs; tokens at 2N each (models with known params); USD converted at
+        the hardware's price of a GPU-hour. None: no column applies (the cost model prices)."""
+        hw = self.spec.hardware
+        params = self.spec.model(model).params
+        if rs.flops_per_sample:
+            return float(rows[rs.flops_per_sample].mean())
+        if rs.input_tokens and rs.output_tokens and params is not None:
+            return 2 * params * float((rows[rs.input_tokens] + rows[rs.output_tokens]).mean())
+        if rs.usd_per_sample and hw.usd_per_gpu_hour is not None:
+            gpu_hours = float(rows[rs.usd_per_sample].mean()) / hw.usd_per_gpu_hour
+            return gpu_hours * hw.peak_flops * hw.utilization * 3600
+        return None
 
     def _choices(self, subtask: str) -> Iterator[_Choice]:
         seen = set()

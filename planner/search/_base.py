@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from planner.cost import CostModel
 from planner.space import Allocation, Plan, SearchSpace
 from planner.store import Store, TrialRecord
+
+_ENUMERABLE = 20_000  # spaces up to this size are listed when rejection sampling stalls
 
 
 @dataclass(frozen=True)
@@ -50,17 +53,26 @@ class BaseStrategy(ABC):
 
     def random_feasible(self, rng: random.Random, seen: set[str],
                         tries: int = 200) -> Allocation | None:
-        """A uniformly drawn unseen allocation within budget (rejection sampling), falling
-        back to building one subtask at a time from plans that still fit."""
+        """A uniformly drawn unseen allocation within budget (rejection sampling); when that
+        keeps failing, a uniform pick among all remaining ones in a small space, or else one
+        built a subtask at a time from plans that still fit."""
         for _ in range(tries):
             alloc = Allocation.of({s: rng.choice(p) for s, p in self._plans.items()})
             if alloc.key() not in seen and self.feasible(alloc):
                 return alloc
+        if self.ctx.space.size() <= _ENUMERABLE:
+            left = [a for a in self._all() if a.key() not in seen and self.feasible(a)]
+            return rng.choice(left) if left else None
         for _ in range(tries):
             alloc = self._build_fitting(rng)
             if alloc is not None and alloc.key() not in seen:
                 return alloc
         return None
+
+    def _all(self) -> Iterator[Allocation]:
+        names = list(self._plans)
+        for combo in itertools.product(*self._plans.values()):
+            yield Allocation(tuple(zip(names, combo, strict=True)))
 
     def _build_fitting(self, rng: random.Random) -> Allocation | None:
         """Pick subtask plans in random order, each from those that keep the cheapest

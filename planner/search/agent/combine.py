@@ -1,0 +1,88 @@
+"""Combine per-subtask frontiers under the shared budget.
+
+Each subtask contributes a value per plan (e.g. its weighted log optimistic score; the
+end-to-end objective is their sum) and an exact cost. Plans are pruned to the first
+Pareto layers of (cost, value), merged subtask by subtask (a pre-trained checkpoint shared
+by two subtasks is paid once, as in `CostModel.estimate`), pruned again, and the best
+allocations that fit the budget and were not evaluated are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from planner.cost import CostModel
+from planner.search.agent.surrogate import PlanTable
+from planner.space import Allocation
+
+
+def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int) -> np.ndarray:
+    """Indices of the first (cheapest, highest-value) Pareto layers, peeled until `keep`."""
+    remaining = np.lexsort((-value, cost))
+    chosen: list[np.ndarray] = []
+    total = 0
+    while remaining.size and total < keep:
+        v = value[remaining]
+        before = np.r_[-np.inf, np.maximum.accumulate(v)[:-1]]
+        front = v > before
+        chosen.append(remaining[front])
+        total += int(front.sum())
+        remaining = remaining[~front]
+    return np.concatenate(chosen) if chosen else remaining
+
+
+def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
+                     cost_model: CostModel, seen: set[str], k: int = 1,
+                     keep: int = 48) -> list[Allocation]:
+    """Up to `k` unseen allocations within `budget`, best total value first."""
+    while True:
+        found, exhausted = _search(tables, values, budget, cost_model, seen, k, keep)
+        if found or exhausted:
+            return found
+        keep *= 4
+
+
+def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
+            cost_model: CostModel, seen: set[str], k: int,
+            keep: int) -> tuple[list[Allocation], bool]:
+    # cheapest each subtask can cost, counting a shareable training as possibly free
+    floor = [float(np.min(np.where(t.artifact >= 0, t.cost - t.train, t.cost)))
+             for t in tables]
+    idx = np.zeros((1, 0), dtype=int)
+    arts = np.zeros((1, 0), dtype=int)
+    cost = np.zeros(1)
+    value = np.zeros(1)
+    exhausted = True
+    for j, (t, v) in enumerate(zip(tables, values, strict=True)):
+        room = budget - sum(floor[j + 1:])
+        cand = np.flatnonzero(t.cost - np.where(t.artifact >= 0, t.train, 0) <= room)
+        if len(tables) > 1:
+            sub = pareto_layers(t.cost[cand], v[cand], keep)
+            exhausted &= len(sub) == len(cand)
+            cand = cand[sub]
+        shared = ((arts[:, :, None] == t.artifact[cand][None, None, :]).any(axis=1)
+                  & (t.artifact[cand] >= 0)[None, :])
+        new_cost = cost[:, None] + t.cost[cand][None, :] - shared * t.train[cand][None, :]
+        new_value = value[:, None] + v[cand][None, :]
+        ok = np.flatnonzero((new_cost <= room + 1e-9).ravel())
+        rows, cols = np.divmod(ok, len(cand))
+        idx = np.column_stack([idx[rows], cand[cols]])
+        arts = np.column_stack([arts[rows], t.artifact[cand][cols]])
+        cost, value = new_cost.ravel()[ok], new_value.ravel()[ok]
+        if j < len(tables) - 1 and len(cost) > keep:
+            sub = pareto_layers(cost, value, keep * 4)
+            exhausted &= len(sub) == len(cost)
+            idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
+    found = []
+    for row in np.argsort(-value, kind="stable"):
+        alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, idx[row],
+                                                                      strict=True)})
+        key = alloc.key()
+        if key in seen or cost_model.estimate(alloc).total_gpu_hours > budget:
+            continue
+        found.append(alloc)
+        if len(found) == k:
+            break
+    return found, exhausted

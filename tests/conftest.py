@@ -1,0 +1,58 @@
+"""Shared fixtures: a small replay task written to a temporary folder."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.spec import TaskSpec, load_spec
+
+
+def write_tiny_task(folder: Path, **overrides: object) -> Path:
+    """Two chained subtasks over a generated counts table; returns the task.yaml path.
+
+    Bigger models and later checkpoints are better, more samples help (pass@n).
+    """
+    rng = random.Random(0)
+    rows = ["model,method,item,n_samples,n_correct"]
+    for model, skill in (("small", 0.15), ("large", 0.35)):
+        for method, bonus in (("ckpt-a", 0.0), ("ckpt-b", 0.1)):
+            for item in range(20):
+                p = min(1.0, max(0.0, skill + bonus + rng.uniform(-0.15, 0.15)))
+                rows.append(f"{model},{method},{item},32,{round(32 * p)}")
+    (folder / "table.csv").write_text("\n".join(rows) + "\n")
+    task = {
+        "name": "tiny",
+        "environment": "replay",
+        "budget": "100gpu-h",
+        "hardware": {"peak_flops": 1e15, "utilization": 0.5},
+        "workload": {"queries": 1_000_000},
+        "models": [{"name": "small", "params": 1e8}, {"name": "large", "params": 1e9}],
+        "methods": [{"name": "ckpt-a", "kind": "pretrain", "train_tokens": 1e9},
+                    {"name": "ckpt-b", "kind": "pretrain", "train_tokens": 1e10}],
+        "subtasks": [
+            {"name": name, "depends_on": deps, "prompt_tokens": 100, "output_tokens": 100,
+             "models": ["small", "large"], "methods": ["ckpt-a", "ckpt-b"],
+             "samples": [1, 2, 4, 8, 16], "aggregators": ["oracle"],
+             "replay": {"table": "table.csv", "item": "item",
+                        "choices": {"model": "model", "method": "method"}}}
+            for name, deps in (("extract", []), ("solve", ["extract"]))
+        ],
+    }
+    task.update(overrides)
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_task_path(tmp_path: Path) -> Path:
+    return write_tiny_task(tmp_path)
+
+
+@pytest.fixture
+def tiny_spec(tiny_task_path: Path) -> TaskSpec:
+    return load_spec(tiny_task_path)

@@ -1,0 +1,113 @@
+"""The `planner` command on a real database, run as a user would (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.store import Store
+
+
+def planner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def study_dir(tmp_path: Path, tiny_task_path: Path) -> Path:
+    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "optuna",
+                "--trials", "8", "--seed", "3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "leaderboard" in r.stdout and "extract:" in r.stdout
+    return tmp_path
+
+
+def test_optimize_writes_default_db_and_study(study_dir: Path) -> None:
+    store = Store(f"sqlite:///{study_dir / 'planner.db'}")
+    assert [s.name for s in store.studies()] == ["tiny-optuna"]
+    assert len(store.trials("tiny-optuna")) == 8
+
+
+def test_same_command_resumes_without_repeating(study_dir: Path, tiny_task_path: Path) -> None:
+    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "optuna",
+                "--trials", "12", "--seed", "3", "--resume", "--json", cwd=study_dir)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["trials"] == 12
+    trials = Store(f"sqlite:///{study_dir / 'planner.db'}").trials("tiny-optuna")
+    assert [t.number for t in trials] == list(range(12))
+    assert len({t.allocation.key() for t in trials}) == 12
+
+
+def test_studies_show_trace_json(study_dir: Path) -> None:
+    studies = json.loads(planner("studies", "--json", cwd=study_dir).stdout)
+    assert studies[0]["study"] == "tiny-optuna" and studies[0]["trials"] == 8
+    shown = json.loads(planner("show", "tiny-optuna", "--json", cwd=study_dir).stdout)
+    best = shown["best"]
+    assert shown["trials"] == 8 and best["score"] == shown["leaderboard"][0]["score"]
+    split = best["cost_gpu_hours"]
+    assert split["train"] + split["inference"] == pytest.approx(split["total"])
+    assert split["total"] <= 35
+    assert set(best["subtask_scores"]) == {"extract", "solve"}
+    events = json.loads(planner("trace", "tiny-optuna", "--json", cwd=study_dir).stdout)
+    assert [e["number"] for e in events if e["kind"] == "trial"] == list(range(8))
+    human = planner("show", "tiny-optuna", cwd=study_dir)
+    assert "training" in human.stdout and "inference" in human.stdout
+    assert "timeline" in planner("trace", "tiny-optuna", cwd=study_dir).stdout
+
+
+def test_export_then_optimize_from_plan(study_dir: Path, tiny_task_path: Path) -> None:
+    plan = study_dir / "plan.yaml"
+    r = planner("export", "tiny-optuna", "-o", str(plan), cwd=study_dir)
+    assert r.returncode == 0, r.stderr
+    doc = yaml.safe_load(plan.read_text())
+    shown = json.loads(planner("show", "tiny-optuna", "--json", cwd=study_dir).stdout)
+    assert doc["allocation"] == shown["best"]["allocation"]
+    assert doc["training"]["solve"]["method"] == "pretrain"
+    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "random",
+                "--trials", "3", "--from", str(plan), "--json", cwd=study_dir)
+    assert r.returncode == 0, r.stderr
+    trials = Store(f"sqlite:///{study_dir / 'planner.db'}").trials("tiny-random")
+    assert trials[0].source == "from-plan"
+    assert trials[0].allocation.to_dict() == doc["allocation"]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["optimize", "{task}", "--budget", "8 hours"], "bad budget '8 hours'"),
+    (["optimize", "{dir}/absent.yaml"], "no such task file"),
+    (["optimize", "{task}", "--from", "{dir}/nope.yaml"], "no such plan file"),
+    (["show", "nosuch"], "no study 'nosuch'"),
+    (["trace", "nosuch"], "no study 'nosuch'"),
+    (["export", "nosuch", "-o", "x.yaml"], "no study 'nosuch'"),
+    (["optimize", "{task}", "--strategy", "grid"], "--strategy"),
+])
+def test_bad_input_one_line_exit_2(tmp_path: Path, tiny_task_path: Path, args: list[str],
+                                   expected: str) -> None:
+    args = [a.format(task=tiny_task_path, dir=tmp_path) for a in args]
+    r = planner(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_resume_with_other_budget_is_refused(study_dir: Path, tiny_task_path: Path) -> None:
+    r = planner("optimize", str(tiny_task_path), "--budget", "20gpu-h", "--strategy", "optuna",
+                "--trials", "9", "--seed", "3", cwd=study_dir)
+    assert r.returncode == 2
+    assert "budget='35gpu-h'" in r.stderr and "--study NEW_NAME" in r.stderr
+    assert len(Store(f"sqlite:///{study_dir / 'planner.db'}").trials("tiny-optuna")) == 8
+
+
+def test_bad_plan_file_names_the_field(study_dir: Path, tiny_task_path: Path) -> None:
+    plan = study_dir / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"allocation": {"extract": {"model": "huge"},
+                                                   "solve": {"model": "small"}}}))
+    r = planner("optimize", str(tiny_task_path), "--from", str(plan), cwd=study_dir)
+    assert r.returncode == 2
+    assert "allocation.extract.model: 'huge' is not allowed" in r.stderr
