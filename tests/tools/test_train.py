@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from tools.train import load_model, sample_mixture, tokenize_example, train
+from tools.zoo import addition_examples, char_tokenizer
+
+# Every prompt maps to "777": learnable by each method within a few dozen steps.
+CONST = {
+    "const": [{"prompt": ex["prompt"], "completion": "777"} for ex in addition_examples(64, 1)]
+}
+LR = {"full": 3e-3, "lora": 3e-2, "prompt": 3e-2}
+
+
+def _next_token_logits(artifact: Path, prompt: str) -> torch.Tensor:
+    model, tokenizer = load_model(artifact)
+    with torch.no_grad():
+        return model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "prompt"])
+def test_training_changes_the_model(method: str, tiny_base: Path, tmp_path: Path) -> None:
+    result = train(
+        tiny_base, method, CONST, {"const": 1.0}, tmp_path, steps=30, batch_size=8, lr=LR[method]
+    )
+    assert result.artifact == tmp_path
+    assert len(result.losses) == 30 and result.final_loss == result.losses[-1]
+    assert sum(result.losses[-5:]) / 5 < result.losses[0] - 0.3
+    assert result.tokens_seen > 30 * 8 * len("1+2=777")
+    assert result.wall_seconds > 0 and result.peak_memory_bytes > 0
+    assert (tmp_path / "adapter_config.json").exists() == (method != "full")
+
+    trained = _next_token_logits(result.artifact, "12+345=")
+    base = _next_token_logits(tiny_base, "12+345=")
+    seven = char_tokenizer().convert_tokens_to_ids("7")
+    assert not torch.allclose(trained, base)
+    assert trained.softmax(-1)[seven] > base.softmax(-1)[seven]
+
+
+def test_none_returns_the_base(tiny_base: Path, tmp_path: Path) -> None:
+    result = train(tiny_base, "none", CONST, {"const": 1.0}, tmp_path)
+    assert result.artifact == tiny_base
+    assert (result.tokens_seen, result.final_loss, result.losses) == (0, None, [])
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_method_is_rejected(tiny_base: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Unknown method"):
+        train(tiny_base, "qlora", CONST, {"const": 1.0}, tmp_path)  # type: ignore[arg-type]
+
+
+def test_tokenize_example_masks_the_prompt() -> None:
+    tokenizer = char_tokenizer()
+    features = tokenize_example(tokenizer, {"prompt": "1+2=", "completion": "3"}, max_length=64)
+    three, eos = tokenizer.convert_tokens_to_ids("3"), tokenizer.eos_token_id
+    assert features["input_ids"][-2:] == [three, eos]
+    assert features["labels"] == [-100] * 4 + [three, eos]
+    truncated = tokenize_example(tokenizer, {"prompt": "1+2=", "completion": "3"}, max_length=5)
+    assert truncated["labels"] == [-100] * 4 + [three]
+
+
+def test_sample_mixture_follows_weights_and_seed() -> None:
+    data = {
+        "a": [{"prompt": "a", "completion": str(i)} for i in range(5)],
+        "b": [{"prompt": "b", "completion": "x"}],
+        "c": [{"prompt": "c", "completion": "y"}],
+    }
+    drawn = sample_mixture(data, {"a": 3.0, "b": 1.0, "c": 0.0}, 4000, seed=7)
+    counts = Counter(ex["prompt"] for ex in drawn)
+    assert counts["c"] == 0
+    assert counts["a"] / 4000 == pytest.approx(0.75, abs=0.03)
+    assert drawn == sample_mixture(data, {"a": 3.0, "b": 1.0, "c": 0.0}, 4000, seed=7)
+    assert drawn != sample_mixture(data, {"a": 3.0, "b": 1.0, "c": 0.0}, 4000, seed=8)
+    with pytest.raises(ValueError, match="without data"):
+        sample_mixture(data, {"d": 1.0}, 10, seed=0)
+    with pytest.raises(ValueError, match="positive sum"):
+        sample_mixture(data, {"a": 0.0}, 10, seed=0)

@@ -1,0 +1,1 @@
+"""Plain functions the planner acts with: train, sample, score. Imports nothing from planner."""

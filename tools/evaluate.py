@@ -1,0 +1,223 @@
+"""Score completions: metrics, aggregators over n samples, and exact estimators over subsets.
+
+"One sampling, every n": draw N samples per item once; `score_curve` then gives the expected
+score of majority vote, best-of-n or pass@n for every n <= N, averaged over uniformly random
+n-subsets of the N samples, exactly and without new inference.
+
+Example:
+    >>> score_curve([["357", "357", "356"]], ["357"], exact_match, "majority", ks=[1, 3])
+    {1: 0.666..., 3: 1.0}
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from typing import Literal
+
+import numpy as np
+
+Metric = Callable[[str, str], float]  # (prediction, reference) -> score in [0, 1]
+Aggregator = Literal["majority", "best_of_n", "pass"]
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+# Metrics
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 if the two strings are equal after stripping surrounding whitespace."""
+    return float(prediction.strip() == reference.strip())
+
+
+def numeric_match(prediction: str, reference: str, tolerance: float = 1e-6) -> float:
+    """1.0 if the last numbers in both strings agree within `tolerance` (absolute or relative);
+    thousands separators are ignored. 0.0 if either has no number."""
+    pred, ref = _last_number(prediction), _last_number(reference)
+    if pred is None or ref is None:
+        return 0.0
+    return float(math.isclose(pred, ref, rel_tol=tolerance, abs_tol=tolerance))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style F1 of lower-cased, punctuation-free whitespace tokens."""
+    pred, ref = _tokens(prediction), _tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    overlap = sum((Counter(pred) & Counter(ref)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+METRICS: dict[str, Metric] = {
+    "exact_match": exact_match,
+    "numeric_match": numeric_match,
+    "token_f1": token_f1,
+}
+
+
+def load_metric(name: str) -> Metric:
+    """A built-in metric by name, or a user function given as "package.module:function"."""
+    if name in METRICS:
+        return METRICS[name]
+    module, sep, function = name.partition(":")
+    if not sep:
+        raise ValueError(f"Unknown metric {name!r}; use one of {list(METRICS)} or 'module:func'.")
+    return getattr(importlib.import_module(module), function)
+
+
+# Aggregators: n answers -> one answer
+
+
+def majority_vote(answers: Sequence[Hashable]) -> Hashable:
+    """The most frequent answer; ties go to the answer seen first."""
+    return Counter(answers).most_common(1)[0][0]
+
+
+def best_of_n(answers: Sequence[str], scores: Sequence[float] | Callable[[str], float]) -> str:
+    """The answer with the highest score: given per answer (reward-model values) or computed
+    by a verifier function. Ties go to the earliest answer."""
+    values = [scores(a) for a in answers] if callable(scores) else list(scores)
+    return answers[int(np.argmax(values))]
+
+
+# Estimators: expected score of an aggregator over a uniformly random k-subset of N samples
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k),
+    in the numerically stable product form of Chen et al. 2021 (Codex, Fig. 3)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float], k: int) -> float:
+    """Expected correctness of the majority answer of a random k-subset of `answers`, drawn
+    without replacement, with ties broken uniformly at random.
+
+    `correct[i]` scores sample i (1/0 or partial credit); equal answers must score equally.
+    Exact and without enumerating subsets: for each correct answer g and each count t it may
+    reach in the subset, count the ways the other answers fill the remaining k - t places with
+    none above t, tracking how many tie at t (a tie among j + 1 answers is won with prob.
+    1/(j + 1)). Cost grows with sum(count**2) over answers, not with C(N, k).
+    """
+    n = len(answers)
+    _check_k(n, k)
+    counts = Counter(answers)
+    value = _answer_values(answers, correct)
+    won = 0.0  # sum over subsets of the winner's value (with fractional wins for ties)
+    for g, m_g in counts.items():
+        if value[g] == 0:
+            continue
+        others = [m for a, m in counts.items() if a != g]
+        for t in range(1, min(m_g, k) + 1):
+            won += value[g] * math.comb(m_g, t) * _ways_others_at_most(others, t, k - t)
+    return won / math.comb(n, k)
+
+
+def expected_best_of_k(scores: Sequence[float], correct: Sequence[float], k: int) -> float:
+    """Expected correctness of the top-scoring sample of a random k-subset, drawn without
+    replacement, ties broken uniformly at random.
+
+    Sorted by score, the sample at rank r (r samples below it) is the subset's maximum with
+    probability C(r, k-1) / C(N, k). Samples with equal scores share their probability mass
+    and contribute their mean correctness.
+    """
+    n = len(scores)
+    _check_k(n, k)
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = np.asarray(scores, dtype=float)[order]
+    sorted_correct = np.asarray(correct, dtype=float)[order]
+    total = math.comb(n, k)
+    expected, rank = 0.0, 0
+    while rank < n:
+        end = rank + 1
+        while end < n and sorted_scores[end] == sorted_scores[rank]:
+            end += 1
+        p_max = sum(math.comb(r, k - 1) for r in range(rank, end)) / total
+        expected += p_max * float(sorted_correct[rank:end].mean())
+        rank = end
+    return expected
+
+
+def score_curve(
+    per_item_samples: Sequence[Sequence[str]],
+    labels: Sequence[str],
+    metric: Metric,
+    aggregator: Aggregator,
+    ks: Sequence[int] | None = None,
+    scores: Sequence[Sequence[float]] | None = None,
+) -> dict[int, float]:
+    """Mean over items of the expected aggregated score with k samples, for each k in `ks`
+    (default 1..N), from one draw of N samples per item.
+
+    aggregator: "majority" (vote over stripped texts), "best_of_n" (highest of `scores`, one
+    per sample, e.g. verifier rewards) or "pass" (oracle: the best sample's metric, pass@k for
+    0/1 metrics).
+    """
+    if aggregator == "best_of_n" and scores is None:
+        raise ValueError("aggregator 'best_of_n' needs scores, one per sample.")
+    n = min(len(samples) for samples in per_item_samples)
+    ks = list(range(1, n + 1)) if ks is None else list(ks)
+    totals = dict.fromkeys(ks, 0.0)
+    for i, (samples, label) in enumerate(zip(per_item_samples, labels, strict=True)):
+        correct = [metric(s, label) for s in samples]
+        for k in ks:
+            if aggregator == "majority":
+                totals[k] += expected_majority_at_k([s.strip() for s in samples], correct, k)
+            elif aggregator == "best_of_n":
+                totals[k] += expected_best_of_k(scores[i], correct, k)
+            else:
+                totals[k] += expected_best_of_k(correct, correct, k)
+    return {k: total / len(per_item_samples) for k, total in totals.items()}
+
+
+def _ways_others_at_most(others: list[int], t: int, rest: int) -> float:
+    """Sum over ways to draw `rest` samples from answer groups of sizes `others` with no group
+    drawn more than t times, each way weighted by 1/(1 + number of groups drawn exactly t)."""
+    # Groups smaller than t can never tie or exceed: together they are one binomial pool.
+    contenders = [m for m in others if m >= t]
+    pool = sum(others) - sum(contenders)
+    # ways[s, j]: ways to draw s samples so far with j contender groups drawn exactly t times.
+    ways = np.zeros((rest + 1, len(contenders) + 1))
+    ways[:, 0] = [math.comb(pool, s) for s in range(rest + 1)]
+    for m in contenders:
+        new = np.zeros_like(ways)
+        for x in range(min(t, rest + 1)):  # this group drawn x < t times
+            new[x:] += math.comb(m, x) * ways[: rest + 1 - x]
+        if t <= rest:  # drawn exactly t times: one more tie
+            new[t:, 1:] += math.comb(m, t) * ways[: rest + 1 - t, :-1]
+        ways = new
+    return float(ways[rest] @ (1.0 / np.arange(1, len(contenders) + 2)))
+
+
+def _answer_values(answers: Sequence[Hashable], correct: Sequence[float]) -> dict[Hashable, float]:
+    if len(answers) != len(correct):
+        raise ValueError(f"{len(answers)} answers but {len(correct)} correctness values.")
+    value: dict[Hashable, float] = {}
+    for answer, c in zip(answers, correct, strict=True):
+        if value.setdefault(answer, c) != c:
+            raise ValueError(f"Answer {answer!r} is scored both {value[answer]} and {c}.")
+    return value
+
+
+def _check_k(n: int, k: int) -> None:
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n} (the number of samples), got {k}.")
+
+
+def _last_number(text: str) -> float | None:
+    numbers = _NUMBER.findall(text.replace(",", ""))
+    return float(numbers[-1]) if numbers else None
+
+
+def _tokens(text: str) -> list[str]:
+    return text.lower().translate(str.maketrans("", "", string.punctuation)).split()

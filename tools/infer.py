@@ -1,0 +1,289 @@
+"""Draw n completions per prompt from a model, through one interface and three backends.
+
+- `TransformersSampler`: in-process `generate`, batched with `num_return_sequences` (CPU/GPU).
+- `VLLMSampler`: vLLM's offline engine with prefix caching (GPU; the `gpu` extra).
+- `OpenAISampler`: any OpenAI-compatible completions server (vLLM, llama.cpp, OpenAI, ...).
+
+Example:
+    >>> sampler = make_sampler("transformers", "models/tiny")
+    >>> samples = sampler.sample(["12+345="], n=8, max_new_tokens=5, temperature=0.8, seed=0)
+    >>> samples.texts[0]                    # 8 completions of the first prompt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from openai import OpenAI
+from tqdm.auto import tqdm
+
+from tools.train import load_model
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Completions of one `sample` call and what they cost."""
+
+    texts: list[list[str]]
+    """texts[i][j]: completion j of prompt i, without the prompt."""
+    prompt_tokens: int
+    """Prompt tokens processed (as reported by the backend; a prompt counts once per request)."""
+    completion_tokens: int
+    """Generated tokens, eos included."""
+    seconds: float
+
+
+class BaseSampler(ABC):
+    """Samples completions; the same prompts, n and seed give the same texts where the backend
+    is deterministic (transformers and vLLM on one machine; servers only if they honour seed)."""
+
+    @abstractmethod
+    def sample(
+        self,
+        prompts: list[str],
+        n: int,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Samples:
+        """Return `n` completions per prompt; temperature 0 means greedy (n identical copies)."""
+
+
+class TransformersSampler(BaseSampler):
+    """Batched `generate` on a `tools.train` artifact (full folder, adapter folder or .gguf).
+
+    Args:
+        model: the artifact to load.
+        batch_size: prompts per `generate` call (each expands to n sequences).
+        progress: show a progress bar over batches.
+    """
+
+    def __init__(self, model: str | Path, *, batch_size: int = 16, progress: bool = False):
+        self.model, self.tokenizer = load_model(model)
+        self.tokenizer.padding_side = "left"  # generated tokens must follow every prompt directly
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        prompts: list[str],
+        n: int,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Samples:
+        start = time.perf_counter()
+        greedy = temperature == 0
+        decoding = (
+            {"do_sample": False}
+            if greedy  # greedy cannot return n sequences; its copies are made below
+            else {
+                "do_sample": True,
+                "temperature": temperature,
+                "top_p": top_p,
+                "top_k": 0,  # off, as in vLLM and OpenAI servers (transformers defaults to 50)
+                "num_return_sequences": n,
+            }
+        )
+        torch.manual_seed(seed)
+        texts: list[list[str]] = []
+        prompt_tokens = completion_tokens = 0
+        starts = range(0, len(prompts), self.batch_size)
+        for i in tqdm(starts, desc="sampling", disable=not self.progress):
+            batch = prompts[i : i + self.batch_size]
+            inputs = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.device)
+            output = self.model.generate(
+                **inputs,
+                **decoding,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            new = output[:, inputs["input_ids"].shape[1] :]  # (batch * n_returned, new_tokens)
+            decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            if greedy:
+                texts += [[text] * n for text in decoded]
+            else:
+                texts += [decoded[j : j + n] for j in range(0, len(decoded), n)]
+            prompt_tokens += int(inputs["attention_mask"].sum())
+            completion_tokens += _count_until_eos(new, self.tokenizer.eos_token_id) * (
+                n if greedy else 1
+            )
+        return Samples(texts, prompt_tokens, completion_tokens, time.perf_counter() - start)
+
+
+class VLLMSampler(BaseSampler):
+    """vLLM's offline engine with prefix caching: the n samples of a prompt share its KV cache.
+
+    `model` is a model folder (or hub name) or a `tools.train` LoRA adapter folder, which is
+    served on top of its base. `llm_kwargs` go to `vllm.LLM` (e.g. gpu_memory_utilization).
+    """
+
+    def __init__(
+        self, model: str | Path, *, seed: int = 0, progress: bool = False, **llm_kwargs: object
+    ):
+        try:
+            from vllm import LLM, SamplingParams
+            from vllm.lora.request import LoRARequest
+        except ImportError as e:
+            raise ImportError(
+                "VLLMSampler needs vLLM, which needs a GPU: pip install 'planner[gpu]'."
+            ) from e
+        self._sampling_params = SamplingParams
+        self.progress = progress
+        self.lora_request = None
+        adapter_config = Path(model) / "adapter_config.json"
+        if adapter_config.exists():
+            config = json.loads(adapter_config.read_text())
+            if config["peft_type"] != "LORA":
+                raise ValueError(f"vLLM serves LoRA adapters only, not {config['peft_type']}.")
+            llm_kwargs.update(enable_lora=True, max_lora_rank=config["r"])
+            self.lora_request = LoRARequest("adapter", 1, str(model))
+            model = config["base_model_name_or_path"]
+        self.llm = LLM(model=str(model), enable_prefix_caching=True, seed=seed, **llm_kwargs)
+
+    def sample(
+        self,
+        prompts: list[str],
+        n: int,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Samples:
+        start = time.perf_counter()
+        params = self._sampling_params(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
+        )
+        outputs = self.llm.generate(
+            prompts, params, use_tqdm=self.progress, lora_request=self.lora_request
+        )
+        return Samples(
+            texts=[[c.text for c in out.outputs] for out in outputs],
+            prompt_tokens=sum(len(out.prompt_token_ids) for out in outputs),
+            completion_tokens=sum(len(c.token_ids) for out in outputs for c in out.outputs),
+            seconds=time.perf_counter() - start,
+        )
+
+
+class OpenAISampler(BaseSampler):
+    """Completions API of an OpenAI-compatible server, one request per prompt, in parallel.
+
+    A server that returns fewer than n choices (llama.cpp returns one) is asked again for the
+    rest, with seed + 1, seed + 2, ... so the extra samples differ. Timeouts, 408/409/429 and
+    5xx answers are retried with exponential backoff by the openai client (`max_retries`).
+
+    Args:
+        model: the model name the server serves.
+        base_url: e.g. "http://127.0.0.1:8000/v1".
+        api_key: defaults to $OPENAI_API_KEY, else "EMPTY" (local servers ignore it).
+        concurrency: requests in flight at once.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        max_retries: int = 5,
+        timeout: float = 120.0,
+        concurrency: int = 8,
+        progress: bool = False,
+    ):
+        self.model = model
+        self.client = OpenAI(
+            base_url=base_url,
+            api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+            max_retries=max_retries,
+            timeout=timeout,
+        )
+        self.concurrency = concurrency
+        self.progress = progress
+
+    def sample(
+        self,
+        prompts: list[str],
+        n: int,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Samples:
+        start = time.perf_counter()
+
+        def one(prompt: str) -> tuple[list[str], int, int]:
+            return self._sample_prompt(prompt, n, max_new_tokens, temperature, top_p, seed)
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            results = list(
+                tqdm(pool.map(one, prompts), total=len(prompts), disable=not self.progress)
+            )
+        return Samples(
+            texts=[texts for texts, _, _ in results],
+            prompt_tokens=sum(p for _, p, _ in results),
+            completion_tokens=sum(c for _, _, c in results),
+            seconds=time.perf_counter() - start,
+        )
+
+    def _sample_prompt(
+        self, prompt: str, n: int, max_tokens: int, temperature: float, top_p: float, seed: int
+    ) -> tuple[list[str], int, int]:
+        texts: list[str] = []
+        prompt_tokens = completion_tokens = 0
+        while len(texts) < n:
+            response = self.client.completions.create(
+                model=self.model,
+                prompt=prompt,
+                n=n - len(texts),
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed + len(texts),
+            )
+            if not response.choices:
+                raise RuntimeError(f"Server returned no choices for prompt {prompt!r}.")
+            choices = sorted(response.choices, key=lambda c: c.index)
+            texts += [c.text for c in choices][: n - len(texts)]
+            if response.usage is not None:
+                prompt_tokens += response.usage.prompt_tokens
+                completion_tokens += response.usage.completion_tokens
+        return texts, prompt_tokens, completion_tokens
+
+
+BACKENDS: dict[str, type[BaseSampler]] = {
+    "transformers": TransformersSampler,
+    "vllm": VLLMSampler,
+    "openai": OpenAISampler,
+}
+
+
+def make_sampler(backend: str, model: str | Path, **kwargs: object) -> BaseSampler:
+    """Build the sampler for `backend` ("transformers", "vllm" or "openai"); `kwargs` go to it
+    (e.g. `base_url=` for openai)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    return BACKENDS[backend](model, **kwargs)
+
+
+def _count_until_eos(tokens: torch.Tensor, eos_token_id: int) -> int:
+    """Generated tokens per row up to and including the first eos, summed over rows."""
+    is_eos = tokens == eos_token_id
+    first_eos = is_eos.int().argmax(dim=1)
+    lengths = torch.where(is_eos.any(dim=1), first_eos + 1, tokens.shape[1])
+    return int(lengths.sum())
