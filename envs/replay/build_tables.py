@@ -3,6 +3,8 @@
 Run once when the sources change; the outputs under envs/replay/data are committed:
 
     python -m envs.replay.build_tables --source ../shared/data
+
+Sources and licences are listed in envs/replay/README.md.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 OUT = Path(__file__).parent / "data"
+_CASCADE_COLUMNS = ["query", "model", "correct", "input_tokens", "output_tokens", "cost_usd"]
 
 
 def _pythia_names(nickname: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -33,14 +36,40 @@ def convert_monkeys(source: Path, name: str) -> pd.DataFrame:
     return out.sort_values(["model", "method", "problem"], kind="stable")
 
 
+def convert_monkeys_10k(source: Path) -> pd.DataFrame:
+    """10,000 samples per MATH problem of the final Pythia models: `Pythia 12B` -> `pythia-12b`."""
+    df = pd.read_csv(source / "monkeys" / "pythia_math_10k_samples.csv")
+    model = "pythia-" + df["model"].str.split(" ").str[1].str.lower()
+    out = pd.DataFrame({"model": model, "problem": df["problem"],
+                        "n_samples": df["n_samples"], "n_correct": df["n_correct"]})
+    return out.sort_values(["model", "problem"], kind="stable")
+
+
+def convert_cascades(source: Path, files: list[str]) -> pd.DataFrame:
+    """Rational-cascades answers -> one row per (model, query): correct, tokens, USD.
+
+    The answer text is dropped (one answer per model, so nothing to vote over)."""
+    df = pd.concat([pd.read_csv(source / "cascades" / f"{f}.csv") for f in files])
+    return df[_CASCADE_COLUMNS].sort_values(["model", "query"], kind="stable")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    for name in ("gsm8k", "math"):
-        convert_monkeys(args.source, name).to_csv(OUT / f"pythia_{name}.csv.gz", index=False)
-        print(f"wrote {OUT / f'pythia_{name}.csv.gz'}")
+    tables = {
+        "pythia_gsm8k": convert_monkeys(args.source, "gsm8k"),
+        "pythia_math": convert_monkeys(args.source, "math"),
+        "pythia_math_10k": convert_monkeys_10k(args.source),
+        "mmlu_cascades": convert_cascades(args.source,
+                                          ["mmlu_llama_test", "mmlu_qwen_oai_test"]),
+    }
+    for name, table in tables.items():
+        path = OUT / f"{name}.csv.gz"
+        # mtime=0 keeps the gzip bytes identical across rebuilds
+        table.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0})
+        print(f"wrote {path} ({len(table)} rows)")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class ReplayEnvironment:
         # (subtask, choice) -> {n: score}; (subtask, model, method) -> FLOPs per sample
         self._scores: dict[tuple[str, _Choice], dict[int, float]] = {}
         self._flops: dict[tuple[str, str, str], float] = {}
+        self.items: dict[str, int] = {}  # subtask -> recorded items (the validation set size)
         for s in spec.subtasks:
             assert s.replay is not None  # guaranteed by spec validation for replay tasks
             self._load(s.name, s.replay)
@@ -77,6 +78,7 @@ class ReplayEnvironment:
         if bad_aggs:
             raise SpecError(f"{where}: aggregators {sorted(bad_aggs)} cannot be replayed from "
                             f"counts; use {list(AGGREGATORS)}")
+        self.items[subtask] = int(table[rs.item].nunique())
         columns = {column: table[column].astype(str).to_numpy() for column in rs.choices.values()}
         for plan_choice in self._choices(subtask):
             mask = np.ones(len(table), dtype=bool)

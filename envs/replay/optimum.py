@@ -1,0 +1,193 @@
+"""The exact best allocation of a replay task under a budget, by vectorised enumeration.
+
+Each subtask becomes arrays over its plans (score, inference and training GPU-hours, and
+the id of the trained artifact, which subtasks share when the cost model shares it). Plans
+that can never be in an optimum are pruned exactly:
+
+- a plan whose inference alone is over the budget;
+- a plan beaten, in the same artifact group, by one at least as good and no dearer to serve;
+- a plan beaten on score by one whose inference *and* training cost no more than this
+  plan's inference alone (swapping it in can only lower the total).
+
+The remaining product is enumerated with numpy broadcasting, in chunks over the first
+subtask; a shared artifact's training is paid once. Ties go to the cheaper allocation,
+then to the first in enumeration order.
+
+    python -m envs.replay.optimum           # check the stored optima
+    python -m envs.replay.optimum --write   # recompute and store them
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from envs.replay.env import ReplayEnvironment
+from planner.budget import parse_budget
+from planner.cost import CostModel
+from planner.space import Allocation, Plan
+from planner.spec import TaskSpec, load_spec
+
+TASKS = Path(__file__).parent / "tasks"
+OPTIMA = Path(__file__).parent / "optima.yaml"
+_CHUNK_ELEMENTS = 2_000_000  # broadcast block size: bounds memory to ~100 MB
+
+
+@dataclass(frozen=True)
+class PlanArrays:
+    """One subtask's plans as parallel arrays (GPU-hours for costs)."""
+
+    plans: tuple[Plan, ...]
+    score: np.ndarray
+    infer: np.ndarray
+    train: np.ndarray
+    artifact: np.ndarray  # int id; equal ids share one training run
+
+    def take(self, index: np.ndarray) -> PlanArrays:
+        return PlanArrays(tuple(self.plans[i] for i in index), self.score[index],
+                          self.infer[index], self.train[index], self.artifact[index])
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """The best allocation under a budget, with its exact score and estimated cost."""
+
+    score: float
+    cost_gpu_hours: float
+    allocation: Allocation
+    space_size: int
+
+
+def plan_arrays(env: ReplayEnvironment, cost_model: CostModel) -> dict[str, PlanArrays]:
+    """Every subtask's plans priced and scored, artifacts numbered across subtasks."""
+    ids: dict[tuple, int] = {}
+    out = {}
+    for s in env.space.subtasks:
+        plans = tuple(env.space.plans(s))
+        costs = [cost_model.plan_cost(s, p) for p in plans]
+        out[s] = PlanArrays(
+            plans,
+            np.array([env.subtask_score(s, p) for p in plans]),
+            np.array([c.inference_gpu_hours for c in costs]),
+            np.array([c.train_gpu_hours for c in costs]),
+            np.array([ids.setdefault(cost_model.artifact(s, p), len(ids)) for p in plans]),
+        )
+    return out
+
+
+def prune(a: PlanArrays, budget_gpu_hours: float) -> PlanArrays:
+    """Drop plans that no optimum can contain (see the module docstring); keeps order."""
+    keep = a.infer <= budget_gpu_hours
+    # same artifact: sorted by (artifact, inference cost, -score, index), a plan survives only
+    # if it scores strictly above every cheaper-or-equal plan of its group before it
+    order = np.lexsort((np.arange(len(a.score)), -a.score, a.infer, a.artifact))
+    best_in_group: dict[int, float] = {}
+    for i in order:
+        g = int(a.artifact[i])
+        if a.score[i] <= best_in_group.get(g, -np.inf):
+            keep[i] = False
+        else:
+            best_in_group[g] = float(a.score[i])
+    # any artifact: the best score among plans whose full cost fits in this plan's inference
+    full = a.infer + a.train
+    by_full = np.argsort(full, kind="stable")
+    prefix_best = np.maximum.accumulate(a.score[by_full])
+    fits = np.searchsorted(full[by_full], a.infer, side="right")
+    beaten = (fits > 0) & (prefix_best[np.maximum(fits - 1, 0)] > a.score)
+    return a.take(np.flatnonzero(keep & ~beaten))
+
+
+def _along(x: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return x.reshape(shape)
+
+
+def _block(parts: list[PlanArrays]) -> tuple[np.ndarray, np.ndarray]:
+    """Score and total cost of every combination of the parts' plans (one axis each)."""
+    k = len(parts)
+    score: np.ndarray = np.ones([1] * k)
+    cost: np.ndarray = np.zeros([1] * k)
+    for j, p in enumerate(parts):
+        paid = _along(p.train, j, k)
+        for i in range(j):  # an artifact an earlier subtask uses is already paid
+            paid = paid * (_along(p.artifact, j, k) != _along(parts[i].artifact, i, k))
+        score = score * _along(p.score, j, k)
+        cost = cost + _along(p.infer, j, k) + paid
+    return score, cost
+
+
+def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
+                       env: ReplayEnvironment | None = None) -> Optimum:
+    """The exact best allocation whose estimated cost is within `budget_gpu_hours`."""
+    env = env or ReplayEnvironment(spec)
+    cost_model = CostModel(spec, env.calibration())
+    arrays = plan_arrays(env, cost_model)
+    names = list(arrays)
+    parts = [prune(arrays[s], budget_gpu_hours) for s in names]
+    rest = int(np.prod([len(p.score) for p in parts[1:]]))
+    chunk = max(1, _CHUNK_ELEMENTS // max(rest, 1))
+    best: tuple[float, float, tuple[int, ...]] | None = None
+    for lo in range(0, len(parts[0].score), chunk):
+        head = parts[0].take(np.arange(lo, min(lo + chunk, len(parts[0].score))))
+        score, cost = _block([head, *parts[1:]])
+        score = np.where(cost <= budget_gpu_hours, score, -np.inf)
+        top = score.max()
+        if top == -np.inf:
+            continue
+        flat = int(np.argmin(np.where(score == top, cost, np.inf)))
+        index = np.unravel_index(flat, score.shape)
+        candidate = (float(top), float(cost[index]), (lo + int(index[0]), *map(int, index[1:])))
+        if best is None or (candidate[0], -candidate[1]) > (best[0], -best[1]):
+            best = candidate
+    size = int(np.prod([len(a.score) for a in arrays.values()]))
+    if best is None:
+        raise ValueError(f"{spec.name}: no allocation fits in {budget_gpu_hours:g} GPU-h")
+    alloc = Allocation.of({s: p.plans[i] for s, p, i in zip(names, parts, best[2], strict=True)})
+    return Optimum(best[0], best[1], alloc, size)
+
+
+def builtin_tasks() -> list[Path]:
+    """The suite's task files, by name."""
+    return sorted(TASKS.glob("*.yaml"))
+
+
+def optimum_record(path: Path) -> dict:
+    """The stored form of a task's optimum under its default budget."""
+    spec = load_spec(path)
+    assert spec.budget is not None, f"{path}: suite tasks declare a default budget"
+    budget = parse_budget(spec.budget).gpu_hours(spec.hardware.peak_flops,
+                                                 spec.hardware.utilization)
+    opt = exhaustive_optimum(spec, budget)
+    return {"task": spec.name, "file": path.name, "budget": spec.budget,
+            "space_size": opt.space_size, "score": opt.score,
+            "cost_gpu_hours": opt.cost_gpu_hours, "allocation": opt.allocation.to_dict()}
+
+
+def load_optima(path: Path = OPTIMA) -> dict[str, dict]:
+    """Stored optima by task name."""
+    return {r["task"]: r for r in yaml.safe_load(path.read_text())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help=f"store the optima in {OPTIMA}")
+    args = parser.parse_args()
+    records = [optimum_record(p) for p in builtin_tasks()]
+    for r in records:
+        print(f"{r['task']}: {r['score']:.6f} at {r['cost_gpu_hours']:.4g} GPU-h "
+              f"(budget {r['budget']}, {r['space_size']:,} allocations)")
+    if args.write:
+        OPTIMA.write_text(yaml.safe_dump(records, sort_keys=False))
+        print(f"wrote {OPTIMA}")
+    elif load_optima() != {r["task"]: r for r in records}:
+        raise SystemExit(f"{OPTIMA} is stale; rerun with --write")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Bring-your-own-table: a user's task.yaml over generated CSVs (counts and per-sample forms),
+USD and token pricing, clear errors, and the exhaustive optimum against brute force."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from envs.replay.env import ReplayEnvironment
+from envs.replay.optimum import exhaustive_optimum
+from planner.cost import CostModel
+from planner.errors import SpecError
+from planner.space import Allocation
+from planner.spec import load_spec
+from planner.store import Store, TrialStatus
+from planner.study import optimize
+
+MODELS = {"small": 1e8, "mid": 4e8, "large": 1.6e9}
+CHECKPOINTS = {"ckpt-1B": 1e9, "ckpt-4B": 4e9}
+
+
+def _counts_table(rng: np.random.Generator, items: int = 12) -> pd.DataFrame:
+    """One row per (model, checkpoint, item): 16 samples, more right for bigger/longer."""
+    rows = []
+    for (m, n_params), (c, tokens) in itertools.product(MODELS.items(), CHECKPOINTS.items()):
+        p = min(0.9, 0.02 * np.log10(n_params * tokens) - 0.25)
+        for item in range(items):
+            rows.append({"model": m, "ckpt": c, "item": item, "n": 16,
+                         "ok": int(rng.binomial(16, p * rng.uniform(0.2, 1.5)))})
+    return pd.DataFrame(rows)
+
+
+def _samples_table(rng: np.random.Generator, items: int = 10) -> pd.DataFrame:
+    """One row per sample, with tokens and USD like an API log; `api` has no public size."""
+    rows = []
+    for m, p, usd in (("small", 0.3, 1e-5), ("large", 0.7, 8e-5), ("api", 0.8, 3e-4)):
+        for item, _sample in itertools.product(range(items), range(4)):
+            rows.append({"model": m, "query": item, "correct": int(rng.random() < p),
+                         "in_tok": 200, "out_tok": int(rng.integers(50, 150)), "usd": usd})
+    return pd.DataFrame(rows)
+
+
+def _write_task(folder: Path, budget: str, stages: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    _counts_table(rng).to_csv(folder / "counts.csv", index=False)
+    _samples_table(rng).to_csv(folder / "samples.csv.gz", index=False)
+    counts_stage = {
+        "prompt_tokens": 100, "output_tokens": 50, "models": list(MODELS),
+        "methods": list(CHECKPOINTS), "samples": [1, 2, 4, 8], "aggregators": ["oracle"],
+        "replay": {"table": "counts.csv", "item": "item",
+                   "choices": {"model": "model", "method": "ckpt"},
+                   "n_samples": "n", "n_correct": "ok"}}
+    task = {
+        "name": "user-task", "budget": budget,
+        "hardware": {"usd_per_gpu_hour": 2.0},
+        "workload": {"queries": 1_000_000},
+        "models": [{"name": m, "params": p} for m, p in MODELS.items()] + [{"name": "api"}],
+        "methods": [{"name": "none", "kind": "none"}]
+        + [{"name": c, "kind": "pretrain", "train_tokens": t} for c, t in CHECKPOINTS.items()],
+        "subtasks": [
+            {"name": "route", "prompt_tokens": 200, "output_tokens": 100,
+             "models": ["small", "large", "api"], "methods": ["none"], "samples": [1, 2, 4],
+             "aggregators": ["oracle", "first"],
+             "replay": {"table": "samples.csv.gz", "item": "query", "correct": "correct",
+                        "input_tokens": "in_tok", "output_tokens": "out_tok",
+                        "usd_per_sample": "usd"}},
+            *({"name": f"solve{i}", "depends_on": ["route"], **counts_stage}
+              for i in range(1, stages)),
+        ],
+    }
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    return path
+
+
+def _brute_force(path: Path, budget: float) -> tuple[float, float]:
+    spec = load_spec(path)
+    env = ReplayEnvironment(spec)
+    cost = CostModel(spec, env.calibration())
+    best = (-1.0, 0.0)
+    for plans in itertools.product(*(list(env.space.plans(s)) for s in env.space.subtasks)):
+        alloc = Allocation.of(dict(zip(env.space.subtasks, plans, strict=True)))
+        c = cost.estimate(alloc).total_gpu_hours
+        if c <= budget:
+            score = env.evaluate(alloc).score
+            if (score, -c) > (best[0], -best[1]):
+                best = (score, c)
+    return best
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("budget", [1.0, 3.0, 8.0, 40.0, 700.0])
+def test_exhaustive_optimum_equals_brute_force(tmp_path, stages, budget) -> None:
+    path = _write_task(tmp_path, f"{budget}gpu-h", stages)
+    opt = exhaustive_optimum(load_spec(path), budget)
+    score, cost = _brute_force(path, budget)
+    assert opt.score == pytest.approx(score, rel=1e-12)
+    assert opt.cost_gpu_hours == pytest.approx(cost, rel=1e-9)
+    assert opt.space_size == 18 * 24 ** (stages - 1)
+
+
+def test_usd_and_token_pricing(tmp_path) -> None:
+    spec = load_spec(_write_task(tmp_path, "10gpu-h"))
+    env = ReplayEnvironment(spec)
+    table = pd.read_csv(tmp_path / "samples.csv.gz")
+    flops = env.calibration()
+    small = table[table.model == "small"]
+    assert flops[("route", "small", "none")] == pytest.approx(
+        2 * MODELS["small"] * (small.in_tok + small.out_tok).mean())
+    hw = spec.hardware
+    assert flops[("route", "api", "none")] == pytest.approx(
+        3e-4 / 2.0 * hw.peak_flops * hw.utilization * 3600)
+    assert env.items == {"route": 10, "solve1": 12}
+
+
+@pytest.mark.parametrize("strategy", ["random", "optuna"])
+def test_user_task_runs_within_budget(tmp_path, strategy) -> None:
+    path = _write_task(tmp_path, "2gpu-h")
+    spec = load_spec(path)
+    result = optimize(spec, ReplayEnvironment(spec), store=Store("sqlite://"), budget="2gpu-h",
+                      strategy=strategy, n_trials=10, seed=3)
+    assert len(result.trials) == 10
+    assert all(t.status is TrialStatus.OK for t in result.trials)
+    assert all(t.cost.total_gpu_hours <= 2.0 for t in result.trials)
+    assert result.best.score <= exhaustive_optimum(spec, 2.0).score + 1e-12
+
+
+def _edit(path: Path, **replay: object) -> Path:
+    task = yaml.safe_load(path.read_text())
+    task["subtasks"][0]["replay"].update(replay)
+    path.write_text(yaml.safe_dump(task))
+    return path
+
+
+def test_missing_column_names_it(tmp_path) -> None:
+    path = _edit(_write_task(tmp_path, "2gpu-h"), correct="is_right")
+    with pytest.raises(SpecError, match="is_right"):
+        ReplayEnvironment(load_spec(path))
+
+
+def test_unpriced_model_without_params_is_an_error(tmp_path) -> None:
+    path = _edit(_write_task(tmp_path, "2gpu-h"), usd_per_sample=None)
+    with pytest.raises(SpecError, match="'api' has no `params`"):
+        ReplayEnvironment(load_spec(path))
+
+
+def test_samples_beyond_the_recording_are_an_error(tmp_path) -> None:
+    path = _write_task(tmp_path, "2gpu-h")
+    task = yaml.safe_load(path.read_text())
+    task["subtasks"][0]["samples"] = [1, 8]
+    path.write_text(yaml.safe_dump(task))
+    with pytest.raises(SpecError, match="only 4 recorded samples"):
+        ReplayEnvironment(load_spec(path))
+
+
+def test_usd_column_needs_a_price(tmp_path) -> None:
+    path = _write_task(tmp_path, "2gpu-h")
+    task = yaml.safe_load(path.read_text())
+    del task["hardware"]["usd_per_gpu_hour"]
+    path.write_text(yaml.safe_dump(task))
+    with pytest.raises(SpecError, match="usd_per_gpu_hour"):
+        load_spec(path)
