@@ -13,14 +13,18 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from planner import report
 from planner.budget import parse_budget
 from planner.errors import PlannerError
 from planner.export import plan_document, read_plan, write_plan
-from planner.search import STRATEGIES, best_trial
+from planner.search import STRATEGIES, AgentOptions, best_trial
+from planner.search.agent import LLMConfig
+from planner.search.agent.strategy import DEFAULT_PATIENCE
 from planner.space import SearchSpace
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord
@@ -47,8 +51,20 @@ def optimize(
     budget: Annotated[str | None, typer.Option(help="Cap on the allocation's cost, e.g. "
                                                "8gpu-h, 90gpu-min, 3.5e18flop "
                                                "(default: the task's).")] = None,
-    strategy: Annotated[str, typer.Option(help=f"One of {', '.join(STRATEGIES)}.")] = "optuna",
+    strategy: Annotated[str, typer.Option(help=f"One of {', '.join(STRATEGIES)}.")] = "agent",
     trials: Annotated[int, typer.Option(min=1, help="Search budget: trials in the study.")] = 30,
+    search_budget: Annotated[str | None, typer.Option(
+        help="Also stop once the evaluated trials' estimated cost reaches this, e.g. "
+             "500gpu-h.")] = None,
+    reasoner: Annotated[str, typer.Option(help="Agent reasoner: builtin (no LLM) or llm (an "
+                                          "OpenAI-compatible endpoint; key from "
+                                          "OPENAI_API_KEY).")] = "builtin",
+    llm_base_url: Annotated[str | None, typer.Option(help="Chat endpoint for --reasoner llm, "
+                                                     "e.g. http://127.0.0.1:8000/v1.")] = None,
+    llm_model: Annotated[str | None, typer.Option(help="Model name for --reasoner llm.")]
+    = None,
+    patience: Annotated[int, typer.Option(min=1, help="Agent: stop after this many proposals "
+                                          "without a better score.")] = DEFAULT_PATIENCE,
     study: Annotated[str | None, typer.Option(help="Study name (default: TASK-STRATEGY).")] = None,
     db: DbOpt = DEFAULT_DB,
     seed: Annotated[int, typer.Option(help="Seed of the strategy.")] = 0,
@@ -69,18 +85,34 @@ def optimize(
         raise PlannerError(f"{task}: budget: not set; pass --budget (e.g. 8gpu-h) or add "
                            "`budget:` to the task file")
     parse_budget(budget)
+    if search_budget is not None:
+        parse_budget(search_budget)
+    agent = _agent_options(reasoner, llm_base_url, llm_model, patience)
     start = read_plan(from_plan, SearchSpace(spec)) if from_plan else None
     env = make_environment(spec)
     store = Store(db)
     with _progress(trials, quiet=as_json) as on_trial:
         result = run_optimize(spec, env, store=store, budget=budget, strategy=strategy,
                               n_trials=trials, seed=seed, study=study, task_path=str(task),
-                              resume=resume, start_from=start, callback=on_trial)
+                              resume=resume, start_from=start, callback=on_trial,
+                              search_budget=search_budget, agent=agent)
     board = report.leaderboard(result.trials)
     if as_json:
         _emit_json({**report.summary(result.study, result.trials), "leaderboard": board})
         return
     _print_leaderboard(spec, board, result.study.name)
+
+
+def _agent_options(reasoner: str, base_url: str | None, model: str | None,
+                   patience: int) -> AgentOptions:
+    if reasoner not in ("builtin", "llm"):
+        raise typer.BadParameter("choose builtin or llm", param_hint="--reasoner")
+    if reasoner == "builtin":
+        return AgentOptions(patience=patience)
+    if not base_url or not model:
+        raise PlannerError("--reasoner llm needs --llm-base-url (e.g. http://127.0.0.1:8000/v1) "
+                           "and --llm-model")
+    return AgentOptions(reasoner="llm", llm=LLMConfig(base_url, model), patience=patience)
 
 
 class _progress:
@@ -196,7 +228,7 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
         if as_json:
             _emit_json(data)
         else:
-            out.print_json(json.dumps(data, default=str))
+            _print_step(s.number, s.node, s.payload)
         return
     events = report.timeline(store.trials(study), steps)
     if as_json:
@@ -218,10 +250,32 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
                           e["error"] or "; ".join(_plan_line(p)
                                                   for p in e["allocation"].values()))
         else:
-            table.add_row(f"step {e['number']}", e["node"], "", "", "",
-                          str(e["payload"].get("summary", "")))
+            p = e["payload"]
+            status = "fallback" if p.get("fallback") else ""
+            extra = ""
+            if p.get("attempts"):
+                tokens = sum(p.get("tokens", {}).values())
+                extra = f" [{len(p['attempts'])} calls, {tokens} tokens, " \
+                        f"{p.get('latency_s', 0.0):.2f} s]"
+            table.add_row(f"step {e['number']}", e["node"], status, "", "",
+                          Text(str(p.get("summary", "")) + extra))
     out.print(table)
-    out.print("* new best")
+    out.print("* new best; `planner trace STUDY --step N` shows one step in full")
+
+
+def _print_step(number: int, node: str, payload: dict) -> None:
+    """One agent step: its summary, each LLM exchange, then the rest as JSON."""
+    out.print(Panel(Text(str(payload.get("summary", ""))), title=f"step {number}: {node}"))
+    for i, a in enumerate(payload.get("attempts", [])):
+        for m in a["messages"][-1:] if i else a["messages"]:
+            out.print(Panel(Text(m["content"]), title=f"call {i}: {m['role']}"))
+        out.print(Panel(Text(a["response"] or "(no reply)"),
+                        title=f"call {i}: reply ({a['tokens'] or 'no usage'}, "
+                              f"{a['latency_s']:.2f} s)"))
+        for error in a["errors"]:
+            out.print(Text(f"  error: {error}", style="red"))
+    rest = {k: v for k, v in payload.items() if k not in ("summary", "attempts")}
+    out.print_json(json.dumps(rest, default=str))
 
 
 @app.command()
@@ -246,7 +300,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except PlannerError as e:
-        err.print(f"Error: {e}", markup=False, highlight=False)
+        sys.stderr.write(f"Error: {e}\n")  # plain write: rich would wrap long paths
         if os.environ.get("PLANNER_DEBUG"):
             raise
         sys.exit(2)

@@ -1,4 +1,4 @@
-"""Persistence: studies, trials, per-subtask results and agent steps in SQL (SQLModel).
+"""Persistence: studies, trials, per-subtask results, agent steps and insights (SQLModel).
 
 Only this module imports sqlmodel; callers get frozen records back. SQLite (WAL, busy
 timeout) by default; any SQLAlchemy URL works. Every write commits at once, so a crash
@@ -87,6 +87,18 @@ class _StepRow(SQLModel, table=True):
     created: float
 
 
+class _InsightRow(SQLModel, table=True):
+    __tablename__ = "insight"
+    id: int | None = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="study.id", index=True)
+    step: int  # the agent step that produced it
+    subtask: str
+    kind: str
+    text: str
+    data_json: str = "{}"
+    created: float
+
+
 @dataclass(frozen=True)
 class StudyRecord:
     name: str
@@ -123,6 +135,18 @@ class StepRecord:
     number: int
     node: str
     payload: dict
+    created: float
+
+
+@dataclass(frozen=True)
+class InsightRecord:
+    """One statement of the agent's insight memory, with the step that produced it."""
+
+    step: int
+    subtask: str
+    kind: str
+    text: str
+    data: dict
     created: float
 
 
@@ -250,6 +274,27 @@ class Store:
                           .order_by(_StepRow.number))
             return [StepRecord(r.number, r.node, json.loads(r.payload_json), r.created)
                     for r in rows]
+
+    # insights ----------------------------------------------------------------------------
+    def add_insights(self, study: str, step: int, insights: list[dict]) -> None:
+        """Store insights (`subtask`, `kind`, `text`, optional `data`) made at `step`."""
+        with Session(self.engine) as s:
+            study_id = self._study_id(s, study)
+            now = time.time()
+            for i in insights:
+                s.add(_InsightRow(study_id=study_id, step=step, subtask=i["subtask"],
+                                  kind=i["kind"], text=i["text"],
+                                  data_json=json.dumps(i.get("data", {}), default=str),
+                                  created=now))
+            s.commit()
+
+    def insights(self, study: str) -> list[InsightRecord]:
+        with Session(self.engine) as s:
+            study_id = self._study_id(s, study)
+            rows = s.exec(select(_InsightRow).where(_InsightRow.study_id == study_id)
+                          .order_by(_InsightRow.id))
+            return [InsightRecord(r.step, r.subtask, r.kind, r.text, json.loads(r.data_json),
+                                  r.created) for r in rows]
 
     # helpers -----------------------------------------------------------------------------
     def _study_id(self, s: Session, name: str) -> int:

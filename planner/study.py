@@ -17,7 +17,7 @@ from planner.budget import parse_budget
 from planner.cost import CostModel
 from planner.env import Environment
 from planner.errors import StudyError
-from planner.search import Runner, SearchContext, best_trial, make_strategy
+from planner.search import AgentOptions, Runner, SearchContext, best_trial, make_strategy
 from planner.search._runner import TrialCallback
 from planner.space import Allocation
 from planner.spec import TaskSpec
@@ -63,8 +63,11 @@ def open_study(store: Store, spec: TaskSpec, *, name: str, budget: str, strategy
 def optimize(spec: TaskSpec, env: Environment, *, store: Store, budget: str, strategy: str,
              n_trials: int, seed: int = 0, study: str | None = None, task_path: str = "",
              resume: bool = False, start_from: Allocation | None = None,
-             callback: TrialCallback | None = None) -> StudyResult:
-    """Run (or continue) a study until it holds `n_trials` trials."""
+             callback: TrialCallback | None = None, search_budget: str | None = None,
+             agent: AgentOptions | None = None) -> StudyResult:
+    """Run (or continue) a study until it holds `n_trials` trials or, with `search_budget`
+    (e.g. "500gpu-h"), until its evaluated trials' estimated cost reaches that cap.
+    `agent` sets the agent strategy's reasoner and stopping."""
     name = study or default_study_name(spec, strategy)
     record = open_study(store, spec, name=name, budget=budget, strategy=strategy, seed=seed,
                         task_path=task_path or str(Path(spec.root)), resume=resume)
@@ -77,5 +80,8 @@ def optimize(spec: TaskSpec, env: Environment, *, store: Store, budget: str, str
         trial = runner.run_trial(start_from, source="from-plan")
         if callback:
             callback(trial, best_trial(runner.history()))
-    trials = runner.optimize(make_strategy(strategy, ctx, storage=store.url), n_trials, callback)
+    cap = None if search_budget is None else parse_budget(search_budget).gpu_hours(
+        spec.hardware.peak_flops, spec.hardware.utilization)
+    trials = runner.optimize(make_strategy(strategy, ctx, storage=store.url, agent=agent),
+                             n_trials, callback, cap)
     return StudyResult(record, trials)

@@ -6,12 +6,17 @@ from planner.search._base import BaseStrategy, SearchContext
 from planner.search._optuna import OptunaStrategy
 from planner.search._random import RandomStrategy
 from planner.search._runner import Runner, best_trial
+from planner.search.agent import AgentOptions, AgentStrategy
 
-STRATEGIES = ("optuna", "random")
+STRATEGIES = ("agent", "optuna", "random")
 
 
-def make_strategy(name: str, ctx: SearchContext, *, storage: str | None = None) -> BaseStrategy:
-    """Build a strategy by name; `storage` is the study database for Optuna."""
+def make_strategy(name: str, ctx: SearchContext, *, storage: str | None = None,
+                  agent: AgentOptions | None = None) -> BaseStrategy:
+    """Build a strategy by name; `storage` is the study database for Optuna, `agent` the
+    agent's reasoner and stopping options."""
+    if name == "agent":
+        return AgentStrategy(ctx, agent)
     if name == "random":
         return RandomStrategy(ctx)
     if name == "optuna":
@@ -19,5 +24,5 @@ def make_strategy(name: str, ctx: SearchContext, *, storage: str | None = None) 
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
 
 
-__all__ = ["STRATEGIES", "BaseStrategy", "OptunaStrategy", "RandomStrategy", "Runner",
-           "SearchContext", "best_trial", "make_strategy"]
+__all__ = ["STRATEGIES", "AgentOptions", "AgentStrategy", "BaseStrategy", "OptunaStrategy",
+           "RandomStrategy", "Runner", "SearchContext", "best_trial", "make_strategy"]

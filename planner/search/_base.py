@@ -7,10 +7,14 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from planner.cost import CostModel
 from planner.space import Allocation, Plan, SearchSpace
 from planner.store import Store, TrialRecord
+
+if TYPE_CHECKING:
+    from planner.search._runner import Runner, TrialCallback
 
 _ENUMERABLE = 20_000  # spaces up to this size are listed when rejection sampling stalls
 
@@ -46,6 +50,12 @@ class BaseStrategy(ABC):
 
     def tell(self, trial: TrialRecord) -> None:  # noqa: B027 - optional hook
         """Hear the outcome of a trial this strategy asked for."""
+
+    def run(self, runner: Runner, n_trials: int, callback: TrialCallback | None = None,
+            search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
+        """Drive the search until the study holds `n_trials` trials, the search budget is
+        spent, or the strategy stops; by default the ask/tell loop."""
+        return runner.ask_tell(self, n_trials, callback, search_budget_gpu_hours)
 
     # helpers shared by strategies ----------------------------------------------------------
     def feasible(self, allocation: Allocation) -> bool:

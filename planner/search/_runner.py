@@ -24,6 +24,21 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
     return max(ok, key=lambda t: (t.score, -t.number), default=None)
 
 
+def search_spent(trials: Sequence[TrialRecord]) -> float:
+    """Estimated GPU-hours of every trial that was evaluated (over-budget ones were not)."""
+    return sum(t.cost.total_gpu_hours for t in trials if t.status is not TrialStatus.OVER_BUDGET)
+
+
+def search_exhausted(trials: Sequence[TrialRecord], n_trials: int,
+                     search_budget_gpu_hours: float | None) -> str | None:
+    """Why the search budget is used up (trials or GPU-hours), or None."""
+    if len(trials) >= n_trials:
+        return f"{n_trials} trials run"
+    if search_budget_gpu_hours is not None and search_spent(trials) >= search_budget_gpu_hours:
+        return f"search budget of {search_budget_gpu_hours:.4g} GPU-h spent"
+    return None
+
+
 class Runner:
     """Evaluates allocations of one study and records them."""
 
@@ -75,11 +90,20 @@ class Runner:
                     callback(done, best_trial(self.history()))
 
     def optimize(self, strategy: BaseStrategy, n_trials: int,
-                 callback: TrialCallback | None = None) -> list[TrialRecord]:
-        """Run until the study holds `n_trials` finished trials or the strategy stops."""
+                 callback: TrialCallback | None = None,
+                 search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
+        """Run until the study holds `n_trials` finished trials, the search budget (sum of
+        evaluated trials' estimated GPU-hours) is spent, or the strategy stops."""
         self.resume_interrupted(callback)
+        strategy.run(self, n_trials, callback, search_budget_gpu_hours)
+        return self.history()
+
+    def ask_tell(self, strategy: BaseStrategy, n_trials: int,
+                 callback: TrialCallback | None = None,
+                 search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
+        """The plain loop: ask -> run_trial -> tell, until a stop condition holds."""
         history = self.history()
-        while len(history) < n_trials:
+        while search_exhausted(history, n_trials, search_budget_gpu_hours) is None:
             allocation = strategy.ask(history)
             if allocation is None:
                 break

@@ -48,8 +48,9 @@ class PlanTable:
     subtask: str
     plans: list[Plan]
     index: dict[Plan, int]
+    levels: tuple[list[str], ...]  # names of the codes of model, method, mixture, aggregator
     codes: np.ndarray  # (P, 5) int: model, method, mixture, aggregator, arm
-    compute: np.ndarray  # (P, 2) standardised log params, log training tokens
+    compute: np.ndarray  # (P, 2) standardised log serving cost per sample, log train tokens
     log_n: np.ndarray  # (P,) log2 samples
     cost: np.ndarray  # (P,) GPU-h of the plan alone (training + inference)
     train: np.ndarray  # (P,) GPU-h of its training
@@ -57,28 +58,27 @@ class PlanTable:
 
     @classmethod
     def build(cls, space: SearchSpace, cost_model: CostModel, subtask: str,
-              artifacts: dict[tuple[str, str], int]) -> PlanTable:
+              artifacts: dict[tuple[str, ...], int]) -> PlanTable:
         spec = space.spec
         plans = list(space.plans(subtask))
         fields = ("model", "method", "mixture", "aggregator")
-        levels = [sorted({getattr(p, f) for p in plans}) for f in fields]
+        levels = tuple(list(space.choices(subtask)[f]) for f in fields)
         arms = sorted({(p.model, p.method, p.mixture, p.aggregator) for p in plans})
         arm_id = {a: i for i, a in enumerate(arms)}
         codes = np.array([[lv.index(getattr(p, f)) for f, lv in zip(fields, levels, strict=True)]
                           + [arm_id[(p.model, p.method, p.mixture, p.aggregator)]]
                           for p in plans])
-        raw = np.array([[np.log(spec.model(p.model).params),
-                         np.log1p(spec.method(p.method).train_tokens)] for p in plans])
+        costs = [cost_model.plan_cost(subtask, p) for p in plans]
+        # size proxy: serving GPU-h per sample (known even where a model's params are not)
+        raw = np.array([[np.log(c.inference_gpu_hours / p.samples + 1e-30),
+                         np.log1p(spec.method(p.method).train_tokens)]
+                        for p, c in zip(plans, costs, strict=True)])
         spread = raw.std(axis=0)
         compute = (raw - raw.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-        costs = [cost_model.plan_cost(subtask, p) for p in plans]
-        artifact = []
-        for p in plans:
-            if spec.method(p.method).kind in ("none", "pretrain"):
-                artifact.append(artifacts.setdefault((p.model, p.method), len(artifacts)))
-            else:
-                artifact.append(-1)
-        return cls(subtask, plans, {p: i for i, p in enumerate(plans)}, codes, compute,
+        artifact = [artifacts.setdefault(cost_model.artifact(subtask, p), len(artifacts))
+                    if spec.method(p.method).kind in ("none", "pretrain") else -1
+                    for p in plans]
+        return cls(subtask, plans, {p: i for i, p in enumerate(plans)}, levels, codes, compute,
                    np.log2([p.samples for p in plans]).astype(float),
                    np.array([c.total_gpu_hours for c in costs]),
                    np.array([c.train_gpu_hours for c in costs]), np.array(artifact))

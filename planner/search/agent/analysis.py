@@ -1,0 +1,89 @@
+"""What the evaluated trials say: per-subtask score models and how stages combine.
+
+`Analysis` is rebuilt from the trial history alone (never from hidden state), so a resumed
+search reasons exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.search._base import SearchContext
+from planner.search.agent.surrogate import PlanTable, Prediction, SubtaskModel
+from planner.store import TrialRecord, TrialStatus
+
+_FLOOR = 1e-4  # scores are floored before taking logs
+
+
+def stage_scores(trial: TrialRecord, subtasks: Sequence[str]) -> dict[str, float]:
+    """Each subtask's own score in a trial; a one-subtask task falls back to the end score."""
+    scores = dict(trial.subtask_scores)
+    if len(subtasks) == 1 and subtasks[0] not in scores and trial.score is not None:
+        scores[subtasks[0]] = trial.score
+    return scores
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Per-subtask predictions and the weights of log stage scores in the end score."""
+
+    tables: list[PlanTable]
+    predictions: list[Prediction]
+    weights: np.ndarray  # (S,) log end score ~ sum_s weights[s] * log stage score
+    trials: list[TrialRecord]  # finished, successful
+
+    def plan_values(self, kappa: float) -> list[np.ndarray]:
+        """Each plan's contribution to the log end score at `kappa` std above the mean."""
+        return [w * np.log(np.maximum(p.score(kappa), _FLOOR))
+                for w, p in zip(self.weights, self.predictions, strict=True)]
+
+
+class Analyst:
+    """Builds `Analysis` objects for one search context (plan tables are built once)."""
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+        artifacts: dict[tuple[str, ...], int] = {}
+        self.tables = [PlanTable.build(ctx.space, ctx.cost_model, s, artifacts)
+                       for s in ctx.space.subtasks]
+        self._models = [SubtaskModel(t) for t in self.tables]
+        self._cache: tuple[tuple[int, ...], Analysis] | None = None
+
+    def analyse(self, history: Sequence[TrialRecord]) -> Analysis:
+        ok = [t for t in history if t.status is TrialStatus.OK and t.score is not None]
+        key = tuple(t.number for t in ok)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        subtasks = self.ctx.space.subtasks
+        per = [stage_scores(t, subtasks) for t in ok]
+        predictions = [m.fit((t.allocation[s], p[s]) for t, p in zip(ok, per, strict=True)
+                             if s in p)
+                       for s, m in zip(subtasks, self._models, strict=True)]
+        analysis = Analysis(self.tables, predictions, _combination_weights(ok, per, subtasks),
+                            ok)
+        self._cache = (key, analysis)
+        return analysis
+
+
+def _combination_weights(trials: Sequence[TrialRecord], per: Sequence[dict[str, float]],
+                         subtasks: Sequence[str]) -> np.ndarray:
+    """Least squares of log end score on log stage scores, shrunk towards the product.
+
+    For a pipeline whose end score is the product of stage scores this returns ones; for
+    other combinations it learns how much each stage's score moves the end score.
+    """
+    rows = [(t.score, p) for t, p in zip(trials, per, strict=True)
+            if all(s in p for s in subtasks)]
+    prior = np.ones(len(subtasks))
+    if len(rows) < len(subtasks) + 2:
+        return prior
+    x = np.log(np.maximum([[p[s] for s in subtasks] for _, p in rows], _FLOOR))
+    y = np.log(np.maximum([score for score, _ in rows], _FLOOR))
+    x = np.column_stack([x, np.ones(len(rows))])
+    ridge = np.diag([1.0] * len(subtasks) + [1e-3])
+    target = np.r_[prior, 0.0]
+    coef = np.linalg.solve(x.T @ x + ridge, x.T @ y + ridge @ target)
+    return np.clip(coef[:-1], 0.0, None)

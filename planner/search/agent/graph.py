@@ -1,0 +1,189 @@
+"""The LangGraph loop: init -> evaluate -> reflect -> propose -> evaluate ... -> finalize.
+
+Every node visit is stored as an agent step (what it saw, did and produced); reflect also
+stores the insight memory it wrote. Nodes read run objects from `runtime.context` and
+return only the state keys they change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from planner.search._runner import best_trial, search_exhausted
+from planner.search.agent.memory import Insight, derive
+from planner.search.agent.reasoners.base import Attempt
+from planner.search.agent.state import MAX_LLM_FAILURES, AgentContext, PlannerState
+from planner.space import Allocation
+from planner.store import TrialRecord, TrialStatus
+
+_MAX_NOTES = 6  # language-model notes kept in memory
+
+
+def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
+    """Probe each subtask: a spread of models, the trend in n, then the other fields."""
+    ctx = runtime.context
+    allocs, why = ctx.builtin.initial(ctx.runner.history())
+    _record(ctx, "init", {
+        "summary": f"{len(allocs)} probes isolating model choice and n trend per subtask",
+        "inputs": {"budget_gpu_hours": ctx.runner.budget_gpu_hours, "n_trials": ctx.n_trials,
+                   "subtasks": ctx.runner.space.subtasks, "reasoner": ctx.reasoner.name},
+        "proposals": [a.to_dict() for a in allocs], "rationale": why})
+    return {"initialized": True,
+            "pending": [{"allocation": a.to_dict(), "source": "agent-init"} for a in allocs]}
+
+
+def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
+    """Run pending allocations through the runner; skip any already in the study."""
+    ctx = runtime.context
+    history = ctx.runner.history()
+    done = {t.allocation.key(): t for t in history}
+    best, stale = state.best_score, state.stale
+    launched, skipped = [], []
+    for item in state.pending:
+        alloc = Allocation.from_dict(item["allocation"])
+        if alloc.key() in done:  # evaluated before an interruption: never run twice
+            old = done[alloc.key()]
+            skipped.append(old.number)
+            if old.status is TrialStatus.OK and (best is None or old.score > best):
+                best = old.score
+            continue
+        if search_exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
+            break
+        trial = ctx.runner.run_trial(alloc, source=item["source"])
+        history.append(trial)
+        done[alloc.key()] = trial
+        launched.append(_trial_summary(trial))
+        improved = trial.status is TrialStatus.OK and (best is None or trial.score > best)
+        if improved:
+            best = trial.score
+        if item["source"] != "agent-init":
+            stale = 0 if improved else stale + 1
+        if ctx.callback:
+            ctx.callback(trial, best_trial(history))
+    _record(ctx, "evaluate", {
+        "summary": f"{len(launched)} trials run"
+                   + (f", {len(skipped)} already in the study" if skipped else "")
+                   + ("" if best is None else f"; best {best:.4f}"),
+        "inputs": {"pending": state.pending}, "trials": launched, "skipped": skipped})
+    return {"pending": [], "best_score": best, "stale": stale}
+
+
+def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
+    """Update the insight memory from all trials; decide whether to stop."""
+    ctx = runtime.context
+    history = ctx.runner.history()
+    before = [Insight.from_dict(d) for d in state.memory]
+    notes = [i for i in before if i.kind == "note"][-_MAX_NOTES:]
+    after = derive(ctx.builtin.analyse(history), ctx.runner.cost_model,
+                   ctx.runner.budget_gpu_hours, before) + notes
+    stop = search_exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
+    if not stop and ctx.patience is not None and state.stale >= ctx.patience:
+        stop = f"converged: no better score in {state.stale} proposals"
+    step = _record(ctx, "reflect", {
+        "summary": "; ".join(i.text for i in after if i.kind != "note")[:300]
+                   + (f" | stop: {stop}" if stop else ""),
+        "inputs": {"trials": len(history), "stale": state.stale},
+        "insights_before": [i.to_dict() for i in before],
+        "insights_after": [i.to_dict() for i in after], "stop": stop})
+    fresh = [i.to_dict() for i in after if i not in before]
+    ctx.runner.store.add_insights(ctx.runner.study, step, fresh)
+    return {"memory": [i.to_dict() for i in after], "stop": stop}
+
+
+def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
+    """Ask the reasoner for allocations; a failing language model falls back to builtin."""
+    ctx = runtime.context
+    history = ctx.runner.history()
+    memory = [Insight.from_dict(d) for d in state.memory]
+    use_llm = ctx.reasoner is not ctx.builtin and state.llm_failures < MAX_LLM_FAILURES
+    reasoner = ctx.reasoner if use_llm else ctx.builtin
+    proposal = reasoner.propose(history, memory, ctx.proposals_per_step)
+    failures = state.llm_failures
+    if use_llm:
+        failures = failures + 1 if proposal.fallback else 0
+    if ctx.reasoner is not ctx.builtin and not use_llm:
+        fallback = (f"language model failed {failures} steps in a row; built-in reasoner "
+                    "answers from now on")
+    else:
+        fallback = proposal.fallback
+    source = f"agent-{proposal.reasoner}"
+    what = "; ".join(" | ".join(a.describe()) for a in proposal.allocations)
+    notes = [Insight("*", "note", n).to_dict() for n in proposal.notes]
+    step = _record(ctx, "propose", {
+        "summary": f"{proposal.reasoner}: {what or 'nothing left to propose'}"
+                   + (f" (fallback: {fallback})" if fallback else ""),
+        "inputs": {"trials": len(history), "insights": len(memory),
+                   "k": ctx.proposals_per_step, "best_score": state.best_score},
+        "reasoner": proposal.reasoner, "fallback": fallback,
+        "attempts": [a.to_dict() for a in proposal.attempts],
+        "proposals": [a.to_dict() for a in proposal.allocations], "notes": proposal.notes,
+        "tokens": _sum_tokens(proposal.attempts),
+        "latency_s": sum(a.latency_s for a in proposal.attempts)})
+    ctx.runner.store.add_insights(ctx.runner.study, step, notes)
+    update: dict = {"pending": [{"allocation": a.to_dict(), "source": source}
+                                for a in proposal.allocations],
+                    "llm_failures": failures, "memory": state.memory + notes}
+    if not proposal.allocations:
+        update["stop"] = "no unseen allocation fits the budget"
+    return update
+
+
+def finalize(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
+    """Record why the search stopped and its best trial."""
+    ctx = runtime.context
+    best = best_trial(ctx.runner.history())
+    stop = state.stop or "stopped"
+    _record(ctx, "finalize", {
+        "summary": f"{stop}; best " + ("-" if best is None else
+                                       f"trial {best.number} score {best.score:.4f}"),
+        "stop": stop, "best": None if best is None else _trial_summary(best)})
+    return {"stop": stop}
+
+
+def route_start(state: PlannerState) -> Literal["init", "reflect"]:
+    """A fresh search probes first; a finished one given more trials reflects and goes on."""
+    return "reflect" if state.initialized else "init"
+
+
+def route_reflect(state: PlannerState) -> Literal["propose", "finalize"]:
+    return "finalize" if state.stop else "propose"
+
+
+def route_propose(state: PlannerState) -> Literal["evaluate", "finalize"]:
+    return "evaluate" if state.pending else "finalize"
+
+
+def build_graph() -> StateGraph:
+    """The agent's graph, uncompiled (compile it with a checkpointer)."""
+    g = StateGraph(PlannerState, context_schema=AgentContext)
+    for name, node in (("init", init), ("evaluate", evaluate), ("reflect", reflect),
+                       ("propose", propose), ("finalize", finalize)):
+        g.add_node(name, node)
+    g.add_conditional_edges(START, route_start)
+    g.add_edge("init", "evaluate")
+    g.add_edge("evaluate", "reflect")
+    g.add_conditional_edges("reflect", route_reflect)
+    g.add_conditional_edges("propose", route_propose)
+    g.add_edge("finalize", END)
+    return g
+
+
+def _record(ctx: AgentContext, node: str, payload: dict) -> int:
+    return ctx.runner.store.add_step(ctx.runner.study, node, payload)
+
+
+def _trial_summary(t: TrialRecord) -> dict:
+    return {"number": t.number, "status": t.status.value, "score": t.score,
+            "subtask_scores": dict(t.subtask_scores), "cost_gpu_hours": t.cost.total_gpu_hours,
+            "allocation": t.allocation.to_dict(), "source": t.source}
+
+
+def _sum_tokens(attempts: list[Attempt]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for a in attempts:
+        for k, v in a.tokens.items():
+            total[k] = total.get(k, 0) + v
+    return total

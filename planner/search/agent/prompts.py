@@ -1,0 +1,72 @@
+"""Prompts for a language-model reasoner: compact, self-contained, JSON in and out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from planner.cost import CostModel
+from planner.search.agent.memory import Insight
+from planner.space import Allocation, Plan, SearchSpace
+from planner.store import TrialRecord, TrialStatus
+
+SYSTEM = """You allocate compute across the stages of an LLM pipeline.
+For every subtask choose a plan: model, method (fine-tuning or checkpoint), mixture,
+samples (n) and aggregator. An allocation is one plan per subtask; its cost must stay
+within the budget. Maximise the end-to-end score with as few trials as possible.
+Regularities that usually hold: subtasks prefer different models, and a small model
+sampled more can beat a large one; the score-versus-n curve rises then saturates, so
+samples past saturation waste budget; budget spent on one stage is missing from another,
+so move it to the stage whose score gains most per GPU-hour.
+Reply with one JSON object and nothing else:
+{"insights": ["short statement", ...],
+ "proposals": [{"<subtask>": {"model": "...", "method": "...", "mixture": "...",
+                              "samples": 8, "aggregator": "..."}, ...}, ...]}
+Propose only allocations that are not in the trials table."""
+
+
+def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: float,
+                 history: Sequence[TrialRecord], memory: Sequence[Insight],
+                 hints: Sequence[tuple[Allocation, float]], k: int) -> str:
+    """Task, space with costs, budget, insight memory, trials table and hints."""
+    spec = space.spec
+    lines = [f"Task: {spec.name}. {spec.description}".strip(),
+             f"Budget: {budget_gpu_hours:.4g} GPU-h per allocation (training + serving "
+             f"{spec.workload.queries:g} queries). A pre-trained checkpoint used by several "
+             "subtasks is paid once.", "", "Search space and costs (GPU-h):"]
+    for s in space.subtasks:
+        c = space.choices(s)
+        lines.append(f"- subtask {s}: samples {c['samples']}; aggregators "
+                     f"{c['aggregator']}; mixtures {c['mixture']}")
+        lines.append("  model / method: training + serving per sample (cost = training + "
+                     "serving x samples, roughly)")
+        for model in c["model"]:
+            for method in space.methods_for(s, model):
+                plan = Plan(model, method, c["mixture"][0], 1, c["aggregator"][0])
+                cost = cost_model.plan_cost(s, plan)
+                lines.append(f"  {model} / {method}: {cost.train_gpu_hours:.4g} + "
+                             f"{cost.inference_gpu_hours:.4g}")
+    lines += ["", "Insight memory:"]
+    lines += [f"- [{i.subtask}/{i.kind}] {i.text}" for i in memory] or ["- (none yet)"]
+    lines += ["", "Trials (number: end score | per subtask: plan -> score | cost GPU-h):"]
+    for t in history:
+        if t.status is not TrialStatus.OK:
+            lines.append(f"- {t.number}: {t.status.value} | " + " ; ".join(
+                t.allocation.describe()))
+            continue
+        parts = [f"{s}: {p.describe()} -> {t.subtask_scores.get(s, float('nan')):.4f}"
+                 for s, p in t.allocation.items()]
+        lines.append(f"- {t.number}: {t.score:.4f} | " + " ; ".join(parts)
+                     + f" | {t.cost.total_gpu_hours:.4g}")
+    lines += ["", "Candidates a statistical model rates highest (optimistic pick; "
+              "predicted end score):"]
+    lines += [f"- {score:.4f}: {json.dumps(a.to_dict())}" for a, score in hints] or ["- none"]
+    lines += ["", f"Propose up to {k} new allocation(s) as JSON."]
+    return "\n".join(lines)
+
+
+def repair_message(errors: Sequence[str]) -> str:
+    """Quote what was wrong and ask again."""
+    return ("Your reply could not be used:\n" + "\n".join(f"- {e}" for e in errors)
+            + "\nReply again with one JSON object {\"insights\": [...], \"proposals\": [...]} "
+            "whose proposals are valid, within budget and not yet tried.")

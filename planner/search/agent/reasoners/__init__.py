@@ -1,0 +1,1 @@
+"""Reasoners answer the propose node: `BuiltinReasoner` (no LLM) and `LLMReasoner`."""

@@ -1,0 +1,165 @@
+"""A reasoner backed by any OpenAI-compatible chat endpoint (vLLM, llama.cpp, OpenAI ...).
+
+Transport failures (timeouts, rate limits, 5xx) are retried with backoff by the `openai`
+client; a reply that is not usable JSON, or proposes invalid, over-budget or already
+evaluated allocations, gets a repair message quoting the errors (bounded rounds). When the
+endpoint keeps failing the built-in reasoner answers, and the proposal says why. The API
+key is read from OPENAI_API_KEY by the client and is never part of a trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import openai
+
+from planner.errors import SpaceError
+from planner.search._base import SearchContext, seen_keys
+from planner.search.agent import prompts
+from planner.search.agent.analysis import Analysis
+from planner.search.agent.combine import best_allocations
+from planner.search.agent.memory import Insight
+from planner.search.agent.reasoners.base import Attempt, Proposal
+from planner.search.agent.reasoners.builtin import BuiltinReasoner
+from planner.space import Allocation
+from planner.store import TrialRecord
+
+_FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+_HINTS = 5
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where and how to ask (no credentials: the key comes from the environment)."""
+
+    base_url: str
+    model: str
+    timeout_s: float = 60.0
+    max_retries: int = 3  # transport retries, with the client's exponential backoff
+    repairs: int = 2  # extra rounds after an unusable reply
+    temperature: float = 0.2
+
+
+class ReplyError(ValueError):
+    """A reply that is not the JSON object the prompt asks for."""
+
+
+def parse_reply(text: str) -> tuple[list[str], list]:
+    """(insights, proposals) from a reply: bare JSON, a fenced block, or the outer braces."""
+    candidates = [text.strip(), *(m.strip() for m in _FENCED.findall(text))]
+    if "{" in text and "}" in text:
+        candidates.append(text[text.index("{"): text.rindex("}") + 1])
+    for c in candidates:
+        try:
+            data = json.loads(c)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("proposals"), list):
+            insights = data.get("insights") or []
+            return [str(i) for i in insights] if isinstance(insights, list) else [], \
+                data["proposals"]
+    raise ReplyError('no JSON object with a "proposals" list found in the reply')
+
+
+class LLMReasoner:
+    """Proposes by prompting a chat model; validates everything it says."""
+
+    name = "llm"
+
+    def __init__(self, ctx: SearchContext, config: LLMConfig, builtin: BuiltinReasoner) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.builtin = builtin
+        self.client = openai.OpenAI(base_url=config.base_url,
+                                    api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+                                    timeout=config.timeout_s, max_retries=config.max_retries)
+
+    def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
+                k: int) -> Proposal:
+        analysis = self.builtin.analyse(history)
+        seen = seen_keys(history)
+        hints = best_allocations(analysis.tables, analysis.plan_values(self.builtin.kappa),
+                                 self.ctx.budget_gpu_hours, self.ctx.cost_model, seen, _HINTS)
+        predicted = [self._predicted(analysis, a) for a in hints]
+        messages = [{"role": "system", "content": prompts.SYSTEM},
+                    {"role": "user", "content": prompts.user_message(
+                        self.ctx.space, self.ctx.cost_model, self.ctx.budget_gpu_hours,
+                        history, memory, list(zip(hints, predicted, strict=True)), k)}]
+        attempts: list[Attempt] = []
+        for _ in range(1 + self.config.repairs):
+            start = time.perf_counter()
+            try:
+                reply = self.client.chat.completions.create(
+                    model=self.config.model, messages=messages,
+                    temperature=self.config.temperature)
+            except openai.OpenAIError as e:
+                attempts.append(Attempt(list(messages), errors=[_describe(e)],
+                                        latency_s=time.perf_counter() - start))
+                return self._fallback(history, memory, k, attempts, _describe(e))
+            latency = time.perf_counter() - start
+            text = (reply.choices[0].message.content or "") if reply.choices else ""
+            tokens = ({"prompt": reply.usage.prompt_tokens,
+                       "completion": reply.usage.completion_tokens} if reply.usage else {})
+            try:
+                notes, raw = parse_reply(text)
+            except ReplyError as e:
+                notes, raw, valid, errors = [], [], [], [str(e)]
+            else:
+                valid, errors = self._validate(raw, seen)
+            attempts.append(Attempt(list(messages), text, [r for r in raw if
+                                                           isinstance(r, dict)],
+                                    errors, tokens, latency))
+            if valid:
+                return Proposal(valid[:k], self.name, notes, attempts)
+            messages = [*messages, {"role": "assistant", "content": text},
+                        {"role": "user", "content": prompts.repair_message(errors)}]
+        return self._fallback(history, memory, k, attempts,
+                              f"no usable proposal after {len(attempts)} replies")
+
+    def _validate(self, raw: list, seen: set[str]) -> tuple[list[Allocation], list[str]]:
+        """Allocations that fit the space and budget and are new; an error for each other."""
+        valid, errors, keys = [], [], set(seen)
+        for i, item in enumerate(raw):
+            data = item.get("allocation", item) if isinstance(item, dict) else item
+            try:
+                alloc = self.ctx.space.coerce(data)
+            except SpaceError as e:
+                errors.append(f"proposal {i}: {e}")
+                continue
+            cost = self.ctx.cost_model.estimate(alloc).total_gpu_hours
+            if cost > self.ctx.budget_gpu_hours:
+                errors.append(f"proposal {i}: costs {cost:.4g} GPU-h, over the budget of "
+                              f"{self.ctx.budget_gpu_hours:.4g} GPU-h")
+            elif alloc.key() in keys:
+                errors.append(f"proposal {i}: already evaluated or proposed; propose a new one")
+            else:
+                keys.add(alloc.key())
+                valid.append(alloc)
+        if not raw:
+            errors.append("the proposals list is empty")
+        return valid, errors
+
+    def _fallback(self, history: Sequence[TrialRecord], memory: Sequence[Insight], k: int,
+                  attempts: list[Attempt], why: str) -> Proposal:
+        found = self.builtin.propose(history, memory, k)
+        return Proposal(found.allocations, "builtin", [], attempts, why)
+
+    @staticmethod
+    def _predicted(analysis: Analysis, alloc: Allocation) -> float:
+        """Mean predicted end score (weighted product of stage scores)."""
+        total = 1.0
+        for t, p, w in zip(analysis.tables, analysis.predictions, analysis.weights,
+                           strict=True):
+            total *= float(p.score()[t.index[alloc[t.subtask]]]) ** w
+        return total
+
+
+def _describe(e: Exception) -> str:
+    """An error's type and message, without request headers or credentials."""
+    status = getattr(e, "status_code", None)
+    return f"{type(e).__name__}" + (f" (HTTP {status})" if status else "") + f": {e}"[:300]

@@ -1,0 +1,55 @@
+"""The graph's state (checkpointed, JSON-friendly) and its run context (not checkpointed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.search._runner import Runner, TrialCallback
+from planner.search.agent.reasoners.base import Reasoner
+from planner.search.agent.reasoners.builtin import BuiltinReasoner
+
+# consecutive propose steps the language model may fail before the search stops asking it
+MAX_LLM_FAILURES = 2
+
+
+@dataclass
+class PlannerState:
+    """What the agent carries from node to node; trials themselves live in the store."""
+
+    pending: list[dict] = field(default_factory=list)
+    """Allocations (`Allocation.to_dict`) waiting for the evaluate node, each under
+    `allocation` with its `source` (agent-init, agent-builtin, agent-llm)."""
+    memory: list[dict] = field(default_factory=list)
+    """The current insight memory (`Insight.to_dict`); every version is also stored."""
+    initialized: bool = False
+    """Whether the init probes were proposed (a re-run thread skips init)."""
+    best_score: float | None = None
+    """Best end-to-end score seen so far."""
+    stale: int = 0
+    """Proposed trials since the best score last improved (convergence counter)."""
+    llm_failures: int = 0
+    """Consecutive propose steps where the language model gave nothing usable."""
+    stop: str = ""
+    """Why the search stopped; empty while it runs."""
+
+
+@dataclass(kw_only=True)
+class AgentContext:
+    """Run configuration and live objects; rebuilt on every run, never checkpointed."""
+
+    runner: Runner
+    """Evaluates and stores trials (the same path every strategy uses)."""
+    reasoner: Reasoner
+    """Answers the propose node (the built-in one, or a language model)."""
+    builtin: BuiltinReasoner
+    """Init probes, analysis for reflect, and the fallback for propose."""
+    n_trials: int
+    """Trials the study may hold."""
+    search_budget_gpu_hours: float | None = None
+    """Cap on the summed estimated cost of evaluated trials."""
+    patience: int | None = None
+    """Stop after this many proposals without a better score (None: never)."""
+    proposals_per_step: int = 1
+    """Allocations asked of the reasoner per propose step."""
+    callback: TrialCallback | None = None
+    """Called after every trial with (trial, best trial)."""

@@ -1,0 +1,147 @@
+"""The agent strategy with the built-in reasoner: search quality, graph, trace, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from envs import make_environment
+from envs.replay.optimum import exhaustive_optimum, load_optima
+from planner.budget import parse_budget
+from planner.cli import app
+from planner.search import AgentOptions, Runner, SearchContext, make_strategy
+from planner.search.agent.memory import Insight
+from planner.search.agent.strategy import AgentStrategy
+from planner.spec import load_spec
+from planner.store import Store, TrialStatus
+from planner.study import optimize
+from tests.agent_tasks import write_random_task
+
+TASKS = Path(__file__).parents[1] / "envs" / "replay" / "tasks"
+
+
+def _budget(spec) -> float:
+    return parse_budget(spec.budget).gpu_hours(spec.hardware.peak_flops,
+                                               spec.hardware.utilization)
+
+
+def _run(spec, strategy: str, n_trials: int, db: str = "sqlite://", seed: int = 0,
+         **kwargs):
+    env = make_environment(spec)
+    return optimize(spec, env, store=Store(db), budget=spec.budget, strategy=strategy,
+                    n_trials=n_trials, seed=seed, **kwargs)
+
+
+def test_agent_reaches_replay_optimum_in_few_trials() -> None:
+    spec = load_spec(TASKS / "monkeys_math.yaml")
+    optimum = load_optima()[spec.name]["score"]
+    result = _run(spec, "agent", 12, agent=AgentOptions(patience=None))
+    assert result.best.score >= 0.99 * optimum
+    random_best = [_run(spec, "random", 12, seed=s).best.score for s in range(3)]
+    assert max(random_best) < result.best.score
+
+
+@pytest.mark.parametrize("seed,stages", [(2, 3), (4, 2), (7, 2)])
+def test_agent_on_random_tasks(tmp_path: Path, seed: int, stages: int) -> None:
+    spec = load_spec(write_random_task(tmp_path, seed, n_stages=stages,
+                                       budget=["30gpu-h", "60gpu-h", "120gpu-h"][seed % 3]))
+    optimum = exhaustive_optimum(spec, _budget(spec)).score
+    result = _run(spec, "agent", 25, agent=AgentOptions(patience=None))
+    assert result.best.score >= 0.99 * optimum
+    assert all(t.cost.total_gpu_hours <= _budget(spec) for t in result.trials)
+    assert len({t.allocation.key() for t in result.trials}) == len(result.trials)
+
+
+def test_graph_trace_and_insights(tmp_path: Path, tiny_spec) -> None:
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    result = _run(tiny_spec, "agent", 10, db=db)
+    store = Store(db)
+    steps = store.steps(result.study.name)
+    nodes = [s.node for s in steps]
+    assert nodes[:4] == ["init", "evaluate", "reflect", "propose"]
+    assert nodes[-1] == "finalize" and nodes.count("init") == 1
+    assert len(result.trials) == 10
+    assert {t.source for t in result.trials} == {"agent-init", "agent-builtin"}
+    init = steps[0].payload
+    assert len(init["proposals"]) == len(init["rationale"]) >= 2
+    assert any("n-trend" in r for r in init["rationale"])
+    reflects = {s.number: s for s in steps if s.node == "reflect"}
+    insights = store.insights(result.study.name)
+    assert insights and all(i.step in reflects for i in insights)
+    kinds = {(i.subtask, i.kind) for i in insights}
+    assert {("extract", "model"), ("solve", "saturation"), ("*", "budget")} <= kinds
+    last = Insight.from_dict(reflects[max(reflects)].payload["insights_after"][0])
+    assert last.subtask == "extract" and last.kind == "model"
+    assert steps[-1].payload["best"]["number"] == result.best.number
+
+
+def test_patience_and_search_budget_stop(tiny_spec) -> None:
+    result = _run(tiny_spec, "agent", 60, agent=AgentOptions(patience=2))
+    assert len(result.trials) < 60
+    spent_cap = "20gpu-h"
+    capped = _run(tiny_spec, "agent", 60, search_budget=spent_cap)
+    spent = sum(t.cost.total_gpu_hours for t in capped.trials)
+    assert spent >= 20 and spent - capped.trials[-1].cost.total_gpu_hours < 20
+
+
+def test_resume_continues_graph_without_repeating_trials(tmp_path: Path, tiny_spec) -> None:
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at(k: int):
+        def callback(trial, best) -> None:
+            if trial.number + 1 == k:
+                raise Interrupt
+        return callback
+
+    with pytest.raises(Interrupt):  # inside init's batch of probes
+        _run(tiny_spec, "agent", 12, db=db, callback=stop_at(2))
+    with pytest.raises(Interrupt):  # after a few proposals
+        _run(tiny_spec, "agent", 12, db=db, callback=stop_at(8), resume=True)
+    result = _run(tiny_spec, "agent", 12, db=db, resume=True)
+    trials = result.trials
+    assert [t.number for t in trials] == list(range(12))
+    assert len({t.allocation.key() for t in trials}) == 12
+    assert all(t.status is TrialStatus.OK for t in trials)
+    nodes = [s.node for s in Store(db).steps(result.study.name)]
+    assert nodes.count("init") == 1  # the graph continued from its checkpoint
+    more = _run(tiny_spec, "agent", 14, db=db, resume=True)  # a finished study, more trials
+    assert len(more.trials) == 14 and nodes.count("init") == 1
+    assert len({t.allocation.key() for t in more.trials}) == 14
+
+
+def test_agent_ask_tell(tiny_spec) -> None:
+    env = make_environment(tiny_spec)
+    store = Store("sqlite://")
+    store.create_study(name="s", task_name="tiny", task_path="", task={}, budget="100gpu-h",
+                       budget_gpu_hours=_budget(tiny_spec), strategy="agent", seed=0)
+    from planner.cost import CostModel
+
+    cost_model = CostModel(tiny_spec, env.calibration())
+    runner = Runner(env, store, "s", cost_model, _budget(tiny_spec))
+    strategy = make_strategy("agent", SearchContext(runner.space, cost_model,
+                                                    _budget(tiny_spec), 0, store, "s"))
+    assert isinstance(strategy, AgentStrategy)
+    trials = runner.ask_tell(strategy, 9)
+    assert len({t.allocation.key() for t in trials}) == 9
+    assert store.steps("s") == []  # ask/tell skips the graph and its trace
+
+
+def test_cli_optimize_and_trace(tmp_path: Path, tiny_task_path: Path) -> None:
+    runner = CliRunner()
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    res = runner.invoke(app, ["optimize", str(tiny_task_path), "--db", db, "--trials", "8",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["strategy"] == "agent"
+    res = runner.invoke(app, ["trace", "tiny-agent", "--db", db])
+    assert res.exit_code == 0 and "init" in res.stdout and "reflect" in res.stdout
+    res = runner.invoke(app, ["trace", "tiny-agent", "--db", db, "--step", "2", "--json"])
+    assert json.loads(res.stdout)["node"] == "reflect"
+    res = runner.invoke(app, ["trace", "tiny-agent", "--db", db, "--step", "0"])
+    assert res.exit_code == 0 and "probe" in res.stdout

@@ -1,0 +1,206 @@
+"""The `llm` reasoner end to end against a real OpenAI-compatible server on 127.0.0.1.
+
+The server answers /v1/chat/completions from a script: valid plans, malformed JSON, an
+over-budget plan, a reply slower than the client's timeout, and HTTP 500.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from envs import make_environment
+from planner.cli import app
+from planner.search import AgentOptions
+from planner.search.agent import LLMConfig
+from planner.search.agent.reasoners.llm import ReplyError, parse_reply
+from planner.spec import load_spec
+from planner.store import Store
+from planner.study import optimize
+from tests.conftest import write_tiny_task
+
+SECRET = "sk-test-must-never-be-stored-0123456789"
+
+
+class ScriptedServer:
+    """Pops one scripted behaviour per request: ("reply", text), ("slow", s, text),
+    ("status", code); when the script is empty, HTTP 500."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple] = []
+        self.requests: list[dict] = []
+        self.auth: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's API
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.auth.append(self.headers.get("Authorization", ""))
+                action = server.script.pop(0) if server.script else ("status", 500)
+                if action[0] == "status":
+                    self._send(action[1], {"error": {"message": "scripted failure"}})
+                    return
+                if action[0] == "slow":
+                    time.sleep(action[1])
+                text = action[-1]
+                self._send(200, {
+                    "id": "x", "object": "chat.completion", "created": 0, "model": "scripted",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 20,
+                              "total_tokens": 120}})
+
+            def _send(self, code: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    s = ScriptedServer()
+    s.thread.start()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+@pytest.fixture
+def spec(tmp_path: Path):
+    return load_spec(write_tiny_task(tmp_path, budget="20gpu-h"))
+
+
+def _plan(model: str, method: str, n: int) -> dict:
+    return {"model": model, "method": method, "samples": n, "aggregator": "oracle"}
+
+
+def _reply(*allocs: dict, insights: tuple[str, ...] = ("extract likes the large model",)) -> str:
+    return json.dumps({"insights": list(insights), "proposals": list(allocs)})
+
+
+GOOD = {"extract": _plan("large", "ckpt-a", 16), "solve": _plan("small", "ckpt-b", 16)}
+GOOD2 = {"extract": _plan("small", "ckpt-a", 2), "solve": _plan("large", "ckpt-a", 8)}
+OVER = {"extract": _plan("large", "ckpt-b", 16), "solve": _plan("large", "ckpt-b", 16)}
+
+
+def _n_init(spec) -> int:
+    """How many probes the agent's init node proposes for this task."""
+    store = Store("sqlite://")
+    optimize(spec, make_environment(spec), store=store, budget=spec.budget, strategy="agent",
+             n_trials=1, study="probe")
+    return len(store.steps("probe")[0].payload["proposals"])
+
+
+def _optimize(spec, server: ScriptedServer, n_extra: int, **llm):
+    """Run the agent until `n_extra` trials past its init probes."""
+    config = LLMConfig(server.url, "scripted", **{"timeout_s": 2.0, "max_retries": 0,
+                                                   "repairs": 2, **llm})
+    store = Store("sqlite://")
+    result = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
+                      strategy="agent", n_trials=_n_init(spec) + n_extra, study="llm",
+                      agent=AgentOptions(reasoner="llm", llm=config, patience=None))
+    proposes = [s.payload for s in store.steps("llm") if s.node == "propose"]
+    return result, proposes, store
+
+
+def test_valid_plans_are_evaluated_with_tokens_recorded(spec, server) -> None:
+    server.script = [("reply", _reply(GOOD, GOOD2))]
+    result, proposes, store = _optimize(spec, server, 1)
+    step = proposes[0]
+    assert step["reasoner"] == "llm" and step["fallback"] is None
+    assert step["tokens"] == {"prompt": 100, "completion": 20} and step["latency_s"] > 0
+    last = result.trials[-1]
+    assert last.source == "agent-llm" and last.allocation.to_dict()["extract"]["model"] == "large"
+    prompt = server.requests[0]["messages"][1]["content"]
+    assert "Trials" in prompt and "Candidates" in prompt and "ckpt-b" in prompt
+    notes = [i for i in store.insights("llm") if i.kind == "note"]
+    assert notes and notes[0].text == "extract likes the large model"
+
+
+def test_malformed_then_fenced_json_is_repaired(spec, server) -> None:
+    server.script = [("reply", "Sure! {proposals: [oops"),
+                     ("reply", "Here you go:\n```json\n" + _reply(GOOD) + "\n```")]
+    result, proposes, _ = _optimize(spec, server, 1)
+    attempts = proposes[0]["attempts"]
+    assert len(attempts) == 2 and "no JSON object" in attempts[0]["errors"][0]
+    repair = server.requests[1]["messages"][-1]["content"]
+    assert "no JSON object" in repair
+    assert result.trials[-1].source == "agent-llm"
+
+
+def test_over_budget_and_duplicate_plans_are_refused(spec, server) -> None:
+    server.script = [("reply", _reply(OVER)), ("reply", _reply(GOOD)),
+                     ("reply", _reply(GOOD)), ("reply", _reply(GOOD2))]
+    result, proposes, _ = _optimize(spec, server, 2)
+    first = proposes[0]["attempts"]
+    assert "over the budget" in first[0]["errors"][0]
+    assert "over the budget" in server.requests[1]["messages"][-1]["content"]
+    second = proposes[1]["attempts"]
+    assert "already evaluated" in second[0]["errors"][0]
+    assert [t.source for t in result.trials[-2:]] == ["agent-llm", "agent-llm"]
+    assert all(t.cost.total_gpu_hours <= 20 for t in result.trials)
+
+
+def test_timeout_falls_back_to_builtin(spec, server) -> None:
+    server.script = [("slow", 1.5, _reply(GOOD))]
+    result, proposes, _ = _optimize(spec, server, 1, timeout_s=0.3)
+    step = proposes[0]
+    assert step["reasoner"] == "builtin" and "Timeout" in step["fallback"]
+    assert result.trials[-1].source == "agent-builtin"
+
+
+def test_persistent_500_retries_then_stops_asking(spec, server) -> None:
+    result, proposes, _ = _optimize(spec, server, 4, max_retries=1)
+    assert "HTTP 500" in proposes[0]["fallback"]
+    assert len(server.requests) == 4  # 2 failing steps x (1 try + 1 retry), then no more
+    assert "built-in reasoner answers from now on" in proposes[-1]["fallback"]
+    assert all(t.source == "agent-builtin" for t in result.trials[-4:])
+
+
+def test_parse_reply_forms() -> None:
+    assert parse_reply('{"proposals": [], "insights": ["a"]}') == (["a"], [])
+    assert parse_reply('text {"proposals": [{"x": 1}]} more')[1] == [{"x": 1}]
+    with pytest.raises(ReplyError):
+        parse_reply('{"plans": []}')
+
+
+def test_cli_llm_secret_never_stored(tmp_path: Path, server, monkeypatch) -> None:
+    task = write_tiny_task(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    server.script = [("reply", _reply(GOOD))]
+    db_file = tmp_path / "cli.db"
+    runner = CliRunner()
+    trials = str(_n_init(load_spec(task)) + 1)
+    res = runner.invoke(app, ["optimize", str(task), "--db", f"sqlite:///{db_file}",
+                              "--trials", trials, "--reasoner", "llm", "--llm-base-url",
+                              server.url, "--llm-model", "scripted"])
+    assert res.exit_code == 0, res.output
+    assert server.auth[0] == f"Bearer {SECRET}"  # the key was used ...
+    shown = runner.invoke(app, ["trace", "tiny-agent", "--db", f"sqlite:///{db_file}",
+                                "--json"]).stdout
+    assert "agent-llm" in shown
+    for path in tmp_path.glob("cli.db*"):  # ... but is nowhere in the database files
+        assert SECRET.encode() not in path.read_bytes()
+    assert SECRET not in shown and SECRET not in res.output
