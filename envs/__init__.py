@@ -17,5 +17,9 @@ def make_environment(spec: TaskSpec) -> Environment:
         from envs.replay.env import ReplayEnvironment
 
         return ReplayEnvironment(spec)
+    if spec.environment == "live":
+        from envs.live.env import LiveEnvironment
+
+        return LiveEnvironment(spec)
     raise SpecError(f"{spec.name}: environment: {spec.environment!r} is not available in this "
-                    "version; use environment: replay")
+                    "version; use environment: replay or live")

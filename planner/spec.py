@@ -101,10 +101,24 @@ class ReplaySpec(_Strict):
 
 
 class DataSpec(_Strict):
-    """A live subtask's data: named training sources (JSONL) and a validation set."""
+    """A live subtask's data: named training sources (JSONL) and a validation set, and how a
+    record becomes a prompt and a label."""
 
     sources: dict[str, Path] = Field(default_factory=dict)
     val: Path
+    prompt: str = Field("{prompt}", description="template of the model input: {field} is the "
+                        "record's field, or, where field names a dependency, its output")
+    label: str | None = Field(None, description="field holding the gold output (default: the "
+                              "subtask's name, so dependents' {name} fields hold it too)")
+
+
+class Decoding(_Strict):
+    """How a live subtask samples its completions."""
+
+    temperature: float = Field(0.8, ge=0, description="0 is greedy (n identical samples)")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(32, gt=0)
+    seed: int = 0
 
 
 class SubtaskSpec(_Strict):
@@ -121,6 +135,7 @@ class SubtaskSpec(_Strict):
     samples: list[int] = Field(default_factory=lambda: [1], min_length=1)
     aggregators: list[str] = Field(default_factory=lambda: ["first"], min_length=1)
     data: DataSpec | None = None
+    decoding: Decoding = Field(default_factory=Decoding)
     replay: ReplaySpec | None = None
 
     @field_validator("samples")

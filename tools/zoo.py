@@ -30,8 +30,11 @@ SIZES: dict[str, dict[str, int]] = {
     "small": {"n_layer": 2, "n_embd": 128, "n_head": 4},
     "base": {"n_layer": 4, "n_embd": 128, "n_head": 4},
 }
-# Pretraining steps of `tiny_model` at batch 64, lr 3e-3: tiny builds in ~15 s on 2 CPU cores.
-DEFAULT_STEPS = {"tiny": 300, "small": 600, "base": 1000}
+# Pretraining of `tiny_model` (lr 3e-3; steps x batch name the cache folder). Built on a busy
+# 2-core CPU: tiny 320 s, small 770 s. They learn the corpus's characters and formats, not yet
+# its sums (small: ~1% on 2-digit additions); fine-tuning does that (envs/live/tasks).
+DEFAULT_STEPS = {"tiny": 800, "small": 800, "base": 1000}
+DEFAULT_BATCH = {"tiny": 64, "small": 128, "base": 128}
 N_POSITIONS = 128  # prompt + completion + prompt-tuning virtual tokens must fit
 
 _CHARS = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
@@ -124,19 +127,21 @@ def build_tiny_model(
 
 
 def tiny_model(size: Size = "tiny", cache_dir: str | Path | None = None) -> Path:
-    """Path of a pretrained tiny model, built on first use (`DEFAULT_STEPS[size]` steps on
-    `synthetic_corpus`) and cached under `cache_dir` (default `$PLANNER_CACHE/zoo`, with
-    `PLANNER_CACHE` defaulting to `~/.cache/planner`)."""
+    """Path of a pretrained tiny model, built on first use (`DEFAULT_STEPS[size]` steps of
+    `DEFAULT_BATCH[size]` lines of `synthetic_corpus`) and cached under `cache_dir` (default
+    `$PLANNER_CACHE/zoo`, with `PLANNER_CACHE` defaulting to `~/.cache/planner`) in a folder
+    named by size and build settings, so a build with other settings is never reused."""
     if cache_dir is None:
         cache_dir = Path(os.environ.get("PLANNER_CACHE", "~/.cache/planner")).expanduser() / "zoo"
-    path = Path(cache_dir) / size
+    steps, batch_size = DEFAULT_STEPS[size], DEFAULT_BATCH[size]
+    path = Path(cache_dir) / f"{size}-{steps}x{batch_size}"
     if (path / "config.json").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the cache and move into place, so an interrupted build is never reused.
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         corpus = synthetic_corpus(20_000, seed=0)
-        build_tiny_model(size, corpus, Path(tmp) / size, steps=DEFAULT_STEPS[size])
+        build_tiny_model(size, corpus, Path(tmp) / size, steps=steps, batch_size=batch_size)
         if not path.exists():  # another process may have finished first
             shutil.move(Path(tmp) / size, path)
     return path

@@ -57,4 +57,5 @@ def test_tiny_model_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     built_at = weights.stat().st_mtime_ns
     assert tiny_model("tiny", cache_dir=tmp_path) == path
     assert weights.stat().st_mtime_ns == built_at
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no leftover build folder
+    assert [p for p in tmp_path.iterdir()] == [path]  # no leftover build folder
+    assert path.name == "tiny-2x64"  # build settings name the folder

@@ -1,0 +1,1 @@
+"""Live environment: real fine-tuning, sampling and scoring with `tools`, cached on disk."""
