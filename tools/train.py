@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from peft import (
     PromptTuningInit,
     get_peft_model,
 )
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -35,6 +37,9 @@ from transformers import (
     PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
     TrainingArguments,
     set_seed,
 )
@@ -76,6 +81,7 @@ def train(
     lora_targets: list[str] | None = None,
     num_virtual_tokens: int = 8,
     max_length: int = 128,
+    progress: bool = False,
 ) -> TrainResult:
     """Train `base_model` with `method` on `steps * batch_size` examples drawn from `mixture`.
 
@@ -88,6 +94,7 @@ def train(
         mixture: source name -> sampling weight (need not sum to 1).
         out_dir: where the artifact is written.
         lora_targets: module names for LoRA; None uses peft's default for the architecture.
+        progress: show a progress bar over steps on stderr.
 
     Loss is computed on completion tokens (and the eos appended to them) only.
     """
@@ -100,6 +107,12 @@ def train(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     model, tokenizer = _load_base(base_model)
+    if str(base_model).endswith(".gguf"):
+        # Its weights are already dequantised to float32, but the GGUF quantizer left on it
+        # makes Trainer refuse to train it and save_pretrained refuse to save it.
+        model.hf_quantizer, model.is_quantized = None, False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     examples = sample_mixture(data, mixture, steps * batch_size, seed)
     features = [tokenize_example(tokenizer, ex, max_length) for ex in examples]
     if method == "lora":
@@ -130,14 +143,11 @@ def train(
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collator)
     trainer.remove_callback(PrinterCallback)  # library code does not print; losses come back
+    if progress:
+        trainer.add_callback(_StepProgress())
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
 
-    if method == "full" and str(base_model).endswith(".gguf"):
-        # A GGUF-loaded model refuses save_pretrained; its weights are already dequantised.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
     if method != "full":
         # Record the real base (a .gguf file included) so load_model can rebuild it.
         model.peft_config["default"].base_model_name_or_path = str(base_model)
@@ -151,6 +161,22 @@ def train(
         final_loss=losses[-1],
         losses=losses,
     )
+
+
+class _StepProgress(TrainerCallback):
+    """A bar over training steps on stderr (Trainer's own bar also prints logs to stdout)."""
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, **kwargs: object) -> None:
+        self.bar = tqdm(total=state.max_steps, desc="training", file=sys.stderr)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: object) -> None:
+        self.bar.update(1)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: object) -> None:
+        self.bar.close()
 
 
 def load_model(artifact: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
