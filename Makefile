@@ -13,9 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/planner optimize envs/replay/tasks/monkeys_gsm8k.yaml --strategy optuna \
+	$(VENV)/bin/planner optimize envs/replay/tasks/monkeys_gsm8k.yaml \
 		--trials 30 --db sqlite:///demo.db
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -q

@@ -71,12 +71,15 @@ def build_strategy(name: str, ctx: SearchContext, llm: LLMEndpoint | None = None
         import optuna
 
         return OptunaStrategy(ctx, sampler=optuna.samplers.GPSampler(seed=ctx.seed))
-    if name == "agent-llm":
+    if name.startswith("agent"):
+        # no convergence stop: every strategy is compared over the same number of trials
         from planner.search.agent import AgentOptions, AgentStrategy, LLMConfig
 
+        if name == "agent":
+            return AgentStrategy(ctx, AgentOptions(patience=None))
         if llm is None:
             raise SystemExit("agent-llm needs --llm-base-url and --llm-model")
-        return AgentStrategy(ctx, AgentOptions(reasoner="llm",
+        return AgentStrategy(ctx, AgentOptions(reasoner="llm", patience=None,
                                                llm=LLMConfig(llm.base_url, llm.model)))
     return make_strategy(name, ctx, storage=None)
 
@@ -311,7 +314,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--readme", type=Path, default=HERE / "README_bench.md")
+    parser.add_argument("--readme", type=Path, default=HERE / "README.md",
+                        help="markdown file whose benchmark section is (re)written")
     args = parser.parse_args()
     llm = LLMEndpoint(args.llm_base_url, args.llm_model) if args.llm_base_url else None
     strategies = args.strategies or available_strategies(llm is not None)
@@ -328,10 +332,25 @@ def main() -> None:
         plot_task(trials, task, args.out / f"{task}.png")
         plots.append(task)
     table = markdown_table(summary, args.trials)
-    args.readme.write_text(_readme(table, plots, args, strategies, elapsed))
+    write_section(args.readme, _readme(table, plots, args, strategies, elapsed))
     print(table)
     print(f"\n{len(trials)} trials in {elapsed:.0f} s with {args.workers} workers; "
           f"wrote {args.out} and {args.readme}")
+
+
+START, END = "<!-- benchmark.py: start -->", "<!-- benchmark.py: end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put `text` between the START/END markers of `path`, keeping the rest of the file."""
+    section = f"{START}\n{text.rstrip()}\n{END}\n"
+    old = path.read_text() if path.exists() else ""
+    if START in old and END in old:
+        head, rest = old.split(START, 1)
+        section = head + section + rest.split(END, 1)[1].lstrip("\n")
+    elif old:
+        section = old.rstrip() + "\n\n" + section
+    path.write_text(section)
 
 
 def _readme(table: str, plots: list[str], args: argparse.Namespace, strategies: list[str],
@@ -363,9 +382,9 @@ Gaussian process, and the budget check may reject up to 200 asks per trial, so a
 takes seconds here (about 2.3 s on average over 20 trials of monkeys-gsm8k). CMA-ES is
 not offered: CmaEsSampler does not model categorical parameters (it falls back to
 independent random sampling for them), and every plan field but n is categorical.
-The agent stops by itself after a run of proposals without improvement (its `patience`);
-a run that stops early keeps its best for the remaining trials (`stopped` rows in
-benchmark.csv).
+The agent runs without its convergence stop (`patience`), so every strategy gets the same
+number of trials; a run that stops early (nothing left to propose) keeps its best for the
+remaining trials (`stopped` rows in benchmark.csv).
 """
 
 
