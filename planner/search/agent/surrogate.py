@@ -26,7 +26,10 @@ from planner.space import Plan, SearchSpace
 _EPS = 1e-3  # scores are clipped to [eps, 1 - eps] before the logit
 # kernel weights at amplitude 1: (constant, compute trend, model, method, mixture,
 # aggregator, arm, slope, slope by aggregator, slope by model, slope by arm); noise apart
-_WEIGHTS = np.array([1.0, 1.0, 0.5, 0.5, 0.3, 0.5, 0.5, 0.25, 0.1, 0.02, 0.05])
+# the compute trend (an RBF over log size and log training tokens) weighs 3x: one probe then
+# informs neighbouring checkpoints, which per-field effects cannot when the best checkpoint
+# differs by model size
+_WEIGHTS = np.array([1.0, 3.0, 0.5, 0.5, 0.3, 0.5, 0.5, 0.25, 0.1, 0.02, 0.05])
 _NOISE = 0.02
 _AMPLITUDES = (0.5, 1.0, 2.0, 4.0)
 _LENGTHSCALES = (0.5, 1.0, 2.0)
