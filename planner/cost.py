@@ -1,19 +1,18 @@
 """Cost model: an allocation's training + inference compute in GPU-hours.
 
-Formulas (N = parameters, D = training tokens, P/O = prompt/output tokens, n = samples):
+Formulas (N = parameters, P/O = prompt/output tokens, n = samples):
 
-- training, full fine-tuning or pre-training: 6·N·D FLOPs (forward 2ND + backward 4ND;
-  Kaplan et al. 2020, "Scaling Laws for Neural Language Models", C ≈ 6ND);
-- training, LoRA or prompt tuning: 4·N·D FLOPs (the base weights are frozen, so the
-  backward pass computes activation gradients, 2ND, but no weight gradients, 2ND);
+- training: the method's own formula (`planner.methods`: 6ND for full fine-tuning and
+  pre-training, 4ND for LoRA and prompt tuning, D derived from the steps, the batch and the
+  mixture's example lengths unless given), once per distinct artifact (`planner.artifact`);
 - inference per query: 2·N·P for the prompt, processed once and shared by the n samples
-  (prefix caching), plus n·2·N·O for generating (Kaplan et al.: 2N FLOPs per token);
-  where a replay table records FLOPs per sample (or tokens, priced at 2N each, or USD,
-  converted at the hardware's USD per GPU-hour), n times that figure is used instead;
+  (prefix caching), plus n·2·N·O for generating (Kaplan et al. 2020: 2N FLOPs per token);
+  where a replay table records FLOPs per sample for the plan's model, method and mixture
+  (or tokens, priced at 2N each, or USD, converted at the hardware's USD per GPU-hour),
+  n times that figure is used instead;
 - GPU-hours = FLOPs / (peak FLOP/s · utilisation) / 3600, on the task's hardware.
 
-Inference is multiplied by the task's workload (queries served). A pre-trained checkpoint
-shared by several subtasks is paid once; a fine-tune is per subtask.
+Inference is multiplied by the task's workload (queries served).
 """
 
 from __future__ import annotations
@@ -21,15 +20,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from planner.artifact import Artifact, artifact_of, tokens_per_example
 from planner.errors import SpecError
 from planner.space import Allocation, Plan
 from planner.spec import TaskSpec
 
-_TRAIN_FLOPS_PER_PARAM_TOKEN = {"none": 0.0, "full": 6.0, "pretrain": 6.0, "lora": 4.0,
-                                "prompt": 4.0}
-
-# (subtask, model, method) -> recorded inference FLOPs per sample
-Calibration = Mapping[tuple[str, str, str], float]
+# (subtask, model, method, mixture) -> recorded inference FLOPs per sample
+Calibration = Mapping[tuple[str, str, str, str], float]
 
 
 @dataclass(frozen=True)
@@ -51,18 +48,29 @@ class CostModel:
         self.spec = spec
         self.calibration = dict(calibration or {})
         self._flops_per_gpu_hour = spec.hardware.peak_flops * spec.hardware.utilization * 3600
+        self._artifacts: dict[tuple[str, Plan], Artifact] = {}  # memo: searches price a lot
 
-    def train_flops(self, plan: Plan) -> float:
-        """FLOPs to produce the plan's model: 6ND (full, pretrain), 4ND (lora, prompt), 0."""
-        method = self.spec.method(plan.method)
-        if method.kind == "none":
+    def artifact(self, subtask: str, plan: Plan) -> Artifact:
+        """The model a plan serves from: subtasks with equal artifacts pay training once."""
+        key = (subtask, plan)
+        if key not in self._artifacts:
+            self._artifacts[key] = artifact_of(self.spec, subtask, plan)
+        return self._artifacts[key]
+
+    def train_tokens(self, artifact: Artifact) -> float:
+        """Tokens the artifact's training reads (D)."""
+        return artifact.method.tokens(tokens_per_example(self.spec, artifact))
+
+    def train_flops(self, artifact: Artifact) -> float:
+        """FLOPs to produce the artifact (0 for a base model)."""
+        if artifact.method.flops_per_param_token == 0:
             return 0.0
-        return (_TRAIN_FLOPS_PER_PARAM_TOKEN[method.kind] * self._params(plan.model)
-                * method.train_tokens)
+        return artifact.method.train_flops(self._params(artifact.model),
+                                           tokens_per_example(self.spec, artifact))
 
     def inference_flops_per_query(self, subtask: str, plan: Plan) -> float:
         """FLOPs to answer one query with n samples: 2NP + n·2NO, or n·(recorded)."""
-        recorded = self.calibration.get((subtask, plan.model, plan.method))
+        recorded = self.calibration.get((subtask, plan.model, plan.method, plan.mixture))
         if recorded is not None:
             return plan.samples * recorded
         s = self.spec.subtask(subtask)
@@ -79,23 +87,17 @@ class CostModel:
     def plan_cost(self, subtask: str, plan: Plan) -> Cost:
         """One subtask's cost, with its training counted in full."""
         infer = self.inference_flops_per_query(subtask, plan) * self.spec.workload.queries
-        return Cost(self.train_flops(plan) / self._flops_per_gpu_hour,
+        return Cost(self.train_flops(self.artifact(subtask, plan)) / self._flops_per_gpu_hour,
                     infer / self._flops_per_gpu_hour)
 
-    def artifact(self, subtask: str, plan: Plan) -> tuple[str, ...]:
-        """Key of the trained model a plan uses: subtasks with equal keys pay training once.
-
-        Base and pre-trained checkpoints are shared across subtasks; fine-tunes are not."""
-        if self.spec.method(plan.method).kind in ("none", "pretrain"):
-            return (plan.model, plan.method)
-        return (subtask, plan.model, plan.method, plan.mixture)
-
     def estimate(self, allocation: Allocation) -> Cost:
-        """Whole allocation: inference summed, each distinct trained artifact paid once."""
-        trained: dict[tuple, float] = {}
+        """Whole allocation: inference summed, each distinct artifact trained once."""
+        trained: dict[Artifact, float] = {}
         infer = 0.0
         for subtask, plan in allocation.items():
-            trained[self.artifact(subtask, plan)] = self.train_flops(plan)
+            artifact = self.artifact(subtask, plan)
+            if artifact not in trained:
+                trained[artifact] = self.train_flops(artifact)
             infer += self.inference_flops_per_query(subtask, plan) * self.spec.workload.queries
         return Cost(sum(trained.values()) / self._flops_per_gpu_hour,
                     infer / self._flops_per_gpu_hour)

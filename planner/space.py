@@ -1,8 +1,19 @@
-"""Plans, allocations and the search space a task defines.
+"""Search dimensions, plans, allocations and the search space a task defines.
 
-A `Plan` is one subtask's choice (model, method, mixture, samples, aggregator); an
-`Allocation` is one plan per subtask. Both are frozen and hashable so strategies can keep
-sets of what was already tried.
+Each subtask's choice is a `Plan`: a frozen mapping over the subtask's dimensions, which
+are the model and the method (categorical), the data mixture (categorical, each value
+carrying its weights over data sources), the samples n (ordinal) and the aggregator
+(categorical). An `Allocation` is one plan per subtask. Both are hashable, so strategies
+keep sets of what was tried, and their JSON keys are canonical.
+
+Dead combinations are pruned when the space is built; `SearchSpace.canonical` maps any
+plan to the one that stands for it:
+
+- a method that does not train on task data (`none`, `pretrain`) ignores the mixture: the
+  plan takes the subtask's first mixture;
+- the `first` aggregator reads one sample: more samples only cost, so n is the smallest;
+- with one sample every aggregator gives that sample: the aggregator is `first` where the
+  subtask offers it, else its first one.
 """
 
 from __future__ import annotations
@@ -10,30 +21,108 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from planner.errors import SpaceError
 from planner.spec import TaskSpec
 
-PLAN_FIELDS = ("model", "method", "mixture", "samples", "aggregator")
+Value = str | int
+SINGLE_SAMPLE = "first"  # the aggregator that reads one sample whatever n is
 
 
 @dataclass(frozen=True)
-class Plan:
-    """One subtask's choice."""
+class Dimension:
+    """One knob of a subtask's plan and the values it may take (categorical)."""
 
-    model: str
-    method: str = "none"
-    mixture: str = "default"
-    samples: int = 1
-    aggregator: str = "first"
+    name: str
+    values: tuple[Value, ...]
+    test_time: bool = False
+    """Decides how the served model is used (n, aggregator), not which model is served."""
+
+    def index(self, value: Value) -> int:
+        return self.values.index(value)
+
+
+@dataclass(frozen=True)
+class Ordinal(Dimension):
+    """Ordered numeric values (samples n): strategies may exploit the order."""
+
+
+@dataclass(frozen=True)
+class Mixture(Dimension):
+    """Named data mixtures; row i of `weights` is value i's weights (sum 1) over `sources`,
+    so mixtures that share sources are alike to a model of the scores."""
+
+    sources: tuple[str, ...] = ()
+    weights: tuple[tuple[float, ...], ...] = ()
+
+    def mixture(self, value: Value) -> dict[str, float]:
+        """A value's weights by source (zero weights left out)."""
+        row = self.weights[self.index(value)]
+        return {s: w for s, w in zip(self.sources, row, strict=True) if w > 0}
+
+
+class Plan(Mapping[str, Value]):
+    """One subtask's choice: dimension name -> value. Frozen and hashable."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Value] | None = None, /, **more: Value) -> None:
+        self._values: dict[str, Value] = {**(values or {}), **more}
+
+    def __getitem__(self, name: str) -> Value:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._values.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self._values == dict(other)
+
+    def __repr__(self) -> str:
+        return f"Plan({self._values!r})"
+
+    def replace(self, **changes: Value) -> Plan:
+        return Plan(self._values, **changes)
+
+    # the knobs the cost model and the environments read by name
+    @property
+    def model(self) -> str:
+        return str(self._values["model"])
+
+    @property
+    def method(self) -> str:
+        return str(self._values["method"])
+
+    @property
+    def mixture(self) -> str:
+        return str(self._values["mixture"])
+
+    @property
+    def samples(self) -> int:
+        return int(self._values["samples"])
+
+    @property
+    def aggregator(self) -> str:
+        return str(self._values["aggregator"])
 
     def describe(self) -> str:
-        """One readable line, e.g. `pythia-1.4b / ckpt-300B / n=16 oracle`."""
-        parts = [self.model, self.method]
-        if self.mixture != "default":
-            parts.append(f"mix={self.mixture}")
-        parts.append(f"n={self.samples} {self.aggregator}")
+        """One readable line, e.g. `pythia-1.4b / ckpt-300B / n=16 / oracle`."""
+        parts = []
+        for name, value in self._values.items():
+            if name == "samples":
+                parts.append(f"n={value}")
+            elif name == "mixture":
+                if value != "default":
+                    parts.append(f"mix={value}")
+            else:
+                parts.append(str(value))
         return " / ".join(parts)
 
 
@@ -57,11 +146,11 @@ class Allocation:
         return Allocation(tuple((s, plan if s == subtask else p) for s, p in self.plans))
 
     def to_dict(self) -> dict[str, dict]:
-        return {s: asdict(p) for s, p in self.plans}
+        return {s: dict(p) for s, p in self.plans}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping]) -> Allocation:
-        return cls(tuple((s, Plan(**dict(p))) for s, p in data.items()))
+        return cls(tuple((s, Plan(p)) for s, p in data.items()))
 
     def key(self) -> str:
         """Canonical JSON: equal allocations have equal keys."""
@@ -72,91 +161,125 @@ class Allocation:
 
 
 class SearchSpace:
-    """The choices each subtask may take, read from a `TaskSpec`."""
+    """The dimensions of each subtask and its valid, canonical plans, read from a spec."""
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         self.subtasks = spec.order()
+        self._dims = {s: self._dimensions(s) for s in self.subtasks}
+        self._plans = {s: tuple(dict.fromkeys(self._enumerate(s))) for s in self.subtasks}
+        self._valid = {s: frozenset(p) for s, p in self._plans.items()}
 
-    def choices(self, subtask: str) -> dict[str, list]:
-        """Plan field -> allowed values for one subtask (methods not per model)."""
+    def _dimensions(self, subtask: str) -> tuple[Dimension, ...]:
         s = self.spec.subtask(subtask)
-        return {
-            "model": list(s.models),
-            "method": list(s.methods),
-            "mixture": list(s.mixtures),
-            "samples": list(s.samples),
-            "aggregator": list(s.aggregators),
-        }
+        mixes = {name: self.spec.mixture_weights(subtask, name) for name in s.mixtures}
+        sources = tuple(sorted({src for w in mixes.values() for src in w}))
+        return (Dimension("model", tuple(s.model_names)),
+                Dimension("method", tuple(s.methods)),
+                Mixture("mixture", tuple(mixes), sources=sources,
+                        weights=tuple(tuple(w.get(src, 0.0) for src in sources)
+                                      for w in mixes.values())),
+                Ordinal("samples", tuple(s.samples), test_time=True),
+                Dimension("aggregator", tuple(s.aggregators), test_time=True))
+
+    def dimensions(self, subtask: str) -> tuple[Dimension, ...]:
+        """The subtask's dimensions, in the order plans list them."""
+        return self._dims[subtask]
+
+    def dimension(self, subtask: str, name: str) -> Dimension:
+        return next(d for d in self._dims[subtask] if d.name == name)
 
     def methods_for(self, subtask: str, model: str) -> list[str]:
-        """Methods a subtask may use with this model."""
+        """Methods a subtask may use with this model (the model's and the subtask's lists)."""
         allowed = self.spec.model(model).methods
-        methods = self.spec.subtask(subtask).methods
-        return [m for m in methods if allowed is None or m in allowed]
+        return [m for m in self.spec.subtask(subtask).methods_here(model)
+                if allowed is None or m in allowed]
 
-    def plans(self, subtask: str) -> Iterator[Plan]:
-        """Every valid plan of one subtask."""
-        c = self.choices(subtask)
-        for model in c["model"]:
-            for method, mixture, n, agg in itertools.product(
-                self.methods_for(subtask, model), c["mixture"], c["samples"], c["aggregator"]
-            ):
-                yield Plan(model, method, mixture, n, agg)
+    def canonical(self, subtask: str, plan: Plan) -> Plan:
+        """The plan that stands for `plan` once dead combinations are pruned (module doc)."""
+        mixtures = self.dimension(subtask, "mixture").values
+        samples = self.dimension(subtask, "samples").values
+        aggregators = self.dimension(subtask, "aggregator").values
+        changes: dict[str, Value] = {}
+        if not self.spec.method(plan.method).fine_tunes:
+            changes["mixture"] = mixtures[0]
+        if plan.get("aggregator") == SINGLE_SAMPLE:
+            changes["samples"] = min(samples)
+        if changes.get("samples", plan.get("samples")) == 1:
+            changes["aggregator"] = SINGLE_SAMPLE if SINGLE_SAMPLE in aggregators \
+                else aggregators[0]
+        return plan.replace(**changes) if changes else plan
+
+    def _enumerate(self, subtask: str) -> Iterator[Plan]:
+        dims = self._dims[subtask]
+        names = [d.name for d in dims]
+        for model in dims[0].values:
+            rest = [self.methods_for(subtask, str(model)), *(d.values for d in dims[2:])]
+            for combo in itertools.product(*rest):
+                yield self.canonical(subtask, Plan(dict(zip(names, (model, *combo), strict=True))))
+
+    def plans(self, subtask: str) -> tuple[Plan, ...]:
+        """Every valid canonical plan of one subtask."""
+        return self._plans[subtask]
 
     def size(self) -> int:
         total = 1
         for s in self.subtasks:
-            total *= sum(1 for _ in self.plans(s))
+            total *= len(self._plans[s])
         return total
 
     def validate(self, allocation: Allocation) -> None:
-        """Raise `SpaceError` naming the first field that is not an allowed choice."""
+        """Raise `SpaceError` naming the first value that is not allowed, or the pruned plan."""
         names = [s for s, _ in allocation.items()]
         if sorted(names) != sorted(self.subtasks):
             raise SpaceError(f"allocation must have exactly the subtasks {self.subtasks}, "
                              f"got {names}")
         for s, plan in allocation.items():
-            c = self.choices(s)
-            for field in PLAN_FIELDS:
-                value = getattr(plan, field)
-                if value not in c[field]:
-                    raise SpaceError(f"{s}.{field}: {value!r} is not allowed; choose from "
-                                     f"{c[field]}")
+            if plan in self._valid[s]:
+                continue
+            dims = self._dims[s]
+            if set(plan) != {d.name for d in dims}:
+                raise SpaceError(f"{s}: a plan has exactly the fields {[d.name for d in dims]}, "
+                                 f"got {list(plan)}")
+            for d in dims:
+                if plan[d.name] not in d.values:
+                    raise SpaceError(f"{s}.{d.name}: {plan[d.name]!r} is not allowed; choose "
+                                     f"from {list(d.values)}")
             if plan.method not in self.methods_for(s, plan.model):
                 raise SpaceError(f"{s}.method: {plan.method!r} is not available for model "
                                  f"{plan.model!r}; choose from {self.methods_for(s, plan.model)}")
+            raise SpaceError(f"{s}: {plan.describe()} is pruned: it answers as "
+                             f"{self.canonical(s, plan).describe()}, which costs no more")
 
     def coerce(self, data: Mapping[str, Mapping]) -> Allocation:
-        """Build and validate an allocation from plain data (e.g. parsed JSON or YAML)."""
+        """Build and validate an allocation from plain data (e.g. parsed JSON or YAML);
+        missing fields take the first allowed value and pruned plans their canonical form."""
         if not isinstance(data, Mapping):
             raise SpaceError("an allocation must map subtask names to plans")
         plans = {}
         for s in self.subtasks:
+            dims = self._dims[s]
+            names = [d.name for d in dims]
             raw = data.get(s)
             if not isinstance(raw, Mapping):
-                raise SpaceError(f"{s}: missing plan; give model, method, mixture, samples, "
-                                 "aggregator")
-            unknown = set(raw) - set(PLAN_FIELDS)
-            if unknown:
+                raise SpaceError(f"{s}: missing plan; give {', '.join(names)}")
+            if unknown := set(raw) - set(names):
                 raise SpaceError(f"{s}: unknown plan fields {sorted(unknown)}; allowed are "
-                                 f"{list(PLAN_FIELDS)}")
-            c = self.choices(s)
-            if "model" not in raw or raw["model"] not in c["model"]:
+                                 f"{names}")
+            models = dims[0].values
+            if raw.get("model") not in models:
                 raise SpaceError(f"{s}.model: {raw.get('model')!r} is not allowed; choose from "
-                                 f"{c['model']}")
-            defaults = {
-                "method": (self.methods_for(s, raw["model"]) or c["method"])[0],
-                "mixture": c["mixture"][0],
-                "samples": c["samples"][0],
-                "aggregator": c["aggregator"][0],
-            }
-            try:
-                plan = Plan(**{**defaults, **raw})
-            except TypeError as e:
-                raise SpaceError(f"{s}: {e}") from None
-            if not isinstance(plan.samples, int) or isinstance(plan.samples, bool):
-                raise SpaceError(f"{s}.samples: must be an integer from {c['samples']}")
+                                 f"{list(models)}")
+            n = raw.get("samples")
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
+                raise SpaceError(f"{s}.samples: must be an integer from "
+                                 f"{list(self.dimension(s, 'samples').values)}")
+            methods = self.methods_for(s, str(raw["model"])) or list(dims[1].values)
+            values = {d.name: raw.get(d.name, methods[0] if d.name == "method" else d.values[0])
+                      for d in dims}
+            plan = Plan(values)
+            if plan.method in self.spec.subtask(s).methods:
+                plan = self.canonical(s, plan)
             plans[s] = plan
         allocation = Allocation.of(plans)
         self.validate(allocation)

@@ -20,8 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from planner.budget import parse_budget
 from planner.errors import BudgetError, SpecError
-
-MethodKind = Literal["none", "full", "lora", "prompt", "pretrain"]
+from planner.methods import KINDS, Method, NoneMethod
 
 
 class _Strict(BaseModel):
@@ -57,20 +56,20 @@ class ModelSpec(_Strict):
     )
 
 
-class MethodSpec(_Strict):
-    """A fine-tuning method and its hyper-parameters."""
+class ModelChoice(_Strict):
+    """A subtask's model with the methods it may use there (e.g. where a replay table records
+    only some (model, method) pairs for this subtask)."""
 
     name: str
-    kind: MethodKind
-    train_tokens: float = Field(0, ge=0, description="tokens the method trains on (D)")
-    options: dict[str, float | int | str | list[str]] = Field(default_factory=dict)
+    methods: list[str] = Field(min_length=1)
 
 
 class ReplaySpec(_Strict):
     """Where a replay subtask's recorded per-item results live and how columns map.
 
     `choices` maps plan fields (model, method, mixture) to table columns. Outcomes are
-    either counts (`n_samples` + `n_correct` columns) or one row per sample (`correct`).
+    either counts (`n_samples` + `n_correct` columns) or one row per sample (`correct`, and
+    `answer` where majority vote is replayed).
     """
 
     table: Path
@@ -81,6 +80,8 @@ class ReplaySpec(_Strict):
     n_samples: str | None = "n_samples"
     n_correct: str | None = "n_correct"
     correct: str | None = None
+    answer: str | None = Field(
+        None, description="per-sample form: column of each sample's final answer (majority)")
     flops_per_sample: str | None = Field(
         None, description="column of recorded inference FLOPs per sample; else the cost model"
     )
@@ -95,6 +96,8 @@ class ReplaySpec(_Strict):
     def _one_outcome_form(self) -> ReplaySpec:
         if self.correct is None and not (self.n_samples and self.n_correct):
             raise ValueError("give `correct`, or both `n_samples` and `n_correct`")
+        if self.answer is not None and self.correct is None:
+            raise ValueError("`answer` needs the per-sample form: give `correct` too")
         if (self.input_tokens is None) != (self.output_tokens is None):
             raise ValueError("give both `input_tokens` and `output_tokens`, or neither")
         return self
@@ -129,9 +132,13 @@ class SubtaskSpec(_Strict):
     metric: str = "exact_match"
     prompt_tokens: int = Field(gt=0)
     output_tokens: int = Field(gt=0)
-    models: list[str] = Field(min_length=1)
+    models: list[str | ModelChoice] = Field(
+        min_length=1, description="model names, or {name, methods} to restrict its methods here")
     methods: list[str] = Field(default_factory=lambda: ["none"])
-    mixtures: dict[str, dict[str, float]] = Field(default_factory=lambda: {"default": {}})
+    mixtures: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {"default": {}},
+        description="named weightings of training data: a source of this subtask, or "
+        "`subtask/source` of another; empty: this subtask's sources, equally")
     samples: list[int] = Field(default_factory=lambda: [1], min_length=1)
     aggregators: list[str] = Field(default_factory=lambda: ["first"], min_length=1)
     data: DataSpec | None = None
@@ -145,6 +152,16 @@ class SubtaskSpec(_Strict):
             raise ValueError("every samples value must be >= 1")
         return sorted(set(v))
 
+    @property
+    def model_names(self) -> list[str]:
+        return [m if isinstance(m, str) else m.name for m in self.models]
+
+    def methods_here(self, model: str) -> list[str]:
+        """The subtask's methods, restricted where its `models:` entry lists some."""
+        entry = next(m for m in self.models if (m if isinstance(m, str) else m.name) == model)
+        return self.methods if isinstance(entry, str) else [x for x in self.methods
+                                                            if x in entry.methods]
+
 
 class TaskSpec(_Strict):
     """A whole task: catalogues, hardware, workload and the subtask DAG."""
@@ -156,9 +173,7 @@ class TaskSpec(_Strict):
     hardware: Hardware = Field(default_factory=Hardware)
     workload: Workload
     models: list[ModelSpec] = Field(min_length=1)
-    methods: list[MethodSpec] = Field(
-        default_factory=lambda: [MethodSpec(name="none", kind="none")]
-    )
+    methods: list[Method] = Field(default_factory=lambda: [NoneMethod(name="none")])
     subtasks: list[SubtaskSpec] = Field(min_length=1)
     root: Path = Field(Path("."), exclude=True, description="folder relative paths start from")
 
@@ -168,8 +183,21 @@ class TaskSpec(_Strict):
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
 
-    def method(self, name: str) -> MethodSpec:
+    def method(self, name: str) -> Method:
         return next(m for m in self.methods if m.name == name)
+
+    def mixture_weights(self, subtask: str, mixture: str) -> dict[str, float]:
+        """A mixture as weights summing to 1 over qualified sources `subtask/source`.
+
+        An empty mixture is the subtask's own sources, equally (a replay subtask, which has
+        no source files, is one source: `subtask/data`). A plain key is a source of this
+        subtask; `other/source` a source of another subtask (multi-task training)."""
+        s = self.subtask(subtask)
+        own = list(s.data.sources) if s.data is not None and s.data.sources else ["data"]
+        raw = s.mixtures[mixture] or dict.fromkeys(own, 1.0)
+        weights = {(k if "/" in k else f"{subtask}/{k}"): w for k, w in raw.items() if w > 0}
+        total = sum(weights.values())
+        return {k: w / total for k, w in sorted(weights.items())}
 
     def graph(self) -> nx.DiGraph:
         """The subtask DAG, edges from a dependency to its dependent."""
@@ -191,15 +219,27 @@ def _check_references(spec: TaskSpec) -> None:
     model_names = {m.name for m in spec.models}
     method_names = {m.name for m in spec.methods}
     subtask_names = [s.name for s in spec.subtasks]
-    if len(set(subtask_names)) != len(subtask_names):
-        raise ValueError("subtasks: names must be unique", "subtasks")
+    for field, names in (("models", [m.name for m in spec.models]),
+                         ("methods", [m.name for m in spec.methods]),
+                         ("subtasks", subtask_names)):
+        if len(set(names)) != len(names):
+            raise ValueError(f"names must be unique; {_repeated(names)!r} is used twice", field)
     for i, s in enumerate(spec.subtasks):
         where = f"subtasks[{i}]"
-        for m in s.models:
+        for m in s.methods:
+            if m not in method_names:
+                raise ValueError(f"unknown method {m!r}; known: {sorted(method_names)}", where)
+        if len(set(s.model_names)) != len(s.model_names):
+            raise ValueError(f"models: {_repeated(s.model_names)!r} is listed twice", where)
+        for entry in s.models:
+            m = entry if isinstance(entry, str) else entry.name
             if m not in model_names:
                 raise ValueError(f"unknown model {m!r}; known: {sorted(model_names)}", where)
+            if not isinstance(entry, str) and (bad := set(entry.methods) - set(s.methods)):
+                raise ValueError(f"models: {m!r} lists methods {sorted(bad)} that the subtask's "
+                                 f"`methods` ({s.methods}) does not offer", where)
             allowed = spec.model(m).methods
-            trained = [x for x in s.methods if x in method_names and spec.method(x).kind != "none"
+            trained = [x for x in s.methods_here(m) if spec.method(x).flops_per_param_token > 0
                        and (allowed is None or x in allowed)]
             if spec.model(m).params is None and trained:
                 raise ValueError(f"model {m!r} has no `params`, so methods {trained} cannot be "
@@ -208,9 +248,6 @@ def _check_references(spec: TaskSpec) -> None:
                 and spec.hardware.usd_per_gpu_hour is None):
             raise ValueError("replay.usd_per_sample needs hardware.usd_per_gpu_hour to convert "
                              "USD to GPU-hours", where)
-        for m in s.methods:
-            if m not in method_names:
-                raise ValueError(f"unknown method {m!r}; known: {sorted(method_names)}", where)
         for d in s.depends_on:
             if d not in subtask_names:
                 raise ValueError(
@@ -221,12 +258,7 @@ def _check_references(spec: TaskSpec) -> None:
         if spec.environment == "live" and s.data is None:
             raise ValueError("a live task needs `data:` (sources, val) here", where)
         for name, weights in s.mixtures.items():
-            if s.data is not None and (bad := set(weights) - set(s.data.sources)):
-                raise ValueError(
-                    f"mixture {name!r} weights unknown sources {sorted(bad)}; "
-                    f"sources are {sorted(s.data.sources)}",
-                    where,
-                )
+            _check_mixture(spec, s, weights, f"{where}.mixtures.{name}")
         for path in _paths(s):
             if not spec.path(path).exists():
                 raise ValueError(f"data file {str(path)!r} not found (relative to the task file)",
@@ -240,6 +272,28 @@ def _check_references(spec: TaskSpec) -> None:
             parse_budget(spec.budget)
         except BudgetError as e:
             raise ValueError(str(e), "budget") from e
+
+
+def _repeated(names: list[str]) -> str:
+    return next(n for n in names if names.count(n) > 1)
+
+
+def _check_mixture(spec: TaskSpec, s: SubtaskSpec, weights: dict[str, float], where: str) -> None:
+    """Weights are finite, >= 0, not all zero, and name sources that exist."""
+    if any(not 0 <= w < float("inf") for w in weights.values()):
+        raise ValueError("weights must be finite numbers >= 0", where)
+    if weights and sum(weights.values()) <= 0:
+        raise ValueError("at least one weight must be positive (or leave the mixture empty "
+                         "for the subtask's own sources)", where)
+    for key in weights:
+        owner, _, source = key.rpartition("/")
+        owner = owner or s.name
+        if owner not in {t.name for t in spec.subtasks}:
+            raise ValueError(f"{key!r} names no subtask {owner!r}; write SUBTASK/SOURCE", where)
+        data = spec.subtask(owner).data
+        if data is not None and source not in data.sources:
+            raise ValueError(f"{key!r}: subtask {owner!r} has no source {source!r}; its sources "
+                             f"are {sorted(data.sources)}", where)
 
 
 def _paths(s: SubtaskSpec) -> list[Path]:
@@ -258,20 +312,44 @@ def parse_spec(data: dict, *, root: Path = Path("."), source: str = "<task>") ->
     try:
         spec = TaskSpec.model_validate({**data, "root": root})
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        raise SpecError(f"{source}: {loc}: {msg}") from None
+        raise SpecError(f"{source}: {_describe(e.errors()[0], data)}") from None
     try:
         _check_references(spec)
     except ValueError as e:
         msg, where = e.args
         raise SpecError(f"{source}: {where}: {msg}") from None
     return spec
+
+
+def _describe(err: dict, data: dict) -> str:
+    """`field: message` for pydantic's first error; a method's unknown option names the
+    method and the keys its kind takes."""
+    loc = list(err["loc"])
+    if loc[:1] == ["methods"] and len(loc) >= 2 and isinstance(loc[1], int):
+        entry = data["methods"][loc[1]]
+        name = entry.get("name", "?") if isinstance(entry, dict) else "?"
+        if err["type"] == "union_tag_not_found":
+            return (f"methods[{loc[1]}] ({name}).kind: required; use one of {sorted(KINDS)}")
+        if err["type"] == "union_tag_invalid":
+            return (f"methods[{loc[1]}] ({name}).kind: {entry.get('kind')!r} is not a method "
+                    f"kind; use one of {sorted(KINDS)}")
+        if err["type"] == "extra_forbidden" and len(loc) >= 4:
+            cls = KINDS[loc[2]]
+            if loc[3] == "options" and len(loc) == 5:
+                valid = sorted(cls.model_fields["options"].annotation.model_fields)
+                return (f"methods[{loc[1]}] ({name}).options.{loc[4]}: kind {loc[2]} takes no "
+                        f"option {loc[4]!r}; valid options: {', '.join(valid)}")
+            valid = sorted(cls.model_fields)
+            return (f"methods[{loc[1]}] ({name}).{loc[3]}: kind {loc[2]} takes no key "
+                    f"{loc[3]!r}; valid keys: {', '.join(valid)}")
+        loc = [f"methods[{loc[1]}] ({name})", *loc[3:]]
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key; remove it or check its spelling"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    return f"{where}: {msg}"
 
 
 def load_spec(path: str | Path) -> TaskSpec:

@@ -37,6 +37,18 @@ def test_valid_task_loads_in_dag_order(tiny_task_path: Path) -> None:
      r"subtasks.0.prompt_tokens: required field is missing"),
     (lambda d: d["subtasks"][0].update(samples=[0, 4]), r"samples.*>= 1"),
     (lambda d: d["subtasks"][0].update(methods=["ckpt-z"]), r"unknown method 'ckpt-z'"),
+    (lambda d: d["models"].append({"name": "small", "params": 1}),
+     r"models: names must be unique; 'small' is used twice"),
+    (lambda d: d["subtasks"][0].update(models=["small", {"name": "large", "methods": ["x"]}]),
+     r"subtasks\[0\]: models: 'large' lists methods \['x'\] that the subtask's `methods`"),
+    (lambda d: d["subtasks"][0].update(models=["small", "small"]),
+     r"subtasks\[0\]: models: 'small' is listed twice"),
+    (lambda d: d["subtasks"][0].update(mixtures={"m": {"a": -1}}),
+     r"subtasks\[0\].mixtures.m: weights must be finite numbers >= 0"),
+    (lambda d: d["subtasks"][0].update(mixtures={"m": {"a": 0}}),
+     r"subtasks\[0\].mixtures.m: at least one weight must be positive"),
+    (lambda d: d["subtasks"][0].update(mixtures={"m": {"parse/a": 1}}),
+     r"subtasks\[0\].mixtures.m: 'parse/a' names no subtask 'parse'; write SUBTASK/SOURCE"),
 ])
 def test_invalid_task_one_line_naming_file_and_field(tmp_path: Path, change,
                                                      expected: str) -> None:
@@ -55,3 +67,20 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(bad)
+
+
+def test_per_subtask_model_methods(tmp_path: Path) -> None:
+    path = _edit(write_tiny_task(tmp_path), lambda d: d["subtasks"][1].update(
+        models=["small", {"name": "large", "methods": ["ckpt-b"]}]))
+    solve = load_spec(path).subtask("solve")
+    assert solve.model_names == ["small", "large"]
+    assert solve.methods_here("large") == ["ckpt-b"]
+    assert solve.methods_here("small") == ["ckpt-a", "ckpt-b"]
+
+
+def test_mixture_weights_are_normalised_over_qualified_sources(tmp_path: Path) -> None:
+    path = _edit(write_tiny_task(tmp_path), lambda d: d["subtasks"][1].update(
+        mixtures={"own": {}, "mt": {"x": 1, "extract/y": 3, "z": 0}}))
+    spec = load_spec(path)
+    assert spec.mixture_weights("solve", "own") == {"solve/data": 1.0}
+    assert spec.mixture_weights("solve", "mt") == {"extract/y": 0.75, "solve/x": 0.25}

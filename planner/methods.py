@@ -1,0 +1,224 @@
+"""Fine-tuning methods: one class per kind, owning its options, its training FLOPs, its peft
+adapter and how it reads in other tools' training configs.
+
+task.yaml's `methods:` validates as the union of these classes, discriminated on `kind`, so
+an option a kind does not take is an error that names the valid ones. Adding a kind means
+adding one class here and listing it in `Method` (see DESIGN.md).
+
+Training FLOPs (N = parameters of the base, D = tokens trained on):
+
+- full fine-tuning, pre-training: 6·N·D (forward 2ND + backward 4ND; Kaplan et al. 2020,
+  "Scaling Laws for Neural Language Models", C ≈ 6ND);
+- LoRA, prompt tuning: 4·N·D (the base is frozen: the backward pass still computes
+  activation gradients, 2ND, but no weight gradients, 2ND; the adapter's own are negligible);
+- D = steps x batch_size x mean tokens of the examples trained on (the mixture-weighted mean
+  of the sources' prompt + output tokens), unless `train_tokens` is given (e.g. the tokens
+  of a recorded run in a replay table).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+Tool = Literal["llamafactory", "axolotl", "trl"]
+TOOLS: tuple[Tool, ...] = ("llamafactory", "axolotl", "trl")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Training(_Strict):
+    """Settings of the training loop, shared by every kind that fine-tunes."""
+
+    steps: int = Field(100, gt=0, description="optimizer steps")
+    batch_size: int = Field(16, gt=0, description="examples per step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    seed: int = Field(0, description="seed of the data draw and the initialisation")
+    max_length: int = Field(128, gt=0, description="prompt + completion tokens kept")
+
+
+class LoraOptions(Training):
+    lora_r: int = Field(8, gt=0, description="rank of the update")
+    lora_alpha: int = Field(16, gt=0, description="scale numerator (update x alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: tuple[str, ...] | None = Field(
+        None, description="module names to adapt; None: peft's default for the architecture")
+
+
+class PromptOptions(Training):
+    num_virtual_tokens: int = Field(8, gt=0, description="length of the soft prompt")
+
+
+@dataclass(frozen=True)
+class ToolConfig:
+    """A method's settings in another tool's training config, and what it cannot express."""
+
+    keys: dict[str, object]
+    unexpressed: list[str]
+
+
+# Training-loop settings under each tool's key names (LLaMA-Factory hparams, Axolotl schema,
+# TRL SFTConfig; see ../shared/REFERENCES.md).
+_LOOP_KEYS: dict[Tool, dict[str, str]] = {
+    "llamafactory": {"steps": "max_steps", "batch_size": "per_device_train_batch_size",
+                     "lr": "learning_rate", "seed": "seed", "max_length": "cutoff_len"},
+    "axolotl": {"steps": "max_steps", "batch_size": "micro_batch_size",
+                "lr": "learning_rate", "seed": "seed", "max_length": "sequence_len"},
+    "trl": {"steps": "max_steps", "batch_size": "per_device_train_batch_size",
+            "lr": "learning_rate", "seed": "seed", "max_length": "max_length"},
+}
+
+
+class _Method(_Strict):
+    """What every method kind has; subclasses set `kind` and the class constants."""
+
+    name: str
+
+    fine_tunes: ClassVar[bool] = False
+    """Trains on the subtask's data, so the plan's mixture decides what it learns."""
+    flops_per_param_token: ClassVar[float] = 0.0
+
+    def settings(self) -> str:
+        """Canonical JSON of everything but the name: equal settings train equal models."""
+        return json.dumps(self.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+
+    def tokens(self, tokens_per_example: float) -> float:
+        """Tokens trained on (D)."""
+        return 0.0
+
+    def train_flops(self, params: float, tokens_per_example: float) -> float:
+        """FLOPs of training a base of `params` parameters (module docstring)."""
+        return self.flops_per_param_token * params * self.tokens(tokens_per_example)
+
+
+class NoneMethod(_Method):
+    """The base model as it is: nothing trained, nothing paid."""
+
+    kind: Literal["none"] = "none"
+
+
+class Pretrain(_Method):
+    """A released checkpoint of the base, pre-trained on `train_tokens` general tokens; used
+    by several subtasks it is paid once."""
+
+    kind: Literal["pretrain"] = "pretrain"
+    train_tokens: float = Field(gt=0, description="pre-training tokens of the checkpoint (D)")
+
+    flops_per_param_token: ClassVar[float] = 6.0
+
+    def tokens(self, tokens_per_example: float) -> float:
+        return self.train_tokens
+
+
+class _FineTune(_Method):
+    """A kind that trains on the subtask's data mixture with the shared training loop."""
+
+    train_tokens: float | None = Field(
+        None, gt=0, description="tokens trained on (D); default steps x batch_size x mean "
+        "tokens of the mixture's examples")
+    options: Training = Training()
+
+    fine_tunes: ClassVar[bool] = True
+
+    def tokens(self, tokens_per_example: float) -> float:
+        if self.train_tokens is not None:
+            return self.train_tokens
+        return self.options.steps * self.options.batch_size * tokens_per_example
+
+    def adapter(self) -> PeftConfig | None:
+        """The peft config of the trained adapter; None trains every weight."""
+        return None
+
+    def tool_config(self, tool: Tool) -> ToolConfig:
+        """This method's keys in `tool`'s training config (LLaMA-Factory, Axolotl, TRL)."""
+        keys = {key: getattr(self.options, field) for field, key in _LOOP_KEYS[tool].items()}
+        return ToolConfig(keys, [])
+
+
+class Full(_FineTune):
+    """Every weight updated."""
+
+    kind: Literal["full"] = "full"
+
+    flops_per_param_token: ClassVar[float] = 6.0
+
+    def tool_config(self, tool: Tool) -> ToolConfig:
+        base = super().tool_config(tool)
+        own = {"llamafactory": {"finetuning_type": "full"}, "axolotl": {"adapter": None},
+               "trl": {"use_peft": False}}[tool]
+        return ToolConfig({**own, **base.keys}, base.unexpressed)
+
+
+class Lora(_FineTune):
+    """A low-rank update of the chosen modules (Hu et al. 2021), trained with peft."""
+
+    kind: Literal["lora"] = "lora"
+    options: LoraOptions = LoraOptions()
+
+    flops_per_param_token: ClassVar[float] = 4.0
+
+    def adapter(self) -> PeftConfig:
+        from peft import LoraConfig
+
+        o = self.options
+        return LoraConfig(task_type="CAUSAL_LM", r=o.lora_r, lora_alpha=o.lora_alpha,
+                          lora_dropout=o.lora_dropout,
+                          target_modules=None if o.lora_targets is None else list(o.lora_targets))
+
+    def tool_config(self, tool: Tool) -> ToolConfig:
+        base = super().tool_config(tool)
+        o = self.options
+        rank = {"llamafactory": "lora_rank", "axolotl": "lora_r", "trl": "lora_r"}[tool]
+        own: dict[str, object] = {rank: o.lora_r, "lora_alpha": o.lora_alpha,
+                                  "lora_dropout": o.lora_dropout}
+        own |= {"llamafactory": {"finetuning_type": "lora"}, "axolotl": {"adapter": "lora"},
+                "trl": {"use_peft": True}}[tool]
+        unexpressed = list(base.unexpressed)
+        if o.lora_targets is None:
+            unexpressed.append("lora_targets: trained on peft's default modules for the "
+                               "architecture; set lora_targets to export the same modules")
+        else:
+            target = "lora_target" if tool == "llamafactory" else "lora_target_modules"
+            own[target] = (",".join(o.lora_targets) if tool == "llamafactory"
+                           else list(o.lora_targets))
+        return ToolConfig({**own, **base.keys}, unexpressed)
+
+
+class PromptTuning(_FineTune):
+    """A trained soft prompt in front of the frozen base (Lester et al. 2021), with peft."""
+
+    kind: Literal["prompt"] = "prompt"
+    options: PromptOptions = PromptOptions()
+
+    flops_per_param_token: ClassVar[float] = 4.0
+
+    def adapter(self) -> PeftConfig:
+        from peft import PromptTuningConfig, PromptTuningInit
+
+        # start from real token embeddings: peft's default N(0, 1) init dwarfs them
+        return PromptTuningConfig(task_type="CAUSAL_LM",
+                                  num_virtual_tokens=self.options.num_virtual_tokens,
+                                  prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+
+    def tool_config(self, tool: Tool) -> ToolConfig:
+        base = super().tool_config(tool)
+        return ToolConfig(base.keys, [*base.unexpressed, f"kind prompt: {tool} has no prompt "
+                                      "tuning; train this adapter with planner (tools.train)"])
+
+
+Method = Annotated[NoneMethod | Pretrain | Full | Lora | PromptTuning,
+                   Field(discriminator="kind")]
+"""Any method kind, as task.yaml's `methods:` holds it."""
+
+FineTune = Full | Lora | PromptTuning
+KINDS: dict[str, type[_Method]] = {
+    cls.model_fields["kind"].default: cls for cls in (NoneMethod, Pretrain, Full, Lora,
+                                                      PromptTuning)}

@@ -1,0 +1,107 @@
+"""The method registry: typed options, derived training FLOPs, peft adapters, tool keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from peft import LoraConfig, PromptTuningConfig
+
+from planner.errors import SpecError
+from planner.methods import TOOLS, Full, Lora, NoneMethod, Pretrain, PromptTuning
+from planner.spec import load_spec
+from tests.conftest import write_tiny_task
+
+
+def _with_methods(folder: Path, methods: list[dict]) -> Path:
+    path = write_tiny_task(folder)
+    data = yaml.safe_load(path.read_text())
+    data["methods"] += methods
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("method", "expected"), [
+    ({"name": "l8", "kind": "lora", "options": {"lora_rr": 8}},
+     r"methods\[2\] \(l8\)\.options\.lora_rr: kind lora takes no option 'lora_rr'; valid "
+     r"options: batch_size, lora_alpha, lora_dropout, lora_r, lora_targets, lr, max_length, "
+     r"seed, steps$"),
+    ({"name": "f", "kind": "full", "rank": 8},
+     r"methods\[2\] \(f\)\.rank: kind full takes no key 'rank'; valid keys: kind, name, "
+     r"options, train_tokens$"),
+    ({"name": "q", "kind": "qlora"}, r"methods\[2\] \(q\)\.kind: 'qlora' is not a method kind; "
+     r"use one of \['full', 'lora', 'none', 'pretrain', 'prompt'\]"),
+    ({"name": "p", "kind": "pretrain"}, r"methods\[2\] \(p\)\.train_tokens: required field"),
+    ({"name": "n", "kind": "none", "train_tokens": 5}, r"kind none takes no key 'train_tokens'"),
+    ({"name": "l", "kind": "lora", "options": {"steps": 0}},
+     r"methods\[2\] \(l\)\.options\.steps: Input should be greater than 0"),
+])
+def test_bad_method_is_one_line_naming_it_and_the_valid_keys(tmp_path: Path, method: dict,
+                                                            expected: str) -> None:
+    with pytest.raises(SpecError, match=expected) as info:
+        load_spec(_with_methods(tmp_path, [method]))
+    assert "\n" not in str(info.value)
+
+
+def test_methods_validate_into_their_kind(tmp_path: Path) -> None:
+    spec = load_spec(_with_methods(tmp_path, [
+        {"name": "none", "kind": "none"},
+        {"name": "lora", "kind": "lora", "options": {"lora_r": 4, "lora_targets": ["c_attn"]}},
+        {"name": "soft", "kind": "prompt", "options": {"num_virtual_tokens": 4}},
+        {"name": "full", "kind": "full"}]))
+    kinds = {m.name: type(m) for m in spec.methods}
+    assert kinds == {"ckpt-a": Pretrain, "ckpt-b": Pretrain, "none": NoneMethod, "lora": Lora,
+                     "soft": PromptTuning, "full": Full}
+    lora = spec.method("lora")
+    assert lora.options.lora_r == 4 and lora.options.steps == 100  # default kept
+
+
+def test_training_tokens_and_flops() -> None:
+    lora = Lora(name="l", options={"steps": 10, "batch_size": 4})
+    assert lora.tokens(tokens_per_example=25.0) == 1000
+    assert lora.train_flops(params=1e6, tokens_per_example=25.0) == pytest.approx(4e9)
+    full = Full(name="f", train_tokens=500)  # an explicit D wins over steps x batch
+    assert full.train_flops(params=1e6, tokens_per_example=25.0) == pytest.approx(3e9)
+    assert Pretrain(name="p", train_tokens=1e9).train_flops(1e6, 0.0) == pytest.approx(6e15)
+    assert NoneMethod(name="n").train_flops(1e6, 25.0) == 0.0
+    assert not NoneMethod(name="n").fine_tunes and not Pretrain.fine_tunes and Lora.fine_tunes
+
+
+def test_settings_ignore_the_name() -> None:
+    a = Lora(name="a", options={"lora_r": 4})
+    assert a.settings() == Lora(name="b", options={"lora_r": 4}).settings()
+    assert a.settings() != Lora(name="a", options={"lora_r": 8}).settings()
+    assert a.settings() != Full(name="a").settings()
+
+
+def test_adapters_are_peft_configs() -> None:
+    lora = Lora(name="l", options={"lora_r": 4, "lora_alpha": 8, "lora_targets": ["c_attn"]})
+    config = lora.adapter()
+    assert isinstance(config, LoraConfig)
+    assert (config.r, config.lora_alpha, set(config.target_modules)) == (4, 8, {"c_attn"})
+    soft = PromptTuning(name="p", options={"num_virtual_tokens": 5}).adapter()
+    assert isinstance(soft, PromptTuningConfig) and soft.num_virtual_tokens == 5
+    assert Full(name="f").adapter() is None
+
+
+def test_tool_configs_use_each_tools_keys() -> None:
+    lora = Lora(name="l", options={"lora_r": 4, "steps": 50, "lr": 2e-4,
+                                   "lora_targets": ["q_proj", "v_proj"]})
+    lf = lora.tool_config("llamafactory")
+    assert lf.keys == {"finetuning_type": "lora", "lora_rank": 4, "lora_alpha": 16,
+                       "lora_dropout": 0.0, "lora_target": "q_proj,v_proj", "max_steps": 50,
+                       "per_device_train_batch_size": 16, "learning_rate": 2e-4, "seed": 0,
+                       "cutoff_len": 128}
+    assert lf.unexpressed == []
+    axolotl = lora.tool_config("axolotl").keys
+    assert axolotl["adapter"] == "lora" and axolotl["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert axolotl["micro_batch_size"] == 16 and axolotl["sequence_len"] == 128
+    trl = lora.tool_config("trl").keys
+    assert trl["use_peft"] is True and trl["lora_r"] == 4 and trl["max_length"] == 128
+    assert Full(name="f").tool_config("axolotl").keys["adapter"] is None
+    assert Full(name="f").tool_config("trl").keys["use_peft"] is False
+    # what a tool cannot express is said, never dropped
+    assert "lora_targets" in Lora(name="d").tool_config("trl").unexpressed[0]
+    for tool in TOOLS:
+        assert "no prompt tuning" in PromptTuning(name="p").tool_config(tool).unexpressed[0]
