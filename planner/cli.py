@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -20,19 +21,21 @@ from rich.text import Text
 
 from planner import report
 from planner.budget import parse_budget
+from planner.check import SAMPLE, summarize
+from planner.cost import CostModel
 from planner.errors import PlannerError
 from planner.export import plan_document, read_plan, write_plan
 from planner.search import STRATEGIES, AgentOptions, best_trial
 from planner.search.agent import LLMConfig
 from planner.search.agent.strategy import DEFAULT_PATIENCE
-from planner.space import SearchSpace
+from planner.space import Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord
 from planner.study import optimize as run_optimize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find a compute allocation for a multi-stage LLM pipeline.")
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 DbOpt = Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the study database.")]
@@ -153,8 +156,43 @@ def _print_leaderboard(spec: TaskSpec | None, board: list[dict], study: str) -> 
 
 
 def _plan_line(p: dict) -> str:
-    mix = "" if p["mixture"] == "default" else f" / mix={p['mixture']}"
-    return f"{p['model']} / {p['method']}{mix} / n={p['samples']} {p['aggregator']}"
+    return Plan(p).describe()
+
+
+@app.command()
+def check(
+    task: Annotated[Path, typer.Argument(metavar="TASK", help="Path of the task.yaml.")],
+    budget: Annotated[str | None, typer.Option(help="Budget to check against (default: the "
+                                               "task's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate TASK without running anything: its dimensions, allocations, and the budget."""
+    from envs import make_environment
+
+    spec = load_spec(task)
+    budget = budget or spec.budget
+    cap = None if budget is None else parse_budget(budget).gpu_hours(
+        spec.hardware.peak_flops, spec.hardware.utilization)
+    env = make_environment(spec)
+    info = summarize(SearchSpace(spec), CostModel(spec, env.calibration()), cap)
+    if as_json:
+        _emit_json({"task": spec.name, "budget": budget, **asdict(info), "binds": info.binds})
+        return
+    out.print(f"[bold]{spec.name}[/] ({spec.environment}): valid")
+    for subtask, dims in info.dimensions.items():
+        out.print(f"  {subtask}: {info.plans[subtask]:,} plans")
+        for d in dims:
+            values = ", ".join(f"{v['name']} {v['weights']}" if isinstance(v, dict) else str(v)
+                               for v in d["values"])
+            out.print(f"    {d['name']} ({d['kind']}): {values}", highlight=False)
+    how = "" if info.exact else f" (from a sample of {SAMPLE:,})"
+    out.print(f"allocations: {info.allocations:,}; cost {info.cost_min_gpu_hours:.4g} .. "
+              f"{info.cost_max_gpu_hours:.4g} GPU-h{how}")
+    if cap is not None:
+        verdict = "binds: the dearest allocations do not fit" if info.binds else \
+            "does not bind: every allocation fits"
+        out.print(f"budget {budget} ({cap:.4g} GPU-h): {info.feasible_fraction:.1%} of "
+                  f"allocations fit{how}; it {verdict}")
 
 
 @app.command()

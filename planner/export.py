@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
+from planner.artifact import Artifact
+from planner.cost import CostModel
 from planner.errors import SpaceError, SpecError
+from planner.methods import TOOLS
 from planner.space import Allocation, SearchSpace
 from planner.spec import TaskSpec
 from planner.store import StudyRecord, TrialRecord
 
 
 def plan_document(spec: TaskSpec, study: StudyRecord, best: TrialRecord) -> dict:
-    """Everything needed to run the allocation again: choices plus what they resolve to."""
-    training = {}
+    """Everything needed to run the allocation again: the choices, each distinct fine-tune
+    (once, whichever subtasks it serves) with its settings in LLaMA-Factory, Axolotl and TRL
+    terms, and how each subtask serves its answers."""
+    cost_model = CostModel(spec)
+    served: dict[Artifact, list[str]] = {}
     for subtask, plan in best.allocation.items():
-        method = spec.method(plan.method)
-        model = spec.model(plan.model)
-        training[subtask] = {
-            "base_model": model.source or model.name,
-            "params": model.params,
-            "method": method.kind,
-            "train_tokens": method.train_tokens,
-            "options": dict(method.options),
-            "mixture": dict(spec.subtask(subtask).mixtures[plan.mixture]),
-            "samples": plan.samples,
-            "aggregator": plan.aggregator,
-        }
+        served.setdefault(cost_model.artifact(subtask, plan), []).append(subtask)
+    training = [_training(spec, cost_model, a, subtasks) for a, subtasks in served.items()
+                if a.method.fine_tunes]
     return {
         "task": spec.name,
         "study": study.name,
@@ -39,7 +37,26 @@ def plan_document(spec: TaskSpec, study: StudyRecord, best: TrialRecord) -> dict
                            "inference": best.cost.inference_gpu_hours},
         "allocation": best.allocation.to_dict(),
         "training": training,
+        "serving": {s: {"base_model": _source(spec, p.model), "method": p.method,
+                        "samples": p.samples, "aggregator": p.aggregator}
+                    for s, p in best.allocation.items()},
     }
+
+
+def _training(spec: TaskSpec, cost_model: CostModel, artifact: Artifact,
+              subtasks: list[str]) -> dict:
+    """One model to train: base, method settings, data mixture and other tools' keys."""
+    method = artifact.method
+    return {"serves": subtasks, "base_model": _source(spec, artifact.model),
+            "params": spec.model(artifact.model).params, "method": method.name,
+            **method.model_dump(mode="json", exclude={"name"}),
+            "train_tokens": cost_model.train_tokens(artifact), "mixture": artifact.sources,
+            "tools": {tool: asdict(method.tool_config(tool)) for tool in TOOLS}}
+
+
+def _source(spec: TaskSpec, model: str) -> str:
+    m = spec.model(model)
+    return m.source or m.name
 
 
 def write_plan(doc: dict, path: Path) -> None:

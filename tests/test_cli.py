@@ -68,7 +68,8 @@ def test_export_then_optimize_from_plan(study_dir: Path, tiny_task_path: Path) -
     doc = yaml.safe_load(plan.read_text())
     shown = json.loads(planner("show", "tiny-optuna", "--json", cwd=study_dir).stdout)
     assert doc["allocation"] == shown["best"]["allocation"]
-    assert doc["training"]["solve"]["method"] == "pretrain"
+    assert doc["training"] == []  # released checkpoints: nothing to fine-tune
+    assert doc["serving"]["solve"]["method"] == doc["allocation"]["solve"]["method"]
     r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "random",
                 "--trials", "3", "--from", str(plan), "--json", cwd=study_dir)
     assert r.returncode == 0, r.stderr

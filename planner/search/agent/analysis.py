@@ -6,11 +6,13 @@ search reasons exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from planner.artifact import Artifact
 from planner.search._base import SearchContext
 from planner.search.agent.surrogate import PlanTable, Prediction, SubtaskModel
 from planner.store import TrialRecord, TrialStatus
@@ -46,8 +48,8 @@ class Analyst:
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
-        artifacts: dict[tuple[str, ...], int] = {}
-        self.tables = [PlanTable.build(ctx.space, ctx.cost_model, s, artifacts)
+        shared = shared_artifacts(ctx)
+        self.tables = [PlanTable.build(ctx.space, ctx.cost_model, s, shared)
                        for s in ctx.space.subtasks]
         self._models = [SubtaskModel(t) for t in self.tables]
         self._cache: tuple[tuple[int, ...], Analysis] | None = None
@@ -66,6 +68,14 @@ class Analyst:
                             ok)
         self._cache = (key, analysis)
         return analysis
+
+
+def shared_artifacts(ctx: SearchContext) -> dict[Artifact, int]:
+    """Artifacts that plans of more than one subtask use, numbered (training paid once)."""
+    users = Counter(a for s in ctx.space.subtasks
+                    for a in {ctx.cost_model.artifact(s, p) for p in ctx.space.plans(s)})
+    shared = [a for a, n in users.items() if n > 1]
+    return {a: i for i, a in enumerate(shared)}
 
 
 def _combination_weights(trials: Sequence[TrialRecord], per: Sequence[dict[str, float]],

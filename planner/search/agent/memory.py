@@ -48,8 +48,9 @@ def derive(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
         mean = pred.score()
         affordable = t.cost <= budget_gpu_hours
         by_model = []
-        for code, name in enumerate(t.levels[0]):
-            mask = affordable & (t.codes[:, 0] == code)
+        column = t.column("model")
+        for code, name in enumerate(t.dims[column].values):
+            mask = affordable & (t.codes[:, column] == code)
             if mask.any():
                 i = int(np.flatnonzero(mask)[np.argmax(mean[mask])])
                 by_model.append((float(mean[i]), name, t.plans[i]))
@@ -58,7 +59,7 @@ def derive(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
         ranking = ", ".join(f"{name} {s:.3f}" for s, name, _ in by_model[:4])
         out.append(Insight(t.subtask, "model",
                            f"best predicted plan {plan.describe()} ({score:.3f}); by model: "
-                           f"{ranking}", {"plan": _plan(plan), "predicted": score,
+                           f"{ranking}", {"plan": dict(plan), "predicted": score,
                                           "ranking": [[n, s] for s, n, _ in by_model]}))
         out.append(_saturation(t, mean, plan))
     out.append(_budget(analysis, cost_model, budget_gpu_hours, previous))
@@ -67,8 +68,8 @@ def derive(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
 
 def _saturation(t: PlanTable, mean: np.ndarray, plan: Plan) -> Insight:
     """Where the best plan's arm stops gaining from more samples."""
-    arm = t.codes[t.index[plan], 4]
-    idx = np.flatnonzero(t.codes[:, 4] == arm)
+    arm = t.codes[t.index[plan], -1]
+    idx = np.flatnonzero(t.codes[:, -1] == arm)
     idx = idx[np.argsort(t.log_n[idx])]
     ns = [t.plans[i].samples for i in idx]
     curve = mean[idx]
@@ -80,7 +81,7 @@ def _saturation(t: PlanTable, mean: np.ndarray, plan: Plan) -> Insight:
         where = ns[rising[-1] + 1] if rising.size else ns[0]
         text = f"{plan.model}/{plan.method}: score flattens from n={where}"
     return Insight(t.subtask, "saturation", text,
-                   {"arm": _plan(plan), "saturates_at": where,
+                   {"arm": dict(plan), "saturates_at": where,
                     "curve": [[n, float(s)] for n, s in zip(ns, curve, strict=True)]})
 
 
@@ -104,8 +105,3 @@ def _budget(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
         text += f"; budget moved {'to' if moves[s] > 0 else 'from'} {s} ({moves[s]:+.0%})"
     return Insight(ALL, "budget", text, {"allocation": alloc.to_dict(), "shares": shares,
                                          "moves": moves})
-
-
-def _plan(p: Plan) -> dict:
-    return {"model": p.model, "method": p.method, "mixture": p.mixture,
-            "samples": p.samples, "aggregator": p.aggregator}

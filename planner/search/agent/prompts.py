@@ -7,21 +7,21 @@ from collections.abc import Sequence
 
 from planner.cost import CostModel
 from planner.search.agent.memory import Insight
-from planner.space import Allocation, Plan, SearchSpace
+from planner.space import Allocation, Dimension, Mixture, SearchSpace
 from planner.store import TrialRecord, TrialStatus
 
 SYSTEM = """You allocate compute across the stages of an LLM pipeline.
-For every subtask choose a plan: model, method (fine-tuning or checkpoint), mixture,
-samples (n) and aggregator. An allocation is one plan per subtask; its cost must stay
-within the budget. Maximise the end-to-end score with as few trials as possible.
+For every subtask choose a plan: one value for each of its dimensions (the model, the
+method of fine-tuning or checkpoint, the training-data mixture, the samples n and the
+aggregator). An allocation is one plan per subtask; its cost must stay within the budget.
+Maximise the end-to-end score with as few trials as possible.
 Regularities that usually hold: subtasks prefer different models, and a small model
 sampled more can beat a large one; the score-versus-n curve rises then saturates, so
 samples past saturation waste budget; budget spent on one stage is missing from another,
 so move it to the stage whose score gains most per GPU-hour.
 Reply with one JSON object and nothing else:
 {"insights": ["short statement", ...],
- "proposals": [{"<subtask>": {"model": "...", "method": "...", "mixture": "...",
-                              "samples": 8, "aggregator": "..."}, ...}, ...]}
+ "proposals": [{"<subtask>": {"<dimension>": <value>, ...}, ...}, ...]}
 Propose only allocations that are not in the trials table."""
 
 
@@ -32,20 +32,24 @@ def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: fl
     spec = space.spec
     lines = [f"Task: {spec.name}. {spec.description}".strip(),
              f"Budget: {budget_gpu_hours:.4g} GPU-h per allocation (training + serving "
-             f"{spec.workload.queries:g} queries). A pre-trained checkpoint used by several "
-             "subtasks is paid once.", "", "Search space and costs (GPU-h):"]
+             f"{spec.workload.queries:g} queries). A trained model used by several subtasks "
+             "(a checkpoint, or a fine-tune on a mixture they name alike) is paid once.", "",
+             "Search space and costs (GPU-h):"]
     for s in space.subtasks:
-        c = space.choices(s)
-        lines.append(f"- subtask {s}: samples {c['samples']}; aggregators "
-                     f"{c['aggregator']}; mixtures {c['mixture']}")
-        lines.append("  model / method: training + serving per sample (cost = training + "
-                     "serving x samples, roughly)")
-        for model in c["model"]:
-            for method in space.methods_for(s, model):
-                plan = Plan(model, method, c["mixture"][0], 1, c["aggregator"][0])
-                cost = cost_model.plan_cost(s, plan)
-                lines.append(f"  {model} / {method}: {cost.train_gpu_hours:.4g} + "
-                             f"{cost.inference_gpu_hours:.4g}")
+        dims = space.dimensions(s)
+        lines.append(f"- subtask {s}: " + "; ".join(_values(d) for d in dims))
+        lines.append("  served model: training + serving at its smallest n (serving grows "
+                     "with n)")
+        served = [d.name for d in dims if not d.test_time]
+        smallest = {}
+        for p in space.plans(s):
+            arm = " / ".join(str(p[name]) for name in served)
+            if arm not in smallest or p.samples < smallest[arm].samples:
+                smallest[arm] = p
+        for arm, plan in smallest.items():
+            cost = cost_model.plan_cost(s, plan)
+            lines.append(f"  {arm}: {cost.train_gpu_hours:.4g} + "
+                         f"{cost.inference_gpu_hours:.4g} (n={plan.samples})")
     lines += ["", "Insight memory:"]
     lines += [f"- [{i.subtask}/{i.kind}] {i.text}" for i in memory] or ["- (none yet)"]
     lines += ["", "Trials (number: end score | per subtask: plan -> score | cost GPU-h):"]
@@ -63,6 +67,15 @@ def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: fl
     lines += [f"- {score:.4f}: {json.dumps(a.to_dict())}" for a, score in hints] or ["- none"]
     lines += ["", f"Propose up to {k} new allocation(s) as JSON."]
     return "\n".join(lines)
+
+
+def _values(d: Dimension) -> str:
+    """A dimension and its values; a mixture's with their weights over data sources."""
+    if isinstance(d, Mixture):
+        return f"{d.name} " + ", ".join(
+            f"{v} {json.dumps({k: round(w, 3) for k, w in d.mixture(v).items()})}"
+            for v in d.values)
+    return f"{d.name} {list(d.values)}"
 
 
 def repair_message(errors: Sequence[str]) -> str:

@@ -5,8 +5,10 @@ A subtask's plans share structure that holds broadly, so one observation informs
 - score versus samples n is close to linear in logit(score) against log2(n) (pass@k and
   majority curves rise and saturate); the slope is shared across arms and shrunk towards
   the aggregator's and the arm's own evidence;
-- arms (model, method, mixture, aggregator) differ by additive effects of each field plus
-  a smooth trend over the compute order (log parameters, log training tokens).
+- arms (every dimension but n: model, method, mixture, aggregator) differ by additive
+  effects of each dimension's value plus a smooth trend over the compute order (log
+  parameters, log training tokens); mixtures are compared by their weight vectors, so what
+  one mixture scores informs the mixtures that share its sources.
 
 This is Bayesian regression on those features, written in its kernel form (a Gaussian
 process with a sum kernel) so that its cost grows with observations, not with features.
@@ -20,19 +22,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.artifact import Artifact
 from planner.cost import CostModel
-from planner.space import Plan, SearchSpace
+from planner.space import Dimension, Mixture, Plan, SearchSpace
 
 _EPS = 1e-3  # scores are clipped to [eps, 1 - eps] before the logit
-# kernel weights at amplitude 1: (constant, compute trend, model, method, mixture,
-# aggregator, arm, slope, slope by aggregator, slope by model, slope by arm); noise apart
-# the compute trend (an RBF over log size and log training tokens) weighs 3x: one probe then
-# informs neighbouring checkpoints, which per-field effects cannot when the best checkpoint
-# differs by model size
-_WEIGHTS = np.array([1.0, 3.0, 0.5, 0.5, 0.3, 0.5, 0.5, 0.25, 0.1, 0.02, 0.05])
+# Kernel weights at amplitude 1. Level: a constant, the compute trend (an RBF over log size
+# and log training tokens, weighed 3x: one probe then informs neighbouring checkpoints, which
+# per-value effects cannot when the best checkpoint differs by model size), each dimension's
+# effect (equal values, or for a mixture the cosine of the weight vectors) and the arm's own.
+# Slope in log n: shared, by aggregator, by model and by arm. Dimensions not named here get
+# the default level weight and no slope term.
+_CONSTANT, _TREND, _ARM = 1.0, 3.0, 0.5
+_LEVEL = {"model": 0.5, "method": 0.5, "mixture": 0.3, "aggregator": 0.5}
+_LEVEL_DEFAULT = 0.5
+_SLOPE, _SLOPE_ARM = 0.25, 0.05
+_SLOPE_BY = {"aggregator": 0.1, "model": 0.02}
 _NOISE = 0.02
 _AMPLITUDES = (0.5, 1.0, 2.0, 4.0)
 _LENGTHSCALES = (0.5, 1.0, 2.0)
+_TEST_TIME = "samples"  # the dimension the logit-linear-in-log-n structure is about
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -46,13 +55,14 @@ def expit(y: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PlanTable:
-    """One subtask's plans as arrays: codes of each field, compute features, exact costs."""
+    """One subtask's plans as arrays: value codes per dimension, compute features, costs."""
 
     subtask: str
-    plans: list[Plan]
+    plans: tuple[Plan, ...]
     index: dict[Plan, int]
-    levels: tuple[list[str], ...]  # names of the codes of model, method, mixture, aggregator
-    codes: np.ndarray  # (P, 5) int: model, method, mixture, aggregator, arm
+    dims: tuple[Dimension, ...]  # every dimension but samples, in plan order
+    codes: np.ndarray  # (P, D + 1) int: each dimension's value index, then the arm's
+    mixes: dict[int, np.ndarray]  # column of a mixture dimension -> (P, S) unit weight vectors
     compute: np.ndarray  # (P, 2) standardised log serving cost per sample, log train tokens
     log_n: np.ndarray  # (P,) log2 samples
     cost: np.ndarray  # (P,) GPU-h of the plan alone (training + inference)
@@ -61,42 +71,58 @@ class PlanTable:
 
     @classmethod
     def build(cls, space: SearchSpace, cost_model: CostModel, subtask: str,
-              artifacts: dict[tuple[str, ...], int]) -> PlanTable:
-        spec = space.spec
-        plans = list(space.plans(subtask))
-        fields = ("model", "method", "mixture", "aggregator")
-        levels = tuple(list(space.choices(subtask)[f]) for f in fields)
-        arms = sorted({(p.model, p.method, p.mixture, p.aggregator) for p in plans})
-        arm_id = {a: i for i, a in enumerate(arms)}
-        codes = np.array([[lv.index(getattr(p, f)) for f, lv in zip(fields, levels, strict=True)]
-                          + [arm_id[(p.model, p.method, p.mixture, p.aggregator)]]
-                          for p in plans])
+              shared: dict[Artifact, int]) -> PlanTable:
+        """`shared` numbers the artifacts that plans of several subtasks may use."""
+        plans = space.plans(subtask)
+        dims = tuple(d for d in space.dimensions(subtask) if d.name != _TEST_TIME)
+        arms = {a: i for i, a in enumerate(sorted(
+            {tuple(d.index(p[d.name]) for d in dims) for p in plans}))}
+        values = np.array([[d.index(p[d.name]) for d in dims] for p in plans])
+        codes = np.column_stack([values, [arms[tuple(v)] for v in values]])
+        mixes = {j: _unit(np.array(d.weights))[values[:, j]] for j, d in enumerate(dims)
+                 if isinstance(d, Mixture)}
         costs = [cost_model.plan_cost(subtask, p) for p in plans]
+        artifacts = [cost_model.artifact(subtask, p) for p in plans]
         # size proxy: serving GPU-h per sample (known even where a model's params are not)
         raw = np.array([[np.log(c.inference_gpu_hours / p.samples + 1e-30),
-                         np.log1p(spec.method(p.method).train_tokens)]
-                        for p, c in zip(plans, costs, strict=True)])
+                         np.log1p(cost_model.train_tokens(a))]
+                        for p, c, a in zip(plans, costs, artifacts, strict=True)])
         spread = raw.std(axis=0)
         compute = (raw - raw.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-        artifact = [artifacts.setdefault(cost_model.artifact(subtask, p), len(artifacts))
-                    if spec.method(p.method).kind in ("none", "pretrain") else -1
-                    for p in plans]
-        return cls(subtask, plans, {p: i for i, p in enumerate(plans)}, levels, codes, compute,
-                   np.log2([p.samples for p in plans]).astype(float),
+        return cls(subtask, plans, {p: i for i, p in enumerate(plans)}, dims, codes, mixes,
+                   compute, np.log2([p.samples for p in plans]).astype(float),
                    np.array([c.total_gpu_hours for c in costs]),
-                   np.array([c.train_gpu_hours for c in costs]), np.array(artifact))
+                   np.array([c.train_gpu_hours for c in costs]),
+                   np.array([shared.get(a, -1) for a in artifacts]))
+
+    def column(self, name: str) -> int:
+        """The codes column of a dimension."""
+        return next(j for j, d in enumerate(self.dims) if d.name == name)
+
+
+def _unit(weights: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, so their dot products are cosines."""
+    return weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12)
+
+
+def _field_weights(t: PlanTable) -> tuple[np.ndarray, np.ndarray]:
+    """Level and slope weights of each codes column (dimensions, then the arm)."""
+    level = [_LEVEL.get(d.name, _LEVEL_DEFAULT) for d in t.dims] + [_ARM]
+    slope = [_SLOPE_BY.get(d.name, 0.0) for d in t.dims] + [_SLOPE_ARM]
+    return np.array(level), np.array(slope)
 
 
 def _kernel(t: PlanTable, a: np.ndarray, b: np.ndarray, amp: float, ell: float) -> np.ndarray:
     """Prior covariance of logit scores between plan indices `a` and `b`."""
-    w = _WEIGHTS * amp
-    ca, cb = t.codes[a][:, None, :], t.codes[b][None, :, :]
-    same = (ca == cb).astype(float)  # (A, B, 5)
+    level_w, slope_w = _field_weights(t)
+    same = (t.codes[a][:, None, :] == t.codes[b][None, :, :]).astype(float)  # (A, B, D + 1)
+    for j, unit in t.mixes.items():
+        same[..., j] = unit[a] @ unit[b].T
     d2 = ((t.compute[a][:, None, :] - t.compute[b][None, :, :]) ** 2).sum(-1)
     trend = np.exp(-d2 / (2 * ell * ell))
-    level = w[0] + w[1] * trend + same @ w[2:7]
-    slope = w[7] + w[8] * same[..., 3] + w[9] * same[..., 0] + w[10] * same[..., 4]
-    return level + np.outer(t.log_n[a], t.log_n[b]) * slope
+    level = _CONSTANT + _TREND * trend + same @ level_w
+    slope = _SLOPE + same @ slope_w
+    return amp * (level + np.outer(t.log_n[a], t.log_n[b]) * slope)
 
 
 @dataclass(frozen=True)
@@ -144,4 +170,6 @@ class SubtaskModel:
         return Prediction(mu + cross @ alpha, np.sqrt(var))
 
     def _prior_var(self, amp: float) -> np.ndarray:
-        return amp * (_WEIGHTS[:7].sum() + _WEIGHTS[7:].sum() * self.table.log_n ** 2)
+        level_w, slope_w = _field_weights(self.table)
+        level = _CONSTANT + _TREND + level_w.sum()
+        return amp * (level + (_SLOPE + slope_w.sum()) * self.table.log_n ** 2)

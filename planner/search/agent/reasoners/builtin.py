@@ -3,7 +3,8 @@
 - init: per subtask, probes that isolate the model choice (one model from each size
   stratum, drawn with the seed, on one reference arm at the largest n that fits the
   subtask's share of the budget), the trend in n (the same arm at the smallest n) and
-  each other field (method, aggregator, mixture).
+  each other dimension (the values farthest from the reference: one method, two
+  mixtures or aggregators).
   Stage scores are reported per subtask, so trial i carries probe i of every subtask.
 - propose: fit each subtask's score model (`surrogate`), score every plan optimistically
   (mean + kappa std in logit space), and combine the per-subtask frontiers under the
@@ -26,7 +27,7 @@ from planner.space import Allocation
 from planner.store import TrialRecord
 
 _MAX_MODEL_PROBES = 4
-_MAX_MIXTURE_PROBES = 2
+_PROBES_PER_DIMENSION = {"method": 1}  # values probed per other dimension (default 2)
 KAPPA = 1.0  # optimism, in standard deviations of the logit score
 
 
@@ -79,19 +80,21 @@ class BuiltinReasoner:
 
 
 def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, str]]:
-    """Plan indices (and why) that isolate model, n trend, then the other fields."""
-    spec = ctx.space.spec
+    """Plan indices (and why) that isolate the model, the n trend, then each other dimension."""
     afford = t.cost <= share
     if not afford.any():
         return [(int(np.argmin(t.cost)), "cheapest plan (nothing fits the budget share)")]
-    model, method, mixture, agg, arm = t.codes.T
-    # reference arm: the (method, mixture, aggregator) most models can afford, most trained
-    keys: dict[tuple[int, int, int], set[int]] = {}
+    model, arm = t.codes[:, t.column("model")], t.codes[:, -1]
+    rest = [j for j, d in enumerate(t.dims) if d.name != "model"]
+    # reference arm: the values of the other dimensions most models can afford, most trained
+    keys: dict[tuple[int, ...], set[int]] = {}
+    tokens: dict[tuple[int, ...], float] = {}
     for i in np.flatnonzero(afford):
-        keys.setdefault((method[i], mixture[i], agg[i]), set()).add(model[i])
-    tokens = np.log1p([spec.method(m).train_tokens for m in t.levels[1]])
-    ref = max(keys, key=lambda k: (len(keys[k]), tokens[k[0]], -k[1], -k[2]))
-    on_ref = afford & (method == ref[0]) & (mixture == ref[1]) & (agg == ref[2])
+        k = tuple(int(c) for c in t.codes[i, rest])
+        keys.setdefault(k, set()).add(int(model[i]))
+        tokens.setdefault(k, float(t.compute[i, 1]))
+    ref = max(keys, key=lambda k: (len(keys[k]), tokens[k], *(-c for c in k[1:])))
+    on_ref = afford & (t.codes[:, rest] == ref).all(axis=1)
     models = sorted(keys[ref], key=lambda m: t.compute[model == m, 0].min())  # by size
     # one model from each of up to 4 size strata (which one: the seed's choice)
     rng = np.random.default_rng([ctx.seed, len(t.plans)])
@@ -99,27 +102,38 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, s
     picks = [models[int(rng.choice(stratum))] for stratum in strata]
     out: list[tuple[int, str]] = []
 
-    def add(mask: np.ndarray, what: str) -> None:
-        """Probe the affordable plan in `mask` with the largest n (then cost)."""
+    def best(mask: np.ndarray) -> int | None:
+        """The affordable plan in `mask` with the largest n (then the lowest cost)."""
         cand = np.flatnonzero(mask & afford)
-        if cand.size:
-            i = int(cand[np.lexsort((t.cost[cand], t.log_n[cand]))[-1]])
+        return int(cand[np.lexsort((t.cost[cand], t.log_n[cand]))[-1]]) if cand.size else None
+
+    def add(i: int | None, what: str) -> None:
+        if i is not None:
             out.append((i, f"{what} probe {t.plans[i].describe()}"))
 
     for m in picks:
-        add(on_ref & (model == m), "model")
+        add(best(on_ref & (model == m)), "model")
     anchor = out[len(out) // 2][0]
     same_arm = afford & (arm == arm[anchor])
     low = int(np.flatnonzero(same_arm)[np.argmin(t.log_n[same_arm])])
     if low != anchor:
-        out.append((low, f"n-trend probe {t.plans[low].describe()}"))
+        add(low, "n-trend")
     on_model = afford & (model == model[anchor])
-    others = np.unique(method[on_model & (method != method[anchor])])
-    if others.size:
-        far = max(others, key=lambda c: abs(tokens[c] - tokens[ref[0]]))
-        add(on_model & (method == far) & (mixture == ref[1]) & (agg == ref[2]), "method")
-    for a in np.unique(agg[on_model & (agg != ref[2])]):
-        add(on_model & (agg == a) & (method == ref[0]), "aggregator")
-    for x in np.unique(mixture[on_model & (mixture != ref[1])])[:_MAX_MIXTURE_PROBES]:
-        add(on_model & (mixture == x) & (method == ref[0]), "mixture")
+    for j in rest:
+        probes = []
+        for value in np.unique(t.codes[on_model & (t.codes[:, j] != t.codes[anchor, j]), j]):
+            # the plan with this value that keeps most of the reference's other values
+            mask = on_model & (t.codes[:, j] == value)
+            kept = (t.codes[:, rest] == ref).sum(axis=1)
+            i = best(mask & (kept == kept[mask].max()))
+            probes.append((_distance(t, i, anchor), i))
+        probes.sort(key=lambda p: -p[0])  # stable: the farthest first, then in value order
+        for _, i in probes[:_PROBES_PER_DIMENSION.get(t.dims[j].name, 2)]:
+            add(i, t.dims[j].name)
     return out
+
+
+def _distance(t: PlanTable, i: int, j: int) -> float:
+    """How far apart two plans' training is: log training tokens, and mixture weights."""
+    d = abs(float(t.compute[i, 1] - t.compute[j, 1]))
+    return d + sum(1.0 - float(unit[i] @ unit[j]) for unit in t.mixes.values())

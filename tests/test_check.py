@@ -1,0 +1,70 @@
+"""`planner check`: dimensions, allocation counts and the budget's cut, before any trial."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs.replay.env import ReplayEnvironment
+from planner import check
+from planner.cost import CostModel
+from planner.space import Allocation, SearchSpace
+from planner.spec import TaskSpec
+
+
+def _brute_force(spec: TaskSpec) -> np.ndarray:
+    space = SearchSpace(spec)
+    cm = CostModel(spec, ReplayEnvironment(spec).calibration())
+    return np.array([cm.estimate(Allocation(tuple(zip(space.subtasks, combo, strict=True))))
+                     .total_gpu_hours
+                     for combo in itertools.product(*(space.plans(s) for s in space.subtasks))])
+
+
+def test_exact_summary_matches_every_allocation_priced(tiny_spec: TaskSpec) -> None:
+    costs = _brute_force(tiny_spec)
+    cm = CostModel(tiny_spec, ReplayEnvironment(tiny_spec).calibration())
+    info = check.summarize(SearchSpace(tiny_spec), cm, 35.0)
+    assert info.exact and info.allocations == len(costs) == 20 * 20
+    assert info.plans == {"extract": 20, "solve": 20}
+    assert info.cost_min_gpu_hours == pytest.approx(costs.min())
+    assert info.cost_max_gpu_hours == pytest.approx(costs.max())
+    assert info.feasible_fraction == pytest.approx(np.mean(costs <= 35.0))
+    assert 0 < info.feasible_fraction < 1 and info.binds
+    assert not check.summarize(SearchSpace(tiny_spec), cm, 1e9).binds
+    dims = {d["name"]: d for d in info.dimensions["solve"]}
+    assert dims["samples"] == {"name": "samples", "kind": "ordinal", "values": [1, 2, 4, 8, 16]}
+    assert dims["mixture"]["values"] == [{"name": "default", "weights": {"solve/data": 1.0}}]
+
+
+def test_large_spaces_are_sampled(tiny_spec: TaskSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "EXACT_LIMIT", 10)
+    costs = _brute_force(tiny_spec)
+    info = check.summarize(SearchSpace(tiny_spec), CostModel(tiny_spec), 35.0)
+    assert not info.exact
+    assert info.feasible_fraction == pytest.approx(np.mean(costs <= 35.0), abs=0.01)
+    lo, hi = costs.min() * (1 - 1e-12), costs.max() * (1 + 1e-12)  # summed in another order
+    assert lo <= info.cost_min_gpu_hours <= info.cost_max_gpu_hours <= hi
+
+
+def _planner(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_check_command(tiny_task_path: Path) -> None:
+    r = _planner("check", str(tiny_task_path), "--budget", "35gpu-h")
+    assert r.returncode == 0, r.stderr
+    assert "tiny (replay): valid" in r.stdout
+    assert "samples (ordinal): 1, 2, 4, 8, 16" in r.stdout
+    assert "allocations: 400" in r.stdout and "it binds" in r.stdout
+    data = json.loads(_planner("check", str(tiny_task_path), "--json").stdout)
+    assert data["budget"] == "100gpu-h" and data["allocations"] == 400
+    assert data["binds"] is False and data["feasible_fraction"] == 1.0
+    bad = _planner("check", str(tiny_task_path), "--budget", "lots")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "bad budget" in bad.stderr
