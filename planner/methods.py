@@ -106,8 +106,9 @@ class NoneMethod(_Method):
 
 
 class Pretrain(_Method):
-    """A released checkpoint of the base, pre-trained on `train_tokens` general tokens; used
-    by several subtasks it is paid once."""
+    """A released checkpoint (pre-trained, or fine-tuned by its publisher) whose training
+    read `train_tokens` tokens of general data: the same artifact wherever it is used, so
+    several subtasks using it pay for it once."""
 
     kind: Literal["pretrain"] = "pretrain"
     train_tokens: float = Field(gt=0, description="pre-training tokens of the checkpoint (D)")
