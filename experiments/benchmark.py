@@ -2,6 +2,7 @@
 
     python experiments/benchmark.py                      # every suite task, 20 seeds, 50 trials
     python experiments/benchmark.py --seeds 3 --trials 20 --tasks monkeys-gsm8k my_task.yaml
+    python experiments/benchmark.py --strategies random,optuna    # names: spaces or commas
 
 Writes, under --out (default experiments/results): `benchmark.csv` (one row per trial),
 `summary.csv` (one row per task x strategy), `<task>.png` (best-so-far vs trials and vs
@@ -35,7 +36,6 @@ from planner.budget import parse_budget
 from planner.cost import CostModel
 from planner.search import STRATEGIES, BaseStrategy, OptunaStrategy, SearchContext, make_strategy
 from planner.search._runner import Runner
-from planner.space import Plan
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord, TrialStatus
 from planner.study import open_study
@@ -136,8 +136,7 @@ class SearchMeter:
             choice = (s, p.model, p.method, p.mixture)
             if choice not in self.sampled:
                 self.sampled.add(choice)
-                widest = Plan(p.model, p.method, p.mixture, max(spec.subtask(s).samples),
-                              p.aggregator)
+                widest = p.replace(samples=max(spec.subtask(s).samples))
                 per_query = cm.plan_cost(s, widest).inference_gpu_hours / spec.workload.queries
                 self.gpu_hours += per_query * self.task.env.items[s]
         return self.gpu_hours
@@ -281,11 +280,31 @@ def _step(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, y[np.maximum(idx, 0)], 0.0)
 
 
+def split_names(values: Sequence[str] | None) -> list[str]:
+    """Command-line names given space- or comma-separated (`a b`, `a,b`, `a, b`)."""
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+def check_strategies(names: list[str], llm: bool) -> list[str]:
+    """The names, if each is a strategy this benchmark runs; else exit naming the valid ones."""
+    known = [*available_strategies(llm=True), "optuna-gp"]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown strategies {unknown}; choose from {known}")
+    if "agent-llm" in names and not llm:
+        raise SystemExit("agent-llm needs --llm-base-url and --llm-model")
+    return names
+
+
 def resolve_tasks(names: Sequence[str]) -> list[Path]:
     """Suite task names or task.yaml paths; default: the whole suite."""
     suite = {load_spec(p).name: p for p in builtin_tasks()}
     if not names:
         return list(suite.values())
+    unknown = [n for n in names if n not in suite and not Path(n).is_file()]
+    if unknown:
+        raise SystemExit(f"unknown tasks {unknown}: neither suite tasks ({', '.join(suite)}) "
+                         "nor task files")
     return [suite[n] if n in suite else Path(n) for n in names]
 
 
@@ -301,13 +320,16 @@ def run(tasks: list[Path], strategies: list[str], seeds: int, n_trials: int, wor
     return pd.DataFrame([row for rows in results for row in rows])
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with `tasks` and `strategies` as lists of names (`llm`: the
+    endpoint for agent-llm, or None)."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="*", default=[], help="suite names or task.yaml paths")
+    parser.add_argument("--tasks", nargs="*", default=[],
+                        help="suite names or task.yaml paths, space- or comma-separated")
     parser.add_argument("--strategies", nargs="*", default=None,
-                        help="default: random optuna agent (+ agent-llm with an endpoint); "
-                        "optuna-gp on request")
+                        help="space- or comma-separated; default: random optuna agent "
+                        "(+ agent-llm with an endpoint); optuna-gp on request")
     parser.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for agent-llm")
     parser.add_argument("--llm-model", help="model name at that endpoint")
     parser.add_argument("--seeds", type=int, default=20)
@@ -316,12 +338,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md",
                         help="markdown file whose benchmark section is (re)written")
-    args = parser.parse_args()
-    llm = LLMEndpoint(args.llm_base_url, args.llm_model) if args.llm_base_url else None
-    strategies = args.strategies or available_strategies(llm is not None)
+    args = parser.parse_args(argv)
+    args.llm = LLMEndpoint(args.llm_base_url, args.llm_model) if args.llm_base_url else None
+    args.strategies = (check_strategies(split_names(args.strategies), args.llm is not None)
+                       or available_strategies(args.llm is not None))
+    args.tasks = split_names(args.tasks)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    strategies = args.strategies
     start = time.perf_counter()
     trials = pad(run(resolve_tasks(args.tasks), strategies, args.seeds, args.trials,
-                     args.workers, llm), args.trials)
+                     args.workers, args.llm), args.trials)
     elapsed = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     trials.to_csv(args.out / "benchmark.csv", index=False, float_format="%.6g")

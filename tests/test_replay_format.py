@@ -101,7 +101,9 @@ def test_exhaustive_optimum_equals_brute_force(tmp_path, stages, budget) -> None
     score, cost = _brute_force(path, budget)
     assert opt.score == pytest.approx(score, rel=1e-12)
     assert opt.cost_gpu_hours == pytest.approx(cost, rel=1e-9)
-    assert opt.space_size == 18 * 24 ** (stages - 1)
+    # route: 3 models x (n=1 first, n=2 oracle, n=4 oracle): `first` reads one sample, and
+    # one sample is `first`; solve: 6 choices x 4 n
+    assert opt.space_size == 9 * 24 ** (stages - 1)
 
 
 def test_usd_and_token_pricing(tmp_path) -> None:
@@ -110,10 +112,10 @@ def test_usd_and_token_pricing(tmp_path) -> None:
     table = pd.read_csv(tmp_path / "samples.csv.gz")
     flops = env.calibration()
     small = table[table.model == "small"]
-    assert flops[("route", "small", "none")] == pytest.approx(
+    assert flops[("route", "small", "none", "default")] == pytest.approx(
         2 * MODELS["small"] * (small.in_tok + small.out_tok).mean())
     hw = spec.hardware
-    assert flops[("route", "api", "none")] == pytest.approx(
+    assert flops[("route", "api", "none", "default")] == pytest.approx(
         3e-4 / 2.0 * hw.peak_flops * hw.utilization * 3600)
     assert env.items == {"route": 10, "solve1": 12}
 

@@ -16,6 +16,8 @@ import pandas as pd
 
 OUT = Path(__file__).parent / "data"
 _CASCADE_COLUMNS = ["query", "model", "correct", "input_tokens", "output_tokens", "cost_usd"]
+_MOT_COLUMNS = ["model", "prompt", "question", "sample", "answer", "correct"]
+MOT_MIN_SAMPLES = 16  # keep questions with at least this many samples in every prompt
 
 
 def _pythia_names(nickname: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -53,6 +55,24 @@ def convert_cascades(source: Path, files: list[str]) -> pd.DataFrame:
     return df[_CASCADE_COLUMNS].sort_values(["model", "query"], kind="stable")
 
 
+def convert_mot(source: Path, prompts: tuple[str, ...] = ("pot1", "pot2"),
+                min_samples: int = MOT_MIN_SAMPLES) -> pd.DataFrame:
+    """Mixture-of-thought samples of Llama-2-13B on GSM8K -> one row per sample: model,
+    prompt, question, sample, answer, correct.
+
+    Sample counts vary per question (1 to 24), so only questions with at least
+    `min_samples` samples under every prompt are kept (all their samples): n up to
+    `min_samples` then replays exactly. Answers are kept as recorded text, so a vote
+    counts them as the source's own majority vote does (equal values)."""
+    frames = [pd.read_csv(source / "mot" / f"gsm8k_llama2-13b_{p}.csv.gz", dtype={"answer": str})
+              for p in prompts]
+    df = pd.concat(frames)
+    counts = df.groupby(["question", "prompt"]).size().unstack(fill_value=0)
+    kept = counts.index[(counts >= min_samples).all(axis=1)]
+    out = df[df["question"].isin(kept)][_MOT_COLUMNS]
+    return out.sort_values(["model", "prompt", "question", "sample"], kind="stable")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", type=Path, default=Path("../shared/data"))
@@ -64,6 +84,7 @@ def main() -> None:
         "pythia_math_10k": convert_monkeys_10k(args.source),
         "mmlu_cascades": convert_cascades(args.source,
                                           ["mmlu_llama_test", "mmlu_qwen_oai_test"]),
+        "mot_gsm8k_llama2": convert_mot(args.source),
     }
     for name, table in tables.items():
         path = OUT / f"{name}.csv.gz"

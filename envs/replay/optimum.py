@@ -13,8 +13,9 @@ The remaining product is enumerated with numpy broadcasting, in chunks over the 
 subtask; a shared artifact's training is paid once. Ties go to the cheaper allocation,
 then to the first in enumeration order.
 
-    python -m envs.replay.optimum           # check the stored optima
-    python -m envs.replay.optimum --write   # recompute and store them
+    python -m envs.replay.optimum                       # check the suite's stored optima
+    python -m envs.replay.optimum --write               # recompute and store them
+    python -m envs.replay.optimum my_task.yaml [--budget 20gpu-h]   # any task's optimum
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ import yaml
 from envs.replay.env import ReplayEnvironment
 from planner.budget import parse_budget
 from planner.cost import CostModel
+from planner.errors import PlannerError, SpecError
 from planner.space import Allocation, Plan
 from planner.spec import TaskSpec, load_spec
 
 TASKS = Path(__file__).parent / "tasks"
 OPTIMA = Path(__file__).parent / "optima.yaml"
 _CHUNK_ELEMENTS = 2_000_000  # broadcast block size: bounds memory to ~100 MB
+
+
+class NoFeasibleAllocation(ValueError):
+    """Every allocation costs more than the budget."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
             best = candidate
     size = int(np.prod([len(a.score) for a in arrays.values()]))
     if best is None:
-        raise ValueError(f"{spec.name}: no allocation fits in {budget_gpu_hours:g} GPU-h")
+        raise NoFeasibleAllocation(f"{spec.name}: no allocation fits in {budget_gpu_hours:g} "
+                                   "GPU-h; raise the budget")
     alloc = Allocation.of({s: p.plans[i] for s, p, i in zip(names, parts, best[2], strict=True)})
     return Optimum(best[0], best[1], alloc, size)
 
@@ -156,14 +163,20 @@ def builtin_tasks() -> list[Path]:
     return sorted(TASKS.glob("*.yaml"))
 
 
-def optimum_record(path: Path) -> dict:
-    """The stored form of a task's optimum under its default budget."""
+def budget_gpu_hours(spec: TaskSpec, budget: str | None = None) -> float:
+    """`budget` (default: the task's own) in GPU-hours of the task's hardware."""
+    budget = budget or spec.budget
+    if budget is None:
+        raise SpecError(f"{spec.name}: budget: the task declares none; pass --budget, e.g. "
+                        "--budget 20gpu-h")
+    return parse_budget(budget).gpu_hours(spec.hardware.peak_flops, spec.hardware.utilization)
+
+
+def optimum_record(path: Path, budget: str | None = None) -> dict:
+    """The stored form of a task's optimum under `budget` (default: the task's own)."""
     spec = load_spec(path)
-    assert spec.budget is not None, f"{path}: suite tasks declare a default budget"
-    budget = parse_budget(spec.budget).gpu_hours(spec.hardware.peak_flops,
-                                                 spec.hardware.utilization)
-    opt = exhaustive_optimum(spec, budget)
-    return {"task": spec.name, "file": path.name, "budget": spec.budget,
+    opt = exhaustive_optimum(spec, budget_gpu_hours(spec, budget))
+    return {"task": spec.name, "file": path.name, "budget": budget or spec.budget,
             "space_size": opt.space_size, "score": opt.score,
             "cost_gpu_hours": opt.cost_gpu_hours, "allocation": opt.allocation.to_dict()}
 
@@ -173,20 +186,52 @@ def load_optima(path: Path = OPTIMA) -> dict[str, dict]:
     return {r["task"]: r for r in yaml.safe_load(path.read_text())}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help=f"store the optima in {OPTIMA}")
-    args = parser.parse_args()
+def describe(record: dict) -> str:
+    return (f"{record['task']}: {record['score']:.6f} at {record['cost_gpu_hours']:.4g} GPU-h "
+            f"(budget {record['budget']}, {record['space_size']:,} allocations)")
+
+
+def check_suite(write: bool) -> None:
+    """Recompute the suite's optima; store them (`write`) or fail if the stored ones differ."""
     records = [optimum_record(p) for p in builtin_tasks()]
     for r in records:
-        print(f"{r['task']}: {r['score']:.6f} at {r['cost_gpu_hours']:.4g} GPU-h "
-              f"(budget {r['budget']}, {r['space_size']:,} allocations)")
-    if args.write:
+        print(describe(r))
+    if write:
         OPTIMA.write_text(yaml.safe_dump(records, sort_keys=False))
         print(f"wrote {OPTIMA}")
     elif load_optima() != {r["task"]: r for r in records}:
         raise SystemExit(f"{OPTIMA} is stale; rerun with --write")
+
+
+def print_optima(paths: list[Path], budget: str | None) -> None:
+    """Each task's optimum and its allocation, one plan per line."""
+    for path in paths:
+        record = optimum_record(path, budget)
+        print(describe(record))
+        for line in Allocation.from_dict(record["allocation"]).describe():
+            print(f"  {line}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tasks", nargs="*", type=Path,
+                        help="task.yaml files (default: check the suite against its stored optima)")
+    parser.add_argument("--budget", help="budget of the given tasks, e.g. 20gpu-h (default: each "
+                        "task's own)")
+    parser.add_argument("--write", action="store_true", help=f"store the optima in {OPTIMA}")
+    args = parser.parse_args()
+    if args.tasks and args.write:
+        parser.error("--write stores the suite's optima; give no task paths with it")
+    if args.budget and not args.tasks:
+        parser.error("--budget applies to the task paths given; the suite uses each task's own")
+    try:
+        if args.tasks:
+            print_optima(args.tasks, args.budget)
+        else:
+            check_suite(args.write)
+    except (PlannerError, NoFeasibleAllocation) as e:
+        parser.exit(2, f"Error: {e}\n")
 
 
 if __name__ == "__main__":

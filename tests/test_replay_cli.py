@@ -1,0 +1,108 @@
+"""Command lines around the replay suite: `python -m envs.replay.optimum` on any task file,
+and the benchmark's strategy and task lists (space- or comma-separated)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from envs.replay import optimum
+from envs.replay.optimum import exhaustive_optimum
+from planner.spec import load_spec
+
+ROOT = Path(__file__).parents[1]
+EXAMPLE = ROOT / "envs" / "replay" / "examples" / "mot_gsm8k_llama2.yaml"
+
+
+def _optimum(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "envs.replay.optimum", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_optimum_of_a_task_file() -> None:
+    done = _optimum(str(EXAMPLE))
+    assert done.returncode == 0, done.stderr
+    expected = exhaustive_optimum(load_spec(EXAMPLE), 40.0)
+    assert done.stdout.splitlines() == [
+        f"mot-gsm8k-llama2: {expected.score:.6f} at 36.51 GPU-h (budget 40gpu-h, 18 "
+        "allocations)",
+        "  gsm8k: llama2-13b / pot2 / n=8 / oracle",
+    ]
+
+
+def test_optimum_under_another_budget(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["optimum", str(EXAMPLE), "--budget", "30gpu-h"])
+    optimum.main()
+    out = capsys.readouterr().out
+    assert "(budget 30gpu-h" in out and "pot2 / n=4 / oracle" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["missing.yaml"], "missing.yaml: no such task file"),
+    ([str(EXAMPLE), "--budget", "1gpu-h"], "no allocation fits in 1 GPU-h; raise the budget"),
+    ([str(EXAMPLE), "--write"], "--write stores the suite's optima"),
+    (["--budget", "1gpu-h"], "--budget applies to the task paths given"),
+])
+def test_optimum_errors_are_one_line(monkeypatch, capsys, args, message) -> None:
+    monkeypatch.setattr(sys, "argv", ["optimum", *args])
+    with pytest.raises(SystemExit) as exit_:
+        optimum.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) <= 2  # argparse adds a usage line
+
+
+def _benchmark() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("experiments_benchmark", ROOT / "experiments" /
+                                                  "benchmark.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def benchmark() -> ModuleType:
+    return _benchmark()
+
+
+@pytest.mark.parametrize("argv", [["random,optuna"], ["random", "optuna"], ["random,", "optuna"],
+                                  ["random, optuna"]])
+def test_benchmark_strategies_by_comma_or_space(benchmark, argv) -> None:
+    assert benchmark.parse_args(["--strategies", *argv]).strategies == ["random", "optuna"]
+
+
+def test_benchmark_tasks_by_comma(benchmark) -> None:
+    args = benchmark.parse_args(["--tasks", f"monkeys-gsm8k,{EXAMPLE}"])
+    assert args.tasks == ["monkeys-gsm8k", str(EXAMPLE)]
+    assert benchmark.resolve_tasks(args.tasks)[1] == EXAMPLE
+
+
+def test_benchmark_unknown_names_exit_cleanly(benchmark) -> None:
+    with pytest.raises(SystemExit, match=r"unknown strategies \['tpe'\]; choose from"):
+        benchmark.parse_args(["--strategies", "random,tpe"])
+    with pytest.raises(SystemExit, match="agent-llm needs --llm-base-url"):
+        benchmark.parse_args(["--strategies", "agent-llm"])
+    with pytest.raises(SystemExit, match=r"unknown tasks \['nope'\]"):
+        benchmark.resolve_tasks(["nope"])
+
+
+def test_benchmark_meters_search_compute(benchmark) -> None:
+    """A short study on the example task: the meter pays each (prompt) sampling pass once, at
+    max n over the task's recorded items."""
+    rows = benchmark.run_job(benchmark.Job(EXAMPLE, "random", seed=0, trials=6))
+    spent = [r["search_gpu_hours"] for r in rows]
+    assert len(rows) == 6 and spent == sorted(spent) and spent[0] > 0
+    # one pass = 357 items x (2NP + 16 x 2NO) FLOPs; two prompts at most
+    one_pass = 357 * 2 * 1.3e10 * (1200 + 16 * 100) / (9.89e14 * 0.4 * 3600)
+    assert spent[-1] / one_pass == pytest.approx(round(spent[-1] / one_pass))
+    assert round(spent[-1] / one_pass) in (1, 2)
+    assert max(r["best_frac"] for r in rows) <= 1 + 1e-12

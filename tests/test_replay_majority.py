@@ -1,0 +1,136 @@
+"""Majority vote replayed from per-sample answers, on the real MoT table (Llama-2-13B,
+GSM8K, two program-of-thought prompts): it matches `expected_majority_at_k` item by item,
+and sits about 20 points below pass@n, so `oracle` is no substitute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from envs.replay.build_tables import MOT_MIN_SAMPLES, convert_mot
+from envs.replay.env import ReplayEnvironment, read_table
+from planner.errors import SpecError
+from planner.space import Plan
+from planner.spec import load_spec
+from tools.evaluate import expected_majority_at_k, pass_at_k
+
+REPLAY = Path(__file__).parents[1] / "envs" / "replay"
+EXAMPLE = REPLAY / "examples" / "mot_gsm8k_llama2.yaml"
+TABLE = REPLAY / "data" / "mot_gsm8k_llama2.csv.gz"
+SHARED = Path(__file__).parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def env() -> ReplayEnvironment:
+    return ReplayEnvironment(load_spec(EXAMPLE))
+
+
+def _plan(prompt: str, n: int, aggregator: str) -> Plan:
+    return Plan(model="llama2-13b", method=prompt, mixture="default", samples=n,
+                aggregator=aggregator)
+
+
+def _direct(prompt: str, n: int) -> tuple[float, float]:
+    """Majority@n and pass@n of one prompt, computed from the table file item by item."""
+    table = pd.read_csv(TABLE, dtype={"answer": str})
+    majority, oracle = [], []
+    for _, rows in table[table["prompt"] == prompt].groupby("question"):
+        answers, correct = rows["answer"].tolist(), rows["correct"].tolist()
+        majority.append(expected_majority_at_k(answers, correct, n))
+        oracle.append(pass_at_k(len(correct), sum(correct), n))
+    return float(np.mean(majority)), float(np.mean(oracle))
+
+
+def test_table_keeps_questions_with_enough_samples() -> None:
+    table = read_table(TABLE, ["answer"])
+    counts = table.groupby(["question", "prompt"]).size().unstack()
+    assert list(counts.columns) == ["pot1", "pot2"]
+    assert len(counts) == 357 and counts.min().min() == MOT_MIN_SAMPLES == 16
+    assert counts.max().max() == 24 and len(table) == 16_417
+    assert (table.groupby(["prompt", "question", "answer"])["correct"].nunique() == 1).all()
+
+
+@pytest.mark.skipif(not (SHARED / "mot").is_dir(), reason="shared/data/mot not present")
+def test_converter_rebuilds_the_shipped_table() -> None:
+    built = convert_mot(SHARED).reset_index(drop=True)
+    shipped = pd.read_csv(TABLE, dtype={"answer": str})
+    pd.testing.assert_frame_equal(built, shipped, check_dtype=False)
+
+
+@pytest.mark.parametrize(("prompt", "n"), [("pot1", 4), ("pot2", 8), ("pot2", 16)])
+def test_majority_matches_direct_estimate(env, prompt, n) -> None:
+    majority, oracle = _direct(prompt, n)
+    assert env.subtask_score("gsm8k", _plan(prompt, n, "majority")) == pytest.approx(
+        majority, rel=1e-12)
+    assert env.subtask_score("gsm8k", _plan(prompt, n, "oracle")) == pytest.approx(
+        oracle, rel=1e-12)
+
+
+def test_majority_is_about_20_points_below_oracle(env) -> None:
+    for prompt in ("pot1", "pot2"):
+        def score(n: int, agg: str, prompt: str = prompt) -> float:
+            return env.subtask_score("gsm8k", _plan(prompt, n, agg))
+
+        gap = score(8, "oracle") - score(8, "majority")
+        assert 0.19 < gap < 0.22
+        assert score(16, "oracle") - score(16, "majority") > 0.22
+        first = score(1, "first")
+        assert score(2, "majority") == pytest.approx(first)  # a split vote is a coin flip
+        assert first < score(4, "majority") < score(8, "majority") < score(16, "majority")
+
+
+def test_evaluate_and_space(env) -> None:
+    plans = env.space.plans("gsm8k")
+    assert len(plans) == 18  # 2 prompts x (n=1 first + 4 n x {majority, oracle})
+    assert {p.aggregator for p in plans} == {"first", "majority", "oracle"}
+    obs = env.evaluate(env.space.coerce({"gsm8k": dict(_plan("pot2", 8, "majority"))}))
+    assert obs.score == pytest.approx(0.4232, abs=5e-5)
+
+
+def _edited_example(tmp_path: Path, drop: tuple[str, ...] = (), **subtask: object) -> Path:
+    """The example task with `drop` removed from `replay:` and `subtask` fields replaced."""
+    task = yaml.safe_load(EXAMPLE.read_text())
+    sub = task["subtasks"][0]
+    sub["replay"]["table"] = str(TABLE)
+    for key in drop:
+        del sub["replay"][key]
+    sub.update(subtask)
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    return path
+
+
+def test_majority_without_answer_is_an_error(tmp_path) -> None:
+    path = _edited_example(tmp_path, drop=("answer",))
+    with pytest.raises(SpecError, match=r"replay\.answer: aggregator `majority`.*`answer:"):
+        ReplayEnvironment(load_spec(path))
+    # without majority the same table replays first and oracle
+    path = _edited_example(tmp_path, drop=("answer",), aggregators=["first", "oracle"])
+    assert ReplayEnvironment(load_spec(path)).items == {"gsm8k": 357}
+
+
+def test_majority_beyond_recorded_samples_is_an_error(tmp_path) -> None:
+    path = _edited_example(tmp_path, samples=[1, 24], aggregators=["majority"])
+    with pytest.raises(SpecError, match="only 16 recorded samples"):
+        ReplayEnvironment(load_spec(path))
+
+
+def test_unknown_aggregator_is_an_error(tmp_path) -> None:
+    path = _edited_example(tmp_path, aggregators=["best_of_n"])
+    with pytest.raises(SpecError, match=r"\['best_of_n'\] cannot be replayed"):
+        ReplayEnvironment(load_spec(path))
+
+
+def test_equal_answers_scored_differently_are_an_error(tmp_path) -> None:
+    table = pd.read_csv(TABLE, dtype={"answer": str})
+    table.loc[0, "correct"] = 1 - table.loc[0, "correct"]
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    task = yaml.safe_load(EXAMPLE.read_text())
+    task["subtasks"][0]["replay"]["table"] = "bad.csv"
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    with pytest.raises(SpecError, match="marked both correct and wrong"):
+        ReplayEnvironment(load_spec(tmp_path / "task.yaml"))
