@@ -27,10 +27,17 @@ from planner.space import Allocation, Plan
 from planner.spec import load_spec
 
 HERE = Path(__file__).parent
-COLD = {"parse": Plan("tiny", "full-150", samples=1, aggregator="majority"),
-        "add": Plan("small", "full-600", samples=4, aggregator="majority")}
-WARM = {"parse": Plan("tiny", "full-150", samples=4, aggregator="majority"),
-        "add": Plan("small", "full-600", samples=16, aggregator="first")}
+
+
+def plan(model: str, method: str, n: int, aggregator: str) -> Plan:
+    return Plan(model=model, method=method, mixture="default", samples=n, aggregator=aggregator)
+
+
+COLD = {"parse": plan("tiny", "full-150", 1, "majority"),
+        "add": plan("small", "full-600", 4, "majority")}
+# `first` reads one sample, so its canonical plan has n=1 (planner.space)
+WARM = {"parse": plan("tiny", "full-150", 4, "majority"),
+        "add": plan("small", "full-600", 1, "first")}
 
 
 def timed(env: LiveEnvironment, plans: dict[str, Plan], label: str) -> None:

@@ -62,9 +62,10 @@ def chatml(question: str) -> str:
 # ----------------------------------------------------------------------------- GGUF check
 def gguf_check(gguf: Path, work: Path) -> dict:
     import torch
+    from peft import LoraConfig
     from safetensors.torch import load_file
 
-    from tools.train import load_model, train
+    from tools.train import TrainConfig, load_model, train
 
     result: dict = {}
     start = time.perf_counter()
@@ -86,7 +87,8 @@ def gguf_check(gguf: Path, work: Path) -> dict:
         ]
     }
     adapter_dir = work / "gguf-lora"
-    res = train(gguf, "lora", data, {"add": 1.0}, adapter_dir, steps=3, batch_size=4, lr=1e-3)
+    res = train(gguf, data, {"add": 1.0}, adapter_dir, TrainConfig(steps=3, batch_size=4, lr=1e-3),
+                LoraConfig(task_type="CAUSAL_LM"))
     result["lora_train_s"] = round(res.wall_seconds, 1)
     result["lora_losses"] = [round(x, 3) for x in res.losses]
 

@@ -3,7 +3,8 @@ adapter and how it reads in other tools' training configs.
 
 task.yaml's `methods:` validates as the union of these classes, discriminated on `kind`, so
 an option a kind does not take is an error that names the valid ones. Adding a kind means
-adding one class here and listing it in `Method` (see DESIGN.md).
+adding one class here and listing it in `Method` (see DESIGN.md); a kind that trains on
+task data subclasses `FineTune`.
 
 Training FLOPs (N = parameters of the base, D = tokens trained on):
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -119,7 +120,7 @@ class Pretrain(_Method):
         return self.train_tokens
 
 
-class _FineTune(_Method):
+class FineTune(_Method):
     """A kind that trains on the subtask's data mixture with the shared training loop."""
 
     train_tokens: float | None = Field(
@@ -144,7 +145,7 @@ class _FineTune(_Method):
         return ToolConfig(keys, [])
 
 
-class Full(_FineTune):
+class Full(FineTune):
     """Every weight updated."""
 
     kind: Literal["full"] = "full"
@@ -158,7 +159,7 @@ class Full(_FineTune):
         return ToolConfig({**own, **base.keys}, base.unexpressed)
 
 
-class Lora(_FineTune):
+class Lora(FineTune):
     """A low-rank update of the chosen modules (Hu et al. 2021), trained with peft."""
 
     kind: Literal["lora"] = "lora"
@@ -193,7 +194,7 @@ class Lora(_FineTune):
         return ToolConfig({**own, **base.keys}, unexpressed)
 
 
-class PromptTuning(_FineTune):
+class PromptTuning(FineTune):
     """A trained soft prompt in front of the frozen base (Lester et al. 2021), with peft."""
 
     kind: Literal["prompt"] = "prompt"
@@ -219,7 +220,6 @@ Method = Annotated[NoneMethod | Pretrain | Full | Lora | PromptTuning,
                    Field(discriminator="kind")]
 """Any method kind, as task.yaml's `methods:` holds it."""
 
-FineTune = Full | Lora | PromptTuning
-KINDS: dict[str, type[_Method]] = {
-    cls.model_fields["kind"].default: cls for cls in (NoneMethod, Pretrain, Full, Lora,
-                                                      PromptTuning)}
+KINDS: dict[str, type[_Method]] = {cls.model_fields["kind"].default: cls
+                                   for cls in get_args(get_args(Method)[0])}
+"""Kind name -> class."""

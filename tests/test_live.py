@@ -1,4 +1,4 @@
-"""Live environment on two tiny GPT-2s (one pretraining step each) and 6 validation items."""
+"""Live environment on two tiny GPT-2s (one pretraining step each) and a few validation items."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ import yaml
 from envs import make_environment
 from envs.live.env import LiveEnvironment
 from envs.live.tasks.make_data import wordsum_records, write_jsonl
+from planner.artifact import artifact_of
+from planner.cost import CostModel
 from planner.errors import SpecError
+from planner.search import Runner
 from planner.space import Allocation, Plan
 from planner.spec import load_spec
-from planner.store import Store, TrialStatus
-from planner.study import optimize
+from planner.store import Store, TrialRecord, TrialStatus
+from planner.study import open_study, optimize
 from tools.zoo import build_tiny_model, synthetic_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +59,7 @@ def write_live_task(folder: Path, bases: dict[str, Path], val: list[dict] | None
         "workload": {"queries": 1000},
         "models": [{"name": n, "params": 1e5, "source": str(p)} for n, p in bases.items()],
         "methods": [{"name": "none", "kind": "none"},
-                    {"name": "full", "kind": "full", "train_tokens": 200,
+                    {"name": "full", "kind": "full",
                      "options": {"steps": 2, "batch_size": 4, "lr": 0.01}}],
         "subtasks": [{"name": "parse", **stage, "data": {**data, "prompt": "{problem} sum:"}},
                      {"name": "add", "depends_on": ["parse"], **stage,
@@ -76,6 +79,11 @@ def env_for(task_path: Path, cache: Path) -> LiveEnvironment:
     return LiveEnvironment(load_spec(task_path), cache_dir=cache, progress=False)
 
 
+def plan(model: str, method: str, n: int = 1, aggregator: str = "first",
+         mixture: str = "default") -> Plan:
+    return Plan(model=model, method=method, mixture=mixture, samples=n, aggregator=aggregator)
+
+
 def alloc(parse: Plan, add: Plan) -> Allocation:
     return Allocation.of({"parse": parse, "add": add})
 
@@ -84,18 +92,18 @@ def test_changing_only_n_or_aggregator_neither_trains_nor_samples(task_path: Pat
                                                                   tmp_path: Path) -> None:
     env = env_for(task_path, tmp_path / "cache")
     stats = env.cache.stats
-    parse, add = Plan("m1", "full", samples=1, aggregator="first"), Plan("m2", "full")
+    parse, add = plan("m1", "full"), plan("m2", "full")
     cold = env.run(alloc(parse, add))
     assert (stats.train_misses, stats.train_hits) == (2, 0)
     assert stats.sample_misses > 0
     sampled = stats.sample_misses
 
-    warm = env.run(alloc(parse, Plan("m2", "full", samples=3, aggregator="majority")))
+    warm = env.run(alloc(parse, plan("m2", "full", 3, "majority")))
     assert (stats.train_misses, stats.train_hits, stats.sample_misses) == (2, 2, sampled)
     assert warm.prompts == cold.prompts
 
     # more parse samples may change parse's outputs: only add's new prompts are sampled
-    rerun = env.run(alloc(Plan("m1", "full", samples=3, aggregator="majority"), add))
+    rerun = env.run(alloc(plan("m1", "full", 3, "majority"), add))
     seen = set(cold.prompts["add"]) | {env.data["add"].prompt(r) for r in env.data["add"].val}
     assert stats.train_misses == 2
     assert stats.sample_misses - sampled == len(set(rerun.prompts["add"]) - seen)
@@ -104,7 +112,9 @@ def test_changing_only_n_or_aggregator_neither_trains_nor_samples(task_path: Pat
         assert set(obs.subtask_scores) == {"parse", "add"}
         assert 0.0 <= obs.score <= 1.0
         assert set(obs.measured) == {"device_seconds", "train_tokens", "prompt_tokens",
-                                     "completion_tokens"}
+                                     "completion_tokens", "examples:parse/train",
+                                     "examples:add/train"}
+        assert obs.measured["examples:parse/train"] == obs.measured["examples:add/train"] == 8
     assert cold.observation.measured["train_tokens"] == warm.observation.measured["train_tokens"]
     assert warm.observation.measured["completion_tokens"] > cold.observation.measured[
         "completion_tokens"]
@@ -112,9 +122,8 @@ def test_changing_only_n_or_aggregator_neither_trains_nor_samples(task_path: Pat
 
 def test_stage_outputs_feed_the_next_stage(task_path: Path, tmp_path: Path) -> None:
     env = env_for(task_path, tmp_path / "cache")
-    add = Plan("m1", "none", samples=1, aggregator="first")
-    runs = [env.run(alloc(Plan(model, "none", samples=1, aggregator="first"), add))
-            for model in ("m1", "m2")]
+    add = plan("m1", "none")
+    runs = [env.run(alloc(plan(model, "none"), add)) for model in ("m1", "m2")]
     for run in runs:
         assert run.prompts["add"] == [f"{out}=" for out in run.outputs["parse"]]
         assert run.prompts["parse"][0].endswith(" sum:")
@@ -142,8 +151,7 @@ def test_optimize_runs_live_trials(strategy: str, task_path: Path, tmp_path: Pat
 
 def test_a_second_process_reuses_the_cache(task_path: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    allocation = alloc(Plan("m1", "full", samples=3, aggregator="majority"),
-                       Plan("m1", "full", samples=3, aggregator="majority"))
+    allocation = alloc(plan("m1", "full", 3, "majority"), plan("m1", "full", 3, "majority"))
     first = env_for(task_path, cache).evaluate(allocation)
     script = (
         "import json, sys; from envs.live.env import LiveEnvironment; "
@@ -167,4 +175,133 @@ def test_missing_field_in_live_data_names_file_and_field(tmp_path: Path,
     del val[1]["problem"]
     path = write_live_task(tmp_path, bases, val=val)
     with pytest.raises(SpecError, match=r"val\.jsonl:2: record lacks field 'problem'"):
+        env_for(path, tmp_path / "cache")
+
+
+# --- mixtures over sources, methods from the registry, one shared multi-task artifact -------
+
+DRAWS = 2 * 50  # steps x batch_size of both fine-tuning methods: examples drawn per training
+
+
+def write_mixture_task(folder: Path, bases: dict[str, Path]) -> Path:
+    """parse trains on 1-digit (`easy`) and/or 2-digit (`hard`) problems; `multi` in both
+    stages is one artifact trained on parse's easy and add's train records."""
+    for name, records in (("easy", wordsum_records(30, seed=1, digits=1)),
+                          ("hard", wordsum_records(30, seed=3, digits=2)),
+                          ("train", wordsum_records(30, seed=4)),
+                          ("val", wordsum_records(3, seed=2))):
+        write_jsonl(folder / f"{name}.jsonl", records)
+    loop = {"steps": 2, "batch_size": 50, "lr": 0.01}
+    stage = {"prompt_tokens": 10, "output_tokens": 5, "models": ["m1"], "samples": [1],
+             "aggregators": ["first"], "decoding": {"max_new_tokens": 3}}
+    task = {
+        "name": "live-mix", "environment": "live", "budget": "1gpu-h",
+        "workload": {"queries": 1000},
+        "models": [{"name": "m1", "params": 1e5, "source": str(bases["m1"])}],
+        "methods": [{"name": "none", "kind": "none"},
+                    {"name": "lora", "kind": "lora", "options": {**loop, "lora_r": 4}},
+                    {"name": "full", "kind": "full", "options": loop}],
+        "subtasks": [
+            {"name": "parse", **stage, "methods": ["none", "lora", "full"],
+             "mixtures": {"easy": {"easy": 1}, "hard": {"hard": 1},
+                          "even": {"easy": 1, "hard": 1}, "multi": {"easy": 1, "add/train": 1}},
+             "data": {"sources": {"easy": "easy.jsonl", "hard": "hard.jsonl"},
+                      "val": "val.jsonl", "prompt": "{problem} sum:"}},
+            {"name": "add", "depends_on": ["parse"], **stage, "methods": ["none", "full"],
+             "mixtures": {"own": {"train": 1}, "multi": {"train": 1, "parse/easy": 1}},
+             "data": {"sources": {"train": "train.jsonl"}, "val": "val.jsonl",
+                      "prompt": "{parse}="}},
+        ],
+    }
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    return path
+
+
+def examples(trial: TrialRecord) -> dict[str, float]:
+    return {k.removeprefix("examples:"): v for k, v in trial.measured.items()
+            if k.startswith("examples:")}
+
+
+def test_mixtures_shape_training_data_and_a_shared_artifact_trains_once(
+        tmp_path: Path, bases: dict[str, Path]) -> None:
+    spec = load_spec(write_mixture_task(tmp_path, bases))
+    env = LiveEnvironment(spec, cache_dir=tmp_path / "cache", progress=False)
+    store = Store(f"sqlite:///{tmp_path / 'study.db'}")
+    study = open_study(store, spec, name="mix", budget="1gpu-h", strategy="chosen", seed=0)
+    runner = Runner(env, store, study.name, CostModel(spec), study.budget_gpu_hours)
+    stats = env.cache.stats
+
+    def trial(parse: Plan, add: Plan) -> TrialRecord:
+        record = runner.run_trial(alloc(parse, add))
+        assert record.status is TrialStatus.OK, record.error
+        return record
+
+    base = plan("m1", "none", mixture="own")
+    easy, hard, even = (trial(plan("m1", "full", mixture=m), base)
+                        for m in ("easy", "hard", "even"))
+    assert examples(easy) == {"parse/easy": DRAWS}  # not one hard example
+    assert examples(hard) == {"parse/hard": DRAWS}
+    assert examples(even)["parse/easy"] + examples(even)["parse/hard"] == DRAWS
+    assert 0.35 * DRAWS <= examples(even)["parse/easy"] <= 0.65 * DRAWS
+    assert (stats.train_misses, stats.train_hits) == (3, 0)  # three mixtures, three models
+
+    lora = trial(plan("m1", "lora", mixture="even"), plan("m1", "full", mixture="own"))
+    assert examples(lora) == {"parse/easy": examples(even)["parse/easy"],  # same seed, draw
+                              "parse/hard": examples(even)["parse/hard"], "add/train": DRAWS}
+    assert stats.train_misses == 5
+
+    multi = trial(plan("m1", "full", mixture="multi"), plan("m1", "full", mixture="multi"))
+    assert (stats.train_misses, stats.train_hits) == (6, 0)  # one training serves both stages
+    assert sum(examples(multi).values()) == DRAWS  # and is counted once
+    assert set(examples(multi)) == {"parse/easy", "add/train"}
+    assert 0.35 * DRAWS <= examples(multi)["add/train"] <= 0.65 * DRAWS
+    shared = artifact_of(spec, "parse", runner.history()[-1].allocation["parse"])
+    assert shared == artifact_of(spec, "add", runner.history()[-1].allocation["add"])
+    assert multi.cost.train_gpu_hours == pytest.approx(
+        runner.cost_model.plan_cost("parse", plan("m1", "full", mixture="multi")).train_gpu_hours)
+
+    folders = [p.parent for p in (tmp_path / "cache").glob("live/artifacts/*/meta.json")]
+    metas = {f: json.loads((f / "meta.json").read_text()) for f in folders}
+    assert sorted(sum(m["examples"].values()) for m in metas.values()) == [DRAWS] * 6
+    assert {"parse/easy", "add/train"} in [set(m["sources"]) for m in metas.values()]
+    lora_dir = next(f for f, m in metas.items() if json.loads(m["settings"])["kind"] == "lora")
+    assert json.loads((lora_dir / "adapter_config.json").read_text())["r"] == 4  # typed option
+
+
+def test_random_trials_report_the_data_of_each_distinct_artifact(
+        tmp_path: Path, bases: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    spec = load_spec(write_mixture_task(tmp_path, bases))
+    env = make_environment(spec)
+    assert isinstance(env, LiveEnvironment)
+    env.progress = False
+    result = optimize(spec, env, store=Store(f"sqlite:///{tmp_path / 'study.db'}"),
+                      budget="1gpu-h", strategy="random", n_trials=4, seed=1)
+    for t in result.trials:
+        assert t.status is TrialStatus.OK, t.error
+        artifacts = {artifact_of(spec, s, p) for s, p in t.allocation.items()}
+        trained = {a for a in artifacts if a.method.fine_tunes}
+        assert sum(examples(t).values()) == DRAWS * len(trained)
+        assert set(examples(t)) <= {src for a in trained for src in a.sources}
+
+
+def test_a_method_that_cannot_run_live_is_named(tmp_path: Path, bases: dict[str, Path]) -> None:
+    path = write_mixture_task(tmp_path, bases)
+    task = yaml.safe_load(path.read_text())
+    task["methods"].append({"name": "ckpt", "kind": "pretrain", "train_tokens": 1e9})
+    task["subtasks"][1]["methods"].append("ckpt")
+    path.write_text(yaml.safe_dump(task))
+    with pytest.raises(SpecError, match=r"methods\.ckpt: kind 'pretrain' cannot run live"):
+        env_for(path, tmp_path / "cache")
+
+
+def test_a_fine_tune_without_training_files_is_named(tmp_path: Path,
+                                                     bases: dict[str, Path]) -> None:
+    path = write_live_task(tmp_path, bases)
+    task = yaml.safe_load(path.read_text())
+    del task["subtasks"][0]["data"]["sources"]  # parse's default mixture: its own sources
+    path.write_text(yaml.safe_dump(task))
+    with pytest.raises(SpecError, match=r"subtasks\.parse\.mixtures\.default: 'parse/data' "
+                                        "has no training file"):
         env_for(path, tmp_path / "cache")

@@ -1,33 +1,29 @@
 """Fine-tune a causal LM on a weighted mixture of prompt/completion data.
 
-One call trains one artifact with transformers' `Trainer` (and peft for LoRA / prompt tuning)
-and says what it cost. `load_model` turns any artifact back into a model and tokenizer.
+One call trains one artifact with transformers' `Trainer` (every weight, or a peft adapter
+such as LoRA or prompt tuning) and says what it cost and what it trained on. `load_model`
+turns any artifact back into a model and tokenizer.
 
 Example:
-    >>> result = train("models/tiny", "lora", {"add": examples}, {"add": 1.0}, "out/lora",
-    ...                steps=50)
+    >>> from peft import LoraConfig
+    >>> result = train("models/tiny", {"add": examples}, {"add": 1.0}, "out/lora",
+    ...                TrainConfig(steps=50), LoraConfig(task_type="CAUSAL_LM"))
     >>> model, tokenizer = load_model(result.artifact)
 """
 
 from __future__ import annotations
 
+import copy
 import random
 import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from peft import (
-    LoraConfig,
-    PeftConfig,
-    PeftModel,
-    PromptTuningConfig,
-    PromptTuningInit,
-    get_peft_model,
-)
+from peft import PeftConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
@@ -44,65 +40,74 @@ from transformers import (
     set_seed,
 )
 
-Method = Literal["none", "full", "lora", "prompt"]
 Example = dict[str, str]  # {"prompt": ..., "completion": ...}
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the training loop."""
+
+    steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Examples per step: `steps * batch_size` examples are drawn from the mixture."""
+    lr: float = 1e-3
+    """Peak learning rate (transformers' default linear decay, no warm-up)."""
+    seed: int = 0
+    """Seed of the data draw, the initialisation (adapters) and the data order."""
+    max_length: int = 128
+    """Prompt + completion tokens kept per example (the rest is cut)."""
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch_size, self.max_length) <= 0 or self.lr <= 0:
+            raise ValueError(f"steps, batch_size, max_length and lr must be positive: {self}")
+
+
+@dataclass(frozen=True)
 class TrainResult:
-    """What one training run produced and what it cost."""
+    """What one training run produced, what it trained on and what it cost."""
 
     artifact: Path
-    """Full-weights folder ("full"), peft adapter folder ("lora", "prompt") or the base ("none")."""
+    """Full-weights folder (no adapter) or peft adapter folder."""
     tokens_seen: int
     """Non-padding tokens fed to the model (prompt + completion + eos)."""
     wall_seconds: float
     peak_memory_bytes: int
     """Peak CUDA memory allocated on GPU; on CPU the process's peak RSS (lifetime, not per run)."""
-    final_loss: float | None
-    """Training loss of the last step; None for "none"."""
+    final_loss: float
+    """Training loss of the last step."""
     losses: list[float]
     """Training loss of every step."""
+    examples: dict[str, int]
+    """Source -> examples drawn from it (`steps * batch_size` in all); undrawn sources absent."""
 
 
 def train(
     base_model: str | Path,
-    method: Method,
     data: dict[str, list[Example]],
     mixture: dict[str, float],
     out_dir: str | Path,
+    config: TrainConfig = TrainConfig(),
+    adapter: PeftConfig | None = None,
     *,
-    steps: int = 100,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    seed: int = 0,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_targets: list[str] | None = None,
-    num_virtual_tokens: int = 8,
-    max_length: int = 128,
     progress: bool = False,
 ) -> TrainResult:
-    """Train `base_model` with `method` on `steps * batch_size` examples drawn from `mixture`.
+    """Train `base_model` on `config.steps * config.batch_size` examples drawn from `mixture`.
 
     Args:
         base_model: HF model folder (or hub-style name already in the local cache) or a
             `.gguf` file.
-        method: "none" returns the base unchanged; "full" updates every weight; "lora" and
-            "prompt" train a peft adapter (LoRA / prompt tuning) saved without the base.
         data: source name -> examples with "prompt" and "completion" strings.
         mixture: source name -> sampling weight (need not sum to 1).
         out_dir: where the artifact is written.
-        lora_targets: module names for LoRA; None uses peft's default for the architecture.
+        config: the training loop's settings.
+        adapter: a peft config (e.g. `LoraConfig`, `PromptTuningConfig`): train that adapter
+            and save it without the base; None updates every weight and saves them all.
         progress: show a progress bar over steps on stderr.
 
     Loss is computed on completion tokens (and the eos appended to them) only.
     """
-    if method == "none":
-        return TrainResult(Path(base_model), 0, 0.0, _peak_memory_bytes(), None, [])
-    if method not in ("full", "lora", "prompt"):
-        raise ValueError(f"Unknown method {method!r}; use one of none, full, lora, prompt.")
-    set_seed(seed)
+    set_seed(config.seed)
     start = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -113,27 +118,37 @@ def train(
         model.hf_quantizer, model.is_quantized = None, False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-    examples = sample_mixture(data, mixture, steps * batch_size, seed)
-    features = [tokenize_example(tokenizer, ex, max_length) for ex in examples]
-    if method == "lora":
-        config = LoraConfig(
-            task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, target_modules=lora_targets
-        )
-        model = get_peft_model(model, config)
-    elif method == "prompt":
-        config = PromptTuningConfig(
-            task_type="CAUSAL_LM",
-            num_virtual_tokens=num_virtual_tokens,
-            # Start from real token embeddings: peft's default N(0, 1) init dwarfs them.
-            prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
-        )
-        model = get_peft_model(model, config)
+    drawn = sample_mixture(data, mixture, config.steps * config.batch_size, config.seed)
+    features = [tokenize_example(tokenizer, ex, config.max_length) for _, ex in drawn]
+    if adapter is not None:
+        model = get_peft_model(model, copy.deepcopy(adapter))  # peft fills in the copy
+    losses = _fit(model, tokenizer, features, config, Path(out_dir), progress)
+    if adapter is not None:
+        # Record the real base (a .gguf file included) so load_model can rebuild it.
+        model.peft_config["default"].base_model_name_or_path = str(base_model)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return TrainResult(
+        artifact=Path(out_dir),
+        tokens_seen=sum(len(f["input_ids"]) for f in features),
+        wall_seconds=time.perf_counter() - start,
+        peak_memory_bytes=_peak_memory_bytes(),
+        final_loss=losses[-1],
+        losses=losses,
+        examples=dict(sorted(Counter(source for source, _ in drawn).items())),
+    )
+
+
+def _fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+         features: list[dict[str, list[int]]], config: TrainConfig, out_dir: Path,
+         progress: bool) -> list[float]:
+    """Run Trainer over `features` in order; the loss of every step."""
     args = TrainingArguments(
         output_dir=str(out_dir),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=lr,
-        seed=seed,
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        seed=config.seed,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -146,21 +161,7 @@ def train(
     if progress:
         trainer.add_callback(_StepProgress())
     trainer.train()
-    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-
-    if method != "full":
-        # Record the real base (a .gguf file included) so load_model can rebuild it.
-        model.peft_config["default"].base_model_name_or_path = str(base_model)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return TrainResult(
-        artifact=Path(out_dir),
-        tokens_seen=sum(len(f["input_ids"]) for f in features),
-        wall_seconds=time.perf_counter() - start,
-        peak_memory_bytes=_peak_memory_bytes(),
-        final_loss=losses[-1],
-        losses=losses,
-    )
+    return [log["loss"] for log in trainer.state.log_history if "loss" in log]
 
 
 class _StepProgress(TrainerCallback):
@@ -193,8 +194,9 @@ def load_model(artifact: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeniz
 
 def sample_mixture(
     data: dict[str, list[Example]], mixture: dict[str, float], count: int, seed: int
-) -> list[Example]:
-    """Draw `count` examples: a source by weight, then an example uniformly (with replacement)."""
+) -> list[tuple[str, Example]]:
+    """Draw `count` (source, example) pairs: a source by weight, then one of its examples
+    uniformly (with replacement)."""
     unknown = set(mixture) - set(data)
     if unknown:
         raise ValueError(f"Mixture names sources without data: {sorted(unknown)}.")
@@ -202,7 +204,7 @@ def sample_mixture(
         raise ValueError(f"Mixture weights must be >= 0 with a positive sum, got {mixture}.")
     rng = random.Random(seed)
     sources = rng.choices(list(mixture), weights=list(mixture.values()), k=count)
-    return [rng.choice(data[source]) for source in sources]
+    return [(source, rng.choice(data[source])) for source in sources]
 
 
 def tokenize_example(

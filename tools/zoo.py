@@ -5,7 +5,7 @@ in seconds. Each is a normal HF folder (`from_pretrained` works) with a characte
 
 Example:
     >>> path = tiny_model("tiny")           # built once, then cached
-    >>> train(path, "lora", {"add": addition_examples(500, seed=1)}, {"add": 1.0}, "out")
+    >>> train(path, {"add": addition_examples(500, seed=1)}, {"add": 1.0}, "out")
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Literal
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, set_seed
 
-from tools.train import Example, train
+from tools.train import Example, TrainConfig, train
 
 Size = Literal["tiny", "small", "base"]
 
@@ -111,18 +111,9 @@ def build_tiny_model(
         GPT2LMHeadModel(config).save_pretrained(init_dir)
         tokenizer.save_pretrained(init_dir)
         lines = [{"prompt": "", "completion": line} for line in corpus]
-        train(
-            init_dir,
-            "full",
-            {"corpus": lines},
-            {"corpus": 1.0},
-            out_dir,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            max_length=N_POSITIONS,
-        )
+        config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                             max_length=N_POSITIONS)
+        train(init_dir, {"corpus": lines}, {"corpus": 1.0}, out_dir, config)  # every weight
     return Path(out_dir)
 
 

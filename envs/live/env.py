@@ -2,9 +2,12 @@
 
 For each subtask, in the DAG's order:
 
-1. its model: the base (method `none`) or a fine-tune trained with `tools.train` on the
-   plan's mixture, cached by a content hash of base weights, method, options, mixture, data,
-   prompt template and the tool's code;
+1. its model: the base (method `none`) or the plan's artifact (`planner.artifact`): a
+   fine-tune trained with `tools.train` on the mixture's qualified sources (`sub/src`: source
+   `src` rendered with subtask `sub`'s template and label), cached by a content hash of the
+   artifact's identity and content (base weights, method settings, each source's weight,
+   file digest, template and label, and the tool's code). Subtasks whose plans share an
+   artifact (a multi-task model) are served by one training;
 2. N = max(samples) completions per prompt, drawn once per (model, prompt, decoding, N) and
    cached, so plans differing only in n or the aggregator sample nothing new;
 3. its own score: the expected score of the plan's aggregator with n of the N samples on its
@@ -15,7 +18,8 @@ For each subtask, in the DAG's order:
 The end-to-end score is the final subtask's metric on the pipeline's output. `measured`
 gives what the allocation costs on the validation set: training (seconds, tokens) of each
 distinct fine-tune plus the pipeline's sampling, pro rata n/N; cached work reports what it
-cost when it was done.
+cost when it was done. `examples:SUB/SRC` counts the training examples drawn from each
+qualified source, summed over the distinct fine-tunes: what the training data really was.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import hashlib
 import inspect
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -35,24 +39,28 @@ from envs.live.cache import Cache, DrawnSamples, content_key, default_root
 from envs.live.data import SubtaskData, load_subtask, read_records, template_fields
 from envs.live.scoring import AGGREGATORS, aggregate, expected_score
 from envs.live.sources import resolve_source, weights_identity
+from planner.artifact import Artifact, artifact_of
 from planner.cost import Calibration
 from planner.env import Observation
 from planner.errors import SpecError
-from planner.space import Allocation, Plan, SearchSpace
+from planner.methods import KINDS, FineTune, Training
+from planner.space import Allocation, SearchSpace
 from planner.spec import TaskSpec
 from tools.evaluate import Metric, load_metric
 from tools.infer import TransformersSampler
-from tools.train import train
+from tools.train import Example, TrainConfig, train
 
-_TRAINABLE = ("none", "full", "lora", "prompt")
-# train() arguments a method's `options` may set
-_TRAIN_OPTIONS = set(inspect.signature(train).parameters) - {
-    "base_model", "method", "data", "mixture", "out_dir", "progress"}
+_Model = tuple[Path, str, dict]  # a served model: path, cache key, training metadata
 
 
 def _code_version(module: object) -> str:
     """Hash of a tool's source: changing the tool invalidates what it produced."""
     return hashlib.sha256(Path(inspect.getfile(module)).read_bytes()).hexdigest()[:12]
+
+
+def train_config(options: Training) -> TrainConfig:
+    """A method's typed options as `tools.train`'s loop settings (adapter fields aside)."""
+    return TrainConfig(**{f.name: getattr(options, f.name) for f in fields(TrainConfig)})
 
 
 def prompt_seed(seed: int, prompt: str) -> int:
@@ -106,11 +114,13 @@ class LiveEnvironment:
         outputs: dict[str, list[str]] = {}
         scores: dict[str, float] = {}
         measured: Counter[str] = Counter()
-        trained: dict[str, dict] = {}
+        models: dict[Artifact, _Model] = {}  # a shared artifact is resolved (trained) once
         for name in self.spec.order():
             plan, data, metric = allocation[name], self.data[name], self.metrics[name]
-            path, key, meta = self._model(name, plan)
-            trained[key] = meta
+            artifact = artifact_of(self.spec, name, plan)
+            if artifact not in models:
+                models[artifact] = self._model(artifact)
+            path, key, _ = models[artifact]
             gold = self._samples(name, path, key, [data.prompt(r) for r in data.val])
             labels = [r[data.label] for r in data.val]
             scores[name] = expected_score([d.texts for d in gold], labels, metric,
@@ -126,8 +136,11 @@ class LiveEnvironment:
             measured["device_seconds"] += share * sum(d.seconds for d in drawn)
             measured["prompt_tokens"] += sum(d.prompt_tokens for d in drawn)
             measured["completion_tokens"] += share * sum(d.completion_tokens for d in drawn)
+        trained = {key: meta for _, key, meta in models.values()}  # distinct fine-tunes
         measured["device_seconds"] += sum(m["wall_seconds"] for m in trained.values())
         measured["train_tokens"] += sum(m["tokens_seen"] for m in trained.values())
+        for meta in trained.values():
+            measured.update({f"examples:{src}": n for src, n in meta["examples"].items()})
         label, metric = self.data[self.sink].label, self.metrics[self.sink]
         final = [metric(out, r[label]) for out, r in zip(outputs[self.sink], self.items,
                                                           strict=True)]
@@ -135,30 +148,46 @@ class LiveEnvironment:
             score=sum(final) / len(final), subtask_scores=scores,
             measured={k: float(v) for k, v in measured.items()}))
 
-    def _model(self, subtask: str, plan: Plan) -> tuple[Path, str, dict]:
-        """The plan's model (path, cache key, training metadata), trained unless cached."""
-        base = self._base(plan.model)
-        method = self.spec.method(plan.method)
-        if method.kind == "none":
-            return base, weights_identity(base), {"tokens_seen": 0, "wall_seconds": 0.0}
-        data = self.data[subtask]
-        weights = self.spec.subtask(subtask).mixtures[plan.mixture] or dict.fromkeys(data.sources,
-                                                                                     1.0)
-        total = sum(weights.values())
-        mixture = {s: w / total for s, w in weights.items() if w > 0}
-        parts = {"base": weights_identity(base), "kind": method.kind, "options": method.options,
-                 "mixture": mixture, "data": {s: data.digests[s] for s in mixture},
-                 "prompt": data.template, "label": data.label, "code": self._versions["train"]}
+    def _model(self, artifact: Artifact) -> _Model:
+        """The artifact's model (path, cache key, training metadata), trained unless cached;
+        method `none` serves the base."""
+        base, method = self._base(artifact.model), artifact.method
+        if not isinstance(method, FineTune):  # kind none: _check_methods rejected the rest
+            return base, weights_identity(base), {"tokens_seen": 0, "wall_seconds": 0.0,
+                                                  "examples": {}}
+        parts = self._identity(artifact, base)
 
         def build(out: Path) -> dict:
-            result = train(base, method.kind, {s: data.examples(s) for s in mixture}, mixture,
-                           out, progress=self.progress, **method.options)  # type: ignore[arg-type]
-            return {**parts, "tokens_seen": result.tokens_seen,
+            data = {q: self._examples(q) for q in artifact.sources}
+            result = train(base, data, artifact.sources, out, train_config(method.options),
+                           method.adapter(), progress=self.progress)
+            return {**parts, "tokens_seen": result.tokens_seen, "examples": result.examples,
                     "wall_seconds": result.wall_seconds, "final_loss": result.final_loss}
 
         key = content_key(parts)
         path, meta = self.cache.artifact(key, build)
         return path, key, meta
+
+    def _identity(self, artifact: Artifact, base: Path) -> dict[str, object]:
+        """What determines a fine-tune: the artifact's identity, with its base and sources as
+        content (weights fingerprint; each source's weight, file digest, template, label)."""
+        sources = {}
+        for q, weight in artifact.data:
+            data, src = self._source(q)
+            sources[q] = {"weight": weight, "digest": data.digests[src],
+                          "prompt": data.template, "label": data.label}
+        return {"base": weights_identity(base), "settings": artifact.settings,
+                "sources": sources, "code": self._versions["train"]}
+
+    def _examples(self, qualified: str) -> list[Example]:
+        """Training examples of a qualified source, in its subtask's template and label."""
+        data, source = self._source(qualified)
+        return data.examples(source)
+
+    def _source(self, qualified: str) -> tuple[SubtaskData, str]:
+        """`sub/src` -> subtask `sub`'s data (its template and label) and source name `src`."""
+        subtask, source = qualified.split("/", 1)
+        return self.data[subtask], source
 
     def _samples(self, subtask: str, path: Path, model_key: str,
                  prompts: list[str]) -> list[DrawnSamples]:
@@ -193,14 +222,32 @@ class LiveEnvironment:
             if bad := sorted(set(s.aggregators) - set(AGGREGATORS)):
                 raise SpecError(f"{self.spec.name}: subtasks.{s.name}.aggregators: {bad} are not "
                                 f"live aggregators; use {list(AGGREGATORS)}")
+        self._check_methods()
+        self._check_sources()
+
+    def _check_methods(self) -> None:
+        """Kind `none` serves the base and fine-tuning kinds train; any other kind offered by
+        a subtask (e.g. `pretrain`, a released checkpoint) cannot run live."""
+        live = [k for k, cls in KINDS.items() if k == "none" or cls.fine_tunes]
+        used = {m for s in self.spec.subtasks for m in s.methods}
         for m in self.spec.methods:
-            where = f"{self.spec.name}: methods.{m.name}"
-            if m.kind not in _TRAINABLE:
-                raise SpecError(f"{where}: kind {m.kind!r} cannot run live; use one of "
-                                f"{list(_TRAINABLE)}")
-            if bad := sorted(set(m.options) - _TRAIN_OPTIONS):
-                raise SpecError(f"{where}.options: unknown {bad}; tools.train takes "
-                                f"{sorted(_TRAIN_OPTIONS)}")
+            if m.name in used and m.kind not in live:
+                raise SpecError(f"{self.spec.name}: methods.{m.name}: kind {m.kind!r} cannot run "
+                                f"live; use one of {live}")
+
+    def _check_sources(self) -> None:
+        """Every qualified source a fine-tuning subtask's mixtures train on has a file."""
+        for s in self.spec.subtasks:
+            if not any(self.spec.method(m).fine_tunes for m in s.methods):
+                continue
+            for mixture in s.mixtures:
+                for q in self.spec.mixture_weights(s.name, mixture):
+                    owner, src = q.split("/", 1)
+                    data = self.spec.subtask(owner).data
+                    if data is None or src not in data.sources:
+                        raise SpecError(f"{self.spec.name}: subtasks.{s.name}.mixtures."
+                                        f"{mixture}: {q!r} has no training file; give subtask "
+                                        f"{owner!r} data.sources")
 
     def _metric(self, subtask: str) -> Metric:
         name = self.spec.subtask(subtask).metric

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig
 
-from tools.train import load_model, train
+from tools.train import TrainConfig, load_model, train
 
 GGUF = os.environ.get("PLANNER_SMOLLM2_GGUF", "")
 pytestmark = pytest.mark.skipif(
@@ -50,7 +51,8 @@ def test_gguf_loads_trains_lora_and_reloads(tmp_path: Path, monkeypatch) -> None
     base = _logits(model, tokenizer)
     del model
 
-    result = train(GGUF, "lora", DATA, {"add": 1.0}, tmp_path, steps=3, batch_size=4, lr=1e-3)
+    config = TrainConfig(steps=3, batch_size=4, lr=1e-3)
+    result = train(GGUF, DATA, {"add": 1.0}, tmp_path, config, LoraConfig(task_type="CAUSAL_LM"))
     assert len(result.losses) == 3 and all(loss > 0 for loss in result.losses)
     assert (tmp_path / "adapter_config.json").exists()
 

@@ -4,9 +4,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from peft import LoraConfig
 
 from tools.infer import TransformersSampler, VLLMSampler, make_sampler
-from tools.train import train
+from tools.train import TrainConfig, train
 from tools.zoo import addition_examples
 
 PROMPTS = [ex["prompt"] for ex in addition_examples(5, seed=2)]
@@ -42,7 +43,8 @@ def test_greedy_copies_and_does_not_depend_on_batching(
 
 def test_samples_from_an_adapter(tiny_base: Path, tmp_path: Path) -> None:
     data = {"add": addition_examples(32, seed=0)}
-    adapter = train(tiny_base, "lora", data, {"add": 1.0}, tmp_path, steps=2, batch_size=4)
+    adapter = train(tiny_base, data, {"add": 1.0}, tmp_path, TrainConfig(steps=2, batch_size=4),
+                    LoraConfig(task_type="CAUSAL_LM"))
     samples = make_sampler("transformers", adapter.artifact).sample(PROMPTS[:2], 2, seed=0)
     assert [len(texts) for texts in samples.texts] == [2, 2]
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig, PeftConfig, PromptTuningConfig, PromptTuningInit
 
-from tools.train import load_model, sample_mixture, tokenize_example, train
+from tools.train import TrainConfig, load_model, sample_mixture, tokenize_example, train
 from tools.zoo import addition_examples, char_tokenizer
 
 # Every prompt maps to "777": learnable by each method within a few dozen steps.
@@ -14,6 +15,15 @@ CONST = {
     "const": [{"prompt": ex["prompt"], "completion": "777"} for ex in addition_examples(64, 1)]
 }
 LR = {"full": 3e-3, "lora": 3e-2, "prompt": 3e-2}
+
+
+def _adapter(method: str) -> PeftConfig | None:
+    if method == "lora":
+        return LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16)
+    if method == "prompt":
+        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8,
+                                  prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+    return None
 
 
 def _next_token_logits(artifact: Path, prompt: str) -> torch.Tensor:
@@ -24,14 +34,14 @@ def _next_token_logits(artifact: Path, prompt: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["full", "lora", "prompt"])
 def test_training_changes_the_model(method: str, tiny_base: Path, tmp_path: Path) -> None:
-    result = train(
-        tiny_base, method, CONST, {"const": 1.0}, tmp_path, steps=30, batch_size=8, lr=LR[method]
-    )
+    config = TrainConfig(steps=30, batch_size=8, lr=LR[method])
+    result = train(tiny_base, CONST, {"const": 1.0}, tmp_path, config, _adapter(method))
     assert result.artifact == tmp_path
     assert len(result.losses) == 30 and result.final_loss == result.losses[-1]
     assert sum(result.losses[-5:]) / 5 < result.losses[0] - 0.3
     assert result.tokens_seen > 30 * 8 * len("1+2=777")
     assert result.wall_seconds > 0 and result.peak_memory_bytes > 0
+    assert result.examples == {"const": 30 * 8}
     assert (tmp_path / "adapter_config.json").exists() == (method != "full")
 
     trained = _next_token_logits(result.artifact, "12+345=")
@@ -41,16 +51,22 @@ def test_training_changes_the_model(method: str, tiny_base: Path, tmp_path: Path
     assert trained.softmax(-1)[seven] > base.softmax(-1)[seven]
 
 
-def test_none_returns_the_base(tiny_base: Path, tmp_path: Path) -> None:
-    result = train(tiny_base, "none", CONST, {"const": 1.0}, tmp_path)
-    assert result.artifact == tiny_base
-    assert (result.tokens_seen, result.final_loss, result.losses) == (0, None, [])
-    assert not any(tmp_path.iterdir())
+def test_examples_count_each_source_drawn(tiny_base: Path, tmp_path: Path) -> None:
+    data = {**CONST, "sums": addition_examples(32, 2), "unused": addition_examples(4, 3)}
+    mixture = {"const": 1.0, "sums": 3.0, "unused": 0.0}
+    config = TrainConfig(steps=2, batch_size=100, lr=1e-3)
+    adapter = LoraConfig(task_type="CAUSAL_LM", r=2)
+    result = train(tiny_base, data, mixture, tmp_path, config, adapter)
+    drawn = sample_mixture(data, mixture, 200, seed=0)
+    assert result.examples == dict(Counter(source for source, _ in drawn))
+    assert set(result.examples) == {"const", "sums"} and sum(result.examples.values()) == 200
+    assert result.examples["sums"] / 200 == pytest.approx(0.75, abs=0.1)
+    assert adapter.target_modules is None  # the caller's config is left as it was
 
 
-def test_unknown_method_is_rejected(tiny_base: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Unknown method"):
-        train(tiny_base, "qlora", CONST, {"const": 1.0}, tmp_path)  # type: ignore[arg-type]
+def test_train_config_rejects_non_positive_settings() -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        TrainConfig(steps=0)
 
 
 def test_tokenize_example_masks_the_prompt() -> None:
@@ -70,7 +86,8 @@ def test_sample_mixture_follows_weights_and_seed() -> None:
         "c": [{"prompt": "c", "completion": "y"}],
     }
     drawn = sample_mixture(data, {"a": 3.0, "b": 1.0, "c": 0.0}, 4000, seed=7)
-    counts = Counter(ex["prompt"] for ex in drawn)
+    assert all(ex["prompt"] == source for source, ex in drawn)
+    counts = Counter(source for source, _ in drawn)
     assert counts["c"] == 0
     assert counts["a"] / 4000 == pytest.approx(0.75, abs=0.03)
     assert drawn == sample_mixture(data, {"a": 3.0, "b": 1.0, "c": 0.0}, 4000, seed=7)
