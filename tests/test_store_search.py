@@ -1,22 +1,26 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from envs import make_environment
 from planner.cost import Cost, CostModel
 from planner.env import Observation
 from planner.errors import StudyError
-from planner.search import Runner, SearchContext, make_strategy
+from planner.search import OptunaStrategy, Runner, SearchContext, make_strategy
 from planner.space import Allocation, Plan, SearchSpace
-from planner.spec import TaskSpec
-from planner.store import Store, TrialStatus
+from planner.spec import TaskSpec, load_spec
+from planner.store import Store, TrialRecord, TrialStatus
 from planner.study import optimize
+from tests.mixture_tasks import write_mixture_task
 
 
 def _alloc(model: str = "small", n: int = 1) -> Allocation:
-    plan = Plan(model, "ckpt-a", samples=n, aggregator="oracle")
+    plan = Plan(model=model, method="ckpt-a", mixture="default", samples=n, aggregator="oracle")
     return Allocation.of({"extract": plan, "solve": plan})
 
 
@@ -49,79 +53,6 @@ def test_store_round_trip(tmp_path: Path) -> None:
         _create(again)
 
 
-@pytest.mark.parametrize("strategy", ["random", "optuna"])
-@pytest.mark.parametrize("budget", ["20gpu-h", "35gpu-h"])
-def test_strategies_never_exceed_budget(tiny_spec: TaskSpec, strategy: str, budget: str) -> None:
-    store = Store("sqlite://")
-    result = optimize(tiny_spec, make_environment(tiny_spec), store=store, budget=budget,
-                      strategy=strategy, n_trials=25, seed=1)
-    limit = result.study.budget_gpu_hours
-    assert len(result.trials) == 25
-    assert all(t.status is TrialStatus.OK for t in result.trials)
-    assert all(t.cost.total_gpu_hours <= limit for t in result.trials)
-    keys = [t.allocation.key() for t in result.trials]
-    assert len(set(keys)) == len(keys), "a strategy asked for an evaluated allocation again"
-    # the cost check is real: some allocations of this space are over budget
-    cm = CostModel(tiny_spec)
-    space = SearchSpace(tiny_spec)
-    plans = list(space.plans("solve"))
-    over = [p for p in plans if cm.estimate(Allocation.of({"extract": p, "solve": p}))
-            .total_gpu_hours > limit]
-    assert over
-
-
-@pytest.mark.parametrize("strategy", ["random", "optuna"])
-def test_same_seed_same_trials(tiny_spec: TaskSpec, strategy: str) -> None:
-    runs = []
-    for _ in range(2):
-        result = optimize(tiny_spec, make_environment(tiny_spec), store=Store("sqlite://"),
-                          budget="60gpu-h", strategy=strategy, n_trials=12, seed=7)
-        runs.append([t.allocation for t in result.trials])
-    assert runs[0] == runs[1]
-
-
-class _Crash(Exception):
-    pass
-
-
-@pytest.mark.parametrize("strategy", ["random", "optuna"])
-def test_resume_after_crash_neither_repeats_nor_loses(tmp_path: Path, tiny_spec: TaskSpec,
-                                                      strategy: str) -> None:
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    env = make_environment(tiny_spec)
-
-    def crash_after_five(trial, best):
-        if trial.number == 4:
-            raise _Crash
-
-    with pytest.raises(_Crash):
-        optimize(tiny_spec, env, store=Store(url), budget="60gpu-h", strategy=strategy,
-                 n_trials=12, seed=2, callback=crash_after_five)
-    first = Store(url).trials("tiny-" + strategy)
-    assert len(first) == 5
-    result = optimize(tiny_spec, env, store=Store(url), budget="60gpu-h", strategy=strategy,
-                      n_trials=12, seed=2, resume=True)
-    numbers = [t.number for t in result.trials]
-    assert numbers == list(range(12))
-    assert [t.allocation for t in result.trials[:5]] == [t.allocation for t in first]
-    keys = [t.allocation.key() for t in result.trials]
-    assert len(set(keys)) == 12
-
-
-def test_interrupted_trial_is_rerun_under_its_number(tmp_path: Path, tiny_spec: TaskSpec) -> None:
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    store = Store(url)
-    optimize(tiny_spec, make_environment(tiny_spec), store=store, budget="60gpu-h",
-             strategy="random", n_trials=3)
-    # a crash mid-evaluation leaves a running trial behind
-    number = store.start_trial("tiny-random", _alloc(n=2), Cost(0.0, 0.0))
-    result = optimize(tiny_spec, make_environment(tiny_spec), store=Store(url),
-                      budget="60gpu-h", strategy="random", n_trials=5)
-    rerun = result.trials[number]
-    assert rerun.status is TrialStatus.OK and rerun.allocation == _alloc(n=2)
-    assert len(result.trials) == 5
-
-
 def test_over_budget_allocation_is_never_evaluated(tiny_spec: TaskSpec) -> None:
     class CountingEnv:
         def __init__(self) -> None:
@@ -141,7 +72,8 @@ def test_over_budget_allocation_is_never_evaluated(tiny_spec: TaskSpec) -> None:
                        budget_gpu_hours=1.0, strategy="random", seed=0)
     env = CountingEnv()
     runner = Runner(env, store, "s", CostModel(tiny_spec), 1.0)
-    big = Allocation.of({s: Plan("large", "ckpt-b", samples=16, aggregator="oracle")
+    big = Allocation.of({s: Plan(model="large", method="ckpt-b", mixture="default", samples=16,
+                                 aggregator="oracle")
                          for s in ("extract", "solve")})
     trial = runner.run_trial(big)
     assert trial.status is TrialStatus.OVER_BUDGET and trial.score is None
@@ -150,10 +82,99 @@ def test_over_budget_allocation_is_never_evaluated(tiny_spec: TaskSpec) -> None:
 
 
 def test_random_strategy_returns_none_when_space_is_exhausted(tiny_spec: TaskSpec) -> None:
-    space = SearchSpace(tiny_spec)
-    ctx = SearchContext(space, CostModel(tiny_spec), budget_gpu_hours=1e9)
+    spec = tiny_spec.model_copy(update={"subtasks": [  # 2 models x 2 methods x 2 samples
+        s.model_copy(update={"samples": [1, 2]}) for s in tiny_spec.subtasks]})
+    space = SearchSpace(spec)
+    ctx = SearchContext(space, CostModel(spec), budget_gpu_hours=1e9)
     strategy = make_strategy("random", ctx)
-    result = optimize(tiny_spec, make_environment(tiny_spec), store=Store("sqlite://"),
+    result = optimize(spec, make_environment(spec), store=Store("sqlite://"),
                       budget="1e9gpu-h", strategy="random", n_trials=space.size() + 5)
-    assert len(result.trials) == space.size() == 400
+    assert len(result.trials) == space.size() == 64
+    assert len({t.allocation for t in result.trials}) == 64
     assert strategy.ask(result.trials) is None
+
+
+# Optuna: define-by-run over the space's dimensions ------------------------------------------
+def _optuna_study(tmp_path: Path, n_trials: int) -> tuple[TaskSpec, str, list[TrialRecord]]:
+    spec = load_spec(write_mixture_task(tmp_path))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = optimize(spec, make_environment(spec), store=Store(url), budget="2gpu-h",
+                      strategy="optuna", n_trials=n_trials, seed=4)
+    return spec, url, result.trials
+
+
+def _resumed(spec: TaskSpec, url: str, trials: list[TrialRecord]) -> OptunaStrategy:
+    """A fresh Optuna strategy on the study, reconciled by its first ask."""
+    cost = CostModel(spec, make_environment(spec).calibration())
+    ctx = SearchContext(SearchSpace(spec), cost, 2.0, 4, Store(url), f"{spec.name}-optuna")
+    strategy = OptunaStrategy(ctx, storage=url)
+    strategy.ask(trials)
+    return strategy
+
+
+def test_optuna_samples_every_dimension_and_asks_canonical_plans(tmp_path: Path) -> None:
+    spec, url, trials = _optuna_study(tmp_path, 25)
+    space = SearchSpace(spec)
+    asked = [t for t in _resumed(spec, url, trials).study.get_trials()
+             if t.state is optuna.trial.TrialState.COMPLETE]
+    assert len(asked) > len(trials)  # infeasible and repeated asks are told, not run
+    dead = 0
+    for t in asked:
+        allocation = Allocation.from_dict(json.loads(t.user_attrs["allocation_key"]))
+        for s, plan in allocation.items():
+            assert plan == space.canonical(s, plan)
+            assert isinstance(t.distributions[f"{s}.model"], CategoricalDistribution)
+            assert t.distributions[f"{s}.samples"] == IntDistribution(0, 2)
+            assert t.params[f"{s}.model"] == plan.model
+            assert t.params[f"{s}.method"] == plan.method
+            # a dead value (a mixture for an untrained method) stands for the canonical plan
+            dead += t.params[f"{s}.mixture"] != plan.mixture
+            assert t.params[f"{s}.mixture"] == plan.mixture or not spec.method(
+                plan.method).fine_tunes
+    assert dead > 0
+
+
+def test_optuna_resume_reconciles_its_study(tmp_path: Path) -> None:
+    spec, url, trials = _optuna_study(tmp_path, 6)
+    cost = CostModel(spec, make_environment(spec).calibration())
+    # a trial Optuna never heard of (e.g. `--from-plan`), and an ask a crash left running
+    runner = Runner(make_environment(spec), Store(url), f"{spec.name}-optuna", cost, 2.0)
+    plan = Plan(model="small", method="lora", mixture="tilted", samples=16,
+                aggregator="oracle")
+    extra = runner.run_trial(Allocation.of({"a": plan, "b": plan}), source="from-plan")
+    assert extra.status is TrialStatus.OK
+    running = _resumed(spec, url, trials).study.ask().number
+    history = [*trials, extra]
+    study = _resumed(spec, url, history).study
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[running] is optuna.trial.TrialState.FAIL
+    told = {t.user_attrs["allocation_key"]: t for t in study.get_trials()
+            if t.state is optuna.trial.TrialState.COMPLETE and t.constraints == {"over_budget": 0}}
+    for t in history:
+        assert told[t.allocation.key()].value == pytest.approx(t.score)
+    added = told[extra.allocation.key()]
+    assert added.params == {"a.model": "small", "a.method": "lora", "a.mixture": "tilted",
+                            "a.samples": 2, "a.aggregator": "oracle", "b.model": "small",
+                            "b.method": "lora", "b.mixture": "tilted", "b.samples": 2,
+                            "b.aggregator": "oracle"}
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_optuna_falls_back_to_an_unseen_allocation(tmp_path: Path) -> None:
+    """A sampler stuck on one allocation: each later ask enqueues a random unseen one."""
+    spec = load_spec(write_mixture_task(tmp_path))
+    ctx = SearchContext(SearchSpace(spec), CostModel(spec), 2.0, seed=1)
+    stuck = {f"{s}.{dim}": value for s in ("a", "b") for dim, value in
+             (("model", "small"), ("method", "none"), ("aggregator", "first"))}
+    strategy = OptunaStrategy(ctx, sampler=optuna.samplers.PartialFixedSampler(
+        stuck, optuna.samplers.RandomSampler(seed=1)))
+    store = Store("sqlite://")
+    store.create_study(name="s", task_name=spec.name, task_path="", task={}, budget="2gpu-h",
+                       budget_gpu_hours=2.0, strategy="optuna", seed=1)
+    trials = Runner(make_environment(spec), store, "s", ctx.cost_model, 2.0).ask_tell(strategy, 3)
+    first = Plan(model="small", method="none", mixture="own", samples=1, aggregator="first")
+    assert trials[0].allocation == Allocation.of({"a": first, "b": first})
+    assert len({t.allocation for t in trials}) == 3
+    assert all(t.status is TrialStatus.OK for t in trials)
+    told = [t for t in strategy.study.get_trials() if t.state.is_finished()]
+    assert [t.value for t in told[-1:]] == [trials[-1].score]

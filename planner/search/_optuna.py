@@ -1,28 +1,51 @@
 """Optuna TPE baseline, with the budget as a constraint and the study in the same database.
 
-Every subtask field is one Optuna parameter (`solve.model`, ...); samples are an ordinal
-index so TPE can exploit their order. An ask that is over budget or invalid (a method the
-model lacks) is told to Optuna as infeasible through `Trial.set_constraint` and never evaluated;
-an ask that repeats an evaluated allocation is told its known score. Both cost no trial.
+Each dimension of each subtask (`SearchSpace.dimensions`) is one Optuna parameter named
+`subtask.dimension`: an ordinal one (samples) as an `IntDistribution` over its index, so TPE
+can exploit the order; a categorical or mixture one as a `CategoricalDistribution`. Every
+parameter is sampled for every trial (multivariate TPE over one fixed space) and the plan is
+then made canonical (`SearchSpace.canonical`), so a dead value (a mixture for an untrained
+method) maps to the plan that answers alike. That is the stronger baseline: on four
+generated tasks with mixtures and shared fine-tunes (20 seeds x 60 trials each), it reached
+99% of the optimum in 43 of 80 runs, against 18 with define-by-run conditional parameters
+and TPE's `group` option, which samples each conditional group apart from the model and so
+loses the model-versus-n trade-off the budget imposes.
+
+An ask that is over budget or invalid (a method the model lacks) is told to Optuna as
+infeasible through `Trial.set_constraint` and never evaluated; an ask that repeats an
+evaluated allocation is told its known score. Both cost no trial.
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 
 import optuna
-from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from planner.errors import SpaceError
 from planner.search._base import BaseStrategy, SearchContext, seen_keys
-from planner.space import Allocation, Plan
+from planner.space import Allocation, Dimension, Ordinal, Plan
 from planner.store import TrialRecord, TrialStatus
 
 _MAX_INTERNAL_ASKS = 200
 _KEY = "allocation_key"
 _CONSTRAINT = "over_budget"  # GPU-hours over the cap; <= 0 is feasible
+
+def _in_memory(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.drivername.startswith("sqlite") and parsed.database in (None, "", ":memory:")
+
+
+def _distribution(dim: Dimension) -> BaseDistribution:
+    """The Optuna distribution of one dimension: ordinal as its index, else categorical."""
+    if isinstance(dim, Ordinal):
+        return IntDistribution(0, len(dim.values) - 1)
+    return CategoricalDistribution(dim.values)
 
 
 class OptunaStrategy(BaseStrategy):
@@ -31,9 +54,12 @@ class OptunaStrategy(BaseStrategy):
     def __init__(self, ctx: SearchContext, *, storage: str | None = None,
                  sampler: optuna.samplers.BaseSampler | None = None) -> None:
         super().__init__(ctx)
+        if storage is not None and _in_memory(storage):
+            storage = None  # Optuna's in-memory storage: as short-lived, and faster
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.sampler = sampler or optuna.samplers.TPESampler(
-            seed=ctx.seed, multivariate=True)
+        with warnings.catch_warnings():  # multivariate is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.sampler = sampler or optuna.samplers.TPESampler(seed=ctx.seed, multivariate=True)
         self.study = optuna.create_study(
             study_name=f"{ctx.study or 'planner'}-optuna", storage=storage,
             sampler=self.sampler, direction="maximize", load_if_exists=True)
@@ -42,31 +68,28 @@ class OptunaStrategy(BaseStrategy):
         self._synced = False
         self._rng = random.Random(ctx.seed)
 
-    def _distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        dists: dict[str, optuna.distributions.BaseDistribution] = {}
-        for s in self.ctx.space.subtasks:
-            c = self.ctx.space.choices(s)
-            for field in ("model", "method", "mixture", "aggregator"):
-                dists[f"{s}.{field}"] = CategoricalDistribution(c[field])
-            dists[f"{s}.samples"] = IntDistribution(0, len(c["samples"]) - 1)
-        return dists
+    # plans <-> parameters -----------------------------------------------------------------
+    def _distributions(self) -> dict[str, BaseDistribution]:
+        return {f"{s}.{d.name}": _distribution(d) for s in self.ctx.space.subtasks
+                for d in self.ctx.space.dimensions(s)}
 
     def _allocation(self, params: dict) -> Allocation:
+        """The canonical allocation the parameters stand for."""
+        space = self.ctx.space
         plans = {}
-        for s in self.ctx.space.subtasks:
-            samples = self.ctx.space.choices(s)["samples"][params[f"{s}.samples"]]
-            plans[s] = Plan(params[f"{s}.model"], params[f"{s}.method"],
-                            params[f"{s}.mixture"], samples, params[f"{s}.aggregator"])
+        for s in space.subtasks:
+            values = {}
+            for d in space.dimensions(s):
+                value = params[f"{s}.{d.name}"]
+                values[d.name] = d.values[value] if isinstance(d, Ordinal) else value
+            plans[s] = space.canonical(s, Plan(values))
         return Allocation.of(plans)
 
-    def _params(self, allocation: Allocation) -> dict:
-        params = {}
-        for s, p in allocation.items():
-            params.update({f"{s}.model": p.model, f"{s}.method": p.method,
-                           f"{s}.mixture": p.mixture, f"{s}.aggregator": p.aggregator,
-                           f"{s}.samples": self.ctx.space.choices(s)["samples"].index(p.samples)})
-        return params
+    def _params(self, allocation: Allocation) -> dict[str, object]:
+        return {f"{s}.{d.name}": d.index(p[d.name]) if isinstance(d, Ordinal) else p[d.name]
+                for s, p in allocation.items() for d in self.ctx.space.dimensions(s)}
 
+    # ask / tell -----------------------------------------------------------------------------
     def _sync(self, history: Sequence[TrialRecord]) -> None:
         """On resume: fail Optuna trials left running; add finished ones it never heard of."""
         known = set()
@@ -79,7 +102,8 @@ class OptunaStrategy(BaseStrategy):
             if t.status is TrialStatus.OK and t.allocation.key() not in known:
                 self.study.add_trial(optuna.trial.create_trial(
                     params=self._params(t.allocation), distributions=self.distributions,
-                    value=t.score, user_attrs={_KEY: t.allocation.key()},
+                    value=t.score,
+                    user_attrs={_KEY: t.allocation.key()},
                     system_attrs={f"constraints:{_CONSTRAINT}": 0.0}))
         self._synced = True
 
