@@ -49,7 +49,13 @@ def write_random_task(folder: Path, seed: int, n_stages: int = 2, n_models: int 
         (folder / f"s{s}.csv").write_text(
             "model,method,item,n_samples,n_correct\n"
             + "\n".join(r.split(",", 1)[1] for r in lines) + "\n")
-    task = {"name": f"random-{seed}", "environment": "replay", "budget": budget,
+    return write_replay_task(folder, f"random-{seed}", budget, models, methods, subtasks)
+
+
+def write_replay_task(folder: Path, name: str, budget: str, models: list[dict],
+                      methods: list[dict], subtasks: list[dict]) -> Path:
+    """`folder/task.yaml` of a replay task on the generated tasks' hardware and workload."""
+    task = {"name": name, "environment": "replay", "budget": budget,
             "hardware": {"peak_flops": 1e15, "utilization": 0.5},
             "workload": {"queries": 1_000_000}, "models": models, "methods": methods,
             "subtasks": subtasks}

@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from tests.agent_tasks import write_replay_task
 
 SUBTASKS = ("a", "b")
 MIXTURES = {"a": {"own": {"x": 1}, "both": {"x": 1, "b/x": 1}, "tilted": {"x": 3, "b/x": 1}},
@@ -58,10 +59,4 @@ def write_mixture_task(folder: Path, seed: int = 0, budget: str = "2gpu-h",
             "mixtures": MIXTURES[s], "samples": [1, 4, 16], "aggregators": ["first", "oracle"],
             "replay": {"table": f"{s}.csv", "item": "item",
                        "choices": {"model": "model", "method": "method", "mixture": "mixture"}}})
-    task = {"name": f"mixture-{seed}", "environment": "replay", "budget": budget,
-            "hardware": {"peak_flops": 1e15, "utilization": 0.5},
-            "workload": {"queries": 1_000_000}, "models": models, "methods": methods,
-            "subtasks": subtasks}
-    path = folder / "task.yaml"
-    path.write_text(yaml.safe_dump(task, sort_keys=False))
-    return path
+    return write_replay_task(folder, f"mixture-{seed}", budget, models, methods, subtasks)
