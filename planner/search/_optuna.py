@@ -36,6 +36,7 @@ _MAX_INTERNAL_ASKS = 200
 _KEY = "allocation_key"
 _CONSTRAINT = "over_budget"  # GPU-hours over the cap; <= 0 is feasible
 
+
 def _in_memory(url: str) -> bool:
     parsed = make_url(url)
     return parsed.drivername.startswith("sqlite") and parsed.database in (None, "", ":memory:")
@@ -102,8 +103,7 @@ class OptunaStrategy(BaseStrategy):
             if t.status is TrialStatus.OK and t.allocation.key() not in known:
                 self.study.add_trial(optuna.trial.create_trial(
                     params=self._params(t.allocation), distributions=self.distributions,
-                    value=t.score,
-                    user_attrs={_KEY: t.allocation.key()},
+                    value=t.score, user_attrs={_KEY: t.allocation.key()},
                     system_attrs={f"constraints:{_CONSTRAINT}": 0.0}))
         self._synced = True
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -41,7 +42,7 @@ _SLOPE_BY = {"aggregator": 0.1, "model": 0.02}
 _NOISE = 0.02
 _AMPLITUDES = (0.5, 1.0, 2.0, 4.0)
 _LENGTHSCALES = (0.5, 1.0, 2.0)
-_TEST_TIME = "samples"  # the dimension the logit-linear-in-log-n structure is about
+_N = "samples"  # the dimension the logit-linear-in-log-n structure is about
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -74,7 +75,7 @@ class PlanTable:
               shared: dict[Artifact, int]) -> PlanTable:
         """`shared` numbers the artifacts that plans of several subtasks may use."""
         plans = space.plans(subtask)
-        dims = tuple(d for d in space.dimensions(subtask) if d.name != _TEST_TIME)
+        dims = tuple(d for d in space.dimensions(subtask) if d.name != _N)
         arms = {a: i for i, a in enumerate(sorted(
             {tuple(d.index(p[d.name]) for d in dims) for p in plans}))}
         values = np.array([[d.index(p[d.name]) for d in dims] for p in plans])
@@ -99,22 +100,22 @@ class PlanTable:
         """The codes column of a dimension."""
         return next(j for j, d in enumerate(self.dims) if d.name == name)
 
+    @cached_property
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """Level and slope kernel weights of each codes column (dimensions, then the arm)."""
+        level = [_LEVEL.get(d.name, _LEVEL_DEFAULT) for d in self.dims] + [_ARM]
+        slope = [_SLOPE_BY.get(d.name, 0.0) for d in self.dims] + [_SLOPE_ARM]
+        return np.array(level), np.array(slope)
+
 
 def _unit(weights: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, so their dot products are cosines."""
     return weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12)
 
 
-def _field_weights(t: PlanTable) -> tuple[np.ndarray, np.ndarray]:
-    """Level and slope weights of each codes column (dimensions, then the arm)."""
-    level = [_LEVEL.get(d.name, _LEVEL_DEFAULT) for d in t.dims] + [_ARM]
-    slope = [_SLOPE_BY.get(d.name, 0.0) for d in t.dims] + [_SLOPE_ARM]
-    return np.array(level), np.array(slope)
-
-
 def _kernel(t: PlanTable, a: np.ndarray, b: np.ndarray, amp: float, ell: float) -> np.ndarray:
     """Prior covariance of logit scores between plan indices `a` and `b`."""
-    level_w, slope_w = _field_weights(t)
+    level_w, slope_w = t.weights
     same = (t.codes[a][:, None, :] == t.codes[b][None, :, :]).astype(float)  # (A, B, D + 1)
     for j, unit in t.mixes.items():
         same[..., j] = unit[a] @ unit[b].T
@@ -170,6 +171,6 @@ class SubtaskModel:
         return Prediction(mu + cross @ alpha, np.sqrt(var))
 
     def _prior_var(self, amp: float) -> np.ndarray:
-        level_w, slope_w = _field_weights(self.table)
+        level_w, slope_w = self.table.weights
         level = _CONSTANT + _TREND + level_w.sum()
         return amp * (level + (_SLOPE + slope_w.sum()) * self.table.log_n ** 2)

@@ -119,12 +119,12 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, s
     if low != anchor:
         add(low, "n-trend")
     on_model = afford & (model == model[anchor])
+    kept = (t.codes[:, rest] == ref).sum(axis=1)  # how many reference values each plan keeps
     for j in rest:
         probes = []
         for value in np.unique(t.codes[on_model & (t.codes[:, j] != t.codes[anchor, j]), j]):
             # the plan with this value that keeps most of the reference's other values
             mask = on_model & (t.codes[:, j] == value)
-            kept = (t.codes[:, rest] == ref).sum(axis=1)
             i = best(mask & (kept == kept[mask].max()))
             probes.append((_distance(t, i, anchor), i))
         probes.sort(key=lambda p: -p[0])  # stable: the farthest first, then in value order
