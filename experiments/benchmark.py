@@ -32,7 +32,6 @@ import pandas as pd
 
 from envs.replay.env import ReplayEnvironment
 from envs.replay.optimum import builtin_tasks, exhaustive_optimum, load_optima
-from planner.budget import parse_budget
 from planner.cost import CostModel
 from planner.search import STRATEGIES, BaseStrategy, OptunaStrategy, SearchContext, make_strategy
 from planner.search._runner import Runner
@@ -111,8 +110,7 @@ def load_task(path: Path) -> Task:
 def _budget(spec: TaskSpec) -> float:
     if spec.budget is None:
         raise SystemExit(f"{spec.name}: give the task a default `budget:` to benchmark it")
-    return parse_budget(spec.budget).gpu_hours(spec.hardware.peak_flops,
-                                               spec.hardware.utilization)
+    return spec.hardware.gpu_hours(spec.budget)
 
 
 class SearchMeter:

@@ -171,8 +171,7 @@ def check(
 
     spec = load_spec(task)
     budget = budget or spec.budget
-    cap = None if budget is None else parse_budget(budget).gpu_hours(
-        spec.hardware.peak_flops, spec.hardware.utilization)
+    cap = None if budget is None else spec.hardware.gpu_hours(budget)
     env = make_environment(spec)
     info = summarize(SearchSpace(spec), CostModel(spec, env.calibration()), cap)
     if as_json:

@@ -36,6 +36,10 @@ class Hardware(_Strict):
     usd_per_gpu_hour: float | None = Field(
         None, gt=0, description="rental price of one GPU-hour; converts recorded USD costs")
 
+    def gpu_hours(self, budget: str) -> float:
+        """A budget string (`8gpu-h`, `3.5e18flop`, ...) in GPU-hours of this hardware."""
+        return parse_budget(budget).gpu_hours(self.peak_flops, self.utilization)
+
 
 class Workload(_Strict):
     """What the deployed pipeline must serve: inference cost scales with it."""

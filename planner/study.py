@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.budget import parse_budget
 from planner.cost import CostModel
 from planner.env import Environment
 from planner.errors import StudyError
@@ -46,8 +45,7 @@ def open_study(store: Store, spec: TaskSpec, *, name: str, budget: str, strategy
         if resume:
             raise StudyError(f"--resume: no study {name!r} in {store.url}; drop --resume to "
                              "start it")
-        gpu_hours = parse_budget(budget).gpu_hours(spec.hardware.peak_flops,
-                                                   spec.hardware.utilization)
+        gpu_hours = spec.hardware.gpu_hours(budget)
         return store.create_study(name=name, task_name=spec.name, task_path=task_path,
                                   task=spec.model_dump(mode="json"), budget=budget,
                                   budget_gpu_hours=gpu_hours, strategy=strategy, seed=seed)
@@ -80,8 +78,7 @@ def optimize(spec: TaskSpec, env: Environment, *, store: Store, budget: str, str
         trial = runner.run_trial(start_from, source="from-plan")
         if callback:
             callback(trial, best_trial(runner.history()))
-    cap = None if search_budget is None else parse_budget(search_budget).gpu_hours(
-        spec.hardware.peak_flops, spec.hardware.utilization)
+    cap = None if search_budget is None else spec.hardware.gpu_hours(search_budget)
     trials = runner.optimize(make_strategy(strategy, ctx, storage=store.url, agent=agent),
                              n_trials, callback, cap)
     return StudyResult(record, trials)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from envs import make_environment
-from planner.budget import parse_budget
 from planner.cost import Calibration, CostModel
 from planner.env import Environment, Observation
 from planner.search import STRATEGIES, AgentOptions, Runner
@@ -36,8 +35,7 @@ class Task:
 
     @property
     def limit(self) -> float:
-        hw = self.spec.hardware
-        return parse_budget(self.budget).gpu_hours(hw.peak_flops, hw.utilization)
+        return self.spec.hardware.gpu_hours(self.budget)
 
     def cost_model(self) -> CostModel:
         return CostModel(self.spec, make_environment(self.spec).calibration())

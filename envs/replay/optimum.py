@@ -28,7 +28,6 @@ import numpy as np
 import yaml
 
 from envs.replay.env import ReplayEnvironment
-from planner.budget import parse_budget
 from planner.cost import CostModel
 from planner.errors import PlannerError, SpecError
 from planner.space import Allocation, Plan
@@ -169,7 +168,7 @@ def budget_gpu_hours(spec: TaskSpec, budget: str | None = None) -> float:
     if budget is None:
         raise SpecError(f"{spec.name}: budget: the task declares none; pass --budget, e.g. "
                         "--budget 20gpu-h")
-    return parse_budget(budget).gpu_hours(spec.hardware.peak_flops, spec.hardware.utilization)
+    return spec.hardware.gpu_hours(budget)
 
 
 def optimum_record(path: Path, budget: str | None = None) -> dict:
