@@ -1,13 +1,15 @@
 """What a task's search space holds and how the budget cuts it, before anything runs.
 
-Every allocation's cost is summed from per-plan arrays (inference, training, artifact id;
-an artifact several subtasks use is paid once, as in `CostModel.estimate`): exactly, by
+Every allocation's cost is summed from per-plan arrays (`plan_costs`: inference, training,
+artifact id; an artifact several subtasks use is paid once, as in `CostModel.estimate`;
+`envs.replay.optimum` sums its allocations with the same `allocation_costs`): exactly, by
 numpy broadcasting in chunks, for spaces of up to `EXACT_LIMIT` allocations; beyond that
 from a uniform sample of `SAMPLE` allocations, and the summary says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,15 +49,15 @@ class SpaceSummary:
 def summarize(space: SearchSpace, cost_model: CostModel,
               budget_gpu_hours: float | None = None, seed: int = 0) -> SpaceSummary:
     """The summary of `space` priced by `cost_model`, against an optional budget."""
-    infer, train, artifact = _arrays(space, cost_model)
+    parts = plan_costs(space, cost_model)
     size = space.size()
     if size <= EXACT_LIMIT:
-        lo, hi, fits = _exact(infer, train, artifact, budget_gpu_hours)
+        lo, hi, fits = _exact(parts, budget_gpu_hours)
         fraction = None if budget_gpu_hours is None else fits / size
     else:
         rng = np.random.default_rng(seed)
-        costs = _costs([rng.integers(len(x), size=SAMPLE) for x in infer],
-                       infer, train, artifact)
+        costs = allocation_costs(parts, [rng.integers(len(p.infer), size=SAMPLE)
+                                         for p in parts])
         lo, hi = float(costs.min()), float(costs.max())
         fraction = None if budget_gpu_hours is None else float(
             np.mean(costs <= budget_gpu_hours))
@@ -73,44 +75,56 @@ def _describe(d: object) -> dict:
     return {"name": d.name, "kind": kind, "values": values}
 
 
-def _arrays(space: SearchSpace, cost_model: CostModel
-            ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Per subtask: each plan's inference and training GPU-h and its artifact's id."""
+@dataclass(frozen=True)
+class PlanCosts:
+    """One subtask's plans as parallel arrays: inference and training GPU-h, and the id of
+    the artifact each serves from (numbered across subtasks: equal ids are paid once)."""
+
+    infer: np.ndarray
+    train: np.ndarray
+    artifact: np.ndarray
+
+
+def plan_costs(space: SearchSpace, cost_model: CostModel) -> list[PlanCosts]:
+    """Every subtask's plans priced, in `space.subtasks` order."""
     ids: dict = {}
-    infer, train, artifact = [], [], []
+    out = []
     for s in space.subtasks:
         costs = [cost_model.plan_cost(s, p) for p in space.plans(s)]
-        infer.append(np.array([c.inference_gpu_hours for c in costs]))
-        train.append(np.array([c.train_gpu_hours for c in costs]))
-        artifact.append(np.array([ids.setdefault(cost_model.artifact(s, p), len(ids))
-                                  for p in space.plans(s)]))
-    return infer, train, artifact
+        out.append(PlanCosts(
+            np.array([c.inference_gpu_hours for c in costs]),
+            np.array([c.train_gpu_hours for c in costs]),
+            np.array([ids.setdefault(cost_model.artifact(s, p), len(ids))
+                      for p in space.plans(s)])))
+    return out
 
 
-def _costs(index: list[np.ndarray], infer: list[np.ndarray], train: list[np.ndarray],
-           artifact: list[np.ndarray]) -> np.ndarray:
-    """Total cost of the allocations whose plan indices are `index` (one array per subtask,
-    broadcastable): an artifact already used by an earlier subtask is not paid again."""
+def axis(n: int, j: int, k: int) -> np.ndarray:
+    """`arange(n)` laid along axis `j` of `k`, to broadcast against the other subtasks."""
+    return np.arange(n).reshape([1] * j + [-1] + [1] * (k - j - 1))
+
+
+def allocation_costs(parts: Sequence[PlanCosts], index: Sequence[np.ndarray]) -> np.ndarray:
+    """Total cost of the allocations whose plan indices are `index` (one broadcastable array
+    per subtask): an artifact an earlier subtask already uses is not paid again."""
     total = np.zeros(np.broadcast_shapes(*(i.shape for i in index)))
-    for j, i in enumerate(index):
-        paid = train[j][i]
+    for j, (p, i) in enumerate(zip(parts, index, strict=True)):
+        paid = p.train[i]
         for k in range(j):
-            paid = paid * (artifact[j][i] != artifact[k][index[k]])
-        total = total + infer[j][i] + paid
+            paid = paid * (p.artifact[i] != parts[k].artifact[index[k]])
+        total = total + p.infer[i] + paid
     return total
 
 
-def _exact(infer: list[np.ndarray], train: list[np.ndarray], artifact: list[np.ndarray],
-           budget: float | None) -> tuple[float, float, int]:
+def _exact(parts: list[PlanCosts], budget: float | None) -> tuple[float, float, int]:
     """(min, max, count within budget) over every allocation, in chunks of the first subtask."""
-    k = len(infer)
-    rest = [np.arange(len(x)).reshape([1] * (j + 1) + [-1] + [1] * (k - j - 2))
-            for j, x in enumerate(infer[1:])]
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, int(np.prod([len(x) for x in infer[1:]]))))
+    k = len(parts)
+    rest = [axis(len(p.infer), j, k) for j, p in enumerate(parts) if j]
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, int(np.prod([len(p.infer) for p in parts[1:]]))))
     lo, hi, fits = np.inf, -np.inf, 0
-    for start in range(0, len(infer[0]), chunk):
-        head = np.arange(start, min(start + chunk, len(infer[0]))).reshape([-1] + [1] * (k - 1))
-        costs = _costs([head, *rest], infer, train, artifact)
+    for start in range(0, len(parts[0].infer), chunk):
+        head = start + axis(min(chunk, len(parts[0].infer) - start), 0, k)
+        costs = allocation_costs(parts, [head, *rest])
         lo, hi = min(lo, float(costs.min())), max(hi, float(costs.max()))
         if budget is not None:
             fits += int((costs <= budget).sum())

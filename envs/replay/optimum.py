@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from envs.replay.env import ReplayEnvironment
+from planner.check import PlanCosts, allocation_costs, axis, plan_costs
 from planner.cost import CostModel
 from planner.errors import PlannerError, SpecError
 from planner.space import Allocation, Plan
@@ -43,18 +44,15 @@ class NoFeasibleAllocation(ValueError):
 
 
 @dataclass(frozen=True)
-class PlanArrays:
-    """One subtask's plans as parallel arrays (GPU-hours for costs)."""
+class PlanArrays(PlanCosts):
+    """One subtask's plans priced (`PlanCosts`, GPU-hours) and scored."""
 
     plans: tuple[Plan, ...]
     score: np.ndarray
-    infer: np.ndarray
-    train: np.ndarray
-    artifact: np.ndarray  # int id; equal ids share one training run
 
     def take(self, index: np.ndarray) -> PlanArrays:
-        return PlanArrays(tuple(self.plans[i] for i in index), self.score[index],
-                          self.infer[index], self.train[index], self.artifact[index])
+        return PlanArrays(self.infer[index], self.train[index], self.artifact[index],
+                          tuple(self.plans[i] for i in index), self.score[index])
 
 
 @dataclass(frozen=True)
@@ -69,18 +67,11 @@ class Optimum:
 
 def plan_arrays(env: ReplayEnvironment, cost_model: CostModel) -> dict[str, PlanArrays]:
     """Every subtask's plans priced and scored, artifacts numbered across subtasks."""
-    ids: dict[tuple, int] = {}
     out = {}
-    for s in env.space.subtasks:
-        plans = tuple(env.space.plans(s))
-        costs = [cost_model.plan_cost(s, p) for p in plans]
-        out[s] = PlanArrays(
-            plans,
-            np.array([env.subtask_score(s, p) for p in plans]),
-            np.array([c.inference_gpu_hours for c in costs]),
-            np.array([c.train_gpu_hours for c in costs]),
-            np.array([ids.setdefault(cost_model.artifact(s, p), len(ids)) for p in plans]),
-        )
+    for s, c in zip(env.space.subtasks, plan_costs(env.space, cost_model), strict=True):
+        plans = env.space.plans(s)
+        out[s] = PlanArrays(c.infer, c.train, c.artifact, plans,
+                            np.array([env.subtask_score(s, p) for p in plans]))
     return out
 
 
@@ -106,24 +97,14 @@ def prune(a: PlanArrays, budget_gpu_hours: float) -> PlanArrays:
     return a.take(np.flatnonzero(keep & ~beaten))
 
 
-def _along(x: np.ndarray, axis: int, ndim: int) -> np.ndarray:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return x.reshape(shape)
-
-
 def _block(parts: list[PlanArrays]) -> tuple[np.ndarray, np.ndarray]:
     """Score and total cost of every combination of the parts' plans (one axis each)."""
     k = len(parts)
+    index = [axis(len(p.score), j, k) for j, p in enumerate(parts)]
     score: np.ndarray = np.ones([1] * k)
-    cost: np.ndarray = np.zeros([1] * k)
-    for j, p in enumerate(parts):
-        paid = _along(p.train, j, k)
-        for i in range(j):  # an artifact an earlier subtask uses is already paid
-            paid = paid * (_along(p.artifact, j, k) != _along(parts[i].artifact, i, k))
-        score = score * _along(p.score, j, k)
-        cost = cost + _along(p.infer, j, k) + paid
-    return score, cost
+    for p, i in zip(parts, index, strict=True):
+        score = score * p.score[i]
+    return score, allocation_costs(parts, index)
 
 
 def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
