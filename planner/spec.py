@@ -61,11 +61,11 @@ class ModelSpec(_Strict):
 
 
 class ModelChoice(_Strict):
-    """A subtask's model with the methods it may use there (e.g. where a replay table records
-    only some (model, method) pairs for this subtask)."""
+    """A subtask's model, and the methods it may use there where they are fewer than the
+    subtask's (e.g. a replay table records only some (model, method) pairs here)."""
 
     name: str
-    methods: list[str] = Field(min_length=1)
+    methods: list[str] | None = Field(None, min_length=1, description="default: all of them")
 
 
 class ReplaySpec(_Strict):
@@ -136,7 +136,7 @@ class SubtaskSpec(_Strict):
     metric: str = "exact_match"
     prompt_tokens: int = Field(gt=0)
     output_tokens: int = Field(gt=0)
-    models: list[str | ModelChoice] = Field(
+    models: list[ModelChoice] = Field(
         min_length=1, description="model names, or {name, methods} to restrict its methods here")
     methods: list[str] = Field(default_factory=lambda: ["none"])
     mixtures: dict[str, dict[str, float]] = Field(
@@ -149,6 +149,15 @@ class SubtaskSpec(_Strict):
     decoding: Decoding = Field(default_factory=Decoding)
     replay: ReplaySpec | None = None
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_are_choices(cls, v: object) -> object:
+        if not isinstance(v, list):
+            return v
+        if any(not isinstance(m, str | dict) for m in v):
+            raise ValueError("each entry is a model name or {name: MODEL, methods: [...]}")
+        return [{"name": m} if isinstance(m, str) else m for m in v]
+
     @field_validator("samples")
     @classmethod
     def _positive_sorted(cls, v: list[int]) -> list[int]:
@@ -158,13 +167,13 @@ class SubtaskSpec(_Strict):
 
     @property
     def model_names(self) -> list[str]:
-        return [m if isinstance(m, str) else m.name for m in self.models]
+        return [m.name for m in self.models]
 
     def methods_here(self, model: str) -> list[str]:
         """The subtask's methods, restricted where its `models:` entry lists some."""
-        entry = next(m for m in self.models if (m if isinstance(m, str) else m.name) == model)
-        return self.methods if isinstance(entry, str) else [x for x in self.methods
-                                                            if x in entry.methods]
+        entry = next(m for m in self.models if m.name == model)
+        return self.methods if entry.methods is None else [x for x in self.methods
+                                                           if x in entry.methods]
 
 
 class TaskSpec(_Strict):
@@ -236,10 +245,10 @@ def _check_references(spec: TaskSpec) -> None:
         if len(set(s.model_names)) != len(s.model_names):
             raise ValueError(f"models: {_repeated(s.model_names)!r} is listed twice", where)
         for entry in s.models:
-            m = entry if isinstance(entry, str) else entry.name
+            m = entry.name
             if m not in model_names:
                 raise ValueError(f"unknown model {m!r}; known: {sorted(model_names)}", where)
-            if not isinstance(entry, str) and (bad := set(entry.methods) - set(s.methods)):
+            if entry.methods is not None and (bad := set(entry.methods) - set(s.methods)):
                 raise ValueError(f"models: {m!r} lists methods {sorted(bad)} that the subtask's "
                                  f"`methods` ({s.methods}) does not offer", where)
             allowed = spec.model(m).methods
