@@ -65,10 +65,11 @@ class Mixture(Dimension):
 class Plan(Mapping[str, Value]):
     """One subtask's choice: dimension name -> value. Frozen and hashable."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_hash", "_values")
 
     def __init__(self, values: Mapping[str, Value] | None = None, /, **more: Value) -> None:
         self._values: dict[str, Value] = {**(values or {}), **more}
+        self._hash: int | None = None  # computed on first use: plans key many dicts
 
     def __getitem__(self, name: str) -> Value:
         return self._values[name]
@@ -80,7 +81,9 @@ class Plan(Mapping[str, Value]):
         return len(self._values)
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._values.items()))
+        if self._hash is None:
+            self._hash = hash(frozenset(self._values.items()))
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Mapping) and self._values == dict(other)
