@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import matplotlib
 import numpy as np
@@ -45,6 +47,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 HERE = Path(__file__).parent
 CHECKPOINTS = (10, 20, 50)  # report the best score after this many trials
 TARGET = 0.99  # "reached" = best-so-far >= 99% of the optimum
+
+
+def refuse(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit code 2 (as the planner command does)."""
+    sys.stderr.write(f"Error: {message}\n")
+    raise SystemExit(2)
 
 
 def available_strategies(llm: bool = False) -> list[str]:
@@ -77,7 +85,7 @@ def build_strategy(name: str, ctx: SearchContext, llm: LLMEndpoint | None = None
         if name == "agent":
             return AgentStrategy(ctx, AgentOptions(patience=None))
         if llm is None:
-            raise SystemExit("agent-llm needs --llm-base-url and --llm-model")
+            refuse("agent-llm needs --llm-base-url and --llm-model")
         return AgentStrategy(ctx, AgentOptions(reasoner="llm", patience=None,
                                                llm=LLMConfig(llm.base_url, llm.model)))
     return make_strategy(name, ctx, storage=None)
@@ -109,7 +117,7 @@ def load_task(path: Path) -> Task:
 
 def _budget(spec: TaskSpec) -> float:
     if spec.budget is None:
-        raise SystemExit(f"{spec.name}: give the task a default `budget:` to benchmark it")
+        refuse(f"{spec.name}: give the task a default `budget:` to benchmark it")
     return spec.hardware.gpu_hours(spec.budget)
 
 
@@ -288,9 +296,9 @@ def check_strategies(names: list[str], llm: bool) -> list[str]:
     known = [*available_strategies(llm=True), "optuna-gp"]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"unknown strategies {unknown}; choose from {known}")
+        refuse(f"unknown strategies {unknown}; choose from {known}")
     if "agent-llm" in names and not llm:
-        raise SystemExit("agent-llm needs --llm-base-url and --llm-model")
+        refuse("agent-llm needs --llm-base-url and --llm-model")
     return names
 
 
@@ -301,8 +309,8 @@ def resolve_tasks(names: Sequence[str]) -> list[Path]:
         return list(suite.values())
     unknown = [n for n in names if n not in suite and not Path(n).is_file()]
     if unknown:
-        raise SystemExit(f"unknown tasks {unknown}: neither suite tasks ({', '.join(suite)}) "
-                         "nor task files")
+        refuse(f"unknown tasks {unknown}: neither suite tasks ({', '.join(suite)}) "
+               "nor task files")
     return [suite[n] if n in suite else Path(n) for n in names]
 
 

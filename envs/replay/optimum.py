@@ -202,9 +202,10 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=f"store the optima in {OPTIMA}")
     args = parser.parse_args()
     if args.tasks and args.write:
-        parser.error("--write stores the suite's optima; give no task paths with it")
+        parser.exit(2, "Error: --write stores the suite's optima; give no task paths with it\n")
     if args.budget and not args.tasks:
-        parser.error("--budget applies to the task paths given; the suite uses each task's own")
+        parser.exit(2, "Error: --budget applies to the task paths given; the suite uses each "
+                    "task's own\n")
     try:
         if args.tasks:
             print_optima(args.tasks, args.budget)
