@@ -5,9 +5,10 @@ Each dimension of each subtask (`SearchSpace.dimensions`) is one Optuna paramete
 can exploit the order; a categorical or mixture one as a `CategoricalDistribution`. Every
 parameter is sampled for every trial (multivariate TPE over one fixed space) and the plan is
 then made canonical (`SearchSpace.canonical`), so a dead value (a mixture for an untrained
-method) maps to the plan that answers alike. That is the stronger baseline: on four
-generated tasks with mixtures and shared fine-tunes (20 seeds x 60 trials each), it reached
-99% of the optimum in 43 of 80 runs, against 18 with define-by-run conditional parameters
+method) maps to the plan that answers alike. That is the stronger baseline: on the four
+tasks `tests/mixture_tasks.write_mixture_task` generates for seeds 0-3 (mixtures, shared
+fine-tunes; 20 seeds x 60 trials each, `experiments/benchmark.py --tasks ...`), it reached
+99% of the optimum in 48 of 80 runs, against 18 with define-by-run conditional parameters
 and TPE's `group` option, which samples each conditional group apart from the model and so
 loses the model-versus-n trade-off the budget imposes.
 
