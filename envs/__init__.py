@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from planner.artifact import artifact_of
 from planner.env import Environment
 from planner.errors import SpecError
+from planner.export import Resolved
+from planner.space import Allocation
 from planner.spec import TaskSpec
 
 BUILTIN_TASKS = Path(__file__).parent / "replay" / "tasks"
@@ -23,3 +26,17 @@ def make_environment(spec: TaskSpec) -> Environment:
         return LiveEnvironment(spec)
     raise SpecError(f"{spec.name}: environment: {spec.environment!r} is not available in this "
                     "version; use environment: replay or live")
+
+
+def resolve_for_export(spec: TaskSpec, allocation: Allocation) -> Resolved:
+    """The allocation's base models as other tools load them and, for a live task, the
+    training examples of every source: what `planner.export` writes."""
+    models = {p.model for _, p in allocation.items()}
+    if spec.environment != "live":
+        return Resolved({m: spec.model(m).source or m for m in models})
+    from envs.live.env import LiveEnvironment
+
+    env = LiveEnvironment(spec, progress=False)
+    sources = {q for s, p in allocation.items() for q in artifact_of(spec, s, p).sources}
+    return Resolved({m: str(env.base_path(m)) for m in models},
+                    {q: env.examples(q) for q in sorted(sources)})

@@ -24,13 +24,13 @@ from planner.budget import parse_budget
 from planner.check import SAMPLE, summarize
 from planner.cost import CostModel
 from planner.errors import PlannerError
-from planner.export import plan_document, read_plan, write_plan
+from planner.export import FORMATS, export_files, read_plan, write_export
 from planner.search import STRATEGIES, AgentOptions, best_trial
 from planner.search.agent import LLMConfig
 from planner.search.agent.strategy import DEFAULT_PATIENCE
 from planner.space import Plan, SearchSpace
-from planner.spec import TaskSpec, load_spec
-from planner.store import Store, TrialRecord
+from planner.spec import TaskSpec, load_spec, parse_spec
+from planner.store import Store, StudyRecord, TrialRecord, TrialStatus
 from planner.study import optimize as run_optimize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -73,8 +73,8 @@ def optimize(
     seed: Annotated[int, typer.Option(help="Seed of the strategy.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an existing study (fail if none).")]
     = False,
-    from_plan: Annotated[Path | None, typer.Option("--from", help="Evaluate this exported "
-                                                   "plan.yaml first.")] = None,
+    from_plan: Annotated[Path | None, typer.Option("--from", help="Evaluate this export "
+                                                   "(folder or its plan.yaml) first.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search for the best allocation of TASK under --budget."""
@@ -96,9 +96,9 @@ def optimize(
     store = Store(db)
     with _progress(trials, quiet=as_json) as on_trial:
         result = run_optimize(spec, env, store=store, budget=budget, strategy=strategy,
-                              n_trials=trials, seed=seed, study=study, task_path=str(task),
-                              resume=resume, start_from=start, callback=on_trial,
-                              search_budget=search_budget, agent=agent)
+                              n_trials=trials, seed=seed, study=study,
+                              task_path=str(task.resolve()), resume=resume, start_from=start,
+                              callback=on_trial, search_budget=search_budget, agent=agent)
     board = report.leaderboard(result.trials)
     if as_json:
         _emit_json({**report.summary(result.study, result.trials), "leaderboard": board})
@@ -317,19 +317,56 @@ def _print_step(number: int, node: str, payload: dict) -> None:
 
 @app.command()
 def export(study: StudyArg,
-           output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the "
-                                                "plan YAML.")],
+           output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write "
+                                                "(replaced if it holds an earlier export).")],
+           fmt: Annotated[str, typer.Option("--format", help="Training configs to write: "
+                                            + ", ".join(FORMATS) + ".")] = "planner",
+           trial: Annotated[int | None, typer.Option(help="Trial number (default: the "
+                                                      "best).")] = None,
+           task: Annotated[Path | None, typer.Option(help="The study's task.yaml, where it "
+                                                     "moved since the study ran.")] = None,
            db: DbOpt = DEFAULT_DB) -> None:
-    """Write the study's best allocation as a plan YAML (`planner optimize --from` reads it)."""
+    """Write a trial's allocation as a folder of training and serving configs, with a
+    README on running them (`planner optimize --from` and `planner train` read it)."""
+    from envs import resolve_for_export
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
     store = Store(db)
     record = store.require_study(study)
-    best = best_trial(store.trials(study))
-    if best is None:
-        raise PlannerError(f"study {study!r} has no successful trial to export; run "
-                           "`planner optimize` first")
-    spec = TaskSpec.model_validate(record.task)
-    write_plan(plan_document(spec, record, best), output)
-    err.print(f"wrote {output} (trial {best.number}, score {best.score:.4f})")
+    chosen = _trial(store.trials(study), study, trial)
+    spec = _study_spec(record, task)
+    files, unexpressed = export_files(spec, record, chosen, fmt,
+                                      resolve_for_export(spec, chosen.allocation))
+    write_export(files, output)
+    for line in unexpressed:
+        err.print(f"not expressed: {line}", style="yellow", soft_wrap=True)
+    err.print(f"wrote {output}/ ({len(files)} files; trial {chosen.number}, score "
+              f"{chosen.score:.4g}); {output}/README.md says how to run them", soft_wrap=True)
+
+
+def _trial(trials: list[TrialRecord], study: str, number: int | None) -> TrialRecord:
+    """The trial to export: `number`, or the best; it must have succeeded."""
+    if number is None:
+        best = best_trial(trials)
+        if best is None:
+            raise PlannerError(f"study {study!r} has no successful trial to export; run "
+                               "`planner optimize` first")
+        return best
+    chosen = next((t for t in trials if t.number == number), None)
+    if chosen is None or chosen.status is not TrialStatus.OK:
+        ok = [t.number for t in trials if t.status is TrialStatus.OK]
+        raise PlannerError(f"--trial {number}: study {study!r} has no successful trial "
+                           f"{number}; successful trials: {ok or 'none'}")
+    return chosen
+
+
+def _study_spec(record: StudyRecord, task: Path | None) -> TaskSpec:
+    """The study's task as it ran, its relative paths from the task file's folder."""
+    path = task or Path(record.task_path)
+    if task is not None and not task.is_file():
+        raise PlannerError(f"--task {task}: no such file")
+    return parse_spec(record.task, root=path.resolve().parent, source=f"study {record.name}")
 
 
 def main() -> None:
@@ -347,7 +384,8 @@ def main() -> None:
         err.print("Aborted.")
         sys.exit(130)
     except typer.TyperException as e:  # usage errors: bad option value, missing argument
-        e.show()
+        command = e.ctx.command_path if getattr(e, "ctx", None) else "planner"
+        sys.stderr.write(f"Error: {e.format_message()} (see `{command} --help`)\n")
         sys.exit(2)
 
 

@@ -1,73 +1,264 @@
-"""Export a study's best allocation as plain YAML, and read it back (`--from plan.yaml`)."""
+"""Export a trial's allocation as a folder another tool runs, and read a plan back.
+
+`planner export STUDY --format F -o DIR` writes, relative to DIR:
+
+    plan.yaml        the allocation, its scores and cost, and each distinct fine-tune
+                     (`planner optimize --from DIR` and `planner train DIR` read it)
+    README.md        how to run each file, expected scores, cost, what F cannot express
+    serving.yaml     `vllm serve` commands and each subtask's request and aggregator
+    task/            format `planner`, live tasks: the task and its data files, so
+                     `planner train DIR` runs anywhere
+    data/, llamafactory/, axolotl/, trl/   the other formats (`planner.train_configs`)
+
+The folder is written beside DIR and renamed into place: a crash leaves nothing half-written.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from planner.artifact import Artifact
+from planner.artifact import Artifact, artifact_of
 from planner.cost import CostModel
 from planner.errors import SpaceError, SpecError
-from planner.methods import TOOLS
+from planner.methods import TOOLS, FineTune, Lora
+from planner.serving import serving_plan
 from planner.space import Allocation, SearchSpace
 from planner.spec import TaskSpec
 from planner.store import StudyRecord, TrialRecord
+from planner.train_configs import (
+    CONFIG_FILES,
+    TRAIN_CONFIGS,
+    Job,
+    data_file,
+    dataset_info,
+    mixture_file,
+)
+
+FORMATS = ("planner", *TOOLS)
+PLAN_FILE = "plan.yaml"
+TASK_DIR = "task"
+
+Example = dict[str, str]
 
 
-def plan_document(spec: TaskSpec, study: StudyRecord, best: TrialRecord) -> dict:
-    """Everything needed to run the allocation again: the choices, each distinct fine-tune
-    (once, whichever subtasks it serves) with its settings in LLaMA-Factory, Axolotl and TRL
-    terms, and how each subtask serves its answers."""
-    cost_model = CostModel(spec)
+@dataclass(frozen=True)
+class Resolved:
+    """The task's models and data as its environment sees them."""
+
+    bases: dict[str, str]
+    """Model name -> what other tools load: a local folder or file, or a hub id."""
+    examples: dict[str, list[Example]] | None = None
+    """Qualified source -> its training examples; None where the task has no data (replay)."""
+
+
+def jobs_of(spec: TaskSpec, allocation: Allocation, bases: Mapping[str, str]
+            ) -> dict[str, Job | None]:
+    """Subtask -> the distinct fine-tune it serves from (None: a base or checkpoint as is).
+    LoRA with peft's default targets gets them spelled out from the base's config."""
     served: dict[Artifact, list[str]] = {}
-    for subtask, plan in best.allocation.items():
-        served.setdefault(cost_model.artifact(subtask, plan), []).append(subtask)
-    training = [_training(spec, cost_model, a, subtasks) for a, subtasks in served.items()
-                if a.method.fine_tunes]
+    for subtask in spec.order():
+        served.setdefault(artifact_of(spec, subtask, allocation[subtask]), []).append(subtask)
+    jobs: dict[str, Job | None] = {}
+    for artifact, subtasks in served.items():
+        method = artifact.method
+        job = None
+        if isinstance(method, FineTune):
+            base = bases[artifact.model]
+            job = Job("_".join(subtasks), tuple(subtasks), base, _with_targets(method, base),
+                      artifact.sources)
+        jobs.update(dict.fromkeys(subtasks, job))
+    return jobs
+
+
+def _with_targets(method: FineTune, base: str) -> FineTune:
+    """A LoRA left on peft's default modules, with them named from the base's config."""
+    if not isinstance(method, Lora) or method.options.lora_targets is not None:
+        return method
+    config = Path(base) / "config.json"
+    if not config.is_file():
+        return method
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = json.loads(config.read_text()).get("model_type")
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if not targets:
+        return method
+    options = method.options.model_copy(update={"lora_targets": tuple(targets)})
+    return method.model_copy(update={"options": options})
+
+
+def plan_document(spec: TaskSpec, study: StudyRecord, trial: TrialRecord,
+                  bases: Mapping[str, str]) -> dict:
+    """Everything needed to run the allocation again: the choices, scores and cost, and
+    each distinct fine-tune once, whichever subtasks it serves."""
+    cost_model = CostModel(spec)
+    jobs = {j.name: j for j in jobs_of(spec, trial.allocation, bases).values() if j}
     return {
         "task": spec.name,
         "study": study.name,
-        "trial": best.number,
+        "trial": trial.number,
         "budget": study.budget,
-        "score": best.score,
-        "subtask_scores": dict(best.subtask_scores),
-        "cost_gpu_hours": {"train": best.cost.train_gpu_hours,
-                           "inference": best.cost.inference_gpu_hours},
-        "allocation": best.allocation.to_dict(),
-        "training": training,
-        "serving": {s: {"base_model": _source(spec, p.model), "method": p.method,
-                        "samples": p.samples, "aggregator": p.aggregator}
-                    for s, p in best.allocation.items()},
+        "score": trial.score,
+        "subtask_scores": dict(trial.subtask_scores),
+        "cost_gpu_hours": {"train": trial.cost.train_gpu_hours,
+                           "inference": trial.cost.inference_gpu_hours},
+        "allocation": trial.allocation.to_dict(),
+        "training": [{
+            "name": j.name, "serves": list(j.serves), "base_model": j.base,
+            "method": j.method.name, **j.method.model_dump(mode="json", exclude={"name"}),
+            "train_tokens": cost_model.train_tokens(
+                artifact_of(spec, j.serves[0], trial.allocation[j.serves[0]])),
+            "mixture": j.sources, "output_dir": j.output_dir} for j in jobs.values()],
     }
 
 
-def _training(spec: TaskSpec, cost_model: CostModel, artifact: Artifact,
-              subtasks: list[str]) -> dict:
-    """One model to train: base, method settings, data mixture and other tools' keys."""
-    method = artifact.method
-    return {"serves": subtasks, "base_model": _source(spec, artifact.model),
-            "params": spec.model(artifact.model).params, "method": method.name,
-            **method.model_dump(mode="json", exclude={"name"}),
-            "train_tokens": cost_model.train_tokens(artifact), "mixture": artifact.sources,
-            "tools": {tool: asdict(method.tool_config(tool)) for tool in TOOLS}}
+def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: str,
+                 resolved: Resolved) -> tuple[dict[str, str], list[str]]:
+    """The export folder's files (relative path -> text) and, one line each, what `fmt`
+    cannot express. `fmt` is `planner` or a tool of `planner.methods.TOOLS`."""
+    doc = plan_document(spec, study, trial, resolved.bases)
+    jobs = jobs_of(spec, trial.allocation, resolved.bases)
+    distinct = list({j.name: j for j in jobs.values() if j}.values())
+    serving, unexpressed = serving_plan(
+        spec.subtasks, dict(trial.allocation.items()), jobs, resolved.bases,
+        dict(trial.subtask_scores), recorded=resolved.examples is None)
+    files = {PLAN_FILE: _yaml(doc), "serving.yaml": _yaml(serving)}
+    runs: list[tuple[Job, str]] = []
+    if fmt == "planner":
+        if resolved.examples is None:
+            unexpressed.append("train: a replay task has no data to train on; `planner train` "
+                               "needs a live task (export another format to train elsewhere)")
+        else:
+            files |= task_copy(spec)
+            runs = [(j, "planner train .") for j in distinct]
+    else:
+        for job in distinct:
+            config = TRAIN_CONFIGS[fmt](job)
+            path, command = CONFIG_FILES[fmt]
+            files[path.format(job.name)] = _yaml(config.keys)
+            runs.append((job, command.format(path.format(job.name))))
+            unexpressed += [f"{job.name}: {line}" for line in config.unexpressed]
+        files |= _data_files(distinct, fmt, resolved.examples, unexpressed)
+    files["README.md"] = readme(doc, serving, fmt, runs, unexpressed)
+    return files, unexpressed
 
 
-def _source(spec: TaskSpec, model: str) -> str:
-    m = spec.model(model)
-    return m.source or m.name
+def _data_files(jobs: list[Job], fmt: str, examples: dict[str, list[Example]] | None,
+                unexpressed: list[str]) -> dict[str, str]:
+    """Each source a job trains on as prompt/completion JSONL; Axolotl's pre-drawn mixtures;
+    LLaMA-Factory's registry."""
+    sources = sorted({q for j in jobs for q in j.sources})
+    files = {}
+    if fmt == "llamafactory":
+        files["data/dataset_info.json"] = json.dumps(dataset_info(sources), indent=2) + "\n"
+    if examples is None:
+        if not sources:
+            return files
+        unexpressed.append("data: a replay task has no training records; write "
+                           + ", ".join(data_file(q) for q in sources)
+                           + " (one {\"prompt\", \"completion\"} object per line) before training")
+        return files
+    for q in sources:
+        files[data_file(q)] = _jsonl(examples[q])
+    if fmt == "axolotl":
+        from tools.train import sample_mixture
+
+        for job in (j for j in jobs if len(j.sources) > 1):
+            o = job.method.options
+            drawn = sample_mixture({q: examples[q] for q in job.sources}, job.sources,
+                                   o.steps * o.batch_size, o.seed)
+            files[mixture_file(job)] = _jsonl([example for _, example in drawn])
+    return files
 
 
-def write_plan(doc: dict, path: Path) -> None:
-    """Write atomically: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(path)
+def task_copy(spec: TaskSpec) -> dict[str, str]:
+    """The task and its data files under `task/`: data paths point into the copy, local
+    model paths become absolute."""
+    task = spec.model_dump(mode="json")
+    files: dict[str, str] = {}
+    for entry, s in zip(task["subtasks"], spec.subtasks, strict=True):
+        if s.data is None:
+            continue
+        named = {f"sources/{k}": p for k, p in s.data.sources.items()} | {"val": s.data.val}
+        copies = {key: f"data/{s.name}/{key.removeprefix('sources/')}.jsonl" for key in named}
+        for key, path in named.items():
+            files[f"{TASK_DIR}/{copies[key]}"] = spec.path(path).read_text()
+        entry["data"]["sources"] = {k: copies[f"sources/{k}"] for k in s.data.sources}
+        entry["data"]["val"] = copies["val"]
+    for entry in task["models"]:
+        local = spec.path(Path(entry["source"])) if entry["source"] else None
+        if local is not None and local.exists():
+            entry["source"] = str(local.resolve())
+    files[f"{TASK_DIR}/task.yaml"] = _yaml(task)
+    return files
+
+
+def readme(doc: dict, serving: dict, fmt: str, runs: list[tuple[Job, str]],
+           unexpressed: list[str]) -> str:
+    """The export's README: how to run each file, expected scores, cost, what is missing."""
+    cost = doc["cost_gpu_hours"]
+    lines = [f"# {doc['task']}: allocation of study {doc['study']}, trial {doc['trial']}", "",
+             f"Expected end-to-end score {doc['score']:.4g} (budget {doc['budget']}); "
+             f"estimated cost {cost['train'] + cost['inference']:.4g} GPU-h "
+             f"(training {cost['train']:.4g}, inference {cost['inference']:.4g}).", "",
+             "| subtask | plan | expected score |", "|---|---|---|"]
+    for subtask, plan in doc["allocation"].items():
+        described = " / ".join(f"{k}={v}" for k, v in plan.items())
+        lines.append(f"| {subtask} | {described} | {doc['subtask_scores'][subtask]:.4g} |")
+    lines += ["", f"## Train ({fmt})", "", "Run from this folder."]
+    if fmt == "planner" and runs:
+        lines.append("`planner train .` trains each model below with planner's own tools, "
+                     "re-scores the allocation on the task's validation data (task/) and "
+                     "says whether the score agrees with the study's.")
+    lines.append("")
+    if not runs:
+        lines.append("Nothing to train: every subtask serves a base model or checkpoint.")
+    for job, command in runs:
+        run = "" if fmt == "planner" else f"`{command}`: "
+        lines += [f"- {run}{job.method.kind} on {job.base} for {', '.join(job.serves)}, data "
+                  + ", ".join(f"{q} {w:.3g}" for q, w in job.sources.items())
+                  + f"; writes {job.output_dir}"]
+    lines += ["", "## Serve (vLLM)", "", "serving.yaml holds each subtask's request "
+              "(POST /v1/completions) and the aggregator to apply to its n answers.", ""]
+    lines += [f"- `{s['command']}` for {', '.join(s['subtasks'])}" for s in serving["servers"]]
+    lines += ["", f"## Not expressed in the {fmt} format", ""]
+    lines += [f"- {line}" for line in unexpressed] or ["Nothing: every setting is exported."]
+    return "\n".join(lines) + "\n"
+
+
+def write_export(files: Mapping[str, str], out_dir: Path) -> None:
+    """Write the files under `out_dir`, replacing an earlier export there; a folder that
+    is not an export (no plan.yaml) and not empty is refused."""
+    if out_dir.exists() and (not out_dir.is_dir() or (
+            any(out_dir.iterdir()) and not (out_dir / PLAN_FILE).is_file())):
+        raise SpecError(f"-o {out_dir}: exists and is not an export folder; give a new or "
+                        "empty folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    old = tmp.with_name(tmp.name + ".old")
+    try:
+        for rel, text in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text)
+        if out_dir.exists():
+            out_dir.replace(old)
+        tmp.replace(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_plan(path: Path, space: SearchSpace) -> Allocation:
-    """Read a plan.yaml's allocation and validate it against the task's space."""
+    """Read an export's (or a plan file's) allocation and validate it against the space."""
+    if path.is_dir():
+        path = path / PLAN_FILE
     if not path.is_file():
         raise SpecError(f"{path}: no such plan file; write one with `planner export`")
     doc = yaml.safe_load(path.read_text())
@@ -78,3 +269,11 @@ def read_plan(path: Path, space: SearchSpace) -> Allocation:
         return space.coerce(doc["allocation"])
     except SpaceError as e:
         raise SpecError(f"{path}: allocation.{e}") from None
+
+
+def _yaml(data: object) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _jsonl(records: list[Example]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -20,6 +20,7 @@ Training FLOPs (N = parameters of the base, D = tokens trained on):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
 
@@ -188,10 +189,18 @@ class Lora(FineTune):
             unexpressed.append("lora_targets: trained on peft's default modules for the "
                                "architecture; set lora_targets to export the same modules")
         else:
-            target = "lora_target" if tool == "llamafactory" else "lora_target_modules"
-            own[target] = (",".join(o.lora_targets) if tool == "llamafactory"
-                           else list(o.lora_targets))
+            own["lora_target" if tool == "llamafactory" else "lora_target_modules"] = {
+                "llamafactory": ",".join(o.lora_targets), "axolotl": list(o.lora_targets),
+                "trl": _trl_targets(o.lora_targets)}[tool]
         return ToolConfig({**own, **base.keys}, unexpressed)
+
+
+def _trl_targets(targets: tuple[str, ...]) -> list[str] | str:
+    """TRL's ModelConfig turns a one-module list into a string, which peft reads as a regex
+    over full module names: give one module as a regex that matches it at any depth."""
+    if len(targets) != 1 or targets[0] == "all-linear":
+        return list(targets)
+    return rf"(.*\.)?{re.escape(targets[0])}"
 
 
 class PromptTuning(FineTune):

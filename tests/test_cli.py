@@ -62,20 +62,39 @@ def test_studies_show_trace_json(study_dir: Path) -> None:
 
 
 def test_export_then_optimize_from_plan(study_dir: Path, tiny_task_path: Path) -> None:
-    plan = study_dir / "plan.yaml"
-    r = planner("export", "tiny-optuna", "-o", str(plan), cwd=study_dir)
+    out = study_dir / "export"
+    r = planner("export", "tiny-optuna", "-o", str(out), cwd=study_dir)
     assert r.returncode == 0, r.stderr
-    doc = yaml.safe_load(plan.read_text())
+    doc = yaml.safe_load((out / "plan.yaml").read_text())
     shown = json.loads(planner("show", "tiny-optuna", "--json", cwd=study_dir).stdout)
     assert doc["allocation"] == shown["best"]["allocation"]
     assert doc["training"] == []  # released checkpoints: nothing to fine-tune
-    assert doc["serving"]["solve"]["method"] == doc["allocation"]["solve"]["method"]
+    serving = yaml.safe_load((out / "serving.yaml").read_text())
+    assert set(serving["subtasks"]) == {"extract", "solve"}
+    assert "expected end-to-end score" in (out / "README.md").read_text().lower()
     r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "random",
-                "--trials", "3", "--from", str(plan), "--json", cwd=study_dir)
+                "--trials", "3", "--from", str(out), "--json", cwd=study_dir)
     assert r.returncode == 0, r.stderr
     trials = Store(f"sqlite:///{study_dir / 'planner.db'}").trials("tiny-random")
     assert trials[0].source == "from-plan"
     assert trials[0].allocation.to_dict() == doc["allocation"]
+
+
+def test_export_of_a_chosen_trial_and_bad_export_input(study_dir: Path) -> None:
+    r = planner("export", "tiny-optuna", "--trial", "2", "--format", "trl", "-o", "e",
+                cwd=study_dir)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load((study_dir / "e" / "plan.yaml").read_text())["trial"] == 2
+    (study_dir / "notes").mkdir()
+    (study_dir / "notes" / "mine.txt").write_text("keep")
+    for args, expected in ((["--trial", "99"], "--trial 99: study 'tiny-optuna' has no "),
+                           (["--format", "axolotol"], "--format"),
+                           (["-o", "notes"], "notes: exists and is not an export folder")):
+        r = planner("export", "tiny-optuna", "-o", "x", *args, cwd=study_dir)
+        assert r.returncode == 2 and expected in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (study_dir / "x").exists()
+    assert (study_dir / "notes" / "mine.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -151,14 +151,14 @@ class LiveEnvironment:
     def _model(self, artifact: Artifact) -> _Model:
         """The artifact's model (path, cache key, training metadata), trained unless cached;
         method `none` serves the base."""
-        base, method = self._base(artifact.model), artifact.method
+        base, method = self.base_path(artifact.model), artifact.method
         if not isinstance(method, FineTune):  # kind none: _check_methods rejected the rest
             return base, weights_identity(base), {"tokens_seen": 0, "wall_seconds": 0.0,
                                                   "examples": {}}
         parts = self._identity(artifact, base)
 
         def build(out: Path) -> dict:
-            data = {q: self._examples(q) for q in artifact.sources}
+            data = {q: self.examples(q) for q in artifact.sources}
             result = train(base, data, artifact.sources, out, train_config(method.options),
                            method.adapter(), progress=self.progress)
             return {**parts, "tokens_seen": result.tokens_seen, "examples": result.examples,
@@ -179,7 +179,7 @@ class LiveEnvironment:
         return {"base": weights_identity(base), "settings": artifact.settings,
                 "sources": sources, "code": self._versions["train"]}
 
-    def _examples(self, qualified: str) -> list[Example]:
+    def examples(self, qualified: str) -> list[Example]:
         """Training examples of a qualified source, in its subtask's template and label."""
         data, source = self._source(qualified)
         return data.examples(source)
@@ -211,7 +211,8 @@ class LiveEnvironment:
 
         return self.cache.samples(set_key, prompts, draw)
 
-    def _base(self, model: str) -> Path:
+    def base_path(self, model: str) -> Path:
+        """The model's weights: a local folder or file (a zoo model is built on first use)."""
         if model not in self._bases:
             self._bases[model] = resolve_source(self.spec, self.spec.model(model), self.cache.zoo)
         return self._bases[model]
