@@ -369,10 +369,58 @@ def _study_spec(record: StudyRecord, task: Path | None) -> TaskSpec:
     return parse_spec(record.task, root=path.resolve().parent, source=f"study {record.name}")
 
 
+@app.command()
+def train(export_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder written by "
+                                                     "`planner export --format planner`.")],
+          seeds: Annotated[int, typer.Option(min=1, help="Evaluations: the exported seeds, "
+                                             "then every seed moved by 1, 2, ...; their "
+                                             "spread is the noise.")] = 2,
+          cache_dir: Annotated[Path | None, typer.Option(
+              help="Artifact and sample cache (default: DIR/.planner-cache, emptied first); "
+                   "a given one is reused, so what it holds is not retrained.")] = None,
+          as_json: JsonOpt = False) -> None:
+    """Retrain and re-score an exported allocation of a live task on its validation data;
+    exit 0 when the score agrees with the study's within the seeds' noise, 1 when not."""
+    from envs.live.reproduce import SeedRun, reproduce
+
+    def on_run(run: SeedRun) -> None:
+        if not as_json:
+            err.print(f"seed +{run.shift}: score {run.score:.4f} ({run.wall_seconds:.1f} s)")
+
+    result = reproduce(export_dir, seeds=seeds, cache_dir=cache_dir, progress=not as_json,
+                       on_run=on_run)
+    if as_json:
+        _emit_json({**asdict(result), "score": result.score, "noise": result.noise,
+                    "agrees": result.agrees})
+        raise typer.Exit(0 if result.agrees else 1)
+    subtasks = list(result.runs[0].subtask_scores)
+    table = Table(title=f"{result.task}: study {result.study}, trial {result.trial}, retrained")
+    for col in ("seeds", "score", *subtasks, "train tokens", "wall s"):
+        table.add_column(col, justify="right")
+    for r in result.runs:
+        table.add_row(f"+{r.shift}", f"{r.score:.4f}",
+                      *(f"{r.subtask_scores[s]:.4f}" for s in subtasks),
+                      f"{r.train_tokens:,.0f}", f"{r.wall_seconds:.1f}")
+    table.add_row("study", f"{result.study_score:.4f}",
+                  *(f"{result.study_subtask_scores.get(s, float('nan')):.4f}" for s in subtasks),
+                  "", "")
+    out.print(table)
+    diff = abs(result.score - result.study_score)
+    out.print(f"noise (max |score(+k) - score(+0)| over {seeds - 1} other seeds): "
+              f"{result.noise:.4f}")
+    verdict = "agrees" if result.agrees else "does NOT agree"
+    sign = "<=" if result.agrees else ">"
+    out.print(f"reproduced {result.score:.4f} vs study {result.study_score:.4f}: "
+              f"|difference| {diff:.4f} {sign} noise {result.noise:.4f}: {verdict}")
+    for name, folder in result.outputs.items():
+        out.print(f"trained {name}: {export_dir / folder}")
+    raise typer.Exit(0 if result.agrees else 1)
+
+
 def main() -> None:
     """Entry point: known errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(code) comes back here
     except PlannerError as e:
         sys.stderr.write(f"Error: {e}\n")  # plain write: rich would wrap long paths
         if os.environ.get("PLANNER_DEBUG"):
@@ -387,6 +435,7 @@ def main() -> None:
         command = e.ctx.command_path if getattr(e, "ctx", None) else "planner"
         sys.stderr.write(f"Error: {e.format_message()} (see `{command} --help`)\n")
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class Cache:
 
     root: Path = field(default_factory=default_root)
     stats: CacheStats = field(default_factory=CacheStats)
+    zoo_dir: Path | None = None
+    """Where zoo builds live (default `root/zoo`): a fresh cache can share built bases."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -83,7 +85,7 @@ class Cache:
 
     @property
     def zoo(self) -> Path:
-        return self.root / "zoo"
+        return self.zoo_dir or self.root / "zoo"
 
     def artifact(self, key: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
         """The artifact folder of `key` and its metadata, built by `build(folder) -> meta`

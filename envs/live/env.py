@@ -84,14 +84,16 @@ class LiveEnvironment:
     Args:
         spec: a task with `environment: live`.
         cache_dir: cache root (default `$PLANNER_CACHE`, else `~/.cache/planner`).
+        zoo_dir: where zoo models are built (default: `zoo/` under the cache root).
         progress: progress bars for training and sampling, on stderr.
     """
 
     def __init__(self, spec: TaskSpec, *, cache_dir: str | Path | None = None,
-                 progress: bool = True) -> None:
+                 zoo_dir: str | Path | None = None, progress: bool = True) -> None:
         self.spec = spec
         self.space = SearchSpace(spec)
-        self.cache = Cache(Path(cache_dir) if cache_dir is not None else default_root())
+        self.cache = Cache(Path(cache_dir) if cache_dir is not None else default_root(),
+                           zoo_dir=Path(zoo_dir) if zoo_dir is not None else None)
         self.progress = progress
         self._check_choices()
         self.data: dict[str, SubtaskData] = {s.name: load_subtask(spec, s) for s in spec.subtasks}
@@ -167,6 +169,11 @@ class LiveEnvironment:
         key = content_key(parts)
         path, meta = self.cache.artifact(key, build)
         return path, key, meta
+
+    def model_path(self, artifact: Artifact) -> Path:
+        """The artifact's model folder: the base for kind `none`, else its fine-tune (trained
+        unless cached)."""
+        return self._model(artifact)[0]
 
     def _identity(self, artifact: Artifact, base: Path) -> dict[str, object]:
         """What determines a fine-tune: the artifact's identity, with its base and sources as
