@@ -38,5 +38,8 @@ def resolve_for_export(spec: TaskSpec, allocation: Allocation) -> Resolved:
 
     env = LiveEnvironment(spec, progress=False)
     sources = {q for s, p in allocation.items() for q in artifact_of(spec, s, p).sources}
-    return Resolved({m: str(env.base_path(m)) for m in models},
-                    {q: env.examples(q) for q in sorted(sources)})
+    from tools.train import special_text
+
+    bases = {m: str(env.base_path(m)) for m in models}
+    return Resolved(bases, {q: env.examples(q) for q in sorted(sources)},
+                    {m: special_text(path) for m, path in bases.items()})

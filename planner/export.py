@@ -19,7 +19,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -34,10 +34,12 @@ from planner.spec import TaskSpec
 from planner.store import StudyRecord, TrialRecord
 from planner.train_configs import (
     CONFIG_FILES,
+    DATA_DIR,
     TRAIN_CONFIGS,
     Job,
     data_file,
     dataset_info,
+    llamafactory_dataset,
     mixture_file,
 )
 
@@ -56,6 +58,9 @@ class Resolved:
     """Model name -> what other tools load: a local folder or file, or a hub id."""
     examples: dict[str, list[Example]] | None = None
     """Qualified source -> its training examples; None where the task has no data (replay)."""
+    special: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Model name -> the BOS and EOS text its tokenizer puts around an example
+    (`tools.train.special_text`); absent where the tokenizer is not at hand."""
 
 
 def jobs_of(spec: TaskSpec, allocation: Allocation, bases: Mapping[str, str]
@@ -71,8 +76,8 @@ def jobs_of(spec: TaskSpec, allocation: Allocation, bases: Mapping[str, str]
         job = None
         if isinstance(method, FineTune):
             base = bases[artifact.model]
-            job = Job("_".join(subtasks), tuple(subtasks), base, _with_targets(method, base),
-                      artifact.sources)
+            job = Job("_".join(subtasks), tuple(subtasks), artifact.model, base,
+                      _with_targets(method, base), artifact.sources)
         jobs.update(dict.fromkeys(subtasks, job))
     return jobs
 
@@ -145,28 +150,41 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
             files[path.format(job.name)] = _yaml(config.keys)
             runs.append((job, command.format(path.format(job.name))))
             unexpressed += [f"{job.name}: {line}" for line in config.unexpressed]
-        files |= _data_files(distinct, fmt, resolved.examples, unexpressed)
+        files |= _data_files(distinct, fmt, resolved, unexpressed)
     files["README.md"] = readme(doc, serving, fmt, runs, unexpressed)
     return files, unexpressed
 
 
-def _data_files(jobs: list[Job], fmt: str, examples: dict[str, list[Example]] | None,
+def _data_files(jobs: list[Job], fmt: str, resolved: Resolved,
                 unexpressed: list[str]) -> dict[str, str]:
-    """Each source a job trains on as prompt/completion JSONL; Axolotl's pre-drawn mixtures;
-    LLaMA-Factory's registry."""
-    sources = sorted({q for j in jobs for q in j.sources})
+    """The sources the jobs train on as prompt/completion JSONL (for LLaMA-Factory with each
+    base's special tokens as text), LLaMA-Factory's registry and Axolotl's pre-drawn
+    mixtures."""
+    wanted: dict[str, tuple[str, str]] = {}  # file -> (qualified source, model)
+    for job in jobs:
+        for q in job.sources:
+            path = (f"{DATA_DIR}/{llamafactory_dataset(job, q)}.jsonl" if fmt == "llamafactory"
+                    else data_file(q))
+            wanted[path] = (q, job.model)
     files = {}
     if fmt == "llamafactory":
-        files["data/dataset_info.json"] = json.dumps(dataset_info(sources), indent=2) + "\n"
+        names = [Path(path).stem for path in wanted]
+        files[f"{DATA_DIR}/dataset_info.json"] = json.dumps(dataset_info(names), indent=2) + "\n"
+    examples = resolved.examples
     if examples is None:
-        if not sources:
-            return files
-        unexpressed.append("data: a replay task has no training records; write "
-                           + ", ".join(data_file(q) for q in sources)
-                           + " (one {\"prompt\", \"completion\"} object per line) before training")
+        if wanted:
+            unexpressed.append("data: a replay task has no training records; write "
+                               + ", ".join(wanted) + " (one {\"prompt\", \"completion\"} "
+                               "object per line) before training")
+        if wanted and fmt == "llamafactory":
+            unexpressed.append("data: LLaMA-Factory's `empty` template adds no special tokens: "
+                               "end each completion with the tokenizer's EOS token (and start "
+                               "each prompt with its BOS, if it adds one)")
         return files
-    for q in sources:
-        files[data_file(q)] = _jsonl(examples[q])
+    for path, (q, model) in wanted.items():
+        bos, eos = resolved.special.get(model, ("", "")) if fmt == "llamafactory" else ("", "")
+        files[path] = _jsonl([{"prompt": bos + e["prompt"], "completion": e["completion"] + eos}
+                              for e in examples[q]])
     if fmt == "axolotl":
         from tools.train import sample_mixture
 

@@ -185,9 +185,13 @@ class Lora(FineTune):
         own |= {"llamafactory": {"finetuning_type": "lora"}, "axolotl": {"adapter": "lora"},
                 "trl": {"use_peft": True}}[tool]
         unexpressed = list(base.unexpressed)
-        if o.lora_targets is None:
-            unexpressed.append("lora_targets: trained on peft's default modules for the "
-                               "architecture; set lora_targets to export the same modules")
+        if o.lora_targets is None:  # each tool's "every linear layer", not peft's default
+            own |= {"llamafactory": {"lora_target": "all"},
+                    "axolotl": {"lora_target_linear": True},
+                    "trl": {"lora_target_modules": "all-linear"}}[tool]
+            unexpressed.append("lora_targets: planner trained peft's default modules for the "
+                               "architecture; this config adapts every linear layer instead "
+                               "(set lora_targets to export the same modules)")
         else:
             own["lora_target" if tool == "llamafactory" else "lora_target_modules"] = {
                 "llamafactory": ",".join(o.lora_targets), "axolotl": list(o.lora_targets),

@@ -6,8 +6,11 @@ from which the user runs the tool:
 
     data/SUB.SRC.jsonl          {"prompt", "completion"} per line: source SRC of subtask SUB,
                                 rendered with SUB's template and label (what planner trains on)
+    data/MODEL.SUB.SRC.jsonl    the same for LLaMA-Factory, whose `empty` template adds no
+                                special tokens: each example carries base MODEL's BOS (where
+                                its tokenizer adds one) and EOS as text
     data/NAME.mixture.jsonl     the examples planner's training draws for job NAME (Axolotl)
-    data/dataset_info.json      LLaMA-Factory's registry of the files above
+    data/dataset_info.json      LLaMA-Factory's registry of its files
     outputs/NAME/               where each tool writes the trained model
 
 Key names follow each tool's own schema (LLaMA-Factory `hparams`, Axolotl
@@ -31,6 +34,8 @@ class Job:
     name: str
     """File stem: the subtasks it serves, joined by `_`."""
     serves: tuple[str, ...]
+    model: str
+    """The base's name in the task."""
     base: str
     """The base model as other tools load it: a local folder or a hub id."""
     method: FineTune
@@ -51,23 +56,29 @@ def data_file(qualified: str) -> str:
     return f"{DATA_DIR}/{dataset_name(qualified)}.jsonl"
 
 
+def llamafactory_dataset(job: Job, qualified: str) -> str:
+    """LLaMA-Factory's name of a source as the job's base reads it (its special tokens in
+    the text); the file is `data/NAME.jsonl`."""
+    return f"{job.model}.{dataset_name(qualified)}"
+
+
 def mixture_file(job: Job) -> str:
     return f"{DATA_DIR}/{job.name}.mixture.jsonl"
 
 
-def dataset_info(qualified_sources: list[str]) -> dict[str, dict]:
-    """LLaMA-Factory's `dataset_info.json`: each source file in the alpaca format, the prompt
+def dataset_info(names: list[str]) -> dict[str, dict]:
+    """LLaMA-Factory's `dataset_info.json`: each dataset file in the alpaca format, the prompt
     as the instruction and the completion as the response."""
-    return {dataset_name(q): {"file_name": f"{dataset_name(q)}.jsonl", "formatting": "alpaca",
-                              "columns": {"prompt": "prompt", "response": "completion"}}
-            for q in qualified_sources}
+    return {name: {"file_name": f"{name}.jsonl", "formatting": "alpaca",
+                   "columns": {"prompt": "prompt", "response": "completion"}}
+            for name in names}
 
 
 def llamafactory(job: Job) -> ToolConfig:
     """`llamafactory-cli train` config. The `empty` template feeds the raw prompt, as planner
     does; a mixture interleaves the sources with its weights as probabilities."""
     own = job.method.tool_config("llamafactory")
-    names = [dataset_name(q) for q in job.sources]
+    names = [llamafactory_dataset(job, q) for q in job.sources]
     data: dict[str, object] = {"dataset": ",".join(names), "dataset_dir": DATA_DIR,
                                "template": "empty"}
     if len(names) > 1:

@@ -62,7 +62,7 @@ def test_tool_configs_carry_the_mixture_and_the_method() -> None:
     lf = llamafactory(job).keys
     assert lf["finetuning_type"] == "lora" and lf["lora_rank"] == 12
     assert lf["lora_target"] == "q_proj,v_proj" and lf["template"] == "empty"
-    assert lf["dataset"] == "a.x,b.x" and lf["interleave_probs"] == "0.5,0.5"
+    assert lf["dataset"] == "m.a.x,m.b.x" and lf["interleave_probs"] == "0.5,0.5"
     assert lf["mix_strategy"] == "interleave_under" and lf["max_steps"] == 10
     ax = axolotl(job)
     assert ax.keys["adapter"] == "lora" and ax.keys["lora_target_modules"] == ["q_proj", "v_proj"]
@@ -100,7 +100,7 @@ def test_serving_shares_one_server_per_base_and_names_what_vllm_cannot_do() -> N
     assert any(line.startswith("b: prompt tuning: vLLM") for line in unexpressed)
     assert any(line.startswith("b: kind prompt: llamafactory has no") for line in unexpressed)
     info = json.loads(files["data/dataset_info.json"])
-    assert info["a.data"]["columns"] == {"prompt": "prompt", "response": "completion"}
+    assert info["m.a.data"]["columns"] == {"prompt": "prompt", "response": "completion"}
     readme = files["README.md"]
     assert "llamafactory-cli train llamafactory/a.yaml" in readme
     assert all(line in readme for line in unexpressed)

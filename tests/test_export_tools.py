@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs import resolve_for_export
 from envs.live.env import LiveEnvironment
@@ -21,7 +21,8 @@ from planner.space import Allocation, Plan
 from planner.spec import load_spec
 from planner.store import StudyRecord, TrialRecord, TrialStatus
 from tests.test_live import write_mixture_task
-from tools.zoo import build_tiny_model, synthetic_corpus
+from tools.train import special_text, tokenize_example
+from tools.zoo import build_tiny_model, char_tokenizer, synthetic_corpus
 
 ALLOCATION = Allocation.of({
     "parse": Plan(model="m1", method="lora", mixture="even", samples=1, aggregator="first"),
@@ -119,3 +120,42 @@ def test_planner_export_copies_the_task_so_it_loads_anywhere(task: Path, tmp_pat
         assert copy.path(a.data.val).is_relative_to(out)
     assert Path(copy.model("m1").source).is_absolute()
     assert "planner train ." in (out / "README.md").read_text()
+
+
+def test_llamafactory_data_carries_the_special_tokens_its_empty_template_omits(
+        task: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lf-export"
+    export(task, "llamafactory", out)
+    config = yaml.safe_load((out / "llamafactory" / "parse.yaml").read_text())
+    info = json.loads((out / "data" / "dataset_info.json").read_text())
+    assert config["template"] == "empty" and config["dataset"] == "m1.parse.easy,m1.parse.hard"
+    assert set(config["dataset"].split(",")) <= set(info)
+    tokenizer = AutoTokenizer.from_pretrained(config["model_name_or_path"])
+    raw = [json.loads(line) for line in (out / "data" / "m1.parse.easy.jsonl").open()]
+    rendered = LiveEnvironment(load_spec(task), cache_dir=tmp_path / "cache",
+                               progress=False).examples("parse/easy")
+    for lf, ours in zip(raw, rendered, strict=True):
+        # LLaMA-Factory's `empty` template: prompt and completion as text, no special tokens
+        ids = (tokenizer(lf["prompt"], add_special_tokens=False)["input_ids"]
+               + tokenizer(lf["completion"], add_special_tokens=False)["input_ids"])
+        assert ids == tokenize_example(tokenizer, ours, 10_000)["input_ids"]
+
+
+def test_special_text_names_the_bos_a_tokenizer_adds(tmp_path: Path) -> None:
+    from tokenizers import processors
+
+    plain = char_tokenizer()
+    plain.save_pretrained(tmp_path / "plain")
+    assert special_text(tmp_path / "plain") == ("", "<eos>")
+    with_bos = char_tokenizer()  # a Llama-style tokenizer: BOS before every encoded text
+    with_bos.bos_token = "<unk>"
+    with_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<unk> $A", special_tokens=[("<unk>", with_bos.convert_tokens_to_ids("<unk>"))])
+    with_bos.save_pretrained(tmp_path / "bos")
+    bos, eos = special_text(tmp_path / "bos")
+    assert (bos, eos) == ("<unk>", "<eos>")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "bos")
+    example = {"prompt": "1+2=", "completion": "3"}
+    as_text = (reloaded(bos + example["prompt"], add_special_tokens=False)["input_ids"]
+               + reloaded(example["completion"] + eos, add_special_tokens=False)["input_ids"])
+    assert as_text == tokenize_example(reloaded, example, 100)["input_ids"]

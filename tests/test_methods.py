@@ -102,6 +102,12 @@ def test_tool_configs_use_each_tools_keys() -> None:
     assert Full(name="f").tool_config("axolotl").keys["adapter"] is None
     assert Full(name="f").tool_config("trl").keys["use_peft"] is False
     # what a tool cannot express is said, never dropped
-    assert "lora_targets" in Lora(name="d").tool_config("trl").unexpressed[0]
+    default = Lora(name="d")  # peft's default modules: each tool's "all linear", and said so
+    assert "lora_targets" in default.tool_config("trl").unexpressed[0]
+    assert default.tool_config("trl").keys["lora_target_modules"] == "all-linear"
+    assert default.tool_config("llamafactory").keys["lora_target"] == "all"
+    assert default.tool_config("axolotl").keys["lora_target_linear"] is True
+    assert Lora(name="one", options={"lora_targets": ["c_attn"]}).tool_config(
+        "trl").keys["lora_target_modules"] == r"(.*\.)?c_attn"  # TRL makes [x] the regex x
     for tool in TOOLS:
         assert "no prompt tuning" in PromptTuning(name="p").tool_config(tool).unexpressed[0]

@@ -223,6 +223,20 @@ def tokenize_example(
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
+def special_text(base_model: str | Path) -> tuple[str, str]:
+    """The text of the special tokens `tokenize_example` puts around an example with this
+    base's tokenizer: the BOS it adds before a prompt ('' if none) and the EOS after a
+    completion. A tool that adds neither gets the same tokens from this text."""
+    path = Path(base_model)
+    if str(path).endswith(".gguf"):
+        tokenizer = _load_tokenizer(path.parent, gguf_file=path.name)
+    else:
+        tokenizer = _load_tokenizer(path)
+    ids = tokenizer("a")["input_ids"]
+    adds_bos = tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
+    return (tokenizer.bos_token if adds_bos else ""), tokenizer.eos_token
+
+
 def _load_base(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model folder or a `.gguf` file (dequantised to float32 by transformers)."""
     if str(path).endswith(".gguf"):
