@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 
 from planner.cost import Cost
 from planner.export import Resolved, export_files, jobs_of, plan_document
-from planner.space import Allocation, Plan
+from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec
 from planner.store import StudyRecord, TrialRecord, TrialStatus
 from planner.train_configs import axolotl, llamafactory, trl
@@ -115,3 +116,17 @@ def test_a_full_fine_tune_is_served_as_its_own_model_and_oracle_is_named() -> No
     assert "--enable-lora" not in servers["m"]["command"]
     assert any("aggregator oracle" in line for line in unexpressed)
     assert any(line.startswith("data: a replay task") for line in unexpressed)
+
+
+def test_the_readme_multitask_example_shares_one_three_source_model() -> None:
+    from planner.artifact import artifact_of
+    from planner.export import read_plan
+    from planner.spec import load_spec
+
+    examples = Path(__file__).parents[1] / "envs" / "live" / "examples"
+    spec = load_spec(examples / "wordsum_multitask.yaml")
+    allocation = read_plan(examples / "multitask_plan.yaml", SearchSpace(spec))
+    parse, add = (artifact_of(spec, s, allocation[s]) for s in ("parse", "add"))
+    assert parse == add and len(parse.sources) == 3
+    assert all(spec.path(p).is_file() for s in spec.subtasks if s.data
+               for p in [*s.data.sources.values(), s.data.val])

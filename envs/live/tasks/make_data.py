@@ -1,7 +1,9 @@
 """Generate the built-in live tasks' data (deterministic; the files are committed).
 
-wordsum: "eve got 12 coins, then 345." -> parse "12+345" -> add "357" -> answer
-"eve has 357 coins". Every record holds each stage's gold output under the stage's name.
+wordsum: "eve got 12 coins, then 34." -> parse "12+34" -> add "46" -> answer
+"eve has 46 coins". Every record holds each stage's gold output under the stage's name.
+`short.jsonl` holds one-digit problems: a third training source for mixtures
+(envs/live/examples/wordsum_multitask.yaml).
 
     python -m envs.live.tasks.make_data [--train 2000] [--val 64]
 """
@@ -45,6 +47,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     write_jsonl(out / "train.jsonl", wordsum_records(args.train, seed=1))
     write_jsonl(out / "val.jsonl", wordsum_records(args.val, seed=2))
+    write_jsonl(out / "short.jsonl", wordsum_records(args.train // 4, seed=3, digits=1))
 
 
 if __name__ == "__main__":
