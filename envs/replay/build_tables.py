@@ -18,6 +18,11 @@ OUT = Path(__file__).parent / "data"
 _CASCADE_COLUMNS = ["query", "model", "correct", "input_tokens", "output_tokens", "cost_usd"]
 _MOT_COLUMNS = ["model", "prompt", "question", "sample", "answer", "correct"]
 MOT_MIN_SAMPLES = 16  # keep questions with at least this many samples in every prompt
+# the five Llama models of the cascades tables, by size, with their parameter counts (as in
+# the task files that use them): a cascade's FLOPs are 2N per recorded token of each model
+LLAMA_PARAMS = {"llama3.2-1b": 1.24e9, "llama3.2-3b": 3.21e9, "llama3.1-8b": 8.03e9,
+                "llama3.1-70b": 7.06e10, "llama3.1-405b": 4.05e11}
+DEFER_FRACTIONS = (0.1, 0.2, 0.3, 0.5)  # share of its least confident answers a model defers
 
 
 def _pythia_names(nickname: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -55,6 +60,46 @@ def convert_cascades(source: Path, files: list[str]) -> pd.DataFrame:
     return df[_CASCADE_COLUMNS].sort_values(["model", "query"], kind="stable")
 
 
+def cascade_route(strong: str, fraction: float) -> str:
+    """`llama3.1-70b`, 0.2 -> `to-70b-20pct`: defer the least confident 20% to Llama 70B."""
+    return f"to-{strong.rsplit('-', 1)[-1]}-{round(fraction * 100)}pct"
+
+
+def convert_llama_cascades(source: Path, file: str,
+                           fractions: tuple[float, ...] = DEFER_FRACTIONS) -> pd.DataFrame:
+    """Rational-cascades answers of the five Llama models -> two-model confidence cascades,
+    one row per (model, route, query): correct, deferred, flops.
+
+    Route `alone`: the model's own answer. Route `to-<M>-<f>pct`: the model answers every
+    query; where its `logprob_conf` is below its f-quantile over the file's queries (its
+    f least confident answers) the answer of the larger model M on the same query is
+    returned instead. `flops` is 2N per recorded input and output token of each model that
+    ran (both, on a deferred query). Every outcome is a recorded answer: nothing is
+    re-sampled or simulated."""
+    df = pd.read_csv(source / "cascades" / f"{file}.csv")
+    wide = df.pivot(index="query", columns="model")
+    flops = {m: 2 * n * (wide["input_tokens"][m] + wide["output_tokens"][m])
+             for m, n in LLAMA_PARAMS.items()}
+    frames = []
+    models = list(LLAMA_PARAMS)
+    for i, weak in enumerate(models):
+        conf, correct = wide["logprob_conf"][weak], wide["correct"][weak]
+        never = pd.Series(0, index=wide.index)
+        routes = [("alone", never, correct, flops[weak])]
+        for strong in models[i + 1:]:
+            for f in fractions:
+                deferred = (conf < conf.quantile(f)).astype(int)
+                routes.append((cascade_route(strong, f), deferred,
+                               correct.where(deferred == 0, wide["correct"][strong]),
+                               flops[weak] + deferred * flops[strong]))
+        frames += [pd.DataFrame({"query": wide.index, "model": weak, "route": route,
+                                 "correct": ok.astype(int).to_numpy(),
+                                 "deferred": deferred.to_numpy(),
+                                 "flops": cost.round().astype("int64").to_numpy()})
+                   for route, deferred, ok, cost in routes]
+    return pd.concat(frames, ignore_index=True)
+
+
 def convert_mot(source: Path, prompts: tuple[str, ...] = ("pot1", "pot2"),
                 min_samples: int = MOT_MIN_SAMPLES) -> pd.DataFrame:
     """Mixture-of-thought samples of Llama-2-13B on GSM8K -> one row per sample: model,
@@ -85,6 +130,8 @@ def main() -> None:
         "mmlu_cascades": convert_cascades(args.source,
                                           ["mmlu_llama_test", "mmlu_qwen_oai_test"]),
         "mot_gsm8k_llama2": convert_mot(args.source),
+        "mmlu_llama_cascades": convert_llama_cascades(args.source, "mmlu_llama_test"),
+        "gsm8k_llama_cascades": convert_llama_cascades(args.source, "gsm8k_llama_train"),
     }
     for name, table in tables.items():
         path = OUT / f"{name}.csv.gz"
