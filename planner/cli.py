@@ -57,8 +57,8 @@ def optimize(
     strategy: Annotated[str, typer.Option(help=f"One of {', '.join(STRATEGIES)}.")] = "agent",
     trials: Annotated[int, typer.Option(min=1, help="Search budget: trials in the study.")] = 30,
     search_budget: Annotated[str | None, typer.Option(
-        help="Also stop once the evaluated trials' estimated cost reaches this, e.g. "
-             "500gpu-h.")] = None,
+        help="Also stop once evaluating the trials has cost this much (each fine-tune and "
+             "each sampled arm paid once), e.g. 5gpu-h.")] = None,
     reasoner: Annotated[str, typer.Option(help="Agent reasoner: builtin (no LLM) or llm (an "
                                           "OpenAI-compatible endpoint; key from "
                                           "OPENAI_API_KEY).")] = "builtin",

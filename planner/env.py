@@ -41,3 +41,7 @@ class Environment(Protocol):
     def evaluate(self, allocation: Allocation) -> Observation:
         """Run (or look up) the allocation and report its scores."""
         ...
+
+    def validation_items(self) -> Mapping[str, int]:
+        """Subtask -> the items one evaluation samples it on (prices a search)."""
+        ...

@@ -9,12 +9,15 @@ import pytest
 from typer.testing import CliRunner
 
 from envs import make_environment
+from envs.replay.env import ReplayEnvironment
 from envs.replay.optimum import exhaustive_optimum, load_optima
 from planner.budget import parse_budget
 from planner.cli import app
+from planner.cost import CostModel
 from planner.search import AgentOptions, Runner, SearchContext, make_strategy
 from planner.search.agent.memory import Insight
 from planner.search.agent.strategy import AgentStrategy
+from planner.search.search_cost import SearchCost
 from planner.spec import load_spec
 from planner.store import Store, TrialStatus
 from planner.study import optimize
@@ -81,10 +84,16 @@ def test_graph_trace_and_insights(tmp_path: Path, tiny_spec) -> None:
 def test_patience_and_search_budget_stop(tiny_spec) -> None:
     result = _run(tiny_spec, "agent", 60, agent=AgentOptions(patience=2))
     assert len(result.trials) < 60
-    spent_cap = "20gpu-h"
-    capped = _run(tiny_spec, "agent", 60, search_budget=spent_cap)
-    spent = sum(t.cost.total_gpu_hours for t in capped.trials)
-    assert spent >= 20 and spent - capped.trials[-1].cost.total_gpu_hours < 20
+    # the search budget counts what evaluating cost (each sampled arm once), not what the
+    # evaluated allocations would cost to deploy
+    full = _run(tiny_spec, "agent", 12)
+    meter = SearchCost(CostModel(tiny_spec), ReplayEnvironment(tiny_spec).validation_items())
+    spent = [meter.add(t.allocation) for t in full.trials]
+    # the cap is reached by the last trial that sampled a new arm before trial 12
+    last = max(i for i in range(1, 11) if spent[i] > spent[i - 1])
+    capped = _run(tiny_spec, "agent", 60, search_budget=f"{spent[last]:.12g}gpu-h")
+    assert [t.allocation for t in capped.trials] == [t.allocation for t in full.trials[:last + 1]]
+    assert len(set(spent[:last + 1])) > 2  # several arms were paid for on the way
 
 
 def test_resume_continues_graph_without_repeating_trials(tmp_path: Path, tiny_spec) -> None:

@@ -6,7 +6,7 @@ and paying a shared artifact once.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,9 @@ class RecordingEnv:
     def evaluate(self, allocation: Allocation) -> Observation:
         self.evaluated.append(allocation)
         return self.inner.evaluate(allocation)
+
+    def validation_items(self) -> Mapping[str, int]:
+        return self.inner.validation_items()
 
 
 def run(task: Task, strategy: str, store: Store, n_trials: int = N_TRIALS, seed: int = 0,

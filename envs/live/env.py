@@ -109,6 +109,10 @@ class LiveEnvironment:
     def evaluate(self, allocation: Allocation) -> Observation:
         return self.run(allocation).observation
 
+    def validation_items(self) -> dict[str, int]:
+        """Each stage samples its own validation records and the pipeline's items."""
+        return {s: len(d.val) + len(self.items) for s, d in self.data.items()}
+
     def run(self, allocation: Allocation) -> PipelineRun:
         """Evaluate an allocation and keep each stage's pipeline prompts and outputs."""
         self.space.validate(allocation)

@@ -165,6 +165,9 @@ class ReplayEnvironment:
         scores = self._scores[(subtask, _Choice(plan.model, plan.method, plan.mixture))]
         return scores[plan.aggregator][plan.samples]
 
+    def validation_items(self) -> dict[str, int]:
+        return dict(self.items)
+
     def evaluate(self, allocation: Allocation) -> Observation:
         self.space.validate(allocation)
         per = {s: self.subtask_score(s, p) for s, p in allocation.items()}

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from planner.cost import CostModel
 from planner.env import Environment
 from planner.search._base import BaseStrategy
+from planner.search.search_cost import SearchCost
 from planner.space import Allocation, SearchSpace
 from planner.store import Store, TrialRecord, TrialStatus
 
@@ -22,21 +23,6 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
     """The highest-scoring finished trial (earliest on ties), or None."""
     ok = [t for t in trials if t.status is TrialStatus.OK and t.score is not None]
     return max(ok, key=lambda t: (t.score, -t.number), default=None)
-
-
-def search_spent(trials: Sequence[TrialRecord]) -> float:
-    """Estimated GPU-hours of every trial that was evaluated (over-budget ones were not)."""
-    return sum(t.cost.total_gpu_hours for t in trials if t.status is not TrialStatus.OVER_BUDGET)
-
-
-def search_exhausted(trials: Sequence[TrialRecord], n_trials: int,
-                     search_budget_gpu_hours: float | None) -> str | None:
-    """Why the search budget is used up (trials or GPU-hours), or None."""
-    if len(trials) >= n_trials:
-        return f"{n_trials} trials run"
-    if search_budget_gpu_hours is not None and search_spent(trials) >= search_budget_gpu_hours:
-        return f"search budget of {search_budget_gpu_hours:.4g} GPU-h spent"
-    return None
 
 
 class Runner:
@@ -53,6 +39,24 @@ class Runner:
 
     def history(self) -> list[TrialRecord]:
         return self.store.trials(self.study)
+
+    def search_spent(self, trials: Sequence[TrialRecord]) -> float:
+        """GPU-hours evaluating the trials cost, cache-aware (`SearchCost`): each fine-tune
+        and each sampled arm once; failed and over-budget trials are not counted."""
+        meter = SearchCost(self.cost_model, self.env.validation_items())
+        return meter.add_all(t.allocation for t in trials if t.status is TrialStatus.OK)
+
+    def exhausted(self, trials: Sequence[TrialRecord], n_trials: int,
+                  search_budget_gpu_hours: float | None) -> str | None:
+        """Why the search must stop (trials run, or search GPU-hours spent), or None."""
+        if len(trials) >= n_trials:
+            return f"{n_trials} trials run"
+        if search_budget_gpu_hours is not None:
+            spent = self.search_spent(trials)
+            if spent >= search_budget_gpu_hours:
+                return (f"search budget of {search_budget_gpu_hours:.4g} GPU-h spent "
+                        f"({spent:.4g} GPU-h)")
+        return None
 
     def run_trial(self, allocation: Allocation, *, source: str = "",
                   number: int | None = None) -> TrialRecord:
@@ -92,8 +96,8 @@ class Runner:
     def optimize(self, strategy: BaseStrategy, n_trials: int,
                  callback: TrialCallback | None = None,
                  search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
-        """Run until the study holds `n_trials` finished trials, the search budget (sum of
-        evaluated trials' estimated GPU-hours) is spent, or the strategy stops."""
+        """Run until the study holds `n_trials` finished trials, the search budget
+        (`search_spent`) is spent, or the strategy stops."""
         self.resume_interrupted(callback)
         strategy.run(self, n_trials, callback, search_budget_gpu_hours)
         return self.history()
@@ -103,7 +107,7 @@ class Runner:
                  search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
         """The plain loop: ask -> run_trial -> tell, until a stop condition holds."""
         history = self.history()
-        while search_exhausted(history, n_trials, search_budget_gpu_hours) is None:
+        while self.exhausted(history, n_trials, search_budget_gpu_hours) is None:
             allocation = strategy.ask(history)
             if allocation is None:
                 break

@@ -12,7 +12,7 @@ from typing import Literal
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from planner.search._runner import best_trial, search_exhausted
+from planner.search._runner import best_trial
 from planner.search.agent.memory import Insight, derive
 from planner.search.agent.reasoners.base import Attempt
 from planner.search.agent.state import MAX_LLM_FAILURES, AgentContext, PlannerState
@@ -50,7 +50,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             if old.status is TrialStatus.OK and (best is None or old.score > best):
                 best = old.score
             continue
-        if search_exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
+        if ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
             break
         trial = ctx.runner.run_trial(alloc, source=item["source"])
         history.append(trial)
@@ -79,7 +79,7 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     notes = [i for i in before if i.kind == "note"][-_MAX_NOTES:]
     after = derive(ctx.builtin.analyse(history), ctx.runner.cost_model,
                    ctx.runner.budget_gpu_hours, before) + notes
-    stop = search_exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
+    stop = ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
     if not stop and ctx.patience is not None and state.stale >= ctx.patience:
         stop = f"converged: no better score in {state.stale} proposals"
     step = _record(ctx, "reflect", {

@@ -1,0 +1,84 @@
+"""What searching costs: the GPU-hours a live run spends evaluating trials, cache-aware.
+
+Evaluating an allocation trains each fine-tune it serves from that no earlier trial
+trained (a fine-tune is cached by its artifact identity; a base model or a released
+checkpoint is downloaded, not trained), and samples, per (subtask, model, method, mixture)
+no earlier trial sampled, max-n completions for each of the subtask's validation items
+(every smaller n and every aggregator is then estimated from those samples, as the live
+environment does). A trial that changes only n or the aggregator of evaluated arms costs
+nothing. This is what a user pays for a search, as opposed to what the found allocation
+costs to deploy (`CostModel.estimate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from planner.artifact import Artifact
+from planner.cost import CostModel
+from planner.space import Allocation, Plan
+
+Arm = tuple[str, str, str, str]  # subtask, model, method, mixture: one set of samples
+
+
+class SearchCost:
+    """Cumulative and marginal evaluation cost of trials, in GPU-hours.
+
+    Args:
+        cost_model: prices training and sampling.
+        items: subtask -> validation items one evaluation samples (default 1 each).
+    """
+
+    def __init__(self, cost_model: CostModel, items: Mapping[str, int] | None = None) -> None:
+        self.cost_model = cost_model
+        self.items = dict(items or {})
+        self.trained: set[Artifact] = set()
+        self.sampled: set[Arm] = set()
+        self.gpu_hours = 0.0
+        self._arm_cost: dict[Arm, float] = {}
+
+    def parts(self, allocation: Allocation) -> tuple[dict[Artifact, float], dict[Arm, float]]:
+        """The fine-tunes the allocation trains and the arms it samples, with their cost,
+        whether or not earlier trials paid for them."""
+        cm = self.cost_model
+        trains: dict[Artifact, float] = {}
+        arms: dict[Arm, float] = {}
+        for s, p in allocation.items():
+            artifact = cm.artifact(s, p)
+            if artifact.method.fine_tunes:
+                trains[artifact] = cm.plan_cost(s, p).train_gpu_hours
+            arm = (s, p.model, p.method, p.mixture)
+            arms[arm] = self._sample_cost(arm)
+        return trains, arms
+
+    def marginal(self, allocation: Allocation) -> float:
+        """GPU-hours evaluating `allocation` would add now."""
+        trains, arms = self.parts(allocation)
+        return (sum(c for a, c in trains.items() if a not in self.trained)
+                + sum(c for a, c in arms.items() if a not in self.sampled))
+
+    def add(self, allocation: Allocation) -> float:
+        """Pay for an evaluated allocation; the cumulative GPU-hours."""
+        self.gpu_hours += self.marginal(allocation)
+        trains, arms = self.parts(allocation)
+        self.trained |= trains.keys()
+        self.sampled |= arms.keys()
+        return self.gpu_hours
+
+    def add_all(self, allocations: Iterable[Allocation]) -> float:
+        for allocation in allocations:
+            self.add(allocation)
+        return self.gpu_hours
+
+    def _sample_cost(self, arm: Arm) -> float:
+        """Max-n samples of the arm for each validation item of its subtask."""
+        if arm not in self._arm_cost:
+            cm = self.cost_model
+            subtask, model, method, mixture = arm
+            spec = cm.spec.subtask(subtask)
+            widest = Plan(model=model, method=method, mixture=mixture,
+                          samples=max(spec.samples), aggregator=spec.aggregators[0])
+            per_query = (cm.plan_cost(subtask, widest).inference_gpu_hours
+                         / cm.spec.workload.queries)
+            self._arm_cost[arm] = per_query * self.items.get(subtask, 1)
+        return self._arm_cost[arm]
