@@ -10,10 +10,11 @@ search compute, median and IQR band over seeds), and the markdown table to --rea
 
 Scores are shown as a fraction of the task's exhaustive optimum under its budget
 (envs/replay/optima.yaml; computed on the fly for tasks outside the suite).
-*Search compute* is what a live run would spend to evaluate the trials: each distinct
-trained model once (weights are cached), plus, per distinct (subtask, model, method,
-mixture), one pass of max-n samples over the subtask's recorded items (every n <= max-n
-is then estimated from those samples).
+*Search compute* is what a live run would spend to evaluate the trials
+(`planner.search.search_cost`): each distinct fine-tune once (a released checkpoint is
+downloaded, not trained), plus, per distinct (subtask, model, method, mixture), one pass of
+max-n samples over the subtask's recorded items (every n <= max-n is then estimated from
+those samples).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from envs.replay.optimum import builtin_tasks, exhaustive_optimum, load_optima
 from planner.cost import CostModel
 from planner.search import STRATEGIES, BaseStrategy, OptunaStrategy, SearchContext, make_strategy
 from planner.search._runner import Runner
+from planner.search.search_cost import SearchCost
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord, TrialStatus
 from planner.study import open_study
@@ -56,10 +58,10 @@ def refuse(message: str) -> NoReturn:
 
 
 def available_strategies(llm: bool = False) -> list[str]:
-    """Default strategies: random, Optuna TPE, and the agent when planner registers it
+    """Default strategies: random, Optuna TPE, the sweep, and the agent when planner registers it
     (`agent-llm` too when an endpoint is given). `optuna-gp` runs only when asked for: it
     needs scipy and takes seconds per trial here (see the README)."""
-    names = ["random", "optuna"]
+    names = ["random", "optuna", "sweep"]
     if "agent" in STRATEGIES:
         names += ["agent", "agent-llm"] if llm else ["agent"]
     return names
@@ -121,33 +123,6 @@ def _budget(spec: TaskSpec) -> float:
     return spec.hardware.gpu_hours(spec.budget)
 
 
-class SearchMeter:
-    """Cumulative GPU-hours a live run would spend evaluating the trials (module docstring)."""
-
-    def __init__(self, task: Task, cost_model: CostModel) -> None:
-        self.task, self.cost_model = task, cost_model
-        self.trained: set[tuple] = set()
-        self.sampled: set[tuple] = set()
-        self.gpu_hours = 0.0
-
-    def add(self, trial: TrialRecord) -> float:
-        if trial.status is not TrialStatus.OK:
-            return self.gpu_hours
-        spec, cm = self.task.spec, self.cost_model
-        for s, p in trial.allocation.items():
-            artifact = cm.artifact(s, p)
-            if artifact not in self.trained:
-                self.trained.add(artifact)
-                self.gpu_hours += cm.plan_cost(s, p).train_gpu_hours
-            choice = (s, p.model, p.method, p.mixture)
-            if choice not in self.sampled:
-                self.sampled.add(choice)
-                widest = p.replace(samples=max(spec.subtask(s).samples))
-                per_query = cm.plan_cost(s, widest).inference_gpu_hours / spec.workload.queries
-                self.gpu_hours += per_query * self.task.env.items[s]
-        return self.gpu_hours
-
-
 @dataclass(frozen=True)
 class Job:
     task: Path
@@ -168,7 +143,7 @@ def run_job(job: Job) -> list[dict]:
     cost_model = CostModel(spec, env.calibration())
     runner = Runner(env, store, name, cost_model, record.budget_gpu_hours)
     ctx = SearchContext(runner.space, cost_model, record.budget_gpu_hours, job.seed, store, name)
-    meter = SearchMeter(task, cost_model)
+    meter = SearchCost(cost_model, env.validation_items())
     rows: list[dict] = []
     last = time.perf_counter()
 
@@ -181,7 +156,8 @@ def run_job(job: Job) -> list[dict]:
             "score": trial.score if trial.status is TrialStatus.OK else np.nan,
             "best": best.score if best is not None else 0.0,
             "best_frac": (best.score if best is not None else 0.0) / task.optimum,
-            "search_gpu_hours": meter.add(trial),
+            "search_gpu_hours": (meter.add(trial.allocation) if trial.status is TrialStatus.OK
+                                 else meter.gpu_hours),
             "allocation": "; ".join(trial.allocation.describe()),
             "planner_ms": 1000 * (now - last),
         })
@@ -214,17 +190,19 @@ def summarize(trials: pd.DataFrame, n_trials: int) -> pd.DataFrame:
     """Per task x strategy: trials to reach 99% (median, IQR), best after k, ms per trial."""
     out = []
     for (task, strategy), g in trials.groupby(["task", "strategy"], sort=False):
-        reach, best_at = [], {k: [] for k in CHECKPOINTS if k <= n_trials}
+        reach, spend, best_at = [], [], {k: [] for k in CHECKPOINTS if k <= n_trials}
         for _, run in g.groupby("seed"):
             frac = run["best_frac"].to_numpy()
             hit = np.flatnonzero(frac >= TARGET)
             reach.append(float(hit[0] + 1) if hit.size else n_trials + 1.0)  # censored
+            spend.append(float(run["search_gpu_hours"].iloc[hit[0]]) if hit.size else np.inf)
             for k in best_at:
                 best_at[k].append(frac[min(k, len(frac)) - 1])
         q1, med, q3 = np.percentile(reach, [25, 50, 75])
         row = {"task": task, "strategy": strategy, "seeds": len(reach),
                "reached": int(sum(r <= n_trials for r in reach)),
-               "trials_to_99_median": med, "trials_to_99_q1": q1, "trials_to_99_q3": q3}
+               "trials_to_99_median": med, "trials_to_99_q1": q1, "trials_to_99_q3": q3,
+               "gpu_hours_to_99_median": float(np.median(spend))}
         row |= {f"best_frac_at_{k}": float(np.median(v)) for k, v in best_at.items()}
         row["planner_ms_per_trial"] = float(g["planner_ms"].median())
         out.append(row)
@@ -237,16 +215,17 @@ def _fmt_trials(x: float, n_trials: int) -> str:
 
 def markdown_table(summary: pd.DataFrame, n_trials: int) -> str:
     ks = [k for k in CHECKPOINTS if f"best_frac_at_{k}" in summary]
-    head = ("| task | strategy | trials to 99% (median [IQR]) | reached | "
+    head = ("| task | strategy | trials to 99% (median [IQR]) | search GPU-h to 99% | reached | "
             + " | ".join(f"best@{k}" for k in ks) + " | planner ms/trial |")
-    lines = [head, "|" + "---|" * (5 + len(ks))]
+    lines = [head, "|" + "---|" * (6 + len(ks))]
     for r in summary.itertuples():
         iqr = (f"{_fmt_trials(r.trials_to_99_median, n_trials)} "
                f"[{_fmt_trials(r.trials_to_99_q1, n_trials)}, "
                f"{_fmt_trials(r.trials_to_99_q3, n_trials)}]")
         best = " | ".join(f"{getattr(r, f'best_frac_at_{k}'):.3f}" for k in ks)
-        lines.append(f"| {r.task} | {r.strategy} | {iqr} | {r.reached}/{r.seeds} | {best} | "
-                     f"{r.planner_ms_per_trial:.1f} |")
+        spend = "-" if np.isinf(r.gpu_hours_to_99_median) else f"{r.gpu_hours_to_99_median:.4g}"
+        lines.append(f"| {r.task} | {r.strategy} | {iqr} | {spend} | {r.reached}/{r.seeds} | "
+                     f"{best} | {r.planner_ms_per_trial:.1f} |")
     return "\n".join(lines)
 
 
@@ -334,7 +313,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="*", default=[],
                         help="suite names or task.yaml paths, space- or comma-separated")
     parser.add_argument("--strategies", nargs="*", default=None,
-                        help="space- or comma-separated; default: random optuna agent "
+                        help="space- or comma-separated; default: random optuna sweep agent "
                         "(+ agent-llm with an endpoint); optuna-gp on request")
     parser.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for agent-llm")
     parser.add_argument("--llm-model", help="model name at that endpoint")

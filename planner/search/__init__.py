@@ -6,9 +6,10 @@ from planner.search._base import BaseStrategy, SearchContext
 from planner.search._optuna import OptunaStrategy
 from planner.search._random import RandomStrategy
 from planner.search._runner import Runner, best_trial
+from planner.search._sweep import SweepStrategy
 from planner.search.agent import AgentOptions, AgentStrategy
 
-STRATEGIES = ("agent", "optuna", "random")
+STRATEGIES = ("agent", "optuna", "optuna-stages", "random", "sweep")
 
 
 def make_strategy(name: str, ctx: SearchContext, *, storage: str | None = None,
@@ -19,10 +20,13 @@ def make_strategy(name: str, ctx: SearchContext, *, storage: str | None = None,
         return AgentStrategy(ctx, agent)
     if name == "random":
         return RandomStrategy(ctx)
-    if name == "optuna":
-        return OptunaStrategy(ctx, storage=storage)
+    if name in ("optuna", "optuna-stages"):
+        return OptunaStrategy(ctx, storage=storage, per_stage=name == "optuna-stages")
+    if name == "sweep":
+        return SweepStrategy(ctx)
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
 
 
 __all__ = ["STRATEGIES", "AgentOptions", "AgentStrategy", "BaseStrategy", "OptunaStrategy",
-           "RandomStrategy", "Runner", "SearchContext", "best_trial", "make_strategy"]
+           "RandomStrategy", "Runner", "SearchContext", "SweepStrategy", "best_trial",
+           "make_strategy"]

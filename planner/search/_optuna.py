@@ -15,6 +15,11 @@ loses the model-versus-n trade-off the budget imposes.
 An ask that is over budget or invalid (a method the model lacks) is told to Optuna as
 infeasible through `Trial.set_constraint` and never evaluated; an ask that repeats an
 evaluated allocation is told its known score. Both cost no trial.
+
+`optuna-stages` is the same search told each subtask's own score instead of the end score
+(multi-objective TPE, one objective per stage): the information the agent reasons from,
+without its reasoning. The end-to-end optimum of a pipeline whose end score rises with
+every stage's score lies on the Pareto front of the stage scores it explores.
 """
 
 from __future__ import annotations
@@ -54,17 +59,22 @@ class OptunaStrategy(BaseStrategy):
     name = "optuna"
 
     def __init__(self, ctx: SearchContext, *, storage: str | None = None,
-                 sampler: optuna.samplers.BaseSampler | None = None) -> None:
+                 sampler: optuna.samplers.BaseSampler | None = None,
+                 per_stage: bool = False) -> None:
         super().__init__(ctx)
+        self.per_stage = per_stage
+        if per_stage:
+            self.name = "optuna-stages"
         if storage is not None and _in_memory(storage):
             storage = None  # Optuna's in-memory storage: as short-lived, and faster
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with warnings.catch_warnings():  # multivariate is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.sampler = sampler or optuna.samplers.TPESampler(seed=ctx.seed, multivariate=True)
+        objectives = len(ctx.space.subtasks) if per_stage else 1
         self.study = optuna.create_study(
-            study_name=f"{ctx.study or 'planner'}-optuna", storage=storage,
-            sampler=self.sampler, direction="maximize", load_if_exists=True)
+            study_name=f"{ctx.study or 'planner'}-{self.name}", storage=storage,
+            sampler=self.sampler, directions=["maximize"] * objectives, load_if_exists=True)
         self.distributions = self._distributions()
         self._pending: dict[str, int] = {}  # allocation key -> optuna trial number
         self._synced = False
@@ -104,7 +114,7 @@ class OptunaStrategy(BaseStrategy):
             if t.status is TrialStatus.OK and t.allocation.key() not in known:
                 self.study.add_trial(optuna.trial.create_trial(
                     params=self._params(t.allocation), distributions=self.distributions,
-                    value=t.score, user_attrs={_KEY: t.allocation.key()},
+                    values=self._values(t), user_attrs={_KEY: t.allocation.key()},
                     system_attrs={f"constraints:{_CONSTRAINT}": 0.0}))
         self._synced = True
 
@@ -112,7 +122,7 @@ class OptunaStrategy(BaseStrategy):
         if not self._synced:
             self._sync(history)
         seen = seen_keys(history)
-        scores = {t.allocation.key(): t.score for t in history if t.status is TrialStatus.OK}
+        known = {t.allocation.key(): t for t in history if t.status is TrialStatus.OK}
         for _ in range(_MAX_INTERNAL_ASKS):
             trial = self.study.ask(self.distributions)
             alloc = self._allocation(trial.params)
@@ -125,10 +135,10 @@ class OptunaStrategy(BaseStrategy):
                 over = max(over, 1.0)
             if over > 0:
                 trial.set_constraint(_CONSTRAINT, over)
-                self.study.tell(trial, 0.0)
+                self.study.tell(trial, self._values(None))
             elif key in seen:
                 trial.set_constraint(_CONSTRAINT, 0.0)
-                self.study.tell(trial, scores.get(key) or 0.0)
+                self.study.tell(trial, self._values(known.get(key)))
             else:
                 trial.set_constraint(_CONSTRAINT, 0.0)
                 self._pending[key] = trial.number
@@ -148,6 +158,14 @@ class OptunaStrategy(BaseStrategy):
         if number is None:
             return
         if trial.status is TrialStatus.OK:
-            self.study.tell(number, trial.score)
+            self.study.tell(number, self._values(trial))
         else:
             self.study.tell(number, state=TrialState.FAIL)
+
+    def _values(self, trial: TrialRecord | None) -> list[float]:
+        """What Optuna is told: the end score, or each stage's (0 for no result)."""
+        score = (trial.score or 0.0) if trial else 0.0
+        if not self.per_stage:
+            return [score]
+        stages = trial.subtask_scores if trial else {}
+        return [stages.get(s, score) for s in self.ctx.space.subtasks]
