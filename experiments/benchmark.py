@@ -58,10 +58,11 @@ def refuse(message: str) -> NoReturn:
 
 
 def available_strategies(llm: bool = False) -> list[str]:
-    """Default strategies: random, Optuna TPE, the sweep, and the agent when planner registers it
-    (`agent-llm` too when an endpoint is given). `optuna-gp` runs only when asked for: it
-    needs scipy and takes seconds per trial here (see the README)."""
-    names = ["random", "optuna", "sweep"]
+    """Default strategies: random, Optuna TPE (told the end score, or each stage's), the sweep,
+    and the agent when planner registers it (`agent-llm` too when an endpoint is given).
+    `optuna-gp` runs only when asked for: it needs scipy and takes seconds per trial here
+    (see the README)."""
+    names = ["random", "optuna", "optuna-stages", "sweep"]
     if "agent" in STRATEGIES:
         names += ["agent", "agent-llm"] if llm else ["agent"]
     return names
@@ -313,8 +314,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="*", default=[],
                         help="suite names or task.yaml paths, space- or comma-separated")
     parser.add_argument("--strategies", nargs="*", default=None,
-                        help="space- or comma-separated; default: random optuna sweep agent "
-                        "(+ agent-llm with an endpoint); optuna-gp on request")
+                        help="space- or comma-separated; default: random optuna "
+                        "optuna-stages sweep agent (+ agent-llm with an endpoint); optuna-gp "
+                        "on request")
     parser.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for agent-llm")
     parser.add_argument("--llm-model", help="model name at that endpoint")
     parser.add_argument("--seeds", type=int, default=20)
