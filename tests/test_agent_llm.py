@@ -139,6 +139,28 @@ def test_valid_plans_are_evaluated_with_tokens_recorded(spec, server) -> None:
     assert notes and notes[0].text == "extract likes the large model"
 
 
+def test_requests_constrain_replies_to_the_spaces_values(spec, server) -> None:
+    server.script = [("reply", _reply(GOOD))]
+    _optimize(spec, server, 1)
+    form = server.requests[0]["response_format"]
+    assert form["type"] == "json_schema" and form["json_schema"]["strict"] is True
+    allocation = form["json_schema"]["schema"]["properties"]["proposals"]["items"]
+    assert allocation["required"] == ["extract", "solve"]
+    plan = allocation["properties"]["extract"]["properties"]
+    assert plan["model"] == {"enum": ["small", "large"]}
+    assert plan["samples"] == {"enum": [1, 2, 4, 8, 16]}
+    assert plan["method"] == {"enum": ["ckpt-a", "ckpt-b"]}
+
+
+def test_a_server_without_structured_output_is_asked_plainly(spec, server) -> None:
+    server.script = [("status", 400), ("reply", _reply(GOOD)), ("reply", _reply(GOOD2))]
+    result, proposes, _ = _optimize(spec, server, 2)
+    assert "response_format" in server.requests[0]
+    assert all("response_format" not in r for r in server.requests[1:])  # not asked again
+    assert [p["reasoner"] for p in proposes] == ["llm", "llm"]
+    assert [t.source for t in result.trials[-2:]] == ["agent-llm", "agent-llm"]
+
+
 def test_malformed_then_fenced_json_is_repaired(spec, server) -> None:
     server.script = [("reply", "Sure! {proposals: [oops"),
                      ("reply", "Here you go:\n```json\n" + _reply(GOOD) + "\n```")]

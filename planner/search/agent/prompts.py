@@ -69,6 +69,26 @@ def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: fl
     return "\n".join(lines)
 
 
+def schema(space: SearchSpace, k: int) -> dict:
+    """The JSON schema of a reply: insights, and up to `k` allocations whose every value is
+    one of its dimension's (enums), so a constrained decoder cannot name a plan that does
+    not exist."""
+    def plan(subtask: str) -> dict:
+        dims = space.dimensions(subtask)
+        return {"type": "object", "additionalProperties": False,
+                "required": [d.name for d in dims],
+                "properties": {d.name: {"enum": list(d.values)} for d in dims}}
+
+    allocation = {"type": "object", "additionalProperties": False,
+                  "required": list(space.subtasks),
+                  "properties": {s: plan(s) for s in space.subtasks}}
+    return {"type": "object", "additionalProperties": False,
+            "required": ["insights", "proposals"],
+            "properties": {"insights": {"type": "array", "items": {"type": "string"}},
+                           "proposals": {"type": "array", "minItems": 1, "maxItems": k,
+                                         "items": allocation}}}
+
+
 def _values(d: Dimension) -> str:
     """A dimension and its values; a mixture's with their weights over data sources."""
     if isinstance(d, Mixture):

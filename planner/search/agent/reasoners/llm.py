@@ -1,9 +1,13 @@
 """A reasoner backed by any OpenAI-compatible chat endpoint (vLLM, llama.cpp, OpenAI ...).
 
-Transport failures (timeouts, rate limits, 5xx) are retried with backoff by the `openai`
-client; a reply that is not usable JSON, or proposes invalid, over-budget or already
-evaluated allocations, gets a repair message quoting the errors (bounded rounds). When the
-endpoint keeps failing the built-in reasoner answers, and the proposal says why. The API
+Requests ask for structured output: a JSON schema whose enums are each subtask's valid
+values (vLLM, llama.cpp's server and OpenAI honour `response_format: json_schema`), so even
+a small model can only answer with plans that exist; a server that refuses the schema is
+asked plainly from then on. Transport failures (timeouts, rate limits, 5xx) are retried
+with backoff by the `openai` client; a reply that is not usable JSON, or proposes invalid,
+over-budget or already evaluated allocations, gets a repair message quoting the errors
+(bounded rounds). When the endpoint keeps failing the built-in reasoner answers, and the
+proposal says why. The API
 key is read from OPENAI_API_KEY by the client and is never part of a trace.
 """
 
@@ -15,8 +19,10 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from planner.errors import SpaceError
 from planner.search._base import SearchContext, seen_keys
@@ -43,6 +49,7 @@ class LLMConfig:
     max_retries: int = 3  # transport retries, with the client's exponential backoff
     repairs: int = 2  # extra rounds after an unusable reply
     temperature: float = 0.2
+    structured: bool = True  # ask for JSON matching the space's schema, where the server can
 
 
 class ReplyError(ValueError):
@@ -78,6 +85,7 @@ class LLMReasoner:
         self.client = openai.OpenAI(base_url=config.base_url,
                                     api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
                                     timeout=config.timeout_s, max_retries=config.max_retries)
+        self.structured = config.structured  # off once the server refuses a schema
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
                 k: int) -> Proposal:
@@ -94,9 +102,7 @@ class LLMReasoner:
         for _ in range(1 + self.config.repairs):
             start = time.perf_counter()
             try:
-                reply = self.client.chat.completions.create(
-                    model=self.config.model, messages=messages,
-                    temperature=self.config.temperature)
+                reply = self._ask(messages, k)
             except openai.OpenAIError as e:
                 attempts.append(Attempt(list(messages), errors=[_describe(e)],
                                         latency_s=time.perf_counter() - start))
@@ -120,6 +126,20 @@ class LLMReasoner:
                         {"role": "user", "content": prompts.repair_message(errors)}]
         return self._fallback(history, memory, k, attempts,
                               f"no usable proposal after {len(attempts)} replies")
+
+    def _ask(self, messages: list[dict], k: int) -> ChatCompletion:
+        """One chat completion; constrained to the space's JSON schema (`prompts.schema`)
+        while the server accepts one, plain after it refuses (HTTP 400 or 422)."""
+        ask = partial(self.client.chat.completions.create, model=self.config.model,
+                      messages=messages, temperature=self.config.temperature)
+        if self.structured:
+            schema = prompts.schema(self.ctx.space, k)
+            try:
+                return ask(response_format={"type": "json_schema", "json_schema": {
+                    "name": "proposals", "schema": schema, "strict": True}})
+            except (openai.BadRequestError, openai.UnprocessableEntityError):
+                self.structured = False
+        return ask()
 
     def _validate(self, raw: list, seen: set[str]) -> tuple[list[Allocation], list[str]]:
         """Allocations that fit the space and budget and are new; an error for each other."""
