@@ -152,12 +152,24 @@ def test_requests_constrain_replies_to_the_spaces_values(spec, server) -> None:
     assert plan["method"] == {"enum": ["ckpt-a", "ckpt-b"]}
 
 
-def test_a_server_without_structured_output_is_asked_plainly(spec, server) -> None:
-    server.script = [("status", 400), ("reply", _reply(GOOD)), ("reply", _reply(GOOD2))]
-    result, proposes, _ = _optimize(spec, server, 2)
-    assert "response_format" in server.requests[0]
-    assert all("response_format" not in r for r in server.requests[1:])  # not asked again
+def test_llama_cpp_style_server_gets_a_json_object_schema(spec, server) -> None:
+    # llama.cpp's server answers json_schema with HTTP 500 and honours json_object + schema
+    server.script = [("status", 500), ("reply", _reply(GOOD)), ("reply", _reply(GOOD2))]
+    result, proposes, _ = _optimize(spec, server, 2, max_retries=2)
+    forms = [r["response_format"]["type"] for r in server.requests]
+    assert forms == ["json_schema", "json_object", "json_object"]  # no retries of the 500
+    assert server.requests[1]["response_format"]["schema"]["required"] == [
+        "insights", "proposals"]
     assert [p["reasoner"] for p in proposes] == ["llm", "llm"]
+    assert [t.source for t in result.trials[-2:]] == ["agent-llm", "agent-llm"]
+
+
+def test_a_server_without_structured_output_is_asked_plainly(spec, server) -> None:
+    server.script = [("status", 400), ("status", 400), ("reply", _reply(GOOD)),
+                     ("reply", _reply(GOOD2))]
+    result, proposes, _ = _optimize(spec, server, 2)
+    assert [r.get("response_format", {}).get("type") for r in server.requests] == [
+        "json_schema", "json_object", None, None]
     assert [t.source for t in result.trials[-2:]] == ["agent-llm", "agent-llm"]
 
 
@@ -196,7 +208,9 @@ def test_timeout_falls_back_to_builtin(spec, server) -> None:
 def test_persistent_500_retries_then_stops_asking(spec, server) -> None:
     result, proposes, _ = _optimize(spec, server, 4, max_retries=1)
     assert "HTTP 500" in proposes[0]["fallback"]
-    assert len(server.requests) == 4  # 2 failing steps x (1 try + 1 retry), then no more
+    # step 1: json_schema and json_object once each, then plain (1 try + 1 retry);
+    # step 2: plain (1 try + 1 retry); then no more
+    assert len(server.requests) == 6
     assert "built-in reasoner answers from now on" in proposes[-1]["fallback"]
     assert all(t.source == "agent-builtin" for t in result.trials[-4:])
 

@@ -1,9 +1,9 @@
 """A reasoner backed by any OpenAI-compatible chat endpoint (vLLM, llama.cpp, OpenAI ...).
 
 Requests ask for structured output: a JSON schema whose enums are each subtask's valid
-values (vLLM, llama.cpp's server and OpenAI honour `response_format: json_schema`), so even
-a small model can only answer with plans that exist; a server that refuses the schema is
-asked plainly from then on. Transport failures (timeouts, rate limits, 5xx) are retried
+values (`response_format` json_schema for vLLM and OpenAI, json_object with a schema for
+llama.cpp's server), so even a small model can only answer with plans that exist; a server
+that takes neither is asked plainly. Transport failures (timeouts, rate limits, 5xx) are retried
 with backoff by the `openai` client; a reply that is not usable JSON, or proposes invalid,
 over-budget or already evaluated allocations, gets a repair message quoting the errors
 (bounded rounds). When the endpoint keeps failing the built-in reasoner answers, and the
@@ -19,7 +19,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -37,6 +36,7 @@ from planner.store import TrialRecord
 
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 _HINTS = 5
+_FORMS = ("json_schema", "json_object")  # structured-output forms, tried in this order
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ class LLMReasoner:
         self.client = openai.OpenAI(base_url=config.base_url,
                                     api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
                                     timeout=config.timeout_s, max_retries=config.max_retries)
-        self.structured = config.structured  # off once the server refuses a schema
+        self.form = 0 if config.structured else len(_FORMS)  # index into _FORMS
+        self.form_works = False  # the server has answered in that form
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
                 k: int) -> Proposal:
@@ -128,18 +129,32 @@ class LLMReasoner:
                               f"no usable proposal after {len(attempts)} replies")
 
     def _ask(self, messages: list[dict], k: int) -> ChatCompletion:
-        """One chat completion; constrained to the space's JSON schema (`prompts.schema`)
-        while the server accepts one, plain after it refuses (HTTP 400 or 422)."""
-        ask = partial(self.client.chat.completions.create, model=self.config.model,
-                      messages=messages, temperature=self.config.temperature)
-        if self.structured:
+        """One chat completion, constrained to the space's JSON schema (`prompts.schema`) in
+        the first form the server accepts: OpenAI's `json_schema`, then `json_object` with
+        a schema (llama.cpp's server), then none. Until a form has worked, a refusal (HTTP
+        400, 422 or 500) moves to the next form without the client's retries."""
+        request = {"model": self.config.model, "messages": messages,
+                   "temperature": self.config.temperature}
+        while self.form < len(_FORMS):
             schema = prompts.schema(self.ctx.space, k)
+            response_format = (
+                {"type": "json_schema",
+                 "json_schema": {"name": "proposals", "schema": schema, "strict": True}}
+                if _FORMS[self.form] == "json_schema" else
+                {"type": "json_object", "schema": schema})
+            client = self.client if self.form_works else self.client.with_options(max_retries=0)
             try:
-                return ask(response_format={"type": "json_schema", "json_schema": {
-                    "name": "proposals", "schema": schema, "strict": True}})
-            except (openai.BadRequestError, openai.UnprocessableEntityError):
-                self.structured = False
-        return ask()
+                reply = client.chat.completions.create(**request,
+                                                       response_format=response_format)
+            except (openai.BadRequestError, openai.UnprocessableEntityError,
+                    openai.InternalServerError):
+                if self.form_works:  # it worked before: a server error, not a refusal
+                    raise
+                self.form += 1
+                continue
+            self.form_works = True
+            return reply
+        return self.client.chat.completions.create(**request)
 
     def _validate(self, raw: list, seen: set[str]) -> tuple[list[Allocation], list[str]]:
         """Allocations that fit the space and budget and are new; an error for each other."""
