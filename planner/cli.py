@@ -100,10 +100,16 @@ def optimize(
                               task_path=str(task.resolve()), resume=resume, start_from=start,
                               callback=on_trial, search_budget=search_budget, agent=agent)
     board = report.leaderboard(result.trials)
+    fallbacks = report.reasoner_fallbacks(store.steps(result.study.name))
     if as_json:
-        _emit_json({**report.summary(result.study, result.trials), "leaderboard": board})
+        _emit_json({**report.summary(result.study, result.trials), "leaderboard": board,
+                    "llm_fallbacks": fallbacks})
         return
     _print_leaderboard(spec, board, result.study.name)
+    if fallbacks and fallbacks["fallbacks"]:
+        err.print(f"the language model was replaced by the builtin reasoner in "
+                  f"{fallbacks['fallbacks']} of {fallbacks['propose_steps']} proposal steps: "
+                  + "; ".join(fallbacks["reasons"]), style="yellow", soft_wrap=True)
 
 
 def _agent_options(reasoner: str, base_url: str | None, model: str | None,

@@ -51,6 +51,18 @@ def summary(study: StudyRecord, trials: Sequence[TrialRecord]) -> dict:
     }
 
 
+def reasoner_fallbacks(steps: Sequence[StepRecord]) -> dict | None:
+    """How often the builtin reasoner answered for a language model, and why; None when
+    no step asked one."""
+    proposes = [s.payload for s in steps if s.node == "propose"]
+    asked = [p for p in proposes if p.get("attempts") or p.get("fallback")]
+    if not asked:
+        return None
+    reasons = [p["fallback"] for p in asked if p.get("fallback")]
+    return {"propose_steps": len(proposes), "fallbacks": len(reasons),
+            "reasons": list(dict.fromkeys(reasons))}
+
+
 def timeline(trials: Sequence[TrialRecord], steps: Sequence[StepRecord]) -> list[dict]:
     """Trials and agent steps merged in time order."""
     events = [{"kind": "trial", "time": t.started, **trial_row(t)} for t in trials]

@@ -240,3 +240,17 @@ def test_cli_llm_secret_never_stored(tmp_path: Path, server, monkeypatch) -> Non
     for path in tmp_path.glob("cli.db*"):  # ... but is nowhere in the database files
         assert SECRET.encode() not in path.read_bytes()
     assert SECRET not in shown and SECRET not in res.output
+
+
+def test_fallbacks_are_reported_by_optimize(tmp_path: Path, server) -> None:
+    task = write_tiny_task(tmp_path)
+    server.script = [("status", 400), ("status", 400), ("reply", "no json here"),
+                     ("reply", "still none"), ("reply", "nope")]
+    trials = str(_n_init(load_spec(task)) + 1)
+    res = CliRunner().invoke(app, ["optimize", str(task), "--db", "sqlite://", "--json",
+                                   "--trials", trials, "--reasoner", "llm", "--llm-base-url",
+                                   server.url, "--llm-model", "scripted"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)["llm_fallbacks"]
+    assert report["propose_steps"] == 1 and report["fallbacks"] == 1
+    assert report["reasons"] == ["no usable proposal after 3 replies"]
