@@ -254,3 +254,25 @@ def test_fallbacks_are_reported_by_optimize(tmp_path: Path, server) -> None:
     report = json.loads(res.stdout)["llm_fallbacks"]
     assert report["propose_steps"] == 1 and report["fallbacks"] == 1
     assert report["reasons"] == ["no usable proposal after 3 replies"]
+
+
+def test_the_prompt_stays_bounded_as_trials_grow() -> None:
+    from planner.cost import CostModel
+    from planner.search.agent import prompts
+    from planner.space import SearchSpace
+
+    spec = load_spec(Path(__file__).parents[1] / "envs/replay/tasks/monkeys_gsm8k.yaml")
+    store = Store("sqlite://")
+    trials = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
+                      strategy="random", n_trials=120, study="r").trials
+    space, cost = SearchSpace(spec), CostModel(spec)
+
+    def message(n: int) -> str:
+        return prompts.user_message(space, cost, 2000.0, trials[:n], [], [], 1)
+
+    short, long, longer = message(prompts.MAX_TRIALS), message(60), message(120)
+    assert all(f"- {t.number}: " in short for t in trials[:prompts.MAX_TRIALS])  # verbatim
+    assert len(longer) < 1.1 * len(long) < 1.5 * len(short)
+    best = max(trials, key=lambda t: t.score or 0.0)
+    assert f"- {best.number}: {best.score:.4f}" in longer  # the best is always shown
+    assert "Best stage score per served model" in longer

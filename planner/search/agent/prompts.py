@@ -25,6 +25,10 @@ Reply with one JSON object and nothing else:
 Propose only allocations that are not in the trials table."""
 
 
+MAX_TRIALS = 24  # trials shown verbatim; beyond, the best and the latest
+MAX_ARMS = 8  # served models per subtask in the summary of a long history
+
+
 def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: float,
                  history: Sequence[TrialRecord], memory: Sequence[Insight],
                  hints: Sequence[tuple[Allocation, float]], k: int) -> str:
@@ -52,16 +56,7 @@ def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: fl
                          f"{cost.inference_gpu_hours:.4g} (n={plan.samples})")
     lines += ["", "Insight memory:"]
     lines += [f"- [{i.subtask}/{i.kind}] {i.text}" for i in memory] or ["- (none yet)"]
-    lines += ["", "Trials (number: end score | per subtask: plan -> score | cost GPU-h):"]
-    for t in history:
-        if t.status is not TrialStatus.OK:
-            lines.append(f"- {t.number}: {t.status.value} | " + " ; ".join(
-                t.allocation.describe()))
-            continue
-        parts = [f"{s}: {p.describe()} -> {t.subtask_scores.get(s, float('nan')):.4f}"
-                 for s, p in t.allocation.items()]
-        lines.append(f"- {t.number}: {t.score:.4f} | " + " ; ".join(parts)
-                     + f" | {t.cost.total_gpu_hours:.4g}")
+    lines += ["", *_trials(space, history)]
     lines += ["", "Candidates a statistical model rates highest (optimistic pick; "
               "predicted end score):"]
     lines += [f"- {score:.4f}: {json.dumps(a.to_dict())}" for a, score in hints] or ["- none"]
@@ -87,6 +82,46 @@ def schema(space: SearchSpace, k: int) -> dict:
             "properties": {"insights": {"type": "array", "items": {"type": "string"}},
                            "proposals": {"type": "array", "minItems": 1, "maxItems": k,
                                          "items": allocation}}}
+
+
+def _trials(space: SearchSpace, history: Sequence[TrialRecord]) -> list[str]:
+    """The trials table, bounded: every trial while there are few; then the best and the
+    latest verbatim, and per subtask the best stage score each arm reached."""
+    ok = [t for t in history if t.status is TrialStatus.OK]
+    shown = list(history)
+    lines = ["Trials (number: end score | per subtask: plan -> score | cost GPU-h):"]
+    if len(history) > MAX_TRIALS:
+        best = sorted(ok, key=lambda t: -(t.score or 0.0))[:MAX_TRIALS // 2]
+        latest = history[-(MAX_TRIALS - len(best)):]
+        shown = sorted({t.number: t for t in [*best, *latest]}.values(), key=lambda t: t.number)
+        lines[0] = (f"Trials: {len(history)} run; the {len(best)} best and the latest shown "
+                    "(number: end score | per subtask: plan -> score | cost GPU-h):")
+    for t in shown:
+        if t.status is not TrialStatus.OK:
+            lines.append(f"- {t.number}: {t.status.value} | " + " ; ".join(
+                t.allocation.describe()))
+            continue
+        parts = [f"{s}: {p.describe()} -> {t.subtask_scores.get(s, float('nan')):.4f}"
+                 for s, p in t.allocation.items()]
+        lines.append(f"- {t.number}: {t.score:.4f} | " + " ; ".join(parts)
+                     + f" | {t.cost.total_gpu_hours:.4g}")
+    if len(history) > MAX_TRIALS:
+        lines += ["", "Best stage score per served model (every trial; n tried):"]
+        for s in space.subtasks:
+            served = [d.name for d in space.dimensions(s) if not d.test_time]
+            arms: dict[str, tuple[float, set[int]]] = {}
+            for t in ok:
+                plan, score = t.allocation[s], t.subtask_scores.get(s, t.score or 0.0)
+                arm = " / ".join(str(plan[name]) for name in served)
+                top, ns = arms.get(arm, (0.0, set()))
+                arms[arm] = (max(top, score), ns | {plan.samples})
+            ranked = sorted(arms.items(), key=lambda kv: -kv[1][0])
+            lines += [f"- {s}: {arm} -> {top:.4f} (n {sorted(ns)})"
+                      for arm, (top, ns) in ranked[:MAX_ARMS]]
+            if len(ranked) > MAX_ARMS:
+                lines.append(f"- {s}: {len(ranked) - MAX_ARMS} more served models tried, "
+                             "all lower")
+    return lines
 
 
 def _values(d: Dimension) -> str:
