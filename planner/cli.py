@@ -66,6 +66,8 @@ def optimize(
                                                      "e.g. http://127.0.0.1:8000/v1.")] = None,
     llm_model: Annotated[str | None, typer.Option(help="Model name for --reasoner llm.")]
     = None,
+    llm_timeout: Annotated[float, typer.Option(min=1, help="Seconds per --reasoner llm request "
+                                               "(a small CPU server needs minutes).")] = 60.0,
     patience: Annotated[int, typer.Option(min=1, help="Agent: stop after this many proposals "
                                           "without a better score.")] = DEFAULT_PATIENCE,
     study: Annotated[str | None, typer.Option(help="Study name (default: TASK-STRATEGY).")] = None,
@@ -90,7 +92,7 @@ def optimize(
     parse_budget(budget)
     if search_budget is not None:
         parse_budget(search_budget)
-    agent = _agent_options(reasoner, llm_base_url, llm_model, patience)
+    agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, patience)
     start = read_plan(from_plan, SearchSpace(spec)) if from_plan else None
     env = make_environment(spec)
     store = Store(db)
@@ -112,7 +114,7 @@ def optimize(
                   + "; ".join(fallbacks["reasons"]), style="yellow", soft_wrap=True)
 
 
-def _agent_options(reasoner: str, base_url: str | None, model: str | None,
+def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeout: float,
                    patience: int) -> AgentOptions:
     if reasoner not in ("builtin", "llm"):
         raise typer.BadParameter("choose builtin or llm", param_hint="--reasoner")
@@ -121,7 +123,8 @@ def _agent_options(reasoner: str, base_url: str | None, model: str | None,
     if not base_url or not model:
         raise PlannerError("--reasoner llm needs --llm-base-url (e.g. http://127.0.0.1:8000/v1) "
                            "and --llm-model")
-    return AgentOptions(reasoner="llm", llm=LLMConfig(base_url, model), patience=patience)
+    return AgentOptions(reasoner="llm", llm=LLMConfig(base_url, model, timeout_s=timeout),
+                        patience=patience)
 
 
 class _progress:
