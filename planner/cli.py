@@ -206,7 +206,7 @@ def check(
 @app.command()
 def studies(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
     """List the studies in the database."""
-    store = Store(db)
+    store = Store(db, create=False)
     rows = []
     for s in store.studies():
         trials = store.trials(s.name)
@@ -230,7 +230,7 @@ def studies(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
 def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
          top: Annotated[int, typer.Option(help="Leaderboard rows.")] = 5) -> None:
     """Best allocation, per-subtask scores, cost split and search spend of a study."""
-    store = Store(db)
+    store = Store(db, create=False)
     record = store.require_study(study)
     trials = store.trials(study)
     info = report.summary(record, trials)
@@ -261,7 +261,7 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
           step: Annotated[int | None, typer.Option(help="Show one agent step in full.")]
           = None) -> None:
     """Trial-by-trial timeline of a study, with the agent's steps where it has them."""
-    store = Store(db)
+    store = Store(db, create=False)
     store.require_study(study)
     steps = store.steps(study)
     if step is not None:
@@ -341,7 +341,7 @@ def export(study: StudyArg,
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
-    store = Store(db)
+    store = Store(db, create=False)
     record = store.require_study(study)
     chosen = _trial(store.trials(study), study, trial)
     spec = _study_spec(record, task)

@@ -7,15 +7,18 @@ loses at most the trial that was running, which a resumed study runs again.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, UniqueConstraint, create_engine, select
 
@@ -154,21 +157,45 @@ class InsightRecord:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
+        with contextlib.suppress(sqlite3.OperationalError):  # read-only: left as it is
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.close()
 
 
 class Store:
-    """A study database."""
+    """A study database.
 
-    def __init__(self, url: str = "sqlite:///planner.db") -> None:
+    Args:
+        url: any SQLAlchemy URL.
+        create: create the database and its tables if missing (commands that write);
+            False opens an existing planner database only, and changes nothing (commands
+            that read), so a mistyped --db neither creates a file nor adds tables to a
+            foreign database.
+    """
+
+    def __init__(self, url: str = "sqlite:///planner.db", *, create: bool = True) -> None:
         self.url = url
         # an in-memory SQLite database lives in one connection, shared by every session
         memory = url in ("sqlite://", "sqlite:///:memory:")
+        parsed = make_url(url)
+        sqlite_file = parsed.drivername.startswith("sqlite") and not memory
+        if sqlite_file and not create:  # read-only: no new file, schema or journal mode
+            path = Path(parsed.database or "")
+            if not path.is_file():
+                raise StudyError(f"--db {url}: no such database file; run `planner optimize` "
+                                 "first, or pass the --db it used")
+            url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
         self.engine = create_engine(url, poolclass=StaticPool if memory else None,
                                     connect_args={"check_same_thread": False} if memory else {})
-        SQLModel.metadata.create_all(self.engine)
+        if create:
+            SQLModel.metadata.create_all(self.engine)
+            return
+        missing = sorted(set(SQLModel.metadata.tables)
+                         - set(inspect(self.engine).get_table_names()))
+        if missing:
+            raise StudyError(f"--db {self.url}: not a planner database (no table "
+                             f"{missing[0]!r}); pass the --db `planner optimize` used")
 
     # studies -----------------------------------------------------------------------------
     def create_study(self, *, name: str, task_name: str, task_path: str, task: dict,

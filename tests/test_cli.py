@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -101,9 +102,9 @@ def test_export_of_a_chosen_trial_and_bad_export_input(study_dir: Path) -> None:
     (["optimize", "{task}", "--budget", "8 hours"], "bad budget '8 hours'"),
     (["optimize", "{dir}/absent.yaml"], "no such task file"),
     (["optimize", "{task}", "--from", "{dir}/nope.yaml"], "no such plan file"),
-    (["show", "nosuch"], "no study 'nosuch'"),
-    (["trace", "nosuch"], "no study 'nosuch'"),
-    (["export", "nosuch", "-o", "x.yaml"], "no study 'nosuch'"),
+    (["show", "nosuch"], "no such database file"),  # nothing optimized here yet
+    (["trace", "nosuch"], "no such database file"),
+    (["export", "nosuch", "-o", "x.yaml"], "no such database file"),
     (["optimize", "{task}", "--strategy", "grid"], "--strategy"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path: Path, tiny_task_path: Path, args: list[str],
@@ -131,3 +132,23 @@ def test_bad_plan_file_names_the_field(study_dir: Path, tiny_task_path: Path) ->
     r = planner("optimize", str(tiny_task_path), "--from", str(plan), cwd=study_dir)
     assert r.returncode == 2
     assert "allocation.extract.model: 'huge' is not allowed" in r.stderr
+
+
+def test_an_unknown_study_is_named(study_dir: Path) -> None:
+    for args in (["show", "nosuch"], ["trace", "nosuch"], ["export", "nosuch", "-o", "x"]):
+        r = planner(*args, cwd=study_dir)
+        assert r.returncode == 2 and "no study 'nosuch'" in r.stderr, r.stderr
+
+
+def test_read_only_commands_create_and_alter_nothing(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as c:
+        c.execute("CREATE TABLE notes (text)")
+    before = foreign.read_bytes()
+    for args in (["studies"], ["show", "s"], ["trace", "s"], ["export", "s", "-o", "out"]):
+        r = planner(*args, "--db", f"sqlite:///{tmp_path / 'absent.db'}", cwd=tmp_path)
+        assert r.returncode == 2 and "no such database file" in r.stderr, r.stderr
+        r = planner(*args, "--db", f"sqlite:///{foreign}", cwd=tmp_path)
+        assert r.returncode == 2 and "not a planner database" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.db"]
+    assert foreign.read_bytes() == before  # no tables added, journal mode unchanged
