@@ -22,6 +22,7 @@ import itertools
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from planner.errors import SpaceError
 from planner.spec import TaskSpec
@@ -86,6 +87,8 @@ class Plan(Mapping[str, Value]):
         return self._hash
 
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, Plan):  # the common case (dict look-ups): no copy
+            return self._values == other._values
         return isinstance(other, Mapping) and self._values == dict(other)
 
     def __repr__(self) -> str:
@@ -157,6 +160,11 @@ class Allocation:
 
     def key(self) -> str:
         """Canonical JSON: equal allocations have equal keys."""
+        return self._key
+
+    @cached_property
+    def _key(self) -> str:
+        """The key, serialised once per allocation (strategies build sets of them per ask)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def describe(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,9 +16,13 @@ from planner.budget import parse_budget
 from planner.cli import app
 from planner.cost import CostModel
 from planner.search import AgentOptions, Runner, SearchContext, make_strategy
+from planner.search.agent import surrogate
+from planner.search.agent.combine import best_first
 from planner.search.agent.memory import Insight
 from planner.search.agent.strategy import AgentStrategy
+from planner.search.agent.surrogate import PlanTable, SubtaskModel
 from planner.search.search_cost import SearchCost
+from planner.space import SearchSpace
 from planner.spec import load_spec
 from planner.store import Store, TrialStatus
 from planner.study import optimize
@@ -154,3 +159,75 @@ def test_cli_optimize_and_trace(tmp_path: Path, tiny_task_path: Path) -> None:
     assert json.loads(res.stdout)["node"] == "reflect"
     res = runner.invoke(app, ["trace", "tiny-agent", "--db", db, "--step", "0"])
     assert res.exit_code == 0 and "probe" in res.stdout
+
+
+def _reference_kernel(t: PlanTable, a: np.ndarray, b: np.ndarray, amp: float,
+                      ell: float) -> np.ndarray:
+    """The surrogate's kernel as one expression (see `surrogate` for what each term is)."""
+    level_w, slope_w = t.weights
+    same = (t.codes[a][:, None, :] == t.codes[b][None, :, :]).astype(float)
+    for j, unit in t.mixes.items():
+        same[..., j] = unit[a] @ unit[b].T
+    d2 = ((t.compute[a][:, None, :] - t.compute[b][None, :, :]) ** 2).sum(-1)
+    level = surrogate._CONSTANT + surrogate._TREND * np.exp(-d2 / (2 * ell * ell)) + same @ level_w
+    slope = surrogate._SLOPE + same @ slope_w
+    return amp * (level + np.outer(t.log_n[a], t.log_n[b]) * slope)
+
+
+def _reference_fit(model: SubtaskModel, observations: list) -> tuple[np.ndarray, np.ndarray]:
+    """The surrogate's posterior written directly: one kernel and one factorisation per grid
+    cell, no caches, no batching (what `SubtaskModel.fit` must reproduce bit for bit)."""
+    t = model.table
+    scores: dict[int, list[float]] = {}
+    for plan, score in observations:
+        scores.setdefault(t.index[plan], []).append(score)
+    idx = np.array(sorted(scores))
+    y = surrogate.logit(np.array([np.mean(scores[i]) for i in idx]))
+    mu = y.mean()
+    best = None
+    for amp in surrogate._AMPLITUDES:
+        for ell in surrogate._LENGTHSCALES:
+            k = (_reference_kernel(t, idx, idx, amp, ell)
+                 + surrogate._NOISE * amp * np.eye(len(idx)))
+            chol = np.linalg.cholesky(k)
+            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y - mu))
+            nll = 0.5 * (y - mu) @ alpha + np.log(np.diag(chol)).sum()
+            if best is None or nll < best[0]:
+                best = (nll, amp, ell, chol, alpha)
+    _, amp, ell, chol, alpha = best
+    cross = _reference_kernel(t, np.arange(len(t.plans)), idx, amp, ell)
+    v = np.linalg.solve(chol, cross.T)
+    var = np.maximum(model._prior_var(amp) - (v * v).sum(axis=0), 1e-9)
+    return mu + cross @ alpha, np.sqrt(var)
+
+
+def test_surrogate_caches_change_no_prediction() -> None:
+    """Kernel columns kept across fits, the last fit reused and the batched grid give the
+    very same numbers as a direct computation (proposals must not move by a bit)."""
+    spec = load_spec(TASKS / "monkeys_gsm8k.yaml")  # has a mixture dimension
+    env = ReplayEnvironment(spec)
+    space, cost_model = SearchSpace(spec), CostModel(spec, env.calibration())
+    subtask = space.subtasks[0]
+    table = PlanTable.build(space, cost_model, subtask, {})
+    warm = SubtaskModel(table)
+    rng = np.random.default_rng(0)
+    observations = []
+    for step in range(25):
+        plan = table.plans[int(rng.integers(len(table.plans)))]
+        if step % 5 == 4:  # a plan seen again, with the same score: the last fit is reused
+            plan, score = observations[int(rng.integers(len(observations)))]
+        else:
+            score = float(rng.choice([rng.uniform(), 0.0, 1.0]))
+        observations.append((plan, score))
+        mean, std = _reference_fit(warm, observations)
+        for model in (warm, SubtaskModel(table)):
+            got = model.fit(observations)
+            assert np.array_equal(got.mean, mean) and np.array_equal(got.std, std)
+
+
+def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 5, 63, 64, 65, 300):
+        value = rng.choice([0.0, 1.0, -2.5, np.nan], size=n) if n % 2 else rng.normal(size=n)
+        for chunk in (1, 7, 64):
+            assert list(best_first(value, chunk)) == list(np.argsort(-value, kind="stable"))

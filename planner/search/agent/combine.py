@@ -9,7 +9,7 @@ allocations that fit the budget and were not evaluated are returned.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -25,12 +25,28 @@ def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int) -> np.ndarray:
     total = 0
     while remaining.size and total < keep:
         v = value[remaining]
-        before = np.r_[-np.inf, np.maximum.accumulate(v)[:-1]]
+        before = np.concatenate(([-np.inf], np.maximum.accumulate(v)[:-1]))
         front = v > before
         chosen.append(remaining[front])
         total += int(front.sum())
         remaining = remaining[~front]
     return np.concatenate(chosen) if chosen else remaining
+
+
+def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[int]:
+    """Indices by decreasing value, ties in index order (a stable argsort of -value), sorting
+    a chunk of the best at a time: callers usually stop after the first few."""
+    key = -value
+    rest = np.arange(len(value))
+    while rest.size:
+        head = np.ones(rest.size, dtype=bool)
+        if rest.size > chunk:
+            cut = np.partition(key[rest], chunk - 1)[chunk - 1]
+            if not np.isnan(cut):  # else (NaN: fewer than `chunk` numbers) sort them all
+                head = key[rest] <= cut  # every tie of the cut: ties keep index order
+        chosen = rest[head]  # in index order, so the stable sort breaks ties by index
+        yield from (int(i) for i in chosen[np.argsort(key[chosen], kind="stable")])
+        rest = rest[~head]
 
 
 def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
@@ -67,17 +83,20 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         new_cost = cost[:, None] + t.cost[cand][None, :] - shared * t.train[cand][None, :]
         new_value = value[:, None] + v[cand][None, :]
         ok = np.flatnonzero((new_cost <= room + 1e-9).ravel())
-        rows, cols = np.divmod(ok, len(cand))
-        idx = np.column_stack([idx[rows], cand[cols]])
-        arts = np.column_stack([arts[rows], t.artifact[cand][cols]])
+        parents, picks = ok // len(cand), cand[ok % len(cand)]
         cost, value = new_cost.ravel()[ok], new_value.ravel()[ok]
-        if j < len(tables) - 1 and len(cost) > keep:
+        if j == len(tables) - 1:
+            break  # the last picks are joined to their parents' plans only when read, below
+        idx = np.column_stack([idx[parents], picks])
+        arts = np.column_stack([arts[parents], t.artifact[picks]])
+        if len(cost) > keep:
             sub = pareto_layers(cost, value, keep * 4)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
     found = []
-    for row in np.argsort(-value, kind="stable"):
-        alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, idx[row],
+    for row in best_first(value):
+        plan_idx = [*idx[parents[row]], picks[row]]
+        alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plan_idx,
                                                                       strict=True)})
         key = alloc.key()
         if key in seen or cost_model.estimate(alloc).total_gpu_hours > budget:

@@ -25,7 +25,7 @@ _MAX_NOTES = 6  # language-model notes kept in memory
 def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Probe each subtask: a spread of models, the trend in n, then the other fields."""
     ctx = runtime.context
-    allocs, why = ctx.builtin.initial(ctx.runner.history())
+    allocs, why = ctx.builtin.initial(ctx.history.trials())
     _record(ctx, "init", {
         "summary": f"{len(allocs)} probes isolating model choice and n trend per subtask",
         "inputs": {"budget_gpu_hours": ctx.runner.budget_gpu_hours, "n_trials": ctx.n_trials,
@@ -38,7 +38,7 @@ def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Run pending allocations through the runner; skip any already in the study."""
     ctx = runtime.context
-    history = ctx.runner.history()
+    history = ctx.history.trials()
     done = {t.allocation.key(): t for t in history}
     best, stale = state.best_score, state.stale
     launched, skipped = [], []
@@ -53,6 +53,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         if ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
             break
         trial = ctx.runner.run_trial(alloc, source=item["source"])
+        ctx.history.add(trial)
         history.append(trial)
         done[alloc.key()] = trial
         launched.append(_trial_summary(trial))
@@ -74,7 +75,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Update the insight memory from all trials; decide whether to stop."""
     ctx = runtime.context
-    history = ctx.runner.history()
+    history = ctx.history.trials()
     before = [Insight.from_dict(d) for d in state.memory]
     notes = [i for i in before if i.kind == "note"][-_MAX_NOTES:]
     after = derive(ctx.builtin.analyse(history), ctx.runner.cost_model,
@@ -82,21 +83,23 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     stop = ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
     if not stop and ctx.patience is not None and state.stale >= ctx.patience:
         stop = f"converged: no better score in {state.stale} proposals"
+    memory = [i.to_dict() for i in after]
     step = _record(ctx, "reflect", {
         "summary": "; ".join(i.text for i in after if i.kind != "note")[:300]
                    + (f" | stop: {stop}" if stop else ""),
         "inputs": {"trials": len(history), "stale": state.stale},
         "insights_before": [i.to_dict() for i in before],
-        "insights_after": [i.to_dict() for i in after], "stop": stop})
-    fresh = [i.to_dict() for i in after if i not in before]
-    ctx.runner.store.add_insights(ctx.runner.study, step, fresh)
-    return {"memory": [i.to_dict() for i in after], "stop": stop}
+        "insights_after": memory, "stop": stop})
+    fresh = [d for i, d in zip(after, memory, strict=True) if i not in before]
+    if fresh:
+        ctx.runner.store.add_insights(ctx.runner.study, step, fresh)
+    return {"memory": memory, "stop": stop}
 
 
 def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Ask the reasoner for allocations; a failing language model falls back to builtin."""
     ctx = runtime.context
-    history = ctx.runner.history()
+    history = ctx.history.trials()
     memory = [Insight.from_dict(d) for d in state.memory]
     use_llm = ctx.reasoner is not ctx.builtin and state.llm_failures < MAX_LLM_FAILURES
     reasoner = ctx.reasoner if use_llm else ctx.builtin
@@ -122,10 +125,11 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         "proposals": [a.to_dict() for a in proposal.allocations], "notes": proposal.notes,
         "tokens": _sum_tokens(proposal.attempts),
         "latency_s": sum(a.latency_s for a in proposal.attempts)})
-    ctx.runner.store.add_insights(ctx.runner.study, step, notes)
     update: dict = {"pending": [{"allocation": a.to_dict(), "source": source}
-                                for a in proposal.allocations],
-                    "llm_failures": failures, "memory": state.memory + notes}
+                                for a in proposal.allocations], "llm_failures": failures}
+    if notes:  # the memory changes only when the language model left notes
+        ctx.runner.store.add_insights(ctx.runner.study, step, notes)
+        update["memory"] = state.memory + notes
     if not proposal.allocations:
         update["stop"] = "no unseen allocation fits the budget"
     return update
@@ -134,7 +138,7 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 def finalize(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Record why the search stopped and its best trial."""
     ctx = runtime.context
-    best = best_trial(ctx.runner.history())
+    best = best_trial(ctx.history.trials())
     stop = state.stop or "stopped"
     _record(ctx, "finalize", {
         "summary": f"{stop}; best " + ("-" if best is None else

@@ -9,7 +9,7 @@ and `budget` (how the predicted-best allocation splits the budget, and how that 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,7 +31,10 @@ class Insight:
     data: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As stored and checkpointed; `data` is copied one level deep, as `from_dict` does
+        (insights are never changed in place, and `asdict`'s deep copy is a hot path)."""
+        return {"subtask": self.subtask, "kind": self.kind, "text": self.text,
+                "data": dict(self.data)}
 
     @classmethod
     def from_dict(cls, d: dict) -> Insight:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from planner.search._runner import Runner, TrialCallback
 from planner.search.agent.reasoners.base import Reasoner
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
+from planner.store import TrialRecord
 
 # consecutive propose steps the language model may fail before the search stops asking it
 MAX_LLM_FAILURES = 2
@@ -33,12 +34,34 @@ class PlannerState:
     """Why the search stopped; empty while it runs."""
 
 
+class History:
+    """The study's trials during one run of the graph, without re-reading the store.
+
+    Read from the store when the run starts (after interrupted trials were re-run), then
+    extended with each trial the evaluate node runs: while the graph runs it is the study's
+    only writer, so this equals `runner.history()`. A resumed run reads the store again.
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        self._trials = runner.history()
+
+    def trials(self) -> list[TrialRecord]:
+        """Every trial, in number order (a new list: callers may extend it)."""
+        return list(self._trials)
+
+    def add(self, trial: TrialRecord) -> None:
+        """A trial just run and stored (numbers grow, so order is kept)."""
+        self._trials.append(trial)
+
+
 @dataclass(kw_only=True)
 class AgentContext:
     """Run configuration and live objects; rebuilt on every run, never checkpointed."""
 
     runner: Runner
     """Evaluates and stores trials (the same path every strategy uses)."""
+    history: History
+    """The study's trials, as the store holds them (nodes read this, not the store)."""
     reasoner: Reasoner
     """Answers the propose node (the built-in one, or a language model)."""
     builtin: BuiltinReasoner

@@ -113,17 +113,31 @@ def _unit(weights: np.ndarray) -> np.ndarray:
     return weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12)
 
 
-def _kernel(t: PlanTable, a: np.ndarray, b: np.ndarray, amp: float, ell: float) -> np.ndarray:
-    """Prior covariance of logit scores between plan indices `a` and `b`."""
+def _kernel_pieces(t: PlanTable, a: np.ndarray,
+                   b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The parts of the kernel between plan indices `a` and `b` that do not depend on its
+    hyperparameters: squared compute distance, level effects and the slope term. Each entry
+    depends on its pair of plans alone, so entries may be computed once and kept."""
     level_w, slope_w = t.weights
     same = (t.codes[a][:, None, :] == t.codes[b][None, :, :]).astype(float)  # (A, B, D + 1)
     for j, unit in t.mixes.items():
         same[..., j] = unit[a] @ unit[b].T
     d2 = ((t.compute[a][:, None, :] - t.compute[b][None, :, :]) ** 2).sum(-1)
-    trend = np.exp(-d2 / (2 * ell * ell))
-    level = _CONSTANT + _TREND * trend + same @ level_w
     slope = _SLOPE + same @ slope_w
-    return amp * (level + np.outer(t.log_n[a], t.log_n[b]) * slope)
+    return d2, same @ level_w, np.outer(t.log_n[a], t.log_n[b]) * slope
+
+
+def _kernel_at(pieces: tuple[np.ndarray, np.ndarray, np.ndarray], ell: float) -> np.ndarray:
+    """The kernel at amplitude 1 and trend lengthscale `ell`, from its pieces."""
+    d2, level_effect, slope_term = pieces
+    trend = np.exp(-d2 / (2 * ell * ell))
+    return _CONSTANT + _TREND * trend + level_effect + slope_term
+
+
+def _mean(scores: list[float]) -> float:
+    """`np.mean`, which a single score skips (x / 1 is x: the same number, without the
+    microseconds `np.mean` spends on a one-element list, many times per fit)."""
+    return scores[0] if len(scores) == 1 else float(np.mean(scores))
 
 
 @dataclass(frozen=True)
@@ -139,36 +153,70 @@ class Prediction:
 
 
 class SubtaskModel:
-    """Fits observed (plan, score) pairs of one subtask and predicts all its plans."""
+    """Fits observed (plan, score) pairs of one subtask and predicts all its plans.
+
+    The kernel pieces between every plan and an observed plan depend on the table alone, so
+    they are computed once per observed plan and kept (a column of P values each); and a fit
+    to the same observed plans and mean scores as the last one returns the last prediction.
+    """
 
     def __init__(self, table: PlanTable) -> None:
         self.table = table
+        self._row: dict[int, int] = {}  # plan index -> its row in `_known`
+        self._known = [np.zeros((0, len(table.plans))) for _ in range(3)]  # (plans seen, P)
+        self._last: tuple[bytes, bytes, Prediction] | None = None
 
     def fit(self, observations: Iterable[tuple[Plan, float]]) -> Prediction:
         t = self.table
         scores: dict[int, list[float]] = {}
         for plan, score in observations:
-            if plan in t.index:
-                scores.setdefault(t.index[plan], []).append(score)
+            i = t.index.get(plan)
+            if i is not None:
+                scores.setdefault(i, []).append(score)
         if not scores:
             return Prediction(np.zeros(len(t.plans)), np.sqrt(self._prior_var(1.0)))
         idx = np.array(sorted(scores))
-        y = logit(np.array([np.mean(scores[i]) for i in idx]))
+        y = logit(np.array([_mean(scores[i]) for i in idx]))
+        if self._last is not None and self._last[:2] == (idx.tobytes(), y.tobytes()):
+            return self._last[2]
+        prediction = self._posterior(idx, y)
+        self._last = (idx.tobytes(), y.tobytes(), prediction)
+        return prediction
+
+    def _posterior(self, idx: np.ndarray, y: np.ndarray) -> Prediction:
+        """Posterior at every plan given logit scores `y` at plan indices `idx`, with the
+        kernel weights of the highest marginal likelihood on the grid (every grid cell's
+        Cholesky factor and solves in one batched call each)."""
         mu = y.mean()
-        best = None
-        for amp in _AMPLITUDES:
-            for ell in _LENGTHSCALES:
-                k = _kernel(t, idx, idx, amp, ell) + _NOISE * amp * np.eye(len(idx))
-                chol = np.linalg.cholesky(k)
-                alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y - mu))
-                nll = 0.5 * (y - mu) @ alpha + np.log(np.diag(chol)).sum()
-                if best is None or nll < best[0]:
-                    best = (nll, amp, ell, chol, alpha)
-        _, amp, ell, chol, alpha = best
-        cross = _kernel(t, np.arange(len(t.plans)), idx, amp, ell)  # (P, O)
+        pieces = self._pieces(idx)  # (P, O) each
+        at_ell = {ell: _kernel_at(tuple(p[idx] for p in pieces), ell) for ell in _LENGTHSCALES}
+        grid = [(amp, ell) for amp in _AMPLITUDES for ell in _LENGTHSCALES]
+        k = np.stack([amp * at_ell[ell] + _NOISE * amp * np.eye(len(idx)) for amp, ell in grid])
+        chols = np.linalg.cholesky(k)
+        alphas = np.linalg.solve(chols.transpose(0, 2, 1),
+                                 np.linalg.solve(chols, (y - mu)[:, None]))[..., 0]
+        nll = [0.5 * (y - mu) @ alpha + np.log(np.diag(chol)).sum()
+               for chol, alpha in zip(chols, alphas, strict=True)]
+        best = min(range(len(grid)), key=nll.__getitem__)  # the first of equal likelihoods
+        (amp, ell), chol, alpha = grid[best], chols[best], alphas[best]
+        cross = amp * _kernel_at(pieces, ell)  # (P, O)
         v = np.linalg.solve(chol, cross.T)
         var = np.maximum(self._prior_var(amp) - (v * v).sum(axis=0), 1e-9)
         return Prediction(mu + cross @ alpha, np.sqrt(var))
+
+    def _pieces(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Kernel pieces between every plan and the plans `idx`, as (P, O) arrays; each
+        plan's are computed the first time it is observed and kept as a row of `_known`."""
+        new = [int(i) for i in idx if int(i) not in self._row]
+        if new:
+            computed = _kernel_pieces(self.table, np.arange(len(self.table.plans)),
+                                      np.array(new))
+            self._known = [np.vstack([known, c.T]) for known, c in zip(self._known, computed,
+                                                                       strict=True)]
+            for i in new:
+                self._row[i] = len(self._row)
+        rows = [self._row[int(i)] for i in idx]
+        return tuple(np.ascontiguousarray(known[rows].T) for known in self._known)
 
     def _prior_var(self, amp: float) -> np.ndarray:
         level_w, slope_w = self.table.weights
