@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,18 @@ def write_tiny_task(folder: Path, **overrides: object) -> Path:
     path = folder / "task.yaml"
     path.write_text(yaml.safe_dump(task, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads; on a busy 2-core CPU two threads thrash. Use
+    it in every module that builds models: `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ Axolotl mixture file holds the very examples planner's training drew."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -29,12 +27,7 @@ ALLOCATION = Allocation.of({
     "add": Plan(model="m1", method="full", mixture="multi", samples=1, aggregator="first")})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
