@@ -36,7 +36,7 @@ class Server:
         args = ["vllm", "serve", self.model, "--served-model-name", self.name,
                 "--generation-config", "vllm", "--seed", str(self.seed)]
         if self.loras:
-            rank = next(r for r in LORA_RANKS if r >= self.max_lora_rank)
+            rank = next((r for r in LORA_RANKS if r >= self.max_lora_rank), self.max_lora_rank)
             args += ["--enable-lora", "--max-lora-rank", str(rank), "--lora-modules",
                      *(f"{name}={path}" for name, path in self.loras.items())]
         return shlex.join(args)
@@ -77,8 +77,10 @@ def serving_plan(subtasks: list[SubtaskSpec], allocation: dict[str, Plan],
                 server.loras[job.name] = job.output_dir
                 server.max_lora_rank = max(server.max_lora_rank, job.method.options.lora_r)
                 model_name = job.name
+        # no request seed: vLLM gives sample j the seed + j, so one seed on every prompt
+        # would share the sampling noise across prompts (planner seeds each prompt apart)
         request = {"model": model_name, "n": plan.samples, "temperature": d.temperature,
-                   "top_p": d.top_p, "max_tokens": d.max_new_tokens, "seed": d.seed}
+                   "top_p": d.top_p, "max_tokens": d.max_new_tokens}
         entry: dict[str, object] = {"server": server_name}
         if s.data is not None:
             entry["prompt_template"] = s.data.prompt
