@@ -208,9 +208,11 @@ def test_timeout_falls_back_to_builtin(spec, server) -> None:
 def test_persistent_500_retries_then_stops_asking(spec, server) -> None:
     result, proposes, _ = _optimize(spec, server, 4, max_retries=1)
     assert "HTTP 500" in proposes[0]["fallback"]
-    # step 1: json_schema and json_object once each, then plain (1 try + 1 retry);
-    # step 2: plain (1 try + 1 retry); then no more
-    assert len(server.requests) == 6
+    # each of 2 steps: json_schema and json_object once each, then plain (1 try + 1 retry);
+    # failing plainly too means the server is down, not refusing a form; then no more
+    assert len(server.requests) == 8
+    assert [r.get("response_format", {}).get("type") for r in server.requests[4:6]] == [
+        "json_schema", "json_object"]
     assert "built-in reasoner answers from now on" in proposes[-1]["fallback"]
     assert all(t.source == "agent-builtin" for t in result.trials[-4:])
 

@@ -49,6 +49,7 @@ class LLMConfig:
     max_retries: int = 3  # transport retries, with the client's exponential backoff
     repairs: int = 2  # extra rounds after an unusable reply
     temperature: float = 0.2
+    max_tokens: int = 512  # a reply is 60-150 tokens; a small model may ramble for thousands
     structured: bool = True  # ask for JSON matching the space's schema, where the server can
 
 
@@ -134,7 +135,8 @@ class LLMReasoner:
         a schema (llama.cpp's server), then none. Until a form has worked, a refusal (HTTP
         400, 422 or 500) moves to the next form without the client's retries."""
         request = {"model": self.config.model, "messages": messages,
-                   "temperature": self.config.temperature}
+                   "temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        first = self.form
         while self.form < len(_FORMS):
             schema = prompts.schema(self.ctx.space, k)
             response_format = (
@@ -154,7 +156,12 @@ class LLMReasoner:
                 continue
             self.form_works = True
             return reply
-        return self.client.chat.completions.create(**request)
+        try:
+            return self.client.chat.completions.create(**request)
+        except openai.APIStatusError:
+            if not self.form_works:  # refused without any form too: not a form refusal
+                self.form = first
+            raise
 
     def _validate(self, raw: list, seen: set[str]) -> tuple[list[Allocation], list[str]]:
         """Allocations that fit the space and budget and are new; an error for each other."""
