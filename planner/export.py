@@ -103,8 +103,13 @@ def plan_document(spec: TaskSpec, study: StudyRecord, trial: TrialRecord,
                   bases: Mapping[str, str]) -> dict:
     """Everything needed to run the allocation again: the choices, scores and cost, and
     each distinct fine-tune once, whichever subtasks it serves."""
+    return _plan_document(spec, study, trial, jobs_of(spec, trial.allocation, bases))
+
+
+def _plan_document(spec: TaskSpec, study: StudyRecord, trial: TrialRecord,
+                   served: Mapping[str, Job | None]) -> dict:
     cost_model = CostModel(spec)
-    jobs = {j.name: j for j in jobs_of(spec, trial.allocation, bases).values() if j}
+    jobs = {j.name: j for j in served.values() if j}
     return {
         "task": spec.name,
         "study": study.name,
@@ -128,8 +133,8 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
                  resolved: Resolved) -> tuple[dict[str, str], list[str]]:
     """The export folder's files (relative path -> text) and, one line each, what `fmt`
     cannot express. `fmt` is `planner` or a tool of `planner.methods.TOOLS`."""
-    doc = plan_document(spec, study, trial, resolved.bases)
     jobs = jobs_of(spec, trial.allocation, resolved.bases)
+    doc = _plan_document(spec, study, trial, jobs)
     distinct = list({j.name: j for j in jobs.values() if j}.values())
     serving, unexpressed = serving_plan(
         spec.subtasks, dict(trial.allocation.items()), jobs, resolved.bases,

@@ -53,14 +53,12 @@ class SearchCost:
 
     def marginal(self, allocation: Allocation) -> float:
         """GPU-hours evaluating `allocation` would add now."""
-        trains, arms = self.parts(allocation)
-        return (sum(c for a, c in trains.items() if a not in self.trained)
-                + sum(c for a, c in arms.items() if a not in self.sampled))
+        return self._unpaid(*self.parts(allocation))
 
     def add(self, allocation: Allocation) -> float:
         """Pay for an evaluated allocation; the cumulative GPU-hours."""
-        self.gpu_hours += self.marginal(allocation)
         trains, arms = self.parts(allocation)
+        self.gpu_hours += self._unpaid(trains, arms)
         self.trained |= trains.keys()
         self.sampled |= arms.keys()
         return self.gpu_hours
@@ -69,6 +67,10 @@ class SearchCost:
         for allocation in allocations:
             self.add(allocation)
         return self.gpu_hours
+
+    def _unpaid(self, trains: dict[Artifact, float], arms: dict[Arm, float]) -> float:
+        return (sum(c for a, c in trains.items() if a not in self.trained)
+                + sum(c for a, c in arms.items() if a not in self.sampled))
 
     def _sample_cost(self, arm: Arm) -> float:
         """Max-n samples of the arm for each validation item of its subtask."""
