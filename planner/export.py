@@ -30,7 +30,7 @@ from planner.errors import SpaceError, SpecError
 from planner.methods import TOOLS, FineTune, Lora
 from planner.serving import serving_plan
 from planner.space import Allocation, SearchSpace
-from planner.spec import TaskSpec
+from planner.spec import IGNORED_FIELDS, TaskSpec, load_yaml
 from planner.store import StudyRecord, TrialRecord
 from planner.train_configs import (
     CONFIG_FILES,
@@ -204,7 +204,10 @@ def _data_files(jobs: list[Job], fmt: str, resolved: Resolved,
 def task_copy(spec: TaskSpec) -> dict[str, str]:
     """The task and its data files under `task/`: data paths point into the copy, local
     model paths become absolute."""
-    task = spec.model_dump(mode="json")
+    task = spec.model_dump(mode="json", exclude_none=True)
+    for entry in task["subtasks"]:  # a field the environment ignores is refused on reading
+        for name in IGNORED_FIELDS[spec.environment]:
+            entry.pop(name, None)
     files: dict[str, str] = {}
     for entry, s in zip(task["subtasks"], spec.subtasks, strict=True):
         if s.data is None:
@@ -216,7 +219,7 @@ def task_copy(spec: TaskSpec) -> dict[str, str]:
         entry["data"]["sources"] = {k: copies[f"sources/{k}"] for k in s.data.sources}
         entry["data"]["val"] = copies["val"]
     for entry in task["models"]:
-        local = spec.path(Path(entry["source"])) if entry["source"] else None
+        local = spec.path(Path(entry["source"])) if entry.get("source") else None
         if local is not None and local.exists():
             entry["source"] = str(local.resolve())
     files[f"{TASK_DIR}/task.yaml"] = _yaml(task)
@@ -284,7 +287,7 @@ def read_plan(path: Path, space: SearchSpace) -> Allocation:
         path = path / PLAN_FILE
     if not path.is_file():
         raise SpecError(f"{path}: no such plan file; write one with `planner export`")
-    doc = yaml.safe_load(path.read_text())
+    doc = load_yaml(path, "plan")
     if not isinstance(doc, dict) or not isinstance(doc.get("allocation"), dict):
         raise SpecError(f"{path}: allocation: missing; a plan file maps `allocation` to one "
                         "plan per subtask")

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from planner.numbers import Count, Float, Int, Tokens
+
 if TYPE_CHECKING:
     from peft import PeftConfig
 
@@ -40,23 +42,24 @@ class _Strict(BaseModel):
 class Training(_Strict):
     """Settings of the training loop, shared by every kind that fine-tunes."""
 
-    steps: int = Field(100, gt=0, description="optimizer steps")
-    batch_size: int = Field(16, gt=0, description="examples per step")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    seed: int = Field(0, description="seed of the data draw and the initialisation")
-    max_length: int = Field(128, gt=0, description="prompt + completion tokens kept")
+    steps: Count = Field(100, description="optimizer steps")
+    batch_size: Count = Field(16, description="examples per step")
+    lr: Float = Field(1e-3, gt=0, le=1e3, description="peak learning rate")
+    seed: Int = Field(0, ge=0, lt=2**32, description="seed of the data draw and the "
+                      "initialisation")
+    max_length: Count = Field(128, description="prompt + completion tokens kept")
 
 
 class LoraOptions(Training):
-    lora_r: int = Field(8, gt=0, description="rank of the update")
-    lora_alpha: int = Field(16, gt=0, description="scale numerator (update x alpha / r)")
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_r: Count = Field(8, description="rank of the update")
+    lora_alpha: Count = Field(16, description="scale numerator (update x alpha / r)")
+    lora_dropout: Float = Field(0.0, ge=0, lt=1)
     lora_targets: tuple[str, ...] | None = Field(
         None, description="module names to adapt; None: peft's default for the architecture")
 
 
 class PromptOptions(Training):
-    num_virtual_tokens: int = Field(8, gt=0, description="length of the soft prompt")
+    num_virtual_tokens: Count = Field(8, description="length of the soft prompt")
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class Pretrain(_Method):
     several subtasks using it pay for it once."""
 
     kind: Literal["pretrain"] = "pretrain"
-    train_tokens: float = Field(gt=0, description="pre-training tokens of the checkpoint (D)")
+    train_tokens: Tokens = Field(description="pre-training tokens of the checkpoint (D)")
 
     flops_per_param_token: ClassVar[float] = 6.0
 
@@ -124,8 +127,8 @@ class Pretrain(_Method):
 class FineTune(_Method):
     """A kind that trains on the subtask's data mixture with the shared training loop."""
 
-    train_tokens: float | None = Field(
-        None, gt=0, description="tokens trained on (D); default steps x batch_size x mean "
+    train_tokens: Tokens | None = Field(
+        None, description="tokens trained on (D); default steps x batch_size x mean "
         "tokens of the mixture's examples")
     options: Training = Training()
 

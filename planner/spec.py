@@ -11,16 +11,41 @@ Example::
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import networkx as nx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from planner.budget import parse_budget
 from planner.errors import BudgetError, SpecError
 from planner.methods import KINDS, Method, NoneMethod
+from planner.numbers import MAX_PARAMS, MAX_SAMPLES, Count, Float, Int
+
+MAX_TASK_BYTES = 1 << 20  # a task file is a few KB; more is not a task file
+MAX_DEPTH = 32  # YAML nesting levels
+MAX_NODES = 100_000  # YAML values after expanding aliases (a "billion laughs" stops here)
+
+
+def _distinct(values: list | None) -> list | None:
+    if values is not None and len(set(values)) != len(values):
+        raise ValueError(f"{_repeated(values)!r} is listed twice; list each value once")
+    return values
+
+
+Distinct = AfterValidator(_distinct)
+Name = Annotated[str, Field(min_length=1, max_length=200)]  # a non-empty name
 
 
 class _Strict(BaseModel):
@@ -31,10 +56,11 @@ class Hardware(_Strict):
     """The accelerator the plan's cost is priced on."""
 
     name: str = "H100-SXM"
-    peak_flops: float = Field(9.89e14, gt=0, description="dense bf16 FLOP/s of one GPU")
-    utilization: float = Field(0.4, gt=0, le=1, description="achieved fraction of peak (MFU)")
-    usd_per_gpu_hour: float | None = Field(
-        None, gt=0, description="rental price of one GPU-hour; converts recorded USD costs")
+    peak_flops: Float = Field(9.89e14, ge=1e6, le=1e21,
+                              description="dense bf16 FLOP/s of one GPU")
+    utilization: Float = Field(0.4, ge=1e-3, le=1, description="achieved fraction of peak (MFU)")
+    usd_per_gpu_hour: Float | None = Field(
+        None, gt=0, le=1e6, description="rental price of one GPU-hour; converts recorded USD costs")
 
     def gpu_hours(self, budget: str) -> float:
         """A budget string (`8gpu-h`, `3.5e18flop`, ...) in GPU-hours of this hardware."""
@@ -44,28 +70,29 @@ class Hardware(_Strict):
 class Workload(_Strict):
     """What the deployed pipeline must serve: inference cost scales with it."""
 
-    queries: int = Field(gt=0, description="end-to-end queries the plan must serve")
+    queries: Int = Field(gt=0, le=10**15, description="end-to-end queries the plan must serve")
 
 
 class ModelSpec(_Strict):
     """A base model a subtask may use."""
 
-    name: str
-    params: float | None = Field(
-        None, gt=0, description="parameter count N; None if undisclosed (then the replay "
-        "table must price it, e.g. in USD, and it cannot be trained)")
+    name: Name
+    params: Float | None = Field(
+        None, ge=1, le=MAX_PARAMS, description="parameter count N; None if undisclosed (then "
+        "the replay table must price it, e.g. in USD, and it cannot be trained)")
     source: str = Field("", description="HF id, local folder, .gguf file, or a table label")
-    methods: list[str] | None = Field(
-        None, description="methods this model supports (default: every method of the subtask)"
-    )
+    methods: Annotated[list[str] | None, Distinct] = Field(
+        None, min_length=1,
+        description="methods this model supports (default: every method of the subtask)")
 
 
 class ModelChoice(_Strict):
     """A subtask's model, and the methods it may use there where they are fewer than the
     subtask's (e.g. a replay table records only some (model, method) pairs here)."""
 
-    name: str
-    methods: list[str] | None = Field(None, min_length=1, description="default: all of them")
+    name: Name
+    methods: Annotated[list[str] | None, Distinct] = Field(None, min_length=1,
+                                                           description="default: all of them")
 
 
 class ReplaySpec(_Strict):
@@ -79,8 +106,8 @@ class ReplaySpec(_Strict):
     table: Path
     item: str = "item"
     choices: dict[Literal["model", "method", "mixture"], str] = Field(
-        default_factory=lambda: {"model": "model"}
-    )
+        default_factory=lambda: {"model": "model"}, min_length=1,
+        description="plan field -> table column; at least the model's")
     n_samples: str | None = "n_samples"
     n_correct: str | None = "n_correct"
     correct: str | None = None
@@ -122,29 +149,32 @@ class DataSpec(_Strict):
 class Decoding(_Strict):
     """How a live subtask samples its completions."""
 
-    temperature: float = Field(0.8, ge=0, description="0 is greedy (n identical samples)")
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(32, gt=0)
-    seed: int = 0
+    temperature: Float = Field(0.8, ge=0, le=100, description="0 is greedy (n identical "
+                               "samples)")
+    top_p: Float = Field(1.0, gt=0, le=1)
+    max_new_tokens: Count = 32
+    seed: Int = Field(0, ge=0, lt=2**32)
 
 
 class SubtaskSpec(_Strict):
     """One stage of the pipeline and the choices it may take."""
 
-    name: str
-    depends_on: list[str] = Field(default_factory=list)
+    name: Annotated[Name, Field(pattern=r"^[^/]+$")]
+    depends_on: Annotated[list[str], Distinct] = Field(default_factory=list)
     metric: str = "exact_match"
-    prompt_tokens: int = Field(gt=0)
-    output_tokens: int = Field(gt=0)
+    prompt_tokens: Count
+    output_tokens: Count
     models: list[ModelChoice] = Field(
         min_length=1, description="model names, or {name, methods} to restrict its methods here")
-    methods: list[str] = Field(default_factory=lambda: ["none"])
-    mixtures: dict[str, dict[str, float]] = Field(
-        default_factory=lambda: {"default": {}},
+    methods: Annotated[list[str], Distinct] = Field(default_factory=lambda: ["none"],
+                                                    min_length=1)
+    mixtures: dict[Name, dict[str, Float]] = Field(
+        default_factory=lambda: {"default": {}}, min_length=1,
         description="named weightings of training data: a source of this subtask, or "
         "`subtask/source` of another; empty: this subtask's sources, equally")
-    samples: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    aggregators: list[str] = Field(default_factory=lambda: ["first"], min_length=1)
+    samples: Annotated[list[Int], Distinct] = Field(default_factory=lambda: [1], min_length=1)
+    aggregators: Annotated[list[str], Distinct] = Field(default_factory=lambda: ["first"],
+                                                        min_length=1)
     data: DataSpec | None = None
     decoding: Decoding = Field(default_factory=Decoding)
     replay: ReplaySpec | None = None
@@ -161,9 +191,9 @@ class SubtaskSpec(_Strict):
     @field_validator("samples")
     @classmethod
     def _positive_sorted(cls, v: list[int]) -> list[int]:
-        if any(n < 1 for n in v):
-            raise ValueError("every samples value must be >= 1")
-        return sorted(set(v))
+        if any(not 1 <= n <= MAX_SAMPLES for n in v):
+            raise ValueError(f"every samples value must be >= 1 and <= {MAX_SAMPLES:,}")
+        return sorted(v)
 
     @property
     def model_names(self) -> list[str]:
@@ -179,14 +209,15 @@ class SubtaskSpec(_Strict):
 class TaskSpec(_Strict):
     """A whole task: catalogues, hardware, workload and the subtask DAG."""
 
-    name: str
+    name: Name
     description: str = ""
     environment: Literal["replay", "live"] = "replay"
     budget: str | None = Field(None, description="default --budget, e.g. 8gpu-h")
     hardware: Hardware = Field(default_factory=Hardware)
     workload: Workload
     models: list[ModelSpec] = Field(min_length=1)
-    methods: list[Method] = Field(default_factory=lambda: [NoneMethod(name="none")])
+    methods: list[Method] = Field(default_factory=lambda: [NoneMethod(name="none")],
+                                  min_length=1)
     subtasks: list[SubtaskSpec] = Field(min_length=1)
     root: Path = Field(Path("."), exclude=True, description="folder relative paths start from")
 
@@ -237,6 +268,10 @@ def _check_references(spec: TaskSpec) -> None:
                          ("subtasks", subtask_names)):
         if len(set(names)) != len(names):
             raise ValueError(f"names must be unique; {_repeated(names)!r} is used twice", field)
+    for i, m in enumerate(spec.models):
+        if bad := sorted(set(m.methods or []) - method_names):
+            raise ValueError(f"names unknown methods {bad}; known: {sorted(method_names)}",
+                             f"models[{i}] ({m.name}).methods")
     for i, s in enumerate(spec.subtasks):
         where = f"subtasks[{i}]"
         for m in s.methods:
@@ -254,6 +289,10 @@ def _check_references(spec: TaskSpec) -> None:
             allowed = spec.model(m).methods
             trained = [x for x in s.methods_here(m) if spec.method(x).flops_per_param_token > 0
                        and (allowed is None or x in allowed)]
+            if not [x for x in s.methods_here(m) if allowed is None or x in allowed]:
+                raise ValueError(f"model {m!r} has no method here: its `methods` {allowed} and "
+                                 f"this subtask's {s.methods_here(m)} share none; list a "
+                                 "method it supports", where)
             if spec.model(m).params is None and trained:
                 raise ValueError(f"model {m!r} has no `params`, so methods {trained} cannot be "
                                  "priced; give its params or use methods of kind none", where)
@@ -273,9 +312,8 @@ def _check_references(spec: TaskSpec) -> None:
         for name, weights in s.mixtures.items():
             _check_mixture(spec, s, weights, f"{where}.mixtures.{name}")
         for path in _paths(s):
-            if not spec.path(path).exists():
-                raise ValueError(f"data file {str(path)!r} not found (relative to the task file)",
-                                 where)
+            _check_path(spec, path, where, table=s.replay is not None
+                        and path == s.replay.table)
     cycles = list(nx.simple_cycles(spec.graph()))
     if cycles:
         raise ValueError(f"depends_on forms a cycle: {' -> '.join(cycles[0] + cycles[0][:1])}",
@@ -287,8 +325,53 @@ def _check_references(spec: TaskSpec) -> None:
             raise ValueError(str(e), "budget") from e
 
 
-def _repeated(names: list[str]) -> str:
+def _repeated(names: list) -> object:
     return next(n for n in names if names.count(n) > 1)
+
+
+# subtask fields each environment ignores, and why: a task file that writes one is refused
+IGNORED_FIELDS = {"replay": {"metric": "scores come from the table",
+                      "data": "answers come from the table",
+                      "decoding": "samples come from the table"},
+            "live": {"replay": "it trains, samples and scores for real"}}
+
+
+def _check_written_fields(data: object, source: str) -> None:
+    """A field the task file writes that its environment would ignore is refused, never
+    silently dropped (a stored study's task, which holds every field, is not checked)."""
+    if not isinstance(data, dict) or not isinstance(data.get("subtasks"), list):
+        return  # the schema's checks say what is wrong
+    env = data.get("environment", "replay")
+    if not isinstance(env, str) or env not in IGNORED_FIELDS:
+        return
+    other = "live" if env == "replay" else "replay"
+    for i, written in enumerate(data["subtasks"]):
+        for field, why in IGNORED_FIELDS[env].items():
+            if isinstance(written, dict) and field in written:
+                raise SpecError(f"{source}: subtasks[{i}].{field}: the {env} environment "
+                                f"ignores `{field}` ({why}); remove it (the {other} "
+                                "environment uses it)")
+
+
+def _check_path(spec: TaskSpec, path: Path, where: str, *, table: bool) -> None:
+    """A data file exists and is a regular file (a FIFO or device would hang the read); a
+    relative table path stays inside the task's folder."""
+    if table and not path.is_absolute() and Path(os.path.normpath(path)).parts[:1] == ("..",):
+        raise ValueError(f"table {str(path)!r} leaves the task's folder; move the table into "
+                         "it, or give its absolute path", f"{where}.replay.table")
+    full = spec.path(path)
+    if not full.exists():
+        raise ValueError(f"data file {str(path)!r} not found (relative to the task file)", where)
+    if not full.is_file():
+        raise ValueError(f"data file {str(path)!r} is not a regular file (a directory, FIFO or "
+                         "device); point it at a file", where)
+
+
+def outside_tables(spec: TaskSpec) -> list[Path]:
+    """Replay tables given by absolute paths outside the task's folder (shown to the user)."""
+    tables = {Path(os.path.normpath(s.replay.table)) for s in spec.subtasks
+              if s.replay is not None and s.replay.table.is_absolute()}
+    return sorted(p for p in tables if not p.is_relative_to(Path(spec.root).resolve()))
 
 
 def _check_mixture(spec: TaskSpec, s: SubtaskSpec, weights: dict[str, float], where: str) -> None:
@@ -320,8 +403,16 @@ def _paths(s: SubtaskSpec) -> list[Path]:
 
 def parse_spec(data: dict, *, root: Path = Path("."), source: str = "<task>") -> TaskSpec:
     """Validate a task mapping; raise `SpecError` with one line naming source and field."""
+    if data is None:
+        raise SpecError(f"{source}: (top level): the file is empty; write a task (name, "
+                        "workload, models, subtasks: see envs/replay/README.md)")
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise SpecError(f"{source}: (top level): expected a mapping, got "
+                        f"{type(data).__name__}; a task maps name, workload, models and "
+                        "subtasks at the top level")
+    if "root" in data:
+        raise SpecError(f"{source}: root: unknown key; remove it (paths are relative to the "
+                        "task file's folder)")
     try:
         spec = TaskSpec.model_validate({**data, "root": root})
     except ValidationError as e:
@@ -357,22 +448,119 @@ def _describe(err: dict, data: dict) -> str:
                     f"{loc[3]!r}; valid keys: {', '.join(valid)}")
         loc = [f"methods[{loc[1]}] ({name})", *loc[3:]]
     where = ".".join(str(p) for p in loc) or "(top level)"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key; remove it or check its spelling"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    return f"{where}: {msg}"
+    if isinstance(err.get("input"), bool) and err["type"] in ("int_type", "float_type"):
+        return f"{where}: {str(err['input']).lower()} is a boolean, not a number; write a number"
+    return f"{where}: {_MESSAGES.get(err['type'], err['msg'])}"
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key; remove it or check its spelling",
+    "missing": "required field is missing; add it",
+    "finite_number": "must be a finite number (not .inf or .nan)",
+}
 
 
 def load_spec(path: str | Path) -> TaskSpec:
     """Read and validate a task.yaml file."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such task file; pass the path of a task.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML ({e.__class__.__name__}: "
-                        f"{str(e).splitlines()[0]})") from None
+    data = load_yaml(path, "task")
+    _check_written_fields(data, str(path))
     return parse_spec(data, root=path.resolve().parent, source=str(path))
+
+
+def load_yaml(path: Path, what: str = "task") -> object:
+    """A YAML file's document, read with `_Loader`'s limits; `SpecError` (one line naming
+    the file) if it is missing, not a regular file, too big, not UTF-8 text or not YAML."""
+    if not path.exists():
+        raise SpecError(f"{path}: no such {what} file; pass the path of a {what}.yaml")
+    if not path.is_file():
+        raise SpecError(f"{path}: not a regular file (a directory, FIFO or device); pass the "
+                        f"path of a {what}.yaml")
+    if path.stat().st_size > MAX_TASK_BYTES:
+        raise SpecError(f"{path}: {path.stat().st_size:,} bytes is too big for a {what} file "
+                        f"(at most {MAX_TASK_BYTES:,}); pass the path of a {what}.yaml")
+    text = _text(path, path.read_bytes())
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader with limits)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(f"{path}: {where}not valid YAML ({e.problem or e.context}); fix the "
+                        "file") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the "
+                        "file") from None
+
+
+def _text(path: Path, data: bytes) -> str:
+    """A file's bytes as UTF-8 text (a UTF-8 byte-order mark is dropped)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError(f"{path}: the file is UTF-16 text; save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: byte {e.start + 1} is not UTF-8 text (a binary file, or "
+                        "another encoding such as Latin-1); save the file as UTF-8") from None
+    if "\x00" in text:
+        raise SpecError(f"{path}: the file holds NUL bytes (a binary file?); pass a YAML text "
+                        "file")
+    return text
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits: no duplicate keys, nesting up to `MAX_DEPTH`
+    levels, at most `MAX_NODES` values once aliases are expanded, no alias to its own
+    parent; `1e9` is a number, as in YAML 1.2."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} "
+                                              "levels", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        if _expanded_size(node, {}, set()) > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_NODES:,} values "
+                                              "once aliases are expanded", node.start_mark)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key.value!r} appears twice; keep one",
+                        key.start_mark)
+                seen.add((key.tag, key.value))
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Values under `node` with every alias expanded (memoised per node)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to its own parent",
+                                          node.start_mark)
+    open_.add(id(node))
+    children = (node.value if isinstance(node, yaml.SequenceNode) else
+                [n for pair in node.value for n in pair]
+                if isinstance(node, yaml.MappingNode) else [])
+    sizes[id(node)] = min(MAX_NODES + 1, 1 + sum(_expanded_size(c, sizes, open_)
+                                                 for c in children))
+    return sizes[id(node)]

@@ -35,7 +35,12 @@ def read_records(path: Path, fields: Sequence[str]) -> list[Record]:
     """Read a JSONL file; raise `SpecError` naming file, line and field if a record lacks one
     of `fields` or a line is not a JSON object. Values are kept as strings."""
     records = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text (a binary file, or another encoding); save "
+                        "it as UTF-8 JSONL") from None
+    for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -24,6 +24,9 @@ A query must pass every stage, so the end-to-end score is the product of stage s
 
 from __future__ import annotations
 
+import re
+import stat
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ from tools.evaluate import expected_majority_at_k, pass_at_k
 AGGREGATORS = ("oracle", "first", "majority")
 USES_N = ("oracle", "majority")  # aggregators whose score depends on n
 FIELDS = ("model", "method", "mixture")  # the plan fields that pick a table's rows
+MAX_RECORDED = 10**7  # samples recorded per item (the largest table has 3 million)
 
 
 @dataclass(frozen=True)
@@ -65,15 +69,58 @@ class _Outcomes:
 
 def read_table(path: Path, text: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV (optionally gzipped) or Parquet table; `text` columns as strings (a
-    missing value is the empty string)."""
-    if path.suffix == ".parquet":
-        table = pd.read_parquet(path)
+    missing value is the empty string). A file that cannot be read is a `SpecError` saying
+    what is wrong in words: it never quotes the file's contents."""
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block the read
+        raise SpecError(f"{path}: not a regular file; point the table at a file")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        table = _read_parquet(path)
+    elif name.endswith((".csv", ".csv.gz")):
+        table = _read_csv(path, text)
     else:
-        table = pd.read_csv(path, dtype=dict.fromkeys(text, str))
+        raise SpecError(f"{path}: unknown table format; save it as .csv, .csv.gz or .parquet")
+    if table.empty:
+        raise SpecError(f"{path}: the table has no rows; record one row per choice and item")
     for column in text:
         if column in table.columns:
             table[column] = table[column].fillna("").astype(str)
     return table
+
+
+def _read_csv(path: Path, text: Sequence[str]) -> pd.DataFrame:
+    gz = path.name.lower().endswith(".gz")
+    try:
+        return pd.read_csv(path, dtype=dict.fromkeys(text, str), encoding="utf-8",
+                           compression="gzip" if gz else None)
+    except pd.errors.EmptyDataError:
+        raise SpecError(f"{path}: the table is empty; write a header and one row per choice "
+                        "and item") from None
+    except pd.errors.ParserError as e:
+        ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        what = (f"line {ragged[2]} has {ragged[3]} fields but the header has {ragged[1]}"
+                if ragged else "not a well-formed CSV table")
+        raise SpecError(f"{path}: {what}; fix the table") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text (a binary file, or another encoding); save "
+                        "the table as UTF-8 CSV") from None
+    except (OSError, EOFError, zlib.error) as e:
+        if not gz:
+            raise SpecError(f"{path}: cannot be read ({e.__class__.__name__}); check the "
+                            "file") from None
+        raise SpecError(f"{path}: not valid gzip data; a .csv.gz table must be gzip-compressed "
+                        "CSV (rename a plain CSV to .csv)") from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except ImportError:
+        raise SpecError(f"{path}: reading Parquet needs pyarrow, which is not installed; "
+                        "`pip install pyarrow`, or save the table as .csv.gz") from None
+    except (ValueError, OSError, TypeError):
+        raise SpecError(f"{path}: not a readable Parquet file; save the table as Parquet or "
+                        ".csv.gz") from None
 
 
 class ReplayEnvironment:
@@ -95,13 +142,15 @@ class ReplayEnvironment:
         where = f"{self.spec.name}: subtasks.{subtask}.replay"
         sub = self.spec.subtask(subtask)
         _check_aggregators(where, sub, rs)
-        table = read_table(self.spec.path(rs.table), [rs.answer] if rs.answer else [])
+        path = self.spec.path(rs.table)
+        table = read_table(path, [rs.answer] if rs.answer else [])
         outcome = [rs.correct] if rs.correct else [rs.n_samples, rs.n_correct]
         costs = [rs.flops_per_sample, rs.input_tokens, rs.output_tokens, rs.usd_per_sample]
         needed = [*rs.choices.values(), rs.item, *outcome, rs.answer, *costs]
         missing = [c for c in needed if c and c not in table.columns]
         if missing:
-            raise SpecError(f"{where}: table lacks columns {missing}; it has {list(table.columns)}")
+            raise SpecError(f"{where}: table lacks columns {missing}; {_columns(table)}")
+        _check_numbers(path, table, rs)
         choices = list(self._choices(subtask))
         _check_choice_columns(where, rs, choices)
         self.items[subtask] = int(table[rs.item].nunique())
@@ -213,14 +262,60 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     c = per_item["sum"].to_numpy().astype(np.int64)
     if not rs.answer:
         return _Outcomes(n, c)
-    mixed = rows.groupby([rs.item, rs.answer])[rs.correct].nunique()
-    if (mixed > 1).any():
-        item, answer = mixed.index[int(np.argmax(mixed.to_numpy() > 1))]
-        raise SpecError(f"{where}.answer: item {item!r} has answer {answer!r} marked both "
-                        f"correct and wrong; equal answers must score equally in `correct`")
+    mixed = rows.groupby([rs.item, rs.answer])[rs.correct].transform("nunique") > 1
+    if mixed.any():
+        first = rows.index[mixed.to_numpy()][:2]
+        raise SpecError(f"{where}.answer: rows {first[0] + 1} and {first[1] + 1} give one item "
+                        "the same answer, marked both correct and wrong; equal answers must "
+                        "score equally in `correct`")
     votes = tuple((g[rs.answer].tolist(), g[rs.correct].astype(int).tolist())
                   for _, g in rows.groupby(rs.item))
     return _Outcomes(n, c, votes)
+
+
+def _columns(table: pd.DataFrame) -> str:
+    """The table's columns, named only where they look like column names: a file that is
+    no table (say /etc/passwd) must not have its first line quoted."""
+    names = [str(c) for c in table.columns]
+    if len(names) <= 50 and all(re.fullmatch(r"[A-Za-z_][\w .-]{0,63}", n) for n in names):
+        return f"it has {names}"
+    return f"it has {len(names)} columns, none of them named so; is it the right file?"
+
+
+def _check_numbers(path: Path, table: pd.DataFrame, rs: ReplaySpec) -> None:
+    """Outcome and cost columns hold numbers that make sense, row by row (rows numbered
+    from 1 after the header)."""
+    if rs.correct:
+        correct = _numbers(path, table, rs.correct)
+        _refuse(path, rs.correct, ~np.isin(correct, (0, 1)), "is not 0 or 1")
+    else:
+        n = _numbers(path, table, rs.n_samples)
+        c = _numbers(path, table, rs.n_correct)
+        for column, values in ((rs.n_samples, n), (rs.n_correct, c)):
+            _refuse(path, column, values != np.floor(values), "is not a whole number")
+        _refuse(path, rs.n_samples, (n < 1) | (n > MAX_RECORDED),
+                f"is not a sample count from 1 to {MAX_RECORDED:,}")
+        _refuse(path, rs.n_correct, c < 0, "is negative")
+        _refuse(path, rs.n_correct, c > n, f"is more than column {rs.n_samples!r}")
+    for column in (rs.flops_per_sample, rs.input_tokens, rs.output_tokens, rs.usd_per_sample):
+        if column:
+            _refuse(path, column, _numbers(path, table, column) < 0, "is negative")
+
+
+def _numbers(path: Path, table: pd.DataFrame, column: str) -> np.ndarray:
+    """A column as finite floats; a `SpecError` names the first row that is not one."""
+    raw = table[column]
+    values = pd.to_numeric(raw, errors="coerce").astype(float).to_numpy()
+    _refuse(path, column, raw.isna().to_numpy(), "is empty")
+    _refuse(path, column, np.isnan(values), "is not a number")
+    _refuse(path, column, ~np.isfinite(values), "is not a finite number")
+    return values
+
+
+def _refuse(path: Path, column: str, bad: np.ndarray, what: str) -> None:
+    if bad.any():
+        row = int(np.argmax(bad)) + 1
+        raise SpecError(f"{path}: row {row}: column {column!r} {what}; fix the table")
 
 
 def _score_curves(sub: SubtaskSpec, o: _Outcomes) -> dict[str, dict[int, float]]:
