@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from openai import OpenAI
+from openai import OpenAI, OpenAIError
 from tqdm.auto import tqdm
 
+from planner.secrets import redact, register
 from tools.train import load_model
 
 
@@ -190,7 +191,8 @@ class OpenAISampler(BaseSampler):
     Args:
         model: the model name the server serves.
         base_url: e.g. "http://127.0.0.1:8000/v1".
-        api_key: defaults to $OPENAI_API_KEY, else "EMPTY" (local servers ignore it).
+        api_key: defaults to $OPENAI_API_KEY, else "EMPTY" (local servers ignore it); never
+            part of an error, even when a server echoes it.
         concurrency: requests in flight at once.
     """
 
@@ -206,9 +208,11 @@ class OpenAISampler(BaseSampler):
         progress: bool = False,
     ):
         self.model = model
+        api_key = api_key or os.environ.get("OPENAI_API_KEY", "EMPTY")
+        register(api_key)
         self.client = OpenAI(
             base_url=base_url,
-            api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+            api_key=api_key,
             max_retries=max_retries,
             timeout=timeout,
         )
@@ -247,15 +251,18 @@ class OpenAISampler(BaseSampler):
         texts: list[str] = []
         prompt_tokens = completion_tokens = 0
         while len(texts) < n:
-            response = self.client.completions.create(
-                model=self.model,
-                prompt=prompt,
-                n=n - len(texts),
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed + len(texts),
-            )
+            try:
+                response = self.client.completions.create(
+                    model=self.model,
+                    prompt=prompt,
+                    n=n - len(texts),
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=seed + len(texts),
+                )
+            except OpenAIError as e:
+                raise _request_failed(e) from None
             if not response.choices:
                 raise RuntimeError(f"Server returned no choices for prompt {prompt!r}.")
             choices = sorted(response.choices, key=lambda c: c.index)
@@ -279,6 +286,14 @@ def make_sampler(backend: str, model: str | Path, **kwargs: object) -> BaseSampl
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
     return BACKENDS[backend](model, **kwargs)
+
+
+def _request_failed(e: OpenAIError) -> RuntimeError:
+    """`e` with its message redacted, and without its request and response (which hold the
+    Authorization header and the server's echo of it)."""
+    status = getattr(e, "status_code", None)
+    where = f" (HTTP {status})" if status else ""
+    return RuntimeError(f"{type(e).__name__}{where}: {redact(str(e))}")
 
 
 def _count_until_eos(tokens: torch.Tensor, eos_token_id: int) -> int:

@@ -7,8 +7,9 @@ that takes neither is asked plainly. Transport failures (timeouts, rate limits, 
 with backoff by the `openai` client; a reply that is not usable JSON, or proposes invalid,
 over-budget or already evaluated allocations, gets a repair message quoting the errors
 (bounded rounds). When the endpoint keeps failing the built-in reasoner answers, and the
-proposal says why. The API
-key is read from OPENAI_API_KEY by the client and is never part of a trace.
+proposal says why. The API key is read from OPENAI_API_KEY by the client; replies and error
+messages are redacted (`planner.secrets`) as they arrive, so the key is never part of a trace
+or of the graph's checkpointed state, even when a server echoes it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from planner.search.agent.combine import best_allocations
 from planner.search.agent.memory import Insight
 from planner.search.agent.reasoners.base import Attempt, Proposal
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
+from planner.secrets import redact, redact_data, register
 from planner.space import Allocation
 from planner.store import TrialRecord
 
@@ -83,8 +85,9 @@ class LLMReasoner:
         self.ctx = ctx
         self.config = config
         self.builtin = builtin
-        self.client = openai.OpenAI(base_url=config.base_url,
-                                    api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+        api_key = os.environ.get("OPENAI_API_KEY")
+        register(api_key)  # masked even if the environment changes while the search runs
+        self.client = openai.OpenAI(base_url=config.base_url, api_key=api_key or "not-needed",
                                     timeout=config.timeout_s, max_retries=config.max_retries)
         self.form = 0 if config.structured else len(_FORMS)  # index into _FORMS
         self.form_works = False  # the server has answered in that form
@@ -110,11 +113,11 @@ class LLMReasoner:
                                         latency_s=time.perf_counter() - start))
                 return self._fallback(history, memory, k, attempts, _describe(e))
             latency = time.perf_counter() - start
-            text = (reply.choices[0].message.content or "") if reply.choices else ""
+            text = redact((reply.choices[0].message.content or "") if reply.choices else "")
             tokens = ({"prompt": reply.usage.prompt_tokens,
                        "completion": reply.usage.completion_tokens} if reply.usage else {})
             try:
-                notes, raw = parse_reply(text)
+                notes, raw = redact_data(parse_reply(text))  # a key written with \u escapes
             except ReplyError as e:
                 notes, raw, valid, errors = [], [], [], [str(e)]
             else:
@@ -202,6 +205,7 @@ class LLMReasoner:
 
 
 def _describe(e: Exception) -> str:
-    """An error's type and message, without request headers or credentials."""
+    """An error's type and message, redacted before it is cut (a cut key is not masked)."""
     status = getattr(e, "status_code", None)
-    return f"{type(e).__name__}" + (f" (HTTP {status})" if status else "") + f": {e}"[:300]
+    return f"{type(e).__name__}" + (f" (HTTP {status})" if status else "") + \
+        f": {redact(str(e))}"[:300]
