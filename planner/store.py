@@ -2,30 +2,46 @@
 
 Only this module imports sqlmodel; callers get frozen records back. SQLite (WAL, busy
 timeout) by default; any SQLAlchemy URL works. Every write commits at once, so a crash
-loses at most the trial that was running, which a resumed study runs again.
+loses at most the trial that was running, which a resumed study runs again. Several
+processes may drive one study: each is a driver (a seat and a heartbeat), claims trial
+numbers and allocations atomically, and adopts only trials whose driver is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
+import random
+import socket
 import sqlite3
+import threading
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import Connection, Index, event, func, inspect, update
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Field, Session, SQLModel, UniqueConstraint, create_engine, select
+from sqlmodel import Field, Session, SQLModel, UniqueConstraint, create_engine, delete, select
 
 from planner.cost import Cost
 from planner.env import Observation
 from planner.errors import StudyError
+from planner.secrets import redact, redact_json
 from planner.space import Allocation
+
+_CLAIM_TRIES = 50  # lost races for a trial number, step number or seat before giving up
+_HEARTBEAT_S = 10.0  # how often a driver says it is alive
+_STALE_S = 60.0  # a driver silent this long is presumed dead (at once if its host is this one
+# and its process is gone), and its running trials and seat are free to take over
+_HOST = socket.gethostname()
 
 
 class TrialStatus(StrEnum):
@@ -50,11 +66,14 @@ class _StudyRow(SQLModel, table=True):
     strategy: str
     seed: int
     created: float
+    task_hash: str = ""  # sha256 of the task and its files (`planner.study.task_hash`)
+    reasoner: str = ""  # the agent's reasoner (builtin, llm); "" for other strategies
 
 
 class _TrialRow(SQLModel, table=True):
     __tablename__ = "trial"
-    __table_args__ = (UniqueConstraint("study_id", "number"),)
+    __table_args__ = (UniqueConstraint("study_id", "number"),
+                      Index("ix_trial_claim", "study_id", "claim", unique=True))
     id: int | None = Field(default=None, primary_key=True)
     study_id: int = Field(foreign_key="study.id", index=True)
     number: int
@@ -68,6 +87,8 @@ class _TrialRow(SQLModel, table=True):
     started: float
     duration_s: float | None = None
     error: str | None = None
+    claim: str | None = None  # sha256 of the allocation key; None once the trial failed
+    driver: str = ""  # the token of the driver running it (`Driver`)
 
 
 class _SubtaskResultRow(SQLModel, table=True):
@@ -82,6 +103,7 @@ class _SubtaskResultRow(SQLModel, table=True):
 
 class _StepRow(SQLModel, table=True):
     __tablename__ = "agent_step"
+    __table_args__ = (Index("ix_agent_step_number", "study_id", "number", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     study_id: int = Field(foreign_key="study.id", index=True)
     number: int
@@ -102,6 +124,29 @@ class _InsightRow(SQLModel, table=True):
     created: float
 
 
+class _DriverRow(SQLModel, table=True):
+    """A process driving a study: its seat (0, 1, ... among live drivers) and heartbeat."""
+
+    __tablename__ = "driver"
+    __table_args__ = (UniqueConstraint("study_id", "seat"),)
+    id: int | None = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="study.id", index=True)
+    token: str = Field(unique=True)
+    seat: int
+    host: str
+    pid: int
+    heartbeat: float
+
+
+@dataclass(frozen=True)
+class Driver:
+    """One process's attachment to a study (`Store.driving`): the token its trials carry,
+    and its seat, the lowest free among live drivers (the agent's checkpoint thread)."""
+
+    token: str
+    seat: int
+
+
 @dataclass(frozen=True)
 class StudyRecord:
     name: str
@@ -113,6 +158,8 @@ class StudyRecord:
     strategy: str
     seed: int
     created: float
+    task_hash: str = ""
+    reasoner: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,6 +178,7 @@ class TrialRecord:
     started: float = 0.0
     duration_s: float | None = None
     error: str | None = None
+    driver: str = ""  # the token of the driver that ran it (`Driver`)
 
 
 @dataclass(frozen=True)
@@ -153,6 +201,11 @@ class InsightRecord:
     created: float
 
 
+class OutdatedStoreError(StudyError):
+    """A planner database an older planner made, opened read-only (so not brought up to
+    date)."""
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     if type(dbapi_connection).__module__.startswith("sqlite3"):
@@ -160,6 +213,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         with contextlib.suppress(sqlite3.OperationalError):  # read-only: left as it is
             cur.execute("PRAGMA journal_mode=WAL")
+        # WAL with NORMAL: a commit survives a crash of the process (the WAL is written
+        # before it returns); only an OS crash or power cut can lose the last commits
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
 
@@ -176,43 +232,156 @@ class Store:
 
     def __init__(self, url: str = "sqlite:///planner.db", *, create: bool = True) -> None:
         self.url = url
+        self._ids: dict[str, int] = {}  # study name -> row id
+        parsed = self._parse_url(url)
+        shown = parsed.render_as_string(hide_password=True)
+        sqlite = parsed.drivername.startswith("sqlite")
         # an in-memory SQLite database lives in one connection, shared by every session
-        memory = url in ("sqlite://", "sqlite:///:memory:")
-        parsed = make_url(url)
-        sqlite_file = parsed.drivername.startswith("sqlite") and not memory
-        if sqlite_file and not create:  # read-only: no new file, schema or journal mode
-            path = Path(parsed.database or "")
-            if not path.is_file():
-                raise StudyError(f"--db {url}: no such database file; run `planner optimize` "
-                                 "first, or pass the --db it used")
-            url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
-        self.engine = create_engine(url, poolclass=StaticPool if memory else None,
-                                    connect_args={"check_same_thread": False} if memory else {})
+        memory = sqlite and parsed.database in (None, "", ":memory:")
+        if sqlite and not memory:
+            path = self._check_sqlite_file(shown, Path(parsed.database or ""), create)
+            if not create:  # read-only: no new file, schema or journal mode
+                url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+        self.engine = self._engine(shown, url, memory)
+        try:
+            self._open(shown, create)
+        except (SQLAlchemyError, TypeError, ValueError) as e:  # the driver refused to connect
+            reason = redact(str(getattr(e, "orig", None) or e).splitlines()[0][:200])
+            raise StudyError(f"--db {shown}: cannot open the database ({reason}); check the "
+                             "URL, and that the server runs and the file is a database") from None
+
+    _SQLITE_HEADER = b"SQLite format 3\x00"
+
+    def _open(self, shown: str, create: bool) -> None:
+        """Check that every study row can be read, then create planner's tables (or, read
+        only, check that they exist)."""
+        tables = set(inspect(self.engine).get_table_names())
+        if "study" in tables:
+            with self.engine.connect() as conn:
+                rows = conn.exec_driver_sql("SELECT name, task_json, budget, strategy, seed, "
+                                            "budget_gpu_hours, created FROM study")
+                for row in rows.mappings():
+                    if problem := self._damaged(row):
+                        raise StudyError(f"--db {shown}: study {row['name']!r} is damaged "
+                                         f"({problem}); delete its row, or pass another --db")
         if create:
-            SQLModel.metadata.create_all(self.engine)
-            return
-        missing = sorted(set(SQLModel.metadata.tables)
-                         - set(inspect(self.engine).get_table_names()))
-        if missing:
-            raise StudyError(f"--db {self.url}: not a planner database (no table "
-                             f"{missing[0]!r}); pass the --db `planner optimize` used")
+            _migrate(self.engine)
+        elif "study" not in tables or "trial" not in tables:
+            raise StudyError(f"--db {shown}: not a planner database (no table 'study'); "
+                             "pass the --db `planner optimize` used")
+        elif set(SQLModel.metadata.tables) - tables or _missing_columns(self.engine):
+            raise OutdatedStoreError(f"--db {shown}: made by an older planner; run `planner "
+                                     "optimize TASK --resume` on one of its studies once to "
+                                     "bring it up to date (this command changes nothing)")
+
+    @staticmethod
+    def _parse_url(url: str) -> URL:
+        """`url` parsed; a `StudyError` if it is no SQLAlchemy URL."""
+        try:
+            return make_url(url)
+        except ArgumentError:
+            shown = url if len(url) <= 60 else url[:60] + "..."
+            raise StudyError(f"--db {shown!r}: not a database URL; use e.g. "
+                             "sqlite:///planner.db or postgresql://USER@HOST/DB") from None
+
+    @classmethod
+    def _check_sqlite_file(cls, shown: str, path: Path, create: bool) -> Path:
+        """A SQLite file `Store` may open: an existing regular file holding a SQLite
+        database, or (`create`) a new one in an existing, writable folder."""
+        if not path.exists():
+            if not create:
+                raise StudyError(f"--db {shown}: no such database file; run `planner "
+                                 "optimize` first, or pass the --db it used")
+            if not path.parent.is_dir():
+                raise StudyError(f"--db {shown}: folder {str(path.parent)!r} does not exist; "
+                                 "create it, or pass another --db")
+        elif not path.is_file():  # a directory, or a FIFO that would block the read
+            raise StudyError(f"--db {shown}: not a regular file (a directory, FIFO or "
+                             "device); pass the path of a database file")
+        else:
+            with path.open("rb") as f:
+                header = f.read(len(cls._SQLITE_HEADER))
+            if header and header != cls._SQLITE_HEADER:
+                raise StudyError(f"--db {shown}: not a SQLite database file; pass the --db "
+                                 "`planner optimize` wrote, or a new file")
+            if create and (tables := cls._sqlite_tables(path)) and "study" not in tables:
+                raise StudyError(f"--db {shown}: a SQLite file holding {len(tables)} other "
+                                 "tables and no planner study; planner adds no tables to it; "
+                                 "pass a new file, e.g. --db sqlite:///planner.db")
+        if create and not (os.access(path.parent, os.W_OK)
+                           and (not path.exists() or os.access(path, os.W_OK))):
+            raise StudyError(f"--db {shown}: read-only (the file, or its folder where SQLite "
+                             "keeps its journal); pass a --db in a writable folder")
+        return path
+
+    @staticmethod
+    def _sqlite_tables(path: Path) -> set[str]:
+        """The tables of a SQLite file, read without changing it (not even its journal
+        mode)."""
+        conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE "
+                                               "type = 'table'")}
+        except sqlite3.DatabaseError:
+            return set()  # unreadable: opening it says why
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _engine(shown: str, url: str, memory: bool) -> Engine:
+        """An engine for `url`; a `StudyError` naming a missing driver or unknown dialect."""
+        try:
+            return create_engine(url, poolclass=StaticPool if memory else None,
+                                 connect_args={"check_same_thread": False} if memory else {})
+        except NoSuchModuleError:
+            raise StudyError(f"--db {shown}: unknown kind of database; use e.g. "
+                             "sqlite:///planner.db or postgresql://USER@HOST/DB") from None
+        except ImportError as e:
+            raise StudyError(f"--db {shown}: its driver ({e.name or 'a module'}) is not "
+                             "installed; install it, or use sqlite:///planner.db") from None
+
+    @staticmethod
+    def _damaged(row: Mapping[str, Any]) -> str | None:
+        """What makes a study row unreadable, or None."""
+        try:
+            task = json.loads(row["task_json"])
+        except (TypeError, ValueError):
+            return "its task is not JSON"
+        if not isinstance(task, dict):
+            return "its task is not a mapping"
+        for name, kind in (("budget", str), ("strategy", str), ("seed", int),
+                           ("budget_gpu_hours", float | int), ("created", float | int)):
+            if not isinstance(row[name], kind):
+                return f"its {name} has the wrong type"
+        return None
 
     # studies -----------------------------------------------------------------------------
     def create_study(self, *, name: str, task_name: str, task_path: str, task: dict,
                      budget: str, budget_gpu_hours: float, strategy: str,
-                     seed: int) -> StudyRecord:
+                     seed: int, task_hash: str = "", reasoner: str = "") -> StudyRecord:
+        exists = StudyError(f"study {name!r} exists; pass --resume to continue it or "
+                            "--study NEW_NAME to start another")
         with Session(self.engine) as s:
             if s.exec(select(_StudyRow).where(_StudyRow.name == name)).first():
-                raise StudyError(f"study {name!r} exists; pass --resume to continue it or "
-                                 "--study NEW_NAME to start another")
+                raise exists
             row = _StudyRow(name=name, task_name=task_name, task_path=task_path,
                             task_json=json.dumps(task), budget=budget,
                             budget_gpu_hours=budget_gpu_hours, strategy=strategy, seed=seed,
-                            created=time.time())
+                            created=time.time(), task_hash=task_hash, reasoner=reasoner)
             s.add(row)
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:  # another process created it meanwhile
+                raise exists from None
             s.refresh(row)
             return _study_record(row)
+
+    def set_identity(self, name: str, *, task_hash: str, reasoner: str) -> None:
+        """Record the task hash and reasoner a study goes on with."""
+        with Session(self.engine) as s:
+            s.exec(update(_StudyRow).where(_StudyRow.name == name)
+                   .values(task_hash=task_hash, reasoner=reasoner))
+            s.commit()
 
     def get_study(self, name: str) -> StudyRecord | None:
         with Session(self.engine) as s:
@@ -230,22 +399,55 @@ class Store:
         with Session(self.engine) as s:
             return [_study_record(r) for r in s.exec(select(_StudyRow).order_by(_StudyRow.id))]
 
+    def delete_study(self, name: str) -> None:
+        """Delete a study with its trials, subtask results, agent steps, insights and
+        drivers, in one transaction."""
+        with Session(self.engine) as s:
+            study_id = self._study_id(s, name)
+            trial_ids = select(_TrialRow.id).where(_TrialRow.study_id == study_id)
+            s.exec(delete(_SubtaskResultRow).where(_SubtaskResultRow.trial_id.in_(trial_ids)))
+            for table in (_TrialRow, _StepRow, _InsightRow, _DriverRow):
+                s.exec(delete(table).where(table.study_id == study_id))
+            s.exec(delete(_StudyRow).where(_StudyRow.id == study_id))
+            s.commit()
+        self._ids.pop(name, None)
+
     # trials ------------------------------------------------------------------------------
     def start_trial(self, study: str, allocation: Allocation, cost: Cost, *,
-                    source: str = "") -> int:
-        """Record a trial as running; return its number."""
+                    source: str = "", driver: str = "",
+                    max_trials: int | None = None) -> int | None:
+        """Claim the study's next trial number for `allocation` and record the trial as
+        running; return its number. None when the allocation is claimed already (a trial
+        of it is running or finished other than failed) or the study holds `max_trials`
+        trials. Atomic across processes: the unique (study, number) and (study, claim)
+        indexes refuse a lost race, which looks again."""
+        claim = hashlib.sha256(allocation.key().encode()).hexdigest()
+
+        def row(s: Session, study_id: int, number: int) -> _TrialRow | None:
+            taken = s.exec(select(_TrialRow.id).where(_TrialRow.study_id == study_id,
+                                                      _TrialRow.claim == claim)).first()
+            if taken is not None or (max_trials is not None and number >= max_trials):
+                return None
+            return _TrialRow(study_id=study_id, number=number,
+                             allocation_json=json.dumps(allocation.to_dict()),
+                             status=TrialStatus.RUNNING, train_gpu_hours=cost.train_gpu_hours,
+                             inference_gpu_hours=cost.inference_gpu_hours, source=source,
+                             started=time.time(), claim=claim, driver=driver)
+
+        return self._numbered(study, _TrialRow, row)
+
+    def adopt_trial(self, study: str, number: int, driver: str) -> bool:
+        """Make `driver` the owner of a running trial whose driver is gone (crashed); False
+        when that driver lives, the trial finished, or another driver adopted it first."""
         with Session(self.engine) as s:
-            study_id = self._study_id(s, study)
-            last = s.exec(select(_TrialRow.number).where(_TrialRow.study_id == study_id)
-                          .order_by(_TrialRow.number.desc())).first()
-            number = 0 if last is None else last + 1
-            s.add(_TrialRow(study_id=study_id, number=number,
-                            allocation_json=json.dumps(allocation.to_dict()),
-                            status=TrialStatus.RUNNING, train_gpu_hours=cost.train_gpu_hours,
-                            inference_gpu_hours=cost.inference_gpu_hours, source=source,
-                            started=time.time()))
+            row = self._trial_row(s, study, number)
+            if row.status != TrialStatus.RUNNING or row.driver in self._live(s, row.study_id):
+                return False
+            taken = s.exec(update(_TrialRow).where(
+                _TrialRow.id == row.id, _TrialRow.driver == row.driver,
+                _TrialRow.status == TrialStatus.RUNNING).values(driver=driver))
             s.commit()
-            return number
+            return taken.rowcount == 1
 
     def finish_trial(self, study: str, number: int, status: TrialStatus, *,
                      observation: Observation | None = None,
@@ -255,8 +457,10 @@ class Store:
         with Session(self.engine) as s:
             row = self._trial_row(s, study, number)
             row.status = status
+            if status is TrialStatus.FAILED:
+                row.claim = None  # a failed allocation may be tried again
             row.duration_s = time.time() - row.started
-            row.error = error
+            row.error = None if error is None else redact(error)
             if observation is not None:
                 row.score = observation.score
                 row.measured_json = json.dumps(dict(observation.measured))
@@ -269,10 +473,12 @@ class Store:
             s.add(row)
             s.commit()
 
-    def trials(self, study: str) -> list[TrialRecord]:
+    def trials(self, study: str, start: int = 0) -> list[TrialRecord]:
+        """The study's trials numbered `start` or more, in number order."""
         with Session(self.engine) as s:
             study_id = self._study_id(s, study)
-            rows = s.exec(select(_TrialRow).where(_TrialRow.study_id == study_id)
+            rows = s.exec(select(_TrialRow).where(_TrialRow.study_id == study_id,
+                                                  _TrialRow.number >= start)
                           .order_by(_TrialRow.number)).all()
             results: dict[int, list[_SubtaskResultRow]] = {}
             ids = [r.id for r in rows]
@@ -284,15 +490,11 @@ class Store:
 
     # agent steps -------------------------------------------------------------------------
     def add_step(self, study: str, node: str, payload: dict) -> int:
-        with Session(self.engine) as s:
-            study_id = self._study_id(s, study)
-            last = s.exec(select(_StepRow.number).where(_StepRow.study_id == study_id)
-                          .order_by(_StepRow.number.desc())).first()
-            number = 0 if last is None else last + 1
-            s.add(_StepRow(study_id=study_id, number=number, node=node,
-                           payload_json=json.dumps(payload, default=str), created=time.time()))
-            s.commit()
-            return number
+        number = self._numbered(study, _StepRow, lambda _s, study_id, number: _StepRow(
+            study_id=study_id, number=number, node=node,
+            payload_json=redact_json(payload), created=time.time()))
+        assert number is not None  # the row above is never None
+        return number
 
     def steps(self, study: str) -> list[StepRecord]:
         with Session(self.engine) as s:
@@ -310,8 +512,8 @@ class Store:
             now = time.time()
             for i in insights:
                 s.add(_InsightRow(study_id=study_id, step=step, subtask=i["subtask"],
-                                  kind=i["kind"], text=i["text"],
-                                  data_json=json.dumps(i.get("data", {}), default=str),
+                                  kind=i["kind"], text=redact(i["text"]),
+                                  data_json=redact_json(i.get("data", {})),
                                   created=now))
             s.commit()
 
@@ -323,12 +525,102 @@ class Store:
             return [InsightRecord(r.step, r.subtask, r.kind, r.text, json.loads(r.data_json),
                                   r.created) for r in rows]
 
+    # drivers -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def driving(self, study: str) -> Iterator[Driver]:
+        """Attach this process to the study for the block: a seat, and a heartbeat that
+        tells other drivers its running trials are not a crash's leftovers."""
+        driver = self._attach(study)
+        stop = threading.Event()
+        # one shared connection (in-memory SQLite) is never written from two threads
+        beat = None if isinstance(self.engine.pool, StaticPool) else threading.Thread(
+            target=self._beat, args=(driver.token, stop), daemon=True)
+        if beat:
+            beat.start()
+        try:
+            yield driver
+        finally:
+            stop.set()
+            if beat:
+                beat.join()
+            with Session(self.engine) as s:
+                s.exec(delete(_DriverRow).where(_DriverRow.token == driver.token))
+                s.commit()
+
+    def live_drivers(self, study: str) -> set[str]:
+        """The tokens of the drivers attached to the study and alive."""
+        with Session(self.engine) as s:
+            return self._live(s, self._study_id(s, study))
+
+    def _attach(self, study: str) -> Driver:
+        """Take the lowest seat no live driver holds (a dead driver's row is removed)."""
+        token = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        seat = 0
+        for _ in range(_CLAIM_TRIES):
+            with Session(self.engine) as s:
+                study_id = self._study_id(s, study)
+                holder = s.exec(select(_DriverRow).where(_DriverRow.study_id == study_id,
+                                                         _DriverRow.seat == seat)).first()
+                if holder is not None and _alive(holder):
+                    seat += 1
+                    continue
+                if holder is not None:
+                    s.exec(delete(_DriverRow).where(_DriverRow.id == holder.id))
+                s.add(_DriverRow(study_id=study_id, token=token, seat=seat, host=_HOST,
+                                 pid=os.getpid(), heartbeat=time.time()))
+                try:
+                    s.commit()
+                except IntegrityError:  # another driver took the seat: look again
+                    s.rollback()
+                    continue
+                return Driver(token, seat)
+        raise StudyError(f"study {study!r}: no free driver seat after {_CLAIM_TRIES} tries")
+
+    def _beat(self, token: str, stop: threading.Event) -> None:
+        while not stop.wait(_HEARTBEAT_S):
+            # a failed beat (database busy) is retried at the next one
+            with contextlib.suppress(SQLAlchemyError), Session(self.engine) as s:
+                s.exec(update(_DriverRow).where(_DriverRow.token == token)
+                       .values(heartbeat=time.time()))
+                s.commit()
+
     # helpers -----------------------------------------------------------------------------
+    def _numbered(self, study: str, table: type[_TrialRow] | type[_StepRow],
+                  row: Callable[[Session, int, int], _TrialRow | _StepRow | None]) -> int | None:
+        """Insert `row(session, study_id, number)` under the study's next number in `table`;
+        return the number, or None when `row` gives None. A number (or claim) another
+        process took meanwhile fails the insert, which rolls back and looks again."""
+        for _ in range(_CLAIM_TRIES):
+            with Session(self.engine) as s:
+                study_id = self._study_id(s, study)
+                last = s.exec(select(func.max(table.number))
+                              .where(table.study_id == study_id)).one()
+                new = row(s, study_id, 0 if last is None else last + 1)
+                if new is None:
+                    return None
+                s.add(new)
+                try:
+                    s.commit()
+                except IntegrityError:
+                    s.rollback()
+                    time.sleep(random.uniform(0.0, 0.01))  # let the winner finish
+                    continue
+                return new.number
+        raise StudyError(f"study {study!r}: no free {table.__tablename__} number after "
+                         f"{_CLAIM_TRIES} tries; is something else writing to {self.url}?")
+
+    def _live(self, s: Session, study_id: int) -> set[str]:
+        rows = s.exec(select(_DriverRow).where(_DriverRow.study_id == study_id))
+        return {r.token for r in rows if _alive(r)}
+
     def _study_id(self, s: Session, name: str) -> int:
-        row = s.exec(select(_StudyRow.id).where(_StudyRow.name == name)).first()
-        if row is None:
-            raise StudyError(f"no study {name!r} in {self.url}")
-        return row
+        """The study's row id (remembered: a study keeps its id until deleted)."""
+        if name not in self._ids:
+            row = s.exec(select(_StudyRow.id).where(_StudyRow.name == name)).first()
+            if row is None:
+                raise StudyError(f"no study {name!r} in {self.url}")
+            self._ids[name] = row
+        return self._ids[name]
 
     def _trial_row(self, s: Session, study: str, number: int) -> _TrialRow:
         study_id = self._study_id(s, study)
@@ -336,9 +628,67 @@ class Store:
                                               _TrialRow.number == number)).one()
 
 
+_ADDED_COLUMNS = {  # columns newer than the first planner databases, as DDL
+    "study": {"task_hash": "VARCHAR NOT NULL DEFAULT ''",
+              "reasoner": "VARCHAR NOT NULL DEFAULT ''"},
+    "trial": {"claim": "VARCHAR", "driver": "VARCHAR NOT NULL DEFAULT ''"},
+}
+
+
+def _missing_columns(engine: Engine) -> list[str]:
+    """Columns of `_ADDED_COLUMNS` the database lacks, as `table.column`."""
+    tables = inspect(engine)
+    return [f"{table}.{name}" for table, columns in _ADDED_COLUMNS.items()
+            for name in columns.keys() - {c["name"] for c in tables.get_columns(table)}]
+
+
+def _migrate(engine: Engine) -> None:
+    """Create the tables, or bring a database an older planner made up to date: add the
+    columns and unique indexes it lacks (old rows keep no claim: their allocations are in
+    every driver's history). One process at a time, so drivers starting together on a new
+    database do not race."""
+    with engine.begin() as conn:
+        _lock_schema(conn)
+        SQLModel.metadata.create_all(conn)
+        tables = inspect(conn)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {c["name"] for c in tables.get_columns(table)}
+            for name, ddl in columns.items():
+                if name not in have:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+        for table in (_TrialRow, _StepRow):
+            for index in table.__table__.indexes:
+                index.create(conn, checkfirst=True)
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Hold the database's schema for the transaction: an advisory lock on PostgreSQL, a
+    write lock on SQLite."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7436351)")  # planner's schema
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _alive(driver: _DriverRow) -> bool:
+    """Heard of lately and, on this host, its process still there."""
+    if time.time() - driver.heartbeat >= _STALE_S:
+        return False
+    if driver.host != _HOST:
+        return True
+    try:
+        os.kill(driver.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _study_record(r: _StudyRow) -> StudyRecord:
     return StudyRecord(r.name, r.task_name, r.task_path, json.loads(r.task_json), r.budget,
-                       r.budget_gpu_hours, r.strategy, r.seed, r.created)
+                       r.budget_gpu_hours, r.strategy, r.seed, r.created, r.task_hash,
+                       r.reasoner)
 
 
 def _trial_record(r: _TrialRow, results: list[_SubtaskResultRow]) -> TrialRecord:
@@ -356,4 +706,5 @@ def _trial_record(r: _TrialRow, results: list[_SubtaskResultRow]) -> TrialRecord
         started=r.started,
         duration_s=r.duration_s,
         error=r.error,
+        driver=r.driver,
     )

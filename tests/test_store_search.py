@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,7 @@ from planner.search import OptunaStrategy, Runner, SearchContext, make_strategy
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord, TrialStatus
-from planner.study import optimize
+from planner.study import open_study, optimize
 from tests.mixture_tasks import write_mixture_task
 
 
@@ -51,6 +52,54 @@ def test_store_round_trip(tmp_path: Path) -> None:
     assert again.get_study("s").seed == 3
     with pytest.raises(StudyError, match="--resume"):
         _create(again)
+
+
+def test_an_older_database_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    store = Store(f"sqlite:///{path}")
+    _create(store)
+    store.start_trial("s", _alloc(), Cost(0.25, 0.5))
+    store.engine.dispose()
+    with sqlite3.connect(path) as conn:  # the schema before study identity and claims
+        conn.executescript("DROP INDEX ix_trial_claim; DROP INDEX ix_agent_step_number; "
+                           "DROP TABLE driver; ALTER TABLE study DROP COLUMN task_hash; "
+                           "ALTER TABLE study DROP COLUMN reasoner; "
+                           "ALTER TABLE trial DROP COLUMN claim; "
+                           "ALTER TABLE trial DROP COLUMN driver;")
+    again = Store(f"sqlite:///{path}")
+    assert (again.get_study("s").task_hash, again.trials("s")[0].driver) == ("", "")
+    assert again.start_trial("s", _alloc("large"), Cost(0.25, 0.5)) == 1
+    assert again.start_trial("s", _alloc("large"), Cost(0.25, 0.5)) is None  # claimed
+    with again.driving("s") as driver:
+        assert driver.seat == 0
+
+
+def test_a_changed_task_or_reasoner_is_refused_unless_allowed(tiny_task_path: Path,
+                                                               tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+    def run(**kwargs: object) -> None:
+        spec = load_spec(tiny_task_path)
+        optimize(spec, make_environment(spec), store=Store(url), budget="100gpu-h",
+                 strategy="random", n_trials=2, study="s", **kwargs)
+
+    run()
+    table = tiny_task_path.parent / "table.csv"
+    *rows, last = table.read_text().splitlines()
+    head, correct = last.rsplit(",", 1)
+    table.write_text("\n".join([*rows, f"{head},{(int(correct) + 1) % 33}"]) + "\n")
+    with pytest.raises(StudyError, match=r"another version of the task.*--study NEW_NAME.*"
+                                         r"--allow-changed-task"):
+        run()
+    run(allow_changed_task=True)  # goes on, and the changed task is the study's now
+    run()
+    spec, store = load_spec(tiny_task_path), Store(url)
+    settings = {"name": "a", "budget": "100gpu-h", "strategy": "agent", "seed": 0}
+    open_study(store, spec, reasoner="builtin", **settings)
+    with pytest.raises(StudyError, match="--reasoner builtin, not llm"):
+        open_study(store, spec, reasoner="llm", **settings)
+    assert open_study(store, spec, reasoner="llm", allow_changed_task=True,
+                      **settings).reasoner == "llm"
 
 
 def test_over_budget_allocation_is_never_evaluated(tiny_spec: TaskSpec) -> None:
@@ -137,17 +186,23 @@ def test_optuna_samples_every_dimension_and_asks_canonical_plans(tmp_path: Path)
 def test_optuna_resume_reconciles_its_study(tmp_path: Path) -> None:
     spec, url, trials = _optuna_study(tmp_path, 6)
     cost = CostModel(spec, make_environment(spec).calibration())
-    # a trial Optuna never heard of (e.g. `--from-plan`), and an ask a crash left running
+    # a trial Optuna never heard of (e.g. `--from-plan`), an ask a crash left running, and
+    # an ask a live driver beside this one is running
     runner = Runner(make_environment(spec), Store(url), f"{spec.name}-optuna", cost, 2.0)
     plan = Plan(model="small", method="lora", mixture="tilted", samples=16,
                 aggregator="oracle")
     extra = runner.run_trial(Allocation.of({"a": plan, "b": plan}), source="from-plan")
     assert extra.status is TrialStatus.OK
-    running = _resumed(spec, url, trials).study.ask().number
+    crashed = _resumed(spec, url, trials).study.ask()
+    crashed.set_user_attr("driver", "gone-host:1:0")
     history = [*trials, extra]
-    study = _resumed(spec, url, history).study
+    with Store(url).driving(f"{spec.name}-optuna") as driver:
+        alive = _resumed(spec, url, trials).study.ask()
+        alive.set_user_attr("driver", driver.token)
+        study = _resumed(spec, url, history).study
     states = {t.number: t.state for t in study.get_trials()}
-    assert states[running] is optuna.trial.TrialState.FAIL
+    assert states[crashed.number] is optuna.trial.TrialState.FAIL
+    assert states[alive.number] is optuna.trial.TrialState.RUNNING
     told = {t.user_attrs["allocation_key"]: t for t in study.get_trials()
             if t.state is optuna.trial.TrialState.COMPLETE and t.constraints == {"over_budget": 0}}
     for t in history:

@@ -29,6 +29,7 @@ class SearchContext:
     seed: int = 0
     store: Store | None = None
     study: str = ""
+    driver: str = ""  # this process's token on the study (`Store.driving`)
 
 
 class BaseStrategy(ABC):

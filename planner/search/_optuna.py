@@ -25,22 +25,30 @@ every stage's score lies on the Pareto front of the stage scores it explores.
 from __future__ import annotations
 
 import random
+import time
 import warnings
 from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from planner.errors import SpaceError
 from planner.search._base import BaseStrategy, SearchContext, seen_keys
-from planner.space import Allocation, Dimension, Ordinal, Plan
+from planner.space import Allocation, Dimension, Ordinal, Plan, SearchSpace
 from planner.store import TrialRecord, TrialStatus
 
 _MAX_INTERNAL_ASKS = 200
 _KEY = "allocation_key"
+_DRIVER = "driver"  # the token of the planner driver that asked the trial (its owner)
+_YOUNG = timedelta(minutes=1)  # a running trial with no owner yet may be just asked
 _CONSTRAINT = "over_budget"  # GPU-hours over the cap; <= 0 is feasible
+_SCHEMA_TRIES = 5  # lost races creating Optuna's tables before giving up
 
 
 def _in_memory(url: str) -> bool:
@@ -53,6 +61,53 @@ def _distribution(dim: Dimension) -> BaseDistribution:
     if isinstance(dim, Ordinal):
         return IntDistribution(0, len(dim.values) - 1)
     return CategoricalDistribution(dim.values)
+
+
+def internal_study_name(study: str, strategy: str) -> str:
+    """The name of the Optuna study a strategy keeps for a planner study."""
+    return f"{study}-{strategy}"
+
+
+def delete_internal_studies(storage: str, study: str) -> list[str]:
+    """Delete the Optuna studies both Optuna strategies keep for `study` in `storage`, if
+    any; return their names. A database without Optuna's tables is left untouched."""
+    if _in_memory(storage):
+        return []
+    engine = create_engine(storage)
+    try:
+        if "studies" not in inspect(engine).get_table_names():
+            return []
+    finally:
+        engine.dispose()
+    existing = set(optuna.get_all_study_names(storage))
+    names = [internal_study_name(study, s) for s in ("optuna", "optuna-stages")]
+    gone = [n for n in names if n in existing]
+    for name in gone:
+        optuna.delete_study(study_name=name, storage=storage)
+    return gone
+
+
+def _create_study(**kwargs: Any) -> optuna.Study:
+    """`optuna.create_study`, again when another driver was creating Optuna's tables in the
+    same database at the same moment (the loser's CREATE TABLE fails; the retry sees them)."""
+    for attempt in range(1, _SCHEMA_TRIES):
+        try:
+            return optuna.create_study(**kwargs)
+        except SQLAlchemyError:
+            time.sleep(0.1 * attempt)
+    return optuna.create_study(**kwargs)
+
+
+def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """One Optuna parameter per dimension of each subtask, named `subtask.dimension`."""
+    return {f"{s}.{d.name}": _distribution(d) for s in space.subtasks
+            for d in space.dimensions(s)}
+
+
+def params(space: SearchSpace, allocation: Allocation) -> dict[str, object]:
+    """An allocation as the parameters `distributions` describes (ordinal: its index)."""
+    return {f"{s}.{d.name}": d.index(p[d.name]) if isinstance(d, Ordinal) else p[d.name]
+            for s, p in allocation.items() for d in space.dimensions(s)}
 
 
 class OptunaStrategy(BaseStrategy):
@@ -72,8 +127,8 @@ class OptunaStrategy(BaseStrategy):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.sampler = sampler or optuna.samplers.TPESampler(seed=ctx.seed, multivariate=True)
         objectives = len(ctx.space.subtasks) if per_stage else 1
-        self.study = optuna.create_study(
-            study_name=f"{ctx.study or 'planner'}-{self.name}", storage=storage,
+        self.study = _create_study(
+            study_name=internal_study_name(ctx.study or 'planner', self.name), storage=storage,
             sampler=self.sampler, directions=["maximize"] * objectives, load_if_exists=True)
         self.distributions = self._distributions()
         self._pending: dict[str, int] = {}  # allocation key -> optuna trial number
@@ -82,8 +137,7 @@ class OptunaStrategy(BaseStrategy):
 
     # plans <-> parameters -----------------------------------------------------------------
     def _distributions(self) -> dict[str, BaseDistribution]:
-        return {f"{s}.{d.name}": _distribution(d) for s in self.ctx.space.subtasks
-                for d in self.ctx.space.dimensions(s)}
+        return distributions(self.ctx.space)
 
     def _allocation(self, params: dict) -> Allocation:
         """The canonical allocation the parameters stand for."""
@@ -98,17 +152,21 @@ class OptunaStrategy(BaseStrategy):
         return Allocation.of(plans)
 
     def _params(self, allocation: Allocation) -> dict[str, object]:
-        return {f"{s}.{d.name}": d.index(p[d.name]) if isinstance(d, Ordinal) else p[d.name]
-                for s, p in allocation.items() for d in self.ctx.space.dimensions(s)}
+        return params(self.ctx.space, allocation)
 
     # ask / tell -----------------------------------------------------------------------------
     def _sync(self, history: Sequence[TrialRecord]) -> None:
-        """On resume: fail Optuna trials left running; add finished ones it never heard of."""
+        """On (re)start: fail Optuna trials a dead driver left running (a live driver's own
+        trials are its to tell); add finished trials it never heard of."""
+        ctx = self.ctx
+        live = ctx.store.live_drivers(ctx.study) if ctx.store and ctx.study else set()
         known = set()
         for t in self.study.get_trials(deepcopy=False):
-            if t.state == TrialState.RUNNING:
-                self.study.tell(t.number, state=TrialState.FAIL)
-            elif t.state == TrialState.COMPLETE:
+            owner = t.user_attrs.get(_DRIVER)
+            if t.state == TrialState.RUNNING and owner not in live and (
+                    owner or datetime.now() - (t.datetime_start or datetime.min) > _YOUNG):
+                self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            elif t.state in (TrialState.COMPLETE, TrialState.RUNNING):
                 known.add(t.user_attrs.get(_KEY))
         for t in history:
             if t.status is TrialStatus.OK and t.allocation.key() not in known:
@@ -121,46 +179,59 @@ class OptunaStrategy(BaseStrategy):
     def ask(self, history: Sequence[TrialRecord]) -> Allocation | None:
         if not self._synced:
             self._sync(history)
+        for number in self._pending.values():  # asked, never run: another driver claimed it
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        self._pending.clear()
         seen = seen_keys(history)
         known = {t.allocation.key(): t for t in history if t.status is TrialStatus.OK}
         for _ in range(_MAX_INTERNAL_ASKS):
-            trial = self.study.ask(self.distributions)
-            alloc = self._allocation(trial.params)
-            key = alloc.key()
-            trial.set_user_attr(_KEY, key)
-            over = self.ctx.cost_model.estimate(alloc).total_gpu_hours - self.ctx.budget_gpu_hours
-            try:
-                self.ctx.space.validate(alloc)
-            except SpaceError:
-                over = max(over, 1.0)
-            if over > 0:
-                trial.set_constraint(_CONSTRAINT, over)
-                self.study.tell(trial, self._values(None))
-            elif key in seen:
-                trial.set_constraint(_CONSTRAINT, 0.0)
-                self.study.tell(trial, self._values(known.get(key)))
-            else:
-                trial.set_constraint(_CONSTRAINT, 0.0)
-                self._pending[key] = trial.number
+            alloc = self._judge(self.study.ask(self.distributions), seen, known)
+            if alloc is not None:
                 return alloc
-        # TPE keeps proposing known or infeasible points: enqueue a random feasible one
-        alloc = self.random_feasible(self._rng, seen)
-        if alloc is None:
-            return None
-        self.study.enqueue_trial(self._params(alloc), user_attrs={_KEY: alloc.key()})
-        trial = self.study.ask(self.distributions)
-        trial.set_constraint(_CONSTRAINT, 0.0)
-        self._pending[alloc.key()] = trial.number
-        return alloc
+        # TPE keeps proposing known or infeasible points: enqueue random feasible ones (a
+        # driver beside this one may take an enqueued trial, so judge what comes back)
+        for _ in range(_MAX_INTERNAL_ASKS):
+            pick = self.random_feasible(self._rng, seen)
+            if pick is None:
+                return None
+            self.study.enqueue_trial(self._params(pick), user_attrs={_KEY: pick.key()})
+            alloc = self._judge(self.study.ask(self.distributions), seen, known)
+            if alloc is not None:
+                return alloc
+        return None
+
+    def _judge(self, trial: optuna.Trial, seen: set[str],
+               known: dict[str, TrialRecord]) -> Allocation | None:
+        """The trial's allocation when it is new and feasible (kept pending, owned by this
+        driver); else tell Optuna at once (infeasible, or the known score) and give None."""
+        alloc = self._allocation(trial.params)
+        key = alloc.key()
+        trial.set_user_attr(_KEY, key)
+        over = self.ctx.cost_model.estimate(alloc).total_gpu_hours - self.ctx.budget_gpu_hours
+        try:
+            self.ctx.space.validate(alloc)
+        except SpaceError:
+            over = max(over, 1.0)
+        trial.set_constraint(_CONSTRAINT, max(over, 0.0))
+        if over > 0:
+            self.study.tell(trial, self._values(None))
+        elif key in seen:
+            self.study.tell(trial, self._values(known.get(key)))
+        else:
+            trial.set_user_attr(_DRIVER, self.ctx.driver)  # young and unowned until here
+            self._pending[key] = trial.number
+            return alloc
+        return None
 
     def tell(self, trial: TrialRecord) -> None:
         number = self._pending.pop(trial.allocation.key(), None)
         if number is None:
             return
+        # skip_if_finished: a driver that took this one for dead may have failed it
         if trial.status is TrialStatus.OK:
-            self.study.tell(number, self._values(trial))
+            self.study.tell(number, self._values(trial), skip_if_finished=True)
         else:
-            self.study.tell(number, state=TrialState.FAIL)
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
     def _values(self, trial: TrialRecord | None) -> list[float]:
         """What Optuna is told: the end score, or each stage's (0 for no result)."""

@@ -14,7 +14,7 @@ from planner.env import Environment
 from planner.search._base import BaseStrategy
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation, SearchSpace
-from planner.store import Store, TrialRecord, TrialStatus
+from planner.store import Driver, Store, TrialRecord, TrialStatus
 
 TrialCallback = Callable[[TrialRecord, TrialRecord | None], None]
 
@@ -26,19 +26,31 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
 
 
 class Runner:
-    """Evaluates allocations of one study and records them."""
+    """Evaluates allocations of one study and records them, as `driver` (`Store.driving`;
+    None: an anonymous one, whose running trials any driver may adopt)."""
 
     def __init__(self, env: Environment, store: Store, study: str, cost_model: CostModel,
-                 budget_gpu_hours: float) -> None:
+                 budget_gpu_hours: float, driver: Driver | None = None) -> None:
         self.env = env
         self.store = store
         self.study = study
+        self.driver = driver
+        self.token = driver.token if driver else ""
         self.space = SearchSpace(env.spec)
         self.cost_model = cost_model
         self.budget_gpu_hours = budget_gpu_hours
+        self.stopped = ""  # why the last search ended, said to the user
+        self._trials: list[TrialRecord] = []  # as last read; see `history`
 
     def history(self) -> list[TrialRecord]:
-        return self.store.trials(self.study)
+        """Every trial of the study, in number order, as the store holds it now (other
+        drivers add trials too). Read incrementally: the trials that had finished when last
+        read are kept, and only later ones (the running and the new) are read again."""
+        running = [t.number for t in self._trials if t.status is TrialStatus.RUNNING]
+        start = min(running, default=self._trials[-1].number + 1 if self._trials else 0)
+        self._trials = [t for t in self._trials if t.number < start] + self.store.trials(
+            self.study, start)
+        return list(self._trials)
 
     def search_spent(self, trials: Sequence[TrialRecord]) -> float:
         """GPU-hours evaluating the trials cost, cache-aware (`SearchCost`): each fine-tune
@@ -58,15 +70,20 @@ class Runner:
                         f"({spent:.4g} GPU-h)")
         return None
 
-    def run_trial(self, allocation: Allocation, *, source: str = "",
-                  number: int | None = None) -> TrialRecord:
-        """Evaluate one allocation unless it is over budget; store and return the trial.
+    def run_trial(self, allocation: Allocation, *, source: str = "", number: int | None = None,
+                  max_trials: int | None = None) -> TrialRecord | None:
+        """Claim a trial for the allocation, evaluate it unless it is over budget; store and
+        return the trial. None, with nothing run, when the allocation is claimed already
+        (another driver runs or ran it) or the study holds `max_trials` trials.
 
-        `number` re-runs a trial left running by a crash instead of starting a new one.
+        `number` re-runs a trial left running by a crash (adopted) instead of claiming one.
         """
         cost = self.cost_model.estimate(allocation)
         if number is None:
-            number = self.store.start_trial(self.study, allocation, cost, source=source)
+            number = self.store.start_trial(self.study, allocation, cost, source=source,
+                                            driver=self.token, max_trials=max_trials)
+            if number is None:
+                return None
         if cost.total_gpu_hours > self.budget_gpu_hours:
             self.store.finish_trial(
                 self.study, number, TrialStatus.OVER_BUDGET,
@@ -86,9 +103,11 @@ class Runner:
         return next(t for t in self.history() if t.number == number)
 
     def resume_interrupted(self, callback: TrialCallback | None = None) -> None:
-        """Re-run trials a crash left running, under their own numbers."""
+        """Re-run trials a crash left running, under their own numbers: those whose driver
+        is gone, each adopted by one driver only; another live driver's are its own."""
         for t in self.history():
-            if t.status is TrialStatus.RUNNING:
+            if (t.status is TrialStatus.RUNNING
+                    and self.store.adopt_trial(self.study, t.number, self.token)):
                 done = self.run_trial(t.allocation, source=t.source, number=t.number)
                 if callback:
                     callback(done, best_trial(self.history()))
@@ -107,13 +126,17 @@ class Runner:
                  search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
         """The plain loop: ask -> run_trial -> tell, until a stop condition holds."""
         history = self.history()
-        while self.exhausted(history, n_trials, search_budget_gpu_hours) is None:
+        while not (stop := self.exhausted(history, n_trials, search_budget_gpu_hours)):
             allocation = strategy.ask(history)
             if allocation is None:
+                stop = "nothing left to try: every unseen allocation is over budget"
                 break
-            trial = self.run_trial(allocation, source=strategy.name)
+            trial = self.run_trial(allocation, source=strategy.name, max_trials=n_trials)
+            history = self.history()  # with other drivers' trials
+            if trial is None:  # another driver claimed it, or the study is full: look again
+                continue
             strategy.tell(trial)
-            history = [*history, trial]
             if callback:
                 callback(trial, best_trial(history))
+        self.stopped = stop
         return history

@@ -15,7 +15,15 @@ from langgraph.runtime import Runtime
 from planner.search._runner import best_trial
 from planner.search.agent.memory import Insight, derive
 from planner.search.agent.reasoners.base import Attempt
-from planner.search.agent.state import MAX_LLM_FAILURES, AgentContext, PlannerState
+from planner.search.agent.state import AgentContext, PlannerState, llm_rest
+from planner.search.agent.steps import (
+    EvaluateStep,
+    FinalizeStep,
+    InitStep,
+    ProposeStep,
+    ReflectStep,
+    Step,
+)
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
@@ -26,11 +34,11 @@ def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Probe each subtask: a spread of models, the trend in n, then the other fields."""
     ctx = runtime.context
     allocs, why = ctx.builtin.initial(ctx.history.trials())
-    _record(ctx, "init", {
-        "summary": f"{len(allocs)} probes isolating model choice and n trend per subtask",
-        "inputs": {"budget_gpu_hours": ctx.runner.budget_gpu_hours, "n_trials": ctx.n_trials,
-                   "subtasks": ctx.runner.space.subtasks, "reasoner": ctx.reasoner.name},
-        "proposals": [a.to_dict() for a in allocs], "rationale": why})
+    _record(ctx, InitStep(
+        summary=f"{len(allocs)} probes isolating model choice and n trend per subtask",
+        inputs={"budget_gpu_hours": ctx.runner.budget_gpu_hours, "n_trials": ctx.n_trials,
+                "subtasks": ctx.runner.space.subtasks, "reasoner": ctx.reasoner.name},
+        proposals=[a.to_dict() for a in allocs], rationale=why))
     return {"initialized": True,
             "pending": [{"allocation": a.to_dict(), "source": "agent-init"} for a in allocs]}
 
@@ -52,10 +60,11 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             continue
         if ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
             break
-        trial = ctx.runner.run_trial(alloc, source=item["source"])
-        ctx.history.add(trial)
-        history.append(trial)
-        done[alloc.key()] = trial
+        trial = ctx.runner.run_trial(alloc, source=item["source"], max_trials=ctx.n_trials)
+        history = ctx.history.trials()  # with other drivers' trials
+        done = {t.allocation.key(): t for t in history}
+        if trial is None:  # another driver claimed it meanwhile, or the study is full
+            continue
         launched.append(_trial_summary(trial))
         improved = trial.status is TrialStatus.OK and (best is None or trial.score > best)
         if improved:
@@ -64,11 +73,11 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             stale = 0 if improved else stale + 1
         if ctx.callback:
             ctx.callback(trial, best_trial(history))
-    _record(ctx, "evaluate", {
-        "summary": f"{len(launched)} trials run"
-                   + (f", {len(skipped)} already in the study" if skipped else "")
-                   + ("" if best is None else f"; best {best:.4f}"),
-        "inputs": {"pending": state.pending}, "trials": launched, "skipped": skipped})
+    _record(ctx, EvaluateStep(
+        summary=f"{len(launched)} trials run"
+                + (f", {len(skipped)} already in the study" if skipped else "")
+                + ("" if best is None else f"; best {best:.4f}"),
+        inputs={"pending": state.pending}, trials=launched, skipped=skipped))
     return {"pending": [], "best_score": best, "stale": stale}
 
 
@@ -84,12 +93,11 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     if not stop and ctx.patience is not None and state.stale >= ctx.patience:
         stop = f"converged: no better score in {state.stale} proposals"
     memory = [i.to_dict() for i in after]
-    step = _record(ctx, "reflect", {
-        "summary": "; ".join(i.text for i in after if i.kind != "note")[:300]
-                   + (f" | stop: {stop}" if stop else ""),
-        "inputs": {"trials": len(history), "stale": state.stale},
-        "insights_before": [i.to_dict() for i in before],
-        "insights_after": memory, "stop": stop})
+    step = _record(ctx, ReflectStep(
+        summary="; ".join(i.text for i in after if i.kind != "note")[:300]
+                + (f" | stop: {stop}" if stop else ""),
+        inputs={"trials": len(history), "stale": state.stale},
+        insights_before=[i.to_dict() for i in before], insights_after=memory, stop=stop))
     fresh = [d for i, d in zip(after, memory, strict=True) if i not in before]
     if fresh:
         ctx.runner.store.add_insights(ctx.runner.study, step, fresh)
@@ -101,32 +109,34 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     ctx = runtime.context
     history = ctx.history.trials()
     memory = [Insight.from_dict(d) for d in state.memory]
-    use_llm = ctx.reasoner is not ctx.builtin and state.llm_failures < MAX_LLM_FAILURES
+    has_llm = ctx.reasoner is not ctx.builtin
+    use_llm = has_llm and (state.llm_rest == 0 or not ctx.llm_asked)
     reasoner = ctx.reasoner if use_llm else ctx.builtin
     proposal = reasoner.propose(history, memory, ctx.proposals_per_step)
-    failures = state.llm_failures
+    failures, rest = state.llm_failures, max(0, state.llm_rest - 1)
     if use_llm:
+        ctx.llm_asked = True
         failures = failures + 1 if proposal.fallback else 0
-    if ctx.reasoner is not ctx.builtin and not use_llm:
-        fallback = (f"language model failed {failures} steps in a row; built-in reasoner "
-                    "answers from now on")
-    else:
-        fallback = proposal.fallback
+        rest = llm_rest(failures)
+    fallback = proposal.fallback
+    if has_llm and not use_llm:
+        fallback = (f"language model failed {failures} steps in a row; resting it, it is "
+                    f"asked again in {rest + 1} step{'s' if rest else ''}")
     source = f"agent-{proposal.reasoner}"
     what = "; ".join(" | ".join(a.describe()) for a in proposal.allocations)
     notes = [Insight("*", "note", n).to_dict() for n in proposal.notes]
-    step = _record(ctx, "propose", {
-        "summary": f"{proposal.reasoner}: {what or 'nothing left to propose'}"
-                   + (f" (fallback: {fallback})" if fallback else ""),
-        "inputs": {"trials": len(history), "insights": len(memory),
-                   "k": ctx.proposals_per_step, "best_score": state.best_score},
-        "reasoner": proposal.reasoner, "fallback": fallback,
-        "attempts": [a.to_dict() for a in proposal.attempts],
-        "proposals": [a.to_dict() for a in proposal.allocations], "notes": proposal.notes,
-        "tokens": _sum_tokens(proposal.attempts),
-        "latency_s": sum(a.latency_s for a in proposal.attempts)})
+    step = _record(ctx, ProposeStep(
+        summary=f"{proposal.reasoner}: {what or 'nothing left to propose'}"
+                + (f" (fallback: {fallback})" if fallback else ""),
+        inputs={"trials": len(history), "insights": len(memory),
+                "k": ctx.proposals_per_step, "best_score": state.best_score},
+        reasoner=proposal.reasoner, fallback=fallback, attempts=list(proposal.attempts),
+        proposals=[a.to_dict() for a in proposal.allocations], notes=proposal.notes,
+        tokens=_sum_tokens(proposal.attempts),
+        latency_s=sum(a.latency_s for a in proposal.attempts)))
     update: dict = {"pending": [{"allocation": a.to_dict(), "source": source}
-                                for a in proposal.allocations], "llm_failures": failures}
+                                for a in proposal.allocations], "llm_failures": failures,
+                    "llm_rest": rest}
     if notes:  # the memory changes only when the language model left notes
         ctx.runner.store.add_insights(ctx.runner.study, step, notes)
         update["memory"] = state.memory + notes
@@ -140,10 +150,10 @@ def finalize(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     ctx = runtime.context
     best = best_trial(ctx.history.trials())
     stop = state.stop or "stopped"
-    _record(ctx, "finalize", {
-        "summary": f"{stop}; best " + ("-" if best is None else
-                                       f"trial {best.number} score {best.score:.4f}"),
-        "stop": stop, "best": None if best is None else _trial_summary(best)})
+    _record(ctx, FinalizeStep(
+        summary=f"{stop}; best " + ("-" if best is None else
+                                    f"trial {best.number} score {best.score:.4f}"),
+        stop=stop, best=None if best is None else _trial_summary(best)))
     return {"stop": stop}
 
 
@@ -175,8 +185,8 @@ def build_graph() -> StateGraph:
     return g
 
 
-def _record(ctx: AgentContext, node: str, payload: dict) -> int:
-    return ctx.runner.store.add_step(ctx.runner.study, node, payload)
+def _record(ctx: AgentContext, step: Step) -> int:
+    return ctx.runner.store.add_step(ctx.runner.study, step.node, step.payload())
 
 
 def _trial_summary(t: TrialRecord) -> dict:

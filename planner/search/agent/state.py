@@ -9,8 +9,16 @@ from planner.search.agent.reasoners.base import Reasoner
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
 from planner.store import TrialRecord
 
-# consecutive propose steps the language model may fail before the search stops asking it
+# consecutive propose steps the language model may fail before it is rested: the next
+# 1, 2, 4, then at most 8 steps go to the builtin reasoner, and then it is asked again
 MAX_LLM_FAILURES = 2
+MAX_LLM_REST = 8
+
+
+def llm_rest(failures: int) -> int:
+    """Propose steps the language model sits out after `failures` failed steps in a row."""
+    return 0 if failures < MAX_LLM_FAILURES else min(2 ** (failures - MAX_LLM_FAILURES),
+                                                     MAX_LLM_REST)
 
 
 @dataclass
@@ -30,28 +38,22 @@ class PlannerState:
     """Proposed trials since the best score last improved (convergence counter)."""
     llm_failures: int = 0
     """Consecutive propose steps where the language model gave nothing usable."""
+    llm_rest: int = 0
+    """Propose steps left before the language model is asked again (`llm_rest()`)."""
     stop: str = ""
     """Why the search stopped; empty while it runs."""
 
 
 class History:
-    """The study's trials during one run of the graph, without re-reading the store.
-
-    Read from the store when the run starts (after interrupted trials were re-run), then
-    extended with each trial the evaluate node runs: while the graph runs it is the study's
-    only writer, so this equals `runner.history()`. A resumed run reads the store again.
-    """
+    """The study's trials as the store holds them, read at each call: other drivers on the
+    study add trials while the graph runs."""
 
     def __init__(self, runner: Runner) -> None:
-        self._trials = runner.history()
+        self._runner = runner
 
     def trials(self) -> list[TrialRecord]:
         """Every trial, in number order (a new list: callers may extend it)."""
-        return list(self._trials)
-
-    def add(self, trial: TrialRecord) -> None:
-        """A trial just run and stored (numbers grow, so order is kept)."""
-        self._trials.append(trial)
+        return self._runner.history()
 
 
 @dataclass(kw_only=True)
@@ -76,3 +78,6 @@ class AgentContext:
     """Allocations asked of the reasoner per propose step."""
     callback: TrialCallback | None = None
     """Called after every trial with (trial, best trial)."""
+    llm_asked: bool = False
+    """Whether this run asked the language model yet: a resumed run asks it at once, however
+    long the checkpointed state says it should rest."""
