@@ -67,6 +67,17 @@ def summarize(space: SearchSpace, cost_model: CostModel,
                         size <= EXACT_LIMIT, lo, hi, budget_gpu_hours, fraction)
 
 
+def nothing_fits(space: SearchSpace, cost_model: CostModel, cap: float) -> float | None:
+    """The cheapest allocation's cost when even it is over `cap` (exact up to `EXACT_LIMIT`
+    allocations, else a sample's minimum), or None when some allocation fits."""
+    parts = plan_costs(space, cost_model)
+    if sum(float(p.infer.min() + p.train.min()) for p in parts) <= cap:
+        return None  # every subtask's cheapest plan together fits (sharing only lowers it)
+    cheapest = _exact(parts, None)[0] if space.size() <= EXACT_LIMIT else \
+        summarize(space, cost_model).cost_min_gpu_hours
+    return cheapest if cheapest > cap else None
+
+
 def _describe(d: object) -> dict:
     kind = "mixture" if isinstance(d, Mixture) else "ordinal" if isinstance(d, Ordinal) \
         else "categorical"

@@ -5,7 +5,9 @@ Results go to stdout (a rich table, or JSON with --json); progress and errors to
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import sys
 from dataclasses import asdict
@@ -18,19 +20,24 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from planner import report
+from planner import dashboard, html_report, report, secrets, views
 from planner.budget import parse_budget
-from planner.check import SAMPLE, summarize
+from planner.check import SAMPLE, nothing_fits, summarize
 from planner.cost import CostModel
 from planner.errors import PlannerError
 from planner.export import FORMATS, export_files, read_plan, write_export
 from planner.search import STRATEGIES, AgentOptions, best_trial
 from planner.search.agent import LLMConfig
+from planner.search.agent.steps import ProposeStep, Step, step_of
 from planner.search.agent.strategy import DEFAULT_PATIENCE
+from planner.search.search_cost import SearchCost
 from planner.space import Plan, SearchSpace
-from planner.spec import TaskSpec, load_spec, parse_spec
-from planner.store import Store, StudyRecord, TrialRecord, TrialStatus
+from planner.spec import TaskSpec, load_spec, outside_tables, parse_spec
+from planner.store import OutdatedStoreError, Store, StudyRecord, TrialRecord, TrialStatus
+from planner.study import default_study_name, delete_study
 from planner.study import optimize as run_optimize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -42,10 +49,11 @@ DbOpt = Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the study da
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 StudyArg = Annotated[str, typer.Argument(help="Study name (see `planner studies`).")]
 DEFAULT_DB = "sqlite:///planner.db"
+MAX_TRIALS = 100_000  # --trials, --patience: beyond it, a typo
 
 
 def _emit_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(secrets.redact_json(data, indent=2) + "\n")
 
 
 @app.command()
@@ -55,7 +63,8 @@ def optimize(
                                                "8gpu-h, 90gpu-min, 3.5e18flop "
                                                "(default: the task's).")] = None,
     strategy: Annotated[str, typer.Option(help=f"One of {', '.join(STRATEGIES)}.")] = "agent",
-    trials: Annotated[int, typer.Option(min=1, help="Search budget: trials in the study.")] = 30,
+    trials: Annotated[int, typer.Option(min=1, max=MAX_TRIALS,
+                                        help="Search budget: trials in the study.")] = 30,
     search_budget: Annotated[str | None, typer.Option(
         help="Also stop once evaluating the trials has cost this much (each fine-tune and "
              "each sampled arm paid once), e.g. 5gpu-h.")] = None,
@@ -66,15 +75,21 @@ def optimize(
                                                      "e.g. http://127.0.0.1:8000/v1.")] = None,
     llm_model: Annotated[str | None, typer.Option(help="Model name for --reasoner llm.")]
     = None,
-    llm_timeout: Annotated[float, typer.Option(min=1, help="Seconds per --reasoner llm request "
-                                               "(a small CPU server needs minutes).")] = 60.0,
-    patience: Annotated[int, typer.Option(min=1, help="Agent: stop after this many proposals "
-                                          "without a better score.")] = DEFAULT_PATIENCE,
+    llm_timeout: Annotated[float, typer.Option(min=1, max=86400, help="Seconds per --reasoner "
+                                               "llm request (a small CPU server needs "
+                                               "minutes).")] = 60.0,
+    patience: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Agent: stop after this "
+                                          "many proposals without a better score.")]
+    = DEFAULT_PATIENCE,
     study: Annotated[str | None, typer.Option(help="Study name (default: TASK-STRATEGY).")] = None,
     db: DbOpt = DEFAULT_DB,
-    seed: Annotated[int, typer.Option(help="Seed of the strategy.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the strategy.")]
+    = 0,
     resume: Annotated[bool, typer.Option(help="Continue an existing study (fail if none).")]
     = False,
+    allow_changed_task: Annotated[bool, typer.Option(
+        help="Continue a study although its task file, data or --reasoner changed since it "
+             "was made (records the new ones).")] = False,
     from_plan: Annotated[Path | None, typer.Option("--from", help="Evaluate this export "
                                                    "(folder or its plan.yaml) first.")] = None,
     as_json: JsonOpt = False,
@@ -82,6 +97,9 @@ def optimize(
     """Search for the best allocation of TASK under --budget."""
     from envs import make_environment
 
+    _not_blank(budget=budget, search_budget=search_budget, study=study, db=db)
+    if not math.isfinite(llm_timeout):  # click's range lets nan through
+        raise PlannerError("--llm-timeout: not a number; give seconds, e.g. 60")
     spec = load_spec(task)
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"choose from {', '.join(STRATEGIES)}", param_hint="--strategy")
@@ -89,29 +107,76 @@ def optimize(
     if budget is None:
         raise PlannerError(f"{task}: budget: not set; pass --budget (e.g. 8gpu-h) or add "
                            "`budget:` to the task file")
-    parse_budget(budget)
+    _budget("--budget", budget)
     if search_budget is not None:
-        parse_budget(search_budget)
+        _budget("--search-budget", search_budget)
     agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, patience)
     start = read_plan(from_plan, SearchSpace(spec)) if from_plan else None
     env = make_environment(spec)
+    cost_model = CostModel(spec, env.calibration())
+    cheapest = nothing_fits(SearchSpace(spec), cost_model, spec.hardware.gpu_hours(budget))
+    if cheapest is not None:
+        raise PlannerError(f"{task}: budget {budget}: no allocation fits; the cheapest costs "
+                           f"{cheapest:.4g} GPU-h; pass a larger --budget")
+    if resume:  # a missing study is refused before the database is created or changed
+        with contextlib.suppress(OutdatedStoreError):  # checked once it is brought up to date
+            Store(db, create=False).require_study(study or default_study_name(spec, strategy))
     store = Store(db)
+    _note_outside_tables(spec)
     with _progress(trials, quiet=as_json) as on_trial:
         result = run_optimize(spec, env, store=store, budget=budget, strategy=strategy,
                               n_trials=trials, seed=seed, study=study,
                               task_path=str(task.resolve()), resume=resume, start_from=start,
-                              callback=on_trial, search_budget=search_budget, agent=agent)
+                              callback=on_trial, search_budget=search_budget, agent=agent,
+                              allow_changed_task=allow_changed_task)
     board = report.leaderboard(result.trials)
     fallbacks = report.reasoner_fallbacks(store.steps(result.study.name))
+    spent = SearchCost(cost_model, env.validation_items()).add_all(
+        t.allocation for t in result.trials if t.status is TrialStatus.OK)
+    failure = report.failure(result.trials)
     if as_json:
         _emit_json({**report.summary(result.study, result.trials), "leaderboard": board,
+                    "stopped": result.stopped, "search_gpu_hours": spent,
+                    "notes": list(result.notes), "failure": failure,
                     "llm_fallbacks": fallbacks})
-        return
+        raise typer.Exit(1 if failure else 0)
+    for note in result.notes:
+        err.print(note, style="yellow", soft_wrap=True)
+    if failure:
+        sys.stderr.write(f"Error: {secrets.redact(failure)}\n")
+        raise typer.Exit(1)
     _print_leaderboard(spec, board, result.study.name)
     if fallbacks and fallbacks["fallbacks"]:
         err.print(f"the language model was replaced by the builtin reasoner in "
                   f"{fallbacks['fallbacks']} of {fallbacks['propose_steps']} proposal steps: "
-                  + "; ".join(fallbacks["reasons"]), style="yellow", soft_wrap=True)
+                  + secrets.redact("; ".join(fallbacks["reasons"])), style="yellow",
+                  soft_wrap=True)
+    err.print(f"stopped: {result.stopped or 'done'}; evaluating the trials cost {spent:.4g} "
+              "GPU-h (each fine-tune and sampled arm once)", soft_wrap=True, highlight=False)
+
+
+def _not_blank(**options: str | None) -> None:
+    """A given option is not blank: `--budget ""` is an error, not the default."""
+    for name, value in options.items():
+        if value is not None and not value.strip():
+            flag = "--" + name.replace("_", "-")
+            raise PlannerError(f"{flag}: blank; give a value, or leave {flag} out for the "
+                               "default")
+
+
+def _budget(flag: str, text: str) -> None:
+    """Check a budget option; its error names the flag."""
+    try:
+        parse_budget(text)
+    except PlannerError as e:
+        raise PlannerError(f"{flag}: {e}") from None
+
+
+def _note_outside_tables(spec: TaskSpec) -> None:
+    """Say once which replay tables are read from outside the task's folder."""
+    for path in outside_tables(spec):
+        err.print(f"note: reading table {path} (outside the task folder)", soft_wrap=True,
+                  highlight=False, markup=False)
 
 
 def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeout: float,
@@ -128,7 +193,8 @@ def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeo
 
 
 class _progress:
-    """A progress bar with a live best-so-far line; silent with --json."""
+    """A progress bar with a live best-so-far line, shown from the first trial on (so a
+    study refused before it runs prints only its error line); silent with --json."""
 
     def __init__(self, total: int, quiet: bool) -> None:
         self.quiet = quiet
@@ -138,18 +204,18 @@ class _progress:
         self.task = self.progress.add_task("trials", total=total)
 
     def __enter__(self):
-        self.progress.__enter__()
-
         def on_trial(trial: TrialRecord, best: TrialRecord | None) -> None:
+            self.progress.start()  # once: a started progress ignores it
             line = "best: -" if best is None else (
-                f"best {best.score:.4f} @ {best.cost.total_gpu_hours:.4g} GPU-h (trial "
-                f"{best.number}: {'; '.join(best.allocation.describe())})")
+                f"best {report.score_text(best.score)} @ {best.cost.total_gpu_hours:.4g} "
+                f"GPU-h (trial {best.number}: {'; '.join(best.allocation.describe())})")
             self.progress.update(self.task, completed=trial.number + 1, description=line)
 
         return on_trial
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
+        if self.progress.live.is_started:
+            self.progress.stop()
 
 
 def _print_leaderboard(spec: TaskSpec | None, board: list[dict], study: str) -> None:
@@ -157,9 +223,9 @@ def _print_leaderboard(spec: TaskSpec | None, board: list[dict], study: str) -> 
     for col in ("rank", "trial", "score", "est. GPU-h", "allocation"):
         table.add_column(col, justify="right" if col != "allocation" else "left")
     for row in board:
-        lines = [f"{s}: {_plan_line(p)}  [{row['subtask_scores'].get(s, float('nan')):.3f}]"
+        lines = [f"{s}: {_plan_line(p)}  [{report.score_text(row['subtask_scores'].get(s))}]"
                  for s, p in row["allocation"].items()]
-        table.add_row(str(row["rank"]), str(row["number"]), f"{row['score']:.4f}",
+        table.add_row(str(row["rank"]), str(row["number"]), report.score_text(row['score']),
                       f"{row['cost_gpu_hours']['total']:.4g}", "\n".join(lines))
     out.print(table)
 
@@ -178,10 +244,14 @@ def check(
     """Validate TASK without running anything: its dimensions, allocations, and the budget."""
     from envs import make_environment
 
+    _not_blank(budget=budget)
     spec = load_spec(task)
     budget = budget or spec.budget
+    if budget is not None:
+        _budget("--budget", budget)
     cap = None if budget is None else spec.hardware.gpu_hours(budget)
     env = make_environment(spec)
+    _note_outside_tables(spec)
     info = summarize(SearchSpace(spec), CostModel(spec, env.calibration()), cap)
     if as_json:
         _emit_json({"task": spec.name, "budget": budget, **asdict(info), "binds": info.binds})
@@ -219,16 +289,16 @@ def studies(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
         return
     table = Table(title=f"studies in {db}")
     for col in ("study", "task", "strategy", "budget", "trials", "best_score"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold", no_wrap=col == "study")
     for r in rows:
-        score = "-" if r["best_score"] is None else f"{r['best_score']:.4f}"
+        score = report.score_text(r["best_score"])
         table.add_row(r["study"], r["task"], r["strategy"], r["budget"], str(r["trials"]), score)
     out.print(table)
 
 
 @app.command()
 def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
-         top: Annotated[int, typer.Option(help="Leaderboard rows.")] = 5) -> None:
+         top: Annotated[int, typer.Option(min=1, help="Leaderboard rows.")] = 5) -> None:
     """Best allocation, per-subtask scores, cost split and search spend of a study."""
     store = Store(db, create=False)
     record = store.require_study(study)
@@ -248,11 +318,12 @@ def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
         out.print("no successful trial yet")
         return
     c = best["cost_gpu_hours"]
-    out.print(f"best: trial {best['number']} score {best['score']:.4f}; cost {c['total']:.4g} "
-              f"GPU-h = training {c['train']:.4g} + inference {c['inference']:.4g}")
+    out.print(f"best: trial {best['number']} score {report.score_text(best['score'])}; "
+              f"cost {c['total']:.4g} GPU-h = training {c['train']:.4g} + inference "
+              f"{c['inference']:.4g}")
     for s, p in best["allocation"].items():
         score = best["subtask_scores"].get(s, float("nan"))
-        out.print(f"  {s}: {_plan_line(p)}  score {score:.4f}")
+        out.print(f"  {s}: {_plan_line(p)}  score {report.score_text(score)}")
     _print_leaderboard(None, board, record.name)
 
 
@@ -273,10 +344,10 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
         data = {"number": s.number, "node": s.node, "created": s.created, "payload": s.payload}
         if as_json:
             _emit_json(data)
-        else:
-            _print_step(s.number, s.node, s.payload)
+        else:  # redacted here too: a database written before redaction may hold secrets
+            _print_step(s.number, step_of(s.node, secrets.redact_data(s.payload)))
         return
-    events = report.timeline(store.trials(study), steps)
+    events = secrets.redact_data(report.timeline(store.trials(study), steps))
     if as_json:
         _emit_json(events)
         return
@@ -291,36 +362,37 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
             if score is not None and score > best:
                 best, mark = score, " *"
             table.add_row(f"trial {e['number']}", e["source"] or "-", e["status"],
-                          "-" if score is None else f"{score:.4f}{mark}",
+                          report.score_text(score) + mark,
                           f"{e['cost_gpu_hours']['total']:.4g}",
                           e["error"] or "; ".join(_plan_line(p)
                                                   for p in e["allocation"].values()))
         else:
-            p = e["payload"]
-            status = "fallback" if p.get("fallback") else ""
-            extra = ""
-            if p.get("attempts"):
-                tokens = sum(p.get("tokens", {}).values())
-                extra = f" [{len(p['attempts'])} calls, {tokens} tokens, " \
-                        f"{p.get('latency_s', 0.0):.2f} s]"
+            st = step_of(e["node"], e["payload"])
+            status, extra = "", ""
+            if isinstance(st, ProposeStep):
+                status = "fallback" if st.fallback else ""
+                if st.attempts:
+                    extra = f" [{len(st.attempts)} calls, {sum(st.tokens.values())} tokens, " \
+                            f"{st.latency_s:.2f} s]"
             table.add_row(f"step {e['number']}", e["node"], status, "", "",
-                          Text(str(p.get("summary", "")) + extra))
+                          Text(st.summary + extra))
     out.print(table)
     out.print("* new best; `planner trace STUDY --step N` shows one step in full")
 
 
-def _print_step(number: int, node: str, payload: dict) -> None:
+def _print_step(number: int, step: Step) -> None:
     """One agent step: its summary, each LLM exchange, then the rest as JSON."""
-    out.print(Panel(Text(str(payload.get("summary", ""))), title=f"step {number}: {node}"))
-    for i, a in enumerate(payload.get("attempts", [])):
-        for m in a["messages"][-1:] if i else a["messages"]:
+    out.print(Panel(Text(step.summary), title=f"step {number}: {step.node}"))
+    attempts = step.attempts if isinstance(step, ProposeStep) else []
+    for i, a in enumerate(attempts):
+        for m in a.messages[-1:] if i else a.messages:
             out.print(Panel(Text(m["content"]), title=f"call {i}: {m['role']}"))
-        out.print(Panel(Text(a["response"] or "(no reply)"),
-                        title=f"call {i}: reply ({a['tokens'] or 'no usage'}, "
-                              f"{a['latency_s']:.2f} s)"))
-        for error in a["errors"]:
+        out.print(Panel(Text(a.response or "(no reply)"),
+                        title=f"call {i}: reply ({a.tokens or 'no usage'}, "
+                              f"{a.latency_s:.2f} s)"))
+        for error in a.errors:
             out.print(Text(f"  error: {error}", style="red"))
-    rest = {k: v for k, v in payload.items() if k not in ("summary", "attempts")}
+    rest = {k: v for k, v in step.payload().items() if k not in ("summary", "attempts")}
     out.print_json(json.dumps(rest, default=str))
 
 
@@ -426,12 +498,195 @@ def train(export_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder
     raise typer.Exit(0 if result.agrees else 1)
 
 
+@app.command("trials")
+def list_trials(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
+                status: Annotated[TrialStatus | None, typer.Option(
+                    help="Only the trials of this status.")] = None) -> None:
+    """List a study's trials: status, score, estimated cost, source, allocation, error."""
+    store = Store(db, create=False)
+    store.require_study(study)
+    rows = views.trial_list(store.trials(study), status)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title=f"{study}: trials" + (f" ({status.value})" if status else ""),
+                  show_lines=True)
+    for col in ("#", "status", "score", "est. GPU-h", "source", "allocation", "error"):
+        table.add_column(col, overflow="fold",
+                         justify="right" if col in ("#", "score", "est. GPU-h") else "left")
+    for r in rows:
+        table.add_row(str(r["number"]), r["status"], report.score_text(r["score"]),
+                      f"{r['cost_gpu_hours']['total']:.4g}", r["source"] or "-",
+                      "\n".join(f"{s}: {_plan_line(p)}" for s, p in r["allocation"].items()),
+                      Text(r["error"] or ""))
+    out.print(table)
+
+
+@app.command()
+def compare(names: Annotated[list[str], typer.Argument(metavar="STUDY...",
+                                                       help="Studies to put side by side.")],
+            db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
+    """Studies side by side: best score, trials and search GPU-hours to reach it.
+
+    Also the share of the exact optimum (replay tasks) and each stage's choice in the best
+    allocation. Search GPU-hours are metered as --search-budget meters them."""
+    store = Store(db, create=False)
+    rows = [views.comparison(_study_data(store, name)) for name in names]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title="studies side by side", show_lines=True)
+    table.add_column("", style="bold", overflow="fold")
+    for r in rows:
+        table.add_column(r["study"], overflow="fold")
+    fields = [("task", lambda r: r["task"]), ("strategy", lambda r: r["strategy"]),
+              ("budget", lambda r: r["budget"]), ("trials", lambda r: str(r["trials"])),
+              ("best score", lambda r: report.score_text(r["best_score"])),
+              ("of the exact optimum", lambda r: "-" if r["fraction_of_optimum"] is None
+               else f"{r['fraction_of_optimum']:.1%} of {r['optimum']:.4g}"),
+              ("trials to best", lambda r: str(r["trials_to_best"] or "-")),
+              ("search GPU-h to best", lambda r: _gpu_h(r["search_gpu_hours_to_best"])),
+              ("search GPU-h, all", lambda r: _gpu_h(r["search_gpu_hours"])),
+              ("best's est. GPU-h", lambda r: _gpu_h(r["best_cost_gpu_hours"]))]
+    for label, cell in fields:
+        table.add_row(label, *(cell(r) for r in rows))
+    for stage in dict.fromkeys(s for r in rows for s in r["choices"]):
+        table.add_row(stage, *(_choice_line(r["choices"].get(stage)) for r in rows))
+    out.print(table)
+    for label in dict.fromkeys(r["search_cost"] for r in rows):
+        out.print(f"search GPU-h: {label}", highlight=False)
+
+
+def _gpu_h(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _choice_line(choice: dict | None) -> str:
+    if choice is None:
+        return "-"
+    plan = {k: v for k, v in choice.items() if k != "score"}
+    return f"{_plan_line(plan)}  [{report.score_text(choice['score'])}]"
+
+
+def _study_data(store: Store, name: str) -> views.StudyData:
+    """A study with its space, its search metered as `Runner.search_spent` does (by the
+    environment its stored task builds) and, for a replay task, its exact optimum."""
+    from envs import make_environment
+    from envs.replay.env import ReplayEnvironment
+    from envs.replay.optimum import NoFeasibleAllocation, exhaustive_optimum
+
+    record = store.require_study(name)
+    trials = store.trials(name)
+    spec = _study_spec(record, None)
+    space = SearchSpace(spec)
+    try:
+        env = make_environment(spec)
+    except (PlannerError, OSError) as e:
+        return views.StudyData(record, trials, space, metering="the sum of the evaluated "
+                               f"trials' estimated costs (its environment failed: {e})")
+    optimum = None
+    if isinstance(env, ReplayEnvironment):
+        with contextlib.suppress(NoFeasibleAllocation):
+            optimum = exhaustive_optimum(spec, record.budget_gpu_hours, env).score
+    return views.StudyData(record, trials, space, CostModel(spec, env.calibration()),
+                           env.validation_items(), optimum=optimum)
+
+
+@app.command()
+def delete(study: StudyArg, db: DbOpt = DEFAULT_DB,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+    """Delete a study and everything its search kept in the database.
+
+    Its trials and results, the agent's steps, insights and graph checkpoints, and the
+    Optuna baselines' own studies."""
+    reader = Store(db, create=False)
+    reader.require_study(study)
+    n = len(reader.trials(study))
+    if not yes:
+        typer.confirm(f"Delete study {study!r} and its {n} trials from {db}?", abort=True)
+    for what in delete_study(Store(db), study):
+        err.print(f"deleted {what}", soft_wrap=True)
+
+
+@app.command("report")
+def html_report_command(
+        study: StudyArg,
+        output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")],
+        png_dir: Annotated[Path | None, typer.Option(help="Folder for the plots as PNG files "
+                                                     "(default: OUTPUT_files/ beside it).")]
+        = None,
+        top: Annotated[int, typer.Option(min=1, help="Leaderboard rows.")] = 10,
+        db: DbOpt = DEFAULT_DB) -> None:
+    """Write a study's report: one static HTML page with plots (and PNG files).
+
+    Best so far against trials and search GPU-hours, each stage's score against n per arm,
+    the best's cost split and choices, the leaderboard, and the gap to the exact optimum
+    (replay tasks)."""
+    if output.is_dir():
+        raise PlannerError(f"-o {output}: is a folder; name the page, e.g. {output}/report.html")
+    data = views.report_data(_study_data(Store(db, create=False), study), top)
+    png_dir = png_dir or output.with_name(f"{output.stem}_files")
+    try:
+        pngs = html_report.write_report(data, output, png_dir)
+    except OSError as e:
+        raise PlannerError(f"-o {output}: cannot write {e.filename or output}: {e.strerror}; "
+                           "choose a writable file (and --png-dir)") from None
+    err.print(f"wrote {output} ({len(pngs)} plots, also as PNG files in {png_dir}/)",
+              soft_wrap=True)
+
+
+@app.command("dashboard")
+def dashboard_command(
+        names: Annotated[list[str] | None, typer.Argument(
+            metavar="[STUDY]...", help="Studies to mirror (default: every study).")] = None,
+        db: DbOpt = DEFAULT_DB,
+        out_url: Annotated[str, typer.Option("--out", help="Optuna storage URL to write; its "
+                                             "studies of these names are rebuilt.")]
+        = "sqlite:///planner-dashboard.db") -> None:
+    """Write studies as Optuna studies, to browse with optuna-dashboard.
+
+    One Optuna study per study (its name), one Optuna trial per trial, whatever the
+    strategy; prints the optuna-dashboard command."""
+    store = Store(db, create=False)
+    _check_dashboard_storage(out_url, db)
+    records = [store.require_study(n) for n in names] if names else store.studies()
+    if not records:
+        raise PlannerError(f"--db {db}: no study to show; run `planner optimize` first")
+    for record in records:
+        space = SearchSpace(_study_spec(record, None))
+        try:
+            mirror = dashboard.write_dashboard(out_url, record, space, store.trials(record.name))
+        except (ImportError, SQLAlchemyError) as e:  # no driver, not a database, no server
+            raise PlannerError(f"--out {out_url}: {str(e).splitlines()[0]}") from None
+        err.print(f"{record.name}: {len(mirror.trials)} trials", soft_wrap=True)
+    err.print(f"wrote {out_url}; open it with (pip install optuna-dashboard):", soft_wrap=True)
+    sys.stdout.write(f"optuna-dashboard {out_url}\n")
+
+
+def _check_dashboard_storage(out_url: str, db: str) -> None:
+    """Refuse a --out that is not a URL, the study database itself, or a SQLite file in a
+    folder that does not exist."""
+    try:
+        parsed, source = make_url(out_url), make_url(db)
+    except ArgumentError:
+        raise PlannerError(f"--out {out_url}: not a database URL; e.g. "
+                           "sqlite:///planner-dashboard.db") from None
+    if parsed.drivername.startswith("sqlite") and parsed.database:
+        target = Path(parsed.database).resolve()
+        if source.drivername.startswith("sqlite") and source.database \
+                and Path(source.database).resolve() == target:
+            raise PlannerError(f"--out {out_url}: is the study database; pass another file, "
+                               "e.g. sqlite:///planner-dashboard.db")
+        if not target.parent.is_dir():
+            raise PlannerError(f"--out {out_url}: no folder {target.parent}")
+
+
 def main() -> None:
     """Entry point: known errors become one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(code) comes back here
     except PlannerError as e:
-        sys.stderr.write(f"Error: {e}\n")  # plain write: rich would wrap long paths
+        _error_line(str(e))
         if os.environ.get("PLANNER_DEBUG"):
             raise
         sys.exit(2)
@@ -442,9 +697,15 @@ def main() -> None:
         sys.exit(130)
     except typer.TyperException as e:  # usage errors: bad option value, missing argument
         command = e.ctx.command_path if getattr(e, "ctx", None) else "planner"
-        sys.stderr.write(f"Error: {e.format_message()} (see `{command} --help`)\n")
+        _error_line(f"{e.format_message() or 'no command given'} (see `{command} --help`)")
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error_line(message: str) -> None:
+    """`Error: MESSAGE` as one line on stderr, secrets redacted (a plain write: rich would
+    wrap long paths)."""
+    sys.stderr.write(f"Error: {' '.join(secrets.redact(message).splitlines())}\n")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from planner.search import best_trial
+from planner.search.agent.steps import ProposeStep, read_step
 from planner.store import StepRecord, StudyRecord, TrialRecord, TrialStatus
+
+
+def score_text(score: float | None) -> str:
+    """A score as printed: 4 decimals, or 3 significant digits when it is near zero (so
+    0.00012 does not read as 0.0000); "-" when there is none."""
+    if score is None:
+        return "-"
+    return f"{score:.4f}" if score == 0 or abs(score) >= 1e-3 else f"{score:.3g}"
+
+
+def failure(trials: Sequence[TrialRecord]) -> str | None:
+    """Why a study achieved nothing (no successful trial), or None when one succeeded."""
+    if any(t.status is TrialStatus.OK for t in trials):
+        return None
+    failed = [t for t in trials if t.status is TrialStatus.FAILED]
+    if failed:
+        first = (failed[0].error or "no error recorded").strip().splitlines()[-1]
+        return f"every trial failed ({len(failed)}); the first, trial {failed[0].number}: {first}"
+    if trials:
+        return f"no trial was evaluated: all {len(trials)} were over budget"
+    return "no trial was run"
 
 
 def trial_row(t: TrialRecord) -> dict:
@@ -54,11 +76,11 @@ def summary(study: StudyRecord, trials: Sequence[TrialRecord]) -> dict:
 def reasoner_fallbacks(steps: Sequence[StepRecord]) -> dict | None:
     """How often the builtin reasoner answered for a language model, and why; None when
     no step asked one."""
-    proposes = [s.payload for s in steps if s.node == "propose"]
-    asked = [p for p in proposes if p.get("attempts") or p.get("fallback")]
+    proposes = [read_step(s) for s in steps if s.node == ProposeStep.node]
+    asked = [p for p in proposes if isinstance(p, ProposeStep) and (p.attempts or p.fallback)]
     if not asked:
         return None
-    reasons = [p["fallback"] for p in asked if p.get("fallback")]
+    reasons = [p.fallback for p in asked if p.fallback]
     return {"propose_steps": len(proposes), "fallbacks": len(reasons),
             "reasons": list(dict.fromkeys(reasons))}
 

@@ -231,3 +231,17 @@ def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
         value = rng.choice([0.0, 1.0, -2.5, np.nan], size=n) if n % 2 else rng.normal(size=n)
         for chunk in (1, 7, 64):
             assert list(best_first(value, chunk)) == list(np.argsort(-value, kind="stable"))
+
+
+def test_trace_steps_are_typed_and_read_back_from_older_payloads() -> None:
+    from planner.search.agent.reasoners.base import Attempt
+    from planner.search.agent.steps import ProposeStep, ReflectStep, step_of
+
+    step = ProposeStep(summary="llm: x", reasoner="llm", fallback=None,
+                       attempts=[Attempt(messages=[{"role": "user", "content": "hi"}],
+                                         response="{}", tokens={"prompt": 3})],
+                       tokens={"prompt": 3}, latency_s=0.5)
+    payload = json.loads(json.dumps(step.payload()))  # as the store keeps it
+    assert step_of("propose", payload) == step
+    old = step_of("reflect", {"summary": "s", "stop": "converged", "retired_key": 1})
+    assert old == ReflectStep(summary="s", stop="converged")

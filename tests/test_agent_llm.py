@@ -113,11 +113,11 @@ def _n_init(spec) -> int:
     return len(store.steps("probe")[0].payload["proposals"])
 
 
-def _optimize(spec, server: ScriptedServer, n_extra: int, **llm):
+def _optimize(spec, server: ScriptedServer, n_extra: int, store: Store | None = None, **llm):
     """Run the agent until `n_extra` trials past its init probes."""
     config = LLMConfig(server.url, "scripted", **{"timeout_s": 2.0, "max_retries": 0,
                                                    "repairs": 2, **llm})
-    store = Store("sqlite://")
+    store = store or Store("sqlite://")
     result = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
                       strategy="agent", n_trials=_n_init(spec) + n_extra, study="llm",
                       agent=AgentOptions(reasoner="llm", llm=config, patience=None))
@@ -205,16 +205,30 @@ def test_timeout_falls_back_to_builtin(spec, server) -> None:
     assert result.trials[-1].source == "agent-builtin"
 
 
-def test_persistent_500_retries_then_stops_asking(spec, server) -> None:
+def test_persistent_500_rests_the_model_then_asks_again(spec, server) -> None:
     result, proposes, _ = _optimize(spec, server, 4, max_retries=1)
     assert "HTTP 500" in proposes[0]["fallback"]
-    # each of 2 steps: json_schema and json_object once each, then plain (1 try + 1 retry);
-    # failing plainly too means the server is down, not refusing a form; then no more
-    assert len(server.requests) == 8
+    # each asked step: json_schema and json_object once each, then plain (1 try + 1 retry);
+    # failing plainly too means the server is down, not refusing a form. After 2 failed
+    # steps the model rests 1 step, then is asked again (and fails: rests 2)
+    assert len(server.requests) == 12
     assert [r.get("response_format", {}).get("type") for r in server.requests[4:6]] == [
         "json_schema", "json_object"]
-    assert "built-in reasoner answers from now on" in proposes[-1]["fallback"]
+    assert proposes[2]["fallback"] == ("language model failed 2 steps in a row; resting it, "
+                                       "it is asked again in 1 step")
+    assert proposes[2]["attempts"] == [] and proposes[3]["attempts"]
     assert all(t.source == "agent-builtin" for t in result.trials[-4:])
+
+
+def test_a_resumed_run_asks_a_resting_model_at_once(spec, server, tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'resume.db'}")  # the graph's state is kept there
+    _, proposes, _ = _optimize(spec, server, 3, max_retries=0, store=store)
+    assert "resting it" in proposes[-1]["fallback"]
+    asked = len(server.requests)
+    server.script = [("reply", _reply(GOOD))]
+    result, proposes, _ = _optimize(spec, server, 4, max_retries=0, store=store)
+    assert len(server.requests) == asked + 1
+    assert result.trials[-1].source == "agent-llm"
 
 
 def test_parse_reply_forms() -> None:

@@ -297,3 +297,26 @@ def test_a_fine_tune_without_training_files_is_named(tmp_path: Path,
     with pytest.raises(SpecError, match=r"subtasks\.parse\.mixtures\.default: 'parse/data' "
                                         "has no training file"):
         env_for(path, tmp_path / "cache")
+
+
+def test_a_metric_beside_the_task_needs_no_pythonpath_and_failures_exit_1(
+        tmp_path: Path, bases: dict[str, Path]) -> None:
+    path = write_live_task(tmp_path, bases)
+    task = yaml.safe_load(path.read_text())
+    for stage in task["subtasks"]:
+        stage["methods"] = ["none"]
+    task["subtasks"][-1]["metric"] = "my_metric:strict"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    (tmp_path / "my_metric.py").write_text(
+        "def strict(prediction, label):\n    raise RuntimeError('metric refuses ' + label)\n")
+    elsewhere = tmp_path / "elsewhere"  # `python -m` puts the cwd on sys.path: not the task's
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PLANNER_CACHE"] = str(tmp_path / "cache")
+    r = subprocess.run([sys.executable, "-m", "planner.cli", "optimize", str(path), "--trials",
+                        "2", "--strategy", "random", "--db", f"sqlite:///{tmp_path / 'x.db'}"],
+                       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: every trial failed (2); the first, trial 0: RuntimeError: "
+                           "metric refuses"), last

@@ -15,8 +15,10 @@ import importlib
 import math
 import re
 import string
+import sys
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -63,14 +65,21 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def load_metric(name: str) -> Metric:
-    """A built-in metric by name, or a user function given as "package.module:function"."""
+def load_metric(name: str, folder: str | Path | None = None) -> Metric:
+    """A built-in metric by name, or a user function given as "package.module:function",
+    importable from `folder` (e.g. a metric.py beside the task file) or the import path."""
     if name in METRICS:
         return METRICS[name]
     module, sep, function = name.partition(":")
     if not sep:
         raise ValueError(f"Unknown metric {name!r}; use one of {list(METRICS)} or 'module:func'.")
-    return getattr(importlib.import_module(module), function)
+    if folder is None:
+        return getattr(importlib.import_module(module), function)
+    sys.path.insert(0, str(folder))
+    try:
+        return getattr(importlib.import_module(module), function)
+    finally:
+        sys.path.remove(str(folder))
 
 
 # Aggregators: n answers -> one answer

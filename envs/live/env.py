@@ -264,8 +264,8 @@ class LiveEnvironment:
     def _metric(self, subtask: str) -> Metric:
         name = self.spec.subtask(subtask).metric
         try:
-            return load_metric(name)
-        except (ValueError, ImportError, AttributeError) as e:
+            return load_metric(name, self.spec.root)
+        except (ValueError, ImportError, AttributeError, SyntaxError) as e:
             raise SpecError(f"{self.spec.name}: subtasks.{subtask}.metric: {e}") from None
 
     def _sink(self) -> str:

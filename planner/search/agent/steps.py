@@ -1,0 +1,103 @@
+"""The agent's trace: one typed record per node visit, stored as its JSON payload.
+
+The graph writes these records (`Step.payload()`); `planner trace`, the report and the
+fallback summary read them back with `read_step`, so no reader digs through dict keys.
+A payload written by an older planner reads back with defaults for the fields it lacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+from planner.search.agent.reasoners.base import Attempt
+from planner.store import StepRecord
+
+
+@dataclass(frozen=True)
+class Step:
+    """What every node visit records: a one-line summary and what the node was given."""
+
+    node: ClassVar[str]
+    summary: str = ""
+    inputs: dict = field(default_factory=dict)
+
+    def payload(self) -> dict:
+        """As stored: the fields, one level deep (attempts as dicts)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if "attempts" in out:
+            out["attempts"] = [a.to_dict() for a in out["attempts"]]
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> Step:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in payload.items() if k in names}
+        if "attempts" in values:
+            values["attempts"] = [Attempt(**a) for a in values["attempts"]]
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class InitStep(Step):
+    """The probes proposed before any trial, and why each."""
+
+    node = "init"
+    proposals: list[dict] = field(default_factory=list)
+    rationale: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvaluateStep(Step):
+    """Trials run from the pending allocations, and those found already in the study."""
+
+    node = "evaluate"
+    trials: list[dict] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReflectStep(Step):
+    """The insight memory before and after, and the stop decision ("" goes on)."""
+
+    node = "reflect"
+    insights_before: list[dict] = field(default_factory=list)
+    insights_after: list[dict] = field(default_factory=list)
+    stop: str = ""
+
+
+@dataclass(frozen=True)
+class ProposeStep(Step):
+    """The reasoner's proposals, its exchanges with a language model, and any fallback."""
+
+    node = "propose"
+    reasoner: str = ""
+    fallback: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    proposals: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tokens: dict[str, int] = field(default_factory=dict)
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FinalizeStep(Step):
+    """Why the search stopped, and its best trial."""
+
+    node = "finalize"
+    stop: str = ""
+    best: dict | None = None
+
+
+STEP_TYPES: dict[str, type[Step]] = {t.node: t for t in (InitStep, EvaluateStep, ReflectStep,
+                                                         ProposeStep, FinalizeStep)}
+
+
+def step_of(node: str, payload: dict) -> Step:
+    """The typed step of a node's stored payload."""
+    return STEP_TYPES[node].from_payload(payload)
+
+
+def read_step(record: StepRecord) -> Step:
+    """The typed step a stored record holds."""
+    return step_of(record.node, record.payload)

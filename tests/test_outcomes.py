@@ -1,0 +1,89 @@
+"""No silent outcomes: `planner optimize` says why it stopped, refuses a budget nothing fits,
+says when the --from plan was evaluated before, and prints near-zero scores readably."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planner.cost import Cost
+from planner.report import failure, score_text
+from planner.space import Allocation
+from planner.store import TrialRecord, TrialStatus
+
+
+def planner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_budget_nothing_fits_is_refused_before_anything_is_written(
+        tmp_path: Path, tiny_task_path: Path) -> None:
+    r = planner("optimize", str(tiny_task_path), "--budget", "0.001gpu-h", cwd=tmp_path)
+    assert r.returncode == 2
+    line, = r.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {tiny_task_path}: budget 0.001gpu-h: no allocation fits; "
+                           "the cheapest costs ")
+    assert "--budget" in line
+    assert not (tmp_path / "planner.db").exists()
+
+
+def test_search_says_why_it_stopped_and_what_it_spent(tmp_path: Path,
+                                                      tiny_task_path: Path) -> None:
+    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "random",
+                "--trials", "4", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["stopped"] == "4 trials run" and data["failure"] is None
+    assert data["search_gpu_hours"] > 0
+    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "random",
+                "--trials", "6", "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "stopped: 6 trials run; evaluating the trials cost" in r.stderr
+
+
+def test_agent_says_it_converged(tmp_path: Path, tiny_task_path: Path) -> None:
+    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--trials", "60",
+                "--patience", "2", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["stopped"].startswith("converged: no better score in 2 proposals")
+    assert data["trials"] < 60
+
+
+def test_from_a_plan_the_study_evaluated_says_so(tmp_path: Path, tiny_task_path: Path) -> None:
+    args = ("--budget", "35gpu-h", "--strategy", "random", "--trials", "3")
+    assert planner("optimize", str(tiny_task_path), *args, cwd=tmp_path).returncode == 0
+    r = planner("export", "tiny-random", "-o", "plan", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = planner("optimize", str(tiny_task_path), *args, "--resume", "--from", "plan",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "--from: the study evaluated this allocation before (trial" in r.stderr
+    assert "not run again" in r.stderr
+
+
+def _trial(number: int, status: TrialStatus, error: str | None = None) -> TrialRecord:
+    return TrialRecord(number, Allocation.of({}), status, None, {}, Cost(0.0, 0.0),
+                       error=error)
+
+
+def test_failure_names_the_first_failed_trial_and_its_cause() -> None:
+    trials = [_trial(0, TrialStatus.OVER_BUDGET),
+              _trial(1, TrialStatus.FAILED, "Traceback...\nRuntimeError: out of memory"),
+              _trial(2, TrialStatus.FAILED, "ValueError: x")]
+    assert failure(trials) == ("every trial failed (2); the first, trial 1: RuntimeError: "
+                               "out of memory")
+    assert failure([_trial(0, TrialStatus.OVER_BUDGET)]) == \
+        "no trial was evaluated: all 1 were over budget"
+    assert failure([]) == "no trial was run"
+
+
+@pytest.mark.parametrize(("score", "text"), [(None, "-"), (0.0, "0.0000"), (0.8765, "0.8765"),
+                                             (2.5e-05, "2.5e-05"), (0.000123, "0.000123")])
+def test_near_zero_scores_are_readable(score: float | None, text: str) -> None:
+    assert score_text(score) == text
