@@ -292,3 +292,16 @@ def test_the_prompt_stays_bounded_as_trials_grow() -> None:
     best = max(trials, key=lambda t: t.score or 0.0)
     assert f"- {best.number}: {best.score:.4f}" in longer  # the best is always shown
     assert "Best stage score per served model" in longer
+
+
+POOR = {"extract": _plan("large", "ckpt-a", 2), "solve": _plan("large", "ckpt-a", 2)}
+
+
+def test_a_plan_the_trials_rate_far_below_the_best_is_vetoed(spec, server) -> None:
+    server.script = [("reply", _reply(POOR)), ("reply", _reply(GOOD))]
+    result, proposes, _ = _optimize(spec, server, 1)
+    first = proposes[0]["attempts"][0]["errors"][0]
+    assert "far below the best candidate" in first
+    assert "far below the best candidate" in server.requests[1]["messages"][-1]["content"]
+    assert result.trials[-1].allocation.to_dict()["extract"]["samples"] == 16
+    assert result.trials[-1].source == "agent-llm"

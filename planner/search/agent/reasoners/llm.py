@@ -6,21 +6,28 @@ llama.cpp's server), so even a small model can only answer with plans that exist
 that takes neither is asked plainly. Transport failures (timeouts, rate limits, 5xx) are retried
 with backoff by the `openai` client; a reply that is not usable JSON, or proposes invalid,
 over-budget or already evaluated allocations, gets a repair message quoting the errors
-(bounded rounds). When the endpoint keeps failing the built-in reasoner answers, and the
-proposal says why. The API key is read from OPENAI_API_KEY by the client; replies and error
-messages are redacted (`planner.secrets`) as they arrive, so the key is never part of a trace
-or of the graph's checkpointed state, even when a server echoes it.
+(bounded rounds). The builtin's score model vetoes a proposal whose optimistic predicted
+end score is under `SCREEN` of the best candidate's: the model may pick among near-best
+candidates, or explore where the prediction is uncertain (optimism rewards that), but a weak
+model cannot steer the search to plans the evidence rates poorly. When the endpoint keeps
+failing the built-in reasoner answers, and the proposal says why.
+
+The API key is read from OPENAI_API_KEY by the client; replies and error messages are
+redacted (`planner.secrets`) as they arrive, so the key is never part of a trace or of the
+graph's checkpointed state, even when a server echoes it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import openai
 from openai.types.chat import ChatCompletion
 
@@ -38,6 +45,7 @@ from planner.store import TrialRecord
 
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 _HINTS = 5
+SCREEN = 0.9  # a proposal must promise this fraction of the best candidate's score
 _FORMS = ("json_schema", "json_object")  # structured-output forms, tried in this order
 
 
@@ -99,6 +107,8 @@ class LLMReasoner:
         hints = best_allocations(analysis.tables, analysis.plan_values(self.builtin.kappa),
                                  self.ctx.budget_gpu_hours, self.ctx.cost_model, seen, _HINTS)
         predicted = [self._predicted(analysis, a) for a in hints]
+        values = analysis.plan_values(self.builtin.kappa)
+        floor = _value(analysis, values, hints[0]) + math.log(SCREEN) if hints else -math.inf
         messages = [{"role": "system", "content": prompts.SYSTEM},
                     {"role": "user", "content": prompts.user_message(
                         self.ctx.space, self.ctx.cost_model, self.ctx.budget_gpu_hours,
@@ -121,7 +131,8 @@ class LLMReasoner:
             except ReplyError as e:
                 notes, raw, valid, errors = [], [], [], [str(e)]
             else:
-                valid, errors = self._validate(raw, seen)
+                valid, errors = self._validate(
+                    raw, seen, lambda a: _value(analysis, values, a) >= floor)
             attempts.append(Attempt(list(messages), text, [r for r in raw if
                                                            isinstance(r, dict)],
                                     errors, tokens, latency))
@@ -166,8 +177,10 @@ class LLMReasoner:
                 self.form = first
             raise
 
-    def _validate(self, raw: list, seen: set[str]) -> tuple[list[Allocation], list[str]]:
-        """Allocations that fit the space and budget and are new; an error for each other."""
+    def _validate(self, raw: list, seen: set[str], promising: Callable[[Allocation], bool]
+                  ) -> tuple[list[Allocation], list[str]]:
+        """Allocations that fit the space and budget, are new and `promising`; an error for
+        each other."""
         valid, errors, keys = [], [], set(seen)
         for i, item in enumerate(raw):
             data = item.get("allocation", item) if isinstance(item, dict) else item
@@ -182,6 +195,10 @@ class LLMReasoner:
                               f"{self.ctx.budget_gpu_hours:.4g} GPU-h")
             elif alloc.key() in keys:
                 errors.append(f"proposal {i}: already evaluated or proposed; propose a new one")
+            elif not promising(alloc):
+                errors.append(f"proposal {i}: the trials so far predict it far below the best "
+                              f"candidate (under {SCREEN:.0%} of its score, even optimistically)"
+                              "; pick a listed candidate, or a plan the trials rate higher")
             else:
                 keys.add(alloc.key())
                 valid.append(alloc)
@@ -202,6 +219,12 @@ class LLMReasoner:
                            strict=True):
             total *= float(p.score()[t.index[alloc[t.subtask]]]) ** w
         return total
+
+
+def _value(analysis: Analysis, values: Sequence[np.ndarray], alloc: Allocation) -> float:
+    """An allocation's optimistic log end score (`Analysis.plan_values`)."""
+    return float(sum(v[t.index[alloc[t.subtask]]]
+                     for t, v in zip(analysis.tables, values, strict=True)))
 
 
 def _describe(e: Exception) -> str:
