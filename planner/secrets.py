@@ -49,13 +49,16 @@ def redact(text: str) -> str:
 
 def redact_data(data: Any) -> Any:
     """JSON-like `data` (dicts, lists, tuples, scalars) with every string in it redacted."""
-    return _walk(data, _forms())
+    forms = _forms()
+    return _walk(data, forms) if forms else data
 
 
 def redact_json(data: Any, **dumps: Any) -> str:
     """`json.dumps(data, **dumps)` with every string (and every object it writes with
     `str`) redacted before encoding."""
     forms = _forms()
+    if not forms:  # no secret known: nothing to walk (a hot path of the store)
+        return json.dumps(data, default=str, **dumps)
     return json.dumps(_walk(data, forms), default=lambda o: _redact(str(o), forms), **dumps)
 
 

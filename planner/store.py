@@ -598,6 +598,7 @@ class Store:
                 new = row(s, study_id, 0 if last is None else last + 1)
                 if new is None:
                     return None
+                number = new.number  # read now: after the commit it would be re-selected
                 s.add(new)
                 try:
                     s.commit()
@@ -605,7 +606,7 @@ class Store:
                     s.rollback()
                     time.sleep(random.uniform(0.0, 0.01))  # let the winner finish
                     continue
-                return new.number
+                return number
         raise StudyError(f"study {study!r}: no free {table.__tablename__} number after "
                          f"{_CLAIM_TRIES} tries; is something else writing to {self.url}?")
 
