@@ -31,7 +31,7 @@ from planner.errors import PlannerError
 from planner.export import FORMATS, export_files, read_plan, write_export
 from planner.search import STRATEGIES, AgentOptions, best_trial
 from planner.search.agent import LLMConfig
-from planner.search.agent.steps import ProposeStep, Step, step_of
+from planner.search.agent.steps import ProposeStep, ReflectStep, Step, step_of
 from planner.search.agent.strategy import DEFAULT_PATIENCE
 from planner.search.search_cost import SearchCost
 from planner.space import Plan, SearchSpace
@@ -78,6 +78,9 @@ def optimize(
     llm_timeout: Annotated[float, typer.Option(min=1, max=86400, help="Seconds per --reasoner "
                                                "llm request (a small CPU server needs "
                                                "minutes).")] = 60.0,
+    llm_nodes: Annotated[str, typer.Option(help="Agent nodes the --reasoner llm model answers "
+                                           "(the builtin answers the others): reflect, "
+                                           "propose or both.")] = "reflect,propose",
     patience: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Agent: stop after this "
                                           "many proposals without a better score.")]
     = DEFAULT_PATIENCE,
@@ -110,7 +113,7 @@ def optimize(
     _budget("--budget", budget)
     if search_budget is not None:
         _budget("--search-budget", search_budget)
-    agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, patience)
+    agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes, patience)
     start = read_plan(from_plan, SearchSpace(spec)) if from_plan else None
     env = make_environment(spec)
     cost_model = CostModel(spec, env.calibration())
@@ -148,7 +151,8 @@ def optimize(
     _print_leaderboard(spec, board, result.study.name)
     if fallbacks and fallbacks["fallbacks"]:
         err.print(f"the language model was replaced by the builtin reasoner in "
-                  f"{fallbacks['fallbacks']} of {fallbacks['propose_steps']} proposal steps: "
+                  f"{fallbacks['fallbacks']} of {fallbacks['propose_steps']} proposal and "
+                  f"{fallbacks['reflect_steps']} reflection steps: "
                   + secrets.redact("; ".join(fallbacks["reasons"])), style="yellow",
                   soft_wrap=True)
     err.print(f"stopped: {result.stopped or 'done'}; evaluating the trials cost {spent:.4g} "
@@ -180,7 +184,7 @@ def _note_outside_tables(spec: TaskSpec) -> None:
 
 
 def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeout: float,
-                   patience: int) -> AgentOptions:
+                   nodes: str, patience: int) -> AgentOptions:
     if reasoner not in ("builtin", "llm"):
         raise typer.BadParameter("choose builtin or llm", param_hint="--reasoner")
     if reasoner == "builtin":
@@ -188,8 +192,12 @@ def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeo
     if not base_url or not model:
         raise PlannerError("--reasoner llm needs --llm-base-url (e.g. http://127.0.0.1:8000/v1) "
                            "and --llm-model")
-    return AgentOptions(reasoner="llm", llm=LLMConfig(base_url, model, timeout_s=timeout),
-                        patience=patience)
+    chosen = tuple(n.strip() for n in nodes.split(",") if n.strip())
+    if not chosen or set(chosen) - {"reflect", "propose"}:
+        raise PlannerError(f"--llm-nodes {nodes!r}: name reflect, propose or both, e.g. "
+                           "--llm-nodes reflect,propose")
+    return AgentOptions(reasoner="llm", llm=LLMConfig(base_url, model, timeout_s=timeout,
+                                                      nodes=chosen), patience=patience)
 
 
 class _progress:
@@ -369,11 +377,12 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
         else:
             st = step_of(e["node"], e["payload"])
             status, extra = "", ""
-            if isinstance(st, ProposeStep):
+            if isinstance(st, ProposeStep | ReflectStep):
                 status = "fallback" if st.fallback else ""
                 if st.attempts:
-                    extra = f" [{len(st.attempts)} calls, {sum(st.tokens.values())} tokens, " \
-                            f"{st.latency_s:.2f} s]"
+                    tokens = sum(sum(a.tokens.values()) for a in st.attempts)
+                    latency = sum(a.latency_s for a in st.attempts)
+                    extra = f" [{len(st.attempts)} calls, {tokens} tokens, {latency:.2f} s]"
             table.add_row(f"step {e['number']}", e["node"], status, "", "",
                           Text(st.summary + extra))
     out.print(table)
@@ -383,7 +392,7 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
 def _print_step(number: int, step: Step) -> None:
     """One agent step: its summary, each LLM exchange, then the rest as JSON."""
     out.print(Panel(Text(step.summary), title=f"step {number}: {step.node}"))
-    attempts = step.attempts if isinstance(step, ProposeStep) else []
+    attempts = step.attempts if isinstance(step, ProposeStep | ReflectStep) else []
     for i, a in enumerate(attempts):
         for m in a.messages[-1:] if i else a.messages:
             out.print(Panel(Text(m["content"]), title=f"call {i}: {m['role']}"))

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from envs import make_environment
 from planner.cli import app
+from planner.report import reasoner_fallbacks
 from planner.search import AgentOptions
 from planner.search.agent import LLMConfig
 from planner.search.agent.reasoners.llm import ReplyError, parse_reply
@@ -116,7 +117,7 @@ def _n_init(spec) -> int:
 def _optimize(spec, server: ScriptedServer, n_extra: int, store: Store | None = None, **llm):
     """Run the agent until `n_extra` trials past its init probes."""
     config = LLMConfig(server.url, "scripted", **{"timeout_s": 2.0, "max_retries": 0,
-                                                   "repairs": 2, **llm})
+                                                   "repairs": 2, "nodes": ("propose",), **llm})
     store = store or Store("sqlite://")
     result = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
                       strategy="agent", n_trials=_n_init(spec) + n_extra, study="llm",
@@ -247,7 +248,8 @@ def test_cli_llm_secret_never_stored(tmp_path: Path, server, monkeypatch) -> Non
     trials = str(_n_init(load_spec(task)) + 1)
     res = runner.invoke(app, ["optimize", str(task), "--db", f"sqlite:///{db_file}",
                               "--trials", trials, "--reasoner", "llm", "--llm-base-url",
-                              server.url, "--llm-model", "scripted"])
+                              server.url, "--llm-model", "scripted",
+                              "--llm-nodes", "propose"])
     assert res.exit_code == 0, res.output
     assert server.auth[0] == f"Bearer {SECRET}"  # the key was used ...
     shown = runner.invoke(app, ["trace", "tiny-agent", "--db", f"sqlite:///{db_file}",
@@ -265,7 +267,8 @@ def test_fallbacks_are_reported_by_optimize(tmp_path: Path, server) -> None:
     trials = str(_n_init(load_spec(task)) + 1)
     res = CliRunner().invoke(app, ["optimize", str(task), "--db", "sqlite://", "--json",
                                    "--trials", trials, "--reasoner", "llm", "--llm-base-url",
-                                   server.url, "--llm-model", "scripted"])
+                                   server.url, "--llm-model", "scripted",
+                                   "--llm-nodes", "propose"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)["llm_fallbacks"]
     assert report["propose_steps"] == 1 and report["fallbacks"] == 1
@@ -305,3 +308,32 @@ def test_a_plan_the_trials_rate_far_below_the_best_is_vetoed(spec, server) -> No
     assert "far below the best candidate" in server.requests[1]["messages"][-1]["content"]
     assert result.trials[-1].allocation.to_dict()["extract"]["samples"] == 16
     assert result.trials[-1].source == "agent-llm"
+
+
+def test_the_model_reflects_and_its_insights_reach_the_next_proposal(spec, server) -> None:
+    said = "solve saturates early; extract gains from the large model"
+    server.script = [("reply", "no json"), ("reply", json.dumps({"insights": [said]})),
+                     ("reply", _reply(GOOD))]
+    result, proposes, store = _optimize(spec, server, 1, nodes=("reflect", "propose"))
+    reflects = [s.payload for s in store.steps("llm") if s.node == "reflect"]
+    first = reflects[0]
+    assert first["reasoner"] == "llm" and first["fallback"] is None
+    assert "no JSON object" in first["attempts"][0]["errors"][0]  # then repaired
+    assert {"subtask": "*", "kind": "note", "text": said, "data": {}} in first["insights_after"]
+    assert any(i["kind"] == "model" for i in first["insights_after"])  # the builtin's too
+    assert said in server.requests[2]["messages"][1]["content"]  # the propose prompt
+    assert said in [i.text for i in store.insights("llm")]
+    assert result.trials[-1].source == "agent-llm"
+
+
+def test_a_failing_reflect_falls_back_to_the_builtins_insights(spec, server) -> None:
+    server.script = [("status", 500), ("status", 500), ("status", 500),
+                     ("reply", _reply(GOOD))]
+    result, _, store = _optimize(spec, server, 1, nodes=("reflect", "propose"))
+    reflect = next(s.payload for s in store.steps("llm") if s.node == "reflect")
+    assert reflect["reasoner"] == "builtin" and "HTTP 500" in reflect["fallback"]
+    assert any(i["kind"] == "model" for i in reflect["insights_after"])
+    assert result.trials[-1].source == "agent-llm"
+    said = reasoner_fallbacks(store.steps("llm"))  # what the console and --json report
+    assert said["reflect_steps"] == 1 and said["fallbacks"] == 1
+    assert "HTTP 500" in said["reasons"][0]

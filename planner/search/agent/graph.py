@@ -13,7 +13,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from planner.search._runner import best_trial
-from planner.search.agent.memory import Insight, derive
+from planner.search.agent.memory import Insight
 from planner.search.agent.reasoners.base import Attempt
 from planner.search.agent.state import AgentContext, PlannerState, llm_rest
 from planner.search.agent.steps import (
@@ -27,13 +27,12 @@ from planner.search.agent.steps import (
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
-_MAX_NOTES = 6  # language-model notes kept in memory
-
 
 def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Probe each subtask: a spread of models, the trend in n, then the other fields."""
     ctx = runtime.context
-    allocs, why = ctx.builtin.initial(ctx.history.trials())
+    probes = ctx.reasoner.initial(ctx.history.trials())
+    allocs, why = probes.allocations, probes.rationale
     _record(ctx, InitStep(
         summary=f"{len(allocs)} probes isolating model choice and n trend per subtask",
         inputs={"budget_gpu_hours": ctx.runner.budget_gpu_hours, "n_trials": ctx.n_trials,
@@ -86,22 +85,28 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     ctx = runtime.context
     history = ctx.history.trials()
     before = [Insight.from_dict(d) for d in state.memory]
-    notes = [i for i in before if i.kind == "note"][-_MAX_NOTES:]
-    after = derive(ctx.builtin.analyse(history), ctx.runner.cost_model,
-                   ctx.runner.budget_gpu_hours, before) + notes
     stop = ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
     if not stop and ctx.patience is not None and state.stale >= ctx.patience:
         stop = f"converged: no better score in {state.stale} proposals"
+    if stop:  # nothing will read new insights: the builtin's suffice, the model is not asked
+        reflection, llm = ctx.builtin.reflect(history, before), {"fallback": None}
+    else:
+        use_llm = _use_llm(state, ctx, "reflect")
+        reflection = (ctx.reasoner if use_llm else ctx.builtin).reflect(history, before)
+        llm = _llm_outcome(state, ctx, "reflect", use_llm, reflection.fallback)
+    after = reflection.insights
     memory = [i.to_dict() for i in after]
     step = _record(ctx, ReflectStep(
         summary="; ".join(i.text for i in after if i.kind != "note")[:300]
                 + (f" | stop: {stop}" if stop else ""),
         inputs={"trials": len(history), "stale": state.stale},
-        insights_before=[i.to_dict() for i in before], insights_after=memory, stop=stop))
+        insights_before=[i.to_dict() for i in before], insights_after=memory, stop=stop,
+        reasoner=reflection.reasoner, fallback=llm.pop("fallback"),
+        attempts=list(reflection.attempts)))
     fresh = [d for i, d in zip(after, memory, strict=True) if i not in before]
     if fresh:
         ctx.runner.store.add_insights(ctx.runner.study, step, fresh)
-    return {"memory": memory, "stop": stop}
+    return {"memory": memory, "stop": stop, **llm}
 
 
 def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
@@ -109,19 +114,11 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     ctx = runtime.context
     history = ctx.history.trials()
     memory = [Insight.from_dict(d) for d in state.memory]
-    has_llm = ctx.reasoner is not ctx.builtin
-    use_llm = has_llm and (state.llm_rest == 0 or not ctx.llm_asked)
-    reasoner = ctx.reasoner if use_llm else ctx.builtin
-    proposal = reasoner.propose(history, memory, ctx.proposals_per_step)
-    failures, rest = state.llm_failures, max(0, state.llm_rest - 1)
-    if use_llm:
-        ctx.llm_asked = True
-        failures = failures + 1 if proposal.fallback else 0
-        rest = llm_rest(failures)
-    fallback = proposal.fallback
-    if has_llm and not use_llm:
-        fallback = (f"language model failed {failures} steps in a row; resting it, it is "
-                    f"asked again in {rest + 1} step{'s' if rest else ''}")
+    use_llm = _use_llm(state, ctx, "propose")
+    proposal = (ctx.reasoner if use_llm else ctx.builtin).propose(history, memory,
+                                                                  ctx.proposals_per_step)
+    llm = _llm_outcome(state, ctx, "propose", use_llm, proposal.fallback)
+    fallback = llm.pop("fallback")
     source = f"agent-{proposal.reasoner}"
     what = "; ".join(" | ".join(a.describe()) for a in proposal.allocations)
     notes = [Insight("*", "note", n).to_dict() for n in proposal.notes]
@@ -135,8 +132,7 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         tokens=_sum_tokens(proposal.attempts),
         latency_s=sum(a.latency_s for a in proposal.attempts)))
     update: dict = {"pending": [{"allocation": a.to_dict(), "source": source}
-                                for a in proposal.allocations], "llm_failures": failures,
-                    "llm_rest": rest}
+                                for a in proposal.allocations], **llm}
     if notes:  # the memory changes only when the language model left notes
         ctx.runner.store.add_insights(ctx.runner.study, step, notes)
         update["memory"] = state.memory + notes
@@ -183,6 +179,34 @@ def build_graph() -> StateGraph:
     g.add_conditional_edges("propose", route_propose)
     g.add_edge("finalize", END)
     return g
+
+
+def _acts(ctx: AgentContext, node: str) -> bool:
+    """Whether a language model answers this node (the builtin answers the others)."""
+    return ctx.reasoner is not ctx.builtin and node in ctx.reasoner.nodes
+
+
+def _use_llm(state: PlannerState, ctx: AgentContext, node: str) -> bool:
+    """Whether this node asks the language model now: it acts here and is not resting (a
+    run asks it at once, whatever rest the checkpointed state holds)."""
+    return _acts(ctx, node) and (state.llm_rest == 0 or not ctx.llm_asked)
+
+
+def _llm_outcome(state: PlannerState, ctx: AgentContext, node: str, asked: bool,
+                 fallback: str | None) -> dict:
+    """The state update after a node the language model may answer (failures in a row,
+    its steps left to rest) and the fallback to record."""
+    if not _acts(ctx, node):
+        return {"fallback": fallback}
+    failures, rest = state.llm_failures, max(0, state.llm_rest - 1)
+    if asked:
+        ctx.llm_asked = True
+        failures = failures + 1 if fallback else 0
+        rest = llm_rest(failures)
+    else:
+        fallback = (f"language model failed {failures} steps in a row; resting it, it is "
+                    f"asked again in {rest + 1} step{'s' if rest else ''}")
+    return {"llm_failures": failures, "llm_rest": rest, "fallback": fallback}
 
 
 def _record(ctx: AgentContext, step: Step) -> int:

@@ -25,6 +25,14 @@ Reply with one JSON object and nothing else:
 Propose only allocations that are not in the trials table."""
 
 
+REFLECT_SYSTEM = """You review the trials of a compute-allocation search over the stages of
+an LLM pipeline and state what they show, for the next proposals: which model or method
+wins a stage, where more samples stop helping, which stage the budget should move to.
+A statistical model's insights are given; add what it misses, or correct it.
+Reply with one JSON object and nothing else: {"insights": ["...", ...]} (at most 3, each
+one short sentence naming the subtask)."""
+
+MAX_INSIGHTS = 3  # statements a language model adds per reflect step
 MAX_TRIALS = 24  # trials shown verbatim; beyond, the best and the latest
 MAX_ARMS = 8  # served models per subtask in the summary of a long history
 
@@ -62,6 +70,23 @@ def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: fl
     lines += [f"- {score:.4f}: {json.dumps(a.to_dict())}" for a, score in hints] or ["- none"]
     lines += ["", f"Propose up to {k} new allocation(s) as JSON."]
     return "\n".join(lines)
+
+
+def reflect_message(space: SearchSpace, history: Sequence[TrialRecord],
+                    memory: Sequence[Insight]) -> str:
+    """The insight memory so far and the trials table (bounded like the proposals')."""
+    lines = [f"Task: {space.spec.name}. Subtasks in order: {', '.join(space.subtasks)}.", "",
+             "Insight memory:"]
+    lines += [f"- [{i.subtask}/{i.kind}] {i.text}" for i in memory] or ["- (none yet)"]
+    lines += ["", *_trials(space, history), "", "State up to 3 insights as JSON."]
+    return "\n".join(lines)
+
+
+def reflect_schema() -> dict:
+    """The JSON schema of a reflect reply: a few short statements."""
+    return {"type": "object", "additionalProperties": False, "required": ["insights"],
+            "properties": {"insights": {"type": "array", "maxItems": MAX_INSIGHTS,
+                                        "items": {"type": "string", "maxLength": 200}}}}
 
 
 def schema(space: SearchSpace, k: int) -> dict:
@@ -138,3 +163,9 @@ def repair_message(errors: Sequence[str]) -> str:
     return ("Your reply could not be used:\n" + "\n".join(f"- {e}" for e in errors)
             + "\nReply again with one JSON object {\"insights\": [...], \"proposals\": [...]} "
             "whose proposals are valid, within budget and not yet tried.")
+
+
+def reflect_repair(error: str) -> str:
+    """Quote why a reflect reply was unusable and ask again."""
+    return (f"Your reply could not be used: {error}\nReply again with one JSON object "
+            '{"insights": ["...", ...]}.')

@@ -58,12 +58,16 @@ class EvaluateStep(Step):
 
 @dataclass(frozen=True)
 class ReflectStep(Step):
-    """The insight memory before and after, and the stop decision ("" goes on)."""
+    """The insight memory before and after, who wrote it (a language model's exchanges,
+    or why the builtin answered), and the stop decision ("" goes on)."""
 
     node = "reflect"
     insights_before: list[dict] = field(default_factory=list)
     insights_after: list[dict] = field(default_factory=list)
     stop: str = ""
+    reasoner: str = "builtin"
+    fallback: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class AgentStrategy(BaseStrategy):
 
     def ask(self, history: Sequence[TrialRecord]) -> Allocation | None:
         """Ask/tell access without graph or trace: the next init probe, then proposals."""
-        probes, _ = self.builtin.initial(history)
+        probes = self.builtin.initial(history).allocations
         if probes:
             return probes[0]
         found = self.builtin.propose(history).allocations

@@ -35,12 +35,34 @@ class Proposal:
     notes: list[str] = field(default_factory=list)  # the reasoner's own insights, if any
     attempts: list[Attempt] = field(default_factory=list)
     fallback: str | None = None  # why the built-in reasoner answered instead
+    rationale: list[str] = field(default_factory=list)  # why each allocation, one line each
+
+
+@dataclass(frozen=True)
+class Reflection:
+    """The insight memory a reflect step leaves, with what produced it."""
+
+    insights: list[Insight]
+    reasoner: str
+    attempts: list[Attempt] = field(default_factory=list)
+    fallback: str | None = None  # why the built-in reasoner answered instead
 
 
 class Reasoner(Protocol):
-    """Proposes allocations from the trial history and the insight memory."""
+    """What the agent's graph asks in each node: probes before any trial, the insight
+    memory after each evaluation, and the next allocations."""
 
     name: str
+    nodes: tuple[str, ...]
+    """The graph nodes this reasoner answers (the builtin answers the others)."""
+
+    def initial(self, history: Sequence[TrialRecord]) -> Proposal:
+        """Probe allocations (unseen, within budget), each with its rationale."""
+        ...
+
+    def reflect(self, history: Sequence[TrialRecord], memory: Sequence[Insight]) -> Reflection:
+        """The insight memory the trials imply, given the memory so far."""
+        ...
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
                 k: int) -> Proposal:

@@ -6,6 +6,8 @@
   each other dimension (the values farthest from the reference: one method, two
   mixtures or aggregators).
   Stage scores are reported per subtask, so trial i carries probe i of every subtask.
+- reflect: the insight memory the analysis implies (`memory.derive`: which model wins,
+  where n saturates, how the budget splits), keeping a language model's latest notes.
 - propose: fit each subtask's score model (`surrogate`), score every plan optimistically
   (mean + kappa std in logit space), and combine the per-subtask frontiers under the
   budget (`combine`), skipping allocations already evaluated.
@@ -20,8 +22,8 @@ import numpy as np
 from planner.search._base import SearchContext, seen_keys
 from planner.search.agent.analysis import Analysis, Analyst
 from planner.search.agent.combine import best_allocations
-from planner.search.agent.memory import Insight
-from planner.search.agent.reasoners.base import Proposal
+from planner.search.agent.memory import Insight, derive
+from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.surrogate import PlanTable
 from planner.space import Allocation
 from planner.store import TrialRecord
@@ -29,12 +31,14 @@ from planner.store import TrialRecord
 _MAX_MODEL_PROBES = 4
 _PROBES_PER_DIMENSION = {"method": 1}  # values probed per other dimension (default 2)
 KAPPA = 1.0  # optimism, in standard deviations of the logit score
+MAX_NOTES = 6  # language-model notes kept in the memory
 
 
 class BuiltinReasoner:
     """Deterministic: the same history gives the same proposals."""
 
     name = "builtin"
+    nodes = ("init", "reflect", "propose")
 
     def __init__(self, ctx: SearchContext, kappa: float = KAPPA) -> None:
         self.ctx = ctx
@@ -44,8 +48,8 @@ class BuiltinReasoner:
     def analyse(self, history: Sequence[TrialRecord]) -> Analysis:
         return self.analyst.analyse(history)
 
-    def initial(self, history: Sequence[TrialRecord]) -> tuple[list[Allocation], list[str]]:
-        """Probe allocations (unseen, within budget) and one line of rationale each."""
+    def initial(self, history: Sequence[TrialRecord]) -> Proposal:
+        """Probe allocations (unseen, within budget), one line of rationale each."""
         tables = self.analyst.tables
         share = self.ctx.budget_gpu_hours / len(tables)
         probes = [_probes(t, share, self.ctx) for t in tables]
@@ -61,7 +65,16 @@ class BuiltinReasoner:
             seen.add(alloc.key())
             out.append(alloc)
             why.append("; ".join(f"{s}: {reason}" for s, (_, reason) in chosen.items()))
-        return out, why
+        return Proposal(out, self.name, rationale=why)
+
+    def reflect(self, history: Sequence[TrialRecord],
+                memory: Sequence[Insight] = ()) -> Reflection:
+        """The insights the current analysis implies (`memory.derive`), then the latest
+        notes a language model left in `memory`."""
+        notes = [i for i in memory if i.kind == "note"][-MAX_NOTES:]
+        derived = derive(self.analyse(history), self.ctx.cost_model,
+                         self.ctx.budget_gpu_hours, memory)
+        return Reflection(derived + notes, self.name)
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight] = (),
                 k: int = 1) -> Proposal:

@@ -36,9 +36,9 @@ from planner.search._base import SearchContext, seen_keys
 from planner.search.agent import prompts
 from planner.search.agent.analysis import Analysis
 from planner.search.agent.combine import best_allocations
-from planner.search.agent.memory import Insight
-from planner.search.agent.reasoners.base import Attempt, Proposal
-from planner.search.agent.reasoners.builtin import BuiltinReasoner
+from planner.search.agent.memory import ALL, Insight
+from planner.search.agent.reasoners.base import Attempt, Proposal, Reflection
+from planner.search.agent.reasoners.builtin import MAX_NOTES, BuiltinReasoner
 from planner.secrets import redact, redact_data, register
 from planner.space import Allocation
 from planner.store import TrialRecord
@@ -61,14 +61,16 @@ class LLMConfig:
     temperature: float = 0.2
     max_tokens: int = 512  # a reply is 60-150 tokens; a small model may ramble for thousands
     structured: bool = True  # ask for JSON matching the space's schema, where the server can
+    nodes: tuple[str, ...] = ("reflect", "propose")  # where the model acts (else the builtin)
 
 
 class ReplyError(ValueError):
     """A reply that is not the JSON object the prompt asks for."""
 
 
-def parse_reply(text: str) -> tuple[list[str], list]:
-    """(insights, proposals) from a reply: bare JSON, a fenced block, or the outer braces."""
+def _json_object(text: str, key: str) -> dict:
+    """The first JSON object in a reply (bare, in a fenced block, or between the outer
+    braces) that holds a list under `key`."""
     candidates = [text.strip(), *(m.strip() for m in _FENCED.findall(text))]
     if "{" in text and "}" in text:
         candidates.append(text[text.index("{"): text.rindex("}") + 1])
@@ -77,11 +79,22 @@ def parse_reply(text: str) -> tuple[list[str], list]:
             data = json.loads(c)
         except json.JSONDecodeError:
             continue
-        if isinstance(data, dict) and isinstance(data.get("proposals"), list):
-            insights = data.get("insights") or []
-            return [str(i) for i in insights] if isinstance(insights, list) else [], \
-                data["proposals"]
-    raise ReplyError('no JSON object with a "proposals" list found in the reply')
+        if isinstance(data, dict) and isinstance(data.get(key), list):
+            return data
+    raise ReplyError(f'no JSON object with a "{key}" list found in the reply')
+
+
+def parse_reply(text: str) -> tuple[list[str], list]:
+    """(insights, proposals) from a propose reply."""
+    data = _json_object(text, "proposals")
+    insights = data.get("insights") or []
+    return [str(i) for i in insights] if isinstance(insights, list) else [], data["proposals"]
+
+
+def parse_insights(text: str) -> list[str]:
+    """The statements of a reflect reply (at most `prompts.MAX_INSIGHTS`, 200 characters)."""
+    data = _json_object(text, "insights")
+    return [str(i)[:200] for i in data["insights"] if str(i).strip()][:prompts.MAX_INSIGHTS]
 
 
 class LLMReasoner:
@@ -99,6 +112,46 @@ class LLMReasoner:
                                     timeout=config.timeout_s, max_retries=config.max_retries)
         self.form = 0 if config.structured else len(_FORMS)  # index into _FORMS
         self.form_works = False  # the server has answered in that form
+        self.nodes = config.nodes
+
+    def initial(self, history: Sequence[TrialRecord]) -> Proposal:
+        """The builtin's probes: before any trial there is no evidence to reason over, and
+        the probes are the controlled experiments the later steps read."""
+        return self.builtin.initial(history)
+
+    def reflect(self, history: Sequence[TrialRecord], memory: Sequence[Insight]) -> Reflection:
+        """The builtin's derived insights, then the model's own statements (kept as notes,
+        the latest `MAX_NOTES`); the builtin's whole reflection when the model fails."""
+        base = self.builtin.reflect(history, memory)
+        derived = [i for i in base.insights if i.kind != "note"]
+        messages = [{"role": "system", "content": prompts.REFLECT_SYSTEM},
+                    {"role": "user", "content": prompts.reflect_message(
+                        self.ctx.space, history, base.insights)}]
+        attempts: list[Attempt] = []
+        for _ in range(1 + self.config.repairs):
+            start = time.perf_counter()
+            try:
+                reply = self._ask(messages, prompts.reflect_schema())
+            except openai.OpenAIError as e:
+                attempts.append(Attempt(list(messages), errors=[_describe(e)],
+                                        latency_s=time.perf_counter() - start))
+                return Reflection(base.insights, "builtin", attempts, _describe(e))
+            text, tokens = _content(reply)
+            try:
+                said = redact_data(parse_insights(text))
+            except ReplyError as e:
+                attempts.append(Attempt(list(messages), text, errors=[str(e)], tokens=tokens,
+                                        latency_s=time.perf_counter() - start))
+                messages = [*messages, {"role": "assistant", "content": text},
+                            {"role": "user", "content": prompts.reflect_repair(str(e))}]
+                continue
+            attempts.append(Attempt(list(messages), text, tokens=tokens,
+                                    latency_s=time.perf_counter() - start))
+            notes = [i for i in memory if i.kind == "note"] + [Insight(ALL, "note", n)
+                                                               for n in said]
+            return Reflection(derived + notes[-MAX_NOTES:], self.name, attempts)
+        return Reflection(base.insights, "builtin", attempts,
+                          f"no usable insights after {len(attempts)} replies")
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
                 k: int) -> Proposal:
@@ -117,15 +170,13 @@ class LLMReasoner:
         for _ in range(1 + self.config.repairs):
             start = time.perf_counter()
             try:
-                reply = self._ask(messages, k)
+                reply = self._ask(messages, prompts.schema(self.ctx.space, k))
             except openai.OpenAIError as e:
                 attempts.append(Attempt(list(messages), errors=[_describe(e)],
                                         latency_s=time.perf_counter() - start))
                 return self._fallback(history, memory, k, attempts, _describe(e))
             latency = time.perf_counter() - start
-            text = redact((reply.choices[0].message.content or "") if reply.choices else "")
-            tokens = ({"prompt": reply.usage.prompt_tokens,
-                       "completion": reply.usage.completion_tokens} if reply.usage else {})
+            text, tokens = _content(reply)
             try:
                 notes, raw = redact_data(parse_reply(text))  # a key written with \u escapes
             except ReplyError as e:
@@ -143,16 +194,15 @@ class LLMReasoner:
         return self._fallback(history, memory, k, attempts,
                               f"no usable proposal after {len(attempts)} replies")
 
-    def _ask(self, messages: list[dict], k: int) -> ChatCompletion:
-        """One chat completion, constrained to the space's JSON schema (`prompts.schema`) in
-        the first form the server accepts: OpenAI's `json_schema`, then `json_object` with
+    def _ask(self, messages: list[dict], schema: dict) -> ChatCompletion:
+        """One chat completion, constrained to `schema` in the first form the server
+        accepts: OpenAI's `json_schema`, then `json_object` with
         a schema (llama.cpp's server), then none. Until a form has worked, a refusal (HTTP
         400, 422 or 500) moves to the next form without the client's retries."""
         request = {"model": self.config.model, "messages": messages,
                    "temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
         first = self.form
         while self.form < len(_FORMS):
-            schema = prompts.schema(self.ctx.space, k)
             response_format = (
                 {"type": "json_schema",
                  "json_schema": {"name": "proposals", "schema": schema, "strict": True}}
@@ -219,6 +269,14 @@ class LLMReasoner:
                            strict=True):
             total *= float(p.score()[t.index[alloc[t.subtask]]]) ** w
         return total
+
+
+def _content(reply: ChatCompletion) -> tuple[str, dict[str, int]]:
+    """A reply's text (redacted) and its token usage."""
+    text = redact((reply.choices[0].message.content or "") if reply.choices else "")
+    tokens = ({"prompt": reply.usage.prompt_tokens,
+               "completion": reply.usage.completion_tokens} if reply.usage else {})
+    return text, tokens
 
 
 def _value(analysis: Analysis, values: Sequence[np.ndarray], alloc: Allocation) -> float:
