@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -24,6 +25,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, s
 from tools.train import Example, TrainConfig, train
 
 Size = Literal["tiny", "small", "base"]
+SHIPPED = Path(__file__).with_name("zoo_models")  # `tiny_model` builds made once, shipped
+log = logging.getLogger(__name__)
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4},
@@ -118,10 +121,12 @@ def build_tiny_model(
 
 
 def tiny_model(size: Size = "tiny", cache_dir: str | Path | None = None) -> Path:
-    """Path of a pretrained tiny model, built on first use (`DEFAULT_STEPS[size]` steps of
-    `DEFAULT_BATCH[size]` lines of `synthetic_corpus`) and cached under `cache_dir` (default
-    `$PLANNER_CACHE/zoo`, with `PLANNER_CACHE` defaulting to `~/.cache/planner`) in a folder
-    named by size and build settings, so a build with other settings is never reused."""
+    """Path of a pretrained tiny model (`DEFAULT_STEPS[size]` steps of `DEFAULT_BATCH[size]`
+    lines of `synthetic_corpus`), cached under `cache_dir` (default `$PLANNER_CACHE/zoo`,
+    with `PLANNER_CACHE` defaulting to `~/.cache/planner`) in a folder named by size and
+    build settings, so a build with other settings is never reused. On first use it is
+    copied from the builds shipped in `SHIPPED` (tiny and small: 2.2 MB, so a first live
+    run starts at once), else built, which takes minutes on a CPU and says so."""
     if cache_dir is None:
         cache_dir = Path(os.environ.get("PLANNER_CACHE", "~/.cache/planner")).expanduser() / "zoo"
     steps, batch_size = DEFAULT_STEPS[size], DEFAULT_BATCH[size]
@@ -129,10 +134,16 @@ def tiny_model(size: Size = "tiny", cache_dir: str | Path | None = None) -> Path
     if (path / "config.json").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the cache and move into place, so an interrupted build is never reused.
+    # Copy or build beside the cache and move into place, so a half-made folder is never used.
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        corpus = synthetic_corpus(20_000, seed=0)
-        build_tiny_model(size, corpus, Path(tmp) / size, steps=steps, batch_size=batch_size)
+        shipped = SHIPPED / path.name
+        if (shipped / "config.json").exists():
+            shutil.copytree(shipped, Path(tmp) / size)
+        else:
+            log.warning("building zoo model %s (%d steps of %d lines; first use only, minutes "
+                        "on a CPU) into %s", size, steps, batch_size, path)
+            corpus = synthetic_corpus(20_000, seed=0)
+            build_tiny_model(size, corpus, Path(tmp) / size, steps=steps, batch_size=batch_size)
         if not path.exists():  # another process may have finished first
             shutil.move(Path(tmp) / size, path)
     return path

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from tools import zoo
 from tools.zoo import (
@@ -59,3 +59,19 @@ def test_tiny_model_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert weights.stat().st_mtime_ns == built_at
     assert [p for p in tmp_path.iterdir()] == [path]  # no leftover build folder
     assert path.name == "tiny-2x64"  # build settings name the folder
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_a_first_use_copies_the_shipped_build(size: str, tmp_path: Path) -> None:
+    path = tiny_model(size, cache_dir=tmp_path)  # no build: seconds, not minutes
+    assert path.name == f"{size}-{zoo.DEFAULT_STEPS[size]}x{zoo.DEFAULT_BATCH[size]}"
+    assert (path / "model.safetensors").read_bytes() == (
+        zoo.SHIPPED / path.name / "model.safetensors").read_bytes()
+    config = AutoConfig.from_pretrained(path)
+    assert (config.n_layer, config.n_embd) == (zoo.SIZES[size]["n_layer"],
+                                               zoo.SIZES[size]["n_embd"])
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.num_parameters() == {"tiny": 114_624, "small": 425_856}[size]  # task.yaml's
+    ids = tokenizer("12+34=", return_tensors="pt")["input_ids"]
+    assert model(ids).logits.shape[-1] == len(char_tokenizer())
