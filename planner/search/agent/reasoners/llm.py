@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import openai
@@ -45,6 +46,7 @@ from planner.store import TrialRecord
 
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 _HINTS = 5
+T = TypeVar("T")
 SCREEN = 0.9  # a proposal must promise this fraction of the best candidate's score
 _FORMS = ("json_schema", "json_object")  # structured-output forms, tried in this order
 
@@ -127,72 +129,79 @@ class LLMReasoner:
         messages = [{"role": "system", "content": prompts.REFLECT_SYSTEM},
                     {"role": "user", "content": prompts.reflect_message(
                         self.ctx.space, history, base.insights)}]
-        attempts: list[Attempt] = []
-        for _ in range(1 + self.config.repairs):
-            start = time.perf_counter()
+        def read(text: str) -> tuple[list[str] | None, list, list[str]]:
             try:
-                reply = self._ask(messages, prompts.reflect_schema())
-            except openai.OpenAIError as e:
-                attempts.append(Attempt(list(messages), errors=[_describe(e)],
-                                        latency_s=time.perf_counter() - start))
-                return Reflection(base.insights, "builtin", attempts, _describe(e))
-            text, tokens = _content(reply)
-            try:
-                said = redact_data(parse_insights(text))
+                return redact_data(parse_insights(text)), [], []
             except ReplyError as e:
-                attempts.append(Attempt(list(messages), text, errors=[str(e)], tokens=tokens,
-                                        latency_s=time.perf_counter() - start))
-                messages = [*messages, {"role": "assistant", "content": text},
-                            {"role": "user", "content": prompts.reflect_repair(str(e))}]
-                continue
-            attempts.append(Attempt(list(messages), text, tokens=tokens,
-                                    latency_s=time.perf_counter() - start))
-            notes = [i for i in memory if i.kind == "note"] + [Insight(ALL, "note", n)
-                                                               for n in said]
-            return Reflection(derived + notes[-MAX_NOTES:], self.name, attempts)
-        return Reflection(base.insights, "builtin", attempts,
-                          f"no usable insights after {len(attempts)} replies")
+                return None, [], [str(e)]
+
+        said, attempts, failed = self._converse(
+            messages, prompts.reflect_schema(), read,
+            lambda errors: prompts.reflect_repair(errors[0]), "insights")
+        if said is None:
+            return Reflection(base.insights, "builtin", attempts, failed)
+        notes = [i for i in memory if i.kind == "note"] + [Insight(ALL, "note", n)
+                                                           for n in said]
+        return Reflection(derived + notes[-MAX_NOTES:], self.name, attempts)
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
                 k: int) -> Proposal:
         analysis = self.builtin.analyse(history)
         seen = seen_keys(history)
-        hints = best_allocations(analysis.tables, analysis.plan_values(self.builtin.kappa),
-                                 self.ctx.budget_gpu_hours, self.ctx.cost_model, seen, _HINTS)
-        predicted = [self._predicted(analysis, a) for a in hints]
         values = analysis.plan_values(self.builtin.kappa)
+        hints = best_allocations(analysis.tables, values, self.ctx.budget_gpu_hours,
+                                 self.ctx.cost_model, seen, _HINTS)
+        predicted = [self._predicted(analysis, a) for a in hints]
         floor = _value(analysis, values, hints[0]) + math.log(SCREEN) if hints else -math.inf
         messages = [{"role": "system", "content": prompts.SYSTEM},
                     {"role": "user", "content": prompts.user_message(
                         self.ctx.space, self.ctx.cost_model, self.ctx.budget_gpu_hours,
                         history, memory, list(zip(hints, predicted, strict=True)), k)}]
+
+        def read(text: str) -> tuple[tuple[list[Allocation], list[str]] | None, list,
+                                     list[str]]:
+            try:
+                notes, raw = redact_data(parse_reply(text))  # a key written with \u escapes
+            except ReplyError as e:
+                return None, [], [str(e)]
+            valid, errors = self._validate(raw, seen,
+                                           lambda a: _value(analysis, values, a) >= floor)
+            return (valid, notes) if valid else None, [r for r in raw if isinstance(r, dict)], \
+                errors
+
+        found, attempts, failed = self._converse(
+            messages, prompts.schema(self.ctx.space, k), read, prompts.repair_message,
+            "proposal")
+        if found is None:
+            return self._fallback(history, memory, k, attempts, failed or "")
+        valid, notes = found
+        return Proposal(valid[:k], self.name, notes, attempts)
+
+    def _converse(self, messages: list[dict], schema: dict,
+                  read: Callable[[str], tuple[T | None, list, list[str]]],
+                  repair: Callable[[list[str]], str], what: str
+                  ) -> tuple[T | None, list[Attempt], str | None]:
+        """Ask, and ask again with a repair message quoting the errors, until `read` makes
+        something of a reply (`read` gives it, the proposals it parsed, and the errors).
+        Returns (it or None, every exchange, why nothing came of them)."""
         attempts: list[Attempt] = []
         for _ in range(1 + self.config.repairs):
             start = time.perf_counter()
             try:
-                reply = self._ask(messages, prompts.schema(self.ctx.space, k))
+                reply = self._ask(messages, schema)
             except openai.OpenAIError as e:
                 attempts.append(Attempt(list(messages), errors=[_describe(e)],
                                         latency_s=time.perf_counter() - start))
-                return self._fallback(history, memory, k, attempts, _describe(e))
+                return None, attempts, _describe(e)
             latency = time.perf_counter() - start
             text, tokens = _content(reply)
-            try:
-                notes, raw = redact_data(parse_reply(text))  # a key written with \u escapes
-            except ReplyError as e:
-                notes, raw, valid, errors = [], [], [], [str(e)]
-            else:
-                valid, errors = self._validate(
-                    raw, seen, lambda a: _value(analysis, values, a) >= floor)
-            attempts.append(Attempt(list(messages), text, [r for r in raw if
-                                                           isinstance(r, dict)],
-                                    errors, tokens, latency))
-            if valid:
-                return Proposal(valid[:k], self.name, notes, attempts)
+            result, parsed, errors = read(text)
+            attempts.append(Attempt(list(messages), text, parsed, errors, tokens, latency))
+            if result is not None:
+                return result, attempts, None
             messages = [*messages, {"role": "assistant", "content": text},
-                        {"role": "user", "content": prompts.repair_message(errors)}]
-        return self._fallback(history, memory, k, attempts,
-                              f"no usable proposal after {len(attempts)} replies")
+                        {"role": "user", "content": repair(errors)}]
+        return None, attempts, f"no usable {what} after {len(attempts)} replies"
 
     def _ask(self, messages: list[dict], schema: dict) -> ChatCompletion:
         """One chat completion, constrained to `schema` in the first form the server
