@@ -31,7 +31,7 @@ from planner.store import TrialRecord, TrialStatus
 def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Probe each subtask: a spread of models, the trend in n, then the other fields."""
     ctx = runtime.context
-    probes = ctx.reasoner.initial(ctx.history.trials())
+    probes = ctx.reasoner.initial(ctx.runner.history())
     allocs, why = probes.allocations, probes.rationale
     _record(ctx, InitStep(
         summary=f"{len(allocs)} probes isolating model choice and n trend per subtask",
@@ -45,7 +45,7 @@ def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Run pending allocations through the runner; skip any already in the study."""
     ctx = runtime.context
-    history = ctx.history.trials()
+    history = ctx.runner.history()
     done = {t.allocation.key(): t for t in history}
     best, stale = state.best_score, state.stale
     launched, skipped = [], []
@@ -60,7 +60,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         if ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
             break
         trial = ctx.runner.run_trial(alloc, source=item["source"], max_trials=ctx.n_trials)
-        history = ctx.history.trials()  # with other drivers' trials
+        history = ctx.runner.history()  # with other drivers' trials
         done = {t.allocation.key(): t for t in history}
         if trial is None:  # another driver claimed it meanwhile, or the study is full
             continue
@@ -83,7 +83,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Update the insight memory from all trials; decide whether to stop."""
     ctx = runtime.context
-    history = ctx.history.trials()
+    history = ctx.runner.history()
     before = [Insight.from_dict(d) for d in state.memory]
     stop = ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
     if not stop and ctx.patience is not None and state.stale >= ctx.patience:
@@ -112,7 +112,7 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Ask the reasoner for allocations; a failing language model falls back to builtin."""
     ctx = runtime.context
-    history = ctx.history.trials()
+    history = ctx.runner.history()
     memory = [Insight.from_dict(d) for d in state.memory]
     use_llm = _use_llm(state, ctx, "propose")
     proposal = (ctx.reasoner if use_llm else ctx.builtin).propose(history, memory,
@@ -144,7 +144,7 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 def finalize(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Record why the search stopped and its best trial."""
     ctx = runtime.context
-    best = best_trial(ctx.history.trials())
+    best = best_trial(ctx.runner.history())
     stop = state.stop or "stopped"
     _record(ctx, FinalizeStep(
         summary=f"{stop}; best " + ("-" if best is None else

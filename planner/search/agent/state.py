@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from planner.search._runner import Runner, TrialCallback
 from planner.search.agent.reasoners.base import Reasoner
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
-from planner.store import TrialRecord
 
 # consecutive propose steps the language model may fail before it is rested: the next
 # 1, 2, 4, then at most 8 steps go to the builtin reasoner, and then it is asked again
@@ -44,26 +43,13 @@ class PlannerState:
     """Why the search stopped; empty while it runs."""
 
 
-class History:
-    """The study's trials as the store holds them, read at each call: other drivers on the
-    study add trials while the graph runs."""
-
-    def __init__(self, runner: Runner) -> None:
-        self._runner = runner
-
-    def trials(self) -> list[TrialRecord]:
-        """Every trial, in number order (a new list: callers may extend it)."""
-        return self._runner.history()
-
-
 @dataclass(kw_only=True)
 class AgentContext:
     """Run configuration and live objects; rebuilt on every run, never checkpointed."""
 
     runner: Runner
-    """Evaluates and stores trials (the same path every strategy uses)."""
-    history: History
-    """The study's trials, as the store holds them (nodes read this, not the store)."""
+    """Evaluates and stores trials (the same path every strategy uses); the nodes read
+    the study's trials from its `history()`, which sees other drivers' trials too."""
     reasoner: Reasoner
     """Answers the propose node (the built-in one, or a language model)."""
     builtin: BuiltinReasoner

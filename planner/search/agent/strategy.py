@@ -28,7 +28,7 @@ from planner.search.agent.graph import build_graph
 from planner.search.agent.reasoners.base import Reasoner
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
 from planner.search.agent.reasoners.llm import LLMConfig, LLMReasoner
-from planner.search.agent.state import AgentContext, History
+from planner.search.agent.state import AgentContext
 from planner.space import Allocation
 from planner.store import TrialRecord
 
@@ -73,7 +73,7 @@ class AgentStrategy(BaseStrategy):
     def run(self, runner: Runner, n_trials: int, callback: TrialCallback | None = None,
             search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
         """Run (or continue) the graph for this study until a stop condition holds."""
-        context = AgentContext(runner=runner, history=History(runner), reasoner=self.reasoner,
+        context = AgentContext(runner=runner, reasoner=self.reasoner,
                                builtin=self.builtin, n_trials=n_trials,
                                search_budget_gpu_hours=search_budget_gpu_hours,
                                patience=self.options.patience,
