@@ -636,11 +636,14 @@ _ADDED_COLUMNS = {  # columns newer than the first planner databases, as DDL
 }
 
 
-def _missing_columns(engine: Engine) -> list[str]:
-    """Columns of `_ADDED_COLUMNS` the database lacks, as `table.column`."""
-    tables = inspect(engine)
-    return [f"{table}.{name}" for table, columns in _ADDED_COLUMNS.items()
-            for name in columns.keys() - {c["name"] for c in tables.get_columns(table)}]
+def _missing_columns(bind: Engine | Connection) -> list[tuple[str, str]]:
+    """(table, column) of each of `_ADDED_COLUMNS` the database lacks."""
+    tables = inspect(bind)
+    missing = []
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {c["name"] for c in tables.get_columns(table)}
+        missing += [(table, name) for name in columns if name not in have]
+    return missing
 
 
 def _migrate(engine: Engine) -> None:
@@ -651,12 +654,9 @@ def _migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         _lock_schema(conn)
         SQLModel.metadata.create_all(conn)
-        tables = inspect(conn)
-        for table, columns in _ADDED_COLUMNS.items():
-            have = {c["name"] for c in tables.get_columns(table)}
-            for name, ddl in columns.items():
-                if name not in have:
-                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+        for table, name in _missing_columns(conn):
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} "
+                                 f"{_ADDED_COLUMNS[table][name]}")
         for table in (_TrialRow, _StepRow):
             for index in table.__table__.indexes:
                 index.create(conn, checkfirst=True)

@@ -130,29 +130,23 @@ class OptunaStrategy(BaseStrategy):
         self.study = _create_study(
             study_name=internal_study_name(ctx.study or 'planner', self.name), storage=storage,
             sampler=self.sampler, directions=["maximize"] * objectives, load_if_exists=True)
-        self.distributions = self._distributions()
+        self.distributions = distributions(ctx.space)
         self._pending: dict[str, int] = {}  # allocation key -> optuna trial number
         self._synced = False
         self._rng = random.Random(ctx.seed)
 
     # plans <-> parameters -----------------------------------------------------------------
-    def _distributions(self) -> dict[str, BaseDistribution]:
-        return distributions(self.ctx.space)
-
-    def _allocation(self, params: dict) -> Allocation:
-        """The canonical allocation the parameters stand for."""
+    def _allocation(self, asked: dict) -> Allocation:
+        """The canonical allocation the parameters Optuna asked stand for."""
         space = self.ctx.space
         plans = {}
         for s in space.subtasks:
             values = {}
             for d in space.dimensions(s):
-                value = params[f"{s}.{d.name}"]
+                value = asked[f"{s}.{d.name}"]
                 values[d.name] = d.values[value] if isinstance(d, Ordinal) else value
             plans[s] = space.canonical(s, Plan(values))
         return Allocation.of(plans)
-
-    def _params(self, allocation: Allocation) -> dict[str, object]:
-        return params(self.ctx.space, allocation)
 
     # ask / tell -----------------------------------------------------------------------------
     def _sync(self, history: Sequence[TrialRecord]) -> None:
@@ -171,7 +165,7 @@ class OptunaStrategy(BaseStrategy):
         for t in history:
             if t.status is TrialStatus.OK and t.allocation.key() not in known:
                 self.study.add_trial(optuna.trial.create_trial(
-                    params=self._params(t.allocation), distributions=self.distributions,
+                    params=params(self.ctx.space, t.allocation), distributions=self.distributions,
                     values=self._values(t), user_attrs={_KEY: t.allocation.key()},
                     system_attrs={f"constraints:{_CONSTRAINT}": 0.0}))
         self._synced = True
@@ -194,7 +188,7 @@ class OptunaStrategy(BaseStrategy):
             pick = self.random_feasible(self._rng, seen)
             if pick is None:
                 return None
-            self.study.enqueue_trial(self._params(pick), user_attrs={_KEY: pick.key()})
+            self.study.enqueue_trial(params(self.ctx.space, pick), user_attrs={_KEY: pick.key()})
             alloc = self._judge(self.study.ask(self.distributions), seen, known)
             if alloc is not None:
                 return alloc
