@@ -33,7 +33,6 @@ from planner.search import STRATEGIES, AgentOptions, best_trial
 from planner.search.agent import LLMConfig
 from planner.search.agent.steps import ProposeStep, ReflectStep, Step, step_of
 from planner.search.agent.strategy import DEFAULT_PATIENCE
-from planner.search.search_cost import SearchCost
 from planner.space import Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec, outside_tables, parse_spec
 from planner.store import OutdatedStoreError, Store, StudyRecord, TrialRecord, TrialStatus
@@ -114,10 +113,11 @@ def optimize(
     if search_budget is not None:
         _budget("--search-budget", search_budget)
     agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes, patience)
-    start = read_plan(from_plan, SearchSpace(spec)) if from_plan else None
+    space = SearchSpace(spec)
+    start = read_plan(from_plan, space) if from_plan else None
     env = make_environment(spec)
-    cost_model = CostModel(spec, env.calibration())
-    cheapest = nothing_fits(SearchSpace(spec), cost_model, spec.hardware.gpu_hours(budget))
+    cheapest = nothing_fits(space, CostModel(spec, env.calibration()),
+                            spec.hardware.gpu_hours(budget))
     if cheapest is not None:
         raise PlannerError(f"{task}: budget {budget}: no allocation fits; the cheapest costs "
                            f"{cheapest:.4g} GPU-h; pass a larger --budget")
@@ -134,8 +134,7 @@ def optimize(
                               allow_changed_task=allow_changed_task)
     board = report.leaderboard(result.trials)
     fallbacks = report.reasoner_fallbacks(store.steps(result.study.name))
-    spent = SearchCost(cost_model, env.validation_items()).add_all(
-        t.allocation for t in result.trials if t.status is TrialStatus.OK)
+    spent = result.search_gpu_hours
     failure = report.failure(result.trials)
     if as_json:
         _emit_json({**report.summary(result.study, result.trials), "leaderboard": board,
@@ -146,7 +145,7 @@ def optimize(
     for note in result.notes:
         err.print(note, style="yellow", soft_wrap=True)
     if failure:
-        sys.stderr.write(f"Error: {secrets.redact(failure)}\n")
+        _error_line(failure)
         raise typer.Exit(1)
     _print_leaderboard(spec, board, result.study.name)
     if fallbacks and fallbacks["fallbacks"]:

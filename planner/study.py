@@ -35,6 +35,8 @@ class StudyResult:
     """Why the search ended (trials run, search budget spent, converged, nothing left)."""
     notes: tuple[str, ...] = ()
     """Other things the user should hear, e.g. that the --from plan was evaluated before."""
+    search_gpu_hours: float = 0.0
+    """What evaluating the trials cost (`Runner.search_spent`)."""
 
     @property
     def best(self) -> TrialRecord | None:
@@ -131,7 +133,7 @@ def optimize(spec: TaskSpec, env: Environment, *, store: Store, budget: str, str
         cap = None if search_budget is None else spec.hardware.gpu_hours(search_budget)
         trials = runner.optimize(make_strategy(strategy, ctx, storage=store.url, agent=agent),
                                  n_trials, callback, cap)
-    return StudyResult(record, trials, runner.stopped, notes)
+    return StudyResult(record, trials, runner.stopped, notes, runner.search_spent(trials))
 
 
 def _start_from(runner: Runner, allocation: Allocation,
