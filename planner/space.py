@@ -94,6 +94,10 @@ class Plan(Mapping[str, Value]):
     def __repr__(self) -> str:
         return f"Plan({self._values!r})"
 
+    def __reduce__(self) -> tuple:
+        # without the cached hash: string hashes differ between processes (a worker's)
+        return Plan, (self._values,)
+
     def replace(self, **changes: Value) -> Plan:
         return Plan(self._values, **changes)
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from planner.cost import CostModel
 from planner.env import Environment
 from planner.errors import StudyError
+from planner.executors import Executor
 from planner.search import AgentOptions, Runner, SearchContext, best_trial, make_strategy
 from planner.search._optuna import delete_internal_studies
 from planner.search._runner import TrialCallback
@@ -111,21 +113,24 @@ def optimize(spec: TaskSpec, env: Environment, *, store: Store, budget: str, str
              n_trials: int, seed: int = 0, study: str | None = None, task_path: str = "",
              resume: bool = False, start_from: Allocation | None = None,
              callback: TrialCallback | None = None, search_budget: str | None = None,
-             agent: AgentOptions | None = None,
-             allow_changed_task: bool = False) -> StudyResult:
+             agent: AgentOptions | None = None, allow_changed_task: bool = False,
+             executor: Executor | None = None, retries: int = 1) -> StudyResult:
     """Run (or continue) a study until it holds `n_trials` trials or, with `search_budget`
     (e.g. "500gpu-h"), until its evaluated trials' estimated cost reaches that cap.
     `agent` sets the agent strategy's reasoner and stopping. Several processes may drive
     one study at once: each claims its trials, none runs an allocation another claimed,
-    and together they stop at `n_trials`."""
+    and together they stop at `n_trials`. `executor` runs the trials (default: one at a time
+    in this process; closed, cancelling what still runs, when the call returns or raises);
+    a transient failure is attempted `retries` more times."""
     name = study or default_study_name(spec, strategy)
     reasoner = (agent or AgentOptions()).reasoner if strategy == "agent" else ""
     record = open_study(store, spec, name=name, budget=budget, strategy=strategy, seed=seed,
                         task_path=task_path or str(Path(spec.root)), resume=resume,
                         reasoner=reasoner, allow_changed_task=allow_changed_task)
     cost_model = CostModel(spec, env.calibration())
-    with store.driving(name) as driver:
-        runner = Runner(env, store, name, cost_model, record.budget_gpu_hours, driver)
+    with store.driving(name) as driver, closing(executor) if executor else nullcontext():
+        runner = Runner(env, store, name, cost_model, record.budget_gpu_hours, driver,
+                        executor, retries)
         ctx = SearchContext(runner.space, cost_model, record.budget_gpu_hours, seed, store,
                             name, driver.token)
         runner.resume_interrupted(callback)

@@ -14,7 +14,9 @@ loses the model-versus-n trade-off the budget imposes.
 
 An ask that is over budget or invalid (a method the model lacks) is told to Optuna as
 infeasible through `Trial.set_constraint` and never evaluated; an ask that repeats an
-evaluated allocation is told its known score. Both cost no trial.
+evaluated allocation is told its known score. Both cost no trial. With several workers,
+the trials in flight stay running Optuna trials, which TPE's constant-liar mode counts as
+poor results, so the asks of one batch spread out instead of repeating each other.
 
 `optuna-stages` is the same search told each subtask's own score instead of the end score
 (multi-objective TPE, one objective per stage): the information the agent reasons from,
@@ -125,7 +127,8 @@ class OptunaStrategy(BaseStrategy):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with warnings.catch_warnings():  # multivariate is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.sampler = sampler or optuna.samplers.TPESampler(seed=ctx.seed, multivariate=True)
+            self.sampler = sampler or optuna.samplers.TPESampler(
+                seed=ctx.seed, multivariate=True, constant_liar=True)
         objectives = len(ctx.space.subtasks) if per_stage else 1
         self.study = _create_study(
             study_name=internal_study_name(ctx.study or 'planner', self.name), storage=storage,
@@ -173,9 +176,12 @@ class OptunaStrategy(BaseStrategy):
     def ask(self, history: Sequence[TrialRecord]) -> Allocation | None:
         if not self._synced:
             self._sync(history)
-        for number in self._pending.values():  # asked, never run: another driver claimed it
-            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        self._pending.clear()
+        running = {t.allocation.key() for t in history
+                   if t.status is TrialStatus.RUNNING and t.driver == self.ctx.driver}
+        for key, number in list(self._pending.items()):
+            if key not in running:  # asked, never run: another driver claimed it
+                self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                del self._pending[key]
         seen = seen_keys(history)
         known = {t.allocation.key(): t for t in history if t.status is TrialStatus.OK}
         for _ in range(_MAX_INTERNAL_ASKS):

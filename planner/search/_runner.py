@@ -1,16 +1,21 @@
-"""The budget loop: ask -> check cost -> evaluate -> store -> tell.
+"""The budget loop: ask -> check cost -> submit -> wait -> store -> tell.
 
-`Runner.run_trial` is also what the agent's evaluate node calls, so every strategy's
-trials go through the same cost check and the same store.
+`Runner.submit` claims a trial and starts it on the runner's executor (`planner.executors`:
+in process, one subprocess per trial, or Ray); `Runner.wait` hands back finished trials after
+`complete` stored them. Only the runner (the driver) writes the store. The agent's evaluate
+node submits and waits through the same calls, so every strategy's trials go through the
+same cost check, the same retries and the same store.
 """
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from planner.cost import CostModel
-from planner.env import Environment
+from planner.env import Environment, Observation
+from planner.errors import SpaceError
+from planner.executors import Executor, LocalExecutor
 from planner.search._base import BaseStrategy
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation, SearchSpace
@@ -26,12 +31,16 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
 
 
 class Runner:
-    """Evaluates allocations of one study and records them, as `driver` (`Store.driving`;
-    None: an anonymous one, whose running trials any driver may adopt)."""
+    """Evaluates allocations of one study on `executor` (default: in this process) and
+    records them, as `driver` (`Store.driving`; None: an anonymous one, whose running trials
+    any driver may adopt). A transient failure is attempted `retries` more times."""
 
     def __init__(self, env: Environment, store: Store, study: str, cost_model: CostModel,
-                 budget_gpu_hours: float, driver: Driver | None = None) -> None:
+                 budget_gpu_hours: float, driver: Driver | None = None,
+                 executor: Executor | None = None, retries: int = 1) -> None:
         self.env = env
+        self.executor = executor or LocalExecutor(env)
+        self.retries = retries
         self.store = store
         self.study = study
         self.driver = driver
@@ -41,6 +50,9 @@ class Runner:
         self.budget_gpu_hours = budget_gpu_hours
         self.stopped = ""  # why the last search ended, said to the user
         self._trials: list[TrialRecord] = []  # as last read; see `history`
+        self._allocations: dict[int, Allocation] = {}  # trials in flight
+        self._attempts: dict[int, int] = {}  # attempts started, per trial in flight
+        self._settled: list[int] = []  # finished unevaluated, not yet handed back
 
     def history(self) -> list[TrialRecord]:
         """Every trial of the study, in number order, as the store holds it now (other
@@ -70,11 +82,20 @@ class Runner:
                         f"({spent:.4g} GPU-h)")
         return None
 
-    def run_trial(self, allocation: Allocation, *, source: str = "", number: int | None = None,
-                  max_trials: int | None = None) -> TrialRecord | None:
-        """Claim a trial for the allocation, evaluate it unless it is over budget; store and
-        return the trial. None, with nothing run, when the allocation is claimed already
-        (another driver runs or ran it) or the study holds `max_trials` trials.
+    def free(self) -> int:
+        """Trials the executor can start now."""
+        return self.executor.slots - self.in_flight()
+
+    def in_flight(self) -> int:
+        """Trials submitted whose outcome `wait` has not handed back yet."""
+        return self.executor.running() + len(self._settled)
+
+    def submit(self, allocation: Allocation, *, source: str = "", number: int | None = None,
+               max_trials: int | None = None) -> int | None:
+        """Claim a trial for the allocation and start it on the executor (one over budget
+        or invalid is settled at once, unevaluated); return its number. None, with nothing
+        started, when the allocation is claimed already (another driver runs or ran it) or
+        the study holds `max_trials` trials.
 
         `number` re-runs a trial left running by a crash (adopted) instead of claiming one.
         """
@@ -84,23 +105,74 @@ class Runner:
                                             driver=self.token, max_trials=max_trials)
             if number is None:
                 return None
+        self._allocations[number] = allocation
         if cost.total_gpu_hours > self.budget_gpu_hours:
-            self.store.finish_trial(
-                self.study, number, TrialStatus.OVER_BUDGET,
-                error=f"estimated {cost.total_gpu_hours:.4g} GPU-h > budget "
-                      f"{self.budget_gpu_hours:.4g} GPU-h; not evaluated")
-        else:
-            try:
-                self.space.validate(allocation)
-                obs = self.env.evaluate(allocation)
-            except Exception as e:  # recorded as FAILED, like Optuna's _run_trial
-                self.store.finish_trial(self.study, number, TrialStatus.FAILED,
-                                        error="".join(traceback.format_exception_only(e)).strip())
-            else:
-                costs = {s: self.cost_model.plan_cost(s, p) for s, p in allocation.items()}
-                self.store.finish_trial(self.study, number, TrialStatus.OK, observation=obs,
-                                        subtask_costs=costs)
-        return next(t for t in self.history() if t.number == number)
+            self._settle(number, TrialStatus.OVER_BUDGET,
+                         f"estimated {cost.total_gpu_hours:.4g} GPU-h > budget "
+                         f"{self.budget_gpu_hours:.4g} GPU-h; not evaluated")
+            return number
+        try:
+            self.space.validate(allocation)
+        except SpaceError as e:
+            self._settle(number, TrialStatus.FAILED, f"{type(e).__name__}: {e}")
+            return number
+        self._attempts[number] = 1
+        self.executor.start(number, allocation)
+        return number
+
+    def wait(self) -> list[TrialRecord]:
+        """Trials finished since the last call, as stored: at least one while any is in
+        flight, else none. A transient failure (`executors.is_transient`, a lost worker)
+        is attempted again under the same number, up to `retries` more times."""
+        numbers, self._settled = self._settled, []
+        while not numbers and self.executor.running():
+            for out in self.executor.wait():
+                attempts = self._attempts[out.number]
+                if out.error is not None and out.transient and attempts <= self.retries:
+                    self._attempts[out.number] = attempts + 1
+                    self.executor.start(out.number, self._allocations[out.number])
+                    continue
+                if out.error is not None and attempts > 1:
+                    out = replace(out, error=f"{out.error} (after {attempts} attempts)")
+                self.complete(out.number, out.observation, out.error)
+                numbers.append(out.number)
+        if not numbers:
+            return []
+        stored = {t.number: t for t in self.history()}
+        return [stored[n] for n in numbers]
+
+    def drain(self) -> list[TrialRecord]:
+        """Wait for every trial in flight; the finished ones in the order they finished."""
+        done = []
+        while finished := self.wait():
+            done += finished
+        return done
+
+    def complete(self, number: int, observation: Observation | None,
+                 error: str | None = None) -> None:
+        """Store the outcome of trial `number`: its observation, or the error it failed with."""
+        allocation = self._allocations.pop(number)
+        self._attempts.pop(number, None)
+        if observation is None:
+            self.store.finish_trial(self.study, number, TrialStatus.FAILED,
+                                    error=error or "no observation")
+            return
+        costs = {s: self.cost_model.plan_cost(s, p) for s, p in allocation.items()}
+        self.store.finish_trial(self.study, number, TrialStatus.OK, observation=observation,
+                                subtask_costs=costs)
+
+    def _settle(self, number: int, status: TrialStatus, error: str) -> None:
+        """Finish a trial that is not evaluated; `wait` hands it back next."""
+        self.store.finish_trial(self.study, number, status, error=error)
+        self._allocations.pop(number)
+        self._settled.append(number)
+
+    def run_trial(self, allocation: Allocation, *, source: str = "", number: int | None = None,
+                  max_trials: int | None = None) -> TrialRecord | None:
+        """`submit` one allocation and wait for it, nothing else being in flight."""
+        assert not self.in_flight(), "run_trial with trials in flight"
+        number = self.submit(allocation, source=source, number=number, max_trials=max_trials)
+        return None if number is None else self.drain()[0]
 
     def resume_interrupted(self, callback: TrialCallback | None = None) -> None:
         """Re-run trials a crash left running, under their own numbers: those whose driver
@@ -108,9 +180,22 @@ class Runner:
         for t in self.history():
             if (t.status is TrialStatus.RUNNING
                     and self.store.adopt_trial(self.study, t.number, self.token)):
-                done = self.run_trial(t.allocation, source=t.source, number=t.number)
-                if callback:
-                    callback(done, best_trial(self.history()))
+                while not self.free():
+                    self._tell(self.wait(), None, callback)
+                self.submit(t.allocation, source=t.source, number=t.number)
+        self._tell(self.drain(), None, callback)
+
+    def _tell(self, finished: list[TrialRecord], strategy: BaseStrategy | None,
+              callback: TrialCallback | None) -> None:
+        """Give finished trials to the strategy and the callback."""
+        if not finished or not (strategy or callback):
+            return
+        best = best_trial(self.history())
+        for trial in finished:
+            if strategy:
+                strategy.tell(trial)
+            if callback:
+                callback(trial, best)
 
     def optimize(self, strategy: BaseStrategy, n_trials: int,
                  callback: TrialCallback | None = None,
@@ -124,19 +209,25 @@ class Runner:
     def ask_tell(self, strategy: BaseStrategy, n_trials: int,
                  callback: TrialCallback | None = None,
                  search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
-        """The plain loop: ask -> run_trial -> tell, until a stop condition holds."""
+        """The plain loop: ask while the executor has a free slot (the history the strategy
+        sees holds the trials in flight, so it asks for others), then wait -> tell, until
+        a stop condition holds and nothing is in flight."""
         history = self.history()
-        while not (stop := self.exhausted(history, n_trials, search_budget_gpu_hours)):
-            allocation = strategy.ask(history)
-            if allocation is None:
-                stop = "nothing left to try: every unseen allocation is over budget"
+        stop = None
+        while True:
+            while self.free() > 0 and not (
+                    stop := self.exhausted(history, n_trials, search_budget_gpu_hours)):
+                allocation = strategy.ask(history)
+                if allocation is None:
+                    stop = "nothing left to try: every unseen allocation is over budget"
+                    break
+                # None: another driver claimed it, or the study is full: look again
+                self.submit(allocation, source=strategy.name, max_trials=n_trials)
+                history = self.history()  # with this trial and other drivers'
+            finished = self.wait()
+            if not finished:
                 break
-            trial = self.run_trial(allocation, source=strategy.name, max_trials=n_trials)
-            history = self.history()  # with other drivers' trials
-            if trial is None:  # another driver claimed it, or the study is full: look again
-                continue
-            strategy.tell(trial)
-            if callback:
-                callback(trial, best_trial(history))
-        self.stopped = stop
+            self._tell(finished, strategy, callback)
+            history = self.history()
+        self.stopped = stop or ""
         return history

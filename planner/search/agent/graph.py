@@ -43,35 +43,42 @@ def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 
 
 def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
-    """Run pending allocations through the runner; skip any already in the study."""
+    """Run pending allocations through the runner, as many at once as its executor has
+    slots; skip any already in the study."""
     ctx = runtime.context
-    history = ctx.runner.history()
-    done = {t.allocation.key(): t for t in history}
+    runner = ctx.runner
+    history = runner.history()
     best, stale = state.best_score, state.stale
     launched, skipped = [], []
-    for item in state.pending:
-        alloc = Allocation.from_dict(item["allocation"])
-        if alloc.key() in done:  # evaluated before an interruption: never run twice
-            old = done[alloc.key()]
-            skipped.append(old.number)
-            if old.status is TrialStatus.OK and (best is None or old.score > best):
-                best = old.score
-            continue
-        if ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
-            break
-        trial = ctx.runner.run_trial(alloc, source=item["source"], max_trials=ctx.n_trials)
-        history = ctx.runner.history()  # with other drivers' trials
-        done = {t.allocation.key(): t for t in history}
-        if trial is None:  # another driver claimed it meanwhile, or the study is full
-            continue
-        launched.append(_trial_summary(trial))
-        improved = trial.status is TrialStatus.OK and (best is None or trial.score > best)
-        if improved:
-            best = trial.score
-        if item["source"] != "agent-init":
-            stale = 0 if improved else stale + 1
-        if ctx.callback:
-            ctx.callback(trial, best_trial(history))
+    queue = list(state.pending)
+    while queue or runner.in_flight():
+        while queue and runner.free() > 0:
+            item = queue.pop(0)
+            alloc = Allocation.from_dict(item["allocation"])
+            old = next((t for t in history if t.allocation.key() == alloc.key()), None)
+            if old is not None:  # evaluated before an interruption: never run twice
+                skipped.append(old.number)
+                if old.status is TrialStatus.OK and (best is None or old.score > best):
+                    best = old.score
+                continue
+            if runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
+                queue = []
+                break
+            # None: another driver claimed it meanwhile, or the study is full
+            runner.submit(alloc, source=item["source"], max_trials=ctx.n_trials)
+            history = runner.history()  # with this trial and other drivers'
+        finished = runner.wait()
+        for trial in finished:
+            launched.append(_trial_summary(trial))
+            improved = trial.status is TrialStatus.OK and (best is None or trial.score > best)
+            if improved:
+                best = trial.score
+            if trial.source != "agent-init":
+                stale = 0 if improved else stale + 1
+        if finished and ctx.callback:
+            history = runner.history()
+            for trial in finished:
+                ctx.callback(trial, best_trial(history))
     _record(ctx, EvaluateStep(
         summary=f"{len(launched)} trials run"
                 + (f", {len(skipped)} already in the study" if skipped else "")

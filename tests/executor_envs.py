@@ -1,0 +1,64 @@
+"""Replay environments that misbehave on purpose, for the executor tests: run in worker
+processes (spawned, or Ray's), so they live in an importable module and keep their state
+in files under `marks` (one file per attempt), never in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from envs.replay.env import ReplayEnvironment
+from planner.env import Observation
+from planner.space import Allocation
+from planner.spec import TaskSpec
+
+
+class MarkedEnv(ReplayEnvironment):
+    """Replays the allocation after `delay` seconds, leaving `<key>.<attempt>.start` (the
+    worker's pid and start time) and `.end` files under `marks`; `misbehave` may fail an
+    attempt first."""
+
+    def __init__(self, spec: TaskSpec, marks: str, delay: float = 0.0,
+                 misbehave: str = "") -> None:
+        super().__init__(spec)
+        self.marks, self.delay, self.misbehave = Path(marks), delay, misbehave
+
+    def evaluate(self, allocation: Allocation) -> Observation:
+        key = hashlib.sha1(allocation.key().encode()).hexdigest()[:12]
+        attempt = len(list(self.marks.glob(f"{key}.*.start"))) + 1
+        (self.marks / f"{key}.{attempt}.start").write_text(f"{os.getpid()} {time.time()}")
+        time.sleep(self.delay)
+        if self.misbehave == "kill-first" and attempt == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.misbehave == "unreachable-first" and attempt == 1:
+            raise ConnectionError("model server unreachable")
+        if self.misbehave == "always-wrong":
+            raise ValueError("bad allocation for this toy")
+        observation = super().evaluate(allocation)
+        (self.marks / f"{key}.{attempt}.end").write_text(str(time.time()))
+        return observation
+
+
+def attempts(marks: Path) -> dict[str, int]:
+    """Allocation hash -> attempts started."""
+    counts: dict[str, int] = {}
+    for f in marks.glob("*.start"):
+        key = f.name.split(".")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def most_at_once(marks: Path) -> int:
+    """The most attempts that were running at one moment (from their start and end)."""
+    events = []
+    for f in marks.glob("*.end"):
+        start = float((f.with_suffix(".start")).read_text().split()[1])
+        events += [(start, 1), (float(f.read_text()), -1)]
+    running = peak = 0
+    for _, step in sorted(events):
+        running += step
+        peak = max(peak, running)
+    return peak
