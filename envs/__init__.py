@@ -41,5 +41,9 @@ def resolve_for_export(spec: TaskSpec, allocation: Allocation) -> Resolved:
     from tools.train import special_text
 
     bases = {m: str(env.base_path(m)) for m in models}
+    lengths = {s: env.train_length(artifact_of(spec, s, p)) for s, p in allocation.items()
+               if spec.method(p.method).fine_tunes
+               and spec.method(p.method).options.max_length is None}
     return Resolved(bases, {q: env.examples(q) for q in sorted(sources)},
-                    {m: special_text(path) for m, path in bases.items()})
+                    {m: special_text(path) for m, path in bases.items()},
+                    {s: n for s, n in lengths.items() if n is not None})

@@ -61,12 +61,16 @@ class Resolved:
     special: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Model name -> the BOS and EOS text its tokenizer puts around an example
     (`tools.train.special_text`); absent where the tokenizer is not at hand."""
+    max_lengths: dict[str, int] = field(default_factory=dict)
+    """Subtask -> tokens per example its fine-tune keeps, where the method derives them
+    from the data (`max_length` unset); absent where the data is not at hand."""
 
 
-def jobs_of(spec: TaskSpec, allocation: Allocation, bases: Mapping[str, str]
-            ) -> dict[str, Job | None]:
+def jobs_of(spec: TaskSpec, allocation: Allocation, bases: Mapping[str, str],
+            max_lengths: Mapping[str, int] | None = None) -> dict[str, Job | None]:
     """Subtask -> the distinct fine-tune it serves from (None: a base or checkpoint as is).
-    LoRA with peft's default targets gets them spelled out from the base's config."""
+    LoRA with peft's default targets gets them spelled out from the base's config, and a
+    max_length derived from the data its value (`max_lengths`, by subtask)."""
     served: dict[Artifact, list[str]] = {}
     for subtask in spec.order():
         served.setdefault(artifact_of(spec, subtask, allocation[subtask]), []).append(subtask)
@@ -76,8 +80,13 @@ def jobs_of(spec: TaskSpec, allocation: Allocation, bases: Mapping[str, str]
         job = None
         if isinstance(method, FineTune):
             base = bases[artifact.model]
-            job = Job("_".join(subtasks), tuple(subtasks), artifact.model, base,
-                      _with_targets(method, base), artifact.sources)
+            method = _with_targets(method, base)
+            derived = (max_lengths or {}).get(subtasks[0])
+            if method.options.max_length is None and derived is not None:
+                method = method.model_copy(update={"options": method.options.model_copy(
+                    update={"max_length": derived})})
+            job = Job("_".join(subtasks), tuple(subtasks), artifact.model, base, method,
+                      artifact.sources)
         jobs.update(dict.fromkeys(subtasks, job))
     return jobs
 
@@ -133,12 +142,16 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
                  resolved: Resolved) -> tuple[dict[str, str], list[str]]:
     """The export folder's files (relative path -> text) and, one line each, what `fmt`
     cannot express. `fmt` is `planner` or a tool of `planner.methods.TOOLS`."""
-    jobs = jobs_of(spec, trial.allocation, resolved.bases)
+    jobs = jobs_of(spec, trial.allocation, resolved.bases, resolved.max_lengths)
     doc = _plan_document(spec, study, trial, jobs)
     distinct = list({j.name: j for j in jobs.values() if j}.values())
     serving, unexpressed = serving_plan(
         spec.subtasks, dict(trial.allocation.items()), jobs, resolved.bases,
         dict(trial.subtask_scores), recorded=resolved.examples is None)
+    unexpressed += [f"{s.name}: chat_template: planner gave the model each prompt in its chat "
+                    "template (sampling and training); the data files and requests here hold "
+                    "the raw prompts: apply the chat template in the tool"
+                    for s in spec.subtasks if s.chat_template]
     files = {PLAN_FILE: _yaml(doc), "serving.yaml": _yaml(serving)}
     runs: list[tuple[Job, str]] = []
     if fmt == "planner":
@@ -155,6 +168,10 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
             files[path.format(job.name)] = _yaml(config.keys)
             runs.append((job, command.format(path.format(job.name))))
             unexpressed += [f"{job.name}: {line}" for line in config.unexpressed]
+            if job.method.options.max_length is None:
+                unexpressed.append(f"{job.name}: max_length: planner derives it from the "
+                                   "training data, which is not at hand: the tool's default "
+                                   "length applies; set it to the longest example's tokens")
         files |= _data_files(distinct, fmt, resolved, unexpressed)
     files["README.md"] = readme(doc, serving, fmt, runs, unexpressed)
     return files, unexpressed

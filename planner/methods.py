@@ -12,6 +12,10 @@ Training FLOPs (N = parameters of the base, D = tokens trained on):
   "Scaling Laws for Neural Language Models", C ≈ 6ND);
 - LoRA, prompt tuning: 4·N·D (the base is frozen: the backward pass still computes
   activation gradients, 2ND, but no weight gradients, 2ND; the adapter's own are negligible);
+- half fine-tuning (HFT): 5·N·D (forward 2ND, activation gradients 2ND, weight gradients of
+  the unfrozen half 1ND);
+- ProMoT: 4·N·D1 + 6·N·D2 (stage 1 tunes a soft prompt on the frozen base over D1 tokens,
+  stage 2 every weight over D2); D = D1 + D2, split by their steps;
 - D = steps x batch_size x mean tokens of the examples trained on (the mixture-weighted mean
   of the sources' prompt + output tokens), unless `train_tokens` is given (e.g. the tokens
   of a recorded run in a replay table).
@@ -20,6 +24,7 @@ Training FLOPs (N = parameters of the base, D = tokens trained on):
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
@@ -29,7 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.numbers import Count, Float, Int, Tokens
 
 if TYPE_CHECKING:
-    from peft import PeftConfig
+    from peft import PeftConfig, PromptTuningConfig
+
+    from tools.train import HalfFineTuning, ProMoT, Recipe
 
 Tool = Literal["llamafactory", "axolotl", "trl"]
 TOOLS: tuple[Tool, ...] = ("llamafactory", "axolotl", "trl")
@@ -47,7 +54,9 @@ class Training(_Strict):
     lr: Float = Field(1e-3, gt=0, le=1e3, description="peak learning rate")
     seed: Int = Field(0, ge=0, lt=2**32, description="seed of the data draw and the "
                       "initialisation")
-    max_length: Count = Field(128, description="prompt + completion tokens kept")
+    max_length: Count | None = Field(
+        None, description="prompt + completion tokens kept; default: the longest example of "
+        "the mixture's sources, up to the model's context and 2048 (tools.train)")
 
 
 class LoraOptions(Training):
@@ -60,6 +69,24 @@ class LoraOptions(Training):
 
 class PromptOptions(Training):
     num_virtual_tokens: Count = Field(8, description="length of the soft prompt")
+
+
+class HftOptions(Training):
+    round_steps: Count | None = Field(
+        None, description="optimizer steps per round; each round freezes a fresh random half "
+        "of each layer's parameter groups. None: steps / 4 rounded up (four rounds)")
+
+
+class PromotOptions(Training):
+    """`steps`, `lr` ... are stage 2's (every weight, the prompt attached and frozen)."""
+
+    prompt_steps: Count = Field(100, description="stage 1: optimizer steps tuning the soft "
+                                "prompt on the frozen base")
+    prompt_lr: Float = Field(1e-2, gt=0, le=1e3, description="stage 1's peak learning rate "
+                             "(a soft prompt wants a larger one than weights)")
+    num_virtual_tokens: Count = Field(8, description="length of the soft prompt")
+    keep_prompt: bool = Field(False, description="serve the tuned model with its soft prompt; "
+                              "the paper drops it, so the weights alone answer")
 
 
 @dataclass(frozen=True)
@@ -139,14 +166,27 @@ class FineTune(_Method):
             return self.train_tokens
         return self.options.steps * self.options.batch_size * tokens_per_example
 
-    def adapter(self) -> PeftConfig | None:
-        """The peft config of the trained adapter; None trains every weight."""
+    def adapter(self) -> Recipe:
+        """What `tools.train.train` trains: a peft config (the adapter), a recipe of its own
+        loop over every weight (`HalfFineTuning`, `ProMoT`), or None (every weight)."""
         return None
+
+    @property
+    def serves_soft_prompt(self) -> bool:
+        """Its model answers with a soft prompt in front, which vLLM cannot serve."""
+        return False
 
     def tool_config(self, tool: Tool) -> ToolConfig:
         """This method's keys in `tool`'s training config (LLaMA-Factory, Axolotl, TRL)."""
-        keys = {key: getattr(self.options, field) for field, key in _LOOP_KEYS[tool].items()}
+        keys = {key: getattr(self.options, field) for field, key in _LOOP_KEYS[tool].items()
+                if getattr(self.options, field) is not None}  # max_length: None derives it
         return ToolConfig(keys, [])
+
+
+_EVERY_WEIGHT: dict[Tool, dict[str, object]] = {
+    "llamafactory": {"finetuning_type": "full"}, "axolotl": {"adapter": None},
+    "trl": {"use_peft": False}}
+"""Each tool's keys for training every weight (no adapter)."""
 
 
 class Full(FineTune):
@@ -158,9 +198,7 @@ class Full(FineTune):
 
     def tool_config(self, tool: Tool) -> ToolConfig:
         base = super().tool_config(tool)
-        own = {"llamafactory": {"finetuning_type": "full"}, "axolotl": {"adapter": None},
-               "trl": {"use_peft": False}}[tool]
-        return ToolConfig({**own, **base.keys}, base.unexpressed)
+        return ToolConfig({**_EVERY_WEIGHT[tool], **base.keys}, base.unexpressed)
 
 
 class Lora(FineTune):
@@ -219,12 +257,11 @@ class PromptTuning(FineTune):
     flops_per_param_token: ClassVar[float] = 4.0
 
     def adapter(self) -> PeftConfig:
-        from peft import PromptTuningConfig, PromptTuningInit
+        return _soft_prompt(self.options.num_virtual_tokens)
 
-        # start from real token embeddings: peft's default N(0, 1) init dwarfs them
-        return PromptTuningConfig(task_type="CAUSAL_LM",
-                                  num_virtual_tokens=self.options.num_virtual_tokens,
-                                  prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+    @property
+    def serves_soft_prompt(self) -> bool:
+        return True
 
     def tool_config(self, tool: Tool) -> ToolConfig:
         base = super().tool_config(tool)
@@ -232,7 +269,86 @@ class PromptTuning(FineTune):
                                       "tuning; train this adapter with planner (tools.train)"])
 
 
-Method = Annotated[NoneMethod | Pretrain | Full | Lora | PromptTuning,
+def _soft_prompt(num_virtual_tokens: int) -> PromptTuningConfig:
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    # start from real token embeddings: peft's default N(0, 1) init dwarfs them
+    return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
+                              prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+
+
+class Hft(FineTune):
+    """Half fine-tuning (Hui et al. 2024, "HFT: Half Fine-Tuning for Large Language Models"):
+    every weight trains, but each round a random half of each layer's parameter groups is
+    frozen (seeded by `seed`), which keeps more of what the base knew; `tools.train` runs it."""
+
+    kind: Literal["hft"] = "hft"
+    options: HftOptions = HftOptions()
+
+    flops_per_param_token: ClassVar[float] = 5.0
+
+    def adapter(self) -> HalfFineTuning:
+        from tools.train import HalfFineTuning
+
+        o = self.options
+        return HalfFineTuning(o.round_steps or math.ceil(o.steps / 4))
+
+    def tool_config(self, tool: Tool) -> ToolConfig:
+        base = super().tool_config(tool)
+        return ToolConfig({**_EVERY_WEIGHT[tool], **base.keys}, [
+            *base.unexpressed, f"kind hft: {tool} cannot freeze a fresh random half of every "
+            "layer each round (LLaMA-Factory's `freeze` and Axolotl's `unfrozen_parameters` fix "
+            "one set for the run; BAdam and LISA rotate whole layers; TRL has none), so this "
+            "config trains every weight at every step (kind full); train HFT with planner "
+            "(tools.train)"])
+
+
+class Promot(FineTune):
+    """ProMoT (Wang et al. 2022, "Two-stage LLM Fine-tuning with Less Specialization and More
+    Generalization"): a soft prompt tuned on the frozen base, then every weight tuned with
+    that prompt attached and frozen, so the prompt takes up the task's format and the weights
+    specialise less; served without the prompt unless `keep_prompt`. `tools.train` runs it."""
+
+    kind: Literal["promot"] = "promot"
+    options: PromotOptions = PromotOptions()
+
+    flops_per_param_token: ClassVar[float] = 6.0
+    """Stage 2's; `train_flops` adds stage 1 at 4."""
+
+    def tokens(self, tokens_per_example: float) -> float:
+        if self.train_tokens is not None:
+            return self.train_tokens
+        o = self.options
+        return (o.prompt_steps + o.steps) * o.batch_size * tokens_per_example
+
+    def train_flops(self, params: float, tokens_per_example: float) -> float:
+        o = self.options
+        prompt_share = o.prompt_steps / (o.prompt_steps + o.steps)  # D1 / D
+        rate = 4.0 * prompt_share + self.flops_per_param_token * (1 - prompt_share)
+        return rate * params * self.tokens(tokens_per_example)
+
+    def adapter(self) -> ProMoT:
+        from tools.train import ProMoT
+
+        o = self.options
+        return ProMoT(_soft_prompt(o.num_virtual_tokens), o.prompt_steps, o.prompt_lr,
+                      o.keep_prompt)
+
+    @property
+    def serves_soft_prompt(self) -> bool:
+        return self.options.keep_prompt
+
+    def tool_config(self, tool: Tool) -> ToolConfig:
+        base = super().tool_config(tool)
+        o = self.options
+        return ToolConfig({**_EVERY_WEIGHT[tool], **base.keys}, [
+            *base.unexpressed, f"kind promot: {tool} has no prompt tuning, so neither "
+            f"stage 1 ({o.prompt_steps} steps tuning a {o.num_virtual_tokens}-token soft prompt "
+            f"at lr {o.prompt_lr}) nor the prompt in stage 2: this config is stage 2 without "
+            "it (kind full); train ProMoT with planner (tools.train)"])
+
+
+Method = Annotated[NoneMethod | Pretrain | Full | Lora | PromptTuning | Hft | Promot,
                    Field(discriminator="kind")]
 """Any method kind, as task.yaml's `methods:` holds it."""
 

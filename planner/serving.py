@@ -60,7 +60,7 @@ def serving_plan(subtasks: list[SubtaskSpec], allocation: dict[str, Plan],
     for s in subtasks:
         plan, job = allocation[s.name], jobs[s.name]
         d = s.decoding
-        if job is not None and job.method.kind == "prompt":
+        if job is not None and job.method.serves_soft_prompt:
             unexpressed.append(f"{s.name}: prompt tuning: vLLM serves no soft prompts; sample "
                                f"{job.output_dir} with planner's transformers sampler "
                                "(tools.infer.TransformersSampler)")

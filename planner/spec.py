@@ -23,8 +23,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -177,7 +179,27 @@ class SubtaskSpec(_Strict):
                                                         min_length=1)
     data: DataSpec | None = None
     decoding: Decoding = Field(default_factory=Decoding)
+    answer: str | dict[str, str] | None = Field(
+        None, description="what a completion answers, for voting and scoring: last_number, "
+        "{regex: PATTERN} (its first group), or module:function; default: the stripped text")
+    chat_template: bool = Field(False, description="wrap each prompt in the model's chat "
+                                "template (sampling and training)")
     replay: ReplaySpec | None = None
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _answer_form(cls, v: object) -> object:
+        return _answer_extractor(v)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """`answer` and `chat_template` are left out while unset, so a task that does not
+        use them dumps (and hashes) as it did before they existed."""
+        data = handler(self)
+        for key in ("answer", "chat_template"):
+            if not getattr(self, key):
+                data.pop(key, None)
+        return data
 
     @field_validator("models", mode="before")
     @classmethod
@@ -204,6 +226,32 @@ class SubtaskSpec(_Strict):
         entry = next(m for m in self.models if m.name == model)
         return self.methods if entry.methods is None else [x for x in self.methods
                                                            if x in entry.methods]
+
+
+ANSWER_NAMES = ("last_number",)
+_MODULE_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _answer_extractor(v: object) -> object:
+    """`answer:` is a built-in name, {regex: PATTERN} (compiles) or module:function."""
+    fix = ("write last_number, {regex: PATTERN} (its first group is the answer) or "
+           "module:function (a function of the completion, in a .py file beside the task)")
+    if v is None:
+        return v
+    if isinstance(v, str):
+        if v in ANSWER_NAMES or _MODULE_FUNCTION.match(v):
+            return v
+        raise ValueError(f"{v!r} is not an answer extractor; {fix}")
+    if isinstance(v, dict):
+        if set(v) != {"regex"} or not isinstance(v["regex"], str):
+            raise ValueError(f"{v!r}: a regex extractor is one key, `regex: PATTERN`; {fix}")
+        try:
+            re.compile(v["regex"])
+        except re.error as e:
+            raise ValueError(f"regex {v['regex']!r} does not compile ({e}); fix the "
+                             "pattern") from None
+        return dict(v)
+    raise ValueError(f"{v!r} is not an answer extractor; {fix}")
 
 
 class TaskSpec(_Strict):
@@ -332,7 +380,9 @@ def _repeated(names: list) -> object:
 # subtask fields each environment ignores, and why: a task file that writes one is refused
 IGNORED_FIELDS = {"replay": {"metric": "scores come from the table",
                       "data": "answers come from the table",
-                      "decoding": "samples come from the table"},
+                      "decoding": "samples come from the table",
+                      "answer": "the table holds the answers, extracted: `replay.answer`",
+                      "chat_template": "no prompt is sent to a model"},
             "live": {"replay": "it trains, samples and scores for real"}}
 
 
@@ -457,6 +507,8 @@ _MESSAGES = {
     "extra_forbidden": "unknown key; remove it or check its spelling",
     "missing": "required field is missing; add it",
     "finite_number": "must be a finite number (not .inf or .nan)",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
 }
 
 

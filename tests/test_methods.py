@@ -31,7 +31,7 @@ def _with_methods(folder: Path, methods: list[dict]) -> Path:
      r"methods\[2\] \(f\)\.rank: kind full takes no key 'rank'; valid keys: kind, name, "
      r"options, train_tokens$"),
     ({"name": "q", "kind": "qlora"}, r"methods\[2\] \(q\)\.kind: 'qlora' is not a method kind; "
-     r"use one of \['full', 'lora', 'none', 'pretrain', 'prompt'\]"),
+     r"use one of \['full', 'hft', 'lora', 'none', 'pretrain', 'promot', 'prompt'\]"),
     ({"name": "p", "kind": "pretrain"}, r"methods\[2\] \(p\)\.train_tokens: required field"),
     ({"name": "n", "kind": "none", "train_tokens": 5}, r"kind none takes no key 'train_tokens'"),
     ({"name": "l", "kind": "lora", "options": {"steps": 0}},
@@ -86,7 +86,7 @@ def test_adapters_are_peft_configs() -> None:
 
 
 def test_tool_configs_use_each_tools_keys() -> None:
-    lora = Lora(name="l", options={"lora_r": 4, "steps": 50, "lr": 2e-4,
+    lora = Lora(name="l", options={"lora_r": 4, "steps": 50, "lr": 2e-4, "max_length": 128,
                                    "lora_targets": ["q_proj", "v_proj"]})
     lf = lora.tool_config("llamafactory")
     assert lf.keys == {"finetuning_type": "lora", "lora_rank": 4, "lora_alpha": 16,

@@ -4,6 +4,9 @@
 score of majority vote, best-of-n or pass@n for every n <= N, averaged over uniformly random
 n-subsets of the N samples, exactly and without new inference.
 
+Answer extractors turn a completion into the answer that is voted on and scored
+(`last_number`, a regex's first group, or a user function); None means it holds no answer.
+
 Example:
     >>> score_curve([["357", "357", "356"]], ["357"], exact_match, "majority", ks=[1, 3])
     {1: 0.666..., 3: 1.0}
@@ -24,9 +27,11 @@ from typing import Literal
 import numpy as np
 
 Metric = Callable[[str, str], float]  # (prediction, reference) -> score in [0, 1]
+Extractor = Callable[[str], "str | None"]  # completion -> its answer, None if it holds none
 Aggregator = Literal["majority", "best_of_n", "pass"]
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_NOTHING = object()  # no answer abstains
 
 
 # Metrics
@@ -82,6 +87,73 @@ def load_metric(name: str, folder: str | Path | None = None) -> Metric:
         sys.path.remove(str(folder))
 
 
+# Answer extractors: a completion -> the answer it gives (None: it gives none)
+
+_GROUPED_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
+
+
+def raw_answer(text: str) -> str:
+    """The completion itself, stripped (the default: every completion is an answer)."""
+    return text.strip()
+
+
+def last_number(text: str) -> str | None:
+    """The last number in the text, canonical: thousands separators dropped, `42.0` and
+    `42` alike (`42`), `3.50` as `3.5`; None if there is none."""
+    numbers = _GROUPED_NUMBER.findall(text)
+    if not numbers:
+        return None
+    value = float(numbers[-1].replace(",", ""))
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def regex_extractor(pattern: str) -> Extractor:
+    """The first match of `pattern` in the text: its first group if it has groups, else
+    the whole match; stripped. None where it does not match (or the group did not take
+    part)."""
+    compiled = re.compile(pattern)
+
+    def extract(text: str) -> str | None:
+        match = compiled.search(text)
+        if match is None:
+            return None
+        found = match.group(1) if compiled.groups else match.group(0)
+        return None if found is None else found.strip()
+
+    return extract
+
+
+EXTRACTORS: dict[str, Extractor] = {"last_number": last_number}
+
+
+def load_extractor(spec: str | dict[str, str] | None,
+                   folder: str | Path | None = None) -> Extractor:
+    """An extractor from its task.yaml form: None (the stripped text), a built-in name
+    (`last_number`), `{"regex": PATTERN}`, or a user function "module:function" imported
+    like `load_metric`'s. A user function's result must be a string or None."""
+    if spec is None:
+        return raw_answer
+    if isinstance(spec, dict):
+        return regex_extractor(spec["regex"])
+    if spec in EXTRACTORS:
+        return EXTRACTORS[spec]
+    function = load_metric(spec, folder) if ":" in spec else None
+    if function is None:
+        raise ValueError(f"Unknown answer extractor {spec!r}; use one of {list(EXTRACTORS)}, "
+                         "{regex: PATTERN} or 'module:function'.")
+
+    def checked(text: str) -> str | None:
+        answer = function(text)
+        if answer is not None and not isinstance(answer, str):
+            raise TypeError(f"answer extractor {spec} returned {type(answer).__name__}; "
+                            "return a string, or None where the text holds no answer")
+        return answer
+
+    return checked
+
+
 # Aggregators: n answers -> one answer
 
 
@@ -108,11 +180,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float], k: int) -> float:
+def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float], k: int,
+                           *, abstain: Hashable = _NOTHING) -> float:
     """Expected correctness of the majority answer of a random k-subset of `answers`, drawn
     without replacement, with ties broken uniformly at random.
 
     `correct[i]` scores sample i (1/0 or partial credit); equal answers must score equally.
+    Samples whose answer is `abstain` (e.g. None: the extractor found no answer) never win
+    a vote: the majority is taken over the others, and a subset of abstentions only scores
+    the abstentions' own value.
     Exact and without enumerating subsets: for each correct answer g and each count t it may
     reach in the subset, count the ways the other answers fill the remaining k - t places with
     none above t, tracking how many tie at t (a tie among j + 1 answers is won with prob.
@@ -121,6 +197,7 @@ def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float]
     n = len(answers)
     _check_k(n, k)
     counts = Counter(answers)
+    silent = counts.pop(abstain, 0)  # abstentions: never a winner, never a tie
     value = _answer_values(answers, correct)
     won = 0.0  # sum over subsets of the winner's value (with fractional wins for ties)
     for g, m_g in counts.items():
@@ -128,7 +205,10 @@ def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float]
             continue
         others = [m for a, m in counts.items() if a != g]
         for t in range(1, min(m_g, k) + 1):
-            won += value[g] * math.comb(m_g, t) * _ways_others_at_most(others, t, k - t)
+            won += value[g] * math.comb(m_g, t) * _ways_others_at_most(others, t, k - t,
+                                                                       silent)
+    if silent >= k and value.get(abstain, 0):
+        won += value[abstain] * math.comb(silent, k)  # nothing but abstentions drawn
     return won / math.comb(n, k)
 
 
@@ -189,12 +269,14 @@ def score_curve(
     return {k: total / len(per_item_samples) for k, total in totals.items()}
 
 
-def _ways_others_at_most(others: list[int], t: int, rest: int) -> float:
-    """Sum over ways to draw `rest` samples from answer groups of sizes `others` with no group
-    drawn more than t times, each way weighted by 1/(1 + number of groups drawn exactly t)."""
-    # Groups smaller than t can never tie or exceed: together they are one binomial pool.
+def _ways_others_at_most(others: list[int], t: int, rest: int, silent: int = 0) -> float:
+    """Sum over ways to draw `rest` samples from answer groups of sizes `others` (and
+    `silent` abstentions) with no group drawn more than t times, each way weighted by
+    1/(1 + number of groups drawn exactly t)."""
+    # Groups smaller than t can never tie or exceed, nor can abstentions: together they are
+    # one binomial pool.
     contenders = [m for m in others if m >= t]
-    pool = sum(others) - sum(contenders)
+    pool = sum(others) - sum(contenders) + silent
     # ways[s, j]: ways to draw s samples so far with j contender groups drawn exactly t times.
     ways = np.zeros((rest + 1, len(contenders) + 1))
     ways[:, 0] = [math.comb(pool, s) for s in range(rest + 1)]

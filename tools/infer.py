@@ -25,7 +25,7 @@ from openai import OpenAI, OpenAIError
 from tqdm.auto import tqdm
 
 from planner.secrets import redact, register
-from tools.train import load_model
+from tools.train import SOFT_PROMPT, load_model
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,9 @@ class VLLMSampler(BaseSampler):
         self._sampling_params = SamplingParams
         self.progress = progress
         self.lora_request = None
+        if (Path(model) / SOFT_PROMPT).exists():
+            raise ValueError(f"vLLM serves no soft prompts: {model} is a ProMoT model kept with "
+                             "its prompt; sample it with TransformersSampler.")
         adapter_config = Path(model) / "adapter_config.json"
         if adapter_config.exists():
             config = json.loads(adapter_config.read_text())

@@ -1,8 +1,8 @@
 """Fine-tune a causal LM on a weighted mixture of prompt/completion data.
 
-One call trains one artifact with transformers' `Trainer` (every weight, or a peft adapter
-such as LoRA or prompt tuning) and says what it cost and what it trained on. `load_model`
-turns any artifact back into a model and tokenizer.
+One call trains one artifact with transformers' `Trainer` (every weight, a peft adapter such
+as LoRA or prompt tuning, or a recipe: `HalfFineTuning`, `ProMoT`) and says what it cost and
+what it trained on. `load_model` turns any artifact back into a model and tokenizer.
 
 Example:
     >>> from peft import LoraConfig
@@ -14,18 +14,21 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 import random
 import resource
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, PromptTuningConfig, get_peft_model
 from tqdm.auto import tqdm
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
@@ -42,6 +45,12 @@ from transformers import (
 
 Example = dict[str, str]  # {"prompt": ..., "completion": ...}
 
+HFT_SCHEDULE = "half_fine_tuning.json"
+"""File of a `HalfFineTuning` artifact: the parameters frozen in each round."""
+SOFT_PROMPT = "soft_prompt"
+"""Folder of a `ProMoT(keep_prompt=True)` artifact: the soft prompt, a peft adapter on the
+tuned weights beside it."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -55,12 +64,57 @@ class TrainConfig:
     """Peak learning rate (transformers' default linear decay, no warm-up)."""
     seed: int = 0
     """Seed of the data draw, the initialisation (adapters) and the data order."""
-    max_length: int = 128
-    """Prompt + completion tokens kept per example (the rest is cut)."""
+    max_length: int | None = None
+    """Prompt + completion tokens kept per example (the rest is cut); None derives it from
+    the data: the longest example of the mixture's sources, up to the model's context
+    (less soft-prompt tokens) and `MAX_LENGTH_CAP` (`derived_max_length`)."""
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.max_length) <= 0 or self.lr <= 0:
+        length = 1 if self.max_length is None else self.max_length
+        if min(self.steps, self.batch_size, length) <= 0 or self.lr <= 0:
             raise ValueError(f"steps, batch_size, max_length and lr must be positive: {self}")
+
+
+@dataclass(frozen=True)
+class HalfFineTuning:
+    """Half fine-tuning (HFT; Hui et al. 2024, "HFT: Half Fine-Tuning for Large Language
+    Models", arXiv 2404.18466): every weight is trained, but in each round of `round_steps`
+    optimizer steps a random half of each layer's parameter groups (`parameter_groups`) is
+    frozen, a new half each round, drawn from the run's seed. A frozen tensor takes no
+    gradient (`requires_grad` off, so the backward pass skips its weight gradient), so the
+    optimizer skips it: it stays bit-identical through the round, and AdamW's moments and
+    weight decay of it wait for a round in which it trains. The rounds' frozen parameters
+    are written to the artifact's `HFT_SCHEDULE`."""
+
+    round_steps: int
+
+    def __post_init__(self) -> None:
+        if self.round_steps <= 0:
+            raise ValueError(f"round_steps must be positive: {self}")
+
+
+@dataclass(frozen=True)
+class ProMoT:
+    """Prompt tuning with model tuning (ProMoT; Wang et al. 2022, "Two-stage LLM Fine-tuning
+    with Less Specialization and More Generalization", arXiv 2211.00635). Stage 1 trains the
+    soft prompt `prompt` on the frozen base for `prompt_steps` steps at `prompt_lr`; stage 2
+    trains every weight of the model with that prompt attached and frozen, under the run's
+    `TrainConfig`. The prompt absorbs the task's format, so the weights specialise less. The
+    artifact is the tuned model without the prompt (the paper's use on other tasks); with
+    `keep_prompt` the prompt is saved beside it (`SOFT_PROMPT`) and `load_model` attaches it."""
+
+    prompt: PromptTuningConfig
+    prompt_steps: int
+    prompt_lr: float
+    keep_prompt: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prompt_steps <= 0 or self.prompt_lr <= 0:
+            raise ValueError(f"prompt_steps and prompt_lr must be positive: {self}")
+
+
+Recipe = PeftConfig | HalfFineTuning | ProMoT | None
+"""What `train` trains: a peft adapter, every weight by a recipe, or (None) every weight."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +122,7 @@ class TrainResult:
     """What one training run produced, what it trained on and what it cost."""
 
     artifact: Path
-    """Full-weights folder (no adapter) or peft adapter folder."""
+    """Full-weights folder (no adapter, or a recipe) or peft adapter folder."""
     tokens_seen: int
     """Non-padding tokens fed to the model (prompt + completion + eos)."""
     wall_seconds: float
@@ -77,9 +131,16 @@ class TrainResult:
     final_loss: float
     """Training loss of the last step."""
     losses: list[float]
-    """Training loss of every step."""
+    """Training loss of every step (ProMoT: stage 1's, then stage 2's)."""
     examples: dict[str, int]
-    """Source -> examples drawn from it (`steps * batch_size` in all); undrawn sources absent."""
+    """Source -> examples drawn from it (`steps * batch_size` in all, ProMoT's stage 1 steps
+    included); undrawn sources absent."""
+    max_length: int
+    """Tokens kept per example: `TrainConfig.max_length`, or the one derived from the data."""
+    truncated: int
+    """Drawn examples longer than `max_length`, so cut (counted per draw)."""
+    longest: int
+    """Tokens of the longest drawn example, before cutting."""
 
 
 def train(
@@ -88,9 +149,10 @@ def train(
     mixture: dict[str, float],
     out_dir: str | Path,
     config: TrainConfig = TrainConfig(),
-    adapter: PeftConfig | None = None,
+    adapter: Recipe = None,
     *,
     progress: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Train `base_model` on `config.steps * config.batch_size` examples drawn from `mixture`.
 
@@ -102,8 +164,11 @@ def train(
         out_dir: where the artifact is written.
         config: the training loop's settings.
         adapter: a peft config (e.g. `LoraConfig`, `PromptTuningConfig`): train that adapter
-            and save it without the base; None updates every weight and saves them all.
+            and save it without the base; None updates every weight and saves them all; a
+            `HalfFineTuning` or `ProMoT` recipe trains every weight its way and saves them all.
         progress: show a progress bar over steps on stderr.
+        callbacks: more `TrainerCallback`s for the Trainer (ProMoT: stage 2's only), e.g. to
+            watch the weights between steps.
 
     Loss is computed on completion tokens (and the eos appended to them) only.
     """
@@ -118,16 +183,32 @@ def train(
         model.hf_quantizer, model.is_quantized = None, False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-    drawn = sample_mixture(data, mixture, config.steps * config.batch_size, config.seed)
-    features = [tokenize_example(tokenizer, ex, config.max_length) for _, ex in drawn]
-    if adapter is not None:
-        model = get_peft_model(model, copy.deepcopy(adapter))  # peft fills in the copy
-    losses = _fit(model, tokenizer, features, config, Path(out_dir), progress)
-    if adapter is not None:
-        # Record the real base (a .gguf file included) so load_model can rebuild it.
-        model.peft_config["default"].base_model_name_or_path = str(base_model)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    steps = config.steps + (adapter.prompt_steps if isinstance(adapter, ProMoT) else 0)
+    drawn = sample_mixture(data, mixture, steps * config.batch_size, config.seed)
+    whole = _tokenized(tokenizer, data, mixture)  # each source example once, uncut
+    max_length = config.max_length if config.max_length is not None else derived_max_length(
+        [len(f["input_ids"]) for f in whole.values()], _context(model.config, adapter))
+    uncut = [whole[ex["prompt"], ex["completion"]] for _, ex in drawn]
+    features = [{k: v[:max_length] for k, v in f.items()} for f in uncut]  # fresh dicts
+    out, callbacks = Path(out_dir), list(callbacks)
+    if isinstance(adapter, ProMoT):
+        losses = _promot(model, tokenizer, features, config, adapter, base_model, out, progress,
+                         callbacks)
+    elif isinstance(adapter, HalfFineTuning):
+        half = _HalfFreeze(model, adapter.round_steps, config.seed)
+        losses = _fit(model, tokenizer, features, config, out, progress, [half, *callbacks])
+        model.save_pretrained(out)
+        (out / HFT_SCHEDULE).write_text(json.dumps(
+            {"round_steps": adapter.round_steps, "frozen": half.rounds}, indent=1))
+    else:
+        if adapter is not None:
+            model = get_peft_model(model, copy.deepcopy(adapter))  # peft fills in the copy
+        losses = _fit(model, tokenizer, features, config, out, progress, callbacks)
+        if adapter is not None:
+            # Record the real base (a .gguf file included) so load_model can rebuild it.
+            model.peft_config["default"].base_model_name_or_path = str(base_model)
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return TrainResult(
         artifact=Path(out_dir),
         tokens_seen=sum(len(f["input_ids"]) for f in features),
@@ -136,12 +217,140 @@ def train(
         final_loss=losses[-1],
         losses=losses,
         examples=dict(sorted(Counter(source for source, _ in drawn).items())),
+        max_length=max_length,
+        truncated=sum(len(f["input_ids"]) > max_length for f in uncut),
+        longest=max(len(f["input_ids"]) for f in uncut),
     )
+
+
+MAX_LENGTH_CAP = 2048
+"""The most tokens per example a derived `max_length` keeps (an explicit one may be more)."""
+
+
+def derived_max_length(lengths: Sequence[int], context: int | None) -> int:
+    """`max_length` from the data: the longest example's tokens, capped at the tokens the
+    model can take (`context`, None if unknown) and at `MAX_LENGTH_CAP`."""
+    cap = MAX_LENGTH_CAP if context is None else min(MAX_LENGTH_CAP, context)
+    return max(1, min(max(lengths, default=1), cap))
+
+
+def train_length(base_model: str | Path, data: dict[str, list[Example]],
+                 mixture: dict[str, float], config: TrainConfig = TrainConfig(),
+                 adapter: Recipe = None) -> int:
+    """The `max_length` `train` would use with these arguments, without training (an
+    explicit `config.max_length`, else the one derived from the data)."""
+    if config.max_length is not None:
+        return config.max_length
+    tokenizer = load_tokenizer(base_model)
+    path = Path(base_model)
+    if str(path).endswith(".gguf"):
+        model_config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        model_config = AutoConfig.from_pretrained(path)
+    whole = _tokenized(tokenizer, data, mixture)
+    return derived_max_length([len(f["input_ids"]) for f in whole.values()],
+                              _context(model_config, adapter))
+
+
+def _tokenized(tokenizer: PreTrainedTokenizerBase, data: dict[str, list[Example]],
+               mixture: dict[str, float]) -> dict[tuple[str, str], dict[str, list[int]]]:
+    """(prompt, completion) -> its uncut features, for every example of the sources the
+    mixture draws from (weight > 0), each tokenized once."""
+    whole: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for source, weight in mixture.items():
+        for ex in data[source] if weight > 0 else ():
+            key = (ex["prompt"], ex["completion"])
+            if key not in whole:
+                whole[key] = tokenize_example(tokenizer, ex, None)
+    return whole
+
+
+def _context(model_config: object, adapter: Recipe) -> int | None:
+    """Positions the model takes (None if its config does not say), less a soft prompt's
+    virtual tokens (prompt tuning, ProMoT), which precede the example."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    prompt = adapter.prompt if isinstance(adapter, ProMoT) else adapter
+    virtual = getattr(prompt, "num_virtual_tokens", None) or 0
+    return max(1, positions - virtual)
+
+
+def _promot(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+            features: list[dict[str, list[int]]], config: TrainConfig, recipe: ProMoT,
+            base_model: str | Path, out: Path, progress: bool,
+            callbacks: list[TrainerCallback]) -> list[float]:
+    """ProMoT's two stages on `features` (stage 1 reads the first `prompt_steps` batches);
+    saves the tuned weights (and, if kept, the prompt) in `out`; the loss of every step."""
+    split = recipe.prompt_steps * config.batch_size
+    peft_model = get_peft_model(model, copy.deepcopy(recipe.prompt))  # base frozen by peft
+    stage1 = replace(config, steps=recipe.prompt_steps, lr=recipe.prompt_lr)
+    losses = _fit(peft_model, tokenizer, features[:split], stage1, out, progress)
+    prompt = {id(param) for param in peft_model.prompt_encoder.parameters()}
+    for param in peft_model.parameters():
+        param.requires_grad_(id(param) not in prompt)  # stage 2: the weights, prompt frozen
+    losses += _fit(peft_model, tokenizer, features[split:], config, out, progress, callbacks)
+    model.save_pretrained(out)  # the tuned weights alone: peft's prompt wraps, not edits, them
+    if recipe.keep_prompt:  # records the base it came from; load_model puts it on `out`
+        peft_model.peft_config["default"].base_model_name_or_path = str(base_model)
+        peft_model.save_pretrained(out / SOFT_PROMPT)
+    return losses
+
+
+class _HalfFreeze(TrainerCallback):
+    """HFT's rounds: at the first step of each round, freeze a fresh random half of each
+    layer's parameter groups and unfreeze the rest; `rounds` lists each round's frozen names."""
+
+    def __init__(self, model: PreTrainedModel, round_steps: int, seed: int) -> None:
+        self.params = dict(model.named_parameters())
+        self.groups = parameter_groups(model)
+        self.round_steps, self.seed = round_steps, seed
+        self.rounds: list[list[str]] = []
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState,
+                      control: TrainerControl, **kwargs: object) -> None:
+        if state.global_step % self.round_steps:
+            return
+        frozen = frozen_half(self.groups, self.seed, state.global_step // self.round_steps)
+        for name, param in self.params.items():
+            param.requires_grad_(name not in frozen)
+        self.rounds.append(sorted(frozen))
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: object) -> None:
+        for param in self.params.values():
+            param.requires_grad_(True)
+
+
+def parameter_groups(model: torch.nn.Module) -> dict[str, list[list[str]]]:
+    """HFT's unit of freezing: layer -> its parameter groups, each the parameter names of one
+    module (a weight and its bias). A layer is a numbered block (`transformer.h.3`); the
+    parameters outside any (embeddings, final norm) form the layer ''."""
+    layers: dict[str, dict[str, list[str]]] = {}
+    for name, _ in model.named_parameters():
+        module = name.rpartition(".")[0]
+        parts = module.split(".")
+        number = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        layer = ".".join(parts[:number + 1]) if number is not None else ""
+        layers.setdefault(layer, {}).setdefault(module, []).append(name)
+    return {layer: list(groups.values()) for layer, groups in layers.items()}
+
+
+def frozen_half(groups: dict[str, list[list[str]]], seed: int, round_index: int) -> set[str]:
+    """The parameter names HFT freezes in round `round_index`: half of each layer's groups
+    (of an odd count, one more or one fewer by a coin flip), drawn from `seed` and the round."""
+    rng = random.Random(f"hft:{seed}:{round_index}")
+    frozen: set[str] = set()
+    for layer in sorted(groups):
+        count = len(groups[layer])
+        for group in rng.sample(groups[layer], count // 2 + (count % 2) * rng.randint(0, 1)):
+            frozen.update(group)
+    return frozen
 
 
 def _fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
          features: list[dict[str, list[int]]], config: TrainConfig, out_dir: Path,
-         progress: bool) -> list[float]:
+         progress: bool, callbacks: Sequence[TrainerCallback] = ()) -> list[float]:
     """Run Trainer over `features` in order; the loss of every step."""
     args = TrainingArguments(
         output_dir=str(out_dir),
@@ -160,6 +369,8 @@ def _fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     trainer.remove_callback(PrinterCallback)  # library code does not print; losses come back
     if progress:
         trainer.add_callback(_StepProgress())
+    for callback in callbacks:
+        trainer.add_callback(callback)
     trainer.train()
     return [log["loss"] for log in trainer.state.log_history if "loss" in log]
 
@@ -181,7 +392,8 @@ class _StepProgress(TrainerCallback):
 
 
 def load_model(artifact: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a `train` artifact (full folder, peft adapter folder or `.gguf` file) for inference."""
+    """Load a `train` artifact (full folder, peft adapter folder or `.gguf` file) for inference;
+    a ProMoT artifact that kept its prompt comes with the prompt attached."""
     path = Path(artifact)
     if (path / "adapter_config.json").exists():
         base, _ = _load_base(PeftConfig.from_pretrained(path).base_model_name_or_path)
@@ -189,6 +401,8 @@ def load_model(artifact: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeniz
         tokenizer = _load_tokenizer(path)
     else:
         model, tokenizer = _load_base(path)
+        if (path / SOFT_PROMPT / "adapter_config.json").exists():
+            model = PeftModel.from_pretrained(model, path / SOFT_PROMPT)
     return model.eval(), tokenizer
 
 
@@ -208,9 +422,10 @@ def sample_mixture(
 
 
 def tokenize_example(
-    tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int
+    tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int | None
 ) -> dict[str, list[int]]:
-    """Token ids and labels for one example; labels are -100 on the prompt.
+    """Token ids and labels for one example; labels are -100 on the prompt; the first
+    `max_length` tokens (None: all).
 
     Prompt and completion are tokenized separately, as at inference time, where the model sees
     the tokenized prompt (with the tokenizer's usual special tokens) and continues it.
@@ -244,6 +459,30 @@ def _load_base(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
         return model, _load_tokenizer(folder, gguf_file=name)
     return AutoModelForCausalLM.from_pretrained(path), _load_tokenizer(path)
+
+
+def load_tokenizer(base_model: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer `train` uses for a model folder or `.gguf` file."""
+    path = Path(base_model)
+    if str(path).endswith(".gguf"):
+        return _load_tokenizer(path.parent, gguf_file=path.name)
+    return _load_tokenizer(path)
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """`prompt` as the user's turn in the tokenizer's chat template, ending where the
+    assistant's answer starts (`add_generation_prompt`). A BOS the template writes is left
+    to the tokenizer, which adds it when the text is tokenized (so it is there once).
+    ValueError if the tokenizer has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                         add_generation_prompt=True, tokenize=False)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("a")["input_ids"][:1] == [
+            tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
 
 
 def _load_tokenizer(path: str | Path, **kwargs: str) -> PreTrainedTokenizerBase:

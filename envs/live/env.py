@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import sys
 from collections import Counter
 from dataclasses import dataclass, fields
@@ -37,7 +38,7 @@ import tools.infer
 import tools.train
 from envs.live.cache import Cache, DrawnSamples, content_key, default_root
 from envs.live.data import SubtaskData, load_subtask, read_records, template_fields
-from envs.live.scoring import AGGREGATORS, aggregate, expected_score
+from envs.live.scoring import AGGREGATORS, aggregate, expected_score, label_answer
 from envs.live.sources import resolve_source, weights_identity
 from planner.artifact import Artifact, artifact_of
 from planner.cost import Calibration
@@ -46,11 +47,12 @@ from planner.errors import SpecError
 from planner.methods import KINDS, FineTune, Training
 from planner.space import Allocation, SearchSpace
 from planner.spec import TaskSpec
-from tools.evaluate import Metric, load_metric
+from tools.evaluate import Extractor, Metric, load_extractor, load_metric
 from tools.infer import TransformersSampler
-from tools.train import Example, TrainConfig, train
+from tools.train import Example, TrainConfig, chat_prompt, load_tokenizer, train, train_length
 
 _Model = tuple[Path, str, dict]  # a served model: path, cache key, training metadata
+log = logging.getLogger(__name__)
 
 
 def _code_version(module: object) -> str:
@@ -98,10 +100,14 @@ class LiveEnvironment:
         self._check_choices()
         self.data: dict[str, SubtaskData] = {s.name: load_subtask(spec, s) for s in spec.subtasks}
         self.metrics: dict[str, Metric] = {s.name: self._metric(s.name) for s in spec.subtasks}
+        self.answers: dict[str, Extractor] = {s.name: self._answer(s.name)
+                                              for s in spec.subtasks}
         self.sink = self._sink()
         self.items = self._pipeline_records()
         self._bases: dict[str, Path] = {}
         self._versions = {"train": _code_version(tools.train), "infer": _code_version(tools.infer)}
+        self._tokenizers: dict[str, object] = {}
+        self._check_chat_templates()
 
     def calibration(self) -> Calibration:
         return {}
@@ -127,16 +133,19 @@ class LiveEnvironment:
             if artifact not in models:
                 models[artifact] = self._model(artifact)
             path, key, _ = models[artifact]
-            gold = self._samples(name, path, key, [data.prompt(r) for r in data.val])
-            labels = [r[data.label] for r in data.val]
-            scores[name] = expected_score([d.texts for d in gold], labels, metric,
-                                          plan.aggregator, plan.samples)
+            extract, model = self.answers[name], artifact.model
+            gold = self._samples(name, path, key, [self.prompt(name, model, r)
+                                                   for r in data.val])
+            labels = [label_answer(r[data.label], extract) for r in data.val]
+            scores[name] = expected_score([[extract(t) for t in d.texts] for d in gold], labels,
+                                          metric, plan.aggregator, plan.samples)
             deps = self.spec.subtask(name).depends_on
-            prompts[name] = [data.prompt({**r, **{d: outputs[d][i] for d in deps}})
+            prompts[name] = [self.prompt(name, model, {**r, **{d: outputs[d][i] for d in deps}})
                              for i, r in enumerate(self.items)]
             drawn = self._samples(name, path, key, prompts[name])
-            outputs[name] = [aggregate(d.texts, plan.aggregator, plan.samples, metric,
-                                       r.get(data.label))
+            outputs[name] = [aggregate([extract(t) for t in d.texts], plan.aggregator,
+                                       plan.samples, metric, None if data.label not in r
+                                       else label_answer(r[data.label], extract))
                              for d, r in zip(drawn, self.items, strict=True)]
             share = plan.samples / max(self.spec.subtask(name).samples)  # n of the N samples
             measured["device_seconds"] += share * sum(d.seconds for d in drawn)
@@ -147,9 +156,11 @@ class LiveEnvironment:
         measured["train_tokens"] += sum(m["tokens_seen"] for m in trained.values())
         for meta in trained.values():
             measured.update({f"examples:{src}": n for src, n in meta["examples"].items()})
+            if meta.get("truncated"):  # drawn examples cut to max_length (said when trained)
+                measured["truncated_examples"] += meta["truncated"]
         label, metric = self.data[self.sink].label, self.metrics[self.sink]
-        final = [metric(out, r[label]) for out, r in zip(outputs[self.sink], self.items,
-                                                          strict=True)]
+        final = [metric(out, label_answer(r[label], self.answers[self.sink]))
+                 for out, r in zip(outputs[self.sink], self.items, strict=True)]
         return PipelineRun(prompts, outputs, Observation(
             score=sum(final) / len(final), subtask_scores=scores,
             measured={k: float(v) for k, v in measured.items()}))
@@ -164,11 +175,20 @@ class LiveEnvironment:
         parts = self._identity(artifact, base)
 
         def build(out: Path) -> dict:
-            data = {q: self.examples(q) for q in artifact.sources}
+            data = {q: self.examples(q, artifact.model) for q in artifact.sources}
             result = train(base, data, artifact.sources, out, train_config(method.options),
                            method.adapter(), progress=self.progress)
+            if result.truncated:
+                drawn = sum(result.examples.values())
+                how = ("" if method.options.max_length else " (derived: the longest example, "
+                       "up to the model's context and tools.train.MAX_LENGTH_CAP)")
+                log.warning("warning: training %s with method %s cut %d of %d examples to "
+                            "max_length %d%s; the longest has %d tokens; raise the method's "
+                            "options.max_length to keep them", artifact.model, method.name,
+                            result.truncated, drawn, result.max_length, how, result.longest)
             return {**parts, "tokens_seen": result.tokens_seen, "examples": result.examples,
-                    "wall_seconds": result.wall_seconds, "final_loss": result.final_loss}
+                    "wall_seconds": result.wall_seconds, "final_loss": result.final_loss,
+                    "max_length": result.max_length, "truncated": result.truncated}
 
         key = content_key(parts)
         path, meta = self.cache.artifact(key, build)
@@ -187,13 +207,67 @@ class LiveEnvironment:
             data, src = self._source(q)
             sources[q] = {"weight": weight, "digest": data.digests[src],
                           "prompt": data.template, "label": data.label}
+            if self.spec.subtask(data.name).chat_template:  # rendered by the base's template
+                sources[q]["chat_template"] = True
         return {"base": weights_identity(base), "settings": artifact.settings,
                 "sources": sources, "code": self._versions["train"]}
 
-    def examples(self, qualified: str) -> list[Example]:
-        """Training examples of a qualified source, in its subtask's template and label."""
+    def examples(self, qualified: str, model: str | None = None) -> list[Example]:
+        """Training examples of a qualified source, in its subtask's template and label;
+        where that subtask sets `chat_template`, each prompt in `model`'s chat template
+        (None: the raw prompts, as an export's data files hold them)."""
         data, source = self._source(qualified)
-        return data.examples(source)
+        examples = data.examples(source)
+        if model is not None and self.spec.subtask(data.name).chat_template:
+            tokenizer = self._tokenizer(model)
+            examples = [{**e, "prompt": chat_prompt(tokenizer, e["prompt"])} for e in examples]
+        return examples
+
+    def prompt(self, subtask: str, model: str, record: dict[str, str]) -> str:
+        """The prompt `model` is given for a record of `subtask`: its template filled, in
+        the model's chat template where the subtask sets `chat_template`."""
+        text = self.data[subtask].prompt(record)
+        if self.spec.subtask(subtask).chat_template:
+            return chat_prompt(self._tokenizer(model), text)
+        return text
+
+    def train_length(self, artifact: Artifact) -> int | None:
+        """Tokens per example the artifact's fine-tune keeps (its explicit max_length, or
+        the one derived from its data); None for a base served as it is."""
+        method = artifact.method
+        if not isinstance(method, FineTune):
+            return None
+        data = {q: self.examples(q, artifact.model) for q in artifact.sources}
+        return train_length(self.base_path(artifact.model), data, artifact.sources,
+                            train_config(method.options), method.adapter())
+
+    def _tokenizer(self, model: str) -> object:
+        if model not in self._tokenizers:
+            self._tokenizers[model] = load_tokenizer(self.base_path(model))
+        return self._tokenizers[model]
+
+    def _check_chat_templates(self) -> None:
+        """Every model that samples a `chat_template` subtask, or fine-tunes on one's
+        sources, has a chat template; SpecError naming subtask and model otherwise."""
+        chat = {s.name for s in self.spec.subtasks if s.chat_template}
+        needs: dict[str, str] = {}  # model -> a chat subtask whose prompts it must render
+        for s in self.spec.subtasks:
+            for m in s.model_names:
+                if s.name in chat:
+                    needs.setdefault(m, s.name)
+                if not any(self.spec.method(x).fine_tunes for x in s.methods_here(m)):
+                    continue
+                for mixture in s.mixtures:
+                    for q in self.spec.mixture_weights(s.name, mixture):
+                        if q.split("/", 1)[0] in chat:
+                            needs.setdefault(m, q.split("/", 1)[0])
+        for m, owner in needs.items():
+            if not getattr(self._tokenizer(m), "chat_template", None):
+                raise SpecError(f"{self.spec.name}: subtasks.{owner}.chat_template: model "
+                                f"{m!r} ({self.base_path(m)}) has no chat template in its "
+                                "tokenizer; use a chat model (chat_template in its "
+                                "tokenizer_config.json or chat_template.jinja) or remove "
+                                "chat_template")
 
     def _source(self, qualified: str) -> tuple[SubtaskData, str]:
         """`sub/src` -> subtask `sub`'s data (its template and label) and source name `src`."""
@@ -267,6 +341,15 @@ class LiveEnvironment:
             return load_metric(name, self.spec.root)
         except (ValueError, ImportError, AttributeError, SyntaxError) as e:
             raise SpecError(f"{self.spec.name}: subtasks.{subtask}.metric: {e}") from None
+
+    def _answer(self, subtask: str) -> Extractor:
+        answer = self.spec.subtask(subtask).answer
+        try:
+            return load_extractor(answer, self.spec.root)
+        except (ValueError, ImportError, AttributeError, SyntaxError) as e:
+            raise SpecError(f"{self.spec.name}: subtasks.{subtask}.answer: cannot load "
+                            f"{answer!r} ({type(e).__name__}: {e}); put the module beside the "
+                            "task file (or on PYTHONPATH) and name a function in it") from None
 
     def _sink(self) -> str:
         sinks = [n for n in self.spec.order() if self.spec.graph().out_degree(n) == 0]
