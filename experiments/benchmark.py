@@ -36,6 +36,7 @@ import pandas as pd
 from envs.replay.env import ReplayEnvironment
 from envs.replay.optimum import builtin_tasks, exhaustive_optimum, load_optima
 from planner.cost import CostModel
+from planner.executors import LocalExecutor
 from planner.search import STRATEGIES, BaseStrategy, OptunaStrategy, SearchContext, make_strategy
 from planner.search._runner import Runner
 from planner.search.search_cost import SearchCost
@@ -74,9 +75,11 @@ class LLMEndpoint:
     model: str
 
 
-def build_strategy(name: str, ctx: SearchContext, llm: LLMEndpoint | None = None) -> BaseStrategy:
+def build_strategy(name: str, ctx: SearchContext, llm: LLMEndpoint | None = None,
+                   batch: int = 1) -> BaseStrategy:
     """`optuna` is TPE; `optuna-gp` Optuna's Gaussian-process sampler (categorical-aware);
-    `agent` the builtin reasoner, `agent-llm` the LLM reasoner on an OpenAI-compatible API."""
+    `agent` the builtin reasoner, `agent-llm` the LLM reasoner on an OpenAI-compatible API;
+    the agent proposes `batch` allocations per step."""
     if name == "optuna-gp":
         import optuna
 
@@ -86,11 +89,12 @@ def build_strategy(name: str, ctx: SearchContext, llm: LLMEndpoint | None = None
         from planner.search.agent import AgentOptions, AgentStrategy, LLMConfig
 
         if name == "agent":
-            return AgentStrategy(ctx, AgentOptions(patience=None))
+            return AgentStrategy(ctx, AgentOptions(patience=None, proposals_per_step=batch))
         if llm is None:
             refuse("agent-llm needs --llm-base-url and --llm-model")
         return AgentStrategy(ctx, AgentOptions(reasoner="llm", patience=None,
-                                               llm=LLMConfig(llm.base_url, llm.model)))
+                                               llm=LLMConfig(llm.base_url, llm.model),
+                                               proposals_per_step=batch))
     return make_strategy(name, ctx, storage=None)
 
 
@@ -131,6 +135,7 @@ class Job:
     seed: int
     trials: int
     llm: LLMEndpoint | None = None
+    batch: int = 1  # trials asked before any result is heard, as with that many workers
 
 
 def run_job(job: Job) -> list[dict]:
@@ -142,7 +147,8 @@ def run_job(job: Job) -> list[dict]:
     record = open_study(store, spec, name=name, budget=spec.budget or "", strategy=job.strategy,
                         seed=job.seed)
     cost_model = CostModel(spec, env.calibration())
-    runner = Runner(env, store, name, cost_model, record.budget_gpu_hours)
+    runner = Runner(env, store, name, cost_model, record.budget_gpu_hours,
+                    executor=LocalExecutor(env, job.batch))
     ctx = SearchContext(runner.space, cost_model, record.budget_gpu_hours, job.seed, store, name)
     meter = SearchCost(cost_model, env.validation_items())
     rows: list[dict] = []
@@ -164,7 +170,7 @@ def run_job(job: Job) -> list[dict]:
         })
         last = time.perf_counter()  # the meter's bookkeeping is not the planner's time
 
-    runner.optimize(build_strategy(job.strategy, ctx, job.llm), job.trials, callback)
+    runner.optimize(build_strategy(job.strategy, ctx, job.llm, job.batch), job.trials, callback)
     return rows
 
 
@@ -295,8 +301,8 @@ def resolve_tasks(names: Sequence[str]) -> list[Path]:
 
 
 def run(tasks: list[Path], strategies: list[str], seeds: int, n_trials: int, workers: int,
-        llm: LLMEndpoint | None = None) -> pd.DataFrame:
-    jobs = [Job(t, s, seed, n_trials, llm)
+        llm: LLMEndpoint | None = None, batch: int = 1) -> pd.DataFrame:
+    jobs = [Job(t, s, seed, n_trials, llm, batch)
             for t in tasks for s in strategies for seed in range(seeds)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,7 @@ from planner.budget import parse_budget
 from planner.check import SAMPLE, nothing_fits, summarize
 from planner.cost import CostModel
 from planner.errors import PlannerError
+from planner.executors import EXECUTORS, make_executor
 from planner.export import FORMATS, export_files, read_plan, write_export
 from planner.search import STRATEGIES, AgentOptions, best_trial
 from planner.search.agent import LLMConfig
@@ -94,12 +96,32 @@ def optimize(
              "was made (records the new ones).")] = False,
     from_plan: Annotated[Path | None, typer.Option("--from", help="Evaluate this export "
                                                    "(folder or its plan.yaml) first.")] = None,
+    executor: Annotated[str | None, typer.Option(
+        help="Where trials run: local (in this process), process (a subprocess per trial, "
+             "which returns its GPU memory on exit) or ray (a Ray task per trial; see "
+             "--ray-address). Default: local for replay tasks, process for live ones.")]
+    = None,
+    workers: Annotated[int, typer.Option(min=1, max=4096, help="Trials run at once by the "
+                                         "process or ray executor.")] = 1,
+    trial_timeout: Annotated[float | None, typer.Option(
+        min=1, help="Seconds a trial may run before it is killed and recorded as failed "
+                    "(process and ray executors).")] = None,
+    retries: Annotated[int, typer.Option(min=0, max=10, help="Further attempts at a trial "
+                                         "that failed transiently (worker lost, out of "
+                                         "memory, server unreachable).")] = 1,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster to run trials on, e.g. ray://head:10001 or auto (default: start a "
+             "local Ray instance).")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(
+        min=0, max=1024, help="GPUs each trial asks for (default: 1 where there are GPUs, "
+                              "else 0; always 0 for replay).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search for the best allocation of TASK under --budget."""
     from envs import make_environment
 
-    _not_blank(budget=budget, search_budget=search_budget, study=study, db=db)
+    _not_blank(budget=budget, search_budget=search_budget, study=study, db=db,
+               ray_address=ray_address)
     if not math.isfinite(llm_timeout):  # click's range lets nan through
         raise PlannerError("--llm-timeout: not a number; give seconds, e.g. 60")
     spec = load_spec(task)
@@ -112,7 +134,10 @@ def optimize(
     _budget("--budget", budget)
     if search_budget is not None:
         _budget("--search-budget", search_budget)
-    agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes, patience)
+    agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes, patience,
+                           workers)
+    executor = executor or ("process" if spec.environment == "live" else "local")
+    _check_executor(executor, workers, trial_timeout, ray_address)
     space = SearchSpace(spec)
     start = read_plan(from_plan, space) if from_plan else None
     env = make_environment(spec)
@@ -126,12 +151,16 @@ def optimize(
             Store(db, create=False).require_study(study or default_study_name(spec, strategy))
     store = Store(db)
     _note_outside_tables(spec)
+    runs = make_executor(executor, env, partial(make_environment, spec), workers=workers,
+                         timeout_s=trial_timeout, ray_address=ray_address,
+                         gpus=0 if spec.environment == "replay" else gpus_per_trial)
     with _progress(trials, quiet=as_json) as on_trial:
         result = run_optimize(spec, env, store=store, budget=budget, strategy=strategy,
                               n_trials=trials, seed=seed, study=study,
                               task_path=str(task.resolve()), resume=resume, start_from=start,
                               callback=on_trial, search_budget=search_budget, agent=agent,
-                              allow_changed_task=allow_changed_task)
+                              allow_changed_task=allow_changed_task, executor=runs,
+                              retries=retries)
     board = report.leaderboard(result.trials)
     fallbacks = report.reasoner_fallbacks(store.steps(result.study.name))
     spent = result.search_gpu_hours
@@ -182,12 +211,28 @@ def _note_outside_tables(spec: TaskSpec) -> None:
                   highlight=False, markup=False)
 
 
+def _check_executor(kind: str, workers: int, timeout: float | None,
+                    ray_address: str | None) -> None:
+    """The executor flags agree with each other; one line naming the flag otherwise."""
+    if kind not in EXECUTORS:
+        raise PlannerError(f"--executor {kind!r}: choose from {', '.join(EXECUTORS)}")
+    if kind == "local" and (workers > 1 or timeout is not None):
+        flag = "--workers" if workers > 1 else "--trial-timeout"
+        raise PlannerError(f"{flag}: the local executor runs one trial at a time in this "
+                           "process; add --executor process (or ray)")
+    if ray_address is not None and kind != "ray":
+        raise PlannerError("--ray-address: only for --executor ray")
+    if timeout is not None and not math.isfinite(timeout):
+        raise PlannerError("--trial-timeout: not a number; give seconds, e.g. 3600")
+
+
 def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeout: float,
-                   nodes: str, patience: int) -> AgentOptions:
+                   nodes: str, patience: int, workers: int = 1) -> AgentOptions:
+    """The agent's options; it proposes as many allocations per step as there are workers."""
     if reasoner not in ("builtin", "llm"):
         raise typer.BadParameter("choose builtin or llm", param_hint="--reasoner")
     if reasoner == "builtin":
-        return AgentOptions(patience=patience)
+        return AgentOptions(patience=patience, proposals_per_step=workers)
     if not base_url or not model:
         raise PlannerError("--reasoner llm needs --llm-base-url (e.g. http://127.0.0.1:8000/v1) "
                            "and --llm-model")
@@ -196,7 +241,8 @@ def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeo
         raise PlannerError(f"--llm-nodes {nodes!r}: name reflect, propose or both, e.g. "
                            "--llm-nodes reflect,propose")
     return AgentOptions(reasoner="llm", llm=LLMConfig(base_url, model, timeout_s=timeout,
-                                                      nodes=chosen), patience=patience)
+                                                      nodes=chosen), patience=patience,
+                        proposals_per_step=workers)
 
 
 class _progress:
@@ -209,6 +255,7 @@ class _progress:
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                                  disable=quiet)
         self.task = self.progress.add_task("trials", total=total)
+        self.done = 0
 
     def __enter__(self):
         def on_trial(trial: TrialRecord, best: TrialRecord | None) -> None:
@@ -216,7 +263,8 @@ class _progress:
             line = "best: -" if best is None else (
                 f"best {report.score_text(best.score)} @ {best.cost.total_gpu_hours:.4g} "
                 f"GPU-h (trial {best.number}: {'; '.join(best.allocation.describe())})")
-            self.progress.update(self.task, completed=trial.number + 1, description=line)
+            self.done = max(self.done, trial.number + 1)  # trials may finish out of order
+            self.progress.update(self.task, completed=self.done, description=line)
 
         return on_trial
 
@@ -687,6 +735,115 @@ def _check_dashboard_storage(out_url: str, db: str) -> None:
                                "e.g. sqlite:///planner-dashboard.db")
         if not target.parent.is_dir():
             raise PlannerError(f"--out {out_url}: no folder {target.parent}")
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="The live environment's cache: trained "
+                        "models, sample sets, half-written builds.")
+app.add_typer(cache_app, name="cache")
+CacheDirOpt = Annotated[Path | None, typer.Option(
+    "--cache-dir", help="Cache root (default: $PLANNER_CACHE, else ~/.cache/planner).")]
+
+
+def _cache_root(cache_dir: Path | None) -> Path:
+    from envs.live.cache import default_root
+
+    root = cache_dir if cache_dir is not None else default_root()
+    if cache_dir is not None and not root.is_dir():  # the default may not exist yet: empty
+        raise PlannerError(f"--cache-dir {root}: no such folder; pass the cache's folder "
+                           "(default: $PLANNER_CACHE, else ~/.cache/planner)")
+    return root
+
+
+def _cache_rows(entries: list, now: float) -> list[dict]:
+    return [{"kind": e.kind, "key": e.key, "bytes": e.bytes, "age_seconds": now - e.used,
+             "detail": e.detail, "path": None if e.path is None else str(e.path)}
+            for e in entries]
+
+
+def _cache_table(title: str, rows: list[dict]) -> Table:
+    from envs.live.cache import format_age, format_size
+
+    table = Table(title=title)
+    for col in ("kind", "key", "size", "last used", "detail"):
+        table.add_column(col, justify="right" if col in ("size", "last used") else "left",
+                         overflow="fold")
+    for r in rows:
+        table.add_row(r["kind"], r["key"], format_size(r["bytes"]),
+                      f"{format_age(r['age_seconds'])} ago", Text(r["detail"]))
+    return table
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+    """List trained models, sample sets and half-written builds: size, last use, key;
+    least recently used first (the order `planner cache prune` removes them in)."""
+    import time
+
+    from envs.live.cache import entries, format_size
+
+    root = _cache_root(cache_dir)
+    now = time.time()
+    rows = _cache_rows(entries(root), now)
+    if as_json:
+        _emit_json({"cache": str(root), "bytes": sum(r["bytes"] for r in rows),
+                    "entries": rows})
+        return
+    out.print(_cache_table(f"cache {root}", rows))
+    out.print(f"{len(rows)} entries, {format_size(sum(r['bytes'] for r in rows))} "
+              "(zoo/ base models not counted)", highlight=False)
+
+
+@cache_app.command("prune")
+def cache_prune(
+        max_size: Annotated[str | None, typer.Option(
+            help="Remove the least recently used until the cache holds at most this, e.g. "
+                 "10GB, 500MB, 8GiB.")] = None,
+        older_than: Annotated[str | None, typer.Option(
+            help="Remove what was last used longer ago than this, e.g. 7d, 12h, 2w.")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; "
+                                              "remove nothing.")] = False,
+        cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Bound the cache: remove trained models and sample sets, least recently used first.
+
+    Half-written builds left by killed trainings are removed too, once an hour old and not
+    locked by a running build. A pruned model or sample set is made again when a trial
+    needs it."""
+    import time
+
+    from envs.live.cache import format_size, parse_age, parse_size, prune
+
+    _not_blank(max_size=max_size, older_than=older_than)
+    limits: dict[str, float | None] = {"max_size": None, "older_than": None}
+    for flag, text, parse in (("max_size", max_size, parse_size),
+                              ("older_than", older_than, parse_age)):
+        if text is not None:
+            try:
+                limits[flag] = parse(text)
+            except ValueError as e:
+                raise PlannerError(f"--{flag.replace('_', '-')}: {e}") from None
+    root = _cache_root(cache_dir)
+    now = time.time()
+    result = prune(root, max_bytes=limits["max_size"], older_than=limits["older_than"],
+                   now=now, dry_run=dry_run)
+    removed, kept = _cache_rows(result.removed, now), _cache_rows(result.kept, now)
+    freed, left = sum(r["bytes"] for r in removed), sum(r["bytes"] for r in kept)
+    if as_json:
+        _emit_json({"cache": str(root), "dry_run": dry_run, "removed": removed,
+                    "freed_bytes": freed, "kept_bytes": left,
+                    "skipped": _cache_rows(result.skipped, now)})
+        return
+    verb = "would remove" if dry_run else "removed"
+    if removed:
+        out.print(_cache_table(f"{verb} from {root}", removed))
+    for e in result.skipped:
+        err.print(f"kept half-written build {e.key} ({format_size(e.bytes)}): a build is "
+                  "running, or it is less than an hour old", soft_wrap=True, highlight=False)
+    if max_size is None and older_than is None:
+        err.print("no --max-size or --older-than: only half-written builds were pruned",
+                  soft_wrap=True)
+    out.print(f"{verb} {len(removed)} entries ({format_size(freed)}); "
+              f"{'would keep' if dry_run else 'kept'} {len(kept)} ({format_size(left)})",
+              highlight=False)
 
 
 def main() -> None:
