@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from planner.study import optimize
 from tests.executor_envs import MarkedEnv, attempts, most_at_once
 
 TASK = Path(__file__).parents[1] / "envs" / "replay" / "tasks" / "monkeys_gsm8k.yaml"
+POSTGRES = os.environ.get("PLANNER_TEST_POSTGRES_URL")
 
 
 @pytest.fixture
@@ -51,6 +53,24 @@ def test_process_workers_run_trials_at_once(tmp_path: Path, marks: Path, strateg
     assert len({t.allocation.key() for t in trials}) == 4  # a batch never repeats itself
     assert most_at_once(marks) == 2
     assert result.stopped == "4 trials run"
+
+
+@pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL: set PLANNER_TEST_POSTGRES_URL "
+                    "(.ci/run does)")
+def test_agent_on_workers_with_study_and_checkpoints_in_postgres(marks: Path) -> None:
+    from planner.search.agent.strategy import checkpointer
+
+    env = partial(MarkedEnv, load_spec(TASK), str(marks), 0.5)
+    study = f"workers-{uuid.uuid4().hex[:8]}"
+    store = Store(str(POSTGRES))
+    result = optimize(load_spec(TASK), env(), store=store, budget="2000gpu-h", strategy="agent",
+                      n_trials=4, study=study, executor=ProcessExecutor(env, 2),
+                      agent=AgentOptions(proposals_per_step=2, patience=None))
+    assert [(t.number, t.status) for t in result.trials] == [
+        (n, TrialStatus.OK) for n in range(4)]
+    assert most_at_once(marks) == 2
+    with checkpointer(str(POSTGRES)) as saver:  # the graph's state is in PostgreSQL
+        assert saver.get_tuple({"configurable": {"thread_id": study}}) is not None
 
 
 def test_a_killed_worker_is_attempted_again_under_its_number(tmp_path: Path,
