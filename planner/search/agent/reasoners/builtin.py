@@ -26,7 +26,7 @@ from planner.search.agent.memory import Insight, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.surrogate import PlanTable
 from planner.space import Allocation
-from planner.store import TrialRecord
+from planner.store import TrialRecord, TrialStatus
 
 _MAX_MODEL_PROBES = 4
 _PROBES_PER_DIMENSION = {"method": 1}  # values probed per other dimension (default 2)
@@ -78,15 +78,34 @@ class BuiltinReasoner:
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight] = (),
                 k: int = 1) -> Proposal:
-        """The `k` unseen feasible allocations with the best optimistic end score.
+        """The `k` unseen feasible allocations with the best optimistic end score, chosen
+        one at a time: after each, the surrogate is refit as if it had scored its predicted
+        mean (the "kriging believer" of batch Bayesian optimisation), so a batch for several
+        workers spreads over what is uncertain instead of crowding one arm.
 
         `memory` is a summary of this reasoner's own analysis, which it re-derives.
         """
-        analysis = self.analyse(history)
-        allocs = best_allocations(analysis.tables, analysis.plan_values(self.kappa),
-                                  self.ctx.budget_gpu_hours, self.ctx.cost_model,
-                                  seen_keys(history), k)
+        believed = list(history)
+        allocs: list[Allocation] = []
+        while len(allocs) < k:
+            analysis = self.analyse(believed)
+            found = best_allocations(analysis.tables, analysis.plan_values(self.kappa),
+                                     self.ctx.budget_gpu_hours, self.ctx.cost_model,
+                                     seen_keys(believed), 1)
+            if not found:
+                break
+            allocs.append(found[0])
+            believed.append(self._believed(found[0], analysis, -len(allocs)))
         return Proposal(allocs, reasoner=self.name)
+
+    def _believed(self, alloc: Allocation, analysis: Analysis, number: int) -> TrialRecord:
+        """A pretend trial of `alloc` that scored what the surrogate predicts for it."""
+        stages = {s: float(p.score(0.0)[t.index[alloc[s]]]) for s, t, p in zip(
+            self.ctx.space.subtasks, analysis.tables, analysis.predictions, strict=True)}
+        end = float(np.exp(sum(w * np.log(max(stages[s], 1e-4)) for s, w in zip(
+            self.ctx.space.subtasks, analysis.weights, strict=True))))
+        return TrialRecord(number, alloc, TrialStatus.OK, end, stages,
+                           self.ctx.cost_model.estimate(alloc))
 
     def _fits(self, alloc: Allocation) -> bool:
         return self.ctx.cost_model.estimate(alloc).total_gpu_hours <= self.ctx.budget_gpu_hours
