@@ -6,15 +6,24 @@ name) and, for a method that trains on task data, the mixture's weights over qua
 sources (`subtask/source`). A fine-tune on one subtask's own data is private to it; one
 trained on a mixture that several subtasks name alike (a multi-task model) serves them all;
 a base model or a released checkpoint is the same artifact wherever it is used.
+
+A merge (method kind `merge`) is the base, the merge's settings and its parts: the
+component fine-tunes, each the artifact a plan of its subtask with its LoRA method and
+mixture serves from, and their weights. A component is therefore trained, cached and paid
+once, whether a merge or a plan alone uses it.
+
+A verifier (`VerifierArtifact`, aggregators `verifier` and `verifier_best`) is trained for
+one subtask on samples of one generator artifact: it is keyed by that generator and the
+verifier's settings, so plans of the subtask that differ only in n share it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.methods import Method
+from planner.methods import Merge, Method
 from planner.space import Plan
-from planner.spec import TaskSpec
+from planner.spec import VERIFIER_AGGREGATORS, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -28,17 +37,67 @@ class Artifact:
     """Qualified source -> weight (sum 1); empty when the method does not train on task data."""
     method: Method = field(default=None, compare=False)  # type: ignore[assignment]
     """The catalogue entry that trains it (one of those with these settings)."""
+    parts: tuple[tuple[Artifact, float], ...] = ()
+    """A merge's component fine-tunes and their weights, in a canonical order; empty
+    for any other method."""
 
     @property
     def sources(self) -> dict[str, float]:
         return dict(self.data)
 
+    @property
+    def trains(self) -> tuple[Artifact, ...]:
+        """What producing it trains: a merge's components, then itself."""
+        return (*(part for part, _ in self.parts), self)
+
 
 def artifact_of(spec: TaskSpec, subtask: str, plan: Plan) -> Artifact:
     """The artifact a subtask's plan serves from."""
     method = spec.method(plan.method)
-    data = spec.mixture_weights(subtask, plan.mixture) if method.fine_tunes else {}
-    return Artifact(plan.model, method.settings(), tuple(data.items()), method)
+    if isinstance(method, Merge):
+        parts = [(_served(spec, c.subtask, plan.model, c.method,
+                          c.mixture or next(iter(spec.subtask(c.subtask).mixtures))), c.weight)
+                 for c in method.components]
+        parts.sort(key=lambda p: (p[0].settings, p[0].data, p[1]))
+        return Artifact(plan.model, method.settings(), (), method, tuple(parts))
+    return _served(spec, subtask, plan.model, plan.method, plan.mixture)
+
+
+def _served(spec: TaskSpec, subtask: str, model: str, method_name: str,
+            mixture: str) -> Artifact:
+    method = spec.method(method_name)
+    data = spec.mixture_weights(subtask, mixture) if method.fine_tunes else {}
+    return Artifact(model, method.settings(), tuple(data.items()), method)
+
+
+@dataclass(frozen=True)
+class VerifierArtifact:
+    """A verifier (Liu et al. 2023) of one subtask's samples from one generator: `model`
+    fine-tuned by a method of `settings` on `samples` generator samples of each of `items`
+    training items, each labelled by the subtask's metric."""
+
+    subtask: str
+    generator: Artifact
+    model: str
+    settings: str
+    """The verifier method's canonical settings (`Method.settings`)."""
+    items: int
+    samples: int
+    method: Method = field(default=None, compare=False)  # type: ignore[assignment]
+    name: str = field(default="", compare=False)
+    """The subtask's name for this verifier (`verifiers:`)."""
+
+
+def verifier_of(spec: TaskSpec, subtask: str, plan: Plan) -> VerifierArtifact | None:
+    """The verifier a plan re-ranks its samples with; None where its aggregator uses none,
+    or n = 1 (one sample is the answer whatever its score)."""
+    name = plan.get("verifier")
+    if plan.aggregator not in VERIFIER_AGGREGATORS or plan.samples < 2 or name is None:
+        return None
+    v = spec.subtask(subtask).verifiers[str(name)]
+    method = spec.method(v.method)
+    return VerifierArtifact(subtask, artifact_of(spec, subtask, plan), v.model,
+                            method.settings(), v.items, v.samples, method, str(name))
 
 
 def tokens_per_example(spec: TaskSpec, artifact: Artifact) -> float:

@@ -31,6 +31,7 @@ from planner.cost import CostModel
 from planner.errors import PlannerError
 from planner.executors import EXECUTORS, make_executor
 from planner.export import FORMATS, export_files, read_plan, write_export
+from planner.sampling import with_flags as with_sampling_flags
 from planner.search import STRATEGIES, AgentOptions, best_trial
 from planner.search.agent import LLMConfig
 from planner.search.agent.steps import ProposeStep, ReflectStep, Step, step_of
@@ -115,6 +116,16 @@ def optimize(
     gpus_per_trial: Annotated[float | None, typer.Option(
         min=0, max=1024, help="GPUs each trial asks for (default: 1 where there are GPUs, "
                               "else 0; always 0 for replay).")] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="Live tasks: sample every subtask with transformers, vllm (the gpu extra) or "
+             "openai (an OpenAI-compatible server; see --base-url, --served). Default: the "
+             "task's `sampling:` (else transformers).")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        help="Live tasks, backend openai: the server, e.g. http://127.0.0.1:8000/v1 (key "
+             "from the task's sampling.api_key_env, default OPENAI_API_KEY).")] = None,
+    served: Annotated[list[str] | None, typer.Option(
+        metavar="MODEL[=NAME]", help="Live tasks, backend openai: the server serves base "
+             "model MODEL under NAME (default: MODEL); repeat for each model.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search for the best allocation of TASK under --budget."""
@@ -124,7 +135,10 @@ def optimize(
                ray_address=ray_address)
     if not math.isfinite(llm_timeout):  # click's range lets nan through
         raise PlannerError("--llm-timeout: not a number; give seconds, e.g. 60")
-    spec = load_spec(task)
+    _not_blank(backend=backend, base_url=base_url)
+    # the sampling flags go into the spec, which workers build their environments from
+    spec = with_sampling_flags(load_spec(task), source=str(task), backend=backend,
+                               base_url=base_url, served=served)
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"choose from {', '.join(STRATEGIES)}", param_hint="--strategy")
     budget = budget or spec.budget
@@ -360,8 +374,9 @@ def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
     trials = store.trials(study)
     info = report.summary(record, trials)
     board = report.leaderboard(trials, top)
+    measured = views.measured_vs_estimated(record, trials)
     if as_json:
-        _emit_json({**info, "leaderboard": board})
+        _emit_json({**info, "leaderboard": board, "measured_vs_estimated": measured})
         return
     out.print(f"[bold]{record.name}[/] task={record.task_name} strategy={record.strategy} "
               f"seed={record.seed} budget={record.budget} ({record.budget_gpu_hours:.4g} GPU-h)")
@@ -380,6 +395,30 @@ def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
         score = best["subtask_scores"].get(s, float("nan"))
         out.print(f"  {s}: {_plan_line(p)}  score {report.score_text(score)}")
     _print_leaderboard(None, board, record.name)
+    if measured:
+        _print_measured(measured, record.name)
+
+
+def _print_measured(measured: dict, study: str) -> None:
+    """`planner show`'s estimated-vs-measured table of live trials, and which peak its
+    utilisation is a fraction of."""
+    table = Table(title=f"{study}: estimated vs measured (live trials)")
+    for col in ("trial", "est. train GPU-h", "train device-h", "train util.", "train tok/s",
+                "sampling device-h", "sampling util.", "cached fine-tunes", "spent device-h"):
+        table.add_column(col, justify="right")
+    for r in measured["rows"]:
+        table.add_row(str(r["number"]), *(_gpu_h(r[k]) for k in (
+            "estimated_train_gpu_hours", "train_device_hours", "train_utilization",
+            "train_tokens_per_second", "sample_device_hours", "sample_utilization")),
+            str(r["cached_trainings"]), _gpu_h(r["spent_device_hours"]))
+    out.print(table)
+    out.print(f"utilisation = FLOPs / (device seconds x peak); peak: {measured['peak']}. "
+              f"Estimates assume {measured['assumed_utilization']:.3g} of "
+              f"{measured['hardware']}'s peak (hardware.utilization), or what GPU runs in the "
+              "live cache measured when the study started (planner.cost.Utilization)",
+              highlight=False)
+    out.print(f"device time the search spent: {measured['spent_device_hours']:.4g} device-h "
+              "(measured; work reused from the cache counted once)", highlight=False)
 
 
 @app.command()

@@ -10,23 +10,80 @@ Formulas (N = parameters, P/O = prompt/output tokens, n = samples):
   where a replay table records FLOPs per sample for the plan's model, method and mixture
   (or tokens, priced at 2N each, or USD, converted at the hardware's USD per GPU-hour),
   n times that figure is used instead;
-- GPU-hours = FLOPs / (peak FLOP/s · utilisation) / 3600, on the task's hardware.
+- GPU-hours = FLOPs / (peak FLOP/s · utilisation) / 3600, on the task's hardware. The
+  utilisation is the task's `hardware.utilization` unless the environment measured one
+  (`MeasuredCalibration`: the live environment's trainings and samplings so far), which
+  then prices training and inference separately.
+- a merge (`planner.methods.Merge`): ~0 FLOPs of its own; its components are artifacts of
+  their own, trained once per allocation whichever plans (merged or alone) use them;
+  served as the base;
+- a verifier (aggregators `verifier`, `verifier_best`; Liu et al. 2023), once per
+  (generator artifact, verifier) pair: sampling the generator on its training items,
+  items·(2·N_gen·P + s·2·N_gen·O) for s samples each (priced as inference), plus the
+  verifier's fine-tune, its method's formula on N_ver with D = steps x batch x (P + O)
+  (6·N_ver·D for full); per query n verifier prefill passes, n·2·N_ver·(P + O).
 
 Inference is multiplied by the task's workload (queries served).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
-from planner.artifact import Artifact, artifact_of, tokens_per_example
+from planner.artifact import (
+    Artifact,
+    VerifierArtifact,
+    artifact_of,
+    tokens_per_example,
+    verifier_of,
+)
 from planner.errors import SpecError
 from planner.space import Allocation, Plan
 from planner.spec import TaskSpec
 
 # (subtask, model, method, mixture) -> recorded inference FLOPs per sample
 Calibration = Mapping[tuple[str, str, str, str], float]
+
+
+@dataclass(frozen=True)
+class Utilization:
+    """Achieved fraction of peak FLOP/s that live runs measured: FLOPs done / (device seconds
+    x peak FLOP/s), summed over runs (a time-weighted mean). FLOPs are the formulas above at
+    the measured tokens and the models' real parameter counts; seconds are device wall time
+    (loading and saving included). The peak is the task's `hardware.peak_flops` for work on
+    a GPU and, for work on a CPU (whose peak is not the task's GPU's), the fp32 matmul rate
+    measured there (`tools.device.cpu_matmul_flops`); `peaks` says which were used."""
+
+    train: float | None
+    """Over the trainings measured; None if none."""
+    sample: float | None
+    """Over the samplings measured; None if none."""
+    trainings: int = 0
+    samplings: int = 0
+    peaks: tuple[str, ...] = ()
+    """Each peak FLOP/s a ratio divides by, in words."""
+    left_out: str = ""
+    """Measurements not used, and why (the live environment leaves CPU work out by
+    default), in words; '' if none."""
+
+
+@dataclass(frozen=True)
+class MeasuredCalibration(Mapping[tuple[str, str, str, str], float]):
+    """A `Calibration` (recorded FLOPs per sample: `flops`) that also carries measured
+    utilisation, which `CostModel` uses in place of `hardware.utilization`."""
+
+    utilization: Utilization
+    flops: Mapping[tuple[str, str, str, str], float] = field(default_factory=dict)
+
+    def __getitem__(self, key: tuple[str, str, str, str]) -> float:
+        return self.flops[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str, str, str]]:
+        return iter(self.flops)
+
+    def __len__(self) -> int:
+        return len(self.flops)
 
 
 @dataclass(frozen=True)
@@ -46,9 +103,19 @@ class CostModel:
 
     def __init__(self, spec: TaskSpec, calibration: Calibration | None = None) -> None:
         self.spec = spec
+        self.measured = (calibration.utilization
+                         if isinstance(calibration, MeasuredCalibration) else None)
+        """Measured utilisation, where the environment had some."""
         self.calibration = dict(calibration or {})
-        self._flops_per_gpu_hour = spec.hardware.peak_flops * spec.hardware.utilization * 3600
+        hw, measured = spec.hardware, self.measured
+        self.train_utilization = (measured.train if measured and measured.train
+                                  else hw.utilization)
+        self.inference_utilization = (measured.sample if measured and measured.sample
+                                      else hw.utilization)
+        self._train_flops_per_gpu_hour = hw.peak_flops * self.train_utilization * 3600
+        self._infer_flops_per_gpu_hour = hw.peak_flops * self.inference_utilization * 3600
         self._artifacts: dict[tuple[str, Plan], Artifact] = {}  # memo: searches price a lot
+        self._verifiers: dict[tuple[str, str, Plan], VerifierArtifact | None] = {}
 
     def artifact(self, subtask: str, plan: Plan) -> Artifact:
         """The model a plan serves from: subtasks with equal artifacts pay training once."""
@@ -77,6 +144,53 @@ class CostModel:
         n_params = self._params(plan.model)
         return 2 * n_params * s.prompt_tokens + plan.samples * 2 * n_params * s.output_tokens
 
+    def train_gpu_hours(self, artifact: Artifact) -> float:
+        """GPU-hours to produce the artifact alone (a merge's components not included)."""
+        return self.train_flops(artifact) / self._train_flops_per_gpu_hour
+
+    def verifier(self, subtask: str, plan: Plan) -> VerifierArtifact | None:
+        """The verifier the plan re-ranks with (None: its aggregator uses none)."""
+        key = ("verifier", subtask, plan)
+        if key not in self._verifiers:
+            self._verifiers[key] = verifier_of(self.spec, subtask, plan)
+        return self._verifiers[key]
+
+    def verifier_sampling_flops(self, verifier: VerifierArtifact) -> float:
+        """Sampling its training set: items·(2·N_gen·P + s·2·N_gen·O)."""
+        s, n_gen = self.spec.subtask(verifier.subtask), self._params(verifier.generator.model)
+        return verifier.items * (2 * n_gen * s.prompt_tokens
+                                 + verifier.samples * 2 * n_gen * s.output_tokens)
+
+    def verifier_train_flops(self, verifier: VerifierArtifact) -> float:
+        """Its fine-tune on N_ver, D = steps x batch x (P + O) (6·N_ver·D for full)."""
+        s = self.spec.subtask(verifier.subtask)
+        return verifier.method.train_flops(self._params(verifier.model),
+                                           s.prompt_tokens + s.output_tokens)
+
+    def verifier_gpu_hours(self, verifier: VerifierArtifact) -> float:
+        """GPU-hours of producing it: training-set sampling + fine-tune."""
+        return (self.verifier_sampling_flops(verifier) / self._infer_flops_per_gpu_hour
+                + self.verifier_train_flops(verifier) / self._train_flops_per_gpu_hour)
+
+    def verifier_flops_per_query(self, subtask: str, plan: Plan) -> float:
+        """Scoring the n samples of one query: n·2·N_ver·(P + O); 0 without a verifier."""
+        verifier = self.verifier(subtask, plan)
+        if verifier is None:
+            return 0.0
+        s = self.spec.subtask(subtask)
+        return plan.samples * self.verifier_score_flops(verifier, s.prompt_tokens
+                                                        + s.output_tokens)
+
+    def verifier_score_flops(self, verifier: VerifierArtifact, tokens: float) -> float:
+        """One prefill pass of the verifier over `tokens` tokens: 2·N_ver·tokens."""
+        return 2 * self._params(verifier.model) * tokens
+
+    def verifier_scoring_gpu_hours(self, verifier: VerifierArtifact, samples: int) -> float:
+        """GPU-hours of scoring `samples` samples of its subtask: each 2·N_ver·(P + O)."""
+        s = self.spec.subtask(verifier.subtask)
+        flops = samples * self.verifier_score_flops(verifier, s.prompt_tokens + s.output_tokens)
+        return flops / self._infer_flops_per_gpu_hour
+
     def _params(self, model: str) -> float:
         params = self.spec.model(model).params
         if params is None:
@@ -85,19 +199,30 @@ class CostModel:
         return params
 
     def plan_cost(self, subtask: str, plan: Plan) -> Cost:
-        """One subtask's cost, with its training counted in full."""
-        infer = self.inference_flops_per_query(subtask, plan) * self.spec.workload.queries
-        return Cost(self.train_flops(self.artifact(subtask, plan)) / self._flops_per_gpu_hour,
-                    infer / self._flops_per_gpu_hour)
+        """One subtask's cost, with its training (a merge's components and its verifier
+        included) counted in full."""
+        infer = ((self.inference_flops_per_query(subtask, plan)
+                  + self.verifier_flops_per_query(subtask, plan)) * self.spec.workload.queries)
+        train = sum(self.train_gpu_hours(a) for a in self.artifact(subtask, plan).trains)
+        verifier = self.verifier(subtask, plan)
+        if verifier is not None:
+            train += self.verifier_gpu_hours(verifier)
+        return Cost(train, infer / self._infer_flops_per_gpu_hour)
 
     def estimate(self, allocation: Allocation) -> Cost:
         """Whole allocation: inference summed, each distinct artifact trained once."""
         trained: dict[Artifact, float] = {}
+        verifiers: dict[VerifierArtifact, float] = {}
         infer = 0.0
         for subtask, plan in allocation.items():
-            artifact = self.artifact(subtask, plan)
-            if artifact not in trained:
-                trained[artifact] = self.train_flops(artifact)
-            infer += self.inference_flops_per_query(subtask, plan) * self.spec.workload.queries
-        return Cost(sum(trained.values()) / self._flops_per_gpu_hour,
-                    infer / self._flops_per_gpu_hour)
+            for artifact in self.artifact(subtask, plan).trains:  # a merge's parts first
+                if artifact not in trained:
+                    trained[artifact] = self.train_flops(artifact)
+            verifier = self.verifier(subtask, plan)
+            if verifier is not None and verifier not in verifiers:
+                verifiers[verifier] = self.verifier_gpu_hours(verifier)
+            infer += ((self.inference_flops_per_query(subtask, plan)
+                       + self.verifier_flops_per_query(subtask, plan))
+                      * self.spec.workload.queries)
+        return Cost(sum(trained.values()) / self._train_flops_per_gpu_hour
+                    + sum(verifiers.values()), infer / self._infer_flops_per_gpu_hour)

@@ -35,7 +35,8 @@ class Environment(Protocol):
     spec: TaskSpec
 
     def calibration(self) -> Calibration:
-        """Recorded inference FLOPs per sample, for the cost model (may be empty)."""
+        """Recorded inference FLOPs per sample, for the cost model (may be empty); a
+        `MeasuredCalibration` also carries the utilisation measured runs achieved."""
         ...
 
     def evaluate(self, allocation: Allocation) -> Observation:

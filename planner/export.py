@@ -27,10 +27,10 @@ import yaml
 from planner.artifact import Artifact, artifact_of
 from planner.cost import CostModel
 from planner.errors import SpaceError, SpecError
-from planner.methods import TOOLS, FineTune, Lora
+from planner.methods import TOOLS, FineTune, Lora, Merge
 from planner.serving import serving_plan
 from planner.space import Allocation, SearchSpace
-from planner.spec import IGNORED_FIELDS, TaskSpec, load_yaml
+from planner.spec import IGNORED_FIELDS, VERIFIER_AGGREGATORS, TaskSpec, load_yaml
 from planner.store import StudyRecord, TrialRecord
 from planner.train_configs import (
     CONFIG_FILES,
@@ -152,6 +152,7 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
                     "template (sampling and training); the data files and requests here hold "
                     "the raw prompts: apply the chat template in the tool"
                     for s in spec.subtasks if s.chat_template]
+    unexpressed += _research_notes(spec, trial.allocation, fmt)
     files = {PLAN_FILE: _yaml(doc), "serving.yaml": _yaml(serving)}
     runs: list[tuple[Job, str]] = []
     if fmt == "planner":
@@ -175,6 +176,25 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
         files |= _data_files(distinct, fmt, resolved, unexpressed)
     files["README.md"] = readme(doc, serving, fmt, runs, unexpressed)
     return files, unexpressed
+
+
+def _research_notes(spec: TaskSpec, allocation: Allocation, fmt: str) -> list[str]:
+    """What no export format holds yet: a merge's components and the merge (the plan is
+    exported as its base), and the verifier a verifier aggregator re-ranks with."""
+    notes = []
+    for s, plan in allocation.items():
+        method = spec.method(plan.method)
+        if isinstance(method, Merge):
+            how = (method.tool_config(fmt).unexpressed[0] if fmt in TOOLS else
+                   "kind merge: planner exports no merge; train the components and merge them "
+                   "with planner (tools.merge)")
+            notes.append(f"{s}: method {plan.method}: this export serves the base model "
+                         f"{plan.model}, not the merge; {how}")
+        if plan.aggregator in VERIFIER_AGGREGATORS and plan.samples > 1:
+            notes.append(f"{s}: aggregator {plan.aggregator} re-ranks the n samples by verifier "
+                         f"{plan.verifier}, which planner trained and this export does not hold; "
+                         "train one (tools.verifier.train_verifier) to score the samples")
+    return notes
 
 
 def _data_files(jobs: list[Job], fmt: str, resolved: Resolved,

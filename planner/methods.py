@@ -16,6 +16,8 @@ Training FLOPs (N = parameters of the base, D = tokens trained on):
   the unfrozen half 1ND);
 - ProMoT: 4·N·D1 + 6·N·D2 (stage 1 tunes a soft prompt on the frozen base over D1 tokens,
   stage 2 every weight over D2); D = D1 + D2, split by their steps;
+- merge: ~0 (adding task vectors); its components (LoRA fine-tunes, `planner.artifact`
+  parts) are priced as their own artifacts, once each, shared with plans that use them;
 - D = steps x batch_size x mean tokens of the examples trained on (the mixture-weighted mean
   of the sources' prompt + output tokens), unless `train_tokens` is given (e.g. the tokens
   of a recorded run in a replay table).
@@ -29,7 +31,17 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from planner.numbers import Count, Float, Int, Tokens
 
@@ -57,6 +69,45 @@ class Training(_Strict):
     max_length: Count | None = Field(
         None, description="prompt + completion tokens kept; default: the longest example of "
         "the mixture's sources, up to the model's context and 2048 (tools.train)")
+    grad_accum: Count = Field(
+        1, description="micro-batches per optimizer step: a step still reads batch_size "
+        "examples, as grad_accum micro-batches of batch_size / grad_accum (less memory)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass instead of keeping "
+        "them: less memory, about a third more compute")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="the training loop's arithmetic: auto is bf16 mixed precision "
+        "where the GPU has it, else fp16 on a GPU, else fp32 (a CPU)")
+
+    @field_validator("grad_accum")
+    @classmethod
+    def _divides_batch(cls, grad_accum: int, info: ValidationInfo) -> int:
+        batch = info.data.get("batch_size")
+        if batch is not None and batch % grad_accum:
+            raise PydanticCustomError(
+                "grad_accum_divides", "batch_size {batch} is not a multiple of grad_accum "
+                "{accum}: batch_size is examples per optimizer step, split into grad_accum "
+                "equal micro-batches; make batch_size a multiple of grad_accum",
+                {"batch": batch, "accum": grad_accum})
+        return grad_accum
+
+    @model_serializer(mode="wrap")
+    def _omit_loop_defaults(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """The loop options at their defaults are left out of dumps, so a task's canonical
+        JSON (its study hash, its artifacts' settings) is what it was before they existed."""
+        data = handler(self)
+        for name, default in _LOOP_DEFAULTS.items():
+            if getattr(self, name) == default:
+                data.pop(name, None)
+        return data
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Examples per forward and backward pass."""
+        return self.batch_size // self.grad_accum
+
+
+_LOOP_DEFAULTS = {"grad_accum": 1, "gradient_checkpointing": False, "precision": "auto"}
 
 
 class LoraOptions(Training):
@@ -98,15 +149,39 @@ class ToolConfig:
 
 
 # Training-loop settings under each tool's key names (LLaMA-Factory hparams, Axolotl schema,
-# TRL SFTConfig; see ../shared/REFERENCES.md).
+# TRL SFTConfig; see ../shared/REFERENCES.md). Each tool's batch key is the micro-batch (per
+# device, per forward pass): batch_size / grad_accum, with gradient_accumulation_steps.
 _LOOP_KEYS: dict[Tool, dict[str, str]] = {
-    "llamafactory": {"steps": "max_steps", "batch_size": "per_device_train_batch_size",
-                     "lr": "learning_rate", "seed": "seed", "max_length": "cutoff_len"},
-    "axolotl": {"steps": "max_steps", "batch_size": "micro_batch_size",
-                "lr": "learning_rate", "seed": "seed", "max_length": "sequence_len"},
-    "trl": {"steps": "max_steps", "batch_size": "per_device_train_batch_size",
-            "lr": "learning_rate", "seed": "seed", "max_length": "max_length"},
+    "llamafactory": {"steps": "max_steps", "micro_batch_size": "per_device_train_batch_size",
+                     "grad_accum": "gradient_accumulation_steps", "lr": "learning_rate",
+                     "seed": "seed", "max_length": "cutoff_len"},
+    "axolotl": {"steps": "max_steps", "micro_batch_size": "micro_batch_size",
+                "grad_accum": "gradient_accumulation_steps", "lr": "learning_rate",
+                "seed": "seed", "max_length": "sequence_len"},
+    "trl": {"steps": "max_steps", "micro_batch_size": "per_device_train_batch_size",
+            "grad_accum": "gradient_accumulation_steps", "lr": "learning_rate", "seed": "seed",
+            "max_length": "max_length"},
 }
+
+_PRECISION_KEYS: dict[Tool, dict[str, dict[str, object]]] = {
+    # LLaMA-Factory and TRL have no "auto": bf16, as on any recent GPU (TRL's own default)
+    "llamafactory": {"auto": {"bf16": True}, "bf16": {"bf16": True},
+                     "fp16": {"bf16": False, "fp16": True},
+                     "fp32": {"bf16": False, "fp16": False}},
+    "axolotl": {"auto": {"bf16": "auto"}, "bf16": {"bf16": True},
+                "fp16": {"bf16": False, "fp16": True}, "fp32": {"bf16": False, "fp16": False}},
+    "trl": {"auto": {"bf16": True}, "bf16": {"bf16": True},
+            "fp16": {"bf16": False, "fp16": True}, "fp32": {"bf16": False, "fp16": False}},
+}
+"""`Training.precision` in each tool's mixed-precision keys."""
+
+
+def _checkpointing_keys(tool: Tool, on: bool) -> dict[str, object]:
+    """Gradient checkpointing, said explicitly: LLaMA-Factory turns it on unless
+    `disable_gradient_checkpointing`, and TRL's SFTConfig defaults to it."""
+    if tool == "llamafactory":
+        return {"disable_gradient_checkpointing": not on}
+    return {"gradient_checkpointing": on}
 
 
 class _Method(_Strict):
@@ -177,10 +252,22 @@ class FineTune(_Method):
         return False
 
     def tool_config(self, tool: Tool) -> ToolConfig:
-        """This method's keys in `tool`'s training config (LLaMA-Factory, Axolotl, TRL)."""
-        keys = {key: getattr(self.options, field) for field, key in _LOOP_KEYS[tool].items()
-                if getattr(self.options, field) is not None}  # max_length: None derives it
-        return ToolConfig(keys, [])
+        """This method's keys in `tool`'s training config (LLaMA-Factory, Axolotl, TRL): the
+        loop (steps, micro-batch and accumulation, lr, seed, length), gradient checkpointing
+        and mixed precision. TF32 is not exported: it is the GPU's choice, not the method's,
+        and TrainingArguments refuses `tf32: true` on a machine without it."""
+        o = self.options
+        keys = {key: getattr(o, field) for field, key in _LOOP_KEYS[tool].items()
+                if getattr(o, field) is not None}  # max_length: None derives it
+        keys |= _checkpointing_keys(tool, o.gradient_checkpointing)
+        keys |= _PRECISION_KEYS[tool][o.precision]
+        unexpressed = []
+        if tool == "llamafactory" and o.precision == "fp32":
+            unexpressed.append("precision fp32: LLaMA-Factory has no fp32 switch; with bf16 "
+                               "and fp16 off it loads the model in bf16 or fp16 on a GPU "
+                               "(model/patcher.py infer_optim_dtype), so this config trains "
+                               "in half precision there")
+        return ToolConfig(keys, unexpressed)
 
 
 _EVERY_WEIGHT: dict[Tool, dict[str, object]] = {
@@ -348,7 +435,90 @@ class Promot(FineTune):
             "it (kind full); train ProMoT with planner (tools.train)"])
 
 
-Method = Annotated[NoneMethod | Pretrain | Full | Lora | PromptTuning | Hft | Promot,
+MergeMethod = Literal["task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs"]
+
+_MERGE_USES: dict[str, tuple[str, ...]] = {
+    "density": ("ties", "dare_linear", "dare_ties"), "majority_sign": ("ties", "dare_ties"),
+    "seed": ("dare_linear", "dare_ties"), "beta": ("breadcrumbs",), "gamma": ("breadcrumbs",)}
+"""Merge option -> the merge methods that read it (`tools.merge.merge`)."""
+
+
+class MergeComponent(_Strict):
+    """One fine-tune a merge adds: the model a plan of `subtask` with `method` and `mixture`
+    trains on the merge's base, so a plan that serves it alone shares it (trained once)."""
+
+    method: str = Field(description="a method of kind lora in the catalogue")
+    subtask: str = Field(description="the subtask whose mixture it trains on")
+    mixture: str | None = Field(None, description="a mixture of that subtask (default: its "
+                                "first)")
+    weight: Float = Field(1.0, ge=-100, le=100, description="w_t: the scale of its task vector")
+
+
+class MergeOptions(_Strict):
+    """How the components' task vectors combine (`tools.merge.merge`)."""
+
+    method: MergeMethod = Field("task_arithmetic", description="task_arithmetic (Ilharco et "
+                                "al. 2023), ties (Yadav et al. 2023), dare_linear / dare_ties "
+                                "(Yu et al. 2024), breadcrumbs (Davari & Belilovsky 2023)")
+    density: Float = Field(1.0, gt=0, le=1, description="ties: fraction of each task vector "
+                           "kept (largest magnitudes); dare: kept at random, rescaled")
+    majority_sign: Literal["total", "frequency"] = Field(
+        "total", description="ties, dare_ties: the sign election")
+    seed: Int = Field(0, ge=0, lt=2**32, description="dare: seed of the random drop")
+    beta: Float = Field(0.0, ge=0, lt=1, description="breadcrumbs: fraction of each tensor's "
+                        "largest |tau| masked")
+    gamma: Float = Field(0.0, ge=0, lt=1, description="breadcrumbs: fraction of each tensor's "
+                         "smallest |tau| masked")
+
+
+class Merge(_Method):
+    """Merged fine-tunes (`tools.merge`): each component is a LoRA fine-tune of the plan's
+    base on one subtask's data, trained (and paid) once whichever plans use it; the merge
+    adds their weighted task vectors to the base (task arithmetic), trimmed and sign-elected
+    (TIES), randomly dropped and rescaled (DARE) or with outliers and negligible entries
+    masked (Model Breadcrumbs). The merge itself costs ~0 FLOPs and serves as the base."""
+
+    kind: Literal["merge"] = "merge"
+    components: tuple[MergeComponent, ...] = Field(min_length=1, max_length=64)
+    options: MergeOptions = MergeOptions()
+
+    @model_validator(mode="after")
+    def _options_apply(self) -> Merge:
+        o, defaults = self.options, MergeOptions()
+        for name, methods in _MERGE_USES.items():
+            if o.method not in methods and getattr(o, name) != getattr(defaults, name):
+                raise PydanticCustomError(
+                    "merge_option", "options.{name}: merge method {method} does not use it "
+                    "(only {users} do); remove it or change options.method",
+                    {"name": name, "method": o.method, "users": ", ".join(methods)})
+        if o.beta + o.gamma >= 1:
+            raise PydanticCustomError(
+                "merge_option", "options.beta + options.gamma must be < 1 (they mask the "
+                "largest and the smallest fractions of each tensor); lower them")
+        if o.method not in ("task_arithmetic", "breadcrumbs") and len(self.components) < 2:
+            raise PydanticCustomError(
+                "merge_option", "components: merge method {method} elects signs or drops "
+                "entries across two or more fine-tunes; list two or more, or use "
+                "task_arithmetic", {"method": o.method})
+        return self
+
+    def settings(self) -> str:
+        """The merge's own settings; its components are its artifact's parts (identified by
+        what they train, not by their catalogue names)."""
+        return json.dumps(self.model_dump(mode="json", exclude={"name", "components"}),
+                          sort_keys=True)
+
+    def tool_config(self, tool: Tool) -> ToolConfig:
+        """No keys: the tools train fine-tunes but do not merge them."""
+        o = self.options
+        return ToolConfig({}, [
+            f"kind merge: {tool} cannot merge fine-tunes (LLaMA-Factory, Axolotl and TRL train "
+            "one model per config); train each component with its own config, then merge them "
+            f"with mergekit (merge_method: {o.method}, one weight per component) or with "
+            "planner (tools.merge)"])
+
+
+Method = Annotated[NoneMethod | Pretrain | Full | Lora | PromptTuning | Hft | Promot | Merge,
                    Field(discriminator="kind")]
 """Any method kind, as task.yaml's `methods:` holds it."""
 

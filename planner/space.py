@@ -13,7 +13,10 @@ plan to the one that stands for it:
   plan takes the subtask's first mixture;
 - the `first` aggregator reads one sample: more samples only cost, so n is the smallest;
 - with one sample every aggregator gives that sample: the aggregator is `first` where the
-  subtask offers it, else its first one.
+  subtask offers it, else its first one that needs no verifier, else its first one;
+- a subtask that offers verifiers (`verifiers:`) has a `verifier` dimension, which only
+  matters to the aggregators that use one (`verifier`, `verifier_best`) at n > 1: the
+  other plans take its first verifier.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from planner.errors import SpaceError
-from planner.spec import TaskSpec
+from planner.spec import VERIFIER_AGGREGATORS, TaskSpec
 
 Value = str | int
 SINGLE_SAMPLE = "first"  # the aggregator that reads one sample whatever n is
@@ -122,6 +125,12 @@ class Plan(Mapping[str, Value]):
     def aggregator(self) -> str:
         return str(self._values["aggregator"])
 
+    @property
+    def verifier(self) -> str | None:
+        """The verifier's name, where the subtask offers verifiers."""
+        value = self._values.get("verifier")
+        return None if value is None else str(value)
+
     def describe(self) -> str:
         """One readable line, e.g. `pythia-1.4b / ckpt-300B / n=16 / oracle`."""
         parts = []
@@ -131,6 +140,8 @@ class Plan(Mapping[str, Value]):
             elif name == "mixture":
                 if value != "default":
                     parts.append(f"mix={value}")
+            elif name == "verifier":
+                parts.append(f"verifier={value}")
             else:
                 parts.append(str(value))
         return " / ".join(parts)
@@ -195,7 +206,9 @@ class SearchSpace:
                         weights=tuple(tuple(w.get(src, 0.0) for src in sources)
                                       for w in mixes.values())),
                 Ordinal("samples", tuple(s.samples), test_time=True),
-                Dimension("aggregator", tuple(s.aggregators), test_time=True))
+                Dimension("aggregator", tuple(s.aggregators), test_time=True),
+                *([Dimension("verifier", tuple(s.verifiers), test_time=True)]
+                  if s.verifiers else []))
 
     def dimensions(self, subtask: str) -> tuple[Dimension, ...]:
         """The subtask's dimensions, in the order plans list them."""
@@ -221,8 +234,13 @@ class SearchSpace:
         if plan.get("aggregator") == SINGLE_SAMPLE:
             changes["samples"] = min(samples)
         if changes.get("samples", plan.get("samples")) == 1:
+            unverified = [a for a in aggregators if a not in VERIFIER_AGGREGATORS]
             changes["aggregator"] = SINGLE_SAMPLE if SINGLE_SAMPLE in aggregators \
-                else aggregators[0]
+                else (unverified or aggregators)[0]
+        if "verifier" in plan and (
+                changes.get("aggregator", plan.get("aggregator")) not in VERIFIER_AGGREGATORS
+                or changes.get("samples", plan.get("samples")) == 1):
+            changes["verifier"] = self.dimension(subtask, "verifier").values[0]
         return plan.replace(**changes) if changes else plan
 
     def _enumerate(self, subtask: str) -> Iterator[Plan]:

@@ -32,8 +32,10 @@ from pydantic import (
 
 from planner.budget import parse_budget
 from planner.errors import BudgetError, SpecError
-from planner.methods import KINDS, Method, NoneMethod
+from planner.methods import KINDS, FineTune, Lora, Merge, MergeComponent, Method, NoneMethod
 from planner.numbers import MAX_PARAMS, MAX_SAMPLES, Count, Float, Int
+from planner.sampling import Sampling
+from planner.sampling import check_references as _check_sampling
 
 MAX_TASK_BYTES = 1 << 20  # a task file is a few KB; more is not a task file
 MAX_DEPTH = 32  # YAML nesting levels
@@ -158,6 +160,23 @@ class Decoding(_Strict):
     seed: Int = Field(0, ge=0, lt=2**32)
 
 
+VERIFIER_AGGREGATORS = ("verifier", "verifier_best")
+"""Aggregators that re-rank samples by a trained verifier's scores (Liu et al. 2023):
+verifier-weighted majority over answer clusters, and best-of-n by score."""
+
+
+class VerifierSpec(_Strict):
+    """A verifier a subtask may re-rank its samples with (aggregators `verifier`,
+    `verifier_best`): `model` fine-tuned by `method` on `samples` generator samples of each
+    of `items` training items, labelled right or wrong by the subtask's metric. One is
+    trained per generator (the plan's model) it judges."""
+
+    model: Name = Field(description="the catalogue model the verifier is trained from")
+    method: Name = Field(description="the catalogue fine-tuning method that trains it")
+    items: Count = Field(200, description="training items of the subtask sampled for it")
+    samples: Count = Field(4, le=MAX_SAMPLES, description="generator samples per training item")
+
+
 class SubtaskSpec(_Strict):
     """One stage of the pipeline and the choices it may take."""
 
@@ -185,6 +204,11 @@ class SubtaskSpec(_Strict):
     chat_template: bool = Field(False, description="wrap each prompt in the model's chat "
                                 "template (sampling and training)")
     replay: ReplaySpec | None = None
+    sampling: Sampling | None = Field(None, description="how this subtask samples, over the "
+                                      "task's `sampling:` (planner/sampling.py)")
+    verifiers: dict[Name, VerifierSpec] = Field(
+        default_factory=dict, description="named verifiers the `verifier` aggregators may use "
+        "(a searched dimension); live tasks only")
 
     @field_validator("answer", mode="before")
     @classmethod
@@ -193,10 +217,10 @@ class SubtaskSpec(_Strict):
 
     @model_serializer(mode="wrap")
     def _omit_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """`answer` and `chat_template` are left out while unset, so a task that does not
-        use them dumps (and hashes) as it did before they existed."""
+        """`answer`, `chat_template` and `verifiers` are left out while unset, so a task
+        that does not use them dumps (and hashes) as it did before they existed."""
         data = handler(self)
-        for key in ("answer", "chat_template"):
+        for key in ("answer", "chat_template", "verifiers", "sampling"):
             if not getattr(self, key):
                 data.pop(key, None)
         return data
@@ -267,7 +291,17 @@ class TaskSpec(_Strict):
     methods: list[Method] = Field(default_factory=lambda: [NoneMethod(name="none")],
                                   min_length=1)
     subtasks: list[SubtaskSpec] = Field(min_length=1)
+    sampling: Sampling | None = Field(None, description="live: the sampling backend "
+                                      "(transformers, vllm, openai; planner/sampling.py)")
     root: Path = Field(Path("."), exclude=True, description="folder relative paths start from")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_sampling(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """`sampling` is left out while unset: a task without it hashes as before."""
+        data = handler(self)
+        if self.sampling is None:
+            data.pop("sampling", None)
+        return data
 
     def subtask(self, name: str) -> SubtaskSpec:
         return next(s for s in self.subtasks if s.name == name)
@@ -335,8 +369,8 @@ def _check_references(spec: TaskSpec) -> None:
                 raise ValueError(f"models: {m!r} lists methods {sorted(bad)} that the subtask's "
                                  f"`methods` ({s.methods}) does not offer", where)
             allowed = spec.model(m).methods
-            trained = [x for x in s.methods_here(m) if spec.method(x).flops_per_param_token > 0
-                       and (allowed is None or x in allowed)]
+            trained = [x for x in s.methods_here(m) if (spec.method(x).flops_per_param_token > 0
+                       or isinstance(spec.method(x), Merge)) and (allowed is None or x in allowed)]
             if not [x for x in s.methods_here(m) if allowed is None or x in allowed]:
                 raise ValueError(f"model {m!r} has no method here: its `methods` {allowed} and "
                                  f"this subtask's {s.methods_here(m)} share none; list a "
@@ -359,9 +393,14 @@ def _check_references(spec: TaskSpec) -> None:
             raise ValueError("a live task needs `data:` (sources, val) here", where)
         for name, weights in s.mixtures.items():
             _check_mixture(spec, s, weights, f"{where}.mixtures.{name}")
+        _check_verifiers(spec, s, where)
         for path in _paths(s):
             _check_path(spec, path, where, table=s.replay is not None
                         and path == s.replay.table)
+    for i, m in enumerate(spec.methods):
+        if isinstance(m, Merge):
+            _check_merge(spec, m, f"methods[{i}] ({m.name})")
+    _check_sampling(spec)
     cycles = list(nx.simple_cycles(spec.graph()))
     if cycles:
         raise ValueError(f"depends_on forms a cycle: {' -> '.join(cycles[0] + cycles[0][:1])}",
@@ -377,12 +416,68 @@ def _repeated(names: list) -> object:
     return next(n for n in names if names.count(n) > 1)
 
 
+def _check_verifiers(spec: TaskSpec, s: SubtaskSpec, where: str) -> None:
+    """The verifier aggregators run live and name a verifier; each verifier names a model
+    with params and a fine-tuning method, and trains on the subtask's own sources."""
+    used = [a for a in s.aggregators if a in VERIFIER_AGGREGATORS]
+    if used and spec.environment == "replay":
+        raise ValueError(f"{used} re-rank each sample by a trained verifier's score, and a "
+                         "replay table holds no per-sample scores (nor the samples to score); "
+                         "use oracle, majority or first, or a live task", f"{where}.aggregators")
+    if used and not s.verifiers:
+        raise ValueError(f"aggregators {used} need a verifier; add `verifiers: {{NAME: {{model: "
+                         "M, method: FINE_TUNE, items: 200, samples: 4}}}}`", f"{where}.verifiers")
+    if s.verifiers and not used:
+        raise ValueError("no aggregator uses them; add verifier or verifier_best to "
+                         "`aggregators`, or remove `verifiers`", f"{where}.verifiers")
+    for name, v in s.verifiers.items():
+        at = f"{where}.verifiers.{name}"
+        if v.model not in {m.name for m in spec.models}:
+            raise ValueError(f"unknown model {v.model!r}; known: "
+                             f"{sorted(m.name for m in spec.models)}", f"{at}.model")
+        if spec.model(v.model).params is None:
+            raise ValueError(f"model {v.model!r} has no `params`, so training and running the "
+                             "verifier cannot be priced; give its params", f"{at}.model")
+        if v.method not in {m.name for m in spec.methods}:
+            raise ValueError(f"unknown method {v.method!r}; known: "
+                             f"{sorted(m.name for m in spec.methods)}", f"{at}.method")
+        method = spec.method(v.method)
+        if not isinstance(method, FineTune) or method.serves_soft_prompt:
+            raise ValueError(f"{v.method!r} is kind {method.kind}; a verifier is fine-tuned on "
+                             "labelled samples: name a method of kind full, lora or hft",
+                             f"{at}.method")
+        if s.data is not None and not s.data.sources:
+            raise ValueError("the verifier trains on samples of this subtask's training items; "
+                             "give data.sources", at)
+
+
+def _check_merge(spec: TaskSpec, m: Merge, where: str) -> None:
+    """Each component names a LoRA method, a subtask and one of its mixtures."""
+    methods, subtasks = {x.name for x in spec.methods}, [s.name for s in spec.subtasks]
+    for j, c in enumerate(m.components):
+        at = f"{where}.components[{j}]"
+        if c.method not in methods:
+            raise ValueError(f"unknown method {c.method!r}; known: {sorted(methods)}",
+                             f"{at}.method")
+        if not isinstance(spec.method(c.method), Lora):
+            raise ValueError(f"{c.method!r} is kind {spec.method(c.method).kind}; a merge adds "
+                             "LoRA fine-tunes: name a method of kind lora", f"{at}.method")
+        if c.subtask not in subtasks:
+            raise ValueError(f"unknown subtask {c.subtask!r}; subtasks are {subtasks}",
+                             f"{at}.subtask")
+        if c.mixture is not None and c.mixture not in spec.subtask(c.subtask).mixtures:
+            raise ValueError(f"subtask {c.subtask!r} has no mixture {c.mixture!r}; its mixtures "
+                             f"are {sorted(spec.subtask(c.subtask).mixtures)}", f"{at}.mixture")
+
+
 # subtask fields each environment ignores, and why: a task file that writes one is refused
 IGNORED_FIELDS = {"replay": {"metric": "scores come from the table",
                       "data": "answers come from the table",
                       "decoding": "samples come from the table",
                       "answer": "the table holds the answers, extracted: `replay.answer`",
-                      "chat_template": "no prompt is sent to a model"},
+                      "chat_template": "no prompt is sent to a model",
+                      "verifiers": "no sample is drawn, so none is scored",
+                      "sampling": "no sample is drawn"},
             "live": {"replay": "it trains, samples and scores for real"}}
 
 
@@ -493,6 +588,10 @@ def _describe(err: dict, data: dict) -> str:
                 valid = sorted(cls.model_fields["options"].annotation.model_fields)
                 return (f"methods[{loc[1]}] ({name}).options.{loc[4]}: kind {loc[2]} takes no "
                         f"option {loc[4]!r}; valid options: {', '.join(valid)}")
+            if len(loc) == 6 and loc[3] == "components":  # a merge's component
+                valid = sorted(MergeComponent.model_fields)
+                return (f"methods[{loc[1]}] ({name}).components[{loc[4]}].{loc[5]}: a merge "
+                        f"component takes no key {loc[5]!r}; valid keys: {', '.join(valid)}")
             valid = sorted(cls.model_fields)
             return (f"methods[{loc[1]}] ({name}).{loc[3]}: kind {loc[2]} takes no key "
                     f"{loc[3]!r}; valid keys: {', '.join(valid)}")

@@ -15,7 +15,9 @@ from which the user runs the tool:
 
 Key names follow each tool's own schema (LLaMA-Factory `hparams`, Axolotl
 `utils/schemas`, TRL `SFTConfig`/`ModelConfig`/`DatasetMixtureConfig`); the method's own
-keys come from `FineTune.tool_config`. Mixed precision is bf16, as on any recent GPU.
+keys come from `FineTune.tool_config`, loop settings included (micro-batch and gradient
+accumulation, gradient checkpointing, mixed precision: `auto` is bf16 as on any recent GPU,
+Axolotl's own `bf16: auto`).
 """
 
 from __future__ import annotations
@@ -85,8 +87,7 @@ def llamafactory(job: Job) -> ToolConfig:
         data |= {"mix_strategy": "interleave_under",
                  "interleave_probs": ",".join(_weight(w) for w in job.sources.values())}
     keys = {"model_name_or_path": job.base, "stage": "sft", "do_train": True, **own.keys,
-            **data, "gradient_accumulation_steps": 1, "bf16": True,
-            "output_dir": job.output_dir, "report_to": "none"}
+            **data, "output_dir": job.output_dir, "report_to": "none"}
     return ToolConfig(keys, own.unexpressed)
 
 
@@ -105,8 +106,7 @@ def axolotl(job: Job) -> ToolConfig:
                            f"{job.method.options.steps * job.method.options.batch_size} "
                            "examples planner draws from the mixture")
     keys = {"base_model": job.base, **own.keys, "datasets": [dataset],
-            "train_on_inputs": False, "gradient_accumulation_steps": 1, "bf16": "auto",
-            "output_dir": job.output_dir}
+            "train_on_inputs": False, "output_dir": job.output_dir}
     return ToolConfig(keys, unexpressed)
 
 
@@ -120,8 +120,7 @@ def trl(job: Job) -> ToolConfig:
         for entry, weight in zip(datasets, job.sources.values(), strict=True):
             entry["fraction"] = float(_weight(weight))
     keys = {"model_name_or_path": job.base, "datasets": datasets, **own.keys,
-            "completion_only_loss": True, "gradient_accumulation_steps": 1, "bf16": True,
-            "output_dir": job.output_dir, "report_to": "none"}
+            "completion_only_loss": True, "output_dir": job.output_dir, "report_to": "none"}
     return ToolConfig(keys, own.unexpressed)
 
 

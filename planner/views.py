@@ -1,6 +1,7 @@
 """Plain-data views over a study's trials: the trial list, best-so-far against trials and
 search GPU-hours, each stage's score against n per arm, the best's cost split and choices,
-and a row for comparing studies side by side (`planner trials`, `compare`, `report`)."""
+a row for comparing studies side by side (`planner trials`, `compare`, `report`), and what
+live trials measured against what was estimated (`planner show`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from planner.cost import CostModel
 from planner.search import best_trial
 from planner.search.search_cost import SearchCost
 from planner.space import Ordinal, Plan, SearchSpace
+from planner.spec import Hardware
 from planner.store import StudyRecord, TrialRecord, TrialStatus
 
 CACHE_AWARE = "cache-aware: each fine-tune and each sampled arm paid once"
@@ -122,3 +124,58 @@ def report_data(data: StudyData, top: int = 10) -> dict:
             "stage_curves": stage_curves(data), "choices": best_choices(data),
             "dimensions": {s: [d.name for d in data.space.dimensions(s)]
                            for s in data.space.subtasks}}
+
+
+def measured_vs_estimated(record: StudyRecord, trials: Sequence[TrialRecord]) -> dict | None:
+    """What live trials measured beside what the cost model estimated: per successful trial
+    with measurements, the estimated training GPU-hours, the measured training and sampling
+    device-hours and the utilisation they imply (FLOPs / (device seconds x peak)), and in
+    `peak` which peak FLOP/s that is (a CPU's measured matmul rate, or the task hardware's).
+    None when no trial measured anything (replay)."""
+    hardware = Hardware.model_validate(record.task.get("hardware") or {})
+    rows, cpu_peaks, on_gpu = [], [], False
+    for t in trials:
+        m = t.measured
+        if t.status is not TrialStatus.OK or not ({"train_seconds", "sample_seconds"} & set(m)):
+            continue
+        seconds = m.get("train_seconds", 0.0) + m.get("sample_seconds", 0.0)
+        capacity = m.get("train_capacity_flops", 0.0) + m.get("sample_capacity_flops", 0.0)
+        if seconds > 0 and m.get("cpu_seconds", 0.0) >= seconds * (1 - 1e-9):
+            cpu_peaks.append(capacity / seconds)  # all of it on a CPU: its peak
+        elif capacity > 0:
+            on_gpu = True
+        rows.append({
+            "number": t.number, "score": t.score,
+            "estimated_train_gpu_hours": t.cost.train_gpu_hours,
+            "train_device_hours": _hours(m, "train_seconds"),
+            "train_utilization": _ratio(m, "train_flops", "train_capacity_flops"),
+            "train_tokens_per_second": _ratio(m, "train_tokens", "train_seconds"),
+            "sample_device_hours": _hours(m, "sample_seconds"),
+            "sample_utilization": _ratio(m, "sample_flops", "sample_capacity_flops"),
+            "cached_trainings": int(m.get("cached_trainings", 0)),
+            "spent_device_hours": _hours(m, "spent_seconds")})
+    if not rows:
+        return None
+    peak = []
+    if cpu_peaks:
+        low, high = min(cpu_peaks), max(cpu_peaks)
+        rate = f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g}-{high:.3g}"
+        peak.append(f"this CPU's measured fp32 matmul rate, {rate} FLOP/s (trials run on a "
+                    f"CPU: their device-hours are CPU hours, not {hardware.name}'s, whose "
+                    f"peak is {hardware.peak_flops:.3g} FLOP/s)")
+    if on_gpu:
+        peak.append(f"{hardware.name}'s {hardware.peak_flops:.3g} FLOP/s (the task's "
+                    "hardware.peak_flops), for work on a GPU")
+    return {"rows": rows, "peak": "; ".join(peak), "hardware": hardware.name,
+            "assumed_utilization": hardware.utilization,
+            "spent_device_hours": sum(r["spent_device_hours"] or 0.0 for r in rows)}
+
+
+def _hours(measured: Mapping[str, float], key: str) -> float | None:
+    return measured[key] / 3600 if key in measured else None
+
+
+def _ratio(measured: Mapping[str, float], top: str, bottom: str) -> float | None:
+    if top not in measured or not measured.get(bottom):
+        return None
+    return measured[top] / measured[bottom]

@@ -69,3 +69,12 @@ def tiny_task_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_spec(tiny_task_path: Path) -> TaskSpec:
     return load_spec(tiny_task_path)
+
+
+def with_methods(folder: Path, methods: list[dict]) -> Path:
+    """`write_tiny_task` with `methods` added to its methods."""
+    path = write_tiny_task(folder)
+    data = yaml.safe_load(path.read_text())
+    data["methods"] += methods
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -80,6 +80,13 @@ def alloc(parse: Plan, add: Plan) -> Allocation:
     return Allocation.of({"parse": parse, "add": add})
 
 
+MEASURED_COST = {"train_seconds", "train_flops", "train_capacity_flops", "peak_memory_bytes",
+                 "sample_seconds", "sample_tokens", "sample_flops", "sample_capacity_flops",
+                 "cpu_seconds", "cached_trainings", "cached_train_seconds",
+                 "cached_sample_seconds", "spent_seconds"}
+"""Measured cost keys of an allocation with a fine-tune (tests/test_calibration.py)."""
+
+
 def test_changing_only_n_or_aggregator_neither_trains_nor_samples(task_path: Path,
                                                                   tmp_path: Path) -> None:
     env = env_for(task_path, tmp_path / "cache")
@@ -105,7 +112,7 @@ def test_changing_only_n_or_aggregator_neither_trains_nor_samples(task_path: Pat
         assert 0.0 <= obs.score <= 1.0
         assert set(obs.measured) == {"device_seconds", "train_tokens", "prompt_tokens",
                                      "completion_tokens", "examples:parse/train",
-                                     "examples:add/train"}
+                                     "examples:add/train", *MEASURED_COST}
         assert obs.measured["examples:parse/train"] == obs.measured["examples:add/train"] == 8
     assert cold.observation.measured["train_tokens"] == warm.observation.measured["train_tokens"]
     assert warm.observation.measured["completion_tokens"] > cold.observation.measured[

@@ -5,33 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 from peft import LoraConfig, PromptTuningConfig
 
 from planner.errors import SpecError
 from planner.methods import TOOLS, Full, Lora, NoneMethod, Pretrain, PromptTuning
 from planner.spec import load_spec
-from tests.conftest import write_tiny_task
-
-
-def _with_methods(folder: Path, methods: list[dict]) -> Path:
-    path = write_tiny_task(folder)
-    data = yaml.safe_load(path.read_text())
-    data["methods"] += methods
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+from tests.conftest import with_methods
 
 
 @pytest.mark.parametrize(("method", "expected"), [
     ({"name": "l8", "kind": "lora", "options": {"lora_rr": 8}},
      r"methods\[2\] \(l8\)\.options\.lora_rr: kind lora takes no option 'lora_rr'; valid "
-     r"options: batch_size, lora_alpha, lora_dropout, lora_r, lora_targets, lr, max_length, "
-     r"seed, steps$"),
+     r"options: batch_size, grad_accum, gradient_checkpointing, lora_alpha, lora_dropout, "
+     r"lora_r, lora_targets, lr, max_length, precision, seed, steps$"),
     ({"name": "f", "kind": "full", "rank": 8},
      r"methods\[2\] \(f\)\.rank: kind full takes no key 'rank'; valid keys: kind, name, "
      r"options, train_tokens$"),
     ({"name": "q", "kind": "qlora"}, r"methods\[2\] \(q\)\.kind: 'qlora' is not a method kind; "
-     r"use one of \['full', 'hft', 'lora', 'none', 'pretrain', 'promot', 'prompt'\]"),
+     r"use one of \['full', 'hft', 'lora', 'merge', 'none', 'pretrain', 'promot', 'prompt'\]"),
     ({"name": "p", "kind": "pretrain"}, r"methods\[2\] \(p\)\.train_tokens: required field"),
     ({"name": "n", "kind": "none", "train_tokens": 5}, r"kind none takes no key 'train_tokens'"),
     ({"name": "l", "kind": "lora", "options": {"steps": 0}},
@@ -40,12 +31,12 @@ def _with_methods(folder: Path, methods: list[dict]) -> Path:
 def test_bad_method_is_one_line_naming_it_and_the_valid_keys(tmp_path: Path, method: dict,
                                                             expected: str) -> None:
     with pytest.raises(SpecError, match=expected) as info:
-        load_spec(_with_methods(tmp_path, [method]))
+        load_spec(with_methods(tmp_path, [method]))
     assert "\n" not in str(info.value)
 
 
 def test_methods_validate_into_their_kind(tmp_path: Path) -> None:
-    spec = load_spec(_with_methods(tmp_path, [
+    spec = load_spec(with_methods(tmp_path, [
         {"name": "none", "kind": "none"},
         {"name": "lora", "kind": "lora", "options": {"lora_r": 4, "lora_targets": ["c_attn"]}},
         {"name": "soft", "kind": "prompt", "options": {"num_virtual_tokens": 4}},
@@ -92,7 +83,8 @@ def test_tool_configs_use_each_tools_keys() -> None:
     assert lf.keys == {"finetuning_type": "lora", "lora_rank": 4, "lora_alpha": 16,
                        "lora_dropout": 0.0, "lora_target": "q_proj,v_proj", "max_steps": 50,
                        "per_device_train_batch_size": 16, "learning_rate": 2e-4, "seed": 0,
-                       "cutoff_len": 128}
+                       "cutoff_len": 128, "gradient_accumulation_steps": 1,
+                       "disable_gradient_checkpointing": True, "bf16": True}
     assert lf.unexpressed == []
     axolotl = lora.tool_config("axolotl").keys
     assert axolotl["adapter"] == "lora" and axolotl["lora_target_modules"] == ["q_proj", "v_proj"]

@@ -29,7 +29,7 @@ from planner.errors import SpecError
 from planner.methods import TOOLS, Full, Hft, Promot, Training
 from planner.space import Allocation, Plan
 from planner.spec import load_spec
-from tests.conftest import write_tiny_task
+from tests.conftest import with_methods
 from tools.train import (
     HFT_SCHEDULE,
     SOFT_PROMPT,
@@ -186,32 +186,25 @@ def test_promot_keeps_a_format_it_never_trained_on_that_full_fine_tuning_loses(
 
 # --- task.yaml: options, FLOPs, tool configs --------------------------------------------------
 
-def _with_methods(folder: Path, methods: list[dict]) -> Path:
-    path = write_tiny_task(folder)
-    data = yaml.safe_load(path.read_text())
-    data["methods"] += methods
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 @pytest.mark.parametrize(("method", "expected"), [
     ({"name": "h", "kind": "hft", "options": {"rounds": 4}},
      r"methods\[2\] \(h\)\.options\.rounds: kind hft takes no option 'rounds'; valid options: "
-     r"batch_size, lr, max_length, round_steps, seed, steps$"),
+     r"batch_size, grad_accum, gradient_checkpointing, lr, max_length, precision, round_steps, "
+     r"seed, steps$"),
     ({"name": "p", "kind": "promot", "options": {"lora_r": 4}},
      r"methods\[2\] \(p\)\.options\.lora_r: kind promot takes no option 'lora_r'; valid "
-     r"options: batch_size, keep_prompt, lr, max_length, num_virtual_tokens, prompt_lr, "
-     r"prompt_steps, seed, steps$"),
+     r"options: batch_size, grad_accum, gradient_checkpointing, keep_prompt, lr, max_length, "
+     r"num_virtual_tokens, precision, prompt_lr, prompt_steps, seed, steps$"),
     ({"name": "p", "kind": "promot", "options": {"prompt_steps": 0}},
      r"methods\[2\] \(p\)\.options\.prompt_steps: Input should be greater than 0"),
 ])
 def test_bad_option_names_the_valid_ones(tmp_path: Path, method: dict, expected: str) -> None:
     with pytest.raises(SpecError, match=expected):
-        load_spec(_with_methods(tmp_path, [method]))
+        load_spec(with_methods(tmp_path, [method]))
 
 
 def test_kinds_validate_price_and_export(tmp_path: Path) -> None:
-    spec = load_spec(_with_methods(tmp_path, [
+    spec = load_spec(with_methods(tmp_path, [
         {"name": "h", "kind": "hft", "options": {"steps": 10, "batch_size": 4}},
         {"name": "p", "kind": "promot", "options": {"steps": 30, "prompt_steps": 10,
                                                     "batch_size": 4, "keep_prompt": True}}]))

@@ -4,6 +4,12 @@
 - `VLLMSampler`: vLLM's offline engine with prefix caching (GPU; the `gpu` extra).
 - `OpenAISampler`: any OpenAI-compatible completions server (vLLM, llama.cpp, OpenAI, ...).
 
+`seed` is one seed for the whole call, or one per prompt: then a prompt's samples depend on
+its seed alone, not on what else is sampled with it (the live environment's cache relies on
+it). A failed request to a server raises `ServerError`, or `ServerUnavailableError` (also a
+`ConnectionError`) where another attempt may succeed: unreachable, timed out, rate limited
+or a 5xx answer.
+
 Example:
     >>> sampler = make_sampler("transformers", "models/tiny")
     >>> samples = sampler.sample(["12+345="], n=8, max_new_tokens=5, temperature=0.8, seed=0)
@@ -12,16 +18,25 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from openai import OpenAI, OpenAIError
+from openai import (
+    APIConnectionError,
+    InternalServerError,
+    OpenAI,
+    OpenAIError,
+    RateLimitError,
+)
 from tqdm.auto import tqdm
 
 from planner.secrets import redact, register
@@ -39,6 +54,12 @@ class Samples:
     completion_tokens: int
     """Generated tokens, eos included."""
     seconds: float
+    each: list[tuple[int, int]] = field(default_factory=list)
+    """(prompt tokens, completion tokens) of each prompt, in order: they sum to the totals."""
+
+
+Seed = int | Sequence[int]
+"""One seed for a whole `sample` call, or one per prompt."""
 
 
 class BaseSampler(ABC):
@@ -54,9 +75,13 @@ class BaseSampler(ABC):
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> Samples:
-        """Return `n` completions per prompt; temperature 0 means greedy (n identical copies)."""
+        """Return `n` completions per prompt; temperature 0 means greedy (n identical copies).
+        `seed`: one for the call, or one per prompt (module docstring)."""
+
+    def close(self) -> None:  # noqa: B027 (a sampler with nothing to free needs no override)
+        """Free what the sampler holds (weights, an engine's GPU memory, connections)."""
 
 
 class TransformersSampler(BaseSampler):
@@ -85,9 +110,35 @@ class TransformersSampler(BaseSampler):
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> Samples:
         start = time.perf_counter()
+        if isinstance(seed, int):
+            texts, each = self._generate(prompts, n, max_new_tokens, temperature, top_p, seed,
+                                         progress=self.progress)
+        else:  # one generate per prompt, each under its own seed
+            texts, each = [], []
+            pairs = list(zip(prompts, _seeds(seed, prompts), strict=True))
+            for prompt, s in tqdm(pairs, desc="sampling", disable=not self.progress):
+                t, e = self._generate([prompt], n, max_new_tokens, temperature, top_p, s,
+                                      progress=False)
+                texts += t
+                each += e
+        return Samples(texts, sum(p for p, _ in each), sum(c for _, c in each),
+                       time.perf_counter() - start, each)
+
+    def _generate(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        *,
+        progress: bool,
+    ) -> tuple[list[list[str]], list[tuple[int, int]]]:
+        """`n` completions per prompt in batches under one seed, and each prompt's tokens."""
         greedy = temperature == 0
         decoding = (
             {"do_sample": False}
@@ -102,9 +153,9 @@ class TransformersSampler(BaseSampler):
         )
         torch.manual_seed(seed)
         texts: list[list[str]] = []
-        prompt_tokens = completion_tokens = 0
+        each: list[tuple[int, int]] = []
         starts = range(0, len(prompts), self.batch_size)
-        for i in tqdm(starts, desc="sampling", disable=not self.progress):
+        for i in tqdm(starts, desc="sampling", disable=not progress):
             batch = prompts[i : i + self.batch_size]
             inputs = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.device)
             output = self.model.generate(
@@ -115,15 +166,21 @@ class TransformersSampler(BaseSampler):
             )
             new = output[:, inputs["input_ids"].shape[1] :]  # (batch * n_returned, new_tokens)
             decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            rows = 1 if greedy else n  # generated rows per prompt
+            lengths = _lengths_until_eos(new, self.tokenizer.eos_token_id).view(-1, rows)
             if greedy:
                 texts += [[text] * n for text in decoded]
             else:
                 texts += [decoded[j : j + n] for j in range(0, len(decoded), n)]
-            prompt_tokens += int(inputs["attention_mask"].sum())
-            completion_tokens += _count_until_eos(new, self.tokenizer.eos_token_id) * (
-                n if greedy else 1
-            )
-        return Samples(texts, prompt_tokens, completion_tokens, time.perf_counter() - start)
+            each += [(int(p), int(c) * (n if greedy else 1)) for p, c in
+                     zip(inputs["attention_mask"].sum(dim=1), lengths.sum(dim=1), strict=True)]
+        return texts, each
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class VLLMSampler(BaseSampler):
@@ -167,21 +224,47 @@ class VLLMSampler(BaseSampler):
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> Samples:
         start = time.perf_counter()
-        params = self._sampling_params(
-            n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
-        )
+        copies = n if temperature == 0 else 1  # greedy: one sample, copied n times
+        params = [  # one SamplingParams per prompt: per-request seeds, one batched call
+            self._sampling_params(n=n // copies, temperature=temperature, top_p=top_p,
+                                  max_tokens=max_new_tokens, seed=s)
+            for s in _seeds(seed, prompts)
+        ]
         outputs = self.llm.generate(
             prompts, params, use_tqdm=self.progress, lora_request=self.lora_request
         )
-        return Samples(
-            texts=[[c.text for c in out.outputs] for out in outputs],
-            prompt_tokens=sum(len(out.prompt_token_ids) for out in outputs),
-            completion_tokens=sum(len(c.token_ids) for out in outputs for c in out.outputs),
-            seconds=time.perf_counter() - start,
-        )
+        texts = [[c.text for c in out.outputs] * copies for out in outputs]
+        each = [(len(out.prompt_token_ids), copies * sum(len(c.token_ids) for c in out.outputs))
+                for out in outputs]
+        return Samples(texts, sum(p for p, _ in each), sum(c for _, c in each),
+                       time.perf_counter() - start, each)
+
+    def close(self) -> None:
+        """Shut the engine down and return its GPU memory, so another engine fits."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            shutdown = getattr(llm, "shutdown", None)  # newer vLLM: an explicit teardown
+            if shutdown is None:  # V1 engine: its core process holds the memory
+                core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+                shutdown = getattr(core, "shutdown", None)
+            if shutdown is not None:
+                with suppress(Exception):  # best effort: what is left goes with the process
+                    shutdown()
+            del llm
+        with suppress(ImportError, AssertionError, RuntimeError):
+            from vllm.distributed import (
+                destroy_distributed_environment,
+                destroy_model_parallel,
+            )
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class OpenAISampler(BaseSampler):
@@ -211,6 +294,7 @@ class OpenAISampler(BaseSampler):
         progress: bool = False,
     ):
         self.model = model
+        self.base_url = base_url
         api_key = api_key or os.environ.get("OPENAI_API_KEY", "EMPTY")
         register(api_key)
         self.client = OpenAI(
@@ -230,23 +314,32 @@ class OpenAISampler(BaseSampler):
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> Samples:
         start = time.perf_counter()
+        copies = n if temperature == 0 else 1  # greedy: one sample, copied n times
 
-        def one(prompt: str) -> tuple[list[str], int, int]:
-            return self._sample_prompt(prompt, n, max_new_tokens, temperature, top_p, seed)
+        def one(prompt_seed: tuple[str, int]) -> tuple[list[str], int, int]:
+            prompt, s = prompt_seed
+            texts, p, c = self._sample_prompt(prompt, n // copies, max_new_tokens, temperature,
+                                              top_p, s)
+            return texts * copies, p, c * copies
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             results = list(
-                tqdm(pool.map(one, prompts), total=len(prompts), disable=not self.progress)
+                tqdm(pool.map(one, zip(prompts, _seeds(seed, prompts), strict=True)),
+                     total=len(prompts), disable=not self.progress)
             )
         return Samples(
             texts=[texts for texts, _, _ in results],
             prompt_tokens=sum(p for _, p, _ in results),
             completion_tokens=sum(c for _, _, c in results),
             seconds=time.perf_counter() - start,
+            each=[(p, c) for _, p, c in results],
         )
+
+    def close(self) -> None:
+        self.client.close()
 
     def _sample_prompt(
         self, prompt: str, n: int, max_tokens: int, temperature: float, top_p: float, seed: int
@@ -265,7 +358,7 @@ class OpenAISampler(BaseSampler):
                     seed=seed + len(texts),
                 )
             except OpenAIError as e:
-                raise _request_failed(e) from None
+                raise _request_failed(e, self.base_url, self.model) from None
             if not response.choices:
                 raise RuntimeError(f"Server returned no choices for prompt {prompt!r}.")
             choices = sorted(response.choices, key=lambda c: c.index)
@@ -291,17 +384,42 @@ def make_sampler(backend: str, model: str | Path, **kwargs: object) -> BaseSampl
     return BACKENDS[backend](model, **kwargs)
 
 
-def _request_failed(e: OpenAIError) -> RuntimeError:
+class ServerError(RuntimeError):
+    """A request to a model server failed; the message names the openai error, the server and
+    the model, redacted, and holds neither the request nor the response."""
+
+
+class ServerUnavailableError(ServerError, ConnectionError):
+    """The server was unreachable, timed out, was rate limited or failed (5xx): another
+    attempt may succeed (`planner.executors.is_transient` matches ConnectionError)."""
+
+
+def _request_failed(e: OpenAIError, base_url: str, model: str) -> ServerError:
     """`e` with its message redacted, and without its request and response (which hold the
     Authorization header and the server's echo of it)."""
     status = getattr(e, "status_code", None)
     where = f" (HTTP {status})" if status else ""
-    return RuntimeError(f"{type(e).__name__}{where}: {redact(str(e))}")
+    text = f"{type(e).__name__}{where} from {base_url} (model {model!r}): {redact(str(e))}"
+    if isinstance(e, APIConnectionError | RateLimitError | InternalServerError) or (
+        status is not None and status >= 500
+    ):
+        hint = "; is the server running at that URL?" if isinstance(e, APIConnectionError) else ""
+        return ServerUnavailableError(redact(text + hint))
+    return ServerError(redact(text))
 
 
-def _count_until_eos(tokens: torch.Tensor, eos_token_id: int) -> int:
-    """Generated tokens per row up to and including the first eos, summed over rows."""
+def _seeds(seed: Seed, prompts: list[str]) -> list[int]:
+    """One seed per prompt: `seed` for each, or the given list (as long as `prompts`)."""
+    if isinstance(seed, int):
+        return [seed] * len(prompts)
+    seeds = list(seed)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one per prompt")
+    return seeds
+
+
+def _lengths_until_eos(tokens: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Generated tokens of each row up to and including the first eos."""
     is_eos = tokens == eos_token_id
     first_eos = is_eos.int().argmax(dim=1)
-    lengths = torch.where(is_eos.any(dim=1), first_eos + 1, tokens.shape[1])
-    return int(lengths.sum())
+    return torch.where(is_eos.any(dim=1), first_eos + 1, tokens.shape[1])

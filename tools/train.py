@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import resource
 import sys
@@ -43,6 +44,8 @@ from transformers import (
     set_seed,
 )
 
+from tools.device import PRECISIONS, choose_precision, current_device, use_tf32
+
 Example = dict[str, str]  # {"prompt": ..., "completion": ...}
 
 HFT_SCHEDULE = "half_fine_tuning.json"
@@ -69,10 +72,33 @@ class TrainConfig:
     the data: the longest example of the mixture's sources, up to the model's context
     (less soft-prompt tokens) and `MAX_LENGTH_CAP` (`derived_max_length`)."""
 
+    grad_accum: int = 1
+    """Micro-batches per optimizer step: each step still reads `batch_size` examples, as
+    `grad_accum` micro-batches of `batch_size / grad_accum` (less memory, same update)."""
+    gradient_checkpointing: bool = False
+    """Keep only each layer's inputs and recompute the rest in the backward pass: activation
+    memory for one more forward pass (about a third more compute)."""
+    precision: str = "auto"
+    """`auto`, `bf16`, `fp16` or `fp32` (`tools.device.choose_precision`): mixed precision
+    keeps fp32 weights and computes in 16 bits; auto is bf16 where the GPU has it, else fp16
+    on a GPU, else fp32."""
+
     def __post_init__(self) -> None:
         length = 1 if self.max_length is None else self.max_length
         if min(self.steps, self.batch_size, length) <= 0 or self.lr <= 0:
             raise ValueError(f"steps, batch_size, max_length and lr must be positive: {self}")
+        if self.grad_accum <= 0 or self.batch_size % self.grad_accum:
+            raise ValueError(f"grad_accum {self.grad_accum} must divide batch_size "
+                             f"{self.batch_size}: each step's examples are split into "
+                             "grad_accum equal micro-batches")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of "
+                             f"{', '.join(PRECISIONS)}")
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Examples per forward and backward pass."""
+        return self.batch_size // self.grad_accum
 
 
 @dataclass(frozen=True)
@@ -141,6 +167,29 @@ class TrainResult:
     """Drawn examples longer than `max_length`, so cut (counted per draw)."""
     longest: int
     """Tokens of the longest drawn example, before cutting."""
+    params: int = 0
+    """Parameters of the base model (embeddings included; an adapter's own not counted)."""
+    loop_seconds: float = 0.0
+    """Seconds in the training loop(s) alone (`wall_seconds` less loading, tokenizing and
+    saving)."""
+    device: str = "cpu"
+    """Where it trained (`tools.device.Device.describe`): `cpu` or `cuda:<GPU name>`."""
+    precision: str = "fp32"
+    """The precision the loop ran in (`TrainConfig.precision` resolved for the device)."""
+    tf32: bool = False
+    """TF32 matmuls were on (a GPU of compute capability 8.0 or newer)."""
+    micro_batch_size: int = 0
+    """Examples per forward and backward pass (`batch_size / grad_accum`)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    examples_per_step: float = 0.0
+    """Examples the loop fed the model per optimizer step, counted as they were collated:
+    `batch_size` whatever `grad_accum` is."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Training throughput: tokens fed per second of the loop."""
+        return self.tokens_seen / self.loop_seconds if self.loop_seconds > 0 else 0.0
 
 
 def train(
@@ -174,9 +223,12 @@ def train(
     """
     set_seed(config.seed)
     start = time.perf_counter()
+    device = current_device()
+    loop = _Loop(choose_precision(config.precision, device), use_tf32(device))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     model, tokenizer = _load_base(base_model)
+    params = sum(p.numel() for p in model.parameters())  # tied weights once; before adapters
     if str(base_model).endswith(".gguf"):
         # Its weights are already dequantised to float32, but the GGUF quantizer left on it
         # makes Trainer refuse to train it and save_pretrained refuse to save it.
@@ -193,17 +245,18 @@ def train(
     out, callbacks = Path(out_dir), list(callbacks)
     if isinstance(adapter, ProMoT):
         losses = _promot(model, tokenizer, features, config, adapter, base_model, out, progress,
-                         callbacks)
+                         callbacks, loop)
     elif isinstance(adapter, HalfFineTuning):
         half = _HalfFreeze(model, adapter.round_steps, config.seed)
-        losses = _fit(model, tokenizer, features, config, out, progress, [half, *callbacks])
+        losses = _fit(model, tokenizer, features, config, out, progress, [half, *callbacks],
+                      loop)
         model.save_pretrained(out)
         (out / HFT_SCHEDULE).write_text(json.dumps(
             {"round_steps": adapter.round_steps, "frozen": half.rounds}, indent=1))
     else:
         if adapter is not None:
             model = get_peft_model(model, copy.deepcopy(adapter))  # peft fills in the copy
-        losses = _fit(model, tokenizer, features, config, out, progress, callbacks)
+        losses = _fit(model, tokenizer, features, config, out, progress, callbacks, loop)
         if adapter is not None:
             # Record the real base (a .gguf file included) so load_model can rebuild it.
             model.peft_config["default"].base_model_name_or_path = str(base_model)
@@ -220,6 +273,14 @@ def train(
         max_length=max_length,
         truncated=sum(len(f["input_ids"]) > max_length for f in uncut),
         longest=max(len(f["input_ids"]) for f in uncut),
+        params=params,
+        loop_seconds=loop.seconds,
+        device=device.describe(),
+        precision=loop.precision,
+        tf32=loop.tf32,
+        micro_batch_size=config.micro_batch_size,
+        grad_accum=config.grad_accum,
+        examples_per_step=loop.examples / max(loop.steps, 1),
     )
 
 
@@ -252,6 +313,20 @@ def train_length(base_model: str | Path, data: dict[str, list[Example]],
                               _context(model_config, adapter))
 
 
+def param_count(base_model: str | Path) -> int:
+    """Parameters of a model folder or `.gguf` file, as `TrainResult.params` counts them
+    (tied weights once), from its config alone: the model is built on the meta device, so
+    no weight is read or allocated."""
+    path = Path(base_model)
+    if str(path).endswith(".gguf"):
+        model_config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        model_config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def _tokenized(tokenizer: PreTrainedTokenizerBase, data: dict[str, list[Example]],
                mixture: dict[str, float]) -> dict[tuple[str, str], dict[str, list[int]]]:
     """(prompt, completion) -> its uncut features, for every example of the sources the
@@ -279,17 +354,18 @@ def _context(model_config: object, adapter: Recipe) -> int | None:
 def _promot(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             features: list[dict[str, list[int]]], config: TrainConfig, recipe: ProMoT,
             base_model: str | Path, out: Path, progress: bool,
-            callbacks: list[TrainerCallback]) -> list[float]:
+            callbacks: list[TrainerCallback], loop: _Loop) -> list[float]:
     """ProMoT's two stages on `features` (stage 1 reads the first `prompt_steps` batches);
     saves the tuned weights (and, if kept, the prompt) in `out`; the loss of every step."""
     split = recipe.prompt_steps * config.batch_size
     peft_model = get_peft_model(model, copy.deepcopy(recipe.prompt))  # base frozen by peft
     stage1 = replace(config, steps=recipe.prompt_steps, lr=recipe.prompt_lr)
-    losses = _fit(peft_model, tokenizer, features[:split], stage1, out, progress)
+    losses = _fit(peft_model, tokenizer, features[:split], stage1, out, progress, (), loop)
     prompt = {id(param) for param in peft_model.prompt_encoder.parameters()}
     for param in peft_model.parameters():
         param.requires_grad_(id(param) not in prompt)  # stage 2: the weights, prompt frozen
-    losses += _fit(peft_model, tokenizer, features[split:], config, out, progress, callbacks)
+    losses += _fit(peft_model, tokenizer, features[split:], config, out, progress, callbacks,
+                   loop)
     model.save_pretrained(out)  # the tuned weights alone: peft's prompt wraps, not edits, them
     if recipe.keep_prompt:  # records the base it came from; load_model puts it on `out`
         peft_model.peft_config["default"].base_model_name_or_path = str(base_model)
@@ -350,29 +426,96 @@ def frozen_half(groups: dict[str, list[list[str]]], seed: int, round_index: int)
 
 def _fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
          features: list[dict[str, list[int]]], config: TrainConfig, out_dir: Path,
-         progress: bool, callbacks: Sequence[TrainerCallback] = ()) -> list[float]:
-    """Run Trainer over `features` in order; the loss of every step."""
+         progress: bool, callbacks: Sequence[TrainerCallback] = (),
+         loop: _Loop | None = None) -> list[float]:
+    """Run Trainer over `features` in order; the loss of every step. `loop` sets the
+    precision and TF32 (default: chosen for this machine) and adds up the loop's seconds,
+    optimizer steps and the examples collated."""
+    if loop is None:
+        device = current_device()
+        loop = _Loop(choose_precision(config.precision, device), use_tf32(device))
     args = TrainingArguments(
         output_dir=str(out_dir),
-        max_steps=config.steps,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.lr,
         seed=config.seed,
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as such (`_FiniteLoss` stops it)
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        **loop_arguments(config, loop.precision, loop.tf32),
     )
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    collator = _Counting(DataCollatorForSeq2Seq(tokenizer, padding=True,
+                                                label_pad_token_id=-100), loop)
     trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collator)
     trainer.remove_callback(PrinterCallback)  # library code does not print; losses come back
     if progress:
         trainer.add_callback(_StepProgress())
     for callback in callbacks:
         trainer.add_callback(callback)
-    trainer.train()
+    trainer.add_callback(_FiniteLoss())
+    start = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        loop.seconds += time.perf_counter() - start
+        loop.steps += trainer.state.global_step
+        if config.gradient_checkpointing:  # saved and served models recompute nothing
+            model.gradient_checkpointing_disable()
     return [log["loss"] for log in trainer.state.log_history if "loss" in log]
+
+
+def loop_arguments(config: TrainConfig, precision: str, tf32: bool) -> dict[str, object]:
+    """`TrainingArguments` of the loop's settings: `batch_size` examples per optimizer step as
+    `grad_accum` micro-batches, gradient checkpointing (non-reentrant, so it works with a
+    frozen base under an adapter), mixed precision (`precision` from `choose_precision`) and
+    TF32 matmuls where `tf32` (from `use_tf32`; None leaves torch's default)."""
+    return {
+        "max_steps": config.steps,
+        "learning_rate": config.lr,
+        "per_device_train_batch_size": config.micro_batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": ({"use_reentrant": False}
+                                          if config.gradient_checkpointing else None),
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "tf32": True if tf32 else None,
+    }
+
+
+@dataclass
+class _Loop:
+    """A training run's loop settings for the device, and what its loops did."""
+
+    precision: str
+    tf32: bool
+    seconds: float = 0.0
+    steps: int = 0
+    examples: int = 0
+
+
+class _Counting:
+    """A data collator that counts the examples it collates into `loop.examples`."""
+
+    def __init__(self, collator: DataCollatorForSeq2Seq, loop: _Loop) -> None:
+        self.collator, self.loop = collator, loop
+
+    def __call__(self, features: list[dict]) -> dict:
+        self.loop.examples += len(features)
+        return self.collator(features)
+
+
+class _FiniteLoss(TrainerCallback):
+    """Stop a run whose loss is NaN or infinite: the trial fails with the step and the
+    cause instead of saving a broken model."""
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict | None = None, **kwargs: object) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {state.global_step}"
+                                     f"; lower the learning rate ({args.learning_rate:g})")
 
 
 class _StepProgress(TrainerCallback):

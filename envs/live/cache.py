@@ -12,7 +12,8 @@ Layout under the root (`$PLANNER_CACHE`, default `~/.cache/planner`)::
     live/artifacts/KEY/   trained weights or adapters + meta.json
     live/artifacts/.KEY-XXXXXXXX/   a build in progress (or left by a killed one)
     live/locks/KEY.lock
-    live/samples.sqlite   samples, and each sample set's last use (sample_sets)
+    live/samples.sqlite   samples, each sample set's last use (sample_sets) and what
+                          drawing it measured (sample_costs: the live calibration's)
 
 Bounds (`planner cache ls`, `planner cache prune`): `entries` lists artifacts, sample sets
 and half-written builds with their size and last use (an artifact's folder time, touched
@@ -158,6 +159,29 @@ class Cache:
         return {p: DrawnSamples(json.loads(t), pt, ct, s)
                 for p, t, pt, ct, s in rows if p in prompts}
 
+    def metas(self) -> list[dict]:
+        """The metadata (meta.json) of every finished artifact, in key order."""
+        found = []
+        for meta in sorted((self._live / "artifacts").glob("*/meta.json")):
+            with suppress(OSError, ValueError):  # pruned meanwhile, or not JSON
+                found.append(json.loads(meta.read_text()))
+        return found
+
+    def record_sampling(self, set_key: str, measured: Mapping[str, object]) -> None:
+        """Keep what one draw of `set_key`'s missing prompts measured (tokens, seconds, the
+        device ...): a sample row keeps its own seconds, but not what ran it."""
+        with self._db:
+            _costs_table(self._db)
+            self._db.execute("INSERT INTO sample_costs VALUES (?, ?)",
+                             (set_key, json.dumps(dict(measured))))
+
+    def samplings(self, set_key: str | None = None) -> list[dict]:
+        """What `record_sampling` kept (of one sample set, if given), oldest first."""
+        _costs_table(self._db)
+        rows = self._db.execute("SELECT measured FROM sample_costs WHERE ? IS NULL OR "
+                                "set_key = ? ORDER BY rowid", (set_key, set_key))
+        return [json.loads(m) for (m,) in rows]
+
 
 # --- bounds: list and prune ------------------------------------------------------------------
 
@@ -266,6 +290,8 @@ def _remove(root: Path, removed: list[Entry]) -> None:
             with db:
                 db.executemany("DELETE FROM samples WHERE set_key = ?", keys)
                 db.executemany("DELETE FROM sample_sets WHERE set_key = ?", keys)
+                _costs_table(db)
+                db.executemany("DELETE FROM sample_costs WHERE set_key = ?", keys)
             db.execute("PRAGMA busy_timeout = 5000")
             # give the space back to the file system; if another process holds the
             # database, its pages are reused later instead
@@ -283,6 +309,12 @@ def _usage_table(db: sqlite3.Connection) -> None:
                    "used REAL)")
         db.execute("INSERT OR IGNORE INTO sample_sets SELECT DISTINCT set_key, ? FROM samples",
                    (time.time(),))
+
+
+def _costs_table(db: sqlite3.Connection) -> None:
+    """`sample_costs`: what each draw of a sample set measured, as JSON (`record_sampling`)."""
+    db.execute("CREATE TABLE IF NOT EXISTS sample_costs (set_key TEXT, measured TEXT)")
+    db.execute("CREATE INDEX IF NOT EXISTS sample_costs_set ON sample_costs (set_key)")
 
 
 @contextmanager

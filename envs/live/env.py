@@ -15,41 +15,78 @@ For each subtask, in the DAG's order:
 4. its pipeline output: on the final subtask's validation records, with each dependency's
    field replaced by that dependency's output, the aggregate of the first n samples.
 
+A merge (method kind `merge`) resolves its components first, each the fine-tune a plan
+serving it alone would train (so cached and trained once), then merges them with
+`tools.merge` (cached by the base, its settings and the components' keys and weights). A
+plan whose aggregator is `verifier` or `verifier_best` (n > 1) has its subtask's verifier
+trained for its generator (`_verifier`: the generator samples `samples` completions of each
+of `items` training items, each labelled by the subtask's metric on its answer, and the
+verifier model is fine-tuned on them with `tools.verifier.train_verifier`; cached by the
+generator's key and the verifier's settings), which scores each drawn sample once (the
+scores are cached like samples, keyed by the verifier and the prompt).
+
 The end-to-end score is the final subtask's metric on the pipeline's output. `measured`
 gives what the allocation costs on the validation set: training (seconds, tokens) of each
 distinct fine-tune plus the pipeline's sampling, pro rata n/N; cached work reports what it
 cost when it was done. `examples:SUB/SRC` counts the training examples drawn from each
 qualified source, summed over the distinct fine-tunes: what the training data really was.
+
+Measured cost, per part (`train_*` over the distinct fine-tunes, `sample_*` over the
+pipeline's sampling, pro rata n/N): device seconds, tokens (`sample_tokens`: generated),
+FLOPs (the cost model's formulas at the measured tokens and the real parameter counts) and
+`*_capacity_flops` (the seconds times the device's peak: utilisation = FLOPs / capacity;
+the peak is the task's `hardware.peak_flops` on a GPU, the measured fp32 matmul rate on a
+CPU, whose seconds `cpu_seconds` counts), `peak_memory_bytes`. Work reused from the cache
+reports what it measured when done and is flagged: `cached_trainings`,
+`cached_train_seconds`, `cached_sample_seconds`; `spent_seconds` is what this evaluation
+itself spent on the device (trained and sampled afresh), which a search adds up. Every
+training and drawing is kept in the cache (artifact metadata, `Cache.samplings`), and
+`calibration()` turns them into the utilisation the cost model prices with.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
-import sys
+import random
+import time
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 import tools.infer
+import tools.merge
 import tools.train
+import tools.verifier
+from envs.live.backends import Samplers, ServedModel, Target
 from envs.live.cache import Cache, DrawnSamples, content_key, default_root
 from envs.live.data import SubtaskData, load_subtask, read_records, template_fields
 from envs.live.scoring import AGGREGATORS, aggregate, expected_score, label_answer
 from envs.live.sources import resolve_source, weights_identity
-from planner.artifact import Artifact, artifact_of
-from planner.cost import Calibration
+from planner.artifact import Artifact, VerifierArtifact, artifact_of, verifier_of
+from planner.cost import MeasuredCalibration, Utilization
 from planner.env import Observation
 from planner.errors import SpecError
-from planner.methods import KINDS, FineTune, Training
-from planner.space import Allocation, SearchSpace
+from planner.methods import KINDS, FineTune, Merge, Training
+from planner.sampling import Backend, backend_of, check_backends, served_name
+from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec
+from tools.device import cpu_matmul_flops, current_device
 from tools.evaluate import Extractor, Metric, load_extractor, load_metric
-from tools.infer import TransformersSampler
-from tools.train import Example, TrainConfig, chat_prompt, load_tokenizer, train, train_length
+from tools.merge import merge
+from tools.train import (
+    Example,
+    TrainConfig,
+    TrainResult,
+    chat_prompt,
+    load_tokenizer,
+    param_count,
+    train,
+    train_length,
+)
+from tools.verifier import YES, Verifier, train_verifier, verifier_examples
 
 _Model = tuple[Path, str, dict]  # a served model: path, cache key, training metadata
 log = logging.getLogger(__name__)
@@ -58,6 +95,52 @@ log = logging.getLogger(__name__)
 def _code_version(module: object) -> str:
     """Hash of a tool's source: changing the tool invalidates what it produced."""
     return hashlib.sha256(Path(inspect.getfile(module)).read_bytes()).hexdigest()[:12]
+
+
+def device_record() -> dict[str, object]:
+    """Where work runs now and the peak FLOP/s its utilisation divides by: on a CPU its fp32
+    matmul rate measured here (a GPU's is the task's `hardware.peak_flops`, read when the
+    calibration is made)."""
+    device = current_device()
+    return {"device": device.describe(),
+            "peak_flops": cpu_matmul_flops() if device.kind == "cpu" else None}
+
+
+def _peak(record: dict, gpu_peak: float) -> float:
+    """The peak FLOP/s a measured run's utilisation divides by (`device_record`)."""
+    return record["peak_flops"] if record["device"] == "cpu" else gpu_peak
+
+
+def peak_words(records: list[dict], hardware: str, gpu_peak: float) -> tuple[str, ...]:
+    """The peaks that `records`' utilisation divides by, in words: a CPU's measured rate is
+    named as such, never passed off as the task's GPU's."""
+    words = []
+    cpu = sorted(r["peak_flops"] for r in records if r["device"] == "cpu")
+    if cpu:
+        rate = f"{cpu[0]:.3g}" if cpu[0] == cpu[-1] else f"{cpu[0]:.3g}-{cpu[-1]:.3g}"
+        words.append(f"this CPU's measured fp32 matmul rate, {rate} FLOP/s (CPU work; not "
+                     f"{hardware}'s {gpu_peak:.3g})")
+    gpus = sorted({r["device"].removeprefix("cuda:") for r in records if r["device"] != "cpu"})
+    if gpus:
+        words.append(f"{hardware}'s peak, {gpu_peak:.3g} FLOP/s (task hardware.peak_flops; "
+                     f"GPU work on {', '.join(gpus)})")
+    return tuple(words)
+
+
+def training_measured(method: FineTune, result: TrainResult) -> dict[str, object]:
+    """What a training measured, for its artifact's metadata: FLOPs (the method's formula at
+    the tokens it saw and the base's real parameter count), throughput, memory, the loop's
+    settings on the device, and the device with its peak (`device_record`)."""
+    per_example = result.tokens_seen / max(sum(result.examples.values()), 1)
+    flops = method.model_copy(update={"train_tokens": None}).train_flops(result.params,
+                                                                         per_example)
+    return {"params": result.params, "train_flops": flops, "loop_seconds": result.loop_seconds,
+            "tokens_per_second": result.tokens_per_second,
+            "peak_memory_bytes": result.peak_memory_bytes, "precision": result.precision,
+            "tf32": result.tf32, "grad_accum": result.grad_accum,
+            "micro_batch_size": result.micro_batch_size,
+            "examples_per_step": result.examples_per_step,
+            **device_record(), "device": result.device}
 
 
 def train_config(options: Training) -> TrainConfig:
@@ -88,29 +171,77 @@ class LiveEnvironment:
         cache_dir: cache root (default `$PLANNER_CACHE`, else `~/.cache/planner`).
         zoo_dir: where zoo models are built (default: `zoo/` under the cache root).
         progress: progress bars for training and sampling, on stderr.
+        calibrate_on_cpu: let work measured on a CPU calibrate the cost model too (its
+            utilisation, a fraction of the CPU's own matmul rate, then prices the task's GPU);
+            by default only GPU work does, CPU work being reported, not applied.
     """
 
     def __init__(self, spec: TaskSpec, *, cache_dir: str | Path | None = None,
-                 zoo_dir: str | Path | None = None, progress: bool = True) -> None:
+                 zoo_dir: str | Path | None = None, progress: bool = True,
+                 calibrate_on_cpu: bool = False) -> None:
         self.spec = spec
+        self.calibrate_on_cpu = calibrate_on_cpu
         self.space = SearchSpace(spec)
         self.cache = Cache(Path(cache_dir) if cache_dir is not None else default_root(),
                            zoo_dir=Path(zoo_dir) if zoo_dir is not None else None)
         self.progress = progress
         self._check_choices()
+        # how each stage samples (planner/sampling.py), and the samplers loaded, reused
+        self.backends: dict[str, Backend] = {s.name: backend_of(spec, s.name)
+                                             for s in spec.subtasks}
+        check_backends(spec, spec.name)
+        self.samplers = Samplers(task=spec.name, progress=progress)
         self.data: dict[str, SubtaskData] = {s.name: load_subtask(spec, s) for s in spec.subtasks}
         self.metrics: dict[str, Metric] = {s.name: self._metric(s.name) for s in spec.subtasks}
         self.answers: dict[str, Extractor] = {s.name: self._answer(s.name)
                                               for s in spec.subtasks}
         self.sink = self._sink()
         self.items = self._pipeline_records()
+        self._check_verifier_items()
         self._bases: dict[str, Path] = {}
         self._versions = {"train": _code_version(tools.train), "infer": _code_version(tools.infer)}
         self._tokenizers: dict[str, object] = {}
+        self._params: dict[Target, int] = {}
+        self._spent = 0.0  # device seconds the current `run` trained and sampled afresh
+        # id -> (samples, where they were drawn (`device_record`), drawn by the current run)
+        self._drawn: dict[int, tuple[DrawnSamples, dict, bool]] = {}
+        self._fresh: set[tuple[str, str]] = set()  # (sample set, prompt) the run drew
         self._check_chat_templates()
 
-    def calibration(self) -> Calibration:
-        return {}
+    def calibration(self) -> MeasuredCalibration:
+        """What this cache's measurements say: the utilisation its trainings (artifact
+        metadata) and samplings (`Cache.samplings`) achieved, FLOPs / (device seconds x
+        peak), for `CostModel` to price with (`planner.cost.Utilization`). Work done on a
+        GPU is measured against the task's `hardware.peak_flops`; work done on a CPU against
+        the fp32 matmul rate measured on that CPU when it ran, and is left out (and said to
+        be) unless `calibrate_on_cpu`: a tiny model's CPU loop says little of how a GPU
+        would run the task, and would reprice every plan by it."""
+        hw = self.spec.hardware
+        trainings = [m for m in self.cache.metas() if m.get("train_flops")]
+        samplings = [m for m in self.cache.samplings() if m.get("flops")]
+        left_out = ""
+        if not self.calibrate_on_cpu:
+            cpu = [m for m in trainings + samplings if m["device"] == "cpu"]
+            trainings = [m for m in trainings if m["device"] != "cpu"]
+            samplings = [m for m in samplings if m["device"] != "cpu"]
+            capacity = sum(m.get("wall_seconds", m.get("seconds", 0)) * m["peak_flops"]
+                           for m in cpu)
+            if capacity > 0:
+                utilisation = sum(m.get("train_flops", m.get("flops", 0)) for m in cpu) / capacity
+                left_out = (f"{len(cpu)} measured runs on a CPU (utilisation "
+                            f"{utilisation:.3g} of its measured fp32 matmul rate) do not "
+                            f"reprice {hw.name}: LiveEnvironment(calibrate_on_cpu=True) "
+                            "would")
+
+        def ratio(runs: list[dict], seconds: str, flops: str) -> float | None:
+            capacity = sum(m[seconds] * _peak(m, hw.peak_flops) for m in runs)
+            return sum(m[flops] for m in runs) / capacity if capacity > 0 else None
+
+        return MeasuredCalibration(Utilization(
+            train=ratio(trainings, "wall_seconds", "train_flops"),
+            sample=ratio(samplings, "seconds", "flops"), trainings=len(trainings),
+            samplings=len(samplings),
+            peaks=peak_words(trainings + samplings, hw.name, hw.peak_flops), left_out=left_out))
 
     def evaluate(self, allocation: Allocation) -> Observation:
         return self.run(allocation).observation
@@ -126,32 +257,40 @@ class LiveEnvironment:
         outputs: dict[str, list[str]] = {}
         scores: dict[str, float] = {}
         measured: Counter[str] = Counter()
+        self._spent, self._drawn, self._fresh = 0.0, {}, set()
         models: dict[Artifact, _Model] = {}  # a shared artifact is resolved (trained) once
         for name in self.spec.order():
             plan, data, metric = allocation[name], self.data[name], self.metrics[name]
             artifact = artifact_of(self.spec, name, plan)
-            if artifact not in models:
-                models[artifact] = self._model(artifact)
-            path, key, _ = models[artifact]
+            path, key = self._target(name, plan, artifact, models)
             extract, model = self.answers[name], artifact.model
-            gold = self._samples(name, path, key, [self.prompt(name, model, r)
-                                                   for r in data.val])
-            labels = [label_answer(r[data.label], extract) for r in data.val]
-            scores[name] = expected_score([[extract(t) for t in d.texts] for d in gold], labels,
-                                          metric, plan.aggregator, plan.samples)
             deps = self.spec.subtask(name).depends_on
             prompts[name] = [self.prompt(name, model, {**r, **{d: outputs[d][i] for d in deps}})
                              for i, r in enumerate(self.items)]
-            drawn = self._samples(name, path, key, prompts[name])
+            own = [self.prompt(name, model, r) for r in data.val]
+            # one batched call per stage: its validation prompts and its pipeline prompts
+            found = self._samples(name, path, key, own + prompts[name])
+            gold, drawn = found[:len(own)], found[len(own):]
+            verifier = verifier_of(self.spec, name, plan)  # None: the aggregator uses none
+            if verifier is not None and verifier not in models:
+                models[verifier] = self._verifier(verifier, path, key)
+            judged = self._judge(name, models.get(verifier), own + prompts[name], found)
+            labels = [label_answer(r[data.label], extract) for r in data.val]
+            scores[name] = expected_score([[extract(t) for t in d.texts] for d in gold], labels,
+                                          metric, plan.aggregator, plan.samples,
+                                          None if judged is None else judged[:len(own)])
             outputs[name] = [aggregate([extract(t) for t in d.texts], plan.aggregator,
                                        plan.samples, metric, None if data.label not in r
-                                       else label_answer(r[data.label], extract))
-                             for d, r in zip(drawn, self.items, strict=True)]
+                                       else label_answer(r[data.label], extract),
+                                       None if judged is None else judged[len(own) + i])
+                             for i, (d, r) in enumerate(zip(drawn, self.items, strict=True))]
             share = plan.samples / max(self.spec.subtask(name).samples)  # n of the N samples
             measured["device_seconds"] += share * sum(d.seconds for d in drawn)
             measured["prompt_tokens"] += sum(d.prompt_tokens for d in drawn)
             measured["completion_tokens"] += share * sum(d.completion_tokens for d in drawn)
+            measured.update(self._sampling_measured(drawn, share, self._served_params(path)))
         trained = {key: meta for _, key, meta in models.values()}  # distinct fine-tunes
+        measured.update(self._training_measured(list(trained.values())))
         measured["device_seconds"] += sum(m["wall_seconds"] for m in trained.values())
         measured["train_tokens"] += sum(m["tokens_seen"] for m in trained.values())
         for meta in trained.values():
@@ -165,10 +304,55 @@ class LiveEnvironment:
             score=sum(final) / len(final), subtask_scores=scores,
             measured={k: float(v) for k, v in measured.items()}))
 
-    def _model(self, artifact: Artifact) -> _Model:
+    def _sampling_measured(self, drawn: list[DrawnSamples], share: float,
+                           params: int) -> Counter[str]:
+        """One stage's pipeline sampling, pro rata n/N like `device_seconds`: seconds,
+        tokens generated, FLOPs (2 x params per prompt and generated token), the FLOPs the
+        device's peak would do in those seconds (`*_capacity_flops`: utilisation = FLOPs /
+        capacity), the seconds spent on a CPU, and those served from the cache."""
+        gpu_peak, m = self.spec.hardware.peak_flops, Counter[str]()
+        m.update(cpu_seconds=0.0, cached_sample_seconds=0.0)
+        for d in drawn:
+            _, where, fresh = self._drawn[id(d)]
+            seconds = share * d.seconds
+            m["sample_seconds"] += seconds
+            m["sample_tokens"] += share * d.completion_tokens
+            m["cached_sample_seconds"] += 0.0 if fresh else seconds
+            if where["device"] == "server":  # another machine's time: no utilisation here
+                continue
+            m["sample_flops"] += share * 2 * params * (d.prompt_tokens + d.completion_tokens)
+            m["sample_capacity_flops"] += seconds * _peak(where, gpu_peak)
+            m["cpu_seconds"] += seconds if where["device"] == "cpu" else 0.0
+        return m
+
+    def _training_measured(self, metas: list[dict]) -> Counter[str]:
+        """The distinct fine-tunes' measurements (their metadata; a cached one reports what
+        its build measured): device seconds, FLOPs and their capacity at the device's peak,
+        peak memory, CPU seconds; `cached_*` what came from the cache, `spent_seconds` the
+        device seconds this evaluation itself spent (trained and sampled afresh), which is
+        what a search adds up without counting reused work twice."""
+        gpu_peak, m = self.spec.hardware.peak_flops, Counter[str]()
+        m.update(cached_trainings=0, cached_train_seconds=0.0, spent_seconds=self._spent)
+        for meta in (x for x in metas if "train_flops" in x):  # fine-tunes, not bases
+            seconds = meta["wall_seconds"]
+            m["train_seconds"] += seconds
+            m["train_flops"] += meta["train_flops"]
+            m["train_capacity_flops"] += seconds * _peak(meta, gpu_peak)
+            m["peak_memory_bytes"] = max(m["peak_memory_bytes"], meta["peak_memory_bytes"])
+            m["cpu_seconds"] += seconds if meta["device"] == "cpu" else 0.0
+            if meta["cached"]:
+                m["cached_trainings"] += 1
+                m["cached_train_seconds"] += seconds
+        return m
+
+    def _model(self, artifact: Artifact,
+               resolved: dict[Artifact, _Model] | None = None) -> _Model:
         """The artifact's model (path, cache key, training metadata), trained unless cached;
-        method `none` serves the base."""
+        method `none` serves the base; a merge merges its components (those in `resolved`
+        as they are, the others trained unless cached)."""
         base, method = self.base_path(artifact.model), artifact.method
+        if isinstance(method, Merge):
+            return self._merged(artifact, base, resolved or {})
         if not isinstance(method, FineTune):  # kind none: _check_methods rejected the rest
             return base, weights_identity(base), {"tokens_seen": 0, "wall_seconds": 0.0,
                                                   "examples": {}}
@@ -186,13 +370,118 @@ class LiveEnvironment:
                             "max_length %d%s; the longest has %d tokens; raise the method's "
                             "options.max_length to keep them", artifact.model, method.name,
                             result.truncated, drawn, result.max_length, how, result.longest)
+            self._spent += result.wall_seconds
+            built.append(key)
             return {**parts, "tokens_seen": result.tokens_seen, "examples": result.examples,
                     "wall_seconds": result.wall_seconds, "final_loss": result.final_loss,
-                    "max_length": result.max_length, "truncated": result.truncated}
+                    "max_length": result.max_length, "truncated": result.truncated,
+                    **training_measured(method, result)}
 
-        key = content_key(parts)
+        key, built = content_key(parts), []
         path, meta = self.cache.artifact(key, build)
-        return path, key, meta
+        return path, key, {**meta, "cached": not built}  # cached: what its build measured
+
+    def _merged(self, artifact: Artifact, base: Path,
+                resolved: dict[Artifact, _Model]) -> _Model:
+        """A merge of its components' fine-tunes by `tools.merge.merge` (full weights),
+        cached by the base, the merge's settings and each component's key and weight."""
+        assert isinstance(artifact.method, Merge)
+        o = artifact.method.options
+        components = [(resolved.get(part) or self._model(part), weight)
+                      for part, weight in artifact.parts]
+        names = [f"c{i:02d}" for i in range(len(components))]  # tools.merge sorts by name
+        parts = {"base": weights_identity(base), "settings": artifact.settings,
+                 "components": [[key, weight] for (_, key, _), weight in components],
+                 "code": _code_version(tools.merge)}
+
+        def build(out: Path) -> dict:
+            start = time.perf_counter()
+            merge(base, {n: path for n, ((path, _, _), _) in zip(names, components, strict=True)},
+                  {n: weight for n, (_, weight) in zip(names, components, strict=True)},
+                  o.method, out, density=o.density, majority_sign=o.majority_sign, beta=o.beta,
+                  gamma=o.gamma, seed=o.seed)
+            seconds = time.perf_counter() - start
+            self._spent += seconds
+            built.append(key)
+            return {**parts, "tokens_seen": 0, "examples": {}, "wall_seconds": seconds}
+
+        key, built = content_key(parts), []
+        path, meta = self.cache.artifact(key, build)
+        return path, key, {**meta, "cached": not built}
+
+    def verifier_items(self, verifier: VerifierArtifact) -> list[dict[str, str]]:
+        """The training items a verifier's generator is sampled on: `items` records drawn
+        without replacement from the subtask's sources (pooled, sorted by source name),
+        seeded by the verifier method's seed."""
+        data = self.data[verifier.subtask]
+        pool = [r for source in sorted(data.sources) for r in data.sources[source]]
+        return random.Random(verifier.method.options.seed).sample(pool, verifier.items)
+
+    def _verifier(self, verifier: VerifierArtifact, generator: Target,
+                  generator_key: str) -> _Model:
+        """The verifier of a subtask's samples from `generator` (what samples the stage and
+        its key), trained unless cached: the generator samples `samples` completions of each
+        training item (`verifier_items`; the subtask's decoding, cached like any samples),
+        each is labelled right when the subtask's metric on its answer against the item's
+        label is >= 0.5, and the verifier model is fine-tuned on them by its method
+        (`tools.verifier.train_verifier`)."""
+        name, s = verifier.subtask, self.spec.subtask(verifier.subtask)
+        data, extract, metric = self.data[name], self.answers[name], self.metrics[name]
+        base, method = self.base_path(verifier.model), verifier.method
+        assert isinstance(method, FineTune)  # the spec checked it
+        records = self.verifier_items(verifier)
+        prompts = [self.prompt(name, verifier.generator.model, r) for r in records]
+        parts = {"generator": generator_key,
+                 "sources": {q: data.digests[q] for q in sorted(data.sources)},
+                 "prompt": data.template, "label": data.label, "chat_template": s.chat_template,
+                 "metric": s.metric, "answer": s.answer, "decoding": s.decoding.model_dump(),
+                 "verifier": {"base": weights_identity(base), "settings": verifier.settings,
+                              "items": verifier.items, "samples": verifier.samples},
+                 "code": {**self._versions, "verifier": _code_version(tools.verifier)}}
+
+        def build(out: Path) -> dict:
+            drawn = self._samples(name, generator, generator_key, prompts, n=verifier.samples)
+            references = [label_answer(r[data.label], extract) for r in records]
+            examples = verifier_examples(prompts, [d.texts for d in drawn], references,
+                                         lambda text, ref: metric(extract(text) or "", ref))
+            result = train_verifier(base, examples, out, train_config(method.options),
+                                    method.adapter())
+            self._spent += result.wall_seconds
+            built.append(key)
+            return {**parts, "tokens_seen": result.tokens_seen, "examples": {},
+                    "verifier_examples": len(examples),
+                    "verifier_right": sum(e["completion"] == YES for e in examples),
+                    "wall_seconds": result.wall_seconds, "final_loss": result.final_loss,
+                    "max_length": result.max_length, "truncated": result.truncated,
+                    **training_measured(method, result)}
+
+        key, built = content_key(parts), []
+        path, meta = self.cache.artifact(key, build)
+        return path, key, {**meta, "cached": not built}
+
+    def _judge(self, subtask: str, verifier: _Model | None, prompts: list[str],
+               drawn: list[DrawnSamples]) -> list[list[float]] | None:
+        """The verifier's score of each drawn sample (None without a verifier), each scored
+        once: scores are kept as a sample set (texts: the scores) keyed by the verifier,
+        which is keyed by the generator whose samples these are, and N."""
+        if verifier is None:
+            return None
+        path, key, _ = verifier
+        texts = {p: d.texts for p, d in zip(prompts, drawn, strict=True)}
+        set_key = content_key({"verifier": key, "n": max(self.spec.subtask(subtask).samples),
+                               "scores": _code_version(tools.verifier)})
+
+        def score(missing: list[str]) -> list[DrawnSamples]:
+            judge, scored = Verifier(path), []
+            for prompt in missing:
+                start = time.perf_counter()
+                values = judge.score(prompt, texts[prompt])
+                scored.append(DrawnSamples([repr(v) for v in values], 0, 0,
+                                           time.perf_counter() - start))
+            self._spent += sum(x.seconds for x in scored)
+            return scored
+
+        return [[float(v) for v in x.texts] for x in self.cache.samples(set_key, prompts, score)]
 
     def model_path(self, artifact: Artifact) -> Path:
         """The artifact's model folder: the base for kind `none`, else its fine-tune (trained
@@ -274,27 +563,79 @@ class LiveEnvironment:
         subtask, source = qualified.split("/", 1)
         return self.data[subtask], source
 
-    def _samples(self, subtask: str, path: Path, model_key: str,
-                 prompts: list[str]) -> list[DrawnSamples]:
-        s = self.spec.subtask(subtask)
-        n_max = max(s.samples)
-        set_key = content_key({"model": model_key, "decoding": s.decoding.model_dump(),
-                               "n": n_max, "code": self._versions["infer"]})
+    def _target(self, subtask: str, plan: Plan, artifact: Artifact,
+                models: dict[Artifact, _Model]) -> tuple[Target, str]:
+        """What samples the stage, and its key in the sample cache: the artifact's local
+        folder (trained unless cached, once per run in `models`) or, under `openai`, the
+        name the server serves it under (`sampling.served`; a server trains nothing), keyed
+        by that name and the artifact's identity (not the URL: a moved server keeps them)."""
+        backend = self.backends[subtask]
+        if backend.kind != "openai":
+            for part in artifact.trains:  # a merge's components, then the merge
+                if part not in models:
+                    models[part] = self._model(part, models)
+            path, key, _ = models[artifact]
+            return path, key
+        name = served_name(self.spec, backend, plan.model, plan.method, plan.mixture)
+        assert name is not None  # check_backends refused the task otherwise
+        served, model = ServedModel(name), self.spec.model(plan.model)
+        self._params.setdefault(served, int(model.params or 0))  # the catalogue's count
+        return served, content_key({"served": name, "source": model.source,
+                                    "settings": artifact.settings, "data": artifact.data})
+
+    def _samples(self, subtask: str, path: Target, model_key: str,
+                 prompts: list[str], n: int | None = None) -> list[DrawnSamples]:
+        """`n` (default: the largest of the subtask's `samples`) completions per prompt."""
+        s, backend = self.spec.subtask(subtask), self.backends[subtask]
+        n_max = n or max(s.samples)
+        parts = {"model": model_key, "decoding": s.decoding.model_dump(), "n": n_max,
+                 "code": self._versions["infer"]}
+        if backend.kind != "transformers":  # another backend draws other samples
+            parts["backend"] = backend.kind
+        set_key = content_key(parts)
+        server = {"device": "server", "peak_flops": None}  # drawn elsewhere: not calibrated
 
         def draw(missing: list[str]) -> list[DrawnSamples]:
-            sampler = TransformersSampler(path)
             d = s.decoding
-            drawn = []
-            for prompt in tqdm(missing, desc=f"sampling {subtask}", file=sys.stderr,
-                               disable=not self.progress):
-                out = sampler.sample([prompt], n_max, max_new_tokens=d.max_new_tokens,
-                                     temperature=d.temperature, top_p=d.top_p,
-                                     seed=prompt_seed(d.seed, prompt))
-                drawn.append(DrawnSamples(out.texts[0], out.prompt_tokens,
-                                          out.completion_tokens, out.seconds))
+            self.samplers.progress = self.progress
+            out = self.samplers.sample(backend, path, missing, n_max,
+                                       max_new_tokens=d.max_new_tokens,
+                                       temperature=d.temperature, top_p=d.top_p,
+                                       seed=[prompt_seed(d.seed, p) for p in missing])
+            generated = sum(c for _, c in out.each)  # the call's time, shared by its tokens
+            drawn = [DrawnSamples(texts, p, c, out.seconds * (c / generated if generated
+                                                              else 1 / len(missing)))
+                     for texts, (p, c) in zip(out.texts, out.each, strict=True)]
+            seconds = out.seconds
+            self._spent += seconds
+            self._fresh.update((set_key, prompt) for prompt in missing)
+            tokens = sum(x.prompt_tokens + x.completion_tokens for x in drawn)
+            params = self._served_params(path)
+            if backend.kind != "openai":
+                self.cache.record_sampling(set_key, {
+                    **device_record(), "seconds": seconds, "tokens": tokens, "params": params,
+                    "completion_tokens": sum(x.completion_tokens for x in drawn),
+                    "flops": 2 * params * tokens})
             return drawn
 
-        return self.cache.samples(set_key, prompts, draw)
+        found = self.cache.samples(set_key, prompts, draw)
+        recorded = self.cache.samplings(set_key)  # where the set was drawn, if recorded
+        where = (server if backend.kind == "openai" else
+                 recorded[-1] if recorded else device_record())
+        for x, prompt in zip(found, prompts, strict=True):  # held: no id is reused in a run
+            self._drawn[id(x)] = (x, where, (set_key, prompt) in self._fresh)
+        return found
+
+    def _served_params(self, path: Target) -> int:
+        """Parameters of a served model (an adapter's base's; the adapter's own are few; a
+        server's model: its catalogue entry's `params`, set by `_target`)."""
+        if path not in self._params:
+            assert isinstance(path, Path)
+            config = path / "adapter_config.json"
+            base = json.loads(config.read_text())["base_model_name_or_path"] \
+                if config.is_file() else path
+            self._params[path] = param_count(base)
+        return self._params[path]
 
     def base_path(self, model: str) -> Path:
         """The model's weights: a local folder or file (a zoo model is built on first use)."""
@@ -314,7 +655,7 @@ class LiveEnvironment:
     def _check_methods(self) -> None:
         """Kind `none` serves the base and fine-tuning kinds train; any other kind offered by
         a subtask (e.g. `pretrain`, a released checkpoint) cannot run live."""
-        live = [k for k, cls in KINDS.items() if k == "none" or cls.fine_tunes]
+        live = [k for k, cls in KINDS.items() if k in ("none", "merge") or cls.fine_tunes]
         used = {m for s in self.spec.subtasks for m in s.methods}
         for m in self.spec.methods:
             if m.name in used and m.kind not in live:
@@ -327,13 +668,38 @@ class LiveEnvironment:
             if not any(self.spec.method(m).fine_tunes for m in s.methods):
                 continue
             for mixture in s.mixtures:
-                for q in self.spec.mixture_weights(s.name, mixture):
-                    owner, src = q.split("/", 1)
-                    data = self.spec.subtask(owner).data
-                    if data is None or src not in data.sources:
-                        raise SpecError(f"{self.spec.name}: subtasks.{s.name}.mixtures."
-                                        f"{mixture}: {q!r} has no training file; give subtask "
-                                        f"{owner!r} data.sources")
+                if q := self._untrainable(s.name, mixture):
+                    raise SpecError(f"{self.spec.name}: subtasks.{s.name}.mixtures.{mixture}: "
+                                    f"{q!r} has no training file; give subtask "
+                                    f"{q.split('/')[0]!r} data.sources")
+        used = {m for s in self.spec.subtasks for m in s.methods}
+        for m in self.spec.methods:
+            for j, c in enumerate(m.components if isinstance(m, Merge) and m.name in used
+                                  else ()):
+                mixture = c.mixture or next(iter(self.spec.subtask(c.subtask).mixtures))
+                if q := self._untrainable(c.subtask, mixture):
+                    raise SpecError(f"{self.spec.name}: methods.{m.name}.components[{j}]: "
+                                    f"{q!r} has no training file; give subtask "
+                                    f"{q.split('/')[0]!r} data.sources")
+
+    def _untrainable(self, subtask: str, mixture: str) -> str | None:
+        """The first source of the subtask's mixture (`owner/source`) with no training file."""
+        for q in self.spec.mixture_weights(subtask, mixture):
+            owner, src = q.split("/", 1)
+            data = self.spec.subtask(owner).data
+            if data is None or src not in data.sources:
+                return q
+        return None
+
+    def _check_verifier_items(self) -> None:
+        """Each verifier's `items` fit in its subtask's training records."""
+        for s in self.spec.subtasks:
+            pool = sum(len(r) for r in self.data[s.name].sources.values())
+            for name, v in s.verifiers.items():
+                if v.items > pool:
+                    raise SpecError(f"{self.spec.name}: subtasks.{s.name}.verifiers.{name}."
+                                    f"items: {v.items} training items, but the subtask's "
+                                    f"sources hold {pool} records; lower items")
 
     def _metric(self, subtask: str) -> Metric:
         name = self.spec.subtask(subtask).metric

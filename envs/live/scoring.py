@@ -11,7 +11,13 @@ Aggregators:
 - `majority`: majority vote over the answers, ties to the earliest (score: expected
   majority@n over random n-subsets, `tools.evaluate.expected_majority_at_k`);
 - `oracle`: best of n with a perfect verifier (score: unbiased pass@n); its concrete answer
-  is the best-scoring of the n (the earliest on ties), so it needs the stage's gold output.
+  is the best-scoring of the n (the earliest on ties), so it needs the stage's gold output;
+- `verifier`: verifier-weighted majority (Liu et al. 2023, their best recipe): the answer
+  cluster with the largest sum of a trained verifier's scores, its best-scored sample
+  (score: `tools.verifier.expected_weighted_majority_at_k` over n-subsets);
+- `verifier_best`: best of n by the verifier's score (score: `expected_best_of_k`).
+  A sample without an answer scores -1 for both, below every answer (as it never wins a
+  vote); at n = 1 both are the one sample.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ from collections.abc import Sequence
 from tools.evaluate import (
     Extractor,
     Metric,
+    best_of_n,
     expected_best_of_k,
     expected_majority_at_k,
     majority_vote,
 )
+from tools.verifier import expected_weighted_majority_at_k, weighted_majority
 
-AGGREGATORS = ("first", "majority", "oracle")
+VERIFIED = ("verifier", "verifier_best")
+AGGREGATORS = ("first", "majority", "oracle", *VERIFIED)
 
 Answer = str | None  # what a completion answers; None: the extractor found nothing
 
@@ -39,30 +48,56 @@ def label_answer(label: str, extract: Extractor) -> str:
 
 
 def expected_score(samples: Sequence[Sequence[Answer]], labels: Sequence[str], metric: Metric,
-                   aggregator: str, n: int) -> float:
-    """Mean over items of the expected score of `aggregator` with `n` of the N answers."""
+                   aggregator: str, n: int,
+                   scores: Sequence[Sequence[float]] | None = None) -> float:
+    """Mean over items of the expected score of `aggregator` with `n` of the N answers;
+    `scores` (the verifier's, one per sample) for the verifier aggregators at n > 1."""
     total = 0.0
-    for answers, label in zip(samples, labels, strict=True):
+    for i, (answers, label) in enumerate(zip(samples, labels, strict=True)):
         correct = [metric(a or "", label) for a in answers]
-        if aggregator == "first":
+        if aggregator == "first" or (aggregator in VERIFIED and n == 1):
             total += sum(correct) / len(correct)
         elif aggregator == "majority":
             total += expected_majority_at_k(list(answers), correct, n, abstain=None)
+        elif aggregator in VERIFIED:
+            if scores is None:
+                raise ValueError(f"the {aggregator} aggregator needs the verifier's scores")
+            keys, values = _clusters(answers, scores[i])
+            total += (expected_weighted_majority_at_k(keys, values, correct, n, key=_same)
+                      if aggregator == "verifier" else expected_best_of_k(values, correct, n))
         else:
             total += expected_best_of_k(correct, correct, n)
     return total / len(samples)
 
 
+def _clusters(answers: Sequence[Answer], scores: Sequence[float]) -> tuple[list, list[float]]:
+    """Cluster keys (the answer; a sample without one is a cluster of its own) and scores
+    (-1 for a sample without an answer: below any answer's)."""
+    keys = [a if a is not None else (None, i) for i, a in enumerate(answers)]
+    return keys, [s if a is not None else -1.0 for a, s in zip(answers, scores, strict=True)]
+
+
+def _same(key: object) -> object:
+    return key
+
+
 def aggregate(samples: Sequence[Answer], aggregator: str, n: int, metric: Metric,
-              label: str | None = None) -> str:
+              label: str | None = None, scores: Sequence[float] | None = None) -> str:
     """The answer of the first `n` samples ('' where none answers); `label` is needed for
-    `oracle`."""
+    `oracle`, the verifier's `scores` (one per sample) for `verifier` and `verifier_best`."""
     head = list(samples[:n])
-    if aggregator == "first":
+    if aggregator == "first" or (aggregator in VERIFIED and n == 1):
         return head[0] or ""
     if aggregator == "majority":
         votes = [a for a in head if a is not None]
         return str(majority_vote(votes)) if votes else ""
+    if aggregator in VERIFIED:
+        if scores is None:
+            raise ValueError(f"the {aggregator} aggregator needs the verifier's scores")
+        keys, values = _clusters(head, scores[:n])
+        chosen = (weighted_majority(keys, values, key=_same) if aggregator == "verifier"
+                  else best_of_n(keys, values))
+        return chosen if isinstance(chosen, str) else ""
     if label is None:
         raise ValueError("the oracle aggregator needs the gold label")
     return max((a or "" for a in head), key=lambda s: metric(s, label))

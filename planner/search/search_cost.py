@@ -6,7 +6,13 @@ checkpoint is downloaded, not trained), and samples, per (subtask, model, method
 no earlier trial sampled, max-n completions for each of the subtask's validation items
 (every smaller n and every aggregator is then estimated from those samples, as the live
 environment does). A trial that changes only n or the aggregator of evaluated arms costs
-nothing. This is what a user pays for a search, as opposed to what the found allocation
+nothing, except a verifier aggregator (`verifier`, `verifier_best`) with a verifier no
+earlier trial used on that generator: it trains the verifier (sampling its training set and
+fine-tuning, `CostModel.verifier_gpu_hours`) and scores the arm's max-n samples of each
+validation item once (2·N_ver·(P + O) each). A merge trains each of its components that no
+earlier trial trained (alone or in another merge); merging itself is free.
+
+This is what a user pays for a search, as opposed to what the found allocation
 costs to deploy (`CostModel.estimate`).
 """
 
@@ -14,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from planner.artifact import Artifact
+from planner.artifact import Artifact, VerifierArtifact
 from planner.cost import CostModel
 from planner.space import Allocation, Plan
 
 Arm = tuple[str, str, str, str]  # subtask, model, method, mixture: one set of samples
+Trained = Artifact | VerifierArtifact  # what a trial may train once for every later one
 
 
 class SearchCost:
@@ -32,21 +39,24 @@ class SearchCost:
     def __init__(self, cost_model: CostModel, items: Mapping[str, int] | None = None) -> None:
         self.cost_model = cost_model
         self.items = dict(items or {})
-        self.trained: set[Artifact] = set()
+        self.trained: set[Trained] = set()
         self.sampled: set[Arm] = set()
         self.gpu_hours = 0.0
         self._arm_cost: dict[Arm, float] = {}
 
-    def parts(self, allocation: Allocation) -> tuple[dict[Artifact, float], dict[Arm, float]]:
-        """The fine-tunes the allocation trains and the arms it samples, with their cost,
-        whether or not earlier trials paid for them."""
+    def parts(self, allocation: Allocation) -> tuple[dict[Trained, float], dict[Arm, float]]:
+        """The fine-tunes (a merge's components) and verifiers the allocation trains and
+        the arms it samples, with their cost, whether or not earlier trials paid for them."""
         cm = self.cost_model
-        trains: dict[Artifact, float] = {}
+        trains: dict[Trained, float] = {}
         arms: dict[Arm, float] = {}
         for s, p in allocation.items():
-            artifact = cm.artifact(s, p)
-            if artifact.method.fine_tunes:
-                trains[artifact] = cm.plan_cost(s, p).train_gpu_hours
+            for artifact in cm.artifact(s, p).trains:
+                if artifact.method.fine_tunes:
+                    trains[artifact] = cm.train_gpu_hours(artifact)
+            verifier = cm.verifier(s, p)
+            if verifier is not None:
+                trains[verifier] = self._verifier_cost(verifier)
             arm = (s, p.model, p.method, p.mixture)
             arms[arm] = self._sample_cost(arm)
         return trains, arms
@@ -68,7 +78,7 @@ class SearchCost:
             self.add(allocation)
         return self.gpu_hours
 
-    def _unpaid(self, trains: dict[Artifact, float], arms: dict[Arm, float]) -> float:
+    def _unpaid(self, trains: dict[Trained, float], arms: dict[Arm, float]) -> float:
         return (sum(c for a, c in trains.items() if a not in self.trained)
                 + sum(c for a, c in arms.items() if a not in self.sampled))
 
@@ -84,3 +94,9 @@ class SearchCost:
                          / cm.spec.workload.queries)
             self._arm_cost[arm] = per_query * self.items.get(subtask, 1)
         return self._arm_cost[arm]
+
+    def _verifier_cost(self, verifier: VerifierArtifact) -> float:
+        """Training the verifier, then scoring the max-n samples of each validation item."""
+        cm, subtask = self.cost_model, verifier.subtask
+        scored = self.items.get(subtask, 1) * max(cm.spec.subtask(subtask).samples)
+        return cm.verifier_gpu_hours(verifier) + cm.verifier_scoring_gpu_hours(verifier, scored)

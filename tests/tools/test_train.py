@@ -96,3 +96,11 @@ def test_sample_mixture_follows_weights_and_seed() -> None:
         sample_mixture(data, {"d": 1.0}, 10, seed=0)
     with pytest.raises(ValueError, match="positive sum"):
         sample_mixture(data, {"a": 0.0}, 10, seed=0)
+
+
+def test_a_loss_that_turns_nan_stops_the_run(tiny_base: Path, tmp_path: Path) -> None:
+    examples = {"add": [{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in range(20)]}
+    with pytest.raises(FloatingPointError, match="training loss became nan at step"):
+        train(tiny_base, examples, {"add": 1.0}, tmp_path / "out",
+              TrainConfig(steps=6, batch_size=4, lr=1e38))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
