@@ -35,7 +35,7 @@ from planner.store import Store, TrialStatus
 from planner.study import optimize
 
 ROOT = Path(__file__).parents[1]
-TASK = ROOT / "envs" / "replay" / "tasks" / "monkeys_math_10k.yaml"
+TASK = ROOT / "envs" / "replay" / "tasks" / "pythia_gsm8k_math.yaml"
 PLANNER = Path(sys.executable).parent / "planner"
 
 

