@@ -37,11 +37,13 @@ def resolve_for_export(spec: TaskSpec, allocation: Allocation) -> Resolved:
     from envs.live.env import LiveEnvironment
 
     env = LiveEnvironment(spec, progress=False)
-    sources = {q for s, p in allocation.items() for q in artifact_of(spec, s, p).sources}
+    sources = {q for s, p in allocation.items()
+               for q in artifact_of(spec, s, p).exported.sources}
     from tools.train import special_text
 
     bases = {m: str(env.base_path(m)) for m in models}
-    lengths = {s: env.train_length(artifact_of(spec, s, p)) for s, p in allocation.items()
+    lengths = {s: env.train_length(artifact_of(spec, s, p).exported)
+               for s, p in allocation.items()
                if spec.method(p.method).fine_tunes
                and spec.method(p.method).options.max_length is None}
     return Resolved(bases, {q: env.examples(q) for q in sorted(sources)},

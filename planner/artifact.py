@@ -14,7 +14,11 @@ once, whether a merge or a plan alone uses it.
 
 A verifier (`VerifierArtifact`, aggregators `verifier` and `verifier_best`) is trained for
 one subtask on samples of one generator artifact: it is keyed by that generator and the
-verifier's settings, so plans of the subtask that differ only in n share it.
+verifier's settings, so plans of the subtask that differ only in n share it. A sequential
+verifier (Liu et al. 2023's sequential multi-task fine-tuning) is no second model: the plan
+serves the generator's continuation (`Artifact.continues`), the generator trained further
+on that verification data, which both generates and scores; it is keyed by the generator
+and the verifier, so it is cached apart from the generator, which it trains first.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class Artifact:
     parts: tuple[tuple[Artifact, float], ...] = ()
     """A merge's component fine-tunes and their weights, in a canonical order; empty
     for any other method."""
+    continues: VerifierArtifact | None = None
+    """A sequential verifier's continuation: its generator (`continues.generator`) trained
+    further by `method` on the verification data that verifier describes; None: trained
+    from `model`'s weights."""
 
     @property
     def sources(self) -> dict[str, float]:
@@ -47,12 +55,30 @@ class Artifact:
 
     @property
     def trains(self) -> tuple[Artifact, ...]:
-        """What producing it trains: a merge's components, then itself."""
-        return (*(part for part, _ in self.parts), self)
+        """What producing it trains: a merge's components, or a continuation's generator (and
+        what that trains), then itself."""
+        first = self.continues.generator.trains if self.continues is not None else ()
+        return (*(part for part, _ in self.parts), *first, self)
+
+    @property
+    def exported(self) -> Artifact:
+        """What another tool's training config can reproduce: a continuation's generator
+        (its verification data is sampled from the generator as it trains), else itself."""
+        return self.continues.generator if self.continues is not None else self
 
 
 def artifact_of(spec: TaskSpec, subtask: str, plan: Plan) -> Artifact:
-    """The artifact a subtask's plan serves from."""
+    """The artifact a subtask's plan serves from: the generator its model, method and
+    mixture train, or where its verifier is sequential that generator's continuation."""
+    verifier = verifier_of(spec, subtask, plan)
+    if verifier is not None and verifier.sequential:
+        return Artifact(verifier.model, verifier.settings, (), verifier.method,
+                        continues=verifier)
+    return _generator(spec, subtask, plan)
+
+
+def _generator(spec: TaskSpec, subtask: str, plan: Plan) -> Artifact:
+    """The artifact the plan's model, method and mixture train."""
     method = spec.method(plan.method)
     if isinstance(method, Merge):
         parts = [(_served(spec, c.subtask, plan.model, c.method,
@@ -86,6 +112,9 @@ class VerifierArtifact:
     method: Method = field(default=None, compare=False)  # type: ignore[assignment]
     name: str = field(default="", compare=False)
     """The subtask's name for this verifier (`verifiers:`)."""
+    sequential: bool = False
+    """Trained from the generator's weights (`model` is the generator's), not a model of its
+    own: the plan serves it (`Artifact.continues`), and it generates too."""
 
 
 def verifier_of(spec: TaskSpec, subtask: str, plan: Plan) -> VerifierArtifact | None:
@@ -95,14 +124,19 @@ def verifier_of(spec: TaskSpec, subtask: str, plan: Plan) -> VerifierArtifact | 
     if plan.aggregator not in VERIFIER_AGGREGATORS or plan.samples < 2 or name is None:
         return None
     v = spec.subtask(subtask).verifiers[str(name)]
-    method = spec.method(v.method)
-    return VerifierArtifact(subtask, artifact_of(spec, subtask, plan), v.model,
-                            method.settings(), v.items, v.samples, method, str(name))
+    method, generator = spec.method(v.method), _generator(spec, subtask, plan)
+    return VerifierArtifact(subtask, generator, generator.model if v.sequential else str(v.model),
+                            method.settings(), v.items, v.samples, method, str(name),
+                            v.sequential)
 
 
 def tokens_per_example(spec: TaskSpec, artifact: Artifact) -> float:
     """Mean prompt + output tokens of the examples the artifact trains on: each source's
-    subtask's declared lengths, weighted by the mixture."""
+    subtask's declared lengths, weighted by the mixture (a continuation: its verifier's
+    subtask's, the examples being its solutions)."""
+    if artifact.continues is not None:
+        s = spec.subtask(artifact.continues.subtask)
+        return s.prompt_tokens + s.output_tokens
     total = 0.0
     for source, weight in artifact.data:
         s = spec.subtask(source.split("/", 1)[0])

@@ -21,7 +21,14 @@ Formulas (N = parameters, P/O = prompt/output tokens, n = samples):
   (generator artifact, verifier) pair: sampling the generator on its training items,
   items·(2·N_gen·P + s·2·N_gen·O) for s samples each (priced as inference), plus the
   verifier's fine-tune, its method's formula on N_ver with D = steps x batch x (P + O)
-  (6·N_ver·D for full); per query n verifier prefill passes, n·2·N_ver·(P + O).
+  (6·N_ver·D for full); per query n verifier prefill passes, n·2·N_ver·(P + O). A
+  sequential verifier is the generator trained further: the same sampling, then one more
+  training of the generator (its method's formula on N_gen, D as above), priced as the
+  served artifact (`Artifact.continues`); per query one model generates and scores,
+  N_ver = N_gen (no second model is served).
+- a cascade (`planner.cascade`; Yue et al. 2024, FrugalGPT): the strong plan's training
+  (once per artifact, like any), and per query its inference times the expected escalated
+  share, assumed to be the threshold clipped to [0, 1] (the live environment measures it).
 
 Inference is multiplied by the task's workload (queries served).
 """
@@ -38,6 +45,7 @@ from planner.artifact import (
     tokens_per_example,
     verifier_of,
 )
+from planner.cascade import Cascade, cascade_of
 from planner.errors import SpecError
 from planner.space import Allocation, Plan
 from planner.spec import TaskSpec
@@ -116,6 +124,7 @@ class CostModel:
         self._infer_flops_per_gpu_hour = hw.peak_flops * self.inference_utilization * 3600
         self._artifacts: dict[tuple[str, Plan], Artifact] = {}  # memo: searches price a lot
         self._verifiers: dict[tuple[str, str, Plan], VerifierArtifact | None] = {}
+        self._cascades: dict[tuple[str, Plan], Cascade | None] = {}
 
     def artifact(self, subtask: str, plan: Plan) -> Artifact:
         """The model a plan serves from: subtasks with equal artifacts pay training once."""
@@ -155,6 +164,28 @@ class CostModel:
             self._verifiers[key] = verifier_of(self.spec, subtask, plan)
         return self._verifiers[key]
 
+    def cascade(self, subtask: str, plan: Plan) -> Cascade | None:
+        """The cascade the plan escalates by (None: it escalates nothing)."""
+        key = (subtask, plan)
+        if key not in self._cascades:
+            self._cascades[key] = cascade_of(self.spec, subtask, plan)
+        return self._cascades[key]
+
+    def trains(self, subtask: str, plan: Plan) -> tuple[Artifact, ...]:
+        """What serving the plan trains: its artifact (a merge's components first) and a
+        cascade's strong plan's, each once."""
+        cascade = self.cascade(subtask, plan)
+        strong = () if cascade is None else self.artifact(subtask, cascade.strong).trains
+        return tuple(dict.fromkeys((*self.artifact(subtask, plan).trains, *strong)))
+
+    def escalation_flops_per_query(self, subtask: str, plan: Plan) -> float:
+        """A cascade's strong plan's inference per query times the expected escalated
+        share; 0 without a cascade."""
+        cascade = self.cascade(subtask, plan)
+        if cascade is None:
+            return 0.0
+        return cascade.expected_share * self.inference_flops_per_query(subtask, cascade.strong)
+
     def verifier_sampling_flops(self, verifier: VerifierArtifact) -> float:
         """Sampling its training set: items·(2·N_gen·P + s·2·N_gen·O)."""
         s, n_gen = self.spec.subtask(verifier.subtask), self._params(verifier.generator.model)
@@ -168,9 +199,11 @@ class CostModel:
                                            s.prompt_tokens + s.output_tokens)
 
     def verifier_gpu_hours(self, verifier: VerifierArtifact) -> float:
-        """GPU-hours of producing it: training-set sampling + fine-tune."""
+        """GPU-hours of producing it: training-set sampling + fine-tune (a sequential one's
+        fine-tune is its served continuation's training, priced as that artifact's)."""
+        train = 0.0 if verifier.sequential else self.verifier_train_flops(verifier)
         return (self.verifier_sampling_flops(verifier) / self._infer_flops_per_gpu_hour
-                + self.verifier_train_flops(verifier) / self._train_flops_per_gpu_hour)
+                + train / self._train_flops_per_gpu_hour)
 
     def verifier_flops_per_query(self, subtask: str, plan: Plan) -> float:
         """Scoring the n samples of one query: n·2·N_ver·(P + O); 0 without a verifier."""
@@ -199,11 +232,12 @@ class CostModel:
         return params
 
     def plan_cost(self, subtask: str, plan: Plan) -> Cost:
-        """One subtask's cost, with its training (a merge's components and its verifier
-        included) counted in full."""
+        """One subtask's cost, with its training (a merge's components, its verifier and a
+        cascade's strong plan included) counted in full."""
         infer = ((self.inference_flops_per_query(subtask, plan)
-                  + self.verifier_flops_per_query(subtask, plan)) * self.spec.workload.queries)
-        train = sum(self.train_gpu_hours(a) for a in self.artifact(subtask, plan).trains)
+                  + self.verifier_flops_per_query(subtask, plan)
+                  + self.escalation_flops_per_query(subtask, plan)) * self.spec.workload.queries)
+        train = sum(self.train_gpu_hours(a) for a in self.trains(subtask, plan))
         verifier = self.verifier(subtask, plan)
         if verifier is not None:
             train += self.verifier_gpu_hours(verifier)
@@ -215,14 +249,15 @@ class CostModel:
         verifiers: dict[VerifierArtifact, float] = {}
         infer = 0.0
         for subtask, plan in allocation.items():
-            for artifact in self.artifact(subtask, plan).trains:  # a merge's parts first
+            for artifact in self.trains(subtask, plan):  # a merge's parts first
                 if artifact not in trained:
                     trained[artifact] = self.train_flops(artifact)
             verifier = self.verifier(subtask, plan)
             if verifier is not None and verifier not in verifiers:
                 verifiers[verifier] = self.verifier_gpu_hours(verifier)
             infer += ((self.inference_flops_per_query(subtask, plan)
-                       + self.verifier_flops_per_query(subtask, plan))
+                       + self.verifier_flops_per_query(subtask, plan)
+                       + self.escalation_flops_per_query(subtask, plan))
                       * self.spec.workload.queries)
         return Cost(sum(trained.values()) / self._train_flops_per_gpu_hour
                     + sum(verifiers.values()), infer / self._infer_flops_per_gpu_hour)

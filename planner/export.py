@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from planner.artifact import Artifact, artifact_of
+from planner.artifact import Artifact, artifact_of, verifier_of
+from planner.cascade import cascade_of
 from planner.cost import CostModel
 from planner.errors import SpaceError, SpecError
 from planner.methods import TOOLS, FineTune, Lora, Merge
@@ -73,7 +74,8 @@ def jobs_of(spec: TaskSpec, allocation: Allocation, bases: Mapping[str, str],
     max_length derived from the data its value (`max_lengths`, by subtask)."""
     served: dict[Artifact, list[str]] = {}
     for subtask in spec.order():
-        served.setdefault(artifact_of(spec, subtask, allocation[subtask]), []).append(subtask)
+        served.setdefault(artifact_of(spec, subtask, allocation[subtask]).exported,
+                          []).append(subtask)
     jobs: dict[str, Job | None] = {}
     for artifact, subtasks in served.items():
         method = artifact.method
@@ -133,7 +135,7 @@ def _plan_document(spec: TaskSpec, study: StudyRecord, trial: TrialRecord,
             "name": j.name, "serves": list(j.serves), "base_model": j.base,
             "method": j.method.name, **j.method.model_dump(mode="json", exclude={"name"}),
             "train_tokens": cost_model.train_tokens(
-                artifact_of(spec, j.serves[0], trial.allocation[j.serves[0]])),
+                artifact_of(spec, j.serves[0], trial.allocation[j.serves[0]]).exported),
             "mixture": j.sources, "output_dir": j.output_dir} for j in jobs.values()],
     }
 
@@ -180,7 +182,8 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
 
 def _research_notes(spec: TaskSpec, allocation: Allocation, fmt: str) -> list[str]:
     """What no export format holds yet: a merge's components and the merge (the plan is
-    exported as its base), and the verifier a verifier aggregator re-ranks with."""
+    exported as its base), the verifier a verifier aggregator re-ranks with, and a
+    cascade's escalation rule and strong plan (the export serves the cheap plan alone)."""
     notes = []
     for s, plan in allocation.items():
         method = spec.method(plan.method)
@@ -190,10 +193,25 @@ def _research_notes(spec: TaskSpec, allocation: Allocation, fmt: str) -> list[st
                    "with planner (tools.merge)")
             notes.append(f"{s}: method {plan.method}: this export serves the base model "
                          f"{plan.model}, not the merge; {how}")
-        if plan.aggregator in VERIFIER_AGGREGATORS and plan.samples > 1:
+        if (v := verifier_of(spec, s, plan)) is not None and v.sequential:
+            notes.append(f"{s}: verifier {plan.verifier} is sequential: planner trained the "
+                         "generator further on its verification data (sampled from it, "
+                         "labelled by the metric), one model that generates and scores; this "
+                         "export holds the generator's fine-tune alone: continue it with "
+                         "tools.verifier.continue_verifier")
+        elif plan.aggregator in VERIFIER_AGGREGATORS and plan.samples > 1:
             notes.append(f"{s}: aggregator {plan.aggregator} re-ranks the n samples by verifier "
                          f"{plan.verifier}, which planner trained and this export does not hold; "
                          "train one (tools.verifier.train_verifier) to score the samples")
+        if (cascade := cascade_of(spec, s, plan)) is not None:
+            strong = cascade.strong
+            trained = (f"; its fine-tune is not among the trainings here: train {strong.model} "
+                       f"with {strong.method} on mixture {strong.mixture} as a plan of {s} would"
+                       if spec.method(strong.method).fine_tunes else "")
+            notes.append(f"{s}: cascade {plan.cascade} (Yue et al. 2024): planner answered with "
+                         f"the plan above {cascade.describe()}; this export serves the plan "
+                         f"above alone: serve {strong.model} too and apply the rule to the n "
+                         f"answers{trained}")
     return notes
 
 

@@ -20,7 +20,9 @@ Training FLOPs (N = parameters of the base, D = tokens trained on):
   parts) are priced as their own artifacts, once each, shared with plans that use them;
 - D = steps x batch_size x mean tokens of the examples trained on (the mixture-weighted mean
   of the sources' prompt + output tokens), unless `train_tokens` is given (e.g. the tokens
-  of a recorded run in a replay table).
+  of a recorded run in a replay table);
+- `options.loss_balance` (MFTCoder's per-source averaging) reweighs the loss, not the FLOPs:
+  the same forward and backward passes.
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ class Training(_Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="the training loop's arithmetic: auto is bf16 mixed precision "
         "where the GPU has it, else fp16 on a GPU, else fp32 (a CPU)")
+    loss_balance: Literal["none", "data", "focal"] = Field(
+        "none", description="how a batch's loss weighs the mixture's sources (MFTCoder, Liu "
+        "et al. 2023): none averages all its completion tokens; data averages within each "
+        "source, then across sources, so a source of long or many examples does not dominate; "
+        "focal is MFTCoder's task-level focal loss (tools.train.balanced_loss)")
+    focal_gamma: Float = Field(2.0, ge=0, le=100, description="loss_balance focal: the "
+                               "focusing exponent gamma of -(1 - P)^gamma log P")
 
     @field_validator("grad_accum")
     @classmethod
@@ -90,6 +99,16 @@ class Training(_Strict):
                 "equal micro-batches; make batch_size a multiple of grad_accum",
                 {"batch": batch, "accum": grad_accum})
         return grad_accum
+
+    @field_validator("focal_gamma")
+    @classmethod
+    def _gamma_is_focal(cls, gamma: float, info: ValidationInfo) -> float:
+        balance = info.data.get("loss_balance")
+        if gamma != 2.0 and balance is not None and balance != "focal":
+            raise PydanticCustomError(
+                "focal_gamma_unused", "focal_gamma is read by loss_balance focal only (it is "
+                "{balance}); remove focal_gamma or set loss_balance: focal", {"balance": balance})
+        return gamma
 
     @model_serializer(mode="wrap")
     def _omit_loop_defaults(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -107,7 +126,8 @@ class Training(_Strict):
         return self.batch_size // self.grad_accum
 
 
-_LOOP_DEFAULTS = {"grad_accum": 1, "gradient_checkpointing": False, "precision": "auto"}
+_LOOP_DEFAULTS = {"grad_accum": 1, "gradient_checkpointing": False, "precision": "auto",
+                  "loss_balance": "none", "focal_gamma": 2.0}
 
 
 class LoraOptions(Training):
@@ -262,6 +282,11 @@ class FineTune(_Method):
         keys |= _checkpointing_keys(tool, o.gradient_checkpointing)
         keys |= _PRECISION_KEYS[tool][o.precision]
         unexpressed = []
+        if o.loss_balance != "none":
+            unexpressed.append(f"loss_balance {o.loss_balance}: {tool} averages the loss over "
+                               "a batch's tokens whatever source they come from (it has no "
+                               "MFTCoder per-source balancing), so a source of long or many "
+                               "examples weighs more; train with planner (tools.train)")
         if tool == "llamafactory" and o.precision == "fp32":
             unexpressed.append("precision fp32: LLaMA-Factory has no fp32 switch; with bf16 "
                                "and fp16 off it loads the model in bf16 or fp16 on a GPU "

@@ -229,7 +229,7 @@ def check_backends(spec: TaskSpec, source: str) -> None:
         if b.kind == "openai":
             _check_served(spec, s, b, source)
         if b.kind == "vllm":
-            for x in s.methods:
+            for x in [*s.methods, *(c.method for c in s.cascades.values())]:
                 if getattr(spec.method(x), "serves_soft_prompt", False):
                     raise SpecError(
                         f"{source}: subtasks.{s.name}.sampling.backend: vLLM serves no soft "
@@ -272,6 +272,16 @@ def _check_served(spec: TaskSpec, s: SubtaskSpec, b: Backend, source: str) -> No
                         f"fine-tune, add {{model: {m}, method: {x}, mixture: {mix}, name: "
                         f"SERVED_NAME}} to subtasks.{s.name}.sampling.served, else drop the "
                         "method here or sample with --backend transformers (or vllm)")
+    for name, c in s.cascades.items():  # a strong plan: a base, or a fine-tune on a mixture
+        base = spec.method(c.method).kind == "none"
+        mix = None if base else c.mixture or next(iter(s.mixtures))
+        if b.served_name(c.model, c.method, base=base, mixture=mix) is None:
+            raise SpecError(
+                f"{source}: subtasks.{s.name}.cascades.{name}: backend openai does not know "
+                f"the name the server serves model {c.model!r} (method {c.method!r}) under; "
+                f"add {{model: {c.model}, method: {c.method}"
+                + ("" if base else f", mixture: {mix}") + ", name: SERVED_NAME} to "
+                "sampling.served, or sample with --backend transformers (or vllm)")
 
 
 def vllm_missing(spec: TaskSpec, source: str) -> str | None:

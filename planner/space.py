@@ -16,7 +16,10 @@ plan to the one that stands for it:
   subtask offers it, else its first one that needs no verifier, else its first one;
 - a subtask that offers verifiers (`verifiers:`) has a `verifier` dimension, which only
   matters to the aggregators that use one (`verifier`, `verifier_best`) at n > 1: the
-  other plans take its first verifier.
+  other plans take its first verifier;
+- a subtask that offers cascades (`cascades:`) has a `cascade` dimension (`none`, and
+  `NAME@THRESHOLD` per cascade and threshold), which only matters to a majority vote at
+  n > 1, whose agreement decides the escalation: the other plans take `none`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from planner.errors import SpaceError
-from planner.spec import VERIFIER_AGGREGATORS, TaskSpec
+from planner.spec import CASCADE_NONE, VERIFIER_AGGREGATORS, TaskSpec, cascade_value
 
 Value = str | int
 SINGLE_SAMPLE = "first"  # the aggregator that reads one sample whatever n is
@@ -131,6 +134,12 @@ class Plan(Mapping[str, Value]):
         value = self._values.get("verifier")
         return None if value is None else str(value)
 
+    @property
+    def cascade(self) -> str | None:
+        """`none` or `NAME@THRESHOLD`, where the subtask offers cascades."""
+        value = self._values.get("cascade")
+        return None if value is None else str(value)
+
     def describe(self) -> str:
         """One readable line, e.g. `pythia-1.4b / ckpt-300B / n=16 / oracle`."""
         parts = []
@@ -140,8 +149,8 @@ class Plan(Mapping[str, Value]):
             elif name == "mixture":
                 if value != "default":
                     parts.append(f"mix={value}")
-            elif name == "verifier":
-                parts.append(f"verifier={value}")
+            elif name in ("verifier", "cascade"):
+                parts.append(f"{name}={value}")
             else:
                 parts.append(str(value))
         return " / ".join(parts)
@@ -207,8 +216,12 @@ class SearchSpace:
                                       for w in mixes.values())),
                 Ordinal("samples", tuple(s.samples), test_time=True),
                 Dimension("aggregator", tuple(s.aggregators), test_time=True),
-                *([Dimension("verifier", tuple(s.verifiers), test_time=True)]
-                  if s.verifiers else []))
+                *([Dimension("verifier", tuple(s.verifiers),  # a sequential one is served
+                             test_time=not any(v.sequential for v in s.verifiers.values()))]
+                  if s.verifiers else []),
+                *([Dimension("cascade", (CASCADE_NONE, *(
+                    cascade_value(name, t) for name, c in s.cascades.items()
+                    for t in c.thresholds)), test_time=True)] if s.cascades else []))
 
     def dimensions(self, subtask: str) -> tuple[Dimension, ...]:
         """The subtask's dimensions, in the order plans list them."""
@@ -241,6 +254,9 @@ class SearchSpace:
                 changes.get("aggregator", plan.get("aggregator")) not in VERIFIER_AGGREGATORS
                 or changes.get("samples", plan.get("samples")) == 1):
             changes["verifier"] = self.dimension(subtask, "verifier").values[0]
+        if "cascade" in plan and (changes.get("aggregator", plan.get("aggregator")) != "majority"
+                                  or changes.get("samples", plan.get("samples")) == 1):
+            changes["cascade"] = CASCADE_NONE
         return plan.replace(**changes) if changes else plan
 
     def _enumerate(self, subtask: str) -> Iterator[Plan]:

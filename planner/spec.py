@@ -169,12 +169,57 @@ class VerifierSpec(_Strict):
     """A verifier a subtask may re-rank its samples with (aggregators `verifier`,
     `verifier_best`): `model` fine-tuned by `method` on `samples` generator samples of each
     of `items` training items, labelled right or wrong by the subtask's metric. One is
-    trained per generator (the plan's model) it judges."""
+    trained per generator (the plan's model) it judges. A `sequential` one is no second
+    model: the generator itself, further fine-tuned by `method` on that data, then both
+    generates and scores (Liu et al. 2023's sequential multi-task fine-tuning)."""
 
-    model: Name = Field(description="the catalogue model the verifier is trained from")
+    model: Name | None = Field(None, description="the catalogue model the verifier is "
+                               "trained from (not with sequential)")
     method: Name = Field(description="the catalogue fine-tuning method that trains it")
     items: Count = Field(200, description="training items of the subtask sampled for it")
     samples: Count = Field(4, le=MAX_SAMPLES, description="generator samples per training item")
+    sequential: bool = Field(False, description="continue the generator on the verification "
+                             "data instead of training `model`: one served model generates "
+                             "and scores")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """`sequential` unset (and `model` with it) is left out: a task hashes as before."""
+        data = handler(self)
+        if not self.sequential:
+            data.pop("sequential", None)
+        if self.model is None:
+            data.pop("model", None)
+        return data
+
+
+CASCADE_NONE = "none"
+"""The `cascade` value of a plan that never escalates."""
+
+
+def cascade_value(name: str, threshold: float) -> str:
+    """A `cascade` dimension value: `NAME@THRESHOLD`, e.g. `big@0.75`."""
+    return f"{name}@{threshold:g}"
+
+
+class CascadeSpec(_Strict):
+    """A stronger plan a subtask may escalate its doubtful items to (`cascades:`; Yue et
+    al. 2024, FrugalGPT 2023): an item whose plan's n samples agree with their majority
+    answer less than `threshold` (a share of n) takes this plan's answer instead. Each
+    threshold is a value of the subtask's `cascade` dimension (planner/cascade.py)."""
+
+    model: Name = Field(description="the catalogue model of the strong plan")
+    method: Name = Field("none", description="the catalogue method it serves with (kind none "
+                         "or a fine-tuning kind)")
+    mixture: Name | None = Field(None, description="one of the subtask's mixtures, where the "
+                                 "method fine-tunes (default: its first)")
+    samples: Count = Field(1, description="its samples per item, at most the subtask's "
+                           "largest `samples`")
+    aggregator: Literal["first", "majority"] = "majority"
+    thresholds: Annotated[list[Annotated[Float, Field(ge=0)]], Distinct] = Field(
+        min_length=1, description="agreement thresholds to search: the share of the n "
+        "samples that must agree with the vote to keep it (0: never escalates; above 1: "
+        "always)")
 
 
 class SubtaskSpec(_Strict):
@@ -209,6 +254,9 @@ class SubtaskSpec(_Strict):
     verifiers: dict[Name, VerifierSpec] = Field(
         default_factory=dict, description="named verifiers the `verifier` aggregators may use "
         "(a searched dimension); live tasks only")
+    cascades: dict[Annotated[Name, Field(pattern=r"^[^@]+$")], CascadeSpec] = Field(
+        default_factory=dict, description="named stronger plans to escalate doubtful items "
+        "to (the `cascade` dimension); live tasks only")
 
     @field_validator("answer", mode="before")
     @classmethod
@@ -217,10 +265,10 @@ class SubtaskSpec(_Strict):
 
     @model_serializer(mode="wrap")
     def _omit_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """`answer`, `chat_template` and `verifiers` are left out while unset, so a task
-        that does not use them dumps (and hashes) as it did before they existed."""
+        """`answer`, `chat_template`, `verifiers` and `cascades` are left out while unset,
+        so a task that does not use them dumps (and hashes) as it did before they existed."""
         data = handler(self)
-        for key in ("answer", "chat_template", "verifiers", "sampling"):
+        for key in ("answer", "chat_template", "verifiers", "sampling", "cascades"):
             if not getattr(self, key):
                 data.pop(key, None)
         return data
@@ -394,6 +442,7 @@ def _check_references(spec: TaskSpec) -> None:
         for name, weights in s.mixtures.items():
             _check_mixture(spec, s, weights, f"{where}.mixtures.{name}")
         _check_verifiers(spec, s, where)
+        _check_cascades(spec, s, where)
         for path in _paths(s):
             _check_path(spec, path, where, table=s.replay is not None
                         and path == s.replay.table)
@@ -432,10 +481,16 @@ def _check_verifiers(spec: TaskSpec, s: SubtaskSpec, where: str) -> None:
                          "`aggregators`, or remove `verifiers`", f"{where}.verifiers")
     for name, v in s.verifiers.items():
         at = f"{where}.verifiers.{name}"
-        if v.model not in {m.name for m in spec.models}:
+        if v.sequential:
+            _check_sequential(spec, s, v, at)
+        elif v.model is None:
+            raise ValueError("required: the catalogue model the verifier is trained from (or "
+                             "`sequential: true` to train the generator itself further)",
+                             f"{at}.model")
+        elif v.model not in {m.name for m in spec.models}:
             raise ValueError(f"unknown model {v.model!r}; known: "
                              f"{sorted(m.name for m in spec.models)}", f"{at}.model")
-        if spec.model(v.model).params is None:
+        elif spec.model(v.model).params is None:
             raise ValueError(f"model {v.model!r} has no `params`, so training and running the "
                              "verifier cannot be priced; give its params", f"{at}.model")
         if v.method not in {m.name for m in spec.methods}:
@@ -449,6 +504,68 @@ def _check_verifiers(spec: TaskSpec, s: SubtaskSpec, where: str) -> None:
         if s.data is not None and not s.data.sources:
             raise ValueError("the verifier trains on samples of this subtask's training items; "
                              "give data.sources", at)
+
+
+def _check_cascades(spec: TaskSpec, s: SubtaskSpec, where: str) -> None:
+    """Each cascade names a priced model, a method of kind none or a fine-tuning kind, one
+    of the subtask's mixtures and at most its largest n; some plan can read an agreement
+    (majority at n >= 2); thresholds are distinct once written as dimension values."""
+    if s.cascades and ("majority" not in s.aggregators or max(s.samples) < 2):
+        raise ValueError("a cascade escalates by the agreement of a majority vote over n >= 2 "
+                         "samples, which no plan here has; add majority to `aggregators` and "
+                         "a samples value >= 2, or remove `cascades`", f"{where}.cascades")
+    if s.cascades and spec.environment == "replay":
+        raise ValueError(f"the replay environment ignores `cascades` "
+                         f"({IGNORED_FIELDS['replay']['cascades']}); remove it",
+                         f"{where}.cascades")
+    for name, c in s.cascades.items():
+        at = f"{where}.cascades.{name}"
+        if name == CASCADE_NONE:
+            raise ValueError(f"{CASCADE_NONE!r} is the value of plans that do not escalate; "
+                             "rename the cascade", at)
+        if c.model not in {m.name for m in spec.models}:
+            raise ValueError(f"unknown model {c.model!r}; known: "
+                             f"{sorted(m.name for m in spec.models)}", f"{at}.model")
+        if spec.model(c.model).params is None:
+            raise ValueError(f"model {c.model!r} has no `params`, so the escalated items cannot "
+                             "be priced; give its params", f"{at}.model")
+        if c.method not in {m.name for m in spec.methods}:
+            raise ValueError(f"unknown method {c.method!r}; known: "
+                             f"{sorted(m.name for m in spec.methods)}", f"{at}.method")
+        method = spec.method(c.method)
+        if method.kind != "none" and not isinstance(method, FineTune):
+            raise ValueError(f"{c.method!r} is kind {method.kind}; the strong plan serves a "
+                             "base (kind none) or a fine-tune: name such a method",
+                             f"{at}.method")
+        if c.mixture is not None and c.mixture not in s.mixtures:
+            raise ValueError(f"no mixture {c.mixture!r} here; the subtask's mixtures are "
+                             f"{sorted(s.mixtures)}", f"{at}.mixture")
+        if c.samples > max(s.samples):
+            raise ValueError(f"{c.samples} samples, above the subtask's largest n "
+                             f"({max(s.samples)}), which every model here draws; lower it",
+                             f"{at}.samples")
+        values = [cascade_value(name, t) for t in c.thresholds]
+        if len(set(values)) != len(values):
+            raise ValueError(f"thresholds {c.thresholds} write {_repeated(values)!r} twice; "
+                             "keep one", f"{at}.thresholds")
+
+
+def _check_sequential(spec: TaskSpec, s: SubtaskSpec, v: VerifierSpec, at: str) -> None:
+    """A sequential verifier names no model of its own, and every generator it continues
+    (each model and method of the subtask) is priced and has weights to train further."""
+    if v.model is not None:
+        raise ValueError(f"a sequential verifier is the generator itself, trained further; "
+                         f"remove model {v.model!r} (or sequential, to train {v.model!r} as a "
+                         "second model)", f"{at}.model")
+    if unpriced := [m for m in s.model_names if spec.model(m).params is None]:
+        raise ValueError(f"models {unpriced} have no `params`, so continuing them as their own "
+                         "verifier cannot be priced; give their params", f"{at}.sequential")
+    for m in s.methods:
+        method = spec.method(m)
+        if isinstance(method, FineTune) and method.serves_soft_prompt:
+            raise ValueError(f"method {m!r} serves a soft prompt, which a sequential verifier "
+                             "cannot train further; offer it in another subtask or remove "
+                             "sequential", f"{at}.sequential")
 
 
 def _check_merge(spec: TaskSpec, m: Merge, where: str) -> None:
@@ -477,6 +594,8 @@ IGNORED_FIELDS = {"replay": {"metric": "scores come from the table",
                       "answer": "the table holds the answers, extracted: `replay.answer`",
                       "chat_template": "no prompt is sent to a model",
                       "verifiers": "no sample is drawn, so none is scored",
+                      "cascades": "no sample is drawn to agree (a table records cascades "
+                      "as methods: envs/replay/tasks/cascades_mmlu_gsm8k.yaml)",
                       "sampling": "no sample is drawn"},
             "live": {"replay": "it trains, samples and scores for real"}}
 

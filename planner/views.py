@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from planner import report
+from planner.cascade import assumed_share, threshold_of
 from planner.cost import CostModel
 from planner.search import best_trial
 from planner.search.search_cost import SearchCost
@@ -130,8 +131,9 @@ def measured_vs_estimated(record: StudyRecord, trials: Sequence[TrialRecord]) ->
     """What live trials measured beside what the cost model estimated: per successful trial
     with measurements, the estimated training GPU-hours, the measured training and sampling
     device-hours and the utilisation they imply (FLOPs / (device seconds x peak)), and in
-    `peak` which peak FLOP/s that is (a CPU's measured matmul rate, or the task hardware's).
-    None when no trial measured anything (replay)."""
+    `peak` which peak FLOP/s that is (a CPU's measured matmul rate, or the task hardware's);
+    per cascade plan, the escalated share the cost model assumed and the one measured
+    (`planner.cascade`). None when no trial measured anything (replay)."""
     hardware = Hardware.model_validate(record.task.get("hardware") or {})
     rows, cpu_peaks, on_gpu = [], [], False
     for t in trials:
@@ -153,7 +155,10 @@ def measured_vs_estimated(record: StudyRecord, trials: Sequence[TrialRecord]) ->
             "sample_device_hours": _hours(m, "sample_seconds"),
             "sample_utilization": _ratio(m, "sample_flops", "sample_capacity_flops"),
             "cached_trainings": int(m.get("cached_trainings", 0)),
-            "spent_device_hours": _hours(m, "spent_seconds")})
+            "spent_device_hours": _hours(m, "spent_seconds"),
+            "escalated": {s: {"assumed": assumed_share(threshold_of(str(p.cascade))),
+                              "measured": m[f"escalated:{s}"]}
+                          for s, p in t.allocation.items() if f"escalated:{s}" in m}})
     if not rows:
         return None
     peak = []

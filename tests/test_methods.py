@@ -16,8 +16,9 @@ from tests.conftest import with_methods
 @pytest.mark.parametrize(("method", "expected"), [
     ({"name": "l8", "kind": "lora", "options": {"lora_rr": 8}},
      r"methods\[2\] \(l8\)\.options\.lora_rr: kind lora takes no option 'lora_rr'; valid "
-     r"options: batch_size, grad_accum, gradient_checkpointing, lora_alpha, lora_dropout, "
-     r"lora_r, lora_targets, lr, max_length, precision, seed, steps$"),
+     r"options: batch_size, focal_gamma, grad_accum, gradient_checkpointing, lora_alpha, "
+     r"lora_dropout, lora_r, lora_targets, loss_balance, lr, max_length, precision, seed, "
+     r"steps$"),
     ({"name": "f", "kind": "full", "rank": 8},
      r"methods\[2\] \(f\)\.rank: kind full takes no key 'rank'; valid keys: kind, name, "
      r"options, train_tokens$"),
@@ -27,6 +28,11 @@ from tests.conftest import with_methods
     ({"name": "n", "kind": "none", "train_tokens": 5}, r"kind none takes no key 'train_tokens'"),
     ({"name": "l", "kind": "lora", "options": {"steps": 0}},
      r"methods\[2\] \(l\)\.options\.steps: Input should be greater than 0"),
+    ({"name": "b", "kind": "full", "options": {"loss_balance": "task"}},
+     r"methods\[2\] \(b\)\.options\.loss_balance: Input should be 'none', 'data' or 'focal'"),
+    ({"name": "g", "kind": "full", "options": {"loss_balance": "data", "focal_gamma": 1.0}},
+     r"methods\[2\] \(g\)\.options\.focal_gamma: focal_gamma is read by loss_balance focal "
+     r"only \(it is data\); remove focal_gamma or set loss_balance: focal$"),
 ])
 def test_bad_method_is_one_line_naming_it_and_the_valid_keys(tmp_path: Path, method: dict,
                                                             expected: str) -> None:
@@ -103,3 +109,18 @@ def test_tool_configs_use_each_tools_keys() -> None:
         "trl").keys["lora_target_modules"] == r"(.*\.)?c_attn"  # TRL makes [x] the regex x
     for tool in TOOLS:
         assert "no prompt tuning" in PromptTuning(name="p").tool_config(tool).unexpressed[0]
+
+
+def test_loss_balance_is_a_loop_option_of_every_fine_tune() -> None:
+    plain, data = Full(name="f"), Full(name="f", options={"loss_balance": "data"})
+    assert "loss_balance" not in plain.settings()  # the default leaves old hashes alone
+    assert plain.settings() != data.settings()
+    focal = Lora(name="l", options={"loss_balance": "focal", "focal_gamma": 1.0})
+    assert (focal.options.loss_balance, focal.options.focal_gamma) == ("focal", 1.0)
+    # the same passes, reweighted: no FLOPs of its own
+    assert data.train_flops(1e6, 25.0) == plain.train_flops(1e6, 25.0)
+    for tool in TOOLS:  # no tool balances the loss per source: said, never dropped
+        assert plain.tool_config(tool).unexpressed == []
+        said = data.tool_config(tool).unexpressed
+        assert len(said) == 1 and said[0].startswith("loss_balance data")
+        assert data.tool_config(tool).keys == plain.tool_config(tool).keys

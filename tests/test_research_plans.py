@@ -256,6 +256,79 @@ def test_the_verifiers_scores_pick_the_answers(tmp_path: Path, base: dict[str, P
         expected_best_of_k([1.0 - x for x in c], c, 2) for c in right.values()) / 6)
 
 
+SEQUENTIAL = {"method": "full-v", "items": 8, "samples": 2, "sequential": True}
+
+
+def test_sequential_verifier_is_the_generator_continued_and_priced_as_one_model(
+        tmp_path: Path, base: dict[str, Path]) -> None:
+    spec = load_spec(write_task(tmp_path, base, parse={"verifiers": {"seq": SEQUENTIAL}}))
+    space, cost = SearchSpace(spec), CostModel(spec)
+    assert not space.dimension("parse", "verifier").test_time  # it decides the served model
+    seq = plan("lora-a", n=4, aggregator="verifier", verifier="seq")
+    generator = artifact_of(spec, "parse", plan("lora-a", n=4, verifier="seq"))
+    served = artifact_of(spec, "parse", seq)
+    assert served.continues == verifier_of(spec, "parse", seq)
+    assert served.continues.sequential and served.continues.generator == generator
+    assert (served.model, served.continues.model) == ("m", "m")  # the generator's own model
+    assert served.trains == (generator, served) and served.exported == generator
+    assert served != artifact_of(spec, "parse", plan("lora-a", n=4, aggregator="verifier_best",
+                                                     verifier="seq")).continues.generator
+
+    # training: the generator's LoRA, sampling its training set, one more training of the
+    # generator (6·N_gen·D, D = 20 x 8 x (P + O)); per query: one model generates and scores
+    lora = 4 * P_GEN * LORA["steps"] * LORA["batch_size"] * (PROMPT + OUTPUT)
+    sampling = 8 * (2 * P_GEN * PROMPT + 2 * 2 * P_GEN * OUTPUT)
+    further = 6 * P_GEN * STEPS * BATCH * (PROMPT + OUTPUT)
+    generate = 2 * P_GEN * PROMPT + 4 * 2 * P_GEN * OUTPUT
+    score = 4 * 2 * P_GEN * (PROMPT + OUTPUT)
+    priced = cost.plan_cost("parse", seq)
+    assert priced.train_gpu_hours == pytest.approx((lora + sampling + further) / RATE)
+    assert priced.inference_gpu_hours == pytest.approx((generate + score) * QUERIES / RATE)
+    assert cost.estimate(alloc(seq)).train_gpu_hours == pytest.approx(
+        (lora + sampling + further) / RATE)
+    # a search that sampled the generator still samples its continuation, once
+    meter = SearchCost(cost, {"parse": 6, "add": 6})
+    meter.add(alloc(plan("lora-a", n=4, verifier="seq")))
+    scoring = 6 * 4 * 2 * P_GEN * (PROMPT + OUTPUT)
+    assert meter.marginal(alloc(seq)) == pytest.approx(
+        (sampling + further + scoring) / RATE + meter._sample_cost(meter._arm("parse", seq)))
+    meter.add(alloc(seq))
+    assert meter.marginal(alloc(plan("lora-a", n=2, aggregator="verifier_best",
+                                     verifier="seq"))) == 0.0
+    # export: the generator's fine-tune, and the continuation said
+    (note,) = [x for x in _research_notes(spec, alloc(seq), "trl") if "seq" in x]
+    assert "continue it with tools.verifier.continue_verifier" in note
+
+
+def test_sequential_verifier_samples_and_scores_with_one_trained_model(
+        tmp_path: Path, base: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_spec(write_task(tmp_path, base, parse={"verifiers": {"seq": SEQUENTIAL}}))
+    env = LiveEnvironment(spec, cache_dir=tmp_path / "cache", progress=False)
+    judges: list[Path] = []
+    init = live_env.Verifier.__init__
+
+    def spy(self: object, artifact: Path, **kwargs: object) -> None:
+        judges.append(Path(artifact))
+        init(self, artifact, **kwargs)
+
+    monkeypatch.setattr(live_env.Verifier, "__init__", spy)
+    seq = plan("lora-a", n=4, aggregator="verifier", verifier="seq")
+    run = env.run(alloc(seq))  # trains the LoRA generator, then continues it (merged)
+    assert (env.cache.stats.train_misses, env.cache.stats.train_hits) == (2, 0)
+    served = env.model_path(artifact_of(spec, "parse", seq))
+    meta = json.loads((served / "meta.json").read_text())
+    assert meta["verifier"]["sequential"] and meta["verifier_examples"] == 8 * 2
+    assert judges == [served]  # the model that drew the samples scored them
+    assert not (served / "adapter_config.json").exists()
+    assert all(len(x) for x in run.outputs["parse"])  # it generated the stage's answers
+    assert run.observation.measured["train_tokens"] > 0
+    # the generator alone (majority): its cached LoRA, other samples; nothing trained
+    hits = env.cache.stats.train_hits
+    majority = env.evaluate(alloc(plan("lora-a", n=4, verifier="seq")))
+    assert (env.cache.stats.train_misses, env.cache.stats.train_hits) == (2, hits + 1)
+    assert "parse" in majority.subtask_scores
+
+
 # --- merged subtask fine-tunes ---------------------------------------------------------------
 
 def test_merge_trains_each_component_once_and_is_tools_merge(tmp_path: Path,
@@ -286,8 +359,8 @@ def test_merge_trains_each_component_once_and_is_tools_merge(tmp_path: Path,
     assert trains == {alone["parse"]: pytest.approx(lora / RATE),
                       alone["add"]: pytest.approx(lora / RATE)}
     assert meter.marginal(shared) == pytest.approx(  # the parse component is paid
-        lora / RATE + arms[("parse", "m", "merged", "default")]
-        + arms[("add", "m", "lora-a", "default")])
+        lora / RATE + arms[("parse", "m", "merged", "default", None)]
+        + arms[("add", "m", "lora-a", "default", None)])
 
     # live: a plan trains the parse component alone; the merge reuses it (a cache hit),
     # trains the add component, merges; add's plan serves that component from the same run
@@ -383,6 +456,12 @@ def _merged(**changes: object) -> dict:
      r"subtasks\.0\.verifiers\.v1\.item: unknown key"),
     ({"parse": {"verifiers": {"v1": {**VERIFIER, "samples": 0}}}},
      r"subtasks\.0\.verifiers\.v1\.samples: Input should be greater than 0"),
+    ({"parse": {"verifiers": {"v1": {**VERIFIER, "sequential": True}}}},
+     r"subtasks\[0\]\.verifiers\.v1\.model: a sequential verifier is the generator itself, "
+     r"trained further; remove model 'v'"),
+    ({"parse": {"verifiers": {"v1": {"method": "full-v"}}}},
+     r"subtasks\[0\]\.verifiers\.v1\.model: required: the catalogue model the verifier is "
+     r"trained from \(or `sequential: true`"),
 ])
 def test_bad_options_are_one_line_naming_the_field(tmp_path: Path, base: dict[str, Path],
                                                    edit: dict, expected: str) -> None:

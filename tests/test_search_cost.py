@@ -34,14 +34,14 @@ def test_a_shared_fine_tune_is_paid_once_and_n_is_free(tmp_path: Path) -> None:
     # sampling: max n (16) for each of the subtask's items, whatever n the plan uses
     per_query = (cost_model.plan_cost("a", lora(SHARED)).inference_gpu_hours
                  / spec.workload.queries)
-    assert arms[("a", "small", "lora", SHARED)] == pytest.approx(per_query * items["a"])
+    assert arms[("a", "small", "lora", SHARED, None)] == pytest.approx(per_query * items["a"])
     assert meter.add(shared) == pytest.approx(train + sum(arms.values()))
     fewer = Allocation.of({"a": lora(SHARED, 4), "b": lora(SHARED, 1, "first")})
     assert meter.marginal(fewer) == 0.0  # only n and the aggregator changed
     own = Allocation.of({"a": lora("own"), "b": lora(SHARED)})
     assert meter.marginal(own) == pytest.approx(
         cost_model.plan_cost("a", lora("own")).train_gpu_hours
-        + meter.parts(own)[1][("a", "small", "lora", "own")])
+        + meter.parts(own)[1][("a", "small", "lora", "own", None)])
 
 
 def test_a_released_checkpoint_costs_only_its_samples(tiny_spec: TaskSpec) -> None:

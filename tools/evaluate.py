@@ -181,14 +181,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float], k: int,
-                           *, abstain: Hashable = _NOTHING) -> float:
+                           *, abstain: Hashable = _NOTHING, min_count: int = 0) -> float:
     """Expected correctness of the majority answer of a random k-subset of `answers`, drawn
     without replacement, with ties broken uniformly at random.
 
     `correct[i]` scores sample i (1/0 or partial credit); equal answers must score equally.
     Samples whose answer is `abstain` (e.g. None: the extractor found no answer) never win
     a vote: the majority is taken over the others, and a subset of abstentions only scores
-    the abstentions' own value.
+    the abstentions' own value. With `min_count`, only subsets whose winner was drawn at least
+    that many times count (a cascade keeps those; an abstentions-only subset has count 0).
     Exact and without enumerating subsets: for each correct answer g and each count t it may
     reach in the subset, count the ways the other answers fill the remaining k - t places with
     none above t, tracking how many tie at t (a tie among j + 1 answers is won with prob.
@@ -204,10 +205,10 @@ def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float]
         if value[g] == 0:
             continue
         others = [m for a, m in counts.items() if a != g]
-        for t in range(1, min(m_g, k) + 1):
+        for t in range(max(1, min_count), min(m_g, k) + 1):
             won += value[g] * math.comb(m_g, t) * _ways_others_at_most(others, t, k - t,
                                                                        silent)
-    if silent >= k and value.get(abstain, 0):
+    if silent >= k and value.get(abstain, 0) and min_count <= 0:
         won += value[abstain] * math.comb(silent, k)  # nothing but abstentions drawn
     return won / math.comb(n, k)
 

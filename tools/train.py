@@ -48,6 +48,9 @@ from tools.device import PRECISIONS, choose_precision, current_device, use_tf32
 
 Example = dict[str, str]  # {"prompt": ..., "completion": ...}
 
+LOSS_BALANCES = ("none", "data", "focal")
+"""`TrainConfig.loss_balance` values (`balanced_loss`)."""
+
 HFT_SCHEDULE = "half_fine_tuning.json"
 """File of a `HalfFineTuning` artifact: the parameters frozen in each round."""
 SOFT_PROMPT = "soft_prompt"
@@ -82,6 +85,12 @@ class TrainConfig:
     """`auto`, `bf16`, `fp16` or `fp32` (`tools.device.choose_precision`): mixed precision
     keeps fp32 weights and computes in 16 bits; auto is bf16 where the GPU has it, else fp16
     on a GPU, else fp32."""
+    loss_balance: str = "none"
+    """How a batch's token losses are averaged across its sources (`balanced_loss`; MFTCoder,
+    Liu et al. 2023): `none` over all its completion tokens, `data` within each source then
+    across sources, `focal` MFTCoder's task-level focal loss."""
+    focal_gamma: float = 2.0
+    """The focal loss's focusing exponent gamma (`loss_balance` focal)."""
 
     def __post_init__(self) -> None:
         length = 1 if self.max_length is None else self.max_length
@@ -94,6 +103,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of "
                              f"{', '.join(PRECISIONS)}")
+        if self.loss_balance not in LOSS_BALANCES or self.focal_gamma < 0:
+            raise ValueError(f"loss_balance must be one of {', '.join(LOSS_BALANCES)} and "
+                             f"focal_gamma >= 0: {self}")
 
     @property
     def micro_batch_size(self) -> int:
@@ -219,7 +231,8 @@ def train(
         callbacks: more `TrainerCallback`s for the Trainer (ProMoT: stage 2's only), e.g. to
             watch the weights between steps.
 
-    Loss is computed on completion tokens (and the eos appended to them) only.
+    Loss is computed on completion tokens (and the eos appended to them) only; averaged over
+    all of a batch's, or per source first (`config.loss_balance`, `balanced_loss`).
     """
     set_seed(config.seed)
     start = time.perf_counter()
@@ -242,6 +255,10 @@ def train(
         [len(f["input_ids"]) for f in whole.values()], _context(model.config, adapter))
     uncut = [whole[ex["prompt"], ex["completion"]] for _, ex in drawn]
     features = [{k: v[:max_length] for k, v in f.items()} for f in uncut]  # fresh dicts
+    if config.loss_balance != "none":  # the loss averages per source: each example says its own
+        ids = {source: i for i, source in enumerate(sorted(mixture))}
+        for feature, (source, _) in zip(features, drawn, strict=True):
+            feature["source"] = ids[source]
     out, callbacks = Path(out_dir), list(callbacks)
     if isinstance(adapter, ProMoT):
         losses = _promot(model, tokenizer, features, config, adapter, base_model, out, progress,
@@ -443,11 +460,16 @@ def _fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         report_to=[],
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,  # a balanced loss reads each example's `source`
         **loop_arguments(config, loop.precision, loop.tf32),
     )
     collator = _Counting(DataCollatorForSeq2Seq(tokenizer, padding=True,
                                                 label_pad_token_id=-100), loop)
-    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collator)
+    if config.loss_balance == "none":
+        trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collator)
+    else:
+        trainer = _BalancedTrainer(config.loss_balance, config.focal_gamma, model=model,
+                                   args=args, train_dataset=features, data_collator=collator)
     trainer.remove_callback(PrinterCallback)  # library code does not print; losses come back
     if progress:
         trainer.add_callback(_StepProgress())
@@ -503,7 +525,71 @@ class _Counting:
 
     def __call__(self, features: list[dict]) -> dict:
         self.loop.examples += len(features)
-        return self.collator(features)
+        if "source" not in features[0]:
+            return self.collator(features)
+        batch = self.collator([{k: v for k, v in f.items() if k != "source"} for f in features])
+        batch["source"] = torch.tensor([f["source"] for f in features])
+        return batch
+
+
+def balanced_loss(logits: torch.Tensor, labels: torch.Tensor, source: torch.Tensor,
+                  balance: str, gamma: float = 2.0) -> torch.Tensor:
+    """A batch's loss balanced across its sources (MFTCoder: Liu et al. 2023, "MFTCoder:
+    Boosting Code LLMs with Multitask Fine-Tuning", arXiv 2311.02303, section 3.3).
+
+    With l_ijk = -log p(t_ijk) the loss of completion token k of example j of source i
+    (labels -100 are not tokens; logits predict the next label, as in a causal LM's loss),
+    T_ij the example's completion tokens and N the sources present in the batch:
+
+    - `data`: (1/N) sum_i [sum_jk l_ijk / sum_j T_ij]: each source's mean token loss, then
+      their mean, so a source of long or many examples weighs as much as any other;
+    - `focal`: with P_i = mean_j [(1/T_ij) sum_k p(t_ijk)] (source i's mean token
+      probability), (1/N) sum_i -(1 - P_i)^gamma log P_i: sources the model already predicts
+      well weigh less (alpha_i = 1).
+
+    `logits` may hold more positions than `labels` in front (a soft prompt's): the last ones
+    are the example's. Examples with no completion token left (cut) take no part."""
+    logits = logits[:, -labels.shape[1]:-1].float()
+    target = labels[:, 1:]
+    mask = target != -100
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+        reduction="none").view(target.shape)
+    tokens = mask.sum(dim=1)
+    per_source = []
+    for s in source[tokens > 0].unique():
+        rows = (source == s) & (tokens > 0)
+        if balance == "data":
+            per_source.append(losses[rows].sum() / tokens[rows].sum())
+        elif balance == "focal":
+            p = ((-losses[rows]).exp() * mask[rows]).sum(dim=1) / tokens[rows]
+            mean_p = p.mean()
+            per_source.append(-(1 - mean_p) ** gamma * mean_p.log())
+        else:
+            raise ValueError(f"loss_balance {balance!r} is not one of data, focal")
+    if not per_source:
+        return logits.sum() * 0.0  # nothing to learn from in this batch
+    return torch.stack(per_source).mean()
+
+
+class _BalancedTrainer(Trainer):
+    """A Trainer whose loss is `balanced_loss` over each micro-batch's sources."""
+
+    loss_is_scaled_for_ga = False  # a micro-batch's mean: Trainer divides by the micro-batches
+
+    def __init__(self, balance: str, gamma: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.balance, self.gamma = balance, gamma
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                     return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None,
+                     ) -> torch.Tensor | tuple[torch.Tensor, object]:
+        inputs = dict(inputs)
+        source, labels = inputs.pop("source"), inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = balanced_loss(outputs.logits, labels, source, self.balance, self.gamma)
+        return (loss, outputs) if return_outputs else loss
 
 
 class _FiniteLoss(TrainerCallback):

@@ -13,6 +13,12 @@ How the code maps to it:
   reference, as prompt = question + solution + " Correct?" and completion " yes" / " no";
   `train_verifier` fine-tunes a causal LM on them with `tools.train` (every weight or any
   peft adapter; the loss on the completion is the classification objective).
+- `continue_verifier`: the paper's sequential multi-task fine-tuning: the generator itself
+  fine-tuned further on those examples, one model that both generates solutions and scores
+  them (its verifier prompt ends in `SUFFIX`, which a generation prompt does not). Half of
+  each batch replays generation examples: on verification data alone a small model forgets
+  to generate (measured on the toy of tests/tools/test_verifier.py: it answers " no" to
+  every question).
 - `Verifier`: P(yes) / (P(yes) + P(no)) from the next-token logits where " yes" and " no"
   first differ (after their common prefix, e.g. the space of a character tokenizer).
   `Verifier.scorer(question)` is a per-answer function for `tools.evaluate.best_of_n`, which
@@ -36,8 +42,10 @@ import itertools
 import math
 import random
 import re
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +53,7 @@ import torch
 from peft import PeftConfig
 
 from tools.evaluate import Metric
-from tools.train import Example, TrainConfig, TrainResult, load_model, train
+from tools.train import SOFT_PROMPT, Example, TrainConfig, TrainResult, load_model, train
 
 SUFFIX, YES, NO = " Correct?", " yes", " no"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -87,6 +95,48 @@ def train_verifier(
     `config` defaults to `TrainConfig()`, `adapter` None trains every weight)."""
     return train(base_model, {"verify": examples}, {"verify": 1.0}, out_dir,
                  config or TrainConfig(), adapter)
+
+
+def continue_verifier(
+    generator: str | Path,
+    examples: list[Example],
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    adapter: PeftConfig | None = None,
+    generation: list[Example] | None = None,
+) -> TrainResult:
+    """Sequential multi-task fine-tuning: the `generator` artifact (a model folder, or a LoRA
+    adapter on one, merged into it first) fine-tuned further on `verifier_examples` and, as
+    often, on `generation` examples (its own task's, so it keeps generating; None: none),
+    saved in `out_dir` as one full-weights model that generates as any model does and scores
+    with `Verifier(out_dir)`; an `adapter` trained here is merged into it too. A generator
+    with a soft prompt is refused (ValueError): its prompt is not weights to train further."""
+    data = {"verify": examples, **({"generate": generation} if generation else {})}
+    mixture = dict.fromkeys(data, 1.0)
+    out, start = Path(out_dir), Path(generator)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config or TrainConfig()
+    soft = start / "adapter_config.json" if (start / "adapter_config.json").exists() \
+        else start / SOFT_PROMPT / "adapter_config.json"
+    if soft.exists() and PeftConfig.from_pretrained(soft.parent).is_prompt_learning:
+        raise ValueError(f"{generator} answers with a soft prompt, which is not weights to "
+                         "train further; continue a generator without one")
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        if (start / "adapter_config.json").exists():
+            start = _merged(start, Path(tmp) / "generator")
+        if adapter is None:
+            return train(start, data, mixture, out, config)
+        result = train(start, data, mixture, Path(tmp) / "adapter", config, adapter)
+        _merged(result.artifact, out)
+    return replace(result, artifact=out)
+
+
+def _merged(adapter: Path, out: Path) -> Path:
+    """A peft adapter merged into its base's weights, saved with its tokenizer in `out`."""
+    model, tokenizer = load_model(adapter)
+    model.merge_and_unload().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 class Verifier:

@@ -23,7 +23,13 @@ trained for its generator (`_verifier`: the generator samples `samples` completi
 of `items` training items, each labelled by the subtask's metric on its answer, and the
 verifier model is fine-tuned on them with `tools.verifier.train_verifier`; cached by the
 generator's key and the verifier's settings), which scores each drawn sample once (the
-scores are cached like samples, keyed by the verifier and the prompt).
+scores are cached like samples, keyed by the verifier and the prompt); a sequential
+verifier is the served model itself, the generator trained further on those labelled samples
+(`Artifact.continues`; `tools.verifier.continue_verifier`), which samples and scores. A plan with a
+cascade (`planner.cascade`) also samples its strong plan (that artifact's max-n sample set,
+cached like any plan's): the stage's score is the cascade's expected score over n-subsets,
+escalated pipeline items take the strong plan's answer, and `escalated:SUBTASK` records the
+share escalated (the measured cost adds the strong samples that answered pipeline items).
 
 The end-to-end score is the final subtask's metric on the pipeline's output. `measured`
 gives what the allocation costs on the validation set: training (seconds, tokens) of each
@@ -63,9 +69,16 @@ import tools.verifier
 from envs.live.backends import Samplers, ServedModel, Target
 from envs.live.cache import Cache, DrawnSamples, content_key, default_root
 from envs.live.data import SubtaskData, load_subtask, read_records, template_fields
-from envs.live.scoring import AGGREGATORS, aggregate, expected_score, label_answer
+from envs.live.scoring import (
+    AGGREGATORS,
+    aggregate,
+    expected_cascade,
+    expected_score,
+    label_answer,
+)
 from envs.live.sources import resolve_source, weights_identity
 from planner.artifact import Artifact, VerifierArtifact, artifact_of, verifier_of
+from planner.cascade import Cascade, cascade_of, escalates, min_agreeing, strong_plan
 from planner.cost import MeasuredCalibration, Utilization
 from planner.env import Observation
 from planner.errors import SpecError
@@ -86,7 +99,7 @@ from tools.train import (
     train,
     train_length,
 )
-from tools.verifier import YES, Verifier, train_verifier, verifier_examples
+from tools.verifier import YES, Verifier, continue_verifier, train_verifier, verifier_examples
 
 _Model = tuple[Path, str, dict]  # a served model: path, cache key, training metadata
 log = logging.getLogger(__name__)
@@ -265,15 +278,16 @@ class LiveEnvironment:
             path, key = self._target(name, plan, artifact, models)
             extract, model = self.answers[name], artifact.model
             deps = self.spec.subtask(name).depends_on
-            prompts[name] = [self.prompt(name, model, {**r, **{d: outputs[d][i] for d in deps}})
-                             for i, r in enumerate(self.items)]
+            inputs = [{**r, **{d: outputs[d][i] for d in deps}} for i, r in enumerate(self.items)]
+            prompts[name] = [self.prompt(name, model, x) for x in inputs]
             own = [self.prompt(name, model, r) for r in data.val]
             # one batched call per stage: its validation prompts and its pipeline prompts
             found = self._samples(name, path, key, own + prompts[name])
             gold, drawn = found[:len(own)], found[len(own):]
             verifier = verifier_of(self.spec, name, plan)  # None: the aggregator uses none
-            if verifier is not None and verifier not in models:
-                models[verifier] = self._verifier(verifier, path, key)
+            if verifier is not None and verifier not in models:  # sequential: the served model
+                models[verifier] = (models[artifact] if verifier.sequential
+                                    else self._verifier(verifier, path, key))
             judged = self._judge(name, models.get(verifier), own + prompts[name], found)
             labels = [label_answer(r[data.label], extract) for r in data.val]
             scores[name] = expected_score([[extract(t) for t in d.texts] for d in gold], labels,
@@ -284,11 +298,14 @@ class LiveEnvironment:
                                        else label_answer(r[data.label], extract),
                                        None if judged is None else judged[len(own) + i])
                              for i, (d, r) in enumerate(zip(drawn, self.items, strict=True))]
-            share = plan.samples / max(self.spec.subtask(name).samples)  # n of the N samples
-            measured["device_seconds"] += share * sum(d.seconds for d in drawn)
-            measured["prompt_tokens"] += sum(d.prompt_tokens for d in drawn)
-            measured["completion_tokens"] += share * sum(d.completion_tokens for d in drawn)
-            measured.update(self._sampling_measured(drawn, share, self._served_params(path)))
+            n_max = max(self.spec.subtask(name).samples)
+            self._count_sampling(measured, drawn, plan.samples / n_max, path)  # n of the N
+            cascade = cascade_of(self.spec, name, plan)
+            if cascade is not None:
+                scores[name], outputs[name], escalated, (used, by) = self._escalate(
+                    name, plan, cascade, gold, drawn, inputs, outputs[name], models)
+                measured[f"escalated:{name}"] = escalated
+                self._count_sampling(measured, used, cascade.strong.samples / n_max, by)
         trained = {key: meta for _, key, meta in models.values()}  # distinct fine-tunes
         measured.update(self._training_measured(list(trained.values())))
         measured["device_seconds"] += sum(m["wall_seconds"] for m in trained.values())
@@ -303,6 +320,51 @@ class LiveEnvironment:
         return PipelineRun(prompts, outputs, Observation(
             score=sum(final) / len(final), subtask_scores=scores,
             measured={k: float(v) for k, v in measured.items()}))
+
+    def _escalate(self, name: str, plan: Plan, cascade: Cascade, gold: list[DrawnSamples],
+                  drawn: list[DrawnSamples], inputs: list[dict[str, str]], outputs: list[str],
+                  models: dict[Artifact, _Model]
+                  ) -> tuple[float, list[str], float, tuple[list[DrawnSamples], Target]]:
+        """A cascade plan's stage score, pipeline outputs and escalated share
+        (`planner.cascade`). The strong plan samples every validation and pipeline prompt
+        (its max-n sample set, cached like any plan's); the score is the mean over the
+        stage's validation items of the expected score over n-subsets of the cheap samples,
+        each escalated item scoring the strong plan's expected score
+        (`scoring.expected_cascade`), and the share is the mean escalation probability;
+        a pipeline item whose first n samples agree too little takes the strong plan's
+        answer. Also the strong samples that answered pipeline items, and their sampler."""
+        strong, data, metric = cascade.strong, self.data[name], self.metrics[name]
+        extract = self.answers[name]
+        path, key = self._target(name, strong, artifact_of(self.spec, name, strong), models)
+        own = [self.prompt(name, strong.model, r) for r in data.val]
+        found = self._samples(name, path, key,
+                              own + [self.prompt(name, strong.model, x) for x in inputs])
+        need = min_agreeing(cascade.threshold, plan.samples)
+        total = share = 0.0
+        for cheap, sure, r in zip(gold, found[:len(own)], data.val, strict=True):
+            label = label_answer(r[data.label], extract)
+            escalated = expected_score([[extract(t) for t in sure.texts]], [label], metric,
+                                       strong.aggregator, strong.samples)
+            score, p = expected_cascade([extract(t) for t in cheap.texts], label, metric,
+                                        plan.samples, need, escalated)
+            total, share = total + score, share + p
+        picked, used = [], []
+        for out, cheap, sure in zip(outputs, drawn, found[len(own):], strict=True):
+            if escalates([extract(t) for t in cheap.texts[:plan.samples]], cascade.threshold):
+                out = aggregate([extract(t) for t in sure.texts], strong.aggregator,
+                                strong.samples, metric)
+                used.append(sure)
+            picked.append(out)
+        return total / len(own), picked, share / len(own), (used, path)
+
+    def _count_sampling(self, measured: Counter[str], drawn: list[DrawnSamples], share: float,
+                        path: Target) -> None:
+        """Add a stage's pipeline sampling, pro rata `share` (n of the N samples), to
+        `measured`."""
+        measured["device_seconds"] += share * sum(d.seconds for d in drawn)
+        measured["prompt_tokens"] += sum(d.prompt_tokens for d in drawn)
+        measured["completion_tokens"] += share * sum(d.completion_tokens for d in drawn)
+        measured.update(self._sampling_measured(drawn, share, self._served_params(path)))
 
     def _sampling_measured(self, drawn: list[DrawnSamples], share: float,
                            params: int) -> Counter[str]:
@@ -353,6 +415,10 @@ class LiveEnvironment:
         base, method = self.base_path(artifact.model), artifact.method
         if isinstance(method, Merge):
             return self._merged(artifact, base, resolved or {})
+        if artifact.continues is not None:  # a sequential verifier: the generator, further
+            generator = artifact.continues.generator
+            path, key, _ = (resolved or {}).get(generator) or self._model(generator, resolved)
+            return self._verifier(artifact.continues, path, key)
         if not isinstance(method, FineTune):  # kind none: _check_methods rejected the rest
             return base, weights_identity(base), {"tokens_seen": 0, "wall_seconds": 0.0,
                                                   "examples": {}}
@@ -424,10 +490,13 @@ class LiveEnvironment:
         training item (`verifier_items`; the subtask's decoding, cached like any samples),
         each is labelled right when the subtask's metric on its answer against the item's
         label is >= 0.5, and the verifier model is fine-tuned on them by its method
-        (`tools.verifier.train_verifier`)."""
+        (`tools.verifier.train_verifier`); a sequential one is the generator fine-tuned
+        further on them, its subtask's training examples replayed beside them
+        (`tools.verifier.continue_verifier`)."""
         name, s = verifier.subtask, self.spec.subtask(verifier.subtask)
         data, extract, metric = self.data[name], self.answers[name], self.metrics[name]
-        base, method = self.base_path(verifier.model), verifier.method
+        method = verifier.method
+        base = Path(generator) if verifier.sequential else self.base_path(verifier.model)
         assert isinstance(method, FineTune)  # the spec checked it
         records = self.verifier_items(verifier)
         prompts = [self.prompt(name, verifier.generator.model, r) for r in records]
@@ -435,8 +504,10 @@ class LiveEnvironment:
                  "sources": {q: data.digests[q] for q in sorted(data.sources)},
                  "prompt": data.template, "label": data.label, "chat_template": s.chat_template,
                  "metric": s.metric, "answer": s.answer, "decoding": s.decoding.model_dump(),
-                 "verifier": {"base": weights_identity(base), "settings": verifier.settings,
-                              "items": verifier.items, "samples": verifier.samples},
+                 "verifier": {"base": generator_key if verifier.sequential
+                              else weights_identity(base), "settings": verifier.settings,
+                              "items": verifier.items, "samples": verifier.samples,
+                              **({"sequential": True} if verifier.sequential else {})},
                  "code": {**self._versions, "verifier": _code_version(tools.verifier)}}
 
         def build(out: Path) -> dict:
@@ -444,8 +515,14 @@ class LiveEnvironment:
             references = [label_answer(r[data.label], extract) for r in records]
             examples = verifier_examples(prompts, [d.texts for d in drawn], references,
                                          lambda text, ref: metric(extract(text) or "", ref))
-            result = train_verifier(base, examples, out, train_config(method.options),
-                                    method.adapter())
+            if verifier.sequential:
+                replayed = [e for q in sorted(data.sources)
+                            for e in self.examples(f"{name}/{q}", verifier.generator.model)]
+                result = continue_verifier(base, examples, out, train_config(method.options),
+                                           method.adapter(), generation=replayed)
+            else:
+                result = train_verifier(base, examples, out, train_config(method.options),
+                                        method.adapter())
             self._spent += result.wall_seconds
             built.append(key)
             return {**parts, "tokens_seen": result.tokens_seen, "examples": {},
@@ -522,9 +599,10 @@ class LiveEnvironment:
 
     def train_length(self, artifact: Artifact) -> int | None:
         """Tokens per example the artifact's fine-tune keeps (its explicit max_length, or
-        the one derived from its data); None for a base served as it is."""
+        the one derived from its data); None for a base served as it is, or a continuation
+        (its data is sampled as it trains)."""
         method = artifact.method
-        if not isinstance(method, FineTune):
+        if not isinstance(method, FineTune) or artifact.continues is not None:
             return None
         data = {q: self.examples(q, artifact.model) for q in artifact.sources}
         return train_length(self.base_path(artifact.model), data, artifact.sources,
@@ -550,6 +628,12 @@ class LiveEnvironment:
                     for q in self.spec.mixture_weights(s.name, mixture):
                         if q.split("/", 1)[0] in chat:
                             needs.setdefault(m, q.split("/", 1)[0])
+            for c in s.cascades:  # the strong plan samples the subtask, may train on chat data
+                strong = strong_plan(self.spec, s.name, c)
+                for owner in [s.name, *(q.split("/", 1)[0] for q in artifact_of(
+                        self.spec, s.name, strong).sources)]:
+                    if owner in chat:
+                        needs.setdefault(strong.model, owner)
         for m, owner in needs.items():
             if not getattr(self._tokenizer(m), "chat_template", None):
                 raise SpecError(f"{self.spec.name}: subtasks.{owner}.chat_template: model "
@@ -672,6 +756,14 @@ class LiveEnvironment:
                     raise SpecError(f"{self.spec.name}: subtasks.{s.name}.mixtures.{mixture}: "
                                     f"{q!r} has no training file; give subtask "
                                     f"{q.split('/')[0]!r} data.sources")
+        for s in self.spec.subtasks:
+            for name in s.cascades:
+                strong = strong_plan(self.spec, s.name, name)
+                if self.spec.method(strong.method).fine_tunes and (
+                        q := self._untrainable(s.name, strong.mixture)):
+                    raise SpecError(f"{self.spec.name}: subtasks.{s.name}.cascades.{name}: "
+                                    f"{q!r} has no training file; give subtask "
+                                    f"{q.split('/')[0]!r} data.sources")
         used = {m for s in self.spec.subtasks for m in s.methods}
         for m in self.spec.methods:
             for j, c in enumerate(m.components if isinstance(m, Merge) and m.name in used
@@ -696,6 +788,11 @@ class LiveEnvironment:
         for s in self.spec.subtasks:
             pool = sum(len(r) for r in self.data[s.name].sources.values())
             for name, v in s.verifiers.items():
+                if v.sequential and self.backends[s.name].kind == "openai":
+                    raise SpecError(f"{self.spec.name}: subtasks.{s.name}.verifiers.{name}."
+                                    "sequential: a server's model has no weights here to train "
+                                    "further; sample with transformers or vllm, or train a "
+                                    "verifier model (model: M)")
                 if v.items > pool:
                     raise SpecError(f"{self.spec.name}: subtasks.{s.name}.verifiers.{name}."
                                     f"items: {v.items} training items, but the subtask's "

@@ -70,6 +70,20 @@ def expected_score(samples: Sequence[Sequence[Answer]], labels: Sequence[str], m
     return total / len(samples)
 
 
+def expected_cascade(answers: Sequence[Answer], label: str, metric: Metric, n: int,
+                     min_agreeing: int, escalated: float) -> tuple[float, float]:
+    """One item's expected score, and probability of escalation, of a majority vote over a
+    random n-subset of its N answers that escalates where fewer than `min_agreeing` of the n
+    agree with the vote (`planner.cascade`), scoring `escalated` (the strong plan's expected
+    score on the item) there."""
+    correct = [metric(a or "", label) for a in answers]
+    kept = expected_majority_at_k(list(answers), correct, n, abstain=None,
+                                  min_count=min_agreeing)
+    keep = 1.0 if min_agreeing <= 0 else expected_majority_at_k(
+        list(answers), [1.0] * len(answers), n, abstain=None, min_count=min_agreeing)
+    return kept + (1 - keep) * escalated, 1 - keep
+
+
 def _clusters(answers: Sequence[Answer], scores: Sequence[float]) -> tuple[list, list[float]]:
     """Cluster keys (the answer; a sample without one is a cluster of its own) and scores
     (-1 for a sample without an answer: below any answer's)."""

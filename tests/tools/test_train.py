@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, PeftConfig, PromptTuningConfig, PromptTuningInit
+from transformers import DataCollatorForSeq2Seq
 
-from tools.train import TrainConfig, load_model, sample_mixture, tokenize_example, train
+from tools.train import (
+    TrainConfig,
+    balanced_loss,
+    load_model,
+    sample_mixture,
+    tokenize_example,
+    train,
+)
 from tools.zoo import addition_examples, char_tokenizer
 
 # Every prompt maps to "777": learnable by each method within a few dozen steps.
@@ -104,3 +113,63 @@ def test_a_loss_that_turns_nan_stops_the_run(tiny_base: Path, tmp_path: Path) ->
         train(tiny_base, examples, {"add": 1.0}, tmp_path / "out",
               TrainConfig(steps=6, batch_size=4, lr=1e38))
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# Two sources of very different lengths: one completion token (and eos) against twenty.
+SHORT = [{"prompt": ex["prompt"], "completion": "7"} for ex in addition_examples(16, 4)]
+LONG = [{"prompt": ex["prompt"], "completion": "1234567890" * 2} for ex in addition_examples(16, 5)]
+
+
+def test_data_balance_weighs_each_source_equally(tiny_base: Path) -> None:
+    model, tokenizer = load_model(tiny_base)
+    examples = [SHORT[0], LONG[0], LONG[1], LONG[2]]  # 2 short tokens against 3 x 21 long
+    source = torch.tensor([0, 1, 1, 1])
+    features = [tokenize_example(tokenizer, ex, None) for ex in examples]
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(features)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+    # by hand: each completion token's -log p under the tiny model, example by example
+    token_losses: list[list[float]] = []
+    for row, f in enumerate(features):
+        log_p = logits[row].log_softmax(-1)
+        token_losses.append([-log_p[i - 1, f["labels"][i]].item()
+                             for i in range(1, len(f["labels"])) if f["labels"][i] != -100])
+    assert [len(t) for t in token_losses] == [2, 21, 21, 21]
+    short, long = token_losses[0], [x for t in token_losses[1:] for x in t]
+    per_source = [sum(short) / len(short), sum(long) / len(long)]
+    assert abs(per_source[0] - per_source[1]) > 0.1  # the sources' losses differ
+    data = balanced_loss(logits, batch["labels"], source, "data")
+    assert data.item() == pytest.approx(sum(per_source) / 2, rel=1e-5)
+    # the plain token mean lets the long source's 63 tokens outweigh the short one's 2
+    plain = (sum(short) + sum(long)) / (len(short) + len(long))
+    assert abs(plain - per_source[1]) < abs(data.item() - per_source[1])
+    # focal: P_i the mean over the source's examples of their mean token probability
+    probs = [sum(math.exp(-x) for x in t) / len(t) for t in token_losses]
+    p = [probs[0], sum(probs[1:]) / 3]
+    focal = sum(-(1 - q) ** 2 * math.log(q) for q in p) / 2
+    assert balanced_loss(logits, batch["labels"], source, "focal").item() == pytest.approx(
+        focal, rel=1e-5)
+    # a source whose every example was cut to its prompt takes no part
+    cut = batch["labels"].clone()
+    cut[0] = -100
+    assert balanced_loss(logits, cut, source, "data").item() == pytest.approx(
+        per_source[1], rel=1e-5)
+
+
+@pytest.mark.parametrize(("balance", "method"), [("data", "full"), ("focal", "prompt")])
+def test_a_balanced_run_completes_and_changes_the_weights(tiny_base: Path, tmp_path: Path,
+                                                          balance: str, method: str) -> None:
+    config = TrainConfig(steps=6, batch_size=8, lr=LR[method], grad_accum=2,
+                         loss_balance=balance)
+    result = train(tiny_base, {"short": SHORT, "long": LONG}, {"short": 1.0, "long": 1.0},
+                   tmp_path, config, _adapter(method))
+    assert len(result.losses) == 6 and all(math.isfinite(x) for x in result.losses)
+    assert set(result.examples) == {"short", "long"}
+    trained = _next_token_logits(result.artifact, "12+345=")
+    assert not torch.allclose(trained, _next_token_logits(tiny_base, "12+345="))
+
+
+def test_loss_balance_is_checked() -> None:
+    with pytest.raises(ValueError, match="loss_balance must be one of none, data, focal"):
+        TrainConfig(loss_balance="tokens")

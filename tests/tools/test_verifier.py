@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from peft import LoraConfig, PeftModel
 
 from tools.evaluate import (
     best_of_n,
@@ -16,11 +19,13 @@ from tools.evaluate import (
     expected_majority_at_k,
     numeric_match,
 )
-from tools.train import TrainConfig
+from tools.infer import TransformersSampler
+from tools.train import TrainConfig, load_model, tokenize_example, train
 from tools.verifier import (
     NO,
     YES,
     Verifier,
+    continue_verifier,
     expected_weighted_majority_at_k,
     final_answer,
     roc_auc,
@@ -195,3 +200,98 @@ def test_roc_auc_is_the_share_of_correctly_ordered_pairs() -> None:
     assert roc_auc([0.9, 0.1], [1, 0]) == 1.0 and roc_auc([0.1, 0.9], [1, 0]) == 0.0
     with pytest.raises(ValueError, match="both"):
         roc_auc([0.5], [1])
+
+
+def _solutions(items: list[Item]) -> list[dict[str, str]]:
+    """Generation examples: each question answered with its work shown, " a+b=c"."""
+    return [{"prompt": q, "completion": f" {q[:-1]}={ref}"} for q, _, ref in items]
+
+
+def _generation_loss(artifact: Path, examples: list[dict[str, str]]) -> float:
+    """Mean loss per completion token of `examples` under the model: how well it generates."""
+    model, tokenizer = load_model(artifact)
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for ex in examples:
+            f = tokenize_example(tokenizer, ex, None)
+            labels = torch.tensor([f["labels"]])
+            total += model(input_ids=torch.tensor([f["input_ids"]]), labels=labels).loss.item() \
+                * (labels != -100).sum().item()
+            tokens += (labels != -100).sum().item()
+    return total / tokens
+
+
+@pytest.fixture(scope="module")
+def sequential(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Liu et al.'s sequential multi-task fine-tuning on the toy: a generator (full fine-tune
+    on 200 worked solutions), then that model trained further on the verifier's examples
+    (with generation examples replayed, `continue_verifier`), and, for contrast, without (~50 s)."""
+    root = tmp_path_factory.mktemp("sequential")
+    generation = _solutions(toy_items(200, 1, seed=3))
+    generator = train(tiny_base, {"gen": generation}, {"gen": 1.0}, root / "generator",
+                      TrainConfig(steps=150, batch_size=16, lr=3e-3)).artifact
+    items = toy_items(200, 8, seed=1)
+    examples = verifier_examples([q for q, _, _ in items], [s for _, s, _ in items],
+                                 [ref for _, _, ref in items], numeric_match)
+    config = TrainConfig(steps=150, batch_size=16, lr=3e-3)
+    continue_verifier(generator, examples, root / "sequential", config, generation=generation)
+    continue_verifier(generator, examples, root / "forgetful", config)
+    return {"base": tiny_base, "generator": generator, "sequential": root / "sequential",
+            "forgetful": root / "forgetful"}
+
+
+def test_sequential_model_generates_and_ranks_its_answers(sequential: dict[str, Path]) -> None:
+    model = sequential["sequential"]
+    assert (model / "model.safetensors").is_file()  # one model: full weights, no adapter
+    assert not (model / "adapter_config.json").exists()
+    # It ranks right above wrong on held-out items as the separate verifier does (0.90).
+    held = toy_items(100, 8, seed=2)
+    verifier = Verifier(model, batch_size=64)
+    scores = [verifier.score(q, s) for q, s, _ in held]
+    auc = roc_auc([s for row in scores for s in row], [c for row in _correct(held) for c in row])
+    assert auc > 0.75, f"held-out AUC {auc:.3f} (measured 0.87)"
+    # It still generates: its loss on held-out worked solutions stays at the generator's,
+    # far below the base's, while verification data alone makes it forget (measured: base
+    # 3.26, generator 1.55, sequential 1.07, without the replayed generation examples 6.33).
+    held_gen = _solutions(toy_items(50, 1, seed=4))
+    loss = {name: _generation_loss(path, held_gen) for name, path in sequential.items()}
+    assert loss["sequential"] < loss["generator"] + 0.2 < loss["base"] - 0.5, loss
+    assert loss["forgetful"] > loss["sequential"] + 1.0, loss
+    # ... and greedy decoding writes solutions (" a+b=c"), not verdicts (" yes" / " no").
+    prompts = [q for q, _, _ in held[:20]]
+    texts = TransformersSampler(model).sample(prompts, 1, max_new_tokens=16, temperature=0).texts
+    solved = [bool(re.match(r" \d+\+\d+=\d+", t[0])) for t in texts]
+    assert sum(solved) >= 18, texts
+
+
+def test_adapters_are_merged_into_one_continued_model(tiny_base: Path, tmp_path: Path) -> None:
+    """A LoRA generator is merged before it trains further, and a LoRA trained on it after:
+    the result is one plain model folder, which differs from the generator."""
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8)
+    generator = train(tiny_base, {"gen": _solutions(toy_items(8, 1, seed=5))}, {"gen": 1.0},
+                      tmp_path / "generator", TrainConfig(steps=2, batch_size=4, lr=3e-2),
+                      lora).artifact
+    examples = [{"prompt": "1+1? 2 Correct?", "completion": YES},
+                {"prompt": "1+1? 3 Correct?", "completion": NO}]
+    result = continue_verifier(generator, examples, tmp_path / "out",
+                               TrainConfig(steps=2, batch_size=2, lr=3e-2), lora)
+    assert result.artifact == tmp_path / "out" and len(result.losses) == 2
+    assert sorted(p.name for p in result.artifact.iterdir() if p.is_dir()) == []
+    assert not (result.artifact / "adapter_config.json").exists()
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        continued, _ = load_model(result.artifact)
+        before, _ = load_model(generator)
+        assert not isinstance(continued, PeftModel)
+        assert not torch.allclose(continued(input_ids=ids).logits, before(input_ids=ids).logits)
+
+
+def test_a_soft_prompt_generator_cannot_be_continued(tiny_base: Path, tmp_path: Path) -> None:
+    from peft import PromptTuningConfig
+
+    soft = train(tiny_base, {"gen": _solutions(toy_items(8, 1, seed=5))}, {"gen": 1.0},
+                 tmp_path / "soft", TrainConfig(steps=1, batch_size=2),
+                 PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)).artifact
+    with pytest.raises(ValueError, match="soft prompt"):
+        continue_verifier(soft, [{"prompt": "1+1? 2 Correct?", "completion": YES}],
+                          tmp_path / "out")
