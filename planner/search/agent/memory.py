@@ -1,9 +1,13 @@
 """The insight memory: explicit, stored statements about what the trials showed.
 
-Three kinds follow AgentTTS's regularities, per subtask and across subtasks:
-`model` (which model/method wins), `saturation` (where the score-versus-n curve flattens)
-and `budget` (how the predicted-best allocation splits the budget, and how that moved).
-`note` holds a language model's own remarks.
+Four kinds follow AgentTTS's regularities, per subtask and across subtasks:
+`model` (which model/method wins), `saturation` (where the score-versus-n curve flattens),
+`dominance` (served arms no plan of which can beat what was already observed at no more
+cost) and `budget` (how the predicted-best allocation splits the budget, and how that
+moved). `note` holds a language model's own remarks.
+
+`closed` reads the memory back: the plans a `dominance` or `saturation` insight rules
+out, which the builtin reasoner does not propose while it holds.
 """
 
 from __future__ import annotations
@@ -14,19 +18,28 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.cost import CostModel
-from planner.search.agent.analysis import Analysis
+from planner.search.agent.analysis import Analysis, stage_scores
 from planner.search.agent.combine import best_allocations
-from planner.search.agent.surrogate import PlanTable
-from planner.space import Plan
+from planner.search.agent.surrogate import PlanTable, Prediction
+from planner.space import Plan, Value
+from planner.store import TrialRecord
 
 ALL = "*"  # the subtask of an insight about the whole pipeline
 _SATURATED_GAIN = 0.005  # score gained per doubling of n below which a curve is flat
+# An arm is dominated when each of its plans that fits the budget, even scored _KAPPA
+# standard deviations above its predicted mean, is beaten by _MARGIN in log score by a plan
+# observed at no more cost, and at least _TRIED of its plans were observed.
+_DOMINANCE_KAPPA = 2.0
+_DOMINANCE_MARGIN = 0.05
+_DOMINANCE_TRIED = 2
+_FLOOR = 1e-4  # scores are floored before taking logs
+_N = "samples"
 
 
 @dataclass(frozen=True)
 class Insight:
     subtask: str  # a subtask name, or ALL
-    kind: str  # model | saturation | budget | note
+    kind: str  # model | saturation | dominance | budget | note
     text: str
     data: dict = field(default_factory=dict)
 
@@ -47,6 +60,8 @@ def derive(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
     if not analysis.trials:
         return []
     out: list[Insight] = []
+    subtasks = [t.subtask for t in analysis.tables]
+    per = [stage_scores(trial, subtasks) for trial in analysis.trials]
     for t, pred in zip(analysis.tables, analysis.predictions, strict=True):
         mean = pred.score()
         affordable = t.cost <= budget_gpu_hours
@@ -65,8 +80,125 @@ def derive(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
                            f"{ranking}", {"plan": dict(plan), "predicted": score,
                                           "ranking": [[n, s] for s, n, _ in by_model]}))
         out.append(_saturation(t, mean, plan))
+        before = [i for i in previous if i.kind == "dominance" and i.subtask == t.subtask]
+        dominance = _dominance(t, pred, _observed(t, analysis.trials, per), budget_gpu_hours,
+                               len(subtasks) == 1, before)
+        if dominance is not None:
+            out.append(dominance)
     out.append(_budget(analysis, cost_model, budget_gpu_hours, previous))
     return out
+
+
+def closed(tables: Sequence[PlanTable],
+           memory: Sequence[Insight]) -> tuple[list[np.ndarray], list[str]]:
+    """Per table, a mask of the plans the memory rules out: every plan of an arm that a
+    `dominance` insight dropped, and the plans of a `saturation` insight's arm above the n
+    where it flattens (none while it is still rising). Also one phrase per rule that ruled
+    plans out, e.g. "dropped 3 arms (dominance)"."""
+    masks = {t.subtask: np.zeros(len(t.plans), dtype=bool) for t in tables}
+    by_name = {t.subtask: t for t in tables}
+    dropped = 0
+    capped: list[str] = []
+    for insight in memory:
+        t = by_name.get(insight.subtask)
+        if t is None:
+            continue
+        if insight.kind == "dominance":
+            for entry in insight.data.get("dropped", []):
+                arm = _matching(t, entry["arm"])
+                dropped += bool((arm & ~masks[t.subtask]).any())
+                masks[t.subtask] |= arm
+        elif insight.kind == "saturation" and insight.data.get("saturates_at") is not None:
+            cap = insight.data["saturates_at"]
+            arm = {k: v for k, v in insight.data["arm"].items() if k != _N}
+            above = _matching(t, arm) & (t.log_n > np.log2(cap))
+            if above.any():
+                masks[t.subtask] |= above
+                capped.append(f"capped n at {cap} on {t.subtask} {_name(arm)} (saturation)")
+    why = [f"dropped {dropped} arm{'s' if dropped > 1 else ''} (dominance)"] if dropped else []
+    return [masks[t.subtask] for t in tables], why + capped
+
+
+def _matching(t: PlanTable, values: dict[str, Value]) -> np.ndarray:
+    """A mask of the plans that take every one of `values` (none where one is unknown: the
+    insight was written for another version of the task)."""
+    mask = np.ones(len(t.plans), dtype=bool)
+    for name, value in values.items():
+        j = next((j for j, d in enumerate(t.dims) if d.name == name), None)
+        if j is None or value not in t.dims[j].values:
+            return np.zeros(len(t.plans), dtype=bool)
+        mask &= t.codes[:, j] == t.dims[j].index(value)
+    return mask
+
+
+def _name(arm: dict[str, Value]) -> str:
+    return "/".join(str(v) for v in arm.values())
+
+
+def _observed(t: PlanTable, trials: Sequence[TrialRecord],
+              per: Sequence[dict[str, float]]) -> dict[int, float]:
+    """The mean observed stage score of each of a subtask's plans that was evaluated."""
+    scores: dict[int, list[float]] = {}
+    for trial, stages in zip(trials, per, strict=True):
+        i = t.index.get(trial.allocation[t.subtask])
+        if t.subtask in stages and i is not None:
+            scores.setdefault(i, []).append(stages[t.subtask])
+    return {i: sum(s) / len(s) for i, s in scores.items()}
+
+
+def _dominance(t: PlanTable, pred: Prediction, observed: dict[int, float], budget: float,
+               whole: bool, previous: Sequence[Insight]) -> Insight | None:
+    """Served arms (model, method, mixture ...: every dimension but n, aggregator and
+    verifier) whose every plan within budget is beaten, even optimistically, by a plan
+    observed at no more cost; and the arms an earlier insight dropped that new evidence
+    revived. None if there is neither. Where the subtask is the whole task, nothing else
+    competes for the budget, so any observed plan counts as evidence whatever its cost."""
+    if not observed:
+        return None
+    served = [j for j, d in enumerate(t.dims) if not d.test_time]
+    sizes = [len(t.dims[j].values) for j in served]
+    group = t.codes[:, served] @ np.cumprod([1, *sizes[:-1]])  # the served arm of each plan
+    arms = int(np.prod(sizes))
+    idx = np.array(sorted(observed), dtype=int)
+    order = idx[np.argsort(t.cost[idx], kind="stable")]  # observed plans, cheapest first
+    scores = np.array([observed[i] for i in order])
+    best = np.maximum.accumulate(scores)  # the best score observed at each cost
+    by = order[np.maximum.accumulate(np.where(scores == best, np.arange(len(order)), 0))]
+    # what a plan may cost in an allocation: a shared training may be paid by another subtask
+    low = t.cost - np.where(t.artifact >= 0, t.train, 0.0)
+    k = (np.full(len(t.plans), len(order) - 1) if whole
+         else np.searchsorted(t.cost[order], low, side="right") - 1)
+    evidence = np.where(k >= 0, best[np.maximum(k, 0)], 0.0)
+    optimistic = pred.score(_DOMINANCE_KAPPA)
+    beaten = (np.log(np.maximum(evidence, _FLOOR)) - np.log(np.maximum(optimistic, _FLOOR))
+              >= _DOMINANCE_MARGIN)
+    fits = low <= budget
+    tried = np.bincount(group[idx], minlength=arms)
+    open_ = np.bincount(group[fits & ~beaten], minlength=arms)
+    dropped = []
+    for g in np.flatnonzero((tried >= _DOMINANCE_TRIED) & (open_ == 0)
+                            & (np.bincount(group[fits], minlength=arms) > 0)):
+        plans = np.flatnonzero(fits & (group == g))
+        top = int(plans[np.argmax(optimistic[plans])])  # its most promising plan
+        dropped.append({"arm": {t.dims[j].name: t.plans[top][t.dims[j].name] for j in served},
+                        "tried": int(tried[g]), "optimistic": float(optimistic[top]),
+                        "plan": dict(t.plans[top]), "evidence": float(evidence[top]),
+                        "by": dict(t.plans[int(by[k[top]])])})
+    arms_now = [d["arm"] for d in dropped]
+    revived = [d["arm"] for i in previous for d in i.data.get("dropped", [])
+               if d["arm"] not in arms_now]
+    if not dropped and not revived:
+        return None
+    parts = []
+    if dropped:
+        parts.append(f"dropped {len(dropped)} arm{'s' if len(dropped) > 1 else ''}: " + ", ".join(
+            f"{_name(d['arm'])} (best {d['optimistic']:.3f} at {_DOMINANCE_KAPPA:g} sd < "
+            f"{d['evidence']:.3f} observed at no more cost, {d['tried']} plans tried)"
+            for d in dropped))
+    if revived:
+        parts.append("revived by new evidence: " + ", ".join(_name(a) for a in revived))
+    return Insight(t.subtask, "dominance", "; ".join(parts),
+                   {"dropped": dropped, "revived": revived})
 
 
 def _saturation(t: PlanTable, mean: np.ndarray, plan: Plan) -> Insight:

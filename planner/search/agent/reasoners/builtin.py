@@ -7,10 +7,15 @@
   mixtures or aggregators).
   Stage scores are reported per subtask, so trial i carries probe i of every subtask.
 - reflect: the insight memory the analysis implies (`memory.derive`: which model wins,
-  where n saturates, how the budget splits), keeping a language model's latest notes.
+  where n saturates, which served arms are dominated, how the budget splits), keeping a
+  language model's latest notes.
 - propose: fit each subtask's score model (`surrogate`), score every plan optimistically
   (mean + kappa std in logit space), and combine the per-subtask frontiers under the
-  budget (`combine`), skipping allocations already evaluated.
+  budget (`combine`), skipping allocations already evaluated. The memory it is given
+  masks those values (`memory.closed`): the arms a `dominance` insight dropped and the n
+  above a `saturation` insight's point on its arm rank after every open plan, so they are
+  proposed only when nothing open is left; each proposal's rationale says what the
+  memory ruled out. Notes are read by a language model, not here.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 from planner.search._base import SearchContext, seen_keys
 from planner.search.agent.analysis import Analysis, Analyst
 from planner.search.agent.combine import best_allocations
-from planner.search.agent.memory import Insight, derive
+from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.surrogate import PlanTable
 from planner.space import Allocation
@@ -31,6 +36,7 @@ from planner.store import TrialRecord, TrialStatus
 _MAX_MODEL_PROBES = 4
 _PROBES_PER_DIMENSION = {"method": 1}  # values probed per other dimension (default 2)
 KAPPA = 1.0  # optimism, in standard deviations of the logit score
+CLOSED = 1e3  # lowers the value (log score) of a plan the memory rules out
 MAX_NOTES = 6  # language-model notes kept in the memory
 
 
@@ -83,20 +89,38 @@ class BuiltinReasoner:
         mean (the "kriging believer" of batch Bayesian optimisation), so a batch for several
         workers spreads over what is uncertain instead of crowding one arm.
 
-        `memory` is a summary of this reasoner's own analysis, which it re-derives.
+        The plans `memory` rules out (`memory.closed`: arms a dominance insight dropped, n
+        above a saturation point) are ranked after every open plan: their values are
+        lowered by `CLOSED`, so they are proposed only once nothing open is left.
         """
+        shut, why = closed(self.analyst.tables, memory)
+        note = f"; memory: {', '.join(why)}" if why else ""
         believed = list(history)
         allocs: list[Allocation] = []
+        rationale: list[str] = []
         while len(allocs) < k:
             analysis = self.analyse(believed)
-            found = best_allocations(analysis.tables, analysis.plan_values(self.kappa),
-                                     self.ctx.budget_gpu_hours, self.ctx.cost_model,
-                                     seen_keys(believed), 1)
+            values = [np.where(c, v - CLOSED, v) for c, v in
+                      zip(shut, analysis.plan_values(self.kappa), strict=True)]
+            found = best_allocations(analysis.tables, values, self.ctx.budget_gpu_hours,
+                                     self.ctx.cost_model, seen_keys(believed), 1)
             if not found:
                 break
             allocs.append(found[0])
+            rationale.append(self._why(found[0], analysis.tables, values, shut) + note)
             believed.append(self._believed(found[0], analysis, -len(allocs)))
-        return Proposal(allocs, reasoner=self.name)
+        return Proposal(allocs, reasoner=self.name, rationale=rationale)
+
+    @staticmethod
+    def _why(alloc: Allocation, tables: Sequence[PlanTable], values: Sequence[np.ndarray],
+             shut: Sequence[np.ndarray]) -> str:
+        """One line: the allocation's optimistic end score, and whether the memory had
+        ruled any of its plans out."""
+        at = [t.index[alloc[t.subtask]] for t in tables]
+        if any(c[i] for c, i in zip(shut, at, strict=True)):
+            return "nothing the memory leaves open is unseen and fits the budget"
+        total = sum(float(v[i]) for v, i in zip(values, at, strict=True))
+        return f"best unseen optimistic end score ({np.exp(total):.3f})"
 
     def _believed(self, alloc: Allocation, analysis: Analysis, number: int) -> TrialRecord:
         """A pretend trial of `alloc` that scored what the surrogate predicts for it."""
