@@ -247,8 +247,11 @@ def main() -> None:
                         help="per-request timeout of the reasoner's client, s (LLMConfig's "
                         "default of 60 s times out on cold 4-8k-token prompts here)")
     parser.add_argument("--nodes", nargs="+", default=["propose"],
-                        choices=["reflect", "propose"], help="agent nodes the model answers "
-                        "(the figures in experiments/README.md: propose)")
+                        choices=["init", "reflect", "propose"], help="agent nodes the model "
+                        "answers (the figures in experiments/README.md: propose)")
+    parser.add_argument("--tool-rounds", type=int, default=0, help="replies per node that "
+                        "may call the reasoner's tools (the figures in experiments/README.md "
+                        "were measured before tools existed: 0)")
     parser.add_argument("--setup-only", action="store_true")
     args = parser.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):  # exit through `finally`: stop the server
@@ -263,7 +266,8 @@ def main() -> None:
     start = time.perf_counter()
     with server(python, gguf, args.port, args.n_ctx, args.threads,
                 args.out / "server.log") as url:
-        llm = LLMConfig(url, MODEL, timeout_s=args.timeout, nodes=tuple(args.nodes))
+        llm = LLMConfig(url, MODEL, timeout_s=args.timeout, nodes=tuple(args.nodes),
+                        tool_rounds=args.tool_rounds)
         for path in tasks:
             for seed in range(args.seeds):
                 name = load_task(path).spec.name

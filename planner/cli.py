@@ -34,7 +34,7 @@ from planner.export import FORMATS, export_files, read_plan, write_export
 from planner.sampling import with_flags as with_sampling_flags
 from planner.search import STRATEGIES, AgentOptions, best_trial
 from planner.search.agent import LLMConfig
-from planner.search.agent.steps import ProposeStep, ReflectStep, Step, step_of
+from planner.search.agent.steps import AnsweredStep, Step, step_of
 from planner.search.agent.strategy import DEFAULT_PATIENCE
 from planner.space import Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec, outside_tables, parse_spec
@@ -81,8 +81,12 @@ def optimize(
                                                "llm request (a small CPU server needs "
                                                "minutes).")] = 60.0,
     llm_nodes: Annotated[str, typer.Option(help="Agent nodes the --reasoner llm model answers "
-                                           "(the builtin answers the others): reflect, "
-                                           "propose or both.")] = "reflect,propose",
+                                           "(the builtin answers the others): any of init, "
+                                           "reflect, propose.")] = "reflect,propose",
+    llm_tool_rounds: Annotated[int, typer.Option(min=0, max=20, help="Replies per node in "
+                                                 "which the --reasoner llm model may call "
+                                                 "tools (predict, price, frontier, trial) "
+                                                 "before it answers; 0: none.")] = 3,
     patience: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Agent: stop after this "
                                           "many proposals without a better score.")]
     = DEFAULT_PATIENCE,
@@ -148,8 +152,8 @@ def optimize(
     _budget("--budget", budget)
     if search_budget is not None:
         _budget("--search-budget", search_budget)
-    agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes, patience,
-                           workers)
+    agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes,
+                           llm_tool_rounds, patience, workers)
     executor = executor or ("process" if spec.environment == "live" else "local")
     _check_executor(executor, workers, trial_timeout, ray_address)
     space = SearchSpace(spec)
@@ -193,8 +197,9 @@ def optimize(
     _print_leaderboard(spec, board, result.study.name)
     if fallbacks and fallbacks["fallbacks"]:
         err.print(f"the language model was replaced by the builtin reasoner in "
-                  f"{fallbacks['fallbacks']} of {fallbacks['propose_steps']} proposal and "
-                  f"{fallbacks['reflect_steps']} reflection steps: "
+                  f"{fallbacks['fallbacks']} of {fallbacks['propose_steps']} proposal, "
+                  f"{fallbacks['reflect_steps']} reflection and {fallbacks['init_steps']} "
+                  "init steps: "
                   + secrets.redact("; ".join(fallbacks["reasons"])), style="yellow",
                   soft_wrap=True)
     err.print(f"stopped: {result.stopped or 'done'}; evaluating the trials cost {spent:.4g} "
@@ -241,7 +246,8 @@ def _check_executor(kind: str, workers: int, timeout: float | None,
 
 
 def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeout: float,
-                   nodes: str, patience: int, workers: int = 1) -> AgentOptions:
+                   nodes: str, tool_rounds: int, patience: int, workers: int = 1
+                   ) -> AgentOptions:
     """The agent's options; it proposes as many allocations per step as there are workers."""
     if reasoner not in ("builtin", "llm"):
         raise typer.BadParameter("choose builtin or llm", param_hint="--reasoner")
@@ -251,11 +257,12 @@ def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeo
         raise PlannerError("--reasoner llm needs --llm-base-url (e.g. http://127.0.0.1:8000/v1) "
                            "and --llm-model")
     chosen = tuple(n.strip() for n in nodes.split(",") if n.strip())
-    if not chosen or set(chosen) - {"reflect", "propose"}:
-        raise PlannerError(f"--llm-nodes {nodes!r}: name reflect, propose or both, e.g. "
-                           "--llm-nodes reflect,propose")
+    if not chosen or set(chosen) - {"init", "reflect", "propose"}:
+        raise PlannerError(f"--llm-nodes {nodes!r}: name some of init, reflect and propose, "
+                           "e.g. --llm-nodes reflect,propose")
     return AgentOptions(reasoner="llm", llm=LLMConfig(base_url, model, timeout_s=timeout,
-                                                      nodes=chosen), patience=patience,
+                                                      nodes=chosen, tool_rounds=tool_rounds),
+                        patience=patience,
                         proposals_per_step=workers)
 
 
@@ -419,6 +426,11 @@ def _print_measured(measured: dict, study: str) -> None:
               highlight=False)
     out.print(f"device time the search spent: {measured['spent_device_hours']:.4g} device-h "
               "(measured; work reused from the cache counted once)", highlight=False)
+    for r in measured["rows"]:
+        for s, share in r["escalated"].items():
+            out.print(f"trial {r['number']}: {s} escalated a share {share['measured']:.3g} of "
+                      f"its validation items to its cascade's strong plan; the cost model "
+                      f"assumed {share['assumed']:.3g} (the threshold)", highlight=False)
 
 
 @app.command()
@@ -463,12 +475,15 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
         else:
             st = step_of(e["node"], e["payload"])
             status, extra = "", ""
-            if isinstance(st, ProposeStep | ReflectStep):
+            if isinstance(st, AnsweredStep):
                 status = "fallback" if st.fallback else ""
                 if st.attempts:
                     tokens = sum(sum(a.tokens.values()) for a in st.attempts)
                     latency = sum(a.latency_s for a in st.attempts)
-                    extra = f" [{len(st.attempts)} calls, {tokens} tokens, {latency:.2f} s]"
+                    tools = sum(len(a.tool_calls) for a in st.attempts)
+                    extra = (f" [{len(st.attempts)} calls"
+                             + (f", {tools} tool calls" if tools else "")
+                             + f", {tokens} tokens, {latency:.2f} s]")
             table.add_row(f"step {e['number']}", e["node"], status, "", "",
                           Text(st.summary + extra))
     out.print(table)
@@ -476,15 +491,22 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
 
 
 def _print_step(number: int, step: Step) -> None:
-    """One agent step: its summary, each LLM exchange, then the rest as JSON."""
+    """One agent step: its summary, each LLM exchange (the messages it added, the reply,
+    the tools it called and what they answered), then the rest as JSON."""
     out.print(Panel(Text(step.summary), title=f"step {number}: {step.node}"))
-    attempts = step.attempts if isinstance(step, ProposeStep | ReflectStep) else []
+    attempts = step.attempts if isinstance(step, AnsweredStep) else []
+    shown = 0  # messages of the conversation shown so far
     for i, a in enumerate(attempts):
-        for m in a.messages[-1:] if i else a.messages:
-            out.print(Panel(Text(m["content"]), title=f"call {i}: {m['role']}"))
-        out.print(Panel(Text(a.response or "(no reply)"),
+        for m in a.messages[shown:]:
+            if i and m["role"] in ("assistant", "tool"):  # shown with the call before
+                continue
+            out.print(Panel(Text(m.get("content") or ""), title=f"call {i}: {m['role']}"))
+        shown = len(a.messages)
+        out.print(Panel(Text(a.response or ("(tool calls)" if a.tool_calls else "(no reply)")),
                         title=f"call {i}: reply ({a.tokens or 'no usage'}, "
                               f"{a.latency_s:.2f} s)"))
+        for c in a.tool_calls:
+            out.print(Text(f"  tool {c.name}({c.arguments}) -> {json.dumps(c.result)}"[:2000]))
         for error in a.errors:
             out.print(Text(f"  error: {error}", style="red"))
     rest = {k: v for k, v in step.payload().items() if k not in ("summary", "attempts")}

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from planner.search import best_trial
-from planner.search.agent.steps import ProposeStep, ReflectStep, read_step
+from planner.search.agent.steps import (
+    AnsweredStep,
+    InitStep,
+    ProposeStep,
+    ReflectStep,
+    read_step,
+)
 from planner.store import StepRecord, StudyRecord, TrialRecord, TrialStatus
 
 
@@ -74,16 +80,17 @@ def summary(study: StudyRecord, trials: Sequence[TrialRecord]) -> dict:
 
 
 def reasoner_fallbacks(steps: Sequence[StepRecord]) -> dict | None:
-    """How often the builtin reasoner answered for a language model (in reflect and propose
-    steps), and why; None when no step asked one."""
-    typed = [read_step(s) for s in steps if s.node in (ReflectStep.node, ProposeStep.node)]
-    asked = [p for p in typed if isinstance(p, ReflectStep | ProposeStep)
-             and (p.attempts or p.fallback)]
+    """How often the builtin reasoner answered for a language model (in init, reflect and
+    propose steps), and why; None when no step asked one."""
+    typed = [read_step(s) for s in steps
+             if s.node in (InitStep.node, ReflectStep.node, ProposeStep.node)]
+    asked = [p for p in typed if isinstance(p, AnsweredStep) and (p.attempts or p.fallback)]
     if not asked:
         return None
     reasons = [p.fallback for p in asked if p.fallback]
     return {"propose_steps": sum(isinstance(p, ProposeStep) for p in typed),
             "reflect_steps": sum(isinstance(p, ReflectStep) for p in asked),
+            "init_steps": sum(isinstance(p, InitStep) for p in asked),
             "fallbacks": len(reasons), "reasons": list(dict.fromkeys(reasons))}
 
 

@@ -1,7 +1,8 @@
 """The `llm` reasoner end to end against a real OpenAI-compatible server on 127.0.0.1.
 
 The server answers /v1/chat/completions from a script: valid plans, malformed JSON, an
-over-budget plan, a reply slower than the client's timeout, and HTTP 500.
+over-budget plan, tool calls, a reply slower than the client's timeout, and HTTP 500; or
+it refuses every request that offers tools, as a server without tool calling does.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from envs import make_environment
 from planner.cli import app
 from planner.report import reasoner_fallbacks
 from planner.search import AgentOptions
-from planner.search.agent import LLMConfig
+from planner.search.agent import LLMConfig, prompts
+from planner.search.agent.graph import build_graph
 from planner.search.agent.reasoners.llm import ReplyError, parse_reply
+from planner.search.agent.state import EARLIER, MAX_EXCHANGES
+from planner.search.agent.steps import InitStep, read_step
+from planner.search.agent.strategy import checkpointer, thread_id
+from planner.space import Allocation, SearchSpace
 from planner.spec import load_spec
 from planner.store import Store
 from planner.study import optimize
@@ -32,12 +38,14 @@ SECRET = "sk-test-must-never-be-stored-0123456789"
 
 class ScriptedServer:
     """Pops one scripted behaviour per request: ("reply", text), ("slow", s, text),
-    ("status", code); when the script is empty, HTTP 500."""
+    ("status", code), ("tools", [(name, arguments), ...]); when the script is empty, HTTP
+    500. With `refuse_tools`, a request offering tools gets HTTP 400 (the script waits)."""
 
     def __init__(self) -> None:
         self.script: list[tuple] = []
         self.requests: list[dict] = []
         self.auth: list[str] = []
+        self.refuse_tools = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,17 +53,26 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
                 server.auth.append(self.headers.get("Authorization", ""))
+                if server.refuse_tools and "tools" in body:
+                    self._send(400, {"error": {"message": "tools are not supported"}})
+                    return
                 action = server.script.pop(0) if server.script else ("status", 500)
                 if action[0] == "status":
                     self._send(action[1], {"error": {"message": "scripted failure"}})
                     return
                 if action[0] == "slow":
                     time.sleep(action[1])
-                text = action[-1]
+                message = {"role": "assistant", "content": action[-1]}
+                if action[0] == "tools":
+                    message = {"role": "assistant", "content": None, "tool_calls": [
+                        {"id": f"call_{i}", "type": "function",
+                         "function": {"name": name, "arguments": arguments}}
+                        for i, (name, arguments) in enumerate(action[1])]}
                 self._send(200, {
                     "id": "x", "object": "chat.completion", "created": 0, "model": "scripted",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
+                    "choices": [{"index": 0, "message": message,
+                                 "finish_reason": "tool_calls" if action[0] == "tools"
+                                 else "stop"}],
                     "usage": {"prompt_tokens": 100, "completion_tokens": 20,
                               "total_tokens": 120}})
 
@@ -117,7 +134,8 @@ def _n_init(spec) -> int:
 def _optimize(spec, server: ScriptedServer, n_extra: int, store: Store | None = None, **llm):
     """Run the agent until `n_extra` trials past its init probes."""
     config = LLMConfig(server.url, "scripted", **{"timeout_s": 2.0, "max_retries": 0,
-                                                   "repairs": 2, "nodes": ("propose",), **llm})
+                                                   "repairs": 2, "nodes": ("propose",),
+                                                   "tool_rounds": 0, **llm})
     store = store or Store("sqlite://")
     result = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
                       strategy="agent", n_trials=_n_init(spec) + n_extra, study="llm",
@@ -268,7 +286,7 @@ def test_fallbacks_are_reported_by_optimize(tmp_path: Path, server) -> None:
     res = CliRunner().invoke(app, ["optimize", str(task), "--db", "sqlite://", "--json",
                                    "--trials", trials, "--reasoner", "llm", "--llm-base-url",
                                    server.url, "--llm-model", "scripted",
-                                   "--llm-nodes", "propose"])
+                                   "--llm-nodes", "propose", "--llm-tool-rounds", "0"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)["llm_fallbacks"]
     assert report["propose_steps"] == 1 and report["fallbacks"] == 1
@@ -321,7 +339,9 @@ def test_the_model_reflects_and_its_insights_reach_the_next_proposal(spec, serve
     assert "no JSON object" in first["attempts"][0]["errors"][0]  # then repaired
     assert {"subtask": "*", "kind": "note", "text": said, "data": {}} in first["insights_after"]
     assert any(i["kind"] == "model" for i in first["insights_after"])  # the builtin's too
-    assert said in server.requests[2]["messages"][1]["content"]  # the propose prompt
+    propose = server.requests[2]["messages"]
+    assert said in propose[-1]["content"]  # the propose prompt's insight memory ...
+    assert said in propose[2]["content"] and propose[2]["role"] == "assistant"  # ... and chat
     assert said in [i.text for i in store.insights("llm")]
     assert result.trials[-1].source == "agent-llm"
 
@@ -337,3 +357,157 @@ def test_a_failing_reflect_falls_back_to_the_builtins_insights(spec, server) -> 
     said = reasoner_fallbacks(store.steps("llm"))  # what the console and --json report
     assert said["reflect_steps"] == 1 and said["fallbacks"] == 1
     assert "HTTP 500" in said["reasons"][0]
+
+
+def _key(data: dict, spec) -> str:
+    return SearchSpace(spec).coerce(data).key()
+
+
+def test_the_model_calls_tools_and_reads_their_results(spec, server, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'tools.db'}"
+    server.script = [("tools", [("frontier", '{"k": 3}'),
+                                ("predict", json.dumps({"allocation": GOOD})),
+                                ("price", json.dumps({"allocation": OVER}))]),
+                     ("reply", _reply(GOOD))]
+    result, proposes, store = _optimize(spec, server, 1, store=Store(db), tool_rounds=3)
+    first, second = server.requests
+    assert [t["function"]["name"] for t in first["tools"]] == [
+        "predict", "price", "frontier", "trial"]
+    assert "response_format" not in first  # a constrained decoder could not call a tool
+    allocation = first["tools"][0]["function"]["parameters"]["properties"]["allocation"]
+    assert allocation["properties"]["extract"]["properties"]["model"] == {
+        "enum": ["small", "large"]}
+    prompt = first["messages"][-1]["content"]
+    assert "call frontier(k)" in prompt and "Candidates a statistical model" not in prompt
+    answers = [m for m in second["messages"] if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in answers] == ["call_0", "call_1", "call_2"]
+    frontier, predict, price = (json.loads(m["content"]) for m in answers)
+    run = {t.allocation.key() for t in result.trials[:-1]}
+    candidates = [Allocation.from_dict(c["allocation"]) for c in frontier["candidates"]]
+    assert len(candidates) == 3 and not run & {a.key() for a in candidates}
+    assert all(c["gpu_hours"] <= 20 for c in frontier["candidates"])
+    stage = predict["stages"]["extract"]
+    assert stage["low"] <= stage["mean"] <= stage["high"] and 0 < predict["end_score"] < 1
+    assert price["fits"] is False and price["gpu_hours"] > price["budget"] == 20
+    step = proposes[0]
+    calls = step["attempts"][0]["tool_calls"]
+    assert [c["name"] for c in calls] == ["frontier", "predict", "price"]
+    assert calls[2]["result"] == price and step["reasoner"] == "llm"
+    assert step["tokens"] == {"prompt": 200, "completion": 40}  # both replies counted
+    last = result.trials[-1]
+    assert last.source == "agent-llm" and last.allocation.key() == _key(GOOD, spec)
+    number = next(s.number for s in store.steps("llm") if s.node == "propose")
+    shown = CliRunner().invoke(app, ["trace", "llm", "--db", db, "--step", str(number)])
+    assert shown.exit_code == 0 and 'tool frontier({"k": 3}) -> {"candidates"' in shown.stdout
+
+
+def test_bad_tool_calls_are_answered_with_errors_and_rounds_are_bounded(spec, server) -> None:
+    server.script = [
+        ("tools", [("predict", json.dumps({"allocation": {"extract": {"model": "huge"}}})),
+                   ("price", "not json"), ("trial", '{"number": 999}'), ("nope", "{}"),
+                   ("frontier", '{"k": 1}')]),
+        ("tools", [("frontier", '{"k": 0}'), ("trial", '{"n": 1}')]),
+        ("reply", _reply(GOOD))]
+    result, proposes, _ = _optimize(spec, server, 1, tool_rounds=2)
+    answers = [json.loads(m["content"])["error"] for m in server.requests[1]["messages"]
+               if m["role"] == "tool"]
+    assert len(answers) == 5
+    assert "extract.model: 'huge' is not allowed" in answers[0]
+    assert "not JSON" in answers[1] and "no trial 999" in answers[2]
+    assert "unknown tool 'nope'" in answers[3] and "at most 4 calls" in answers[4]
+    last = server.requests[2]  # rounds spent: the answer is asked in structured form
+    assert "tools" not in last and last["response_format"]["type"] == "json_schema"
+    assert last["messages"][-1]["content"].startswith("No more tool calls")
+    late = [json.loads(m["content"])["error"] for m in last["messages"] if m["role"] == "tool"]
+    assert "from 1 to 8" in late[-2] and "takes ['number']" in late[-1]
+    assert len(proposes[0]["attempts"]) == 3 and proposes[0]["reasoner"] == "llm"
+    assert result.trials[-1].source == "agent-llm"
+
+
+def test_a_server_refusing_tools_gets_the_frontier_in_the_prompt(spec, server) -> None:
+    server.refuse_tools = True
+    server.script = [("reply", _reply(GOOD)), ("reply", _reply(GOOD2))]
+    result, proposes, _ = _optimize(spec, server, 2, tool_rounds=3)
+    assert ["tools" in r for r in server.requests] == [True, False, False]  # refused once
+    assert [r["response_format"]["type"] for r in server.requests[1:]] == ["json_schema"] * 2
+    system, prompt = (server.requests[1]["messages"][i]["content"] for i in (0, -1))
+    assert "Candidates a statistical model rates highest" in prompt
+    assert prompts.TOOLS not in system
+    assert [(p["reasoner"], p["fallback"]) for p in proposes] == [("llm", None)] * 2
+    assert [t.source for t in result.trials[-2:]] == ["agent-llm", "agent-llm"]
+
+
+def _checkpointed(store: Store, study: str) -> dict:
+    """The graph state the study's checkpoint holds."""
+    with checkpointer(store.url) as saver:
+        graph = build_graph().compile(checkpointer=saver)
+        return graph.get_state({"configurable": {"thread_id": thread_id(study, 0)}}).values
+
+
+def test_the_conversation_is_checkpointed_bounded_and_resumed(spec, server,
+                                                             tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'chat.db'}")
+    said = [json.dumps({"insights": [f"insight {i}"]}) for i in range(7)]
+    server.script = [("reply", s) for s in said[:5]]
+    _optimize(spec, server, 5, store=store, nodes=("reflect",))
+    assert len(server.requests) == 5  # a reflect step after each evaluation but the last
+    messages = _checkpointed(store, "llm")["messages"]
+    assert messages[0] == {"role": "system", "content": EARLIER}  # the first one folded
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * MAX_EXCHANGES
+    assert [m["content"] for m in messages[2::2]] == said[1:5]
+    assert messages[1]["content"].startswith("[reflect after")
+    second = server.requests[1]["messages"]  # the conversation reaches the next request
+    assert second[1]["content"].startswith("[reflect after") and second[2]["content"] == said[0]
+    server.script = [("reply", s) for s in said[5:]]
+    _optimize(spec, server, 7, store=store, nodes=("reflect",))
+    resumed = server.requests[5]["messages"]
+    assert EARLIER in resumed[0]["content"]
+    assert resumed[-2] == {"role": "assistant", "content": said[4]}
+    assert max(len(r["messages"]) for r in server.requests) == 2 + 2 * MAX_EXCHANGES
+    assert [m["content"] for m in _checkpointed(store, "llm")["messages"][2::2]] == said[3:7]
+
+
+def _init_run(spec, server: ScriptedServer, n_trials: int) -> tuple[list, InitStep, Store]:
+    store = Store("sqlite://")
+    config = LLMConfig(server.url, "scripted", timeout_s=2.0, max_retries=0, nodes=("init",),
+                       tool_rounds=0)
+    result = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
+                      strategy="agent", n_trials=n_trials, study="llm",
+                      agent=AgentOptions(reasoner="llm", llm=config, patience=None))
+    init = read_step(store.steps("llm")[0])
+    assert isinstance(init, InitStep)
+    return result.trials, init, store
+
+
+def test_the_model_answers_init_and_its_probes_are_validated(spec, server) -> None:
+    server.script = [("reply", _reply(OVER, GOOD, GOOD, GOOD2, insights=("probe both",)))]
+    trials, init, store = _init_run(spec, server, 2)
+    assert init.reasoner == "llm" and init.fallback is None and init.summary == "llm: 2 probes"
+    errors = init.attempts[0].errors
+    assert "over the budget" in errors[0] and "already evaluated or proposed" in errors[1]
+    assert [t.allocation.key() for t in trials] == [_key(GOOD, spec), _key(GOOD2, spec)]
+    assert all(t.source == "agent-init" for t in trials)
+    request = server.requests[0]
+    assert "No trial has run yet" in request["messages"][-1]["content"]
+    schema = request["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["proposals"]["maxItems"] == _n_init(spec)
+    assert "probe both" in [i.text for i in store.insights("llm")]
+
+
+def test_a_failing_init_falls_back_to_the_builtins_probes(spec, server) -> None:
+    server.script = [("reply", _reply(OVER))] * 3
+    trials, init, store = _init_run(spec, server, _n_init(spec))
+    assert init.reasoner == "builtin" and init.fallback == "no usable probes after 3 replies"
+    assert len(trials) == len(init.proposals) == len(init.rationale) == _n_init(spec)
+    assert reasoner_fallbacks(store.steps("llm"))["init_steps"] == 1
+
+
+def test_a_repair_after_a_tool_offering_request_is_structured(spec, server) -> None:
+    # a server that ignores `tools` answers unconstrained once; the repair is constrained
+    server.script = [("reply", "I would pick the large model"), ("reply", _reply(GOOD))]
+    result, proposes, _ = _optimize(spec, server, 1, tool_rounds=3)
+    first, second = server.requests
+    assert "tools" in first and "response_format" not in first
+    assert "tools" not in second and second["response_format"]["type"] == "json_schema"
+    assert "no JSON object" in second["messages"][-1]["content"]
+    assert proposes[0]["reasoner"] == "llm" and result.trials[-1].source == "agent-llm"

@@ -15,6 +15,7 @@ import numpy as np
 from planner.artifact import Artifact
 from planner.search._base import SearchContext
 from planner.search.agent.surrogate import PlanTable, Prediction, SubtaskModel
+from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
 _FLOOR = 1e-4  # scores are floored before taking logs
@@ -41,6 +42,17 @@ class Analysis:
         """Each plan's contribution to the log end score at `kappa` std above the mean."""
         return [w * np.log(np.maximum(p.score(kappa), _FLOOR))
                 for w, p in zip(self.weights, self.predictions, strict=True)]
+
+    def predicted(self, allocation: Allocation, kappa: float = 0.0
+                  ) -> tuple[float, dict[str, float]]:
+        """An allocation's end score (the weighted product of its stage scores) and each
+        stage's score, predicted `kappa` std above the mean (0: the mean)."""
+        stages = {t.subtask: float(p.score(kappa)[t.index[allocation[t.subtask]]])
+                  for t, p in zip(self.tables, self.predictions, strict=True)}
+        end = 1.0
+        for t, w in zip(self.tables, self.weights, strict=True):
+            end *= stages[t.subtask] ** float(w)
+        return end, stages
 
 
 class Analyst:

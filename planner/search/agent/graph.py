@@ -2,7 +2,9 @@
 
 Every node visit is stored as an agent step (what it saw, did and produced); reflect also
 stores the insight memory it wrote. Nodes read run objects from `runtime.context` and
-return only the state keys they change.
+return only the state keys they change. A language model answers the nodes in its `nodes`
+(the builtin the rest, and any it fails); each answer appends its exchange to the state's
+`messages` channel, which the next request carries, so the conversation is checkpointed.
 """
 
 from __future__ import annotations
@@ -29,17 +31,28 @@ from planner.store import TrialRecord, TrialStatus
 
 
 def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
-    """Probe each subtask: a spread of models, the trend in n, then the other fields."""
+    """Probe each subtask: a spread of models, the trend in n, then the other fields (the
+    builtin's design, or the language model's pick where it answers init)."""
     ctx = runtime.context
-    probes = ctx.reasoner.initial(ctx.runner.history())
-    allocs, why = probes.allocations, probes.rationale
-    _record(ctx, InitStep(
-        summary=f"{len(allocs)} probes isolating model choice and n trend per subtask",
+    history = ctx.runner.history()
+    use_llm = _use_llm(state, ctx, "init")
+    probes = (ctx.llm.initial(history, state.messages) if ctx.llm and use_llm
+              else ctx.builtin.initial(history))
+    llm = _llm_outcome(state, ctx, "init", use_llm, probes.fallback)
+    fallback = llm.pop("fallback")
+    allocs = probes.allocations
+    step = _record(ctx, InitStep(
+        summary=(f"{len(allocs)} probes isolating model choice and n trend per subtask"
+                 if probes.reasoner == ctx.builtin.name else f"{probes.reasoner}: "
+                 f"{len(allocs)} probes") + (f" (fallback: {fallback})" if fallback else ""),
         inputs={"budget_gpu_hours": ctx.runner.budget_gpu_hours, "n_trials": ctx.n_trials,
-                "subtasks": ctx.runner.space.subtasks, "reasoner": ctx.reasoner.name},
-        proposals=[a.to_dict() for a in allocs], rationale=why))
-    return {"initialized": True,
-            "pending": [{"allocation": a.to_dict(), "source": "agent-init"} for a in allocs]}
+                "subtasks": ctx.runner.space.subtasks, "reasoner": _reasoner(ctx)},
+        reasoner=probes.reasoner, fallback=fallback, attempts=list(probes.attempts),
+        proposals=[a.to_dict() for a in allocs], rationale=probes.rationale,
+        notes=probes.notes))
+    update = {"initialized": True, **llm, **_notes(ctx, state, step, probes.notes),
+              "pending": [{"allocation": a.to_dict(), "source": "agent-init"} for a in allocs]}
+    return update | ({"messages": probes.exchange} if probes.exchange else {})
 
 
 def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
@@ -99,7 +112,8 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         reflection, llm = ctx.builtin.reflect(history, before), {"fallback": None}
     else:
         use_llm = _use_llm(state, ctx, "reflect")
-        reflection = (ctx.reasoner if use_llm else ctx.builtin).reflect(history, before)
+        reflection = (ctx.llm.reflect(history, before, state.messages) if ctx.llm and use_llm
+                      else ctx.builtin.reflect(history, before))
         llm = _llm_outcome(state, ctx, "reflect", use_llm, reflection.fallback)
     after = reflection.insights
     memory = [i.to_dict() for i in after]
@@ -113,7 +127,8 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     fresh = [d for i, d in zip(after, memory, strict=True) if i not in before]
     if fresh:
         ctx.runner.store.add_insights(ctx.runner.study, step, fresh)
-    return {"memory": memory, "stop": stop, **llm}
+    update = {"memory": memory, "stop": stop, **llm}
+    return update | ({"messages": reflection.exchange} if reflection.exchange else {})
 
 
 def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
@@ -122,27 +137,27 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     history = ctx.runner.history()
     memory = [Insight.from_dict(d) for d in state.memory]
     use_llm = _use_llm(state, ctx, "propose")
-    proposal = (ctx.reasoner if use_llm else ctx.builtin).propose(history, memory,
-                                                                  ctx.proposals_per_step)
+    k = ctx.proposals_per_step
+    proposal = (ctx.llm.propose(history, memory, k, state.messages) if ctx.llm and use_llm
+                else ctx.builtin.propose(history, memory, k))
     llm = _llm_outcome(state, ctx, "propose", use_llm, proposal.fallback)
     fallback = llm.pop("fallback")
     source = f"agent-{proposal.reasoner}"
     what = "; ".join(" | ".join(a.describe()) for a in proposal.allocations)
-    notes = [Insight("*", "note", n).to_dict() for n in proposal.notes]
     step = _record(ctx, ProposeStep(
         summary=f"{proposal.reasoner}: {what or 'nothing left to propose'}"
                 + (f" (fallback: {fallback})" if fallback else ""),
         inputs={"trials": len(history), "insights": len(memory),
-                "k": ctx.proposals_per_step, "best_score": state.best_score},
+                "k": k, "best_score": state.best_score},
         reasoner=proposal.reasoner, fallback=fallback, attempts=list(proposal.attempts),
-        proposals=[a.to_dict() for a in proposal.allocations], notes=proposal.notes,
-        tokens=_sum_tokens(proposal.attempts),
+        proposals=[a.to_dict() for a in proposal.allocations], rationale=proposal.rationale,
+        notes=proposal.notes, tokens=_sum_tokens(proposal.attempts),
         latency_s=sum(a.latency_s for a in proposal.attempts)))
     update: dict = {"pending": [{"allocation": a.to_dict(), "source": source}
-                                for a in proposal.allocations], **llm}
-    if notes:  # the memory changes only when the language model left notes
-        ctx.runner.store.add_insights(ctx.runner.study, step, notes)
-        update["memory"] = state.memory + notes
+                                for a in proposal.allocations], **llm,
+                    **_notes(ctx, state, step, proposal.notes)}
+    if proposal.exchange:
+        update["messages"] = proposal.exchange
     if not proposal.allocations:
         update["stop"] = "no unseen allocation fits the budget"
     return update
@@ -190,7 +205,21 @@ def build_graph() -> StateGraph:
 
 def _acts(ctx: AgentContext, node: str) -> bool:
     """Whether a language model answers this node (the builtin answers the others)."""
-    return ctx.reasoner is not ctx.builtin and node in ctx.reasoner.nodes
+    return ctx.llm is not None and node in ctx.llm.nodes
+
+
+def _reasoner(ctx: AgentContext) -> str:
+    return ctx.builtin.name if ctx.llm is None else ctx.llm.name
+
+
+def _notes(ctx: AgentContext, state: PlannerState, step: int, notes: list[str]) -> dict:
+    """A language model's notes stored as insights of `step`, and the memory update (none
+    when it left no notes)."""
+    if not notes:
+        return {}
+    added = [Insight("*", "note", n).to_dict() for n in notes]
+    ctx.runner.store.add_insights(ctx.runner.study, step, added)
+    return {"memory": state.memory + added}
 
 
 def _use_llm(state: PlannerState, ctx: AgentContext, node: str) -> bool:

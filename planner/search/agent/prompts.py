@@ -37,10 +37,57 @@ MAX_TRIALS = 24  # trials shown verbatim; beyond, the best and the latest
 MAX_ARMS = 8  # served models per subtask in the summary of a long history
 
 
+TOOLS = """Before you reply you may call the tools offered: frontier(k) lists the unseen
+allocations within budget that a statistical model fitted to the trials rates highest,
+predict(allocation) an allocation's predicted end and stage scores with their uncertainty,
+price(allocation) its cost in GPU-h and whether it fits the budget, trial(number) one trial
+in full. Call them to check a plan, then reply with the JSON object."""
+
+def exchange_line(node: str, history: Sequence[TrialRecord]) -> str:
+    """The user side of an exchange as the conversation keeps it: the node and what it
+    saw (the full prompt is not repeated; the next one holds the trials)."""
+    ok = [t for t in history if t.status is TrialStatus.OK and t.score is not None]
+    best = max(ok, key=lambda t: t.score or 0.0) if ok else None
+    return (f"[{node} after {len(history)} trials"
+            + (f"; best {best.score:.4f} (trial {best.number})" if best else "") + "]")
+
+
+def init_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: float,
+                 probes: Sequence[tuple[Allocation, str]], k: int) -> str:
+    """Task, space with costs and budget, and the builtin's probe design as a suggestion."""
+    lines = _setting(space, cost_model, budget_gpu_hours)
+    lines += ["", "No trial has run yet. A design of probes, each isolating one choice per "
+              "subtask (the model, the trend in n, another dimension) with the rest held at a "
+              "reference plan:"]
+    lines += [f"- {json.dumps(a.to_dict())}: {why}" for a, why in probes] or ["- none"]
+    lines += ["", f"Propose up to {k} first allocation(s) as JSON: probes whose stage scores "
+              "tell the models and the trend in n apart (these, or your own)."]
+    return "\n".join(lines)
+
+
 def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: float,
                  history: Sequence[TrialRecord], memory: Sequence[Insight],
-                 hints: Sequence[tuple[Allocation, float]], k: int) -> str:
-    """Task, space with costs, budget, insight memory, trials table and hints."""
+                 hints: Sequence[tuple[Allocation, float]] | None, k: int) -> str:
+    """Task, space with costs, budget, insight memory, trials table and the candidates a
+    statistical model rates highest (`hints`; None: the frontier tool lists them)."""
+    lines = _setting(space, cost_model, budget_gpu_hours)
+    lines += ["", "Insight memory:"]
+    lines += [f"- [{i.subtask}/{i.kind}] {i.text}" for i in memory] or ["- (none yet)"]
+    lines += ["", *_trials(space, history), ""]
+    if hints is None:
+        lines += ["Candidates: call frontier(k) for those a statistical model rates highest, "
+                  "predict(allocation) for any other."]
+    else:
+        lines += ["Candidates a statistical model rates highest (optimistic pick; predicted "
+                  "end score):"]
+        lines += [f"- {score:.4f}: {json.dumps(a.to_dict())}" for a, score in hints] \
+            or ["- none"]
+    lines += ["", f"Propose up to {k} new allocation(s) as JSON."]
+    return "\n".join(lines)
+
+
+def _setting(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: float) -> list[str]:
+    """Task, budget, and each subtask's dimensions with every served model's cost."""
     spec = space.spec
     lines = [f"Task: {spec.name}. {spec.description}".strip(),
              f"Budget: {budget_gpu_hours:.4g} GPU-h per allocation (training + serving "
@@ -62,14 +109,7 @@ def user_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: fl
             cost = cost_model.plan_cost(s, plan)
             lines.append(f"  {arm}: {cost.train_gpu_hours:.4g} + "
                          f"{cost.inference_gpu_hours:.4g} (n={plan.samples})")
-    lines += ["", "Insight memory:"]
-    lines += [f"- [{i.subtask}/{i.kind}] {i.text}" for i in memory] or ["- (none yet)"]
-    lines += ["", *_trials(space, history)]
-    lines += ["", "Candidates a statistical model rates highest (optimistic pick; "
-              "predicted end score):"]
-    lines += [f"- {score:.4f}: {json.dumps(a.to_dict())}" for a, score in hints] or ["- none"]
-    lines += ["", f"Propose up to {k} new allocation(s) as JSON."]
-    return "\n".join(lines)
+    return lines
 
 
 def reflect_message(space: SearchSpace, history: Sequence[TrialRecord],
@@ -89,19 +129,22 @@ def reflect_schema() -> dict:
                                         "items": {"type": "string", "maxLength": 200}}}}
 
 
-def schema(space: SearchSpace, k: int) -> dict:
-    """The JSON schema of a reply: insights, and up to `k` allocations whose every value is
-    one of its dimension's (enums), so a constrained decoder cannot name a plan that does
-    not exist."""
+def allocation_schema(space: SearchSpace) -> dict:
+    """The JSON schema of an allocation: a plan per subtask whose every value is one of its
+    dimension's (enums), so a constrained decoder cannot name a plan that does not exist."""
     def plan(subtask: str) -> dict:
         dims = space.dimensions(subtask)
         return {"type": "object", "additionalProperties": False,
                 "required": [d.name for d in dims],
                 "properties": {d.name: {"enum": list(d.values)} for d in dims}}
 
-    allocation = {"type": "object", "additionalProperties": False,
-                  "required": list(space.subtasks),
-                  "properties": {s: plan(s) for s in space.subtasks}}
+    return {"type": "object", "additionalProperties": False, "required": list(space.subtasks),
+            "properties": {s: plan(s) for s in space.subtasks}}
+
+
+def schema(space: SearchSpace, k: int) -> dict:
+    """The JSON schema of a reply: insights, and up to `k` allocations (`allocation_schema`)."""
+    allocation = allocation_schema(space)
     return {"type": "object", "additionalProperties": False,
             "required": ["insights", "proposals"],
             "properties": {"insights": {"type": "array", "items": {"type": "string"}},

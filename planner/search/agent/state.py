@@ -1,23 +1,46 @@
-"""The graph's state (checkpointed, JSON-friendly) and its run context (not checkpointed)."""
+"""The graph's state (checkpointed, JSON-friendly) and its run context (not checkpointed).
+
+The `messages` channel is the conversation with a language-model reasoner: each node it
+answered appends one exchange (a short user line naming the node, its JSON reply), and
+LangGraph applies `keep_recent` to it, so the conversation is checkpointed with the rest
+of the state (a resumed run continues it) and stays bounded however many trials run.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from planner.search._runner import Runner, TrialCallback
-from planner.search.agent.reasoners.base import Reasoner
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
+from planner.search.agent.reasoners.llm import LLMReasoner
 
-# consecutive propose steps the language model may fail before it is rested: the next
+# consecutive steps the language model may fail before it is rested: the next
 # 1, 2, 4, then at most 8 steps go to the builtin reasoner, and then it is asked again
 MAX_LLM_FAILURES = 2
 MAX_LLM_REST = 8
 
 
 def llm_rest(failures: int) -> int:
-    """Propose steps the language model sits out after `failures` failed steps in a row."""
+    """Steps the language model sits out after `failures` failed steps in a row."""
     return 0 if failures < MAX_LLM_FAILURES else min(2 ** (failures - MAX_LLM_FAILURES),
                                                      MAX_LLM_REST)
+
+
+MAX_EXCHANGES = 4  # exchanges the conversation keeps; older ones fold into `EARLIER`
+EARLIER = ("Earlier exchanges are not repeated: the insights you stated are in the insight "
+           "memory, the allocations you proposed in the trials table.")
+
+
+def keep_recent(old: list[dict], new: list[dict]) -> list[dict]:
+    """The `messages` reducer: append a node's exchange (user, assistant), keep the latest
+    `MAX_EXCHANGES`, and once any were dropped, lead with a system line saying so."""
+    turns = [m for m in old + new if m["role"] != "system"]
+    exchanges = [turns[i:i + 2] for i in range(0, len(turns), 2)]
+    if len(exchanges) <= MAX_EXCHANGES and len(turns) == len(old + new):
+        return turns
+    return [{"role": "system", "content": EARLIER},
+            *(m for pair in exchanges[-MAX_EXCHANGES:] for m in pair)]
 
 
 @dataclass
@@ -36,9 +59,11 @@ class PlannerState:
     stale: int = 0
     """Proposed trials since the best score last improved (convergence counter)."""
     llm_failures: int = 0
-    """Consecutive propose steps where the language model gave nothing usable."""
+    """Consecutive steps where the language model gave nothing usable."""
     llm_rest: int = 0
-    """Propose steps left before the language model is asked again (`llm_rest()`)."""
+    """Steps left before the language model is asked again (`llm_rest()`)."""
+    messages: Annotated[list[dict], keep_recent] = field(default_factory=list)
+    """The conversation with a language-model reasoner (chat messages, bounded)."""
     stop: str = ""
     """Why the search stopped; empty while it runs."""
 
@@ -50,10 +75,10 @@ class AgentContext:
     runner: Runner
     """Evaluates and stores trials (the same path every strategy uses); the nodes read
     the study's trials from its `history()`, which sees other drivers' trials too."""
-    reasoner: Reasoner
-    """Answers the propose node (the built-in one, or a language model)."""
     builtin: BuiltinReasoner
-    """Init probes, analysis for reflect, and the fallback for propose."""
+    """Answers every node the language model does not, and any it fails."""
+    llm: LLMReasoner | None = None
+    """The language model, if one answers its `nodes`."""
     n_trials: int
     """Trials the study may hold."""
     search_budget_gpu_hours: float | None = None

@@ -34,17 +34,29 @@ class Step:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in payload.items() if k in names}
         if "attempts" in values:
-            values["attempts"] = [Attempt(**a) for a in values["attempts"]]
+            values["attempts"] = [Attempt.from_dict(a) for a in values["attempts"]]
         return cls(**values)
 
 
 @dataclass(frozen=True)
-class InitStep(Step):
-    """The probes proposed before any trial, and why each."""
+class AnsweredStep(Step):
+    """A node a language model may answer: who answered (`llm` or `builtin`), every
+    exchange with the model (its tool calls included), and why the builtin answered
+    instead, if it did."""
+
+    reasoner: str = "builtin"
+    fallback: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InitStep(AnsweredStep):
+    """The probes proposed before any trial, why each, and a language model's notes."""
 
     node = "init"
     proposals: list[dict] = field(default_factory=list)
     rationale: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -57,28 +69,22 @@ class EvaluateStep(Step):
 
 
 @dataclass(frozen=True)
-class ReflectStep(Step):
-    """The insight memory before and after, who wrote it (a language model's exchanges,
-    or why the builtin answered), and the stop decision ("" goes on)."""
+class ReflectStep(AnsweredStep):
+    """The insight memory before and after, and the stop decision ("" goes on)."""
 
     node = "reflect"
     insights_before: list[dict] = field(default_factory=list)
     insights_after: list[dict] = field(default_factory=list)
     stop: str = ""
-    reasoner: str = "builtin"
-    fallback: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class ProposeStep(Step):
-    """The reasoner's proposals, its exchanges with a language model, and any fallback."""
+class ProposeStep(AnsweredStep):
+    """The reasoner's proposals, its notes, and the model's tokens and latency."""
 
     node = "propose"
-    reasoner: str = ""
-    fallback: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
     proposals: list[dict] = field(default_factory=list)
+    rationale: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)
     latency_s: float = 0.0

@@ -25,7 +25,6 @@ from planner.errors import PlannerError
 from planner.search._base import BaseStrategy, SearchContext
 from planner.search._runner import Runner, TrialCallback
 from planner.search.agent.graph import build_graph
-from planner.search.agent.reasoners.base import Reasoner
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
 from planner.search.agent.reasoners.llm import LLMConfig, LLMReasoner
 from planner.search.agent.state import AgentContext
@@ -54,11 +53,11 @@ class AgentStrategy(BaseStrategy):
         super().__init__(ctx)
         self.options = options or AgentOptions()
         self.builtin = BuiltinReasoner(ctx)
-        self.reasoner: Reasoner = self.builtin
+        self.llm: LLMReasoner | None = None
         if self.options.reasoner == "llm":
             if self.options.llm is None:
                 raise ValueError("reasoner 'llm' needs an LLMConfig (base URL and model)")
-            self.reasoner = LLMReasoner(ctx, self.options.llm, self.builtin)
+            self.llm = LLMReasoner(ctx, self.options.llm, self.builtin)
         elif self.options.reasoner != "builtin":
             raise ValueError(f"unknown reasoner {self.options.reasoner!r}; choose builtin or llm")
 
@@ -73,8 +72,8 @@ class AgentStrategy(BaseStrategy):
     def run(self, runner: Runner, n_trials: int, callback: TrialCallback | None = None,
             search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
         """Run (or continue) the graph for this study until a stop condition holds."""
-        context = AgentContext(runner=runner, reasoner=self.reasoner,
-                               builtin=self.builtin, n_trials=n_trials,
+        context = AgentContext(runner=runner, builtin=self.builtin, llm=self.llm,
+                               n_trials=n_trials,
                                search_budget_gpu_hours=search_budget_gpu_hours,
                                patience=self.options.patience,
                                proposals_per_step=self.options.proposals_per_step,

@@ -1,1 +1,1 @@
-"""Reasoners answer the propose node: `BuiltinReasoner` (no LLM) and `LLMReasoner`."""
+"""Reasoners answer the graph's nodes: `BuiltinReasoner` (no LLM) and `LLMReasoner`."""

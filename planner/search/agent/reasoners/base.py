@@ -1,14 +1,24 @@
-"""What a reasoner returns, and the interface the graph's propose node calls."""
+"""What a reasoner answers the graph's nodes (init: a `Proposal` of probes; reflect: a
+`Reflection`; propose: a `Proposal`), with the typed record of each exchange with a
+language model. `BuiltinReasoner` and `LLMReasoner` answer with the same methods; the
+latter's also take the conversation so far (the graph's `messages` channel) and return the
+exchange to append to it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 from planner.search.agent.memory import Insight
 from planner.space import Allocation
-from planner.store import TrialRecord
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call a language model asked for, and what it was answered."""
+
+    name: str
+    arguments: str  # as the model wrote them (redacted)
+    result: dict  # the tool's answer, or {"error": ...}
 
 
 @dataclass(frozen=True)
@@ -21,9 +31,16 @@ class Attempt:
     errors: list[str] = field(default_factory=list)  # validation or transport errors
     tokens: dict[str, int] = field(default_factory=dict)
     latency_s: float = 0.0
+    tool_calls: list[ToolCall] = field(default_factory=list)  # asked instead of an answer
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Attempt:
+        """As `to_dict` wrote it (a payload without tool calls reads back with none)."""
+        calls = [ToolCall(**c) for c in data.get("tool_calls", [])]
+        return cls(**{**data, "tool_calls": calls})
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,7 @@ class Proposal:
     attempts: list[Attempt] = field(default_factory=list)
     fallback: str | None = None  # why the built-in reasoner answered instead
     rationale: list[str] = field(default_factory=list)  # why each allocation, one line each
+    exchange: list[dict] = field(default_factory=list)  # for the graph's messages channel
 
 
 @dataclass(frozen=True)
@@ -46,25 +64,4 @@ class Reflection:
     reasoner: str
     attempts: list[Attempt] = field(default_factory=list)
     fallback: str | None = None  # why the built-in reasoner answered instead
-
-
-class Reasoner(Protocol):
-    """What the agent's graph asks in each node: probes before any trial, the insight
-    memory after each evaluation, and the next allocations."""
-
-    name: str
-    nodes: tuple[str, ...]
-    """The graph nodes this reasoner answers (the builtin answers the others)."""
-
-    def initial(self, history: Sequence[TrialRecord]) -> Proposal:
-        """Probe allocations (unseen, within budget), each with its rationale."""
-        ...
-
-    def reflect(self, history: Sequence[TrialRecord], memory: Sequence[Insight]) -> Reflection:
-        """The insight memory the trials imply, given the memory so far."""
-        ...
-
-    def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
-                k: int) -> Proposal:
-        """Up to `k` unseen allocations within budget, best first."""
-        ...
+    exchange: list[dict] = field(default_factory=list)  # for the graph's messages channel

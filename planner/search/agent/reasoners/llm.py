@@ -1,20 +1,36 @@
 """A reasoner backed by any OpenAI-compatible chat endpoint (vLLM, llama.cpp, OpenAI ...).
 
-Requests ask for structured output: a JSON schema whose enums are each subtask's valid
-values (`response_format` json_schema for vLLM and OpenAI, json_object with a schema for
-llama.cpp's server), so even a small model can only answer with plans that exist; a server
-that takes neither is asked plainly. Transport failures (timeouts, rate limits, 5xx) are retried
-with backoff by the `openai` client; a reply that is not usable JSON, or proposes invalid,
-over-budget or already evaluated allocations, gets a repair message quoting the errors
-(bounded rounds). The builtin's score model vetoes a proposal whose optimistic predicted
-end score is under `SCREEN` of the best candidate's: the model may pick among near-best
-candidates, or explore where the prediction is uncertain (optimism rewards that), but a weak
-model cannot steer the search to plans the evidence rates poorly. When the endpoint keeps
-failing the built-in reasoner answers, and the proposal says why.
+It answers the graph nodes named in `LLMConfig.nodes` (init, reflect, propose); the
+builtin answers the others, and any the model fails. Each request is the system prompt,
+the conversation so far (the graph's checkpointed `messages` channel: the model's recent
+answers, bounded) and the node's prompt.
 
-The API key is read from OPENAI_API_KEY by the client; replies and error messages are
-redacted (`planner.secrets`) as they arrive, so the key is never part of a trace or of the
-graph's checkpointed state, even when a server echoes it.
+Tool calling: requests offer the functions of `tools.Tools` (predict, price, frontier,
+trial; enums from the search space) and the model may call them for up to
+`LLMConfig.tool_rounds` replies before it answers: each call is run (bad arguments answer
+an error the model reads) and its result sent back, and every call is recorded in the
+exchange's `Attempt`. Once the rounds are spent, or its first answer needs a repair, it is
+asked in structured form. A server that refuses `tools` before they ever worked (HTTP 400,
+422, 500) is asked without them from then on, with the frontier written into the prompt.
+
+Structured output: the answer is asked for with a JSON schema whose enums are each
+subtask's valid values (`response_format` json_schema for vLLM and OpenAI, json_object with
+a schema for llama.cpp's server), so even a small model can only answer with plans that
+exist; a server that takes neither is asked plainly, and replies are parsed leniently. A
+tool-offering request carries no schema (a constrained decoder could not call a tool).
+Transport failures (timeouts, rate limits, 5xx) are retried with backoff by the `openai`
+client; a reply that is not usable JSON, or proposes invalid, over-budget or already
+evaluated allocations, gets a repair message quoting the errors (bounded rounds). The
+builtin's score model vetoes a proposal whose optimistic predicted end score is under
+`SCREEN` of the best candidate's: the model may pick among near-best candidates, or explore
+where the prediction is uncertain (optimism rewards that), but a weak model cannot steer
+the search to plans the evidence rates poorly. Probes it proposes at init are validated
+the same way (in the space, in budget, unseen), with no veto: there is no evidence yet.
+When the endpoint keeps failing the built-in reasoner answers, and the answer says why.
+
+The API key is read from OPENAI_API_KEY by the client; replies, tool arguments and error
+messages are redacted (`planner.secrets`) as they arrive, so the key is never part of a
+trace or of the graph's checkpointed state, even when a server echoes it.
 """
 
 from __future__ import annotations
@@ -38,8 +54,9 @@ from planner.search.agent import prompts
 from planner.search.agent.analysis import Analysis
 from planner.search.agent.combine import best_allocations
 from planner.search.agent.memory import ALL, Insight
-from planner.search.agent.reasoners.base import Attempt, Proposal, Reflection
+from planner.search.agent.reasoners.base import Attempt, Proposal, Reflection, ToolCall
 from planner.search.agent.reasoners.builtin import MAX_NOTES, BuiltinReasoner
+from planner.search.agent.tools import Tools
 from planner.secrets import redact, redact_data, register
 from planner.space import Allocation
 from planner.store import TrialRecord
@@ -49,6 +66,10 @@ _HINTS = 5
 T = TypeVar("T")
 SCREEN = 0.9  # a proposal must promise this fraction of the best candidate's score
 _FORMS = ("json_schema", "json_object")  # structured-output forms, tried in this order
+MAX_CALLS = 4  # tool calls run per reply; further ones are answered with an error
+_ANSWER_NOW = "No more tool calls: reply with the JSON object now."
+_REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError,
+            openai.InternalServerError)  # how servers refuse a request field they lack
 
 
 @dataclass(frozen=True)
@@ -64,12 +85,15 @@ class LLMConfig:
     max_tokens: int = 512  # a reply is 60-150 tokens; a small model may ramble for thousands
     structured: bool = True  # ask for JSON matching the space's schema, where the server can
     nodes: tuple[str, ...] = ("reflect", "propose")  # where the model acts (else the builtin)
+    tool_rounds: int = 3  # replies per node that may call tools (0: tools are not offered)
 
 
 class ReplyError(ValueError):
     """A reply that is not the JSON object the prompt asks for."""
 
 
+class _ToolsRefused(Exception):
+    """The server refused a request offering tools, before tools ever worked."""
 def _json_object(text: str, key: str) -> dict:
     """The first JSON object in a reply (bare, in a fenced block, or between the outer
     braces) that holds a list under `key`."""
@@ -100,7 +124,7 @@ def parse_insights(text: str) -> list[str]:
 
 
 class LLMReasoner:
-    """Proposes by prompting a chat model; validates everything it says."""
+    """Answers its nodes by prompting a chat model; validates everything it says."""
 
     name = "llm"
 
@@ -114,102 +138,205 @@ class LLMReasoner:
                                     timeout=config.timeout_s, max_retries=config.max_retries)
         self.form = 0 if config.structured else len(_FORMS)  # index into _FORMS
         self.form_works = False  # the server has answered in that form
+        self.tool_mode = config.tool_rounds > 0  # offer tools (until the server refuses them)
+        self.tools_work = False  # the server has answered a request offering tools
         self.nodes = config.nodes
 
-    def initial(self, history: Sequence[TrialRecord]) -> Proposal:
-        """The builtin's probes: before any trial there is no evidence to reason over, and
-        the probes are the controlled experiments the later steps read."""
-        return self.builtin.initial(history)
+    def initial(self, history: Sequence[TrialRecord],
+                conversation: Sequence[dict] = ()) -> Proposal:
+        """Probes the model picks, shown the builtin's probe design (as many as it has);
+        the builtin's probes when it fails."""
+        base = self.builtin.initial(history)
+        k = max(1, len(base.allocations))
+        why = {a.key(): r for a, r in zip(base.allocations, base.rationale, strict=True)}
 
-    def reflect(self, history: Sequence[TrialRecord], memory: Sequence[Insight]) -> Reflection:
+        def messages(tools: bool) -> list[dict]:
+            return self._messages(prompts.SYSTEM, prompts.init_message(
+                self.ctx.space, self.ctx.cost_model, self.ctx.budget_gpu_hours,
+                list(zip(base.allocations, base.rationale, strict=True)), k),
+                conversation, tools)
+
+        found, attempts, failed, exchange = self._converse(
+            "init", history, messages, prompts.schema(self.ctx.space, k),
+            self._proposals(seen_keys(history), lambda _: True), prompts.repair_message,
+            "probes")
+        if found is None:
+            return Proposal(base.allocations, "builtin", [], attempts, failed,
+                            base.rationale)
+        valid, notes = found
+        return Proposal(valid[:k], self.name, notes, attempts, rationale=[
+            why.get(a.key(), "chosen by the language model") for a in valid[:k]],
+            exchange=exchange)
+
+    def reflect(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
+                conversation: Sequence[dict] = ()) -> Reflection:
         """The builtin's derived insights, then the model's own statements (kept as notes,
         the latest `MAX_NOTES`); the builtin's whole reflection when the model fails."""
         base = self.builtin.reflect(history, memory)
         derived = [i for i in base.insights if i.kind != "note"]
-        messages = [{"role": "system", "content": prompts.REFLECT_SYSTEM},
-                    {"role": "user", "content": prompts.reflect_message(
-                        self.ctx.space, history, base.insights)}]
+
+        def messages(tools: bool) -> list[dict]:
+            return self._messages(prompts.REFLECT_SYSTEM, prompts.reflect_message(
+                self.ctx.space, history, base.insights), conversation, tools)
+
         def read(text: str) -> tuple[list[str] | None, list, list[str]]:
             try:
                 return redact_data(parse_insights(text)), [], []
             except ReplyError as e:
                 return None, [], [str(e)]
 
-        said, attempts, failed = self._converse(
-            messages, prompts.reflect_schema(), read,
+        said, attempts, failed, exchange = self._converse(
+            "reflect", history, messages, prompts.reflect_schema(), read,
             lambda errors: prompts.reflect_repair(errors[0]), "insights")
         if said is None:
             return Reflection(base.insights, "builtin", attempts, failed)
         notes = [i for i in memory if i.kind == "note"] + [Insight(ALL, "note", n)
                                                            for n in said]
-        return Reflection(derived + notes[-MAX_NOTES:], self.name, attempts)
+        return Reflection(derived + notes[-MAX_NOTES:], self.name, attempts,
+                          exchange=exchange)
 
-    def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
-                k: int) -> Proposal:
+    def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight], k: int,
+                conversation: Sequence[dict] = ()) -> Proposal:
+        """Up to `k` allocations the model picks (with the frontier in its prompt, or its
+        tools to look), vetoed where the trials rate them far below the best candidate."""
         analysis = self.builtin.analyse(history)
         seen = seen_keys(history)
         values = analysis.plan_values(self.builtin.kappa)
         hints = best_allocations(analysis.tables, values, self.ctx.budget_gpu_hours,
                                  self.ctx.cost_model, seen, _HINTS)
-        predicted = [self._predicted(analysis, a) for a in hints]
         floor = _value(analysis, values, hints[0]) + math.log(SCREEN) if hints else -math.inf
-        messages = [{"role": "system", "content": prompts.SYSTEM},
-                    {"role": "user", "content": prompts.user_message(
-                        self.ctx.space, self.ctx.cost_model, self.ctx.budget_gpu_hours,
-                        history, memory, list(zip(hints, predicted, strict=True)), k)}]
 
+        def messages(tools: bool) -> list[dict]:
+            shown = None if tools else [(a, analysis.predicted(a)[0]) for a in hints]
+            return self._messages(prompts.SYSTEM, prompts.user_message(
+                self.ctx.space, self.ctx.cost_model, self.ctx.budget_gpu_hours, history,
+                memory, shown, k), conversation, tools)
+
+        found, attempts, failed, exchange = self._converse(
+            "propose", history, messages, prompts.schema(self.ctx.space, k),
+            self._proposals(seen, lambda a: _value(analysis, values, a) >= floor),
+            prompts.repair_message, "proposal")
+        if found is None:
+            fallback = self.builtin.propose(history, memory, k)
+            return Proposal(fallback.allocations, "builtin", [], attempts, failed or "")
+        valid, notes = found
+        return Proposal(valid[:k], self.name, notes, attempts, exchange=exchange)
+
+    def _messages(self, system: str, user: str, conversation: Sequence[dict],
+                  tools: bool) -> list[dict]:
+        """The system prompt (with the tools paragraph where tools are offered, and the
+        conversation's note on what it dropped), the conversation, then the node's prompt."""
+        earlier = [m["content"] for m in conversation if m["role"] == "system"]
+        head = "\n\n".join([system, *([prompts.TOOLS] if tools else []), *earlier])
+        return [{"role": "system", "content": head},
+                *(dict(m) for m in conversation if m["role"] != "system"),
+                {"role": "user", "content": user}]
+
+    def _proposals(self, seen: set[str], promising: Callable[[Allocation], bool]
+                   ) -> Callable[[str], tuple[tuple[list[Allocation], list[str]] | None,
+                                              list, list[str]]]:
+        """A reader of proposal replies for `_converse`: (valid allocations, notes) or
+        None, the proposals parsed, and the errors."""
         def read(text: str) -> tuple[tuple[list[Allocation], list[str]] | None, list,
                                      list[str]]:
             try:
                 notes, raw = redact_data(parse_reply(text))  # a key written with \u escapes
             except ReplyError as e:
                 return None, [], [str(e)]
-            valid, errors = self._validate(raw, seen,
-                                           lambda a: _value(analysis, values, a) >= floor)
+            valid, errors = self._validate(raw, seen, promising)
             return (valid, notes) if valid else None, [r for r in raw if isinstance(r, dict)], \
                 errors
+        return read
 
-        found, attempts, failed = self._converse(
-            messages, prompts.schema(self.ctx.space, k), read, prompts.repair_message,
-            "proposal")
-        if found is None:
-            return self._fallback(history, memory, k, attempts, failed or "")
-        valid, notes = found
-        return Proposal(valid[:k], self.name, notes, attempts)
-
-    def _converse(self, messages: list[dict], schema: dict,
+    def _converse(self, node: str, history: Sequence[TrialRecord],
+                  messages: Callable[[bool], list[dict]], schema: dict,
                   read: Callable[[str], tuple[T | None, list, list[str]]],
                   repair: Callable[[list[str]], str], what: str
-                  ) -> tuple[T | None, list[Attempt], str | None]:
-        """Ask, and ask again with a repair message quoting the errors, until `read` makes
-        something of a reply (`read` gives it, the proposals it parsed, and the errors).
-        Returns (it or None, every exchange, why nothing came of them)."""
+                  ) -> tuple[T | None, list[Attempt], str | None, list[dict]]:
+        """Ask (`messages(tools offered)`), run the tools the model calls and send their
+        results back (at most `tool_rounds` replies, until its first answer), and ask again
+        with a repair message quoting the errors until `read` makes something of a reply
+        (`read` gives it, the proposals it parsed, and the errors). Returns (it or None,
+        every exchange, why nothing came of them, the exchange for the conversation)."""
+        offered = self.tool_mode
+        tools = Tools(self.ctx, self.builtin.analyse(history), self.builtin.kappa, history) \
+            if offered else None
+        sent = messages(offered)
         attempts: list[Attempt] = []
-        for _ in range(1 + self.config.repairs):
+        rounds = replies = 0
+        refused = False
+        while replies <= self.config.repairs:
+            # tools until the model first answers: its repairs are asked in structured form
+            # (a server that ignores `tools` costs one unconstrained reply, no more)
+            calling = tools is not None and rounds < self.config.tool_rounds and not replies
             start = time.perf_counter()
             try:
-                reply = self._ask(messages, schema)
+                reply = (self._ask_tools(sent, tools.specs()) if tools is not None and calling
+                         else self._ask(sent, schema))
+            except _ToolsRefused:
+                refused, tools, self.tool_mode = True, None, False
+                sent = messages(False)
+                continue
             except openai.OpenAIError as e:
-                attempts.append(Attempt(list(messages), errors=[_describe(e)],
+                if refused and not self.form_works:  # refused everything: down, not refusing
+                    self.tool_mode = True
+                attempts.append(Attempt(list(sent), errors=[_describe(e)],
                                         latency_s=time.perf_counter() - start))
-                return None, attempts, _describe(e)
+                return None, attempts, _describe(e), []
             latency = time.perf_counter() - start
             text, tokens = _content(reply)
+            calls = _tool_calls(reply) if calling else []
+            if tools is not None and calls:
+                rounds += 1
+                done = [ToolCall(name, args, tools.call(name, args) if i < MAX_CALLS else
+                                 {"error": f"at most {MAX_CALLS} calls per reply"})
+                        for i, (_, name, args) in enumerate(calls)]
+                attempts.append(Attempt(list(sent), text, tokens=tokens, latency_s=latency,
+                                        tool_calls=done))
+                sent = [*sent, {"role": "assistant", "content": text or None, "tool_calls": [
+                    {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+                    for i, n, a in calls]},
+                    *({"role": "tool", "tool_call_id": i, "content": json.dumps(c.result)}
+                      for (i, _, _), c in zip(calls, done, strict=True))]
+                if rounds == self.config.tool_rounds:
+                    sent.append({"role": "user", "content": _ANSWER_NOW})
+                continue
+            replies += 1
             result, parsed, errors = read(text)
-            attempts.append(Attempt(list(messages), text, parsed, errors, tokens, latency))
+            attempts.append(Attempt(list(sent), text, parsed, errors, tokens, latency))
             if result is not None:
-                return result, attempts, None
-            messages = [*messages, {"role": "assistant", "content": text},
-                        {"role": "user", "content": repair(errors)}]
-        return None, attempts, f"no usable {what} after {len(attempts)} replies"
+                return result, attempts, None, [
+                    {"role": "user", "content": prompts.exchange_line(node, history)},
+                    {"role": "assistant", "content": text}]
+            sent = [*sent, {"role": "assistant", "content": text},
+                    {"role": "user", "content": repair(errors)}]
+        return None, attempts, f"no usable {what} after {replies} replies", []
+
+    def _request(self, messages: list[dict]) -> dict:
+        return {"model": self.config.model, "messages": messages,
+                "temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+
+    def _ask_tools(self, messages: list[dict], tools: list[dict]) -> ChatCompletion:
+        """One chat completion offering `tools`, without a response schema (a constrained
+        decoder could not call them). Until tools have worked, a refusal (HTTP 400, 422 or
+        500) raises `_ToolsRefused` without the client's retries."""
+        client = self.client if self.tools_work else self.client.with_options(max_retries=0)
+        try:
+            reply = client.chat.completions.create(**self._request(messages), tools=tools,
+                                                   tool_choice="auto")
+        except _REFUSED:
+            if self.tools_work:  # they worked before: a server error, not a refusal
+                raise
+            raise _ToolsRefused from None
+        self.tools_work = True
+        return reply
 
     def _ask(self, messages: list[dict], schema: dict) -> ChatCompletion:
         """One chat completion, constrained to `schema` in the first form the server
         accepts: OpenAI's `json_schema`, then `json_object` with
         a schema (llama.cpp's server), then none. Until a form has worked, a refusal (HTTP
         400, 422 or 500) moves to the next form without the client's retries."""
-        request = {"model": self.config.model, "messages": messages,
-                   "temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        request = self._request(messages)
         first = self.form
         while self.form < len(_FORMS):
             response_format = (
@@ -221,8 +348,7 @@ class LLMReasoner:
             try:
                 reply = client.chat.completions.create(**request,
                                                        response_format=response_format)
-            except (openai.BadRequestError, openai.UnprocessableEntityError,
-                    openai.InternalServerError):
+            except _REFUSED:
                 if self.form_works:  # it worked before: a server error, not a refusal
                     raise
                 self.form += 1
@@ -265,19 +391,13 @@ class LLMReasoner:
             errors.append("the proposals list is empty")
         return valid, errors
 
-    def _fallback(self, history: Sequence[TrialRecord], memory: Sequence[Insight], k: int,
-                  attempts: list[Attempt], why: str) -> Proposal:
-        found = self.builtin.propose(history, memory, k)
-        return Proposal(found.allocations, "builtin", [], attempts, why)
 
-    @staticmethod
-    def _predicted(analysis: Analysis, alloc: Allocation) -> float:
-        """Mean predicted end score (weighted product of stage scores)."""
-        total = 1.0
-        for t, p, w in zip(analysis.tables, analysis.predictions, analysis.weights,
-                           strict=True):
-            total *= float(p.score()[t.index[alloc[t.subtask]]]) ** w
-        return total
+def _tool_calls(reply: ChatCompletion) -> list[tuple[str, str, str]]:
+    """The function calls a reply asks for: (id, name, arguments redacted)."""
+    message = reply.choices[0].message if reply.choices else None
+    calls = [c for c in (message.tool_calls or []) if c.type == "function"] if message else []
+    return [(c.id or f"call_{i}", c.function.name, redact(c.function.arguments or ""))
+            for i, c in enumerate(calls)]
 
 
 def _content(reply: ChatCompletion) -> tuple[str, dict[str, int]]:
