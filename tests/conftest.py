@@ -1,15 +1,42 @@
-"""Shared fixtures: a small replay task written to a temporary folder."""
+"""Shared fixtures: a small replay task written to a temporary folder; the `planner`
+command run in this process."""
 
 from __future__ import annotations
 
+import io
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 
+from planner import cli
 from planner.spec import TaskSpec, load_spec
+
+
+def run_planner(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`planner ARGS` run (in `cwd`) by `cli.main`, the console script's entry point, in
+    this process (a subprocess costs seconds of imports): exit code, stdout and stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd or before)
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr), \
+                mock.patch.object(sys, "argv", ["planner", *args]):
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 def write_tiny_task(folder: Path, **overrides: object) -> Path:

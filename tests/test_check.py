@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from planner import check
 from planner.cost import CostModel
 from planner.space import Allocation, SearchSpace
 from planner.spec import TaskSpec
+from tests.conftest import run_planner
 
 
 def _brute_force(spec: TaskSpec) -> np.ndarray:
@@ -53,8 +53,7 @@ def test_large_spaces_are_sampled(tiny_spec: TaskSpec, monkeypatch: pytest.Monke
 
 
 def _planner(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return run_planner(*args)
 
 
 def test_check_command(tiny_task_path: Path) -> None:

@@ -1,8 +1,11 @@
-"""The `planner` command on a real database, run as a user would (a subprocess)."""
+"""The `planner` command on a real database: the study every test reads is made by a
+subprocess, as a user would run it; the commands under test go through `cli.main`, the
+console script's entry point, in this process (a subprocess costs seconds of imports)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -12,19 +15,30 @@ import pytest
 import yaml
 
 from planner.store import Store
+from tests.conftest import run_planner, write_tiny_task
 
 
 def planner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return run_planner(*args, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the tiny task and its 8-trial Optuna study, made by a subprocess."""
+    folder = tmp_path_factory.mktemp("study")
+    task = write_tiny_task(folder)
+    r = subprocess.run([sys.executable, "-m", "planner.cli", "optimize", str(task), "--budget",
+                        "35gpu-h", "--strategy", "optuna", "--trials", "8", "--seed", "3"],
+                       cwd=folder, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "leaderboard" in r.stdout and "extract:" in r.stdout
+    return folder
 
 
 @pytest.fixture
-def study_dir(tmp_path: Path, tiny_task_path: Path) -> Path:
-    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "optuna",
-                "--trials", "8", "--seed", "3", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "leaderboard" in r.stdout and "extract:" in r.stdout
+def study_dir(optimized: Path, tmp_path: Path, tiny_task_path: Path) -> Path:
+    """A copy of `optimized` for one test to change."""
+    shutil.copytree(optimized, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 

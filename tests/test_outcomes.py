@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,11 @@ from planner.cost import Cost
 from planner.report import failure, score_text
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
+from tests.conftest import run_planner
 
 
 def planner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return run_planner(*args, cwd=cwd)
 
 
 def test_budget_nothing_fits_is_refused_before_anything_is_written(
