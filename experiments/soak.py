@@ -1,11 +1,13 @@
 """Soak: two drivers on one study, workers and drivers killed with SIGKILL at random.
 
     OMP_NUM_THREADS=1 python experiments/soak.py --trials 300 --seconds 600
+    OMP_NUM_THREADS=1 python experiments/soak.py --task envs/live/tasks/wordsum/task.yaml \
+        --trials 12 --seconds 300 --kill-every 8 20
 
 Starts two `planner optimize --executor process --workers 2` drivers on one study in one
-SQLite file; every 1-4 s kills one worker process (`planner.worker`) or, one time in four,
-a whole driver, which is started again with `--resume`. When the study holds --trials
-trials and both drivers have exited, it checks the store:
+SQLite file; every 1-4 s (`--kill-every`) kills one worker process (`planner.worker`) or,
+one time in four, a whole driver, which is started again with `--resume`. When the study
+holds --trials trials and both drivers have exited, it checks the store:
 
 - lost: a trial number missing between 0 and the last (a claim that vanished);
 - duplicated: an allocation with more than one trial that did not fail;
@@ -63,7 +65,8 @@ def start_driver(task: Path, db: str, n_trials: int, resume: bool) -> subprocess
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def soak(task: Path, n_trials: int, seconds: float, seed: int) -> None:
+def soak(task: Path, n_trials: int, seconds: float, seed: int,
+         every: tuple[float, float]) -> None:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         db = f"sqlite:///{tmp}/soak.db"
@@ -74,7 +77,7 @@ def soak(task: Path, n_trials: int, seconds: float, seed: int) -> None:
         kills = Counter()
         begun = time.monotonic()
         while any(d.poll() is None for d in drivers) and time.monotonic() - begun < seconds:
-            time.sleep(rng.uniform(1, 4))
+            time.sleep(rng.uniform(*every))
             live = [i for i, d in enumerate(drivers) if d.poll() is None]
             if not live:
                 break
@@ -133,9 +136,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=900, help="stop killing after this")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kill-every", type=float, nargs=2, default=(1.0, 4.0),
+                        metavar=("MIN", "MAX"), help="seconds between kills, drawn uniformly")
     args = parser.parse_args()
-    soak(args.task, args.trials, args.seconds, args.seed)
-    overhead(args.task, args.trials)
+    soak(args.task, args.trials, args.seconds, args.seed, tuple(args.kill_every))
+    if load_spec(args.task).environment == "replay":  # a live trial's time is its training
+        overhead(args.task, args.trials)
 
 
 if __name__ == "__main__":
