@@ -487,16 +487,9 @@ def _check_verifiers(spec: TaskSpec, s: SubtaskSpec, where: str) -> None:
             raise ValueError("required: the catalogue model the verifier is trained from (or "
                              "`sequential: true` to train the generator itself further)",
                              f"{at}.model")
-        elif v.model not in {m.name for m in spec.models}:
-            raise ValueError(f"unknown model {v.model!r}; known: "
-                             f"{sorted(m.name for m in spec.models)}", f"{at}.model")
-        elif spec.model(v.model).params is None:
-            raise ValueError(f"model {v.model!r} has no `params`, so training and running the "
-                             "verifier cannot be priced; give its params", f"{at}.model")
-        if v.method not in {m.name for m in spec.methods}:
-            raise ValueError(f"unknown method {v.method!r}; known: "
-                             f"{sorted(m.name for m in spec.methods)}", f"{at}.method")
-        method = spec.method(v.method)
+        else:
+            _check_priced_model(spec, v.model, "training and running the verifier", at)
+        method = _known_method(spec, v.method, at)
         if not isinstance(method, FineTune) or method.serves_soft_prompt:
             raise ValueError(f"{v.method!r} is kind {method.kind}; a verifier is fine-tuned on "
                              "labelled samples: name a method of kind full, lora or hft",
@@ -504,6 +497,25 @@ def _check_verifiers(spec: TaskSpec, s: SubtaskSpec, where: str) -> None:
         if s.data is not None and not s.data.sources:
             raise ValueError("the verifier trains on samples of this subtask's training items; "
                              "give data.sources", at)
+
+
+def _check_priced_model(spec: TaskSpec, model: str, what: str, at: str) -> None:
+    """`model` (of the entry at `at`) is in the catalogue, with the `params` that price
+    `what`."""
+    if model not in {m.name for m in spec.models}:
+        raise ValueError(f"unknown model {model!r}; known: "
+                         f"{sorted(m.name for m in spec.models)}", f"{at}.model")
+    if spec.model(model).params is None:
+        raise ValueError(f"model {model!r} has no `params`, so {what} cannot be priced; give "
+                         "its params", f"{at}.model")
+
+
+def _known_method(spec: TaskSpec, name: str, at: str) -> Method:
+    """The method `name` (of the entry at `at`), which must be in the task's `methods`."""
+    if name not in {m.name for m in spec.methods}:
+        raise ValueError(f"unknown method {name!r}; known: "
+                         f"{sorted(m.name for m in spec.methods)}", f"{at}.method")
+    return spec.method(name)
 
 
 def _check_cascades(spec: TaskSpec, s: SubtaskSpec, where: str) -> None:
@@ -523,16 +535,8 @@ def _check_cascades(spec: TaskSpec, s: SubtaskSpec, where: str) -> None:
         if name == CASCADE_NONE:
             raise ValueError(f"{CASCADE_NONE!r} is the value of plans that do not escalate; "
                              "rename the cascade", at)
-        if c.model not in {m.name for m in spec.models}:
-            raise ValueError(f"unknown model {c.model!r}; known: "
-                             f"{sorted(m.name for m in spec.models)}", f"{at}.model")
-        if spec.model(c.model).params is None:
-            raise ValueError(f"model {c.model!r} has no `params`, so the escalated items cannot "
-                             "be priced; give its params", f"{at}.model")
-        if c.method not in {m.name for m in spec.methods}:
-            raise ValueError(f"unknown method {c.method!r}; known: "
-                             f"{sorted(m.name for m in spec.methods)}", f"{at}.method")
-        method = spec.method(c.method)
+        _check_priced_model(spec, c.model, "the escalated items", at)
+        method = _known_method(spec, c.method, at)
         if method.kind != "none" and not isinstance(method, FineTune):
             raise ValueError(f"{c.method!r} is kind {method.kind}; the strong plan serves a "
                              "base (kind none) or a fine-tune: name such a method",
