@@ -19,13 +19,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Index, event, func, inspect, update
+from sqlalchemy import Connection, Index, Table, bindparam, event, func, inspect, update
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -34,7 +34,7 @@ from sqlmodel import Field, Session, SQLModel, UniqueConstraint, create_engine, 
 from planner.cost import Cost
 from planner.env import Observation
 from planner.errors import StudyError
-from planner.secrets import redact, redact_json
+from planner.secrets import redact, redact_data, redact_json
 from planner.space import Allocation
 
 _CLAIM_TRIES = 50  # lost races for a trial number, step number or seat before giving up
@@ -138,6 +138,29 @@ class _DriverRow(SQLModel, table=True):
     heartbeat: float
 
 
+# Core statements of the hot paths (an agent trial reads and writes the store several times;
+# the ORM's per-row objects and per-call statement building cost more than SQLite itself)
+_TRIAL: Table = _TrialRow.__table__  # type: ignore[assignment]
+_RESULT: Table = _SubtaskResultRow.__table__  # type: ignore[assignment]
+_STEP: Table = _StepRow.__table__  # type: ignore[assignment]
+_INSIGHT: Table = _InsightRow.__table__  # type: ignore[assignment]
+_TRIALS_FROM = (_TRIAL.select().where(_TRIAL.c.study_id == bindparam("study"),
+                                      _TRIAL.c.number >= bindparam("start"))
+                .order_by(_TRIAL.c.number))
+_RESULTS_FROM = (_RESULT.select().join_from(_RESULT, _TRIAL, _RESULT.c.trial_id == _TRIAL.c.id)
+                 .where(_TRIAL.c.study_id == bindparam("study"),
+                        _TRIAL.c.number >= bindparam("start"))
+                 .order_by(_RESULT.c.id))
+_TRIAL_AT = _TRIAL.select().with_only_columns(_TRIAL.c.id, _TRIAL.c.started).where(
+    _TRIAL.c.study_id == bindparam("study"), _TRIAL.c.number == bindparam("number"))
+_CLAIMED = _TRIAL.select().with_only_columns(_TRIAL.c.id).where(
+    _TRIAL.c.study_id == bindparam("study"), _TRIAL.c.claim == bindparam("claim"))
+_FINISH = _TRIAL.update().where(_TRIAL.c.id == bindparam("trial"))  # SET: the columns given
+_INSERT = {t.name: t.insert() for t in (_TRIAL, _RESULT, _STEP, _INSIGHT)}
+_LAST_NUMBER = {t.name: t.select().with_only_columns(func.max(t.c.number)).where(
+    t.c.study_id == bindparam("study")) for t in (_TRIAL, _STEP)}
+
+
 @dataclass(frozen=True)
 class Driver:
     """One process's attachment to a study (`Store.driving`): the token its trials carry,
@@ -233,6 +256,7 @@ class Store:
     def __init__(self, url: str = "sqlite:///planner.db", *, create: bool = True) -> None:
         self.url = url
         self._ids: dict[str, int] = {}  # study name -> row id
+        self._next: dict[tuple[str, str], int] = {}  # (table, study) -> its next number
         parsed = self._parse_url(url)
         shown = parsed.render_as_string(hide_password=True)
         sqlite = parsed.drivername.startswith("sqlite")
@@ -411,6 +435,7 @@ class Store:
             s.exec(delete(_StudyRow).where(_StudyRow.id == study_id))
             s.commit()
         self._ids.pop(name, None)
+        self._next = {k: v for k, v in self._next.items() if k[1] != name}
 
     # trials ------------------------------------------------------------------------------
     def start_trial(self, study: str, allocation: Allocation, cost: Cost, *,
@@ -422,19 +447,19 @@ class Store:
         trials. Atomic across processes: the unique (study, number) and (study, claim)
         indexes refuse a lost race, which looks again."""
         claim = hashlib.sha256(allocation.key().encode()).hexdigest()
+        allocation_json = json.dumps(allocation.to_dict())
 
-        def row(s: Session, study_id: int, number: int) -> _TrialRow | None:
-            taken = s.exec(select(_TrialRow.id).where(_TrialRow.study_id == study_id,
-                                                      _TrialRow.claim == claim)).first()
+        def row(conn: Connection, study_id: int, number: int) -> dict | None:
+            taken = conn.execute(_CLAIMED, {"study": study_id, "claim": claim}).first()
             if taken is not None or (max_trials is not None and number >= max_trials):
                 return None
-            return _TrialRow(study_id=study_id, number=number,
-                             allocation_json=json.dumps(allocation.to_dict()),
-                             status=TrialStatus.RUNNING, train_gpu_hours=cost.train_gpu_hours,
-                             inference_gpu_hours=cost.inference_gpu_hours, source=source,
-                             started=time.time(), claim=claim, driver=driver)
+            return {"allocation_json": allocation_json, "status": TrialStatus.RUNNING.value,
+                    "train_gpu_hours": cost.train_gpu_hours,
+                    "inference_gpu_hours": cost.inference_gpu_hours, "measured_json": "{}",
+                    "source": source, "started": time.time(), "claim": claim,
+                    "driver": driver}
 
-        return self._numbered(study, _TrialRow, row)
+        return self._numbered(study, _TRIAL, row)
 
     def adopt_trial(self, study: str, number: int, driver: str) -> bool:
         """Make `driver` the owner of a running trial whose driver is gone (crashed); False
@@ -454,45 +479,50 @@ class Store:
                      subtask_costs: Mapping[str, Cost] | None = None,
                      error: str | None = None) -> None:
         """Store a trial's outcome and its per-subtask results in one transaction."""
-        with Session(self.engine) as s:
-            row = self._trial_row(s, study, number)
-            row.status = status
+        with self.engine.begin() as conn:
+            study_id = self._study_id(conn, study)
+            trial_id, started = conn.execute(_TRIAL_AT, {"study": study_id,
+                                                          "number": number}).one()
+            values: dict[str, Any] = {"status": status.value,
+                                      "duration_s": time.time() - started,
+                                      "error": None if error is None else redact(error)}
             if status is TrialStatus.FAILED:
-                row.claim = None  # a failed allocation may be tried again
-            row.duration_s = time.time() - row.started
-            row.error = None if error is None else redact(error)
+                values["claim"] = None  # a failed allocation may be tried again
             if observation is not None:
-                row.score = observation.score
-                row.measured_json = json.dumps(dict(observation.measured))
+                values["score"] = observation.score
+                values["measured_json"] = json.dumps(dict(observation.measured))
                 costs = subtask_costs or {}
-                for name, score in observation.subtask_scores.items():
-                    c = costs.get(name, Cost(0.0, 0.0))
-                    s.add(_SubtaskResultRow(trial_id=row.id, subtask=name, score=score,
-                                            train_gpu_hours=c.train_gpu_hours,
-                                            inference_gpu_hours=c.inference_gpu_hours))
-            s.add(row)
-            s.commit()
+                results = [{"trial_id": trial_id, "subtask": name, "score": score,
+                            "train_gpu_hours": c.train_gpu_hours,
+                            "inference_gpu_hours": c.inference_gpu_hours}
+                           for name, score in observation.subtask_scores.items()
+                           for c in [costs.get(name, Cost(0.0, 0.0))]]
+                if results:
+                    conn.execute(_INSERT[_RESULT.name], results)
+            conn.execute(_FINISH, {**values, "trial": trial_id})
 
     def trials(self, study: str, start: int = 0) -> list[TrialRecord]:
         """The study's trials numbered `start` or more, in number order."""
-        with Session(self.engine) as s:
-            study_id = self._study_id(s, study)
-            rows = s.exec(select(_TrialRow).where(_TrialRow.study_id == study_id,
-                                                  _TrialRow.number >= start)
-                          .order_by(_TrialRow.number)).all()
-            results: dict[int, list[_SubtaskResultRow]] = {}
-            ids = [r.id for r in rows]
-            if ids:
-                for r in s.exec(select(_SubtaskResultRow)
-                                .where(_SubtaskResultRow.trial_id.in_(ids))):
+        with self.engine.connect() as conn:
+            params = {"study": self._study_id(conn, study), "start": start}
+            rows = conn.execute(_TRIALS_FROM, params).all()
+            results: dict[int, list[Any]] = {}
+            if rows:
+                for r in conn.execute(_RESULTS_FROM, params):
                     results.setdefault(r.trial_id, []).append(r)
             return [_trial_record(r, results.get(r.id, [])) for r in rows]
 
     # agent steps -------------------------------------------------------------------------
-    def add_step(self, study: str, node: str, payload: dict) -> int:
-        number = self._numbered(study, _StepRow, lambda _s, study_id, number: _StepRow(
-            study_id=study_id, number=number, node=node,
-            payload_json=redact_json(payload), created=time.time()))
+    def add_step(self, study: str, node: str, payload: dict,
+                 insights: Sequence[dict] = ()) -> int:
+        """Store an agent step, and the `insights` it made (as `add_insights`), in one
+        transaction; return the step's number."""
+        def row(conn: Connection, study_id: int, number: int) -> dict:
+            if insights:
+                conn.execute(_INSERT[_INSIGHT.name], _insight_rows(study_id, number, insights))
+            return {"node": node, "payload_json": redact_json(payload), "created": time.time()}
+
+        number = self._numbered(study, _STEP, row)
         assert number is not None  # the row above is never None
         return number
 
@@ -507,15 +537,9 @@ class Store:
     # insights ----------------------------------------------------------------------------
     def add_insights(self, study: str, step: int, insights: list[dict]) -> None:
         """Store insights (`subtask`, `kind`, `text`, optional `data`) made at `step`."""
-        with Session(self.engine) as s:
-            study_id = self._study_id(s, study)
-            now = time.time()
-            for i in insights:
-                s.add(_InsightRow(study_id=study_id, step=step, subtask=i["subtask"],
-                                  kind=i["kind"], text=redact(i["text"]),
-                                  data_json=redact_json(i.get("data", {})),
-                                  created=now))
-            s.commit()
+        with self.engine.begin() as conn:
+            conn.execute(_INSERT[_INSIGHT.name],
+                         _insight_rows(self._study_id(conn, study), step, insights))
 
     def insights(self, study: str) -> list[InsightRecord]:
         with Session(self.engine) as s:
@@ -585,39 +609,50 @@ class Store:
                 s.commit()
 
     # helpers -----------------------------------------------------------------------------
-    def _numbered(self, study: str, table: type[_TrialRow] | type[_StepRow],
-                  row: Callable[[Session, int, int], _TrialRow | _StepRow | None]) -> int | None:
-        """Insert `row(session, study_id, number)` under the study's next number in `table`;
-        return the number, or None when `row` gives None. A number (or claim) another
-        process took meanwhile fails the insert, which rolls back and looks again."""
+    def _numbered(self, study: str, table: Table,
+                  row: Callable[[Connection, int, int], dict | None]) -> int | None:
+        """Insert the values `row(connection, study_id, number)` gives under the study's
+        next number in `table`, in one transaction with whatever `row` wrote; return the
+        number, or None when `row` gives None. A number (or claim) another process took
+        meanwhile fails the insert, which rolls back and looks again.
+
+        The number is first guessed as one past the last this store inserted: numbers are
+        dense, so the guess is free exactly when it is the next one, and a taken guess
+        fails like a lost race (which reads the last number) instead of costing a query
+        on every insert."""
+        key = (table.name, study)
         for _ in range(_CLAIM_TRIES):
-            with Session(self.engine) as s:
-                study_id = self._study_id(s, study)
-                last = s.exec(select(func.max(table.number))
-                              .where(table.study_id == study_id)).one()
-                new = row(s, study_id, 0 if last is None else last + 1)
-                if new is None:
-                    return None
-                number = new.number  # read now: after the commit it would be re-selected
-                s.add(new)
-                try:
-                    s.commit()
-                except IntegrityError:
-                    s.rollback()
+            guess = self._next.pop(key, None)
+            try:
+                with self.engine.begin() as conn:
+                    study_id = self._study_id(conn, study)
+                    number = guess
+                    if number is None:
+                        last = conn.execute(_LAST_NUMBER[table.name],
+                                            {"study": study_id}).scalar()
+                        number = 0 if last is None else last + 1
+                    values = row(conn, study_id, number)
+                    if values is None:
+                        return None
+                    conn.execute(_INSERT[table.name], {**values, "study_id": study_id,
+                                                  "number": number})
+            except IntegrityError:
+                if guess is None:
                     time.sleep(random.uniform(0.0, 0.01))  # let the winner finish
-                    continue
-                return number
-        raise StudyError(f"study {study!r}: no free {table.__tablename__} number after "
+                continue
+            self._next[key] = number + 1
+            return number
+        raise StudyError(f"study {study!r}: no free {table.name} number after "
                          f"{_CLAIM_TRIES} tries; is something else writing to {self.url}?")
 
     def _live(self, s: Session, study_id: int) -> set[str]:
         rows = s.exec(select(_DriverRow).where(_DriverRow.study_id == study_id))
         return {r.token for r in rows if _alive(r)}
 
-    def _study_id(self, s: Session, name: str) -> int:
+    def _study_id(self, s: Session | Connection, name: str) -> int:
         """The study's row id (remembered: a study keeps its id until deleted)."""
         if name not in self._ids:
-            row = s.exec(select(_StudyRow.id).where(_StudyRow.name == name)).first()
+            row = s.scalar(select(_StudyRow.id).where(_StudyRow.name == name))
             if row is None:
                 raise StudyError(f"no study {name!r} in {self.url}")
             self._ids[name] = row
@@ -686,13 +721,24 @@ def _alive(driver: _DriverRow) -> bool:
     return True
 
 
+def _insight_rows(study_id: int, step: int, insights: Sequence[dict]) -> list[dict]:
+    """Insight rows to insert, their text and data redacted."""
+    now = time.time()
+    # one pass of `redact_data` over every text and data (each pass reads the environment)
+    clean = redact_data([[i["text"], i.get("data", {})] for i in insights])
+    return [{"study_id": study_id, "step": step, "subtask": i["subtask"], "kind": i["kind"],
+             "text": text, "data_json": json.dumps(data, default=lambda o: redact(str(o))),
+             "created": now} for i, (text, data) in zip(insights, clean, strict=True)]
+
+
 def _study_record(r: _StudyRow) -> StudyRecord:
     return StudyRecord(r.name, r.task_name, r.task_path, json.loads(r.task_json), r.budget,
                        r.budget_gpu_hours, r.strategy, r.seed, r.created, r.task_hash,
                        r.reasoner)
 
 
-def _trial_record(r: _TrialRow, results: list[_SubtaskResultRow]) -> TrialRecord:
+def _trial_record(r: Any, results: list[Any]) -> TrialRecord:
+    """A trial row (and its subtask result rows) as a record."""
     return TrialRecord(
         number=r.number,
         allocation=Allocation.from_dict(json.loads(r.allocation_json)),

@@ -54,6 +54,24 @@ def test_store_round_trip(tmp_path: Path) -> None:
         _create(again)
 
 
+
+def test_two_stores_writing_in_turn_number_densely(tmp_path: Path) -> None:
+    """Each store guesses its next number from its own last insert; the other store's
+    inserts make that guess taken, which must fall back to the study's last number."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    a, b = Store(url), Store(url)
+    _create(a)
+    steps = [s.add_step("s", "evaluate", {"by": i}, [{"subtask": "*", "kind": "note",
+                                                      "text": f"step {i}"}])
+             for i, s in enumerate([a, a, b, a, b, b, a])]
+    trials = [s.start_trial("s", _alloc(model, n), Cost(0.1, 0.1))
+              for s, (model, n) in zip([b, a, a, b], [("small", 1), ("small", 2),
+                                                      ("large", 1), ("large", 2)], strict=True)]
+    assert steps == list(range(7)) and trials == list(range(4))
+    assert [s.payload["by"] for s in a.steps("s")] == list(range(7))
+    assert [(i.step, i.text) for i in b.insights("s")] == [(i, f"step {i}") for i in range(7)]
+    assert a.start_trial("s", _alloc("small", 2), Cost(0.1, 0.1)) is None  # claimed by a
+
 def test_an_older_database_is_brought_up_to_date(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     store = Store(f"sqlite:///{path}")

@@ -64,6 +64,12 @@ class Runner:
             self.study, start)
         return list(self._trials)
 
+    def known(self) -> list[TrialRecord]:
+        """The trials as `history` last read them, without reading the store (right after
+        `wait`, which read them, the same as another read would give but for other drivers'
+        trials of the last instant)."""
+        return list(self._trials)
+
     def search_spent(self, trials: Sequence[TrialRecord]) -> float:
         """GPU-hours evaluating the trials cost, cache-aware (`SearchCost`): each fine-tune
         and each sampled arm once; failed and over-budget trials are not counted."""
@@ -190,7 +196,7 @@ class Runner:
         """Give finished trials to the strategy and the callback."""
         if not finished or not (strategy or callback):
             return
-        best = best_trial(self.history())
+        best = best_trial(self.known())  # `wait` has just read the history
         for trial in finished:
             if strategy:
                 strategy.tell(trial)

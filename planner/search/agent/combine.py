@@ -63,9 +63,7 @@ def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], 
 def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
             cost_model: CostModel, seen: set[str], k: int,
             keep: int) -> tuple[list[Allocation], bool]:
-    # cheapest each subtask can cost, counting a shareable training as possibly free
-    floor = [float(np.min(np.where(t.artifact >= 0, t.cost - t.train, t.cost)))
-             for t in tables]
+    floor = [float(np.min(t.low)) for t in tables]  # the cheapest each subtask can cost
     idx = np.zeros((1, 0), dtype=int)
     arts = np.zeros((1, 0), dtype=int)
     cost = np.zeros(1)
@@ -73,14 +71,16 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
     exhausted = True
     for j, (t, v) in enumerate(zip(tables, values, strict=True)):
         room = budget - sum(floor[j + 1:])
-        cand = np.flatnonzero(t.cost - np.where(t.artifact >= 0, t.train, 0) <= room)
+        cand = np.flatnonzero(t.low <= room)
         if len(tables) > 1:
             sub = pareto_layers(t.cost[cand], v[cand], keep)
             exhausted &= len(sub) == len(cand)
             cand = cand[sub]
-        shared = ((arts[:, :, None] == t.artifact[cand][None, None, :]).any(axis=1)
-                  & (t.artifact[cand] >= 0)[None, :])
-        new_cost = cost[:, None] + t.cost[cand][None, :] - shared * t.train[cand][None, :]
+        new_cost = cost[:, None] + t.cost[cand][None, :]
+        if arts.shape[1] and (t.artifact[cand] >= 0).any():  # a training paid already
+            shared = ((arts[:, :, None] == t.artifact[cand][None, None, :]).any(axis=1)
+                      & (t.artifact[cand] >= 0)[None, :])
+            new_cost = new_cost - shared * t.train[cand][None, :]
         new_value = value[:, None] + v[cand][None, :]
         ok = np.flatnonzero((new_cost <= room + 1e-9).ravel())
         parents, picks = ok // len(cand), cand[ok % len(cand)]

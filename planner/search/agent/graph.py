@@ -89,7 +89,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             if trial.source != "agent-init":
                 stale = 0 if improved else stale + 1
         if finished and ctx.callback:
-            history = runner.history()
+            history = runner.known()  # as `wait` has just read it
             for trial in finished:
                 ctx.callback(trial, best_trial(history))
     _record(ctx, EvaluateStep(
@@ -117,16 +117,14 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         llm = _llm_outcome(state, ctx, "reflect", use_llm, reflection.fallback)
     after = reflection.insights
     memory = [i.to_dict() for i in after]
-    step = _record(ctx, ReflectStep(
+    _record(ctx, ReflectStep(
         summary="; ".join(i.text for i in after if i.kind != "note")[:300]
                 + (f" | stop: {stop}" if stop else ""),
         inputs={"trials": len(history), "stale": state.stale},
-        insights_before=[i.to_dict() for i in before], insights_after=memory, stop=stop,
+        insights_before=state.memory, insights_after=memory, stop=stop,
         reasoner=reflection.reasoner, fallback=llm.pop("fallback"),
-        attempts=list(reflection.attempts)))
-    fresh = [d for i, d in zip(after, memory, strict=True) if i not in before]
-    if fresh:
-        ctx.runner.store.add_insights(ctx.runner.study, step, fresh)
+        attempts=list(reflection.attempts)),
+        insights=[d for i, d in zip(after, memory, strict=True) if i not in before])
     update = {"memory": memory, "stop": stop, **llm}
     return update | ({"messages": reflection.exchange} if reflection.exchange else {})
 
@@ -245,8 +243,10 @@ def _llm_outcome(state: PlannerState, ctx: AgentContext, node: str, asked: bool,
     return {"llm_failures": failures, "llm_rest": rest, "fallback": fallback}
 
 
-def _record(ctx: AgentContext, step: Step) -> int:
-    return ctx.runner.store.add_step(ctx.runner.study, step.node, step.payload())
+def _record(ctx: AgentContext, step: Step, insights: list[dict] | None = None) -> int:
+    """Store a step, and the insights it made in the same transaction; its number."""
+    return ctx.runner.store.add_step(ctx.runner.study, step.node, step.payload(),
+                                     insights or ())
 
 
 def _trial_summary(t: TrialRecord) -> dict:

@@ -165,7 +165,7 @@ def _dominance(t: PlanTable, pred: Prediction, observed: dict[int, float], budge
     best = np.maximum.accumulate(scores)  # the best score observed at each cost
     by = order[np.maximum.accumulate(np.where(scores == best, np.arange(len(order)), 0))]
     # what a plan may cost in an allocation: a shared training may be paid by another subtask
-    low = t.cost - np.where(t.artifact >= 0, t.train, 0.0)
+    low = t.low
     k = (np.full(len(t.plans), len(order) - 1) if whole
          else np.searchsorted(t.cost[order], low, side="right") - 1)
     evidence = np.where(k >= 0, best[np.maximum(k, 0)], 0.0)
@@ -228,7 +228,8 @@ def _budget(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
     if not found:
         return Insight(ALL, "budget", "no allocation fits the budget", {})
     alloc = found[0]
-    costs = {s: cost_model.plan_cost(s, p).total_gpu_hours for s, p in alloc.items()}
+    tables = {t.subtask: t for t in analysis.tables}
+    costs = {s: float(tables[s].cost[tables[s].index[p]]) for s, p in alloc.items()}
     total = sum(costs.values()) or 1.0
     shares = {s: c / total for s, c in costs.items()}
     before = next((i.data.get("shares", {}) for i in previous if i.kind == "budget"), {})

@@ -86,7 +86,10 @@ class AgentStrategy(BaseStrategy):
             snapshot = graph.get_state(config)
             # interrupted mid-graph: continue at the node that did not finish; else (re)start
             start = None if snapshot.next else {"stop": "", "stale": 0}
-            final = graph.invoke(start, config, context=context, durability="sync")
+            # an in-memory saver dies with this run, so nothing reads a checkpoint of it
+            # mid-run: it is written once, at the end, not after every node
+            durability = "exit" if isinstance(saver, InMemorySaver) else "sync"
+            final = graph.invoke(start, config, context=context, durability=durability)
         runner.stopped = final["stop"]
         return runner.history()
 

@@ -101,6 +101,12 @@ class PlanTable:
         return next(j for j, d in enumerate(self.dims) if d.name == name)
 
     @cached_property
+    def low(self) -> np.ndarray:
+        """(P,) the least a plan may cost in an allocation: its training is free where it
+        trains an artifact another subtask may pay for."""
+        return self.cost - np.where(self.artifact >= 0, self.train, 0.0)
+
+    @cached_property
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         """Level and slope kernel weights of each codes column (dimensions, then the arm)."""
         level = [_LEVEL.get(d.name, _LEVEL_DEFAULT) for d in self.dims] + [_ARM]
