@@ -191,9 +191,10 @@ def step_row(step: StepRecord) -> dict:
         outcome = "valid" if len(attempts) == 1 else "repaired"
     else:
         outcome = "fallback" if attempts else "skipped"  # skipped: the model is resting
-    prompt = attempts[0]["messages"][-1]["content"] if attempts else ""
-    hints = [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split("predicted end score):")[-1]
-             .splitlines() if ln.startswith("- ") and "{" in ln]
+    prompt = (attempts[0]["messages"][-1]["content"] or "") if attempts else ""
+    marker = "predicted end score):"  # absent where the model has the frontier tool instead
+    hints = [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split(marker)[-1].splitlines()
+             if marker in prompt and ln.startswith("- ") and "{" in ln]
     errors = [e for a in attempts for e in a["errors"]]
     kinds = [error_kind(e) for e in errors]
     return {"outcome": outcome, "attempts": len(attempts), "fallback": p["fallback"] or "",
