@@ -51,12 +51,18 @@ def attempts(marks: Path) -> dict[str, int]:
     return counts
 
 
-def most_at_once(marks: Path) -> int:
-    """The most attempts that were running at one moment (from their start and end)."""
+def most_at_once(marks: Path, killed_after: float | None = None) -> int:
+    """The most attempts that were running at one moment (from their start and end); with
+    `killed_after`, an attempt killed before its end counts as ending that many seconds
+    after its start (`MarkedEnv` kills after its delay)."""
     events = []
-    for f in marks.glob("*.end"):
-        start = float((f.with_suffix(".start")).read_text().split()[1])
-        events += [(start, 1), (float(f.read_text()), -1)]
+    for f in marks.glob("*.start"):
+        start = float(f.read_text().split()[1])
+        end = f.with_suffix(".end")
+        if end.exists():
+            events += [(start, 1), (float(end.read_text()), -1)]
+        elif killed_after is not None:
+            events += [(start, 1), (start + killed_after, -1)]
     running = peak = 0
     for _, step in sorted(events):
         running += step
