@@ -19,18 +19,27 @@ from planner.spec import TaskSpec
 class MarkedEnv(ReplayEnvironment):
     """Replays the allocation after `delay` seconds, leaving `<key>.<attempt>.start` (the
     worker's pid and start time) and `.end` files under `marks`; `misbehave` may fail an
-    attempt first."""
+    attempt first. With `together`, an attempt also waits (up to `TOGETHER_S`) until
+    another attempt has run beside it, so a test of parallel workers does not depend on
+    how fast a loaded machine spawns them; a serial executor still runs one at a time."""
+
+    TOGETHER_S = 30.0
 
     def __init__(self, spec: TaskSpec, marks: str, delay: float = 0.0,
-                 misbehave: str = "") -> None:
+                 misbehave: str = "", together: bool = False) -> None:
         super().__init__(spec)
         self.marks, self.delay, self.misbehave = Path(marks), delay, misbehave
+        self.together = together
 
     def evaluate(self, allocation: Allocation) -> Observation:
         key = hashlib.sha1(allocation.key().encode()).hexdigest()[:12]
         attempt = len(list(self.marks.glob(f"{key}.*.start"))) + 1
-        (self.marks / f"{key}.{attempt}.start").write_text(f"{os.getpid()} {time.time()}")
+        mine = self.marks / f"{key}.{attempt}.start"
+        _write(mine, f"{os.getpid()} {time.time()}")
         time.sleep(self.delay)
+        deadline = time.monotonic() + self.TOGETHER_S
+        while self.together and not self._beside(mine) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.misbehave == "kill-first" and attempt == 1:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.misbehave == "unreachable-first" and attempt == 1:
@@ -38,8 +47,24 @@ class MarkedEnv(ReplayEnvironment):
         if self.misbehave == "always-wrong":
             raise ValueError("bad allocation for this toy")
         observation = super().evaluate(allocation)
-        (self.marks / f"{key}.{attempt}.end").write_text(str(time.time()))
+        _write(self.marks / f"{key}.{attempt}.end", str(time.time()))
         return observation
+
+    def _beside(self, mine: Path) -> bool:
+        """Whether another attempt has run at some moment since `mine` started."""
+        started = float(mine.read_text().split()[1])
+        for other in self.marks.glob("*.start"):
+            end = other.with_suffix(".end")
+            if other != mine and (not end.exists() or float(end.read_text()) >= started):
+                return True
+        return False
+
+
+def _write(path: Path, text: str) -> None:
+    """Write whole or not at all, since other workers read these files as they appear."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
 
 
 def attempts(marks: Path) -> dict[str, int]:

@@ -44,7 +44,7 @@ def _study(tmp_path: Path, executor, strategy: str = "random", n_trials: int = 4
 
 @pytest.mark.parametrize("strategy", ["optuna", "agent"])  # random: the tests below
 def test_process_workers_run_trials_at_once(tmp_path: Path, marks: Path, strategy: str) -> None:
-    env = partial(MarkedEnv, load_spec(TASK), str(marks), 1.0)
+    env = partial(MarkedEnv, load_spec(TASK), str(marks), 1.0, together=True)
     result = _study(tmp_path, ProcessExecutor(env, 2), strategy, n_trials=4,
                     agent=AgentOptions(proposals_per_step=2, patience=None))
     trials = result.trials
@@ -60,7 +60,7 @@ def test_process_workers_run_trials_at_once(tmp_path: Path, marks: Path, strateg
 def test_agent_on_workers_with_study_and_checkpoints_in_postgres(marks: Path) -> None:
     from planner.search.agent.strategy import checkpointer
 
-    env = partial(MarkedEnv, load_spec(TASK), str(marks), 0.5)
+    env = partial(MarkedEnv, load_spec(TASK), str(marks), 0.5, together=True)
     study = f"workers-{uuid.uuid4().hex[:8]}"
     store = Store(str(POSTGRES))
     result = optimize(load_spec(TASK), env(), store=store, budget="2000gpu-h", strategy="agent",
