@@ -10,7 +10,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -90,6 +90,10 @@ def optimize(
     patience: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Agent: stop after this "
                                           "many proposals without a better score.")]
     = DEFAULT_PATIENCE,
+    screen: Annotated[float | None, typer.Option(
+        help="Agent: first evaluate an allocation that opens an unsampled arm on this share "
+             "of the validation items (a screen, e.g. 0.25), and in full only if it is "
+             "proposed again; saves the sampling of arms that disappoint.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: TASK-STRATEGY).")] = None,
     db: DbOpt = DEFAULT_DB,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the strategy.")]
@@ -154,6 +158,14 @@ def optimize(
         _budget("--search-budget", search_budget)
     agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes,
                            llm_tool_rounds, patience, workers)
+    if screen is not None:
+        if strategy != "agent":
+            raise PlannerError("--screen: only the agent screens; add --strategy agent, or "
+                               "leave --screen out")
+        if not 0.0 < screen < 1.0:  # also refuses nan
+            raise PlannerError(f"--screen {screen}: give a share of the validation items "
+                               "between 0 and 1, e.g. 0.25")
+        agent = replace(agent, screen=screen)
     executor = executor or ("process" if spec.environment == "live" else "local")
     _check_executor(executor, workers, trial_timeout, ray_address)
     space = SearchSpace(spec)
@@ -388,6 +400,8 @@ def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
     out.print(f"[bold]{record.name}[/] task={record.task_name} strategy={record.strategy} "
               f"seed={record.seed} budget={record.budget} ({record.budget_gpu_hours:.4g} GPU-h)")
     statuses = ", ".join(f"{k} {v}" for k, v in info["trials_by_status"].items() if v)
+    if info["screens"]:  # scored on a share of the validation items; never the best
+        statuses += f"; {info['screens']} of them screens"
     out.print(f"trials run: {info['trials']} ({statuses}); search wall time "
               f"{info['search_seconds']:.2f} s")
     best = info["best"]

@@ -6,6 +6,7 @@ sampling); the search sees them only through this protocol.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,10 +40,25 @@ class Environment(Protocol):
         `MeasuredCalibration` also carries the utilisation measured runs achieved."""
         ...
 
-    def evaluate(self, allocation: Allocation) -> Observation:
-        """Run (or look up) the allocation and report its scores."""
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
+        """Run (or look up) the allocation and report its scores. `fidelity` in (0, 1] is
+        the share of validation items evaluated (a screen): the first ceil(fidelity * N)
+        of a fixed order, the same for every allocation, so screens compare fairly."""
         ...
 
     def validation_items(self) -> Mapping[str, int]:
         """Subtask -> the items one evaluation samples it on (prices a search)."""
         ...
+
+
+def check_fidelity(fidelity: float) -> None:
+    """Refuse a share of validation items outside (0, 1]."""
+    if not 0.0 < fidelity <= 1.0:
+        raise ValueError(f"fidelity must be in (0, 1] (a share of the validation items), "
+                         f"got {fidelity}")
+
+
+def screened(total: int, fidelity: float) -> int:
+    """How many of `total` items a screen at `fidelity` evaluates: at least one."""
+    check_fidelity(fidelity)
+    return max(1, math.ceil(total * fidelity - 1e-9))

@@ -2,7 +2,7 @@
 
 An executor evaluates allocations and hands back outcomes; it never writes the store (the
 driver's `Runner` does, in `complete`). Every executor has `slots` (trials it runs at once),
-`start(number, allocation)`, `running()` and `wait()`, which blocks until at least one
+`start(number, allocation, fidelity)`, `running()` and `wait()`, which blocks until at least one
 started trial has an outcome, and `close()`, which cancels what is still running.
 
 - `local`: evaluates in the driver's process, one trial after another (replay's default: a
@@ -63,11 +63,12 @@ def is_transient(error: BaseException) -> bool:
     return any(cls.__name__ in _TRANSIENT for cls in type(error).__mro__)
 
 
-def evaluate(factory: EnvFactory, allocation: Allocation) -> tuple:
-    """Build the environment and evaluate the allocation; in a worker, so every error comes
-    back as data: (observation, None, False) or (None, error line, transient)."""
+def evaluate(factory: EnvFactory, allocation: Allocation, fidelity: float = 1.0) -> tuple:
+    """Build the environment and evaluate the allocation at `fidelity`; in a worker, so
+    every error comes back as data: (observation, None, False) or (None, error line,
+    transient)."""
     try:
-        return factory().evaluate(allocation), None, False
+        return factory().evaluate(allocation, fidelity), None, False
     except Exception as e:  # recorded as the trial's error, like Optuna's _run_trial
         return None, "".join(traceback.format_exception_only(e)).strip(), is_transient(e)
 
@@ -75,8 +76,8 @@ def evaluate(factory: EnvFactory, allocation: Allocation) -> tuple:
 class Executor(Protocol):
     slots: int
 
-    def start(self, number: int, allocation: Allocation) -> None:
-        """Begin evaluating trial `number`."""
+    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0) -> None:
+        """Begin evaluating trial `number` (on a `fidelity` share of the validation items)."""
         ...
 
     def running(self) -> int:
@@ -100,18 +101,18 @@ class LocalExecutor:
     def __init__(self, env: Environment, slots: int = 1) -> None:
         self.env = env
         self.slots = slots
-        self._started: list[tuple[int, Allocation]] = []
+        self._started: list[tuple[int, Allocation, float]] = []
 
-    def start(self, number: int, allocation: Allocation) -> None:
-        self._started.append((number, allocation))
+    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0) -> None:
+        self._started.append((number, allocation, fidelity))
 
     def running(self) -> int:
         return len(self._started)
 
     def wait(self) -> list[Outcome]:
         started, self._started = self._started, []
-        return [Outcome(number, *evaluate(lambda: self.env, allocation))
-                for number, allocation in started]
+        return [Outcome(number, *evaluate(lambda: self.env, allocation, fidelity))
+                for number, allocation, fidelity in started]
 
     def close(self) -> None:
         self._started = []
@@ -140,7 +141,7 @@ class ProcessExecutor:
         self.devices = list(devices)
         self._workers: dict[int, _Worker] = {}
 
-    def start(self, number: int, allocation: Allocation) -> None:
+    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0) -> None:
         device = min(self.devices, default=None, key=lambda d: sum(
             w.device == d for w in self._workers.values()))
         env = dict(os.environ) if device is None else {**os.environ,
@@ -149,7 +150,7 @@ class ProcessExecutor:
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         with process.stdin:
             pickle.dump(sys.path, process.stdin)
-            pickle.dump((self.factory, allocation, os.getpid()), process.stdin)
+            pickle.dump((self.factory, allocation, fidelity, os.getpid()), process.stdin)
         deadline = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
         self._workers[number] = _Worker(process, deadline, device)
 
@@ -234,9 +235,9 @@ class RayExecutor:
                                 num_gpus=gpus)(evaluate)
         self._refs: dict[object, tuple[int, float]] = {}  # ref -> (trial, deadline)
 
-    def start(self, number: int, allocation: Allocation) -> None:
+    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0) -> None:
         deadline = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
-        self._refs[self._task.remote(self.factory, allocation)] = (number, deadline)
+        self._refs[self._task.remote(self.factory, allocation, fidelity)] = (number, deadline)
 
     def running(self) -> int:
         return len(self._refs)

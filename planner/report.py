@@ -41,6 +41,7 @@ def trial_row(t: TrialRecord) -> dict:
         "number": t.number,
         "status": t.status.value,
         "score": t.score,
+        "fidelity": t.fidelity,
         "subtask_scores": dict(t.subtask_scores),
         "cost_gpu_hours": {"train": t.cost.train_gpu_hours,
                            "inference": t.cost.inference_gpu_hours,
@@ -54,8 +55,10 @@ def trial_row(t: TrialRecord) -> dict:
 
 
 def leaderboard(trials: Sequence[TrialRecord], top: int = 10) -> list[dict]:
-    """The best `top` finished trials, ranked by score (ties: earlier first)."""
-    ok = [t for t in trials if t.status is TrialStatus.OK and t.score is not None]
+    """The best `top` finished trials, ranked by score (ties: earlier first); screens
+    (scored on a share of the items) are not ranked."""
+    ok = [t for t in trials
+          if t.status is TrialStatus.OK and t.score is not None and not t.screen]
     ranked = sorted(ok, key=lambda t: (-t.score, t.number))[:top]
     return [{"rank": i + 1, **trial_row(t)} for i, t in enumerate(ranked)]
 
@@ -73,6 +76,7 @@ def summary(study: StudyRecord, trials: Sequence[TrialRecord]) -> dict:
         "budget_gpu_hours": study.budget_gpu_hours,
         "trials": len(trials),
         "trials_by_status": counts,
+        "screens": sum(t.screen for t in trials),
         "search_seconds": sum(t.duration_s or 0.0 for t in trials),
         "search_measured": _sum_measured(trials),
         "best": trial_row(best) if best else None,

@@ -87,8 +87,9 @@ class _TrialRow(SQLModel, table=True):
     started: float
     duration_s: float | None = None
     error: str | None = None
-    claim: str | None = None  # sha256 of the allocation key; None once the trial failed
+    claim: str | None = None  # sha256 of the allocation key (and fidelity); None once failed
     driver: str = ""  # the token of the driver running it (`Driver`)
+    fidelity: float = 1.0  # the share of validation items evaluated (< 1: a screen)
 
 
 class _SubtaskResultRow(SQLModel, table=True):
@@ -202,6 +203,13 @@ class TrialRecord:
     duration_s: float | None = None
     error: str | None = None
     driver: str = ""  # the token of the driver that ran it (`Driver`)
+    fidelity: float = 1.0  # the share of validation items evaluated (< 1: a screen)
+
+    @property
+    def screen(self) -> bool:
+        """Evaluated on a share of the validation items only: its score is an estimate,
+        never the study's best."""
+        return self.fidelity < 1.0
 
 
 @dataclass(frozen=True)
@@ -439,14 +447,15 @@ class Store:
 
     # trials ------------------------------------------------------------------------------
     def start_trial(self, study: str, allocation: Allocation, cost: Cost, *,
-                    source: str = "", driver: str = "",
-                    max_trials: int | None = None) -> int | None:
-        """Claim the study's next trial number for `allocation` and record the trial as
-        running; return its number. None when the allocation is claimed already (a trial
-        of it is running or finished other than failed) or the study holds `max_trials`
-        trials. Atomic across processes: the unique (study, number) and (study, claim)
-        indexes refuse a lost race, which looks again."""
-        claim = hashlib.sha256(allocation.key().encode()).hexdigest()
+                    source: str = "", driver: str = "", max_trials: int | None = None,
+                    fidelity: float = 1.0) -> int | None:
+        """Claim the study's next trial number for `allocation` at `fidelity` and record
+        the trial as running; return its number. None when the allocation is claimed
+        already at that fidelity (a trial of it is running or finished other than failed)
+        or the study holds `max_trials` trials. Atomic across processes: the unique (study,
+        number) and (study, claim) indexes refuse a lost race, which looks again."""
+        key = allocation.key() if fidelity == 1.0 else f"{allocation.key()}@{fidelity!r}"
+        claim = hashlib.sha256(key.encode()).hexdigest()
         allocation_json = json.dumps(allocation.to_dict())
 
         def row(conn: Connection, study_id: int, number: int) -> dict | None:
@@ -457,7 +466,7 @@ class Store:
                     "train_gpu_hours": cost.train_gpu_hours,
                     "inference_gpu_hours": cost.inference_gpu_hours, "measured_json": "{}",
                     "source": source, "started": time.time(), "claim": claim,
-                    "driver": driver}
+                    "driver": driver, "fidelity": fidelity}
 
         return self._numbered(study, _TRIAL, row)
 
@@ -667,7 +676,8 @@ class Store:
 _ADDED_COLUMNS = {  # columns newer than the first planner databases, as DDL
     "study": {"task_hash": "VARCHAR NOT NULL DEFAULT ''",
               "reasoner": "VARCHAR NOT NULL DEFAULT ''"},
-    "trial": {"claim": "VARCHAR", "driver": "VARCHAR NOT NULL DEFAULT ''"},
+    "trial": {"claim": "VARCHAR", "driver": "VARCHAR NOT NULL DEFAULT ''",
+              "fidelity": "FLOAT NOT NULL DEFAULT 1.0"},
 }
 
 
@@ -754,4 +764,5 @@ def _trial_record(r: Any, results: list[Any]) -> TrialRecord:
         duration_s=r.duration_s,
         error=r.error,
         driver=r.driver,
+        fidelity=r.fidelity,
     )

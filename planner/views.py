@@ -45,17 +45,19 @@ def trial_list(trials: Sequence[TrialRecord], status: TrialStatus | None = None)
 
 
 def search_curve(data: StudyData) -> list[dict]:
-    """Per trial, in order: its score, the best score so far and the search GPU-hours
-    spent so far (failed and over-budget trials are not evaluated, so cost nothing)."""
+    """Per trial, in order: its score and fidelity, the best score so far (screens are
+    not counted) and the search GPU-hours spent so far (failed and over-budget trials are
+    not evaluated, so cost nothing)."""
     meter = SearchCost(data.cost_model, data.items) if data.cost_model else None
     spent, best, rows = 0.0, None, []
     for t in data.trials:
         if t.status is TrialStatus.OK:
-            spent = meter.add(t.allocation) if meter else spent + t.cost.total_gpu_hours
-            if t.score is not None and (best is None or t.score > best):
+            spent = (meter.add(t.allocation, t.fidelity) if meter
+                     else spent + t.cost.total_gpu_hours)
+            if t.score is not None and not t.screen and (best is None or t.score > best):
                 best = t.score
         rows.append({"number": t.number, "status": t.status.value, "score": t.score,
-                     "best": best, "search_gpu_hours": spent})
+                     "fidelity": t.fidelity, "best": best, "search_gpu_hours": spent})
     return rows
 
 

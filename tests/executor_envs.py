@@ -31,7 +31,7 @@ class MarkedEnv(ReplayEnvironment):
         self.marks, self.delay, self.misbehave = Path(marks), delay, misbehave
         self.together = together
 
-    def evaluate(self, allocation: Allocation) -> Observation:
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
         key = hashlib.sha1(allocation.key().encode()).hexdigest()[:12]
         attempt = len(list(self.marks.glob(f"{key}.*.start"))) + 1
         mine = self.marks / f"{key}.{attempt}.start"
@@ -46,7 +46,7 @@ class MarkedEnv(ReplayEnvironment):
             raise ConnectionError("model server unreachable")
         if self.misbehave == "always-wrong":
             raise ValueError("bad allocation for this toy")
-        observation = super().evaluate(allocation)
+        observation = super().evaluate(allocation, fidelity)
         _write(self.marks / f"{key}.{attempt}.end", str(time.time()))
         return observation
 

@@ -72,9 +72,9 @@ class RecordingEnv:
     def calibration(self) -> Calibration:
         return self.inner.calibration()
 
-    def evaluate(self, allocation: Allocation) -> Observation:
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
         self.evaluated.append(allocation)
-        return self.inner.evaluate(allocation)
+        return self.inner.evaluate(allocation, fidelity)
 
     def validation_items(self) -> Mapping[str, int]:
         return self.inner.validation_items()

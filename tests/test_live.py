@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from envs import make_environment
-from envs.live.env import LiveEnvironment
+from envs.live.env import LiveEnvironment, PipelineRun
 from envs.live.tasks.make_data import wordsum_records, write_jsonl
 from planner.artifact import artifact_of
 from planner.cost import CostModel
@@ -175,6 +175,66 @@ def test_missing_field_in_live_data_names_file_and_field(tmp_path: Path,
     path = write_live_task(tmp_path, bases, val=val)
     with pytest.raises(SpecError, match=r"val\.jsonl:2: record lacks field 'problem'"):
         env_for(path, tmp_path / "cache")
+
+
+def test_a_screen_is_the_full_evaluation_of_its_first_items_and_the_rest_is_drawn_later(
+        tmp_path: Path, bases: dict[str, Path]) -> None:
+    val, cache = wordsum_records(6, seed=2), tmp_path / "cache"
+
+    def task(folder: Path, records: list[dict]) -> Path:
+        """The tiny task on `records`, scored by answer length: every item counts (the
+        tiny models match no label)."""
+        folder.mkdir()
+        path = write_live_task(folder, bases, val=records)
+        spec = yaml.safe_load(path.read_text())
+        for stage in spec["subtasks"]:
+            stage["metric"] = "screen_metric:length"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        (folder / "screen_metric.py").write_text(
+            "def length(prediction, label):\n    return min(len(prediction or ''), 8) / 8\n")
+        return path
+
+    env = env_for(task(tmp_path / "all", val), cache)
+    stats = env.cache.stats
+    allocation = alloc(plan("m1", "none", 3, "majority"), plan("m2", "none", 3, "majority"))
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"fidelity must be in \(0, 1\]"):
+            env.evaluate(allocation, bad)
+    assert stats.sample_misses == 0
+
+    def drawn_for(run: PipelineRun, first: int) -> set[tuple[str, str]]:
+        """(stage, prompt) pairs a run samples: its first validation records and pipeline."""
+        return {(s, p) for s, d in env.data.items()
+                for p in [d.prompt(r) for r in d.val[:first]] + run.prompts[s]}
+
+    screen = env.run(allocation, fidelity=0.5)  # ceil(0.5 * 6) = 3 items of each
+    assert {s: len(p) for s, p in screen.prompts.items()} == {"parse": 3, "add": 3}
+    assert stats.sample_misses == len(drawn_for(screen, 3))
+
+    # the same allocation on a task holding only those 3 records: the very same evaluation
+    half = env_for(task(tmp_path / "half", val[:3]), cache)
+    alone = half.run(allocation)
+    assert half.cache.stats.sample_misses == 0  # every sample is the screen's
+    assert alone.prompts == screen.prompts and alone.outputs == screen.outputs
+    assert 0 < screen.observation.score == alone.observation.score
+    assert min(screen.observation.subtask_scores.values()) > 0
+    assert screen.observation.subtask_scores == alone.observation.subtask_scores
+    for k in ("prompt_tokens", "completion_tokens", "sample_tokens", "sample_seconds"):
+        assert screen.observation.measured[k] == pytest.approx(alone.observation.measured[k])
+
+    # a full evaluation reuses the screened items' samples and draws only the other half
+    before = stats.sample_misses
+    full = env.run(allocation)
+    assert {s: p[:3] for s, p in full.prompts.items()} == screen.prompts
+    assert {s: o[:3] for s, o in full.outputs.items()} == screen.outputs
+    assert stats.sample_misses - before == len(drawn_for(full, 6) - drawn_for(screen, 3)) > 0
+    assert full.observation.measured["prompt_tokens"] > screen.observation.measured[
+        "prompt_tokens"]
+    again = env.evaluate(allocation, 1.0)  # fidelity 1: the full evaluation, all cached
+    assert stats.sample_misses - before == len(drawn_for(full, 6) - drawn_for(screen, 3))
+    assert (again.score, again.subtask_scores) == (full.observation.score,
+                                                   full.observation.subtask_scores)
+    assert again.measured["prompt_tokens"] == full.observation.measured["prompt_tokens"]
 
 
 # --- mixtures over sources, methods from the registry, one shared multi-task artifact -------

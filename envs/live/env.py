@@ -31,6 +31,13 @@ cached like any plan's): the stage's score is the cascade's expected score over 
 escalated pipeline items take the strong plan's answer, and `escalated:SUBTASK` records the
 share escalated (the measured cost adds the strong samples that answered pipeline items).
 
+A screen (`evaluate(allocation, fidelity)`, fidelity < 1) does steps 2-4 on the first
+ceil(fidelity * N) of each stage's validation records and of the pipeline's items, in file
+order (the built-in tasks' records are drawn at random, smolmath's operations in turn, so a
+prefix is a fair sample; a file sorted by difficulty would bias screens): scores, measured
+sampling, escalated shares and verifier judging cover just those, training is the same, and
+a later full evaluation draws only the rest (samples are cached per prompt).
+
 The end-to-end score is the final subtask's metric on the pipeline's output. `measured`
 gives what the allocation costs on the validation set: training (seconds, tokens) of each
 distinct fine-tune plus the pipeline's sampling, pro rata n/N; cached work reports what it
@@ -80,7 +87,7 @@ from envs.live.sources import resolve_source, weights_identity
 from planner.artifact import Artifact, VerifierArtifact, artifact_of, verifier_of
 from planner.cascade import Cascade, cascade_of, escalates, min_agreeing, strong_plan
 from planner.cost import MeasuredCalibration, Utilization
-from planner.env import Observation
+from planner.env import Observation, check_fidelity, screened
 from planner.errors import SpecError
 from planner.methods import KINDS, FineTune, Merge, Training
 from planner.sampling import Backend, backend_of, check_backends, served_name
@@ -256,16 +263,23 @@ class LiveEnvironment:
             samplings=len(samplings),
             peaks=peak_words(trainings + samplings, hw.name, hw.peak_flops), left_out=left_out))
 
-    def evaluate(self, allocation: Allocation) -> Observation:
-        return self.run(allocation).observation
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
+        return self.run(allocation, fidelity).observation
 
     def validation_items(self) -> dict[str, int]:
         """Each stage samples its own validation records and the pipeline's items."""
         return {s: len(d.val) + len(self.items) for s, d in self.data.items()}
 
-    def run(self, allocation: Allocation) -> PipelineRun:
-        """Evaluate an allocation and keep each stage's pipeline prompts and outputs."""
+    def run(self, allocation: Allocation, fidelity: float = 1.0) -> PipelineRun:
+        """Evaluate an allocation and keep each stage's pipeline prompts and outputs.
+
+        `fidelity` in (0, 1] screens: each stage samples and scores only the first
+        ceil(fidelity * N) of its validation records and the pipeline runs only the first
+        ceil(fidelity * N) of its items (at least one of each, in file order); training is
+        the same. ValueError outside (0, 1]."""
+        check_fidelity(fidelity)
         self.space.validate(allocation)
+        items = self.items[:screened(len(self.items), fidelity)]
         prompts: dict[str, list[str]] = {}
         outputs: dict[str, list[str]] = {}
         scores: dict[str, float] = {}
@@ -274,13 +288,14 @@ class LiveEnvironment:
         models: dict[Artifact, _Model] = {}  # a shared artifact is resolved (trained) once
         for name in self.spec.order():
             plan, data, metric = allocation[name], self.data[name], self.metrics[name]
+            val = data.val[:screened(len(data.val), fidelity)]
             artifact = artifact_of(self.spec, name, plan)
             path, key = self._target(name, plan, artifact, models)
             extract, model = self.answers[name], artifact.model
             deps = self.spec.subtask(name).depends_on
-            inputs = [{**r, **{d: outputs[d][i] for d in deps}} for i, r in enumerate(self.items)]
+            inputs = [{**r, **{d: outputs[d][i] for d in deps}} for i, r in enumerate(items)]
             prompts[name] = [self.prompt(name, model, x) for x in inputs]
-            own = [self.prompt(name, model, r) for r in data.val]
+            own = [self.prompt(name, model, r) for r in val]
             # one batched call per stage: its validation prompts and its pipeline prompts
             found = self._samples(name, path, key, own + prompts[name])
             gold, drawn = found[:len(own)], found[len(own):]
@@ -289,7 +304,7 @@ class LiveEnvironment:
                 models[verifier] = (models[artifact] if verifier.sequential
                                     else self._verifier(verifier, path, key))
             judged = self._judge(name, models.get(verifier), own + prompts[name], found)
-            labels = [label_answer(r[data.label], extract) for r in data.val]
+            labels = [label_answer(r[data.label], extract) for r in val]
             scores[name] = expected_score([[extract(t) for t in d.texts] for d in gold], labels,
                                           metric, plan.aggregator, plan.samples,
                                           None if judged is None else judged[:len(own)])
@@ -297,13 +312,13 @@ class LiveEnvironment:
                                        plan.samples, metric, None if data.label not in r
                                        else label_answer(r[data.label], extract),
                                        None if judged is None else judged[len(own) + i])
-                             for i, (d, r) in enumerate(zip(drawn, self.items, strict=True))]
+                             for i, (d, r) in enumerate(zip(drawn, items, strict=True))]
             n_max = max(self.spec.subtask(name).samples)
             self._count_sampling(measured, drawn, plan.samples / n_max, path)  # n of the N
             cascade = cascade_of(self.spec, name, plan)
             if cascade is not None:
                 scores[name], outputs[name], escalated, (used, by) = self._escalate(
-                    name, plan, cascade, gold, drawn, inputs, outputs[name], models)
+                    name, plan, cascade, val, gold, drawn, inputs, outputs[name], models)
                 measured[f"escalated:{name}"] = escalated
                 self._count_sampling(measured, used, cascade.strong.samples / n_max, by)
         trained = {key: meta for _, key, meta in models.values()}  # distinct fine-tunes
@@ -316,18 +331,20 @@ class LiveEnvironment:
                 measured["truncated_examples"] += meta["truncated"]
         label, metric = self.data[self.sink].label, self.metrics[self.sink]
         final = [metric(out, label_answer(r[label], self.answers[self.sink]))
-                 for out, r in zip(outputs[self.sink], self.items, strict=True)]
+                 for out, r in zip(outputs[self.sink], items, strict=True)]
         return PipelineRun(prompts, outputs, Observation(
             score=sum(final) / len(final), subtask_scores=scores,
             measured={k: float(v) for k, v in measured.items()}))
 
-    def _escalate(self, name: str, plan: Plan, cascade: Cascade, gold: list[DrawnSamples],
-                  drawn: list[DrawnSamples], inputs: list[dict[str, str]], outputs: list[str],
+    def _escalate(self, name: str, plan: Plan, cascade: Cascade, val: list[dict[str, str]],
+                  gold: list[DrawnSamples], drawn: list[DrawnSamples],
+                  inputs: list[dict[str, str]], outputs: list[str],
                   models: dict[Artifact, _Model]
                   ) -> tuple[float, list[str], float, tuple[list[DrawnSamples], Target]]:
         """A cascade plan's stage score, pipeline outputs and escalated share
-        (`planner.cascade`). The strong plan samples every validation and pipeline prompt
-        (its max-n sample set, cached like any plan's); the score is the mean over the
+        (`planner.cascade`). The strong plan samples every evaluated validation record
+        (`val`, with `gold` the cheap samples of each) and pipeline prompt (its max-n sample
+        set, cached like any plan's); the score is the mean over the
         stage's validation items of the expected score over n-subsets of the cheap samples,
         each escalated item scoring the strong plan's expected score
         (`scoring.expected_cascade`), and the share is the mean escalation probability;
@@ -336,12 +353,12 @@ class LiveEnvironment:
         strong, data, metric = cascade.strong, self.data[name], self.metrics[name]
         extract = self.answers[name]
         path, key = self._target(name, strong, artifact_of(self.spec, name, strong), models)
-        own = [self.prompt(name, strong.model, r) for r in data.val]
+        own = [self.prompt(name, strong.model, r) for r in val]
         found = self._samples(name, path, key,
                               own + [self.prompt(name, strong.model, x) for x in inputs])
         need = min_agreeing(cascade.threshold, plan.samples)
         total = share = 0.0
-        for cheap, sure, r in zip(gold, found[:len(own)], data.val, strict=True):
+        for cheap, sure, r in zip(gold, found[:len(own)], val, strict=True):
             label = label_answer(r[data.label], extract)
             escalated = expected_score([[extract(t) for t in sure.texts]], [label], metric,
                                        strong.aggregator, strong.samples)

@@ -20,6 +20,9 @@ GPU-hour), else from the cost model (2N per prompt and output token declared in 
 
 A query must pass every stage, so the end-to-end score is the product of stage scores
 (stages are drawn from independent item sets).
+
+A screen (`fidelity` < 1) scores each stage on the first ceil(fidelity * N) of its items in
+a fixed shuffled order (seeded by the subtask's name), the same items for every choice.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from planner.cost import Calibration
-from planner.env import Observation
+from planner.env import Observation, check_fidelity, screened
 from planner.errors import SpecError
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import ReplaySpec, SubtaskSpec, TaskSpec
@@ -59,12 +62,24 @@ class _Choice:
 
 @dataclass(frozen=True)
 class _Outcomes:
-    """One choice's recorded outcomes, per item: N samples, c correct and, where the table
-    has answers, every sample's (answer, correct) for the vote."""
+    """One choice's recorded outcomes, per item (`items`, the item column as text): N
+    samples, c correct and, where the table has answers, every sample's (answer, correct)
+    for the vote."""
 
+    items: np.ndarray
     n: np.ndarray
     c: np.ndarray
     votes: tuple[tuple[list[str], list[int]], ...] = ()
+
+
+@dataclass(frozen=True)
+class _Curves:
+    """One choice's scores: aggregator -> n -> the mean over items (`full`) and each item's
+    expected score (`per_item`), with each item's place in the screening order (`rank`)."""
+
+    full: dict[str, dict[int, float]]
+    per_item: dict[str, dict[int, np.ndarray]]
+    rank: np.ndarray
 
 
 def read_table(path: Path, text: Sequence[str] = ()) -> pd.DataFrame:
@@ -129,8 +144,7 @@ class ReplayEnvironment:
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         self.space = SearchSpace(spec)
-        # (subtask, choice) -> aggregator -> {n: score}
-        self._scores: dict[tuple[str, _Choice], dict[str, dict[int, float]]] = {}
+        self._scores: dict[tuple[str, _Choice], _Curves] = {}
         # (subtask, model, method, mixture) -> FLOPs per sample
         self._flops: dict[tuple[str, str, str, str], float] = {}
         self.items: dict[str, int] = {}  # subtask -> recorded items (the validation set size)
@@ -153,7 +167,10 @@ class ReplayEnvironment:
         _check_numbers(path, table, rs)
         choices = list(self._choices(subtask))
         _check_choice_columns(where, rs, choices)
-        self.items[subtask] = int(table[rs.item].nunique())
+        ids = np.sort(table[rs.item].astype(str).unique())
+        self.items[subtask] = len(ids)
+        order = np.random.default_rng(zlib.crc32(subtask.encode())).permutation(len(ids))
+        rank = dict(zip(ids[order], range(len(ids)), strict=True))  # item -> place in a screen
         columns = {column: table[column].astype(str).to_numpy() for column in rs.choices.values()}
         for choice in choices:
             mask = np.ones(len(table), dtype=bool)
@@ -169,7 +186,11 @@ class ReplayEnvironment:
                 raise SpecError(f"{where}: samples go up to {max(sub.samples)} but "
                                 f"{choice.label()} has only {outcomes.n.min()} recorded samples "
                                 "for some item; lower `samples`")
-            self._scores[(subtask, choice)] = _score_curves(sub, outcomes)
+            per_item = _score_curves(sub, outcomes)
+            full = {a: {k: float(np.mean(v)) for k, v in by_n.items()}
+                    for a, by_n in per_item.items()}
+            self._scores[(subtask, choice)] = _Curves(
+                full, per_item, np.array([rank[i] for i in outcomes.items]))
             self._price(where, subtask, choice, rows, rs)
 
     def _price(self, where: str, subtask: str, choice: _Choice, rows: pd.DataFrame,
@@ -209,17 +230,21 @@ class ReplayEnvironment:
     def calibration(self) -> Calibration:
         return dict(self._flops)
 
-    def subtask_score(self, subtask: str, plan: Plan) -> float:
-        """Expected score of one stage under `plan`."""
-        scores = self._scores[(subtask, _Choice(plan.model, plan.method, plan.mixture))]
-        return scores[plan.aggregator][plan.samples]
+    def subtask_score(self, subtask: str, plan: Plan, fidelity: float = 1.0) -> float:
+        """Expected score of one stage under `plan`, on a screen's items if `fidelity` < 1."""
+        curves = self._scores[(subtask, _Choice(plan.model, plan.method, plan.mixture))]
+        if fidelity == 1.0:
+            return curves.full[plan.aggregator][plan.samples]
+        kept = curves.rank < screened(self.items[subtask], fidelity)
+        return float(np.mean(curves.per_item[plan.aggregator][plan.samples][kept]))
 
     def validation_items(self) -> dict[str, int]:
         return dict(self.items)
 
-    def evaluate(self, allocation: Allocation) -> Observation:
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
+        check_fidelity(fidelity)
         self.space.validate(allocation)
-        per = {s: self.subtask_score(s, p) for s, p in allocation.items()}
+        per = {s: self.subtask_score(s, p, fidelity) for s, p in allocation.items()}
         return Observation(score=float(np.prod(list(per.values()))), subtask_scores=per)
 
 
@@ -255,13 +280,15 @@ def _check_choice_columns(where: str, rs: ReplaySpec, choices: list[_Choice]) ->
 def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     """Per-item counts of one choice's rows (and votes, where the table has answers)."""
     if not rs.correct:
-        return _Outcomes(rows[rs.n_samples].to_numpy().astype(np.int64),
+        return _Outcomes(rows[rs.item].astype(str).to_numpy(),
+                         rows[rs.n_samples].to_numpy().astype(np.int64),
                          rows[rs.n_correct].to_numpy().astype(np.int64))
     per_item = rows.groupby(rs.item)[rs.correct].agg(["size", "sum"])
+    items = per_item.index.astype(str).to_numpy()
     n = per_item["size"].to_numpy().astype(np.int64)
     c = per_item["sum"].to_numpy().astype(np.int64)
     if not rs.answer:
-        return _Outcomes(n, c)
+        return _Outcomes(items, n, c)
     mixed = rows.groupby([rs.item, rs.answer])[rs.correct].transform("nunique") > 1
     if mixed.any():
         first = rows.index[mixed.to_numpy()][:2]
@@ -270,7 +297,7 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
                         "score equally in `correct`")
     votes = tuple((g[rs.answer].tolist(), g[rs.correct].astype(int).tolist())
                   for _, g in rows.groupby(rs.item))
-    return _Outcomes(n, c, votes)
+    return _Outcomes(items, n, c, votes)
 
 
 def _columns(table: pd.DataFrame) -> str:
@@ -318,18 +345,17 @@ def _refuse(path: Path, column: str, bad: np.ndarray, what: str) -> None:
         raise SpecError(f"{path}: row {row}: column {column!r} {what}; fix the table")
 
 
-def _score_curves(sub: SubtaskSpec, o: _Outcomes) -> dict[str, dict[int, float]]:
-    """Aggregator -> n -> mean expected score over items (module docstring)."""
-    curves: dict[str, dict[int, float]] = {}
+def _score_curves(sub: SubtaskSpec, o: _Outcomes) -> dict[str, dict[int, np.ndarray]]:
+    """Aggregator -> n -> each item's expected score (module docstring)."""
+    curves: dict[str, dict[int, np.ndarray]] = {}
     for agg in sub.aggregators:
         if agg == "first":
-            curves[agg] = dict.fromkeys(sub.samples, float(np.mean(o.c / o.n)))
+            curves[agg] = dict.fromkeys(sub.samples, o.c / o.n)
         elif agg == "oracle":
-            curves[agg] = {k: float(np.mean([pass_at_k(int(ni), int(ci), k)
-                                             for ni, ci in zip(o.n, o.c, strict=True)]))
+            curves[agg] = {k: np.array([pass_at_k(int(ni), int(ci), k)
+                                        for ni, ci in zip(o.n, o.c, strict=True)])
                            for k in sub.samples}
         else:
-            curves[agg] = {k: float(np.mean([expected_majority_at_k(a, c, k)
-                                             for a, c in o.votes]))
+            curves[agg] = {k: np.array([expected_majority_at_k(a, c, k) for a, c in o.votes])
                            for k in sub.samples}
     return curves

@@ -25,8 +25,10 @@ TrialCallback = Callable[[TrialRecord, TrialRecord | None], None]
 
 
 def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The highest-scoring finished trial (earliest on ties), or None."""
-    ok = [t for t in trials if t.status is TrialStatus.OK and t.score is not None]
+    """The highest-scoring finished trial (earliest on ties), or None; a screen's score is
+    an estimate on a share of the items, so a screen is never the best."""
+    ok = [t for t in trials
+          if t.status is TrialStatus.OK and t.score is not None and not t.screen]
     return max(ok, key=lambda t: (t.score, -t.number), default=None)
 
 
@@ -50,7 +52,7 @@ class Runner:
         self.budget_gpu_hours = budget_gpu_hours
         self.stopped = ""  # why the last search ended, said to the user
         self._trials: list[TrialRecord] = []  # as last read; see `history`
-        self._allocations: dict[int, Allocation] = {}  # trials in flight
+        self._allocations: dict[int, tuple[Allocation, float]] = {}  # in flight, fidelity
         self._attempts: dict[int, int] = {}  # attempts started, per trial in flight
         self._settled: list[int] = []  # finished unevaluated, not yet handed back
 
@@ -70,11 +72,19 @@ class Runner:
         trials of the last instant)."""
         return list(self._trials)
 
-    def search_spent(self, trials: Sequence[TrialRecord]) -> float:
-        """GPU-hours evaluating the trials cost, cache-aware (`SearchCost`): each fine-tune
-        and each sampled arm once; failed and over-budget trials are not counted."""
+    def search_meter(self, trials: Sequence[TrialRecord]) -> SearchCost:
+        """What evaluating the trials cost, cache-aware (`SearchCost`): each fine-tune and
+        each sampled arm once (a screen its share of the items); failed and over-budget
+        trials are not counted."""
         meter = SearchCost(self.cost_model, self.env.validation_items())
-        return meter.add_all(t.allocation for t in trials if t.status is TrialStatus.OK)
+        for t in trials:
+            if t.status is TrialStatus.OK:
+                meter.add(t.allocation, t.fidelity)
+        return meter
+
+    def search_spent(self, trials: Sequence[TrialRecord]) -> float:
+        """GPU-hours evaluating the trials cost (`search_meter`)."""
+        return self.search_meter(trials).gpu_hours
 
     def exhausted(self, trials: Sequence[TrialRecord], n_trials: int,
                   search_budget_gpu_hours: float | None) -> str | None:
@@ -97,21 +107,23 @@ class Runner:
         return self.executor.running() + len(self._settled)
 
     def submit(self, allocation: Allocation, *, source: str = "", number: int | None = None,
-               max_trials: int | None = None) -> int | None:
+               max_trials: int | None = None, fidelity: float = 1.0) -> int | None:
         """Claim a trial for the allocation and start it on the executor (one over budget
         or invalid is settled at once, unevaluated); return its number. None, with nothing
-        started, when the allocation is claimed already (another driver runs or ran it) or
-        the study holds `max_trials` trials.
+        started, when the allocation is claimed already at this fidelity (another driver
+        runs or ran it) or the study holds `max_trials` trials. A `fidelity` < 1 screens it
+        on that share of the validation items.
 
         `number` re-runs a trial left running by a crash (adopted) instead of claiming one.
         """
         cost = self.cost_model.estimate(allocation)
         if number is None:
             number = self.store.start_trial(self.study, allocation, cost, source=source,
-                                            driver=self.token, max_trials=max_trials)
+                                            driver=self.token, max_trials=max_trials,
+                                            fidelity=fidelity)
             if number is None:
                 return None
-        self._allocations[number] = allocation
+        self._allocations[number] = allocation, fidelity
         if cost.total_gpu_hours > self.budget_gpu_hours:
             self._settle(number, TrialStatus.OVER_BUDGET,
                          f"estimated {cost.total_gpu_hours:.4g} GPU-h > budget "
@@ -123,7 +135,7 @@ class Runner:
             self._settle(number, TrialStatus.FAILED, f"{type(e).__name__}: {e}")
             return number
         self._attempts[number] = 1
-        self.executor.start(number, allocation)
+        self.executor.start(number, allocation, fidelity)
         return number
 
     def wait(self) -> list[TrialRecord]:
@@ -136,7 +148,7 @@ class Runner:
                 attempts = self._attempts[out.number]
                 if out.error is not None and out.transient and attempts <= self.retries:
                     self._attempts[out.number] = attempts + 1
-                    self.executor.start(out.number, self._allocations[out.number])
+                    self.executor.start(out.number, *self._allocations[out.number])
                     continue
                 if out.error is not None and attempts > 1:
                     out = replace(out, error=f"{out.error} (after {attempts} attempts)")
@@ -157,7 +169,7 @@ class Runner:
     def complete(self, number: int, observation: Observation | None,
                  error: str | None = None) -> None:
         """Store the outcome of trial `number`: its observation, or the error it failed with."""
-        allocation = self._allocations.pop(number)
+        allocation, _ = self._allocations.pop(number)
         self._attempts.pop(number, None)
         if observation is None:
             self.store.finish_trial(self.study, number, TrialStatus.FAILED,
@@ -188,7 +200,8 @@ class Runner:
                     and self.store.adopt_trial(self.study, t.number, self.token)):
                 while not self.free():
                     self._tell(self.wait(), None, callback)
-                self.submit(t.allocation, source=t.source, number=t.number)
+                self.submit(t.allocation, source=t.source, number=t.number,
+                            fidelity=t.fidelity)
         self._tell(self.drain(), None, callback)
 
     def _tell(self, finished: list[TrialRecord], strategy: BaseStrategy | None,

@@ -16,13 +16,18 @@ merging itself is free. A cascade's strong plan (`planner.cascade`) is one more 
 and arm, paid once like any: the live environment samples it max-n on every validation
 item, whatever share escalates.
 
+A screen (a trial at `fidelity` f < 1) samples its arms on that share of the validation
+items, and pays f of each arm's price; a later trial of the arm pays only the share still
+unsampled (the live environment caches samples per prompt). Training is never screened: a
+screen trains (and pays for) its fine-tunes and verifiers in full.
+
 This is what a user pays for a search, as opposed to what the found allocation
 costs to deploy (`CostModel.estimate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from planner.artifact import Artifact, VerifierArtifact
 from planner.cost import CostModel
@@ -46,7 +51,7 @@ class SearchCost:
         self.cost_model = cost_model
         self.items = dict(items or {})
         self.trained: set[Trained] = set()
-        self.sampled: set[Arm] = set()
+        self.sampled: dict[Arm, float] = {}  # arm -> share of its validation items sampled
         self.gpu_hours = 0.0
         self._arm_cost: dict[Arm, float] = {}
 
@@ -70,26 +75,28 @@ class SearchCost:
                 arms[arm] = self._sample_cost(arm)
         return trains, arms
 
-    def marginal(self, allocation: Allocation) -> float:
-        """GPU-hours evaluating `allocation` would add now."""
-        return self._unpaid(*self.parts(allocation))
-
-    def add(self, allocation: Allocation) -> float:
-        """Pay for an evaluated allocation; the cumulative GPU-hours."""
+    def marginal(self, allocation: Allocation, fidelity: float = 1.0) -> float:
+        """GPU-hours evaluating `allocation` at `fidelity` would add now."""
         trains, arms = self.parts(allocation)
-        self.gpu_hours += self._unpaid(trains, arms)
+        return self.unpaid_training(trains) + self.unpaid_sampling(arms, fidelity)
+
+    def add(self, allocation: Allocation, fidelity: float = 1.0) -> float:
+        """Pay for an allocation evaluated at `fidelity`; the cumulative GPU-hours."""
+        trains, arms = self.parts(allocation)
+        self.gpu_hours += self.unpaid_training(trains) + self.unpaid_sampling(arms, fidelity)
         self.trained |= trains.keys()
-        self.sampled |= arms.keys()
+        for arm in arms:
+            self.sampled[arm] = max(fidelity, self.sampled.get(arm, 0.0))
         return self.gpu_hours
 
-    def add_all(self, allocations: Iterable[Allocation]) -> float:
-        for allocation in allocations:
-            self.add(allocation)
-        return self.gpu_hours
+    def unpaid_training(self, trains: Mapping[Trained, float]) -> float:
+        """What training those not trained yet costs."""
+        return sum(c for a, c in trains.items() if a not in self.trained)
 
-    def _unpaid(self, trains: dict[Trained, float], arms: dict[Arm, float]) -> float:
-        return (sum(c for a, c in trains.items() if a not in self.trained)
-                + sum(c for a, c in arms.items() if a not in self.sampled))
+    def unpaid_sampling(self, arms: Mapping[Arm, float], fidelity: float = 1.0) -> float:
+        """What sampling the arms on a `fidelity` share of the items costs beyond the
+        share sampled already."""
+        return sum(c * max(0.0, fidelity - self.sampled.get(a, 0.0)) for a, c in arms.items())
 
     def _arm(self, subtask: str, plan: Plan) -> Arm:
         """The samples a plan reads: its generator's, or its sequential verifier's
