@@ -50,6 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 HERE = Path(__file__).parent
 CHECKPOINTS = (10, 20, 50)  # report the best score after this many trials
 TARGET = 0.99  # "reached" = best-so-far >= 99% of the optimum
+SCREEN = 0.25  # agent-screen: the share of validation items a screen evaluates
 
 
 def refuse(message: str) -> NoReturn:
@@ -60,12 +61,13 @@ def refuse(message: str) -> NoReturn:
 
 def available_strategies(llm: bool = False) -> list[str]:
     """Default strategies: random, Optuna TPE (told the end score, or each stage's), the sweep,
-    and the agent when planner registers it (`agent-llm` too when an endpoint is given).
+    and the agent (plain and screening) when planner registers it (`agent-llm` too when an
+    endpoint is given).
     `optuna-gp` runs only when asked for: it needs scipy and takes seconds per trial here
     (see the README)."""
     names = ["random", "optuna", "optuna-stages", "sweep"]
     if "agent" in STRATEGIES:
-        names += ["agent", "agent-llm"] if llm else ["agent"]
+        names += ["agent", "agent-screen", "agent-llm"] if llm else ["agent", "agent-screen"]
     return names
 
 
@@ -78,8 +80,9 @@ class LLMEndpoint:
 def build_strategy(name: str, ctx: SearchContext, llm: LLMEndpoint | None = None,
                    batch: int = 1) -> BaseStrategy:
     """`optuna` is TPE; `optuna-gp` Optuna's Gaussian-process sampler (categorical-aware);
-    `agent` the builtin reasoner, `agent-llm` the LLM reasoner on an OpenAI-compatible API;
-    the agent proposes `batch` allocations per step."""
+    `agent` the builtin reasoner, `agent-screen` the same screening new arms on `SCREEN` of
+    the items first, `agent-llm` the LLM reasoner on an OpenAI-compatible API; the agent
+    proposes `batch` allocations per step."""
     if name == "optuna-gp":
         import optuna
 
@@ -88,8 +91,10 @@ def build_strategy(name: str, ctx: SearchContext, llm: LLMEndpoint | None = None
         # no convergence stop: every strategy is compared over the same number of trials
         from planner.search.agent import AgentOptions, AgentStrategy, LLMConfig
 
-        if name == "agent":
-            return AgentStrategy(ctx, AgentOptions(patience=None, proposals_per_step=batch))
+        if name in ("agent", "agent-screen"):
+            return AgentStrategy(ctx, AgentOptions(
+                patience=None, proposals_per_step=batch,
+                screen=SCREEN if name == "agent-screen" else None))
         if llm is None:
             refuse("agent-llm needs --llm-base-url and --llm-model")
         return AgentStrategy(ctx, AgentOptions(reasoner="llm", patience=None,
@@ -163,9 +168,11 @@ def run_job(job: Job) -> list[dict]:
             "score": trial.score if trial.status is TrialStatus.OK else np.nan,
             "best": best.score if best is not None else 0.0,
             "best_frac": (best.score if best is not None else 0.0) / task.optimum,
-            "search_gpu_hours": (meter.add(trial.allocation) if trial.status is TrialStatus.OK
+            "search_gpu_hours": (meter.add(trial.allocation, trial.fidelity)
+                                 if trial.status is TrialStatus.OK
                                  else meter.gpu_hours),
             "allocation": "; ".join(trial.allocation.describe()),
+            "fidelity": trial.fidelity,
             "planner_ms": 1000 * (now - last),
         })
         last = time.perf_counter()  # the meter's bookkeeping is not the planner's time
@@ -321,8 +328,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="suite names or task.yaml paths, space- or comma-separated")
     parser.add_argument("--strategies", nargs="*", default=None,
                         help="space- or comma-separated; default: random optuna "
-                        "optuna-stages sweep agent (+ agent-llm with an endpoint); optuna-gp "
-                        "on request")
+                        "optuna-stages sweep agent agent-screen (+ agent-llm with an "
+                        "endpoint); optuna-gp on request")
     parser.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for agent-llm")
     parser.add_argument("--llm-model", help="model name at that endpoint")
     parser.add_argument("--seeds", type=int, default=20)

@@ -221,7 +221,7 @@ def test_surrogate_caches_change_no_prediction() -> None:
         observations.append((plan, score))
         mean, std = _reference_fit(warm, observations)
         for model in (warm, SubtaskModel(table)):
-            got = model.fit(observations)
+            got = model.fit((plan, score, 1.0) for plan, score in observations)
             assert np.array_equal(got.mean, mean) and np.array_equal(got.std, std)
 
 

@@ -105,5 +105,6 @@ class BaseStrategy(ABC):
 
 
 def seen_keys(history: Sequence[TrialRecord]) -> set[str]:
-    """Keys of every allocation already in the history, whatever its status."""
-    return {t.allocation.key() for t in history}
+    """Keys of every allocation already in the history, whatever its status; one only
+    screened (`TrialRecord.screen`) is not seen yet: it may still be evaluated in full."""
+    return {t.allocation.key() for t in history if not t.screen}

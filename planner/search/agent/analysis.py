@@ -73,8 +73,8 @@ class Analyst:
             return self._cache[1]
         subtasks = self.ctx.space.subtasks
         per = [stage_scores(t, subtasks) for t in ok]
-        predictions = [m.fit((t.allocation[s], p[s]) for t, p in zip(ok, per, strict=True)
-                             if s in p)
+        predictions = [m.fit((t.allocation[s], p[s], t.fidelity)
+                             for t, p in zip(ok, per, strict=True) if s in p)
                        for s, m in zip(subtasks, self._models, strict=True)]
         analysis = Analysis(self.tables, predictions, _combination_weights(ok, per, subtasks),
                             ok)

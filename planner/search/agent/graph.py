@@ -17,6 +17,7 @@ from langgraph.runtime import Runtime
 from planner.search._runner import best_trial
 from planner.search.agent.memory import Insight
 from planner.search.agent.reasoners.base import Attempt
+from planner.search.agent.screening import fidelities, promotions
 from planner.search.agent.state import AgentContext, PlannerState, llm_rest
 from planner.search.agent.steps import (
     EvaluateStep,
@@ -51,13 +52,14 @@ def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         proposals=[a.to_dict() for a in allocs], rationale=probes.rationale,
         notes=probes.notes))
     update = {"initialized": True, **llm, **_notes(ctx, state, step, probes.notes),
-              "pending": [{"allocation": a.to_dict(), "source": "agent-init"} for a in allocs]}
+              "pending": _pending(ctx, history, allocs, "agent-init")}
     return update | ({"messages": probes.exchange} if probes.exchange else {})
 
 
 def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
-    """Run pending allocations through the runner, as many at once as its executor has
-    slots; skip any already in the study."""
+    """Run pending allocations through the runner, each at its fidelity, as many at once
+    as its executor has slots; skip any already in the study at that fidelity. Screens
+    neither set the best score nor count towards convergence."""
     ctx = runtime.context
     runner = ctx.runner
     history = runner.history()
@@ -68,25 +70,28 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         while queue and runner.free() > 0:
             item = queue.pop(0)
             alloc = Allocation.from_dict(item["allocation"])
-            old = next((t for t in history if t.allocation.key() == alloc.key()), None)
+            fidelity = item.get("fidelity", 1.0)
+            old = next((t for t in history if t.allocation.key() == alloc.key()
+                        and t.fidelity == fidelity), None)
             if old is not None:  # evaluated before an interruption: never run twice
                 skipped.append(old.number)
-                if old.status is TrialStatus.OK and (best is None or old.score > best):
+                if _improves(old, best):
                     best = old.score
                 continue
             if runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
                 queue = []
                 break
             # None: another driver claimed it meanwhile, or the study is full
-            runner.submit(alloc, source=item["source"], max_trials=ctx.n_trials)
+            runner.submit(alloc, source=item["source"], max_trials=ctx.n_trials,
+                          fidelity=fidelity)
             history = runner.history()  # with this trial and other drivers'
         finished = runner.wait()
         for trial in finished:
             launched.append(_trial_summary(trial))
-            improved = trial.status is TrialStatus.OK and (best is None or trial.score > best)
+            improved = _improves(trial, best)
             if improved:
                 best = trial.score
-            if trial.source != "agent-init":
+            if trial.source != "agent-init" and not trial.screen:
                 stale = 0 if improved else stale + 1
         if finished and ctx.callback:
             history = runner.known()  # as `wait` has just read it
@@ -130,9 +135,12 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 
 
 def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
-    """Ask the reasoner for allocations; a failing language model falls back to builtin."""
+    """Promote screens that scored near the best (`screening.promotions`), or else ask the
+    reasoner for allocations; a failing language model falls back to builtin."""
     ctx = runtime.context
     history = ctx.runner.history()
+    if ctx.screen is not None and (promoted := promotions(history, ctx.proposals_per_step)):
+        return _promote(ctx, history, promoted)
     memory = [Insight.from_dict(d) for d in state.memory]
     use_llm = _use_llm(state, ctx, "propose")
     k = ctx.proposals_per_step
@@ -151,14 +159,29 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         proposals=[a.to_dict() for a in proposal.allocations], rationale=proposal.rationale,
         notes=proposal.notes, tokens=_sum_tokens(proposal.attempts),
         latency_s=sum(a.latency_s for a in proposal.attempts)))
-    update: dict = {"pending": [{"allocation": a.to_dict(), "source": source}
-                                for a in proposal.allocations], **llm,
+    update: dict = {"pending": _pending(ctx, history, proposal.allocations, source), **llm,
                     **_notes(ctx, state, step, proposal.notes)}
     if proposal.exchange:
         update["messages"] = proposal.exchange
     if not proposal.allocations:
         update["stop"] = "no unseen allocation fits the budget"
     return update
+
+
+def _promote(ctx: AgentContext, history: list[TrialRecord],
+             promoted: list[TrialRecord]) -> dict:
+    """A propose step that evaluates screens in full, the reasoner not asked."""
+    best = best_trial(history)
+    against = "no full evaluation yet" if best is None else f"best full {best.score:.4f}"
+    allocs = [t.allocation for t in promoted]
+    _record(ctx, ProposeStep(
+        summary="promote screens: " + "; ".join(" | ".join(a.describe()) for a in allocs),
+        inputs={"trials": len(history), "k": ctx.proposals_per_step},
+        reasoner="screening", proposals=[a.to_dict() for a in allocs],
+        rationale=[f"screen trial {t.number} scored {t.score:.4f} on {t.fidelity:.0%} of the "
+                   f"items ({against})" for t in promoted]))
+    return {"pending": [{"allocation": a.to_dict(), "source": "agent-promote", "fidelity": 1.0}
+                        for a in allocs]}
 
 
 def finalize(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
@@ -249,8 +272,28 @@ def _record(ctx: AgentContext, step: Step, insights: list[dict] | None = None) -
                                      insights or ())
 
 
+def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocation],
+             source: str) -> list[dict]:
+    """Allocations for the evaluate node, each with its fidelity (`screening`)."""
+    if ctx.screen is None:
+        found = [1.0] * len(allocs)
+    else:
+        analysis = ctx.builtin.analyse(history)
+        found = fidelities(allocs, history, ctx.runner.search_meter(history), ctx.screen,
+                           lambda a: analysis.predicted(a)[0])
+    return [{"allocation": a.to_dict(), "source": source, "fidelity": f}
+            for a, f in zip(allocs, found, strict=True)]
+
+
+def _improves(trial: TrialRecord, best: float | None) -> bool:
+    """A full evaluation that beat `best` (a screen's score is only an estimate)."""
+    return (trial.status is TrialStatus.OK and not trial.screen and trial.score is not None
+            and (best is None or trial.score > best))
+
+
 def _trial_summary(t: TrialRecord) -> dict:
     return {"number": t.number, "status": t.status.value, "score": t.score,
+            "fidelity": t.fidelity,
             "subtask_scores": dict(t.subtask_scores), "cost_gpu_hours": t.cost.total_gpu_hours,
             "allocation": t.allocation.to_dict(), "source": t.source}
 

@@ -137,11 +137,12 @@ def _name(arm: dict[str, Value]) -> str:
 
 def _observed(t: PlanTable, trials: Sequence[TrialRecord],
               per: Sequence[dict[str, float]]) -> dict[int, float]:
-    """The mean observed stage score of each of a subtask's plans that was evaluated."""
+    """The mean observed stage score of each of a subtask's plans that was evaluated in
+    full (a screen's score is an estimate: it rules nothing out)."""
     scores: dict[int, list[float]] = {}
     for trial, stages in zip(trials, per, strict=True):
         i = t.index.get(trial.allocation[t.subtask])
-        if t.subtask in stages and i is not None:
+        if t.subtask in stages and i is not None and not trial.screen:
             scores.setdefault(i, []).append(stages[t.subtask])
     return {i: sum(s) / len(s) for i, s in scores.items()}
 

@@ -49,7 +49,8 @@ class PlannerState:
 
     pending: list[dict] = field(default_factory=list)
     """Allocations (`Allocation.to_dict`) waiting for the evaluate node, each under
-    `allocation` with its `source` (agent-init, agent-builtin, agent-llm)."""
+    `allocation` with its `source` (agent-init, agent-builtin, agent-llm) and `fidelity`
+    (< 1: a screen)."""
     memory: list[dict] = field(default_factory=list)
     """The current insight memory (`Insight.to_dict`); every version is also stored."""
     initialized: bool = False
@@ -87,6 +88,8 @@ class AgentContext:
     """Stop after this many proposals without a better score (None: never)."""
     proposals_per_step: int = 1
     """Allocations asked of the reasoner per propose step."""
+    screen: float | None = None
+    """Share of the validation items a screen evaluates (`screening`; None: no screens)."""
     callback: TrialCallback | None = None
     """Called after every trial with (trial, best trial)."""
     llm_asked: bool = False

@@ -21,6 +21,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from sqlalchemy.engine import make_url
 
+from planner.env import check_fidelity
 from planner.errors import PlannerError
 from planner.search._base import BaseStrategy, SearchContext
 from planner.search._runner import Runner, TrialCallback
@@ -42,6 +43,11 @@ class AgentOptions:
     llm: LLMConfig | None = None  # required for reasoner="llm"
     patience: int | None = DEFAULT_PATIENCE
     proposals_per_step: int = 1
+    screen: float | None = None  # screen new arms on this share of the items (`screening`)
+
+    def __post_init__(self) -> None:
+        if self.screen is not None:
+            check_fidelity(self.screen)
 
 
 class AgentStrategy(BaseStrategy):
@@ -77,6 +83,7 @@ class AgentStrategy(BaseStrategy):
                                search_budget_gpu_hours=search_budget_gpu_hours,
                                patience=self.options.patience,
                                proposals_per_step=self.options.proposals_per_step,
+                               screen=self.options.screen,
                                callback=callback)
         seat = runner.driver.seat if runner.driver else 0
         config = {"configurable": {"thread_id": thread_id(runner.study, seat)},

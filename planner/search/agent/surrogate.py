@@ -12,7 +12,9 @@ A subtask's plans share structure that holds broadly, so one observation informs
 
 This is Bayesian regression on those features, written in its kernel form (a Gaussian
 process with a sum kernel) so that its cost grows with observations, not with features.
-Kernel weights are picked by marginal likelihood from a small grid.
+Kernel weights are picked by marginal likelihood from a small grid. A screen (a score on a
+share f of the items) is observed with 1/f times the noise of a full evaluation, and a
+full evaluation of the plan supersedes its screens.
 """
 
 from __future__ import annotations
@@ -170,34 +172,46 @@ class SubtaskModel:
         self.table = table
         self._row: dict[int, int] = {}  # plan index -> its row in `_known`
         self._known = [np.zeros((0, len(table.plans))) for _ in range(3)]  # (plans seen, P)
-        self._last: tuple[bytes, bytes, Prediction] | None = None
+        self._last: tuple[tuple[bytes, bytes, bytes], Prediction] | None = None
 
-    def fit(self, observations: Iterable[tuple[Plan, float]]) -> Prediction:
+    def fit(self, observations: Iterable[tuple[Plan, float, float]]) -> Prediction:
+        """The posterior given (plan, score, fidelity) observations: a plan's full
+        evaluations, or else its screens (whose fidelities add up, to at most 1)."""
         t = self.table
-        scores: dict[int, list[float]] = {}
-        for plan, score in observations:
+        full: dict[int, list[float]] = {}
+        screens: dict[int, list[float]] = {}
+        shares: dict[int, float] = {}
+        for plan, score, fidelity in observations:
             i = t.index.get(plan)
-            if i is not None:
-                scores.setdefault(i, []).append(score)
-        if not scores:
+            if i is None:
+                continue
+            if fidelity >= 1.0:
+                full.setdefault(i, []).append(score)
+            else:
+                screens.setdefault(i, []).append(score)
+                shares[i] = min(1.0, shares.get(i, 0.0) + fidelity)
+        if not full and not screens:
             return Prediction(np.zeros(len(t.plans)), np.sqrt(self._prior_var(1.0)))
-        idx = np.array(sorted(scores))
-        y = logit(np.array([_mean(scores[i]) for i in idx]))
-        if self._last is not None and self._last[:2] == (idx.tobytes(), y.tobytes()):
-            return self._last[2]
-        prediction = self._posterior(idx, y)
-        self._last = (idx.tobytes(), y.tobytes(), prediction)
+        idx = np.array(sorted(full.keys() | screens.keys()))
+        y = logit(np.array([_mean(full[i] if i in full else screens[i]) for i in idx]))
+        noise = np.array([_NOISE if i in full else _NOISE / shares[i] for i in idx])
+        key = (idx.tobytes(), y.tobytes(), noise.tobytes())
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        prediction = self._posterior(idx, y, noise)
+        self._last = (key, prediction)
         return prediction
 
-    def _posterior(self, idx: np.ndarray, y: np.ndarray) -> Prediction:
-        """Posterior at every plan given logit scores `y` at plan indices `idx`, with the
-        kernel weights of the highest marginal likelihood on the grid (every grid cell's
-        Cholesky factor and solves in one batched call each)."""
+    def _posterior(self, idx: np.ndarray, y: np.ndarray, noise: np.ndarray) -> Prediction:
+        """Posterior at every plan given logit scores `y` at plan indices `idx` observed
+        with `noise` (at amplitude 1), with the kernel weights of the highest marginal
+        likelihood on the grid (every grid cell's Cholesky factor and solves in one batched
+        call each)."""
         mu = y.mean()
         pieces = self._pieces(idx)  # (P, O) each
         at_ell = {ell: _kernel_at(tuple(p[idx] for p in pieces), ell) for ell in _LENGTHSCALES}
         grid = [(amp, ell) for amp in _AMPLITUDES for ell in _LENGTHSCALES]
-        k = np.stack([amp * at_ell[ell] + _NOISE * amp * np.eye(len(idx)) for amp, ell in grid])
+        k = np.stack([amp * at_ell[ell] + np.diag(amp * noise) for amp, ell in grid])
         chols = np.linalg.cholesky(k)
         alphas = np.linalg.solve(chols.transpose(0, 2, 1),
                                  np.linalg.solve(chols, (y - mu)[:, None]))[..., 0]

@@ -1,0 +1,187 @@
+"""Low-fidelity screens: a trial on a share of the validation items, stored and metered as
+such, never the best; the agent screens arms it has not sampled and evaluates in full only
+what it proposes again."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from envs.replay.env import ReplayEnvironment
+from planner.cost import Cost, CostModel
+from planner.executors import ProcessExecutor
+from planner.search import AgentOptions, best_trial
+from planner.search.agent.screening import fidelities
+from planner.search.agent.surrogate import PlanTable, SubtaskModel
+from planner.search.search_cost import SearchCost
+from planner.space import Allocation, Plan, SearchSpace
+from planner.spec import TaskSpec, load_spec
+from planner.store import Store, TrialRecord, TrialStatus
+from planner.study import optimize
+from tests.conftest import run_planner
+from tests.mixture_tasks import SHARED, write_mixture_task
+from tools.evaluate import pass_at_k
+
+MONKEYS = Path(__file__).parents[1] / "envs" / "replay" / "tasks" / "monkeys_gsm8k.yaml"
+
+
+def _plan(model: str, method: str = "ckpt-a", n: int = 4) -> Plan:
+    return Plan(model=model, method=method, mixture="default", samples=n, aggregator="oracle")
+
+
+def _both(plan: Plan) -> Allocation:
+    return Allocation.of({"extract": plan, "solve": plan})
+
+
+def test_a_replay_screen_scores_the_same_shuffled_items_for_every_choice(
+        tiny_spec: TaskSpec, tiny_task_path: Path) -> None:
+    env = ReplayEnvironment(tiny_spec)
+    table = pd.read_csv(tiny_task_path.parent / "table.csv")
+    ids = np.sort(table["item"].astype(str).unique())  # the documented order: shuffled by
+    order = np.random.default_rng(zlib.crc32(b"extract")).permutation(len(ids))  # subtask
+    first = set(ids[order][:math.ceil(0.25 * len(ids))])  # 5 of 20 items
+    assert len(first) == 5
+    for model, method in (("small", "ckpt-a"), ("large", "ckpt-b")):
+        rows = table[(table["model"] == model) & (table["method"] == method)]
+        kept = rows[rows["item"].astype(str).isin(first)]
+        expected = np.mean([pass_at_k(int(r.n_samples), int(r.n_correct), 4)
+                            for r in kept.itertuples()])
+        plan = _plan(model, method)
+        screen = env.evaluate(_both(plan), 0.25)
+        assert screen.subtask_scores["extract"] == pytest.approx(expected)
+        full = env.evaluate(_both(plan))
+        assert full.subtask_scores["extract"] == env.evaluate(_both(plan), 1.0).subtask_scores[
+            "extract"] == pytest.approx(np.mean([pass_at_k(int(r.n_samples), int(r.n_correct),
+                                                           4) for r in rows.itertuples()]))
+    with pytest.raises(ValueError, match=r"fidelity must be in \(0, 1\]"):
+        env.evaluate(_both(_plan("small")), 0.0)
+
+
+def test_a_screen_and_a_full_trial_of_one_allocation_are_claimed_apart() -> None:
+    store = Store("sqlite://")
+    store.create_study(name="s", task_name="tiny", task_path="task.yaml", task={},
+                       budget="1gpu-h", budget_gpu_hours=1.0, strategy="agent", seed=0)
+    alloc = _both(_plan("small"))
+    assert store.start_trial("s", alloc, Cost(0.1, 0.1), fidelity=0.25) == 0
+    assert store.start_trial("s", alloc, Cost(0.1, 0.1), fidelity=0.25) is None  # claimed
+    assert store.start_trial("s", alloc, Cost(0.1, 0.1)) == 1
+    assert store.start_trial("s", alloc, Cost(0.1, 0.1)) is None
+    assert store.start_trial("s", alloc, Cost(0.1, 0.1), fidelity=0.5) == 2  # another share
+    store.finish_trial("s", 0, TrialStatus.OK, observation=_observed(0.9))
+    store.finish_trial("s", 1, TrialStatus.OK, observation=_observed(0.5))
+    trials = store.trials("s")
+    assert [(t.number, t.fidelity, t.screen) for t in trials] == [
+        (0, 0.25, True), (1, 1.0, False), (2, 0.5, True)]
+    assert best_trial(trials).number == 1  # the screen scored higher, on a quarter
+
+
+def _observed(score: float):
+    from planner.env import Observation
+
+    return Observation(score=score, subtask_scores={"extract": score, "solve": 1.0})
+
+
+def test_a_screen_pays_its_share_of_sampling_and_the_full_trial_the_rest(
+        tmp_path: Path) -> None:
+    spec = load_spec(write_mixture_task(tmp_path))
+    meter = SearchCost(CostModel(spec), ReplayEnvironment(spec).validation_items())
+    lora = Plan(model="small", method="lora", mixture=SHARED, samples=16, aggregator="oracle")
+    alloc = Allocation.of({"a": lora, "b": lora})
+    trains, arms = meter.parts(alloc)
+    train, sample = sum(trains.values()), sum(arms.values())
+    assert train > 0 and sample > 0
+    assert meter.marginal(alloc, 0.25) == pytest.approx(train + 0.25 * sample)
+    assert meter.add(alloc, 0.25) == pytest.approx(train + 0.25 * sample)  # trained in full
+    assert meter.marginal(alloc, 0.25) == 0.0  # screened already
+    assert meter.add(alloc) == pytest.approx(train + sample)  # the other three quarters
+
+
+def test_only_allocations_opening_a_new_arm_mostly_paid_in_sampling_are_screened(
+        tiny_spec: TaskSpec, tmp_path: Path) -> None:
+    meter = SearchCost(CostModel(tiny_spec), ReplayEnvironment(tiny_spec).validation_items())
+    small, large = _both(_plan("small")), _both(_plan("large"))
+    assert fidelities([small, large, _both(_plan("small", n=16))], [], meter, 0.25) == [
+        0.25, 0.25, 1.0]  # the third only changes n of a screened arm: evaluated in full
+    assert fidelities([small], [], meter, None) == [1.0]  # screening off
+    # once a full trial scored 0.5: a proposal the score model expects to beat it is a
+    # likely winner, evaluated in full at once; an exploratory one is screened
+    best = TrialRecord(0, small, TrialStatus.OK, 0.5, {}, Cost(0.0, 0.0))
+    fresh_arm = _both(_plan("large", "ckpt-b"))
+    for expected, fidelity in ((0.6, 1.0), (0.4, 0.25)):
+        meter = SearchCost(CostModel(tiny_spec), ReplayEnvironment(tiny_spec).validation_items())
+        meter.add(small)
+        assert fidelities([fresh_arm], [best], meter, 0.25,
+                          lambda _, e=expected: e) == [fidelity]
+    # a fine-tune costs far more than its samples: screening it would save little
+    spec = load_spec(write_mixture_task(tmp_path))
+    lora = Plan(model="small", method="lora", mixture=SHARED, samples=16, aggregator="oracle")
+    fresh = SearchCost(CostModel(spec), ReplayEnvironment(spec).validation_items())
+    trains, arms = fresh.parts(Allocation.of({"a": lora, "b": lora}))
+    expected = 0.25 if sum(trains.values()) + 0.25 * sum(arms.values()) <= 0.5 * (
+        sum(trains.values()) + sum(arms.values())) else 1.0
+    assert fidelities([Allocation.of({"a": lora, "b": lora})], [], fresh, 0.25) == [expected]
+
+
+def test_the_agent_screens_new_arms_and_evaluates_in_full_what_it_proposes_again() -> None:
+    spec = load_spec(MONKEYS)
+    env = ReplayEnvironment(spec)
+    result = optimize(spec, env, store=Store("sqlite://"), budget=spec.budget,
+                      strategy="agent", n_trials=30, seed=0,
+                      agent=AgentOptions(patience=None, screen=0.25))
+    trials = result.trials
+    screens = [t for t in trials if t.screen]
+    full = [t for t in trials if not t.screen]
+    assert screens and full and all(t.status is TrialStatus.OK for t in trials)
+    for t in trials:  # each stored score is what the environment gives at its fidelity
+        assert t.score == env.evaluate(t.allocation, t.fidelity).score
+    screened = {t.allocation.key(): t.number for t in screens}
+    assert len(screened) == len(screens)  # never screened twice
+    promoted = [t for t in full if t.allocation.key() in screened]
+    assert promoted and all(t.number > screened[t.allocation.key()] for t in promoted)
+    assert not result.best.screen and result.best.score == max(t.score for t in full)
+
+
+def test_screens_run_on_worker_processes_at_their_fidelity(tmp_path: Path) -> None:
+    spec = load_spec(MONKEYS)
+    factory = partial(ReplayEnvironment, spec)
+    trials = optimize(spec, factory(), store=Store(f"sqlite:///{tmp_path / 's.db'}"),
+                      budget=spec.budget, strategy="agent", n_trials=2, seed=0,
+                      executor=ProcessExecutor(factory, 2),
+                      agent=AgentOptions(patience=None, screen=0.5,
+                                         proposals_per_step=2)).trials
+    env = factory()
+    assert [t.fidelity for t in trials] == [0.5, 0.5]
+    assert all(t.score == env.evaluate(t.allocation, 0.5).score for t in trials)
+
+
+def test_screen_on_the_command_line(tmp_path: Path, tiny_task_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    done = run_planner("optimize", str(MONKEYS), "--trials", "8", "--screen", "0.25",
+                       "--db", db, "--study", "s")
+    assert done.returncode == 0, done.stderr
+    shown = run_planner("show", "s", "--db", db)
+    assert "of them screens" in shown.stdout
+    for args, said in ((["--screen", "1.5"], "--screen 1.5: give a share"),
+                       (["--screen", "0.5", "--strategy", "random"], "only the agent screens")):
+        bad = run_planner("optimize", str(tiny_task_path), "--db", db, "--study", "t", *args)
+        assert bad.returncode == 2 and said in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_screen_informs_the_score_model_less_than_a_full_evaluation() -> None:
+    spec = load_spec(MONKEYS)
+    env = ReplayEnvironment(spec)
+    space = SearchSpace(spec)
+    table = PlanTable.build(space, CostModel(spec, env.calibration()), "solve", {})
+    plan = table.plans[len(table.plans) // 2]
+    i = table.index[plan]
+    std = {f: SubtaskModel(table).fit([(plan, 0.3, f)]).std[i] for f in (0.25, 1.0)}
+    assert std[0.25] > std[1.0]
+    both = SubtaskModel(table).fit([(plan, 0.9, 0.25), (plan, 0.3, 1.0)])
+    assert both.mean[i] == SubtaskModel(table).fit([(plan, 0.3, 1.0)]).mean[i]  # superseded
