@@ -10,6 +10,8 @@ of the exact optimum, envs/replay/optima.yaml) after k trials against the builti
     .venv/bin/python experiments/llm_reasoner_check.py            # set up, then run
     .venv/bin/python experiments/llm_reasoner_check.py --setup-only
     .venv/bin/python experiments/llm_reasoner_check.py --tasks monkeys-gsm8k --seeds 1
+    .venv/bin/python experiments/llm_reasoner_check.py --base-url http://127.0.0.1:8000/v1 \
+        --model smollm2     # a server already running (e.g. vLLM with tool calling)
 
 Needs gcc, g++ and cmake, and network access to PyPI for the first run. Its own venv
 ($PLANNER_LLAMACPP_VENV, default /tmp/llamacpp-venv) holds llama-cpp-python[server], which
@@ -34,7 +36,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -203,6 +205,7 @@ def step_row(step: StepRecord) -> dict:
             "latency_s": p["latency_s"], "prompt_chars": len(prompt),
             "prompt_tokens": attempts[0]["tokens"].get("prompt", 0) if attempts else 0,
             "completion_tokens": p["tokens"].get("completion", 0),
+            "tool_calls": sum(len(a.get("tool_calls", [])) for a in attempts),
             **{f"err_{k}": kinds.count(k) for k in ERRORS},
             "errors": " | ".join(errors)[:500],
             "reply": attempts[-1]["response"][:300] if attempts else ""}
@@ -216,7 +219,7 @@ def summarize(steps: pd.DataFrame, best: pd.DataFrame, ks: list[int]) -> pd.Data
         row = {"task": task, "steps": len(g)} | {
             o: int((g.outcome == o).sum()) for o in ("valid", "repaired", "fallback", "skipped")}
         row |= {c: int(g[c].sum()) for c in g if c.startswith("err_")}
-        row |= {"top_hint": int(g.top_hint.sum()),
+        row |= {"top_hint": int(g.top_hint.sum()), "tool_calls": int(g.tool_calls.sum()),
                 "latency_s": statistics.median(asked.latency_s) if len(asked) else 0.0,
                 "prompt_tok": int(asked.prompt_tokens.median()) if len(asked) else 0,
                 "prompt_tok_max": int(asked.prompt_tokens.max()) if len(asked) else 0,
@@ -253,11 +256,15 @@ def main() -> None:
     parser.add_argument("--tool-rounds", type=int, default=0, help="replies per node that "
                         "may call the reasoner's tools (the figures in experiments/README.md "
                         "were measured before tools existed: 0)")
+    parser.add_argument("--base-url", help="use this OpenAI-compatible server (already "
+                        "running) instead of starting llama.cpp's; with --model")
+    parser.add_argument("--model", default=MODEL, help="the model name --base-url serves")
     parser.add_argument("--setup-only", action="store_true")
     args = parser.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):  # exit through `finally`: stop the server
         signal.signal(sig, lambda *_: sys.exit(130))
-    python, gguf = setup(args.venv, args.venv / "model")
+    if args.base_url is None:
+        python, gguf = setup(args.venv, args.venv / "model")
     if args.setup_only:
         return
     tasks = resolve_tasks(args.tasks)
@@ -265,9 +272,10 @@ def main() -> None:
     ks = sorted({k for k in (8, 10, 15, 20, 30, args.trials) if k <= args.trials})
     steps, best = [], []
     start = time.perf_counter()
-    with server(python, gguf, args.port, args.n_ctx, args.threads,
-                args.out / "server.log") as url:
-        llm = LLMConfig(url, MODEL, timeout_s=args.timeout, nodes=tuple(args.nodes),
+    with (nullcontext(args.base_url) if args.base_url else
+          server(python, gguf, args.port, args.n_ctx, args.threads,
+                 args.out / "server.log")) as url:
+        llm = LLMConfig(url, args.model, timeout_s=args.timeout, nodes=tuple(args.nodes),
                         tool_rounds=args.tool_rounds)
         for path in tasks:
             for seed in range(args.seeds):

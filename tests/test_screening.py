@@ -185,3 +185,15 @@ def test_a_screen_informs_the_score_model_less_than_a_full_evaluation() -> None:
     assert std[0.25] > std[1.0]
     both = SubtaskModel(table).fit([(plan, 0.9, 0.25), (plan, 0.3, 1.0)])
     assert both.mean[i] == SubtaskModel(table).fit([(plan, 0.3, 1.0)]).mean[i]  # superseded
+
+
+def test_a_language_model_is_told_which_trials_are_screens(tiny_spec: TaskSpec) -> None:
+    from planner.search.agent.prompts import _trials, exchange_line
+
+    screen = TrialRecord(0, _both(_plan("large")), TrialStatus.OK, 0.9,
+                         {"extract": 0.95, "solve": 0.95}, Cost(0.0, 0.0), fidelity=0.25)
+    full = TrialRecord(1, _both(_plan("small")), TrialStatus.OK, 0.5,
+                       {"extract": 0.7, "solve": 0.7}, Cost(0.0, 0.0))
+    lines = _trials(SearchSpace(tiny_spec), [screen, full])
+    assert "(screen on 25% of the items)" in lines[1] and "screen" not in lines[2]
+    assert exchange_line("propose", [screen, full]).endswith("best 0.5000 (trial 1)]")

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 
 from planner.cost import CostModel
+from planner.search._runner import best_trial
 from planner.search.agent.memory import Insight
 from planner.space import Allocation, Dimension, Mixture, SearchSpace
 from planner.store import TrialRecord, TrialStatus
@@ -46,8 +47,7 @@ in full. Call them to check a plan, then reply with the JSON object."""
 def exchange_line(node: str, history: Sequence[TrialRecord]) -> str:
     """The user side of an exchange as the conversation keeps it: the node and what it
     saw (the full prompt is not repeated; the next one holds the trials)."""
-    ok = [t for t in history if t.status is TrialStatus.OK and t.score is not None]
-    best = max(ok, key=lambda t: t.score or 0.0) if ok else None
+    best = best_trial(history)
     return (f"[{node} after {len(history)} trials"
             + (f"; best {best.score:.4f} (trial {best.number})" if best else "") + "]")
 
@@ -171,7 +171,8 @@ def _trials(space: SearchSpace, history: Sequence[TrialRecord]) -> list[str]:
             continue
         parts = [f"{s}: {p.describe()} -> {t.subtask_scores.get(s, float('nan')):.4f}"
                  for s, p in t.allocation.items()]
-        lines.append(f"- {t.number}: {t.score:.4f} | " + " ; ".join(parts)
+        screen = f" (screen on {t.fidelity:.0%} of the items)" if t.screen else ""
+        lines.append(f"- {t.number}: {t.score:.4f}{screen} | " + " ; ".join(parts)
                      + f" | {t.cost.total_gpu_hours:.4g}")
     if len(history) > MAX_TRIALS:
         lines += ["", "Best stage score per served model (every trial; n tried):"]

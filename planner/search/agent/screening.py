@@ -1,7 +1,8 @@
 """Low-fidelity screens: which proposals the agent first evaluates on a share of the items.
 
-A successive-halving step folded into the agent's loop. An allocation that opens an arm no
-trial has sampled, when sampling makes up most of what evaluating it would cost, is first
+A successive-halving step folded into the agent's loop. An exploratory allocation (one
+the score model does not expect to beat the best full trial) that opens an arm no trial
+has sampled, when sampling makes up most of what evaluating it would cost, is first
 evaluated on a `screen` share of each stage's validation items (`Environment.evaluate`'s
 `fidelity`). The screen's stage scores feed the score model like any observation. Then,
 as successive halving promotes the best of a rung, the next propose step evaluates in full

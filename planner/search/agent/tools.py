@@ -122,6 +122,8 @@ class Tools:
                "end_score": None if t.score is None else _r(t.score),
                "stage_scores": {s: _r(v) for s, v in t.subtask_scores.items()},
                "gpu_hours": _g(t.cost.total_gpu_hours), "source": t.source}
+        if t.screen:  # scored on a share of the validation items: an estimate
+            out["fidelity"] = t.fidelity
         if t.error:
             out["error_message"] = t.error[:200]
         return out
