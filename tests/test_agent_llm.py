@@ -491,6 +491,8 @@ def test_the_model_answers_init_and_its_probes_are_validated(spec, server) -> No
     assert "No trial has run yet" in request["messages"][-1]["content"]
     schema = request["response_format"]["json_schema"]["schema"]
     assert schema["properties"]["proposals"]["maxItems"] == _n_init(spec)
+    insights = schema["properties"]["insights"]  # bounded: a constrained reply must end
+    assert insights["maxItems"] == 3 and insights["items"]["maxLength"] == 200
     assert "probe both" in [i.text for i in store.insights("llm")]
 
 

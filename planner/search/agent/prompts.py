@@ -122,11 +122,17 @@ def reflect_message(space: SearchSpace, history: Sequence[TrialRecord],
     return "\n".join(lines)
 
 
+# A few short statements: bounded, so a constrained decoder must close the list (a 135M
+# model under vLLM otherwise repeated one string until max_tokens cut the JSON off)
+_INSIGHTS = {"type": "array", "maxItems": MAX_INSIGHTS, "items": {"type": "string",
+                                                                  "maxLength": 200}}
+
+
 def reflect_schema() -> dict:
     """The JSON schema of a reflect reply: a few short statements."""
     return {"type": "object", "additionalProperties": False, "required": ["insights"],
-            "properties": {"insights": {"type": "array", "maxItems": MAX_INSIGHTS,
-                                        "items": {"type": "string", "maxLength": 200}}}}
+            "properties": {"insights": _INSIGHTS}}
+
 
 
 def allocation_schema(space: SearchSpace) -> dict:
@@ -147,7 +153,7 @@ def schema(space: SearchSpace, k: int) -> dict:
     allocation = allocation_schema(space)
     return {"type": "object", "additionalProperties": False,
             "required": ["insights", "proposals"],
-            "properties": {"insights": {"type": "array", "items": {"type": "string"}},
+            "properties": {"insights": _INSIGHTS,
                            "proposals": {"type": "array", "minItems": 1, "maxItems": k,
                                          "items": allocation}}}
 
