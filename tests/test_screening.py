@@ -23,7 +23,7 @@ from planner.search.search_cost import SearchCost
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord, TrialStatus
-from planner.study import optimize
+from planner.study import open_study, optimize
 from tests.conftest import run_planner
 from tests.mixture_tasks import SHARED, write_mixture_task
 from tools.evaluate import pass_at_k
@@ -197,3 +197,16 @@ def test_a_language_model_is_told_which_trials_are_screens(tiny_spec: TaskSpec) 
     lines = _trials(SearchSpace(tiny_spec), [screen, full])
     assert "(screen on 25% of the items)" in lines[1] and "screen" not in lines[2]
     assert exchange_line("propose", [screen, full]).endswith("best 0.5000 (trial 1)]")
+
+
+def test_a_screen_left_running_by_a_crash_is_run_again_as_a_screen(tmp_path: Path) -> None:
+    spec = load_spec(MONKEYS)
+    env = ReplayEnvironment(spec)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    open_study(store, spec, name="s", budget=spec.budget, strategy="random", seed=0)
+    alloc = Allocation.of({"solve": SearchSpace(spec).plans("solve")[0]})
+    assert store.start_trial("s", alloc, Cost(0.0, 0.0), fidelity=0.25) == 0  # then a crash
+    trials = optimize(spec, env, store=store, budget=spec.budget, strategy="random",
+                      n_trials=1, study="s", resume=True).trials
+    assert [(t.number, t.status, t.fidelity) for t in trials] == [(0, TrialStatus.OK, 0.25)]
+    assert trials[0].score == env.evaluate(alloc, 0.25).score
