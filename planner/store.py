@@ -211,6 +211,11 @@ class TrialRecord:
         never the study's best."""
         return self.fidelity < 1.0
 
+    @property
+    def final(self) -> bool:
+        """Finished, scored, and on every validation item: a result that may be the best."""
+        return self.status is TrialStatus.OK and self.score is not None and not self.screen
+
 
 @dataclass(frozen=True)
 class StepRecord:

@@ -54,7 +54,7 @@ def search_curve(data: StudyData) -> list[dict]:
         if t.status is TrialStatus.OK:
             spent = (meter.add(t.allocation, t.fidelity) if meter
                      else spent + t.cost.total_gpu_hours)
-            if t.score is not None and not t.screen and (best is None or t.score > best):
+            if t.final and (best is None or t.score > best):
                 best = t.score
         rows.append({"number": t.number, "status": t.status.value, "score": t.score,
                      "fidelity": t.fidelity, "best": best, "search_gpu_hours": spent})

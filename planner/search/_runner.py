@@ -27,8 +27,7 @@ TrialCallback = Callable[[TrialRecord, TrialRecord | None], None]
 def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
     """The highest-scoring finished trial (earliest on ties), or None; a screen's score is
     an estimate on a share of the items, so a screen is never the best."""
-    ok = [t for t in trials
-          if t.status is TrialStatus.OK and t.score is not None and not t.screen]
+    ok = [t for t in trials if t.final]
     return max(ok, key=lambda t: (t.score, -t.number), default=None)
 
 

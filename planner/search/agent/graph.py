@@ -28,7 +28,7 @@ from planner.search.agent.steps import (
     Step,
 )
 from planner.space import Allocation
-from planner.store import TrialRecord, TrialStatus
+from planner.store import TrialRecord
 
 
 def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
@@ -287,8 +287,7 @@ def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocat
 
 def _improves(trial: TrialRecord, best: float | None) -> bool:
     """A full evaluation that beat `best` (a screen's score is only an estimate)."""
-    return (trial.status is TrialStatus.OK and not trial.screen and trial.score is not None
-            and (best is None or trial.score > best))
+    return trial.final and (best is None or trial.score > best)
 
 
 def _trial_summary(t: TrialRecord) -> dict:

@@ -42,8 +42,9 @@ def fidelities(allocations: Sequence[Allocation], history: Sequence[TrialRecord]
                 and (best is None or expected is None or expected(alloc) < best.score)):
             trains, arms = meter.parts(alloc)
             opens = any(a not in meter.sampled for a in arms)
-            full = meter.unpaid_training(trains) + meter.unpaid_sampling(arms)
-            cheap = meter.unpaid_training(trains) + meter.unpaid_sampling(arms, screen)
+            train = meter.unpaid_training(trains)
+            full = train + meter.unpaid_sampling(arms)
+            cheap = train + meter.unpaid_sampling(arms, screen)
             if opens and cheap <= SAVES_AT_LEAST * full:
                 fidelity = screen
         meter.add(alloc, fidelity)
