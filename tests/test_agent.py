@@ -75,7 +75,7 @@ def test_graph_trace_and_insights(tmp_path: Path, tiny_spec) -> None:
     assert {t.source for t in result.trials} == {"agent-init", "agent-builtin"}
     init = steps[0].payload
     assert len(init["proposals"]) == len(init["rationale"]) >= 2
-    assert any("n-trend" in r for r in init["rationale"])
+    assert any("model probe" in r for r in init["rationale"])
     reflects = {s.number: s for s in steps if s.node == "reflect"}
     insights = store.insights(result.study.name)
     assert insights and all(i.step in reflects for i in insights)

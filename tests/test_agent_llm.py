@@ -316,14 +316,20 @@ def test_the_prompt_stays_bounded_as_trials_grow() -> None:
 
 
 POOR = {"extract": _plan("large", "ckpt-a", 2), "solve": _plan("large", "ckpt-a", 2)}
+FEWEST = {"extract": _plan("large", "ckpt-a", 1), "solve": _plan("large", "ckpt-a", 1)}
 
 
 def test_a_plan_the_trials_rate_far_below_the_best_is_vetoed(spec, server) -> None:
-    server.script = [("reply", _reply(POOR)), ("reply", _reply(GOOD))]
-    result, proposes, _ = _optimize(spec, server, 1)
-    first = proposes[0]["attempts"][0]["errors"][0]
+    # the first pick (n=1) is taken: nothing rated few samples yet; after it scored, n=2
+    # is rated far below the best candidate and the model is asked again
+    server.script = [("reply", _reply(FEWEST)), ("reply", _reply(POOR)),
+                     ("reply", _reply(GOOD))]
+    result, proposes, _ = _optimize(spec, server, 2)
+    assert result.trials[-2].allocation.to_dict() == {
+        s: {**plan, "mixture": "default"} for s, plan in FEWEST.items()}
+    first = proposes[1]["attempts"][0]["errors"][0]
     assert "far below the best candidate" in first
-    assert "far below the best candidate" in server.requests[1]["messages"][-1]["content"]
+    assert "far below the best candidate" in server.requests[2]["messages"][-1]["content"]
     assert result.trials[-1].allocation.to_dict()["extract"]["samples"] == 16
     assert result.trials[-1].source == "agent-llm"
 

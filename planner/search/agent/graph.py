@@ -32,7 +32,7 @@ from planner.store import TrialRecord
 
 
 def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
-    """Probe each subtask: a spread of models, the trend in n, then the other fields (the
+    """Probe each subtask: a spread of models, then the other fields (the
     builtin's design, or the language model's pick where it answers init)."""
     ctx = runtime.context
     history = ctx.runner.history()

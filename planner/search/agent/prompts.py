@@ -57,11 +57,11 @@ def init_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: fl
     """Task, space with costs and budget, and the builtin's probe design as a suggestion."""
     lines = _setting(space, cost_model, budget_gpu_hours)
     lines += ["", "No trial has run yet. A design of probes, each isolating one choice per "
-              "subtask (the model, the trend in n, another dimension) with the rest held at a "
+              "subtask (the model, another dimension) with the rest held at a "
               "reference plan:"]
     lines += [f"- {json.dumps(a.to_dict())}: {why}" for a, why in probes] or ["- none"]
     lines += ["", f"Propose up to {k} first allocation(s) as JSON: probes whose stage scores "
-              "tell the models and the trend in n apart (these, or your own)."]
+              "tell the models and the other choices apart (these, or your own)."]
     return "\n".join(lines)
 
 

@@ -2,9 +2,10 @@
 
 - init: per subtask, probes that isolate the model choice (one model from each size
   stratum, drawn with the seed, on one reference arm at the largest n that fits the
-  subtask's share of the budget), the trend in n (the same arm at the smallest n) and
-  each other dimension (the values farthest from the reference: one method, two
-  mixtures or aggregators).
+  subtask's share of the budget) and each other dimension (the values farthest from the
+  reference: one method, two mixtures or aggregators). The trend in n is left to the
+  score model, which shares it across arms: a probe at the smallest n cost a trial and
+  was seldom worth it (experiments/README.md).
   Stage scores are reported per subtask, so trial i carries probe i of every subtask.
 - reflect: the insight memory the analysis implies (`memory.derive`: which model wins,
   where n saturates, which served arms are dominated, how the budget splits), keeping a
@@ -136,11 +137,11 @@ class BuiltinReasoner:
 
 
 def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, str]]:
-    """Plan indices (and why) that isolate the model, the n trend, then each other dimension."""
+    """Plan indices (and why) that isolate the model, then each other dimension."""
     afford = t.cost <= share
     if not afford.any():
         return [(int(np.argmin(t.cost)), "cheapest plan (nothing fits the budget share)")]
-    model, arm = t.codes[:, t.column("model")], t.codes[:, -1]
+    model = t.codes[:, t.column("model")]
     rest = [j for j, d in enumerate(t.dims) if d.name != "model"]
     # reference arm: the values of the other dimensions most models can afford, most trained
     keys: dict[tuple[int, ...], set[int]] = {}
@@ -170,10 +171,6 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, s
     for m in picks:
         add(best(on_ref & (model == m)), "model")
     anchor = out[len(out) // 2][0]
-    same_arm = afford & (arm == arm[anchor])
-    low = int(np.flatnonzero(same_arm)[np.argmin(t.log_n[same_arm])])
-    if low != anchor:
-        add(low, "n-trend")
     on_model = afford & (model == model[anchor])
     kept = (t.codes[:, rest] == ref).sum(axis=1)  # how many reference values each plan keeps
     for j in rest:
