@@ -1,15 +1,21 @@
-"""Search-efficiency benchmark: strategies x replay tasks x seeds, scored against exact optima.
+"""Search-efficiency benchmark: strategies x tasks x seeds, scored against exact optima.
 
     python experiments/benchmark.py                      # every suite task, 20 seeds, 50 trials
     python experiments/benchmark.py --seeds 3 --trials 20 --tasks monkeys-gsm8k my_task.yaml
     python experiments/benchmark.py --strategies random,optuna    # names: spaces or commas
+    python experiments/benchmark.py --tasks envs/live/tasks/wordsum/task.yaml --workers 1 \
+        --out experiments/results/live --readme experiments/README_live.md   # a live task
 
 Writes, under --out (default experiments/results): `benchmark.csv` (one row per trial),
 `summary.csv` (one row per task x strategy), `<task>.png` (best-so-far vs trials and vs
 search compute, median and IQR band over seeds), and the markdown table to --readme.
 
 Scores are shown as a fraction of the task's exhaustive optimum under its budget
-(envs/replay/optima.yaml; computed on the fly for tasks outside the suite).
+(envs/replay/optima.yaml; computed on the fly for tasks outside the suite). A live task's
+optimum is found by evaluating every allocation within its budget in the live environment,
+which trains and samples whatever its cache lacks (minutes for wordsum, once); its trials
+then read the cache. Run live tasks with `--workers 1`: forked workers must not share the
+parent's torch state.
 *Search compute* is what a live run would spend to evaluate the trials
 (`planner.search.search_cost`): each distinct fine-tune once (a released checkpoint is
 downloaded, not trained), plus, per distinct (subtask, model, method, mixture), one pass of
@@ -20,6 +26,7 @@ those samples).
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import sys
@@ -33,13 +40,15 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from envs.replay.env import ReplayEnvironment
+from envs import make_environment
 from envs.replay.optimum import builtin_tasks, exhaustive_optimum, load_optima
 from planner.cost import CostModel
+from planner.env import Environment
 from planner.executors import LocalExecutor
 from planner.search import STRATEGIES, BaseStrategy, OptunaStrategy, SearchContext, make_strategy
 from planner.search._runner import Runner
 from planner.search.search_cost import SearchCost
+from planner.space import Allocation, SearchSpace
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord, TrialStatus
 from planner.study import open_study
@@ -106,7 +115,7 @@ def build_strategy(name: str, ctx: SearchContext, llm: LLMEndpoint | None = None
 @dataclass(frozen=True)
 class Task:
     spec: TaskSpec
-    env: ReplayEnvironment
+    env: Environment
     optimum: float
 
 
@@ -117,14 +126,34 @@ def load_task(path: Path) -> Task:
     """Spec, environment and exact optimum of a task, loaded once per process."""
     if path not in _CACHE:
         spec = load_spec(path)
-        env = ReplayEnvironment(spec)
+        env = make_environment(spec)
         stored = load_optima().get(spec.name)
-        if stored is not None and stored["budget"] == spec.budget:
+        if spec.environment != "replay":
+            optimum = brute_force_optimum(spec, env)
+        elif stored is not None and stored["budget"] == spec.budget:
             optimum = float(stored["score"])
         else:
             optimum = exhaustive_optimum(spec, _budget(spec), env).score
         _CACHE[path] = Task(spec, env, optimum)
     return _CACHE[path]
+
+
+BRUTE_FORCE_LIMIT = 10_000  # allocations a brute-force optimum may evaluate
+
+
+def brute_force_optimum(spec: TaskSpec, env: Environment) -> float:
+    """The best score of all allocations within the task's budget, each evaluated in `env`
+    (for a live task: its cache makes every evaluation after the first few cheap)."""
+    budget = _budget(spec)
+    cost_model = CostModel(spec, env.calibration())
+    space = SearchSpace(spec)
+    allocations = [Allocation.of(dict(zip(space.subtasks, plans, strict=True))) for plans in
+                   itertools.product(*(space.plans(s) for s in space.subtasks))]
+    if len(allocations) > BRUTE_FORCE_LIMIT:
+        refuse(f"{spec.name}: {len(allocations)} allocations are too many to evaluate one "
+               f"by one (at most {BRUTE_FORCE_LIMIT}); benchmark a smaller space")
+    return max((env.evaluate(a).score for a in allocations
+                if cost_model.estimate(a).total_gpu_hours <= budget), default=0.0)
 
 
 def _budget(spec: TaskSpec) -> float:
@@ -350,8 +379,10 @@ def main() -> None:
     args = parse_args()
     strategies = args.strategies
     start = time.perf_counter()
-    trials = pad(run(resolve_tasks(args.tasks), strategies, args.seeds, args.trials,
-                     args.workers, args.llm), args.trials)
+    tasks = resolve_tasks(args.tasks)
+    live = any(load_spec(t).environment != "replay" for t in tasks)
+    trials = pad(run(tasks, strategies, args.seeds, args.trials, args.workers, args.llm),
+                 args.trials)
     elapsed = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     trials.to_csv(args.out / "benchmark.csv", index=False, float_format="%.6g")
@@ -362,7 +393,7 @@ def main() -> None:
         plot_task(trials, task, args.out / f"{task}.png")
         plots.append(task)
     table = markdown_table(summary, args.trials)
-    write_section(args.readme, _readme(table, plots, args, strategies, elapsed))
+    write_section(args.readme, _readme(table, plots, args, strategies, elapsed, live))
     print(table)
     print(f"\n{len(trials)} trials in {elapsed:.0f} s with {args.workers} workers; "
           f"wrote {args.out} and {args.readme}")
@@ -384,22 +415,32 @@ def write_section(path: Path, text: str) -> None:
 
 
 def _readme(table: str, plots: list[str], args: argparse.Namespace, strategies: list[str],
-            elapsed: float) -> str:
+            elapsed: float, live: bool = False) -> str:
     rel = Path(os.path.relpath(args.out.resolve(), args.readme.resolve().parent)).as_posix()
     links = "\n".join(f"- [{t}]({rel}/{t}.png)" for t in plots)
-    return f"""## Search-efficiency benchmark (replay suite)
+    readme = os.path.relpath(args.readme.resolve(), HERE.parent.resolve())
+    tasks = f" --tasks {' '.join(args.tasks)}" if args.tasks else ""
+    if live:
+        title, optima = "live tasks", ("every allocation within the budget evaluated in the "
+                                       "live environment")
+        timed = ("wall time per trial of the planner and the evaluation (read from the live "
+                 "cache, filled by the optimum's evaluations)")
+    else:
+        title, optima = "replay suite", "envs/replay/optima.yaml"
+        timed = ("wall time per trial of the planner itself (strategy, cost check, store; "
+                 "the replay lookup is negligible)")
+    return f"""## Search-efficiency benchmark ({title})
 
-`python experiments/benchmark.py --seeds {args.seeds} --trials {args.trials} \
---workers {args.workers}` ({', '.join(strategies)}): {elapsed:.0f} s wall on {os.cpu_count()} CPU
-cores (load average {os.getloadavg()[1]:.1f} over the last 5 minutes of the run).
+`python experiments/benchmark.py{tasks} --seeds {args.seeds} --trials {args.trials} \
+--workers {args.workers} --readme {readme}` ({', '.join(strategies)}): {elapsed:.0f} s wall on
+{os.cpu_count()} CPU cores (load average {os.getloadavg()[1]:.1f} over the last 5 minutes of
+the run).
 
-Scores are best-so-far / exhaustive optimum under the task's budget
-(envs/replay/optima.yaml). *trials to 99%*: median and IQR over seeds of the first trial
-whose best-so-far reaches 99% of the optimum (`>{args.trials}`: not within the run);
-*reached*: seeds that got there; *best@k*: median best-so-far after k trials; *planner
-ms/trial*: median wall time per trial of the planner itself (strategy, cost check, store;
-the replay lookup is negligible). Raw trials: [benchmark.csv]({rel}/benchmark.csv),
-summary: [summary.csv]({rel}/summary.csv).
+Scores are best-so-far / exhaustive optimum under the task's budget ({optima}).
+*trials to 99%*: median and IQR over seeds of the first trial whose best-so-far reaches 99%
+of the optimum (`>{args.trials}`: not within the run); *reached*: seeds that got there;
+*best@k*: median best-so-far after k trials; *planner ms/trial*: median {timed}. Raw
+trials: [benchmark.csv]({rel}/benchmark.csv), summary: [summary.csv]({rel}/summary.csv).
 
 {table}
 

@@ -182,7 +182,8 @@ def _reference_fit(model: SubtaskModel, observations: list) -> tuple[np.ndarray,
     for plan, score in observations:
         scores.setdefault(t.index[plan], []).append(score)
     idx = np.array(sorted(scores))
-    y = surrogate.logit(np.array([np.mean(scores[i]) for i in idx]))
+    trend = surrogate._SLOPE_MEAN * t.log_n  # the prior mean rises with n
+    y = surrogate.logit(np.array([np.mean(scores[i]) for i in idx])) - trend[idx]
     mu = y.mean()
     best = None
     for amp in surrogate._AMPLITUDES:
@@ -198,7 +199,7 @@ def _reference_fit(model: SubtaskModel, observations: list) -> tuple[np.ndarray,
     cross = _reference_kernel(t, np.arange(len(t.plans)), idx, amp, ell)
     v = np.linalg.solve(chol, cross.T)
     var = np.maximum(model._prior_var(amp) - (v * v).sum(axis=0), 1e-9)
-    return mu + cross @ alpha, np.sqrt(var)
+    return mu + trend + cross @ alpha, np.sqrt(var)
 
 
 def test_surrogate_caches_change_no_prediction() -> None:

@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from envs.replay import optimum
+from envs.replay.env import ReplayEnvironment
 from envs.replay.optimum import exhaustive_optimum
 from planner.spec import load_spec
 
@@ -112,3 +113,12 @@ def test_benchmark_meters_search_compute(benchmark) -> None:
     assert spent[-1] / one_pass == pytest.approx(round(spent[-1] / one_pass))
     assert round(spent[-1] / one_pass) in (1, 2)
     assert max(r["best_frac"] for r in rows) <= 1 + 1e-12
+
+
+def test_benchmark_brute_force_optimum_matches_the_exhaustive_one(benchmark) -> None:
+    """What a live task's optimum is found by (every allocation within budget evaluated one
+    by one), checked on a replay task, where the vectorised search gives the exact one."""
+    spec = load_spec(EXAMPLE)
+    env = ReplayEnvironment(spec)
+    brute = benchmark.brute_force_optimum(spec, env)
+    assert brute == pytest.approx(exhaustive_optimum(spec, benchmark._budget(spec), env).score)

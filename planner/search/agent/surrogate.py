@@ -4,7 +4,9 @@ A subtask's plans share structure that holds broadly, so one observation informs
 
 - score versus samples n is close to linear in logit(score) against log2(n) (pass@k and
   majority curves rise and saturate); the slope is shared across arms and shrunk towards
-  the aggregator's and the arm's own evidence;
+  the aggregator's and the arm's own evidence. Its prior mean is a rise of `_SLOPE_MEAN`
+  per doubling, so before any arm was tried at two n, more samples are expected to help
+  (not to be worth nothing);
 - arms (every dimension but n: model, method, mixture, aggregator) differ by additive
   effects of each dimension's value plus a smooth trend over the compute order (log
   parameters, log training tokens); mixtures are compared by their weight vectors, so what
@@ -41,6 +43,11 @@ _LEVEL = {"model": 0.5, "method": 0.5, "mixture": 0.3, "aggregator": 0.5}
 _LEVEL_DEFAULT = 0.5
 _SLOPE, _SLOPE_ARM = 0.25, 0.05
 _SLOPE_BY = {"aggregator": 0.1, "model": 0.02}
+# Prior mean of the slope: logit score gained per doubling of n. Measured on the replay suite
+# and wordsum (experiments/README.md): 0 left a stage's n at 1 until a trial showed it rise
+# (wordsum: 16 trials to 99%, 0.2 too); 0.25-0.5 gave 5 there, and 0.3 and 0.5 the same
+# suite medians within a trial.
+_SLOPE_MEAN = 0.3
 _NOISE = 0.02
 _AMPLITUDES = (0.5, 1.0, 2.0, 4.0)
 _LENGTHSCALES = (0.5, 1.0, 2.0)
@@ -191,7 +198,7 @@ class SubtaskModel:
                 screens.setdefault(i, []).append(score)
                 shares[i] = min(1.0, shares.get(i, 0.0) + fidelity)
         if not full and not screens:
-            return Prediction(np.zeros(len(t.plans)), np.sqrt(self._prior_var(1.0)))
+            return Prediction(_SLOPE_MEAN * t.log_n, np.sqrt(self._prior_var(1.0)))
         idx = np.array(sorted(full.keys() | screens.keys()))
         y = logit(np.array([_mean(full[i] if i in full else screens[i]) for i in idx]))
         noise = np.array([_NOISE if i in full else _NOISE / shares[i] for i in idx])
@@ -207,6 +214,8 @@ class SubtaskModel:
         with `noise` (at amplitude 1), with the kernel weights of the highest marginal
         likelihood on the grid (every grid cell's Cholesky factor and solves in one batched
         call each)."""
+        trend = _SLOPE_MEAN * self.table.log_n  # the prior mean's rise with n, per plan
+        y = y - trend[idx]
         mu = y.mean()
         pieces = self._pieces(idx)  # (P, O) each
         at_ell = {ell: _kernel_at(tuple(p[idx] for p in pieces), ell) for ell in _LENGTHSCALES}
@@ -222,7 +231,7 @@ class SubtaskModel:
         cross = amp * _kernel_at(pieces, ell)  # (P, O)
         v = np.linalg.solve(chol, cross.T)
         var = np.maximum(self._prior_var(amp) - (v * v).sum(axis=0), 1e-9)
-        return Prediction(mu + cross @ alpha, np.sqrt(var))
+        return Prediction(mu + trend + cross @ alpha, np.sqrt(var))
 
     def _pieces(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Kernel pieces between every plan and the plans `idx`, as (P, O) arrays; each
