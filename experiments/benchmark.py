@@ -14,8 +14,8 @@ Scores are shown as a fraction of the task's exhaustive optimum under its budget
 (envs/replay/optima.yaml; computed on the fly for tasks outside the suite). A live task's
 optimum is found by evaluating every allocation within its budget in the live environment,
 which trains and samples whatever its cache lacks (minutes for wordsum, once); its trials
-then read the cache. Run live tasks with `--workers 1`: forked workers must not share the
-parent's torch state.
+then read the cache. Each worker process finds the optimum itself, so fill the cache with a
+`--workers 1` run first: on an empty cache every worker would train the same models.
 *Search compute* is what a live run would spend to evaluate the trials
 (`planner.search.search_cost`): each distinct fine-tune once (a released checkpoint is
 downloaded, not trained), plus, per distinct (subtask, model, method, mixture), one pass of
