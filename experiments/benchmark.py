@@ -26,7 +26,6 @@ those samples).
 from __future__ import annotations
 
 import argparse
-import itertools
 import multiprocessing
 import os
 import sys
@@ -48,7 +47,7 @@ from planner.executors import LocalExecutor
 from planner.search import STRATEGIES, BaseStrategy, OptunaStrategy, SearchContext, make_strategy
 from planner.search._runner import Runner
 from planner.search.search_cost import SearchCost
-from planner.space import Allocation, SearchSpace
+from planner.space import SearchSpace
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord, TrialStatus
 from planner.study import open_study
@@ -145,14 +144,12 @@ def brute_force_optimum(spec: TaskSpec, env: Environment) -> float:
     """The best score of all allocations within the task's budget, each evaluated in `env`
     (for a live task: its cache makes every evaluation after the first few cheap)."""
     budget = _budget(spec)
-    cost_model = CostModel(spec, env.calibration())
     space = SearchSpace(spec)
-    allocations = [Allocation.of(dict(zip(space.subtasks, plans, strict=True))) for plans in
-                   itertools.product(*(space.plans(s) for s in space.subtasks))]
-    if len(allocations) > BRUTE_FORCE_LIMIT:
-        refuse(f"{spec.name}: {len(allocations)} allocations are too many to evaluate one "
+    if space.size() > BRUTE_FORCE_LIMIT:
+        refuse(f"{spec.name}: {space.size()} allocations are too many to evaluate one "
                f"by one (at most {BRUTE_FORCE_LIMIT}); benchmark a smaller space")
-    return max((env.evaluate(a).score for a in allocations
+    cost_model = CostModel(spec, env.calibration())
+    return max((env.evaluate(a).score for a in space.allocations()
                 if cost_model.estimate(a).total_gpu_hours <= budget), default=0.0)
 
 

@@ -271,6 +271,11 @@ class SearchSpace:
         """Every valid canonical plan of one subtask."""
         return self._plans[subtask]
 
+    def allocations(self) -> Iterator[Allocation]:
+        """Every allocation of the space, one at a time (`size()` of them)."""
+        for combo in itertools.product(*(self._plans[s] for s in self.subtasks)):
+            yield Allocation(tuple(zip(self.subtasks, combo, strict=True)))
+
     def size(self) -> int:
         total = 1
         for s in self.subtasks:

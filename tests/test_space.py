@@ -60,6 +60,9 @@ def test_dead_combinations_are_pruned(space: SearchSpace) -> None:
     # subtask b has no 1 in samples and no `first`: oracle at 2 and 8
     assert [p.samples for p in space.plans("b")] == [2, 8]
     assert space.size() == 30 * 2
+    every = list(space.allocations())  # each pair of plans once, each one valid
+    assert len(set(every)) == len(every) == space.size()
+    assert all(space.validate(a) is None for a in every)
 
 
 def test_canonical_maps_a_dead_plan_to_the_one_that_answers_alike(space: SearchSpace) -> None:

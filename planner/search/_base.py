@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,18 +71,14 @@ class BaseStrategy(ABC):
             if alloc.key() not in seen and self.feasible(alloc):
                 return alloc
         if self.ctx.space.size() <= _ENUMERABLE:
-            left = [a for a in self._all() if a.key() not in seen and self.feasible(a)]
+            left = [a for a in self.ctx.space.allocations()
+                    if a.key() not in seen and self.feasible(a)]
             return rng.choice(left) if left else None
         for _ in range(tries):
             alloc = self._build_fitting(rng)
             if alloc is not None and alloc.key() not in seen:
                 return alloc
         return None
-
-    def _all(self) -> Iterator[Allocation]:
-        names = list(self._plans)
-        for combo in itertools.product(*self._plans.values()):
-            yield Allocation(tuple(zip(names, combo, strict=True)))
 
     def _build_fitting(self, rng: random.Random) -> Allocation | None:
         """Pick subtask plans in random order, each from those that keep the cheapest
