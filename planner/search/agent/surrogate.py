@@ -180,6 +180,7 @@ class SubtaskModel:
         self._row: dict[int, int] = {}  # plan index -> its row in `_known`
         self._known = [np.zeros((0, len(table.plans))) for _ in range(3)]  # (plans seen, P)
         self._last: tuple[tuple[bytes, bytes, bytes], Prediction] | None = None
+        self._trend = _SLOPE_MEAN * table.log_n  # the prior mean's rise with n, per plan
 
     def fit(self, observations: Iterable[tuple[Plan, float, float]]) -> Prediction:
         """The posterior given (plan, score, fidelity) observations: a plan's full
@@ -198,7 +199,7 @@ class SubtaskModel:
                 screens.setdefault(i, []).append(score)
                 shares[i] = min(1.0, shares.get(i, 0.0) + fidelity)
         if not full and not screens:
-            return Prediction(_SLOPE_MEAN * t.log_n, np.sqrt(self._prior_var(1.0)))
+            return Prediction(self._trend, np.sqrt(self._prior_var(1.0)))
         idx = np.array(sorted(full.keys() | screens.keys()))
         y = logit(np.array([_mean(full[i] if i in full else screens[i]) for i in idx]))
         noise = np.array([_NOISE if i in full else _NOISE / shares[i] for i in idx])
@@ -214,8 +215,7 @@ class SubtaskModel:
         with `noise` (at amplitude 1), with the kernel weights of the highest marginal
         likelihood on the grid (every grid cell's Cholesky factor and solves in one batched
         call each)."""
-        trend = _SLOPE_MEAN * self.table.log_n  # the prior mean's rise with n, per plan
-        y = y - trend[idx]
+        y = y - self._trend[idx]
         mu = y.mean()
         pieces = self._pieces(idx)  # (P, O) each
         at_ell = {ell: _kernel_at(tuple(p[idx] for p in pieces), ell) for ell in _LENGTHSCALES}
@@ -231,7 +231,7 @@ class SubtaskModel:
         cross = amp * _kernel_at(pieces, ell)  # (P, O)
         v = np.linalg.solve(chol, cross.T)
         var = np.maximum(self._prior_var(amp) - (v * v).sum(axis=0), 1e-9)
-        return Prediction(mu + trend + cross @ alpha, np.sqrt(var))
+        return Prediction(mu + self._trend + cross @ alpha, np.sqrt(var))
 
     def _pieces(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Kernel pieces between every plan and the plans `idx`, as (P, O) arrays; each
