@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from planner.search._base import seen_keys
 from planner.search._runner import best_trial
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation
@@ -57,7 +58,7 @@ def promotions(history: Sequence[TrialRecord], k: int) -> list[TrialRecord]:
     """Up to `k` screens to evaluate in full next, best first: not evaluated in full yet
     (nor running), scoring at least `PROMOTE_WITHIN` of the best full trial's score."""
     best = best_trial(history)
-    full = {t.allocation.key() for t in history if not t.screen}
+    full = seen_keys(history)  # tried in full, or running
     ready = [t for t in history
              if t.screen and t.status is TrialStatus.OK and t.score is not None
              and t.allocation.key() not in full
