@@ -42,6 +42,7 @@ import pandas as pd
 from envs import make_environment
 from envs.replay.optimum import builtin_tasks, exhaustive_optimum, load_optima
 from planner.cost import CostModel
+from planner.draws import study_draws
 from planner.env import Environment
 from planner.executors import LocalExecutor
 from planner.search import STRATEGIES, BaseStrategy, OptunaStrategy, SearchContext, make_strategy
@@ -142,14 +143,16 @@ BRUTE_FORCE_LIMIT = 10_000  # allocations a brute-force optimum may evaluate
 
 def brute_force_optimum(spec: TaskSpec, env: Environment) -> float:
     """The best score of all allocations within the task's budget, each evaluated in `env`
-    (for a live task: its cache makes every evaluation after the first few cheap)."""
+    with the samples a study draws (for a live task: its cache makes every evaluation after
+    the first few cheap)."""
     budget = _budget(spec)
     space = SearchSpace(spec)
     if space.size() > BRUTE_FORCE_LIMIT:
         refuse(f"{spec.name}: {space.size()} allocations are too many to evaluate one "
                f"by one (at most {BRUTE_FORCE_LIMIT}); benchmark a smaller space")
     cost_model = CostModel(spec, env.calibration())
-    return max((env.evaluate(a).score for a in space.allocations()
+    draws = study_draws(space, cost_model, budget)  # the samples a study of it draws
+    return max((env.evaluate(a, draws=draws).score for a in space.allocations()
                 if cost_model.estimate(a).total_gpu_hours <= budget), default=0.0)
 
 
@@ -181,7 +184,7 @@ def run_job(job: Job) -> list[dict]:
     runner = Runner(env, store, name, cost_model, record.budget_gpu_hours,
                     executor=LocalExecutor(env, job.batch))
     ctx = SearchContext(runner.space, cost_model, record.budget_gpu_hours, job.seed, store, name)
-    meter = SearchCost(cost_model, env.validation_items())
+    meter = SearchCost(cost_model, env.validation_items(), runner.draws)
     rows: list[dict] = []
     last = time.perf_counter()
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from planner.cost import Calibration
+from planner.draws import Draws
 from planner.space import Allocation
 from planner.spec import TaskSpec
 
@@ -40,10 +41,13 @@ class Environment(Protocol):
         `MeasuredCalibration` also carries the utilisation measured runs achieved."""
         ...
 
-    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
+                 draws: Draws | None = None) -> Observation:
         """Run (or look up) the allocation and report its scores. `fidelity` in (0, 1] is
         the share of validation items evaluated (a screen): the first ceil(fidelity * N)
-        of a fixed order, the same for every allocation, so screens compare fairly."""
+        of a fixed order, the same for every allocation, so screens compare fairly.
+        `draws` says how many samples per item to draw of each arm (`planner.draws`; None:
+        the subtask's largest n); an environment that draws none ignores it."""
         ...
 
     def validation_items(self) -> Mapping[str, int]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Protocol
 
+from planner.draws import Draws
 from planner.env import Environment, Observation
 from planner.errors import PlannerError
 from planner.space import Allocation
@@ -63,12 +64,13 @@ def is_transient(error: BaseException) -> bool:
     return any(cls.__name__ in _TRANSIENT for cls in type(error).__mro__)
 
 
-def evaluate(factory: EnvFactory, allocation: Allocation, fidelity: float = 1.0) -> tuple:
-    """Build the environment and evaluate the allocation at `fidelity`; in a worker, so
-    every error comes back as data: (observation, None, False) or (None, error line,
-    transient)."""
+def evaluate(factory: EnvFactory, allocation: Allocation, fidelity: float = 1.0,
+             draws: Draws | None = None) -> tuple:
+    """Build the environment and evaluate the allocation at `fidelity`, drawing `draws`
+    samples per arm; in a worker, so every error comes back as data: (observation, None,
+    False) or (None, error line, transient)."""
     try:
-        return factory().evaluate(allocation, fidelity), None, False
+        return factory().evaluate(allocation, fidelity, draws), None, False
     except Exception as e:  # recorded as the trial's error, like Optuna's _run_trial
         return None, "".join(traceback.format_exception_only(e)).strip(), is_transient(e)
 
@@ -76,8 +78,10 @@ def evaluate(factory: EnvFactory, allocation: Allocation, fidelity: float = 1.0)
 class Executor(Protocol):
     slots: int
 
-    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0) -> None:
-        """Begin evaluating trial `number` (on a `fidelity` share of the validation items)."""
+    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0,
+              draws: Draws | None = None) -> None:
+        """Begin evaluating trial `number` (on a `fidelity` share of the validation items,
+        drawing `draws` samples per arm: `planner.draws`)."""
         ...
 
     def running(self) -> int:
@@ -101,18 +105,19 @@ class LocalExecutor:
     def __init__(self, env: Environment, slots: int = 1) -> None:
         self.env = env
         self.slots = slots
-        self._started: list[tuple[int, Allocation, float]] = []
+        self._started: list[tuple[int, Allocation, float, Draws | None]] = []
 
-    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0) -> None:
-        self._started.append((number, allocation, fidelity))
+    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0,
+              draws: Draws | None = None) -> None:
+        self._started.append((number, allocation, fidelity, draws))
 
     def running(self) -> int:
         return len(self._started)
 
     def wait(self) -> list[Outcome]:
         started, self._started = self._started, []
-        return [Outcome(number, *evaluate(lambda: self.env, allocation, fidelity))
-                for number, allocation, fidelity in started]
+        return [Outcome(number, *evaluate(lambda: self.env, allocation, fidelity, draws))
+                for number, allocation, fidelity, draws in started]
 
     def close(self) -> None:
         self._started = []
@@ -141,7 +146,8 @@ class ProcessExecutor:
         self.devices = list(devices)
         self._workers: dict[int, _Worker] = {}
 
-    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0) -> None:
+    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0,
+              draws: Draws | None = None) -> None:
         device = min(self.devices, default=None, key=lambda d: sum(
             w.device == d for w in self._workers.values()))
         env = dict(os.environ) if device is None else {**os.environ,
@@ -150,7 +156,7 @@ class ProcessExecutor:
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         with process.stdin:
             pickle.dump(sys.path, process.stdin)
-            pickle.dump((self.factory, allocation, fidelity, os.getpid()), process.stdin)
+            pickle.dump((self.factory, allocation, fidelity, draws, os.getpid()), process.stdin)
         deadline = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
         self._workers[number] = _Worker(process, deadline, device)
 
@@ -235,9 +241,11 @@ class RayExecutor:
                                 num_gpus=gpus)(evaluate)
         self._refs: dict[object, tuple[int, float]] = {}  # ref -> (trial, deadline)
 
-    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0) -> None:
+    def start(self, number: int, allocation: Allocation, fidelity: float = 1.0,
+              draws: Draws | None = None) -> None:
         deadline = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
-        self._refs[self._task.remote(self.factory, allocation, fidelity)] = (number, deadline)
+        ref = self._task.remote(self.factory, allocation, fidelity, draws)
+        self._refs[ref] = (number, deadline)
 
     def running(self) -> int:
         return len(self._refs)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from planner import report
 from planner.cascade import assumed_share, threshold_of
 from planner.cost import CostModel
+from planner.draws import study_draws
 from planner.search import best_trial
 from planner.search.search_cost import SearchCost
 from planner.space import Ordinal, Plan, SearchSpace
@@ -48,7 +49,8 @@ def search_curve(data: StudyData) -> list[dict]:
     """Per trial, in order: its score and fidelity, the best score so far (screens are
     not counted) and the search GPU-hours spent so far (failed and over-budget trials are
     not evaluated, so cost nothing)."""
-    meter = SearchCost(data.cost_model, data.items) if data.cost_model else None
+    meter = (SearchCost(data.cost_model, data.items, study_draws(
+        data.space, data.cost_model, data.record.budget_gpu_hours)) if data.cost_model else None)
     spent, best, rows = 0.0, None, []
     for t in data.trials:
         if t.status is TrialStatus.OK:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from envs.replay.env import ReplayEnvironment
+from planner.draws import Draws
 from planner.env import Observation
 from planner.space import Allocation
 from planner.spec import TaskSpec
@@ -31,7 +32,8 @@ class MarkedEnv(ReplayEnvironment):
         self.marks, self.delay, self.misbehave = Path(marks), delay, misbehave
         self.together = together
 
-    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
+                 draws: Draws | None = None) -> Observation:
         key = hashlib.sha1(allocation.key().encode()).hexdigest()[:12]
         attempt = len(list(self.marks.glob(f"{key}.*.start"))) + 1
         mine = self.marks / f"{key}.{attempt}.start"
@@ -46,7 +48,7 @@ class MarkedEnv(ReplayEnvironment):
             raise ConnectionError("model server unreachable")
         if self.misbehave == "always-wrong":
             raise ValueError("bad allocation for this toy")
-        observation = super().evaluate(allocation, fidelity)
+        observation = super().evaluate(allocation, fidelity, draws)
         _write(self.marks / f"{key}.{attempt}.end", str(time.time()))
         return observation
 

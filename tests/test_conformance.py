@@ -14,6 +14,7 @@ import pytest
 
 from envs import make_environment
 from planner.cost import Calibration, CostModel
+from planner.draws import Draws
 from planner.env import Environment, Observation
 from planner.search import STRATEGIES, AgentOptions, Runner
 from planner.space import Allocation, Plan, SearchSpace
@@ -72,9 +73,10 @@ class RecordingEnv:
     def calibration(self) -> Calibration:
         return self.inner.calibration()
 
-    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
+                 draws: Draws | None = None) -> Observation:
         self.evaluated.append(allocation)
-        return self.inner.evaluate(allocation, fidelity)
+        return self.inner.evaluate(allocation, fidelity, draws)
 
     def validation_items(self) -> Mapping[str, int]:
         return self.inner.validation_items()

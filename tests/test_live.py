@@ -119,6 +119,40 @@ def test_changing_only_n_or_aggregator_neither_trains_nor_samples(task_path: Pat
         "completion_tokens"]
 
 
+def test_a_study_draws_an_arm_only_as_often_as_a_plan_within_budget_reads(
+        tmp_path: Path, bases: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    task = yaml.safe_load(write_live_task(tmp_path, bases).read_text())
+    task["models"][1]["params"] = 1e9  # m2 priced as a large model: the budget serves n=1
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    spec = load_spec(tmp_path / "task.yaml")
+    env = env_for(tmp_path / "task.yaml", tmp_path / "cache")
+    cost_model = CostModel(spec, env.calibration())
+    large = alloc(plan("m2", "none"), plan("m1", "none", 3, "majority"))
+    budget = cost_model.estimate(large).total_gpu_hours * 1.01
+    assert cost_model.estimate(large.replace("parse", plan("m2", "none", 3, "majority"))
+                               ).total_gpu_hours > budget
+    store = Store(f"sqlite:///{tmp_path / 'study.db'}")
+    study = open_study(store, spec, name="draws", budget=f"{budget}gpu-h", strategy="chosen",
+                       seed=0)
+    runner = Runner(env, store, study.name, cost_model, study.budget_gpu_hours)
+    drawn: dict[Path, set[int]] = {}
+    sample = env.samplers.sample
+
+    def recorded(backend, target, prompts, n, **decoding):  # noqa: ANN001, ANN202
+        drawn.setdefault(Path(target), set()).add(n)
+        return sample(backend, target, prompts, n, **decoding)
+
+    monkeypatch.setattr(env.samplers, "sample", recorded)
+    trial = runner.run_trial(large)
+    assert trial is not None and trial.status is TrialStatus.OK, trial
+    assert drawn == {env.base_path("m2"): {1}, env.base_path("m1"): {3}}
+    assert runner.draws[("parse", "m2", "none", "default", None)] == 1
+    # outside a study every arm is drawn at the subtask's largest n, as before
+    drawn.clear()
+    env.evaluate(large)
+    assert drawn[env.base_path("m2")] == {3}
+
+
 def test_stage_outputs_feed_the_next_stage(task_path: Path, tmp_path: Path) -> None:
     env = env_for(task_path, tmp_path / "cache")
     add = plan("m1", "none")

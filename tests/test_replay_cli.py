@@ -104,12 +104,13 @@ def test_benchmark_unknown_names_exit_cleanly(benchmark, capsys, call, message) 
 
 def test_benchmark_meters_search_compute(benchmark) -> None:
     """A short study on the example task: the meter pays each (prompt) sampling pass once, at
-    max n over the task's recorded items."""
+    the largest n the budget lets a plan serve (8 of the space's 16), over the task's
+    recorded items."""
     rows = benchmark.run_job(benchmark.Job(EXAMPLE, "random", seed=0, trials=6))
     spent = [r["search_gpu_hours"] for r in rows]
     assert len(rows) == 6 and spent == sorted(spent) and spent[0] > 0
-    # one pass = 357 items x (2NP + 16 x 2NO) FLOPs; two prompts at most
-    one_pass = 357 * 2 * 1.3e10 * (1200 + 16 * 100) / (9.89e14 * 0.4 * 3600)
+    # one pass = 357 items x (2NP + 8 x 2NO) FLOPs; two prompts at most
+    one_pass = 357 * 2 * 1.3e10 * (1200 + 8 * 100) / (9.89e14 * 0.4 * 3600)
     assert spent[-1] / one_pass == pytest.approx(round(spent[-1] / one_pass))
     assert round(spent[-1] / one_pass) in (1, 2)
     assert max(r["best_frac"] for r in rows) <= 1 + 1e-12

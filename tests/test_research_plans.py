@@ -16,6 +16,7 @@ from envs.live.env import LiveEnvironment
 from envs.live.tasks.make_data import write_jsonl
 from planner.artifact import VerifierArtifact, artifact_of, verifier_of
 from planner.cost import CostModel
+from planner.draws import arm_of
 from planner.errors import SpaceError, SpecError
 from planner.export import _research_notes
 from planner.methods import TOOLS, Merge
@@ -291,7 +292,8 @@ def test_sequential_verifier_is_the_generator_continued_and_priced_as_one_model(
     meter.add(alloc(plan("lora-a", n=4, verifier="seq")))
     scoring = 6 * 4 * 2 * P_GEN * (PROMPT + OUTPUT)
     assert meter.marginal(alloc(seq)) == pytest.approx(
-        (sampling + further + scoring) / RATE + meter._sample_cost(meter._arm("parse", seq)))
+        (sampling + further + scoring) / RATE
+        + meter.parts(alloc(seq))[1][arm_of("parse", seq, served)])
     meter.add(alloc(seq))
     assert meter.marginal(alloc(plan("lora-a", n=2, aggregator="verifier_best",
                                      verifier="seq"))) == 0.0

@@ -132,7 +132,7 @@ def test_over_budget_allocation_is_never_evaluated(tiny_spec: TaskSpec) -> None:
         def calibration(self):
             return {}
 
-        def evaluate(self, allocation, fidelity=1.0):
+        def evaluate(self, allocation, fidelity=1.0, draws=None):
             self.calls += 1
             return self.inner.evaluate(allocation, fidelity)
 

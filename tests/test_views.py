@@ -18,6 +18,7 @@ from envs import make_environment
 from envs.replay.optimum import load_optima
 from planner.cli import app
 from planner.cost import Cost, CostModel
+from planner.draws import study_draws
 from planner.search._optuna import params
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation, SearchSpace
@@ -87,7 +88,10 @@ def test_compare_reports_best_and_what_reaching_it_cost(db: str) -> None:
         best = max(ok, key=lambda t: (t.score, -t.number))
         assert row["best_score"] == best.score
         assert row["trials_to_best"] == best.number + 1
-        meter = SearchCost(CostModel(spec, env.calibration()), env.validation_items())
+        cost_model = CostModel(spec, env.calibration())
+        draws = study_draws(SearchSpace(spec), cost_model,
+                            store.require_study(row["study"]).budget_gpu_hours)
+        meter = SearchCost(cost_model, env.validation_items(), draws)
         for t in ok:
             if t.number <= best.number:
                 meter.add(t.allocation)

@@ -8,8 +8,10 @@ For each subtask, in the DAG's order:
    artifact's identity and content (base weights, method settings, each source's weight,
    file digest, template and label, and the tool's code). Subtasks whose plans share an
    artifact (a multi-task model) are served by one training;
-2. N = max(samples) completions per prompt, drawn once per (model, prompt, decoding, N) and
-   cached, so plans differing only in n or the aggregator sample nothing new;
+2. N completions per prompt, drawn once per (model, prompt, decoding, N) and cached, so
+   plans differing only in n or the aggregator sample nothing new; N is the study's draw of
+   the arm (`planner.draws`: the most samples a plan of it within the budget reads), or
+   max(samples) outside a study;
 3. its own score: the expected score of the plan's aggregator with n of the N samples on its
    validation records, whose inputs are gold (so it measures this stage alone);
 4. its pipeline output: on the final subtask's validation records, with each dependency's
@@ -26,7 +28,7 @@ generator's key and the verifier's settings), which scores each drawn sample onc
 scores are cached like samples, keyed by the verifier and the prompt); a sequential
 verifier is the served model itself, the generator trained further on those labelled samples
 (`Artifact.continues`; `tools.verifier.continue_verifier`), which samples and scores. A plan with a
-cascade (`planner.cascade`) also samples its strong plan (that artifact's max-n sample set,
+cascade (`planner.cascade`) also samples its strong plan (that artifact's N-sample set,
 cached like any plan's): the stage's score is the cascade's expected score over n-subsets,
 escalated pipeline items take the strong plan's answer, and `escalated:SUBTASK` records the
 share escalated (the measured cost adds the strong samples that answered pipeline items).
@@ -87,6 +89,7 @@ from envs.live.sources import resolve_source, weights_identity
 from planner.artifact import Artifact, VerifierArtifact, artifact_of, verifier_of
 from planner.cascade import Cascade, cascade_of, escalates, min_agreeing, strong_plan
 from planner.cost import MeasuredCalibration, Utilization
+from planner.draws import Draws, arm_of, samples_drawn
 from planner.env import Observation, check_fidelity, screened
 from planner.errors import SpecError
 from planner.methods import KINDS, FineTune, Merge, Training
@@ -263,20 +266,23 @@ class LiveEnvironment:
             samplings=len(samplings),
             peaks=peak_words(trainings + samplings, hw.name, hw.peak_flops), left_out=left_out))
 
-    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
-        return self.run(allocation, fidelity).observation
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
+                 draws: Draws | None = None) -> Observation:
+        return self.run(allocation, fidelity, draws).observation
 
     def validation_items(self) -> dict[str, int]:
         """Each stage samples its own validation records and the pipeline's items."""
         return {s: len(d.val) + len(self.items) for s, d in self.data.items()}
 
-    def run(self, allocation: Allocation, fidelity: float = 1.0) -> PipelineRun:
+    def run(self, allocation: Allocation, fidelity: float = 1.0,
+            draws: Draws | None = None) -> PipelineRun:
         """Evaluate an allocation and keep each stage's pipeline prompts and outputs.
 
         `fidelity` in (0, 1] screens: each stage samples and scores only the first
         ceil(fidelity * N) of its validation records and the pipeline runs only the first
         ceil(fidelity * N) of its items (at least one of each, in file order); training is
-        the same. ValueError outside (0, 1]."""
+        the same. ValueError outside (0, 1]. `draws`: the samples per item drawn of each
+        arm (`planner.draws`; None, or an arm left out: the subtask's largest n)."""
         check_fidelity(fidelity)
         self.space.validate(allocation)
         items = self.items[:screened(len(self.items), fidelity)]
@@ -296,14 +302,16 @@ class LiveEnvironment:
             inputs = [{**r, **{d: outputs[d][i] for d in deps}} for i, r in enumerate(items)]
             prompts[name] = [self.prompt(name, model, x) for x in inputs]
             own = [self.prompt(name, model, r) for r in val]
+            n_drawn = samples_drawn(draws, arm_of(name, plan, artifact), plan.samples,
+                                    max(self.spec.subtask(name).samples))
             # one batched call per stage: its validation prompts and its pipeline prompts
-            found = self._samples(name, path, key, own + prompts[name])
-            gold, drawn = found[:len(own)], found[len(own):]
+            found = self._samples(name, path, key, own + prompts[name], n_drawn)
+            gold, pipeline = found[:len(own)], found[len(own):]
             verifier = verifier_of(self.spec, name, plan)  # None: the aggregator uses none
             if verifier is not None and verifier not in models:  # sequential: the served model
                 models[verifier] = (models[artifact] if verifier.sequential
                                     else self._verifier(verifier, path, key))
-            judged = self._judge(name, models.get(verifier), own + prompts[name], found)
+            judged = self._judge(models.get(verifier), own + prompts[name], found, n_drawn)
             labels = [label_answer(r[data.label], extract) for r in val]
             scores[name] = expected_score([[extract(t) for t in d.texts] for d in gold], labels,
                                           metric, plan.aggregator, plan.samples,
@@ -312,15 +320,15 @@ class LiveEnvironment:
                                        plan.samples, metric, None if data.label not in r
                                        else label_answer(r[data.label], extract),
                                        None if judged is None else judged[len(own) + i])
-                             for i, (d, r) in enumerate(zip(drawn, items, strict=True))]
-            n_max = max(self.spec.subtask(name).samples)
-            self._count_sampling(measured, drawn, plan.samples / n_max, path)  # n of the N
+                             for i, (d, r) in enumerate(zip(pipeline, items, strict=True))]
+            self._count_sampling(measured, pipeline, plan.samples / n_drawn, path)  # n of N
             cascade = cascade_of(self.spec, name, plan)
             if cascade is not None:
-                scores[name], outputs[name], escalated, (used, by) = self._escalate(
-                    name, plan, cascade, val, gold, drawn, inputs, outputs[name], models)
+                scores[name], outputs[name], escalated, (used, by, n_strong) = self._escalate(
+                    name, plan, cascade, val, gold, pipeline, inputs, outputs[name], models,
+                    draws)
                 measured[f"escalated:{name}"] = escalated
-                self._count_sampling(measured, used, cascade.strong.samples / n_max, by)
+                self._count_sampling(measured, used, cascade.strong.samples / n_strong, by)
         trained = {key: meta for _, key, meta in models.values()}  # distinct fine-tunes
         measured.update(self._training_measured(list(trained.values())))
         measured["device_seconds"] += sum(m["wall_seconds"] for m in trained.values())
@@ -339,23 +347,26 @@ class LiveEnvironment:
     def _escalate(self, name: str, plan: Plan, cascade: Cascade, val: list[dict[str, str]],
                   gold: list[DrawnSamples], drawn: list[DrawnSamples],
                   inputs: list[dict[str, str]], outputs: list[str],
-                  models: dict[Artifact, _Model]
-                  ) -> tuple[float, list[str], float, tuple[list[DrawnSamples], Target]]:
+                  models: dict[Artifact, _Model], draws: Draws | None
+                  ) -> tuple[float, list[str], float, tuple[list[DrawnSamples], Target, int]]:
         """A cascade plan's stage score, pipeline outputs and escalated share
         (`planner.cascade`). The strong plan samples every evaluated validation record
-        (`val`, with `gold` the cheap samples of each) and pipeline prompt (its max-n sample
-        set, cached like any plan's); the score is the mean over the
+        (`val`, with `gold` the cheap samples of each) and pipeline prompt (its arm's N-sample
+        set, `draws`, cached like any plan's); the score is the mean over the
         stage's validation items of the expected score over n-subsets of the cheap samples,
         each escalated item scoring the strong plan's expected score
         (`scoring.expected_cascade`), and the share is the mean escalation probability;
         a pipeline item whose first n samples agree too little takes the strong plan's
-        answer. Also the strong samples that answered pipeline items, and their sampler."""
+        answer. Also the strong samples that answered pipeline items, their sampler and N."""
         strong, data, metric = cascade.strong, self.data[name], self.metrics[name]
         extract = self.answers[name]
-        path, key = self._target(name, strong, artifact_of(self.spec, name, strong), models)
+        artifact = artifact_of(self.spec, name, strong)
+        path, key = self._target(name, strong, artifact, models)
         own = [self.prompt(name, strong.model, r) for r in val]
+        n_drawn = samples_drawn(draws, arm_of(name, strong, artifact), strong.samples,
+                                max(self.spec.subtask(name).samples))
         found = self._samples(name, path, key,
-                              own + [self.prompt(name, strong.model, x) for x in inputs])
+                              own + [self.prompt(name, strong.model, x) for x in inputs], n_drawn)
         need = min_agreeing(cascade.threshold, plan.samples)
         total = share = 0.0
         for cheap, sure, r in zip(gold, found[:len(own)], val, strict=True):
@@ -372,7 +383,7 @@ class LiveEnvironment:
                                 strong.samples, metric)
                 used.append(sure)
             picked.append(out)
-        return total / len(own), picked, share / len(own), (used, path)
+        return total / len(own), picked, share / len(own), (used, path, n_drawn)
 
     def _count_sampling(self, measured: Counter[str], drawn: list[DrawnSamples], share: float,
                         path: Target) -> None:
@@ -553,16 +564,16 @@ class LiveEnvironment:
         path, meta = self.cache.artifact(key, build)
         return path, key, {**meta, "cached": not built}
 
-    def _judge(self, subtask: str, verifier: _Model | None, prompts: list[str],
-               drawn: list[DrawnSamples]) -> list[list[float]] | None:
+    def _judge(self, verifier: _Model | None, prompts: list[str], drawn: list[DrawnSamples],
+               n: int) -> list[list[float]] | None:
         """The verifier's score of each drawn sample (None without a verifier), each scored
         once: scores are kept as a sample set (texts: the scores) keyed by the verifier,
-        which is keyed by the generator whose samples these are, and N."""
+        which is keyed by the generator whose samples these are, and N (`n`)."""
         if verifier is None:
             return None
         path, key, _ = verifier
         texts = {p: d.texts for p, d in zip(prompts, drawn, strict=True)}
-        set_key = content_key({"verifier": key, "n": max(self.spec.subtask(subtask).samples),
+        set_key = content_key({"verifier": key, "n": n,
                                "scores": _code_version(tools.verifier)})
 
         def score(missing: list[str]) -> list[DrawnSamples]:
@@ -685,11 +696,10 @@ class LiveEnvironment:
                                     "settings": artifact.settings, "data": artifact.data})
 
     def _samples(self, subtask: str, path: Target, model_key: str,
-                 prompts: list[str], n: int | None = None) -> list[DrawnSamples]:
-        """`n` (default: the largest of the subtask's `samples`) completions per prompt."""
+                 prompts: list[str], n: int) -> list[DrawnSamples]:
+        """`n` completions per prompt, drawn once per (model, prompt, decoding, n)."""
         s, backend = self.spec.subtask(subtask), self.backends[subtask]
-        n_max = n or max(s.samples)
-        parts = {"model": model_key, "decoding": s.decoding.model_dump(), "n": n_max,
+        parts = {"model": model_key, "decoding": s.decoding.model_dump(), "n": n,
                  "code": self._versions["infer"]}
         if backend.kind != "transformers":  # another backend draws other samples
             parts["backend"] = backend.kind
@@ -699,7 +709,7 @@ class LiveEnvironment:
         def draw(missing: list[str]) -> list[DrawnSamples]:
             d = s.decoding
             self.samplers.progress = self.progress
-            out = self.samplers.sample(backend, path, missing, n_max,
+            out = self.samplers.sample(backend, path, missing, n,
                                        max_new_tokens=d.max_new_tokens,
                                        temperature=d.temperature, top_p=d.top_p,
                                        seed=[prompt_seed(d.seed, p) for p in missing])

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from planner.cost import Calibration
+from planner.draws import Draws
 from planner.env import Observation, check_fidelity, screened
 from planner.errors import SpecError
 from planner.space import Allocation, Plan, SearchSpace
@@ -241,7 +242,9 @@ class ReplayEnvironment:
     def validation_items(self) -> dict[str, int]:
         return dict(self.items)
 
-    def evaluate(self, allocation: Allocation, fidelity: float = 1.0) -> Observation:
+    def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
+                 draws: Draws | None = None) -> Observation:
+        """The table's scores (a replay draws no samples: `draws` is not used)."""
         check_fidelity(fidelity)
         self.space.validate(allocation)
         per = {s: self.subtask_score(s, p, fidelity) for s, p in allocation.items()}

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from planner.cost import CostModel
+from planner.draws import Draws, plan_arms, study_draws
 from planner.env import Environment, Observation
 from planner.errors import SpaceError
 from planner.executors import Executor, LocalExecutor
@@ -49,6 +50,8 @@ class Runner:
         self.space = SearchSpace(env.spec)
         self.cost_model = cost_model
         self.budget_gpu_hours = budget_gpu_hours
+        self.draws = study_draws(self.space, cost_model, budget_gpu_hours)
+        """How many samples a trial draws of each arm (`planner.draws`)."""
         self.stopped = ""  # why the last search ended, said to the user
         self._trials: list[TrialRecord] = []  # as last read; see `history`
         self._allocations: dict[int, tuple[Allocation, float]] = {}  # in flight, fidelity
@@ -75,7 +78,7 @@ class Runner:
         """What evaluating the trials cost, cache-aware (`SearchCost`): each fine-tune and
         each sampled arm once (a screen its share of the items); failed and over-budget
         trials are not counted."""
-        meter = SearchCost(self.cost_model, self.env.validation_items())
+        meter = SearchCost(self.cost_model, self.env.validation_items(), self.draws)
         for t in trials:
             if t.status is TrialStatus.OK:
                 meter.add(t.allocation, t.fidelity)
@@ -134,8 +137,13 @@ class Runner:
             self._settle(number, TrialStatus.FAILED, f"{type(e).__name__}: {e}")
             return number
         self._attempts[number] = 1
-        self.executor.start(number, allocation, fidelity)
+        self.executor.start(number, allocation, fidelity, self.draws_of(allocation))
         return number
+
+    def draws_of(self, allocation: Allocation) -> Draws:
+        """The draws of the arms the allocation samples: what its evaluation needs."""
+        return {arm: self.draws[arm] for s, p in allocation.items()
+                for arm, _ in plan_arms(self.cost_model, s, p) if arm in self.draws}
 
     def wait(self) -> list[TrialRecord]:
         """Trials finished since the last call, as stored: at least one while any is in
@@ -147,7 +155,9 @@ class Runner:
                 attempts = self._attempts[out.number]
                 if out.error is not None and out.transient and attempts <= self.retries:
                     self._attempts[out.number] = attempts + 1
-                    self.executor.start(out.number, *self._allocations[out.number])
+                    allocation, fidelity = self._allocations[out.number]
+                    self.executor.start(out.number, allocation, fidelity,
+                                        self.draws_of(allocation))
                     continue
                 if out.error is not None and attempts > 1:
                     out = replace(out, error=f"{out.error} (after {attempts} attempts)")

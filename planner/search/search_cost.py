@@ -3,18 +3,20 @@
 Evaluating an allocation trains each fine-tune it serves from that no earlier trial
 trained (a fine-tune is cached by its artifact identity; a base model or a released
 checkpoint is downloaded, not trained), and samples, per (subtask, model, method, mixture)
-no earlier trial sampled, max-n completions for each of the subtask's validation items
-(every smaller n and every aggregator is then estimated from those samples, as the live
-environment does). A trial that changes only n or the aggregator of evaluated arms costs
-nothing, except a verifier aggregator (`verifier`, `verifier_best`) with a verifier no
-earlier trial used on that generator: it trains the verifier (sampling its training set and
-fine-tuning, `CostModel.verifier_gpu_hours`) and scores the arm's max-n samples of each
-validation item once (2·N_ver·(P + O) each); a sequential verifier's continuation is a
-fine-tune of its own (trained after sampling its generator) and an arm of its own. A merge
-trains each of its components that no earlier trial trained (alone or in another merge);
-merging itself is free. A cascade's strong plan (`planner.cascade`) is one more fine-tune
-and arm, paid once like any: the live environment samples it max-n on every validation
-item, whatever share escalates.
+no earlier trial sampled, N completions for each of the subtask's validation items, N the
+study's draw of that arm (`planner.draws`: the most samples a plan of it within the budget
+reads; the subtask's largest n without draws). Every smaller n and every aggregator is
+then estimated from those samples, as the live environment does. A trial that changes only
+n or the aggregator of evaluated arms costs nothing, except a verifier aggregator
+(`verifier`, `verifier_best`) with a verifier no earlier trial used on that generator: it
+trains the verifier (sampling its training set and fine-tuning,
+`CostModel.verifier_gpu_hours`) and scores the arm's N samples of each validation item
+once (2·N_ver·(P + O) each); a sequential verifier's continuation is a fine-tune of its
+own (trained after sampling its generator) and an arm of its own. A merge trains each of
+its components that no earlier trial trained (alone or in another merge); merging itself
+is free. A cascade's strong plan (`planner.cascade`) is one more fine-tune and arm, paid
+once like any: the live environment samples it N times on every validation item, whatever
+share escalates.
 
 A screen (a trial at `fidelity` f < 1) samples its arms on that share of the validation
 items, and pays f of each arm's price; a later trial of the arm pays only the share still
@@ -31,11 +33,9 @@ from collections.abc import Mapping
 
 from planner.artifact import Artifact, VerifierArtifact
 from planner.cost import CostModel
+from planner.draws import Arm, Draws, plan_arms, samples_drawn
 from planner.space import Allocation, Plan
 
-Arm = tuple[str, str, str, str, str | None]
-"""One set of samples: subtask, model, method, mixture, and the sequential verifier whose
-continuation of that generator samples instead (None: the generator samples)."""
 Trained = Artifact | VerifierArtifact  # what a trial may train once for every later one
 
 
@@ -45,15 +45,19 @@ class SearchCost:
     Args:
         cost_model: prices training and sampling.
         items: subtask -> validation items one evaluation samples (default 1 each).
+        draws: arm -> completions per item the study draws (`planner.draws.study_draws`;
+            None: the subtask's largest n).
     """
 
-    def __init__(self, cost_model: CostModel, items: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cost_model: CostModel, items: Mapping[str, int] | None = None,
+                 draws: Draws | None = None) -> None:
         self.cost_model = cost_model
         self.items = dict(items or {})
+        self.draws = draws
         self.trained: set[Trained] = set()
         self.sampled: dict[Arm, float] = {}  # arm -> share of its validation items sampled
         self.gpu_hours = 0.0
-        self._arm_cost: dict[Arm, float] = {}
+        self._arm_cost: dict[tuple[Arm, int], float] = {}
 
     def parts(self, allocation: Allocation) -> tuple[dict[Trained, float], dict[Arm, float]]:
         """The fine-tunes (a merge's components, a cascade's strong plan) and verifiers the
@@ -66,13 +70,14 @@ class SearchCost:
             for artifact in cm.trains(s, p):
                 if artifact.method.fine_tunes:
                     trains[artifact] = cm.train_gpu_hours(artifact)
+            largest = max(cm.spec.subtask(s).samples)
+            drawn_of = [(arm, samples_drawn(self.draws, arm, n, largest))
+                        for arm, n in plan_arms(cm, s, p)]
             verifier = cm.verifier(s, p)
-            if verifier is not None:
-                trains[verifier] = self._verifier_cost(verifier)
-            cascade = cm.cascade(s, p)
-            for q in (p,) if cascade is None else (p, cascade.strong):
-                arm = self._arm(s, q)
-                arms[arm] = self._sample_cost(arm)
+            if verifier is not None:  # it scores the plan's own arm's samples
+                trains[verifier] = self._verifier_cost(verifier, drawn_of[0][1])
+            for arm, n in drawn_of:
+                arms[arm] = self._sample_cost(arm, n)
         return trains, arms
 
     def marginal(self, allocation: Allocation, fidelity: float = 1.0) -> float:
@@ -98,28 +103,20 @@ class SearchCost:
         share sampled already."""
         return sum(c * max(0.0, fidelity - self.sampled.get(a, 0.0)) for a, c in arms.items())
 
-    def _arm(self, subtask: str, plan: Plan) -> Arm:
-        """The samples a plan reads: its generator's, or its sequential verifier's
-        continuation's (the same model's size, so the same price, but other samples)."""
-        continued = self.cost_model.artifact(subtask, plan).continues is not None
-        return (subtask, plan.model, plan.method, plan.mixture,
-                plan.verifier if continued else None)
-
-    def _sample_cost(self, arm: Arm) -> float:
-        """Max-n samples of the arm for each validation item of its subtask."""
-        if arm not in self._arm_cost:
+    def _sample_cost(self, arm: Arm, n: int) -> float:
+        """n samples of the arm for each validation item of its subtask."""
+        if (arm, n) not in self._arm_cost:
             cm = self.cost_model
             subtask, model, method, mixture, _ = arm
-            spec = cm.spec.subtask(subtask)
-            widest = Plan(model=model, method=method, mixture=mixture,
-                          samples=max(spec.samples), aggregator=spec.aggregators[0])
-            per_query = (cm.plan_cost(subtask, widest).inference_gpu_hours
+            plan = Plan(model=model, method=method, mixture=mixture, samples=n,
+                        aggregator=cm.spec.subtask(subtask).aggregators[0])
+            per_query = (cm.plan_cost(subtask, plan).inference_gpu_hours
                          / cm.spec.workload.queries)
-            self._arm_cost[arm] = per_query * self.items.get(subtask, 1)
-        return self._arm_cost[arm]
+            self._arm_cost[arm, n] = per_query * self.items.get(subtask, 1)
+        return self._arm_cost[arm, n]
 
-    def _verifier_cost(self, verifier: VerifierArtifact) -> float:
-        """Training the verifier, then scoring the max-n samples of each validation item."""
-        cm, subtask = self.cost_model, verifier.subtask
-        scored = self.items.get(subtask, 1) * max(cm.spec.subtask(subtask).samples)
+    def _verifier_cost(self, verifier: VerifierArtifact, n: int) -> float:
+        """Training the verifier, then scoring the n samples of each validation item."""
+        cm = self.cost_model
+        scored = self.items.get(verifier.subtask, 1) * n
         return cm.verifier_gpu_hours(verifier) + cm.verifier_scoring_gpu_hours(verifier, scored)
