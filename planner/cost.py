@@ -125,6 +125,7 @@ class CostModel:
         self._artifacts: dict[tuple[str, Plan], Artifact] = {}  # memo: searches price a lot
         self._verifiers: dict[tuple[str, str, Plan], VerifierArtifact | None] = {}
         self._cascades: dict[tuple[str, Plan], Cascade | None] = {}
+        self._plan_costs: dict[tuple[str, Plan], Cost] = {}
 
     def artifact(self, subtask: str, plan: Plan) -> Artifact:
         """The model a plan serves from: subtasks with equal artifacts pay training once."""
@@ -234,6 +235,12 @@ class CostModel:
     def plan_cost(self, subtask: str, plan: Plan) -> Cost:
         """One subtask's cost, with its training (a merge's components, its verifier and a
         cascade's strong plan included) counted in full."""
+        key = (subtask, plan)
+        if key not in self._plan_costs:
+            self._plan_costs[key] = self._plan_cost(subtask, plan)
+        return self._plan_costs[key]
+
+    def _plan_cost(self, subtask: str, plan: Plan) -> Cost:
         infer = ((self.inference_flops_per_query(subtask, plan)
                   + self.verifier_flops_per_query(subtask, plan)
                   + self.escalation_flops_per_query(subtask, plan)) * self.spec.workload.queries)
