@@ -11,6 +11,7 @@ data as JSON with every string redacted first, so the text stays valid JSON.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -37,9 +38,16 @@ def secrets() -> list[str]:
     whole)."""
     found = set(_registered)
     for name, value in os.environ.items():
-        if _SECRET_NAME.search(name) and len(value) >= _MIN_LENGTH:
+        if _secret_name(name) and len(value) >= _MIN_LENGTH:
             found.add(value)
     return sorted(found, key=len, reverse=True)
+
+
+@functools.cache
+def _secret_name(name: str) -> bool:
+    """Whether an environment variable of this name holds a secret (names recur on every
+    call of `secrets`, which the store makes for each row it writes)."""
+    return _SECRET_NAME.search(name) is not None
 
 
 def redact(text: str) -> str:
