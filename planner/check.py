@@ -10,11 +10,12 @@ from a uniform sample of `SAMPLE` allocations, and the summary says so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from planner.cost import CostModel
+from planner.draws import study_draws
 from planner.space import Mixture, Ordinal, SearchSpace
 
 EXACT_LIMIT = 20_000_000
@@ -37,6 +38,9 @@ class SpaceSummary:
     cost_max_gpu_hours: float
     budget_gpu_hours: float | None = None
     feasible_fraction: float | None = None
+    cut_draws: dict[str, list[dict]] = field(default_factory=dict)
+    """Subtask -> the arms a study draws fewer samples of than the subtask's largest n (the
+    most a plan of the arm within the budget reads, `planner.draws`): arm, samples."""
 
     @property
     def binds(self) -> bool | None:
@@ -64,7 +68,20 @@ def summarize(space: SearchSpace, cost_model: CostModel,
     return SpaceSummary({s: [_describe(d) for d in space.dimensions(s)]
                          for s in space.subtasks},
                         {s: len(space.plans(s)) for s in space.subtasks}, size,
-                        size <= EXACT_LIMIT, lo, hi, budget_gpu_hours, fraction)
+                        size <= EXACT_LIMIT, lo, hi, budget_gpu_hours, fraction,
+                        {} if budget_gpu_hours is None
+                        else cut_draws(space, cost_model, budget_gpu_hours))
+
+
+def cut_draws(space: SearchSpace, cost_model: CostModel,
+              budget_gpu_hours: float) -> dict[str, list[dict]]:
+    """Per subtask, the arms drawn below its largest n under the budget, with their draw."""
+    out: dict[str, list[dict]] = {}
+    for (subtask, *arm, verifier), n in study_draws(space, cost_model, budget_gpu_hours).items():
+        if n < max(space.spec.subtask(subtask).samples):
+            name = " / ".join([*arm, *([verifier] if verifier else [])])
+            out.setdefault(subtask, []).append({"arm": name, "samples": n})
+    return out
 
 
 def nothing_fits(space: SearchSpace, cost_model: CostModel, cap: float) -> float | None:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -359,6 +360,12 @@ def check(
             "does not bind: every allocation fits"
         out.print(f"budget {budget} ({cap:.4g} GPU-h): {info.feasible_fraction:.1%} of "
                   f"allocations fit{how}; it {verdict}")
+        for subtask, arms in info.cut_draws.items():
+            counts = Counter(a["samples"] for a in arms)
+            drawn = ", ".join(f"{k} for {counts[k]}" for k in sorted(counts, reverse=True))
+            out.print(f"  {subtask}: {len(arms)} arms are drawn below n="
+                      f"{max(spec.subtask(subtask).samples)}, the most a plan of each within "
+                      f"the budget reads (--json names them): n={drawn}", highlight=False)
 
 
 @app.command()

@@ -13,7 +13,10 @@ is an arm too, read at the strong plan's n.
 
 `SearchCost` prices sampling at these N, and the live environment draws them
 (`Environment.evaluate(..., draws=)`). An arm that no plan within the budget reads, or an
-evaluation outside a study, draws the subtask's largest n.
+evaluation outside a study, draws the subtask's largest n. The draws are fixed when a run
+starts, priced like its budget check; a resumed run prices with the calibration measured
+since, so where that moved which plans fit, an arm is drawn again at its new N (the cache
+keys samples by N, so nothing is mixed up).
 """
 
 from __future__ import annotations

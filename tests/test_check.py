@@ -13,6 +13,7 @@ import pytest
 from envs.replay.env import ReplayEnvironment
 from planner import check
 from planner.cost import CostModel
+from planner.draws import study_draws
 from planner.space import Allocation, SearchSpace
 from planner.spec import TaskSpec
 from tests.conftest import run_planner
@@ -42,6 +43,20 @@ def test_exact_summary_matches_every_allocation_priced(tiny_spec: TaskSpec) -> N
     assert dims["mixture"]["values"] == [{"name": "default", "weights": {"solve/data": 1.0}}]
 
 
+def test_the_arms_a_budget_draws_below_the_largest_n_are_named(tiny_spec: TaskSpec) -> None:
+    cm = CostModel(tiny_spec, ReplayEnvironment(tiny_spec).calibration())
+    space = SearchSpace(tiny_spec)
+    draws = study_draws(space, cm, 35.0)
+    cut = check.summarize(space, cm, 35.0).cut_draws
+    assert cut and sum(map(len, cut.values())) == sum(n < 16 for n in draws.values())
+    for subtask, arms in cut.items():
+        for a in arms:
+            model, method, mixture = a["arm"].split(" / ")
+            assert draws[subtask, model, method, mixture, None] == a["samples"] < 16
+    assert check.summarize(space, cm, 1e9).cut_draws == {}  # every arm read at n=16
+    assert check.summarize(space, cm).cut_draws == {}  # no budget, no study
+
+
 def test_large_spaces_are_sampled(tiny_spec: TaskSpec, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(check, "EXACT_LIMIT", 10)
     costs = _brute_force(tiny_spec)
@@ -62,6 +77,7 @@ def test_check_command(tiny_task_path: Path) -> None:
     assert "tiny (replay): valid" in r.stdout
     assert "samples (ordinal): 1, 2, 4, 8, 16" in r.stdout
     assert "allocations: 400" in r.stdout and "it binds" in r.stdout
+    assert "arms are drawn below n=16" in r.stdout
     data = json.loads(_planner("check", str(tiny_task_path), "--json").stdout)
     assert data["budget"] == "100gpu-h" and data["allocations"] == 400
     assert data["binds"] is False and data["feasible_fraction"] == 1.0
