@@ -240,6 +240,19 @@ def test_live_cascade_escalates_the_items_that_agree_too_little(
     assert two.measured["escalated:parse"] == pytest.approx(share / len(seen))
     assert two.subtask_scores["parse"] == pytest.approx(score / len(seen))
 
+    # a study whose budget reads tiny at n <= 2 draws 2 samples of it (one 2-subset per
+    # item), and the strong plan's 4 as before (cached)
+    seen.clear()
+    sampled = env.cache.stats.sample_misses
+    drawn = env.evaluate(alloc(plan(n=2, cascade="big@1")), draws={
+        ("parse", "tiny", "none", "default", None): 2,
+        ("parse", "small", "none", "default", None): 4})
+    assert len(seen) == 8 and all(len(answers) == 2 for answers, _, _ in seen)
+    assert drawn.measured["escalated:parse"] == pytest.approx(
+        sum(escalates(answers, 1.0) for answers, _, _ in seen) / 8)
+    assert env.cache.stats.sample_misses - sampled == len(set(runs[1].prompts["parse"]) | {
+        env.prompt("parse", "tiny", r) for r in env.data["parse"].val})  # tiny's alone
+
 
 def test_agreement_rule() -> None:
     assert [min_agreeing(t, 10) for t in (0, 0.05, 0.7, 1.0, 1.5)] == [0, 1, 7, 10, 15]

@@ -226,6 +226,15 @@ def test_verifier_trains_once_scores_each_sample_once_and_decides_the_score(
     # majority needs no verifier: nothing trained, nothing scored
     env.evaluate(alloc(plan(n=4)))
     assert (env.cache.stats.train_misses, env.cache.stats.train_hits, scored) == (1, 1, {})
+    # a study whose budget reads this arm at n <= 2 draws 2 samples of each item, which the
+    # same verifier (a cache hit) scores
+    two = env.evaluate(alloc(plan(n=2, aggregator="verifier_best")),
+                       draws={("parse", "m", "none", "default", None): 2})
+    assert (env.cache.stats.train_misses, env.cache.stats.train_hits) == (1, 2)
+    assert len(scored) == 6 and all(len(s) == len(v) == 2 for s, v in scored.values())
+    assert two.subtask_scores["parse"] == pytest.approx(sum(
+        expected_best_of_k(v, [exact_match(x.strip(), labels[q]) for x in texts], 2)
+        for q, (texts, v) in scored.items()) / 6)
 
 
 def test_the_verifiers_scores_pick_the_answers(tmp_path: Path, base: dict[str, Path],
