@@ -13,10 +13,10 @@ is an arm too, read at the strong plan's n.
 
 `SearchCost` prices sampling at these N, and the live environment draws them
 (`Environment.evaluate(..., draws=)`). An arm that no plan within the budget reads, or an
-evaluation outside a study, draws the subtask's largest n. The draws are fixed when a run
-starts, priced like its budget check; a resumed run prices with the calibration measured
-since, so where that moved which plans fit, an arm is drawn again at its new N (the cache
-keys samples by N, so nothing is mixed up).
+evaluation outside a study, draws the subtask's largest n. The study's first run prices
+the draws like its budget check and stores them with the study (`Store.keep_draws`): a
+resumed run, or another driver, prices with the calibration measured since, but draws the
+same samples.
 """
 
 from __future__ import annotations

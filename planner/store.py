@@ -68,6 +68,7 @@ class _StudyRow(SQLModel, table=True):
     created: float
     task_hash: str = ""  # sha256 of the task and its files (`planner.study.task_hash`)
     reasoner: str = ""  # the agent's reasoner (builtin, llm); "" for other strategies
+    draws_json: str = ""  # [[arm, n], ...] (`planner.draws`); "" until its first run
 
 
 class _TrialRow(SQLModel, table=True):
@@ -184,6 +185,8 @@ class StudyRecord:
     created: float
     task_hash: str = ""
     reasoner: str = ""
+    draws: dict[tuple, int] | None = None
+    """The samples its runs draw of each arm (`planner.draws`); None before its first run."""
 
 
 @dataclass(frozen=True)
@@ -424,6 +427,17 @@ class Store:
         with Session(self.engine) as s:
             row = s.exec(select(_StudyRow).where(_StudyRow.name == name)).first()
             return _study_record(row) if row else None
+
+    def keep_draws(self, study: str, draws: Mapping[tuple, int]) -> dict[tuple, int]:
+        """The study's draws (`planner.draws`): those stored, or else `draws`, stored now, so
+        every later run and every other driver of the study draws the same samples."""
+        with self.engine.begin() as conn:
+            study_id = self._study_id(conn, study)
+            conn.execute(update(_StudyRow).where(_StudyRow.id == study_id,
+                                                 _StudyRow.draws_json == "")
+                         .values(draws_json=json.dumps([[list(a), n] for a, n in draws.items()])))
+            return _draws(conn.scalar(select(_StudyRow.draws_json)
+                                      .where(_StudyRow.id == study_id)))
 
     def require_study(self, name: str) -> StudyRecord:
         study = self.get_study(name)
@@ -680,7 +694,8 @@ class Store:
 
 _ADDED_COLUMNS = {  # columns newer than the first planner databases, as DDL
     "study": {"task_hash": "VARCHAR NOT NULL DEFAULT ''",
-              "reasoner": "VARCHAR NOT NULL DEFAULT ''"},
+              "reasoner": "VARCHAR NOT NULL DEFAULT ''",
+              "draws_json": "VARCHAR NOT NULL DEFAULT ''"},
     "trial": {"claim": "VARCHAR", "driver": "VARCHAR NOT NULL DEFAULT ''",
               "fidelity": "FLOAT NOT NULL DEFAULT 1.0"},
 }
@@ -749,7 +764,11 @@ def _insight_rows(study_id: int, step: int, insights: Sequence[dict]) -> list[di
 def _study_record(r: _StudyRow) -> StudyRecord:
     return StudyRecord(r.name, r.task_name, r.task_path, json.loads(r.task_json), r.budget,
                        r.budget_gpu_hours, r.strategy, r.seed, r.created, r.task_hash,
-                       r.reasoner)
+                       r.reasoner, _draws(r.draws_json) if r.draws_json else None)
+
+
+def _draws(text: str) -> dict[tuple, int]:
+    return {tuple(arm): n for arm, n in json.loads(text)}
 
 
 def _trial_record(r: Any, results: list[Any]) -> TrialRecord:

@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 
 from envs.replay.env import ReplayEnvironment
-from planner.cost import CostModel
+from planner.cost import CostModel, MeasuredCalibration, Utilization
 from planner.draws import Arm, plan_arms, samples_drawn, study_draws
+from planner.search import Runner
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec
+from planner.store import Store
+from planner.study import open_study
 
 TASKS = Path(__file__).resolve().parents[1] / "envs" / "replay" / "tasks"
 
@@ -76,3 +79,19 @@ def test_the_meter_prices_an_arm_at_its_draw() -> None:
     assert drawn == pytest.approx(per_item(n) * items[subtask])
     assert widest == pytest.approx(per_item(largest) * items[subtask])
     assert drawn < widest
+
+
+def test_a_study_keeps_the_draws_of_its_first_run(tmp_path: Path) -> None:
+    spec, space, cost_model, budget = priced("monkeys_gsm8k")
+    env = ReplayEnvironment(spec)
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study(Store(db), spec, name="s", budget=spec.budget or "", strategy="random",
+                       seed=0)
+    first = Runner(env, Store(db), "s", cost_model, study.budget_gpu_hours).draws
+    assert first == study_draws(space, cost_model, budget)
+    # a resume (or another driver) that measured 4x dearer sampling since draws the same
+    dearer = CostModel(spec, MeasuredCalibration(Utilization(train=None, sample=0.1),
+                                                 env.calibration()))
+    assert study_draws(space, dearer, budget) != first
+    assert Runner(env, Store(db), "s", dearer, study.budget_gpu_hours).draws == first
+    assert Store(db).require_study("s").draws == first

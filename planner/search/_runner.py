@@ -50,8 +50,10 @@ class Runner:
         self.space = SearchSpace(env.spec)
         self.cost_model = cost_model
         self.budget_gpu_hours = budget_gpu_hours
-        self.draws = study_draws(self.space, cost_model, budget_gpu_hours)
-        """How many samples a trial draws of each arm (`planner.draws`)."""
+        self.draws: Draws = store.keep_draws(study, study_draws(self.space, cost_model,
+                                                                budget_gpu_hours))
+        """How many samples a trial draws of each arm (`planner.draws`): fixed by the study's
+        first run, so resumes and other drivers draw the same samples."""
         self.stopped = ""  # why the last search ended, said to the user
         self._trials: list[TrialRecord] = []  # as last read; see `history`
         self._allocations: dict[int, tuple[Allocation, float]] = {}  # in flight, fidelity
