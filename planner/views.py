@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from planner import report
 from planner.cascade import assumed_share, threshold_of
 from planner.cost import CostModel
-from planner.draws import study_draws
 from planner.search import best_trial
 from planner.search.search_cost import SearchCost
 from planner.space import Ordinal, Plan, SearchSpace
@@ -49,10 +48,8 @@ def search_curve(data: StudyData) -> list[dict]:
     """Per trial, in order: its score and fidelity, the best score so far (screens are
     not counted) and the search GPU-hours spent so far (failed and over-budget trials are
     not evaluated, so cost nothing)."""
-    draws = data.record.draws  # as its runs drew (None: no run yet, or an older planner's)
-    if draws is None and data.cost_model:
-        draws = study_draws(data.space, data.cost_model, data.record.budget_gpu_hours)
-    meter = SearchCost(data.cost_model, data.items, draws) if data.cost_model else None
+    meter = (SearchCost(data.cost_model, data.items, data.record.draws)  # as its runs drew
+             if data.cost_model else None)
     spent, best, rows = 0.0, None, []
     for t in data.trials:
         if t.status is TrialStatus.OK:
