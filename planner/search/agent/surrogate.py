@@ -213,25 +213,30 @@ class SubtaskModel:
     def _posterior(self, idx: np.ndarray, y: np.ndarray, noise: np.ndarray) -> Prediction:
         """Posterior at every plan given logit scores `y` at plan indices `idx` observed
         with `noise` (at amplitude 1), with the kernel weights of the highest marginal
-        likelihood on the grid (every grid cell's Cholesky factor and solves in one batched
-        call each)."""
+        likelihood on the grid.
+
+        The amplitude scales the whole covariance (kernel and noise alike), so one Cholesky
+        factor per lengthscale serves every amplitude: at amplitude a the factor is
+        sqrt(a) L, the weights alpha / a, the log determinant grows by (O/2) log a, and the
+        posterior mean does not change."""
         y = y - self._trend[idx]
-        mu = y.mean()
+        r = y - y.mean()
         pieces = self._pieces(idx)  # (P, O) each
-        at_ell = {ell: _kernel_at(tuple(p[idx] for p in pieces), ell) for ell in _LENGTHSCALES}
-        grid = [(amp, ell) for amp in _AMPLITUDES for ell in _LENGTHSCALES]
-        k = np.stack([amp * at_ell[ell] + np.diag(amp * noise) for amp, ell in grid])
+        k = np.stack([_kernel_at(tuple(p[idx] for p in pieces), ell) + np.diag(noise)
+                      for ell in _LENGTHSCALES])
         chols = np.linalg.cholesky(k)
-        alphas = np.linalg.solve(chols.transpose(0, 2, 1),
-                                 np.linalg.solve(chols, (y - mu)[:, None]))[..., 0]
-        nll = [0.5 * (y - mu) @ alpha + np.log(np.diag(chol)).sum()
-               for chol, alpha in zip(chols, alphas, strict=True)]
-        best = min(range(len(grid)), key=nll.__getitem__)  # the first of equal likelihoods
-        (amp, ell), chol, alpha = grid[best], chols[best], alphas[best]
-        cross = amp * _kernel_at(pieces, ell)  # (P, O)
-        v = np.linalg.solve(chol, cross.T)
-        var = np.maximum(self._prior_var(amp) - (v * v).sum(axis=0), 1e-9)
-        return Prediction(mu + self._trend + cross @ alpha, np.sqrt(var))
+        inverse = np.linalg.inv(chols)  # L^-1: then every solve below is a product
+        z = inverse @ r  # (L, O)
+        quad = (z * z).sum(axis=1)  # r' K^-1 r at amplitude 1
+        logdet = np.log(np.diagonal(chols, axis1=1, axis2=2)).sum(axis=1)
+        grid = [(amp, j) for amp in _AMPLITUDES for j in range(len(_LENGTHSCALES))]
+        nll = [0.5 * quad[j] / amp + logdet[j] + 0.5 * len(r) * np.log(amp)
+               for amp, j in grid]
+        amp, j = grid[min(range(len(grid)), key=nll.__getitem__)]  # first of equal ones
+        cross = _kernel_at(pieces, _LENGTHSCALES[j])  # (P, O), at amplitude 1
+        v = inverse[j] @ cross.T  # (O, P)
+        var = np.maximum(amp * (self._prior_var(1.0) - (v * v).sum(axis=0)), 1e-9)
+        return Prediction(y.mean() + self._trend + v.T @ z[j], np.sqrt(var))
 
     def _pieces(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Kernel pieces between every plan and the plans `idx`, as (P, O) arrays; each
