@@ -79,10 +79,16 @@ def compare(args: argparse.Namespace) -> None:
                             str(other)], check=True)
     print(f"CPU ms per trial, median of {args.rounds} rounds x {args.seeds} seeds "
           f"({args.strategy}, {args.trials} trials):")
-    for task, values in ms["this"].items():
-        old = statistics.median(ms[args.against][task])
-        new = statistics.median(values)
+    medians = {label: {task: statistics.median(v) for task, v in by_task.items()}
+               for label, by_task in ms.items()}
+    for task, new in medians["this"].items():
+        old = medians[args.against][task]
         print(f"{task}: {args.against} {old:.1f}, this checkout {new:.1f} "
+              f"(ratio {new / old:.2f})")
+    if len(medians["this"]) > 1:
+        old, new = (statistics.median(medians[label].values())
+                    for label in (args.against, "this"))
+        print(f"median over the tasks: {args.against} {old:.1f}, this checkout {new:.1f} "
               f"(ratio {new / old:.2f})")
 
 
