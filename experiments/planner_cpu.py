@@ -64,6 +64,12 @@ def run_tree(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
 def compare(args: argparse.Namespace) -> None:
     """This checkout and revision `args.against`, measured in turn."""
     repo = HERE.parent
+    known = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
+                            f"{args.against}^{{commit}}"], capture_output=True)
+    if known.returncode:
+        print(f"planner_cpu.py: --against {args.against}: no such git revision in {repo}; "
+              "pass a commit, tag or branch (e.g. HEAD~1)", file=sys.stderr)
+        sys.exit(2)
     with tempfile.TemporaryDirectory() as tmp:
         other = Path(tmp) / "tree"
         subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "--quiet",
