@@ -198,7 +198,7 @@ def _reference_fit(model: SubtaskModel, observations: list) -> tuple[np.ndarray,
     _, amp, ell, chol, alpha = best
     cross = _reference_kernel(t, np.arange(len(t.plans)), idx, amp, ell)
     v = np.linalg.solve(chol, cross.T)
-    var = np.maximum(model._prior_var(amp) - (v * v).sum(axis=0), 1e-9)
+    var = np.maximum(amp * model._prior_var - (v * v).sum(axis=0), 1e-9)
     return mu + trend + cross @ alpha, np.sqrt(var)
 
 

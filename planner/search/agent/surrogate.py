@@ -181,6 +181,9 @@ class SubtaskModel:
         self._known = [np.zeros((0, len(table.plans))) for _ in range(3)]  # (plans seen, P)
         self._last: tuple[tuple[bytes, bytes, bytes], Prediction] | None = None
         self._trend = _SLOPE_MEAN * table.log_n  # the prior mean's rise with n, per plan
+        level_w, slope_w = table.weights
+        self._prior_var = (_CONSTANT + _TREND + level_w.sum()  # per plan, at amplitude 1
+                           + (_SLOPE + slope_w.sum()) * table.log_n ** 2)
 
     def fit(self, observations: Iterable[tuple[Plan, float, float]]) -> Prediction:
         """The posterior given (plan, score, fidelity) observations: a plan's full
@@ -199,7 +202,7 @@ class SubtaskModel:
                 screens.setdefault(i, []).append(score)
                 shares[i] = min(1.0, shares.get(i, 0.0) + fidelity)
         if not full and not screens:
-            return Prediction(self._trend, np.sqrt(self._prior_var(1.0)))
+            return Prediction(self._trend, np.sqrt(self._prior_var))
         idx = np.array(sorted(full.keys() | screens.keys()))
         y = logit(np.array([_mean(full[i] if i in full else screens[i]) for i in idx]))
         noise = np.array([_NOISE if i in full else _NOISE / shares[i] for i in idx])
@@ -235,7 +238,7 @@ class SubtaskModel:
         amp, j = grid[min(range(len(grid)), key=nll.__getitem__)]  # first of equal ones
         cross = _kernel_at(pieces, _LENGTHSCALES[j])  # (P, O), at amplitude 1
         v = inverse[j] @ cross.T  # (O, P)
-        var = np.maximum(amp * (self._prior_var(1.0) - (v * v).sum(axis=0)), 1e-9)
+        var = np.maximum(amp * (self._prior_var - (v * v).sum(axis=0)), 1e-9)
         return Prediction(y.mean() + self._trend + v.T @ z[j], np.sqrt(var))
 
     def _pieces(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -251,8 +254,3 @@ class SubtaskModel:
                 self._row[i] = len(self._row)
         rows = [self._row[int(i)] for i in idx]
         return tuple(np.ascontiguousarray(known[rows].T) for known in self._known)
-
-    def _prior_var(self, amp: float) -> np.ndarray:
-        level_w, slope_w = self.table.weights
-        level = _CONSTANT + _TREND + level_w.sum()
-        return amp * (level + (_SLOPE + slope_w.sum()) * self.table.log_n ** 2)
