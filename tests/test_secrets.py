@@ -232,6 +232,11 @@ def test_redact_masks_every_quoted_form(monkeypatch: pytest.MonkeyPatch) -> None
     assert redact("short definitely subprocess") == "short definitely subprocess"
     monkeypatch.setenv("PGPASSWORD", "hunter2hunter2")
     assert redact("password hunter2hunter2") == f"password {MASK}"
+    # the environment is read again whenever it changed since the last call
+    monkeypatch.setenv("PGPASSWORD", "swordfish-1234")
+    assert redact("hunter2hunter2 swordfish-1234") == f"hunter2hunter2 {MASK}"
+    monkeypatch.delenv("PGPASSWORD")
+    assert redact("swordfish-1234") == "swordfish-1234"
     register("registered-in-code-42")
     assert redact("k=registered-in-code-42") == f"k={MASK}"
 
