@@ -5,6 +5,12 @@
     python experiments/benchmark.py --strategies random,optuna    # names: spaces or commas
     python experiments/benchmark.py --tasks envs/live/tasks/wordsum/task.yaml --workers 1 \
         --out experiments/results/live --readme experiments/README_live.md   # a live task
+    python experiments/benchmark.py --budget-scale 0.25 4 --out /tmp/budgets \
+        --readme /tmp/budgets/README.md     # each task under 1/4 and 4x its budget
+
+`--budget-scale` asks the tables questions nobody tuned a strategy on: each task runs under
+its budget times each factor, as a task named `NAME@xFACTOR` with its own exact optimum
+(the optimum moves: other model sizes, checkpoints and n win under another budget).
 
 Writes, under --out (default experiments/results): `benchmark.csv` (one row per trial),
 `summary.csv` (one row per task x strategy), `<task>.png` (best-so-far vs trials and vs
@@ -40,7 +46,12 @@ import numpy as np
 import pandas as pd
 
 from envs import make_environment
-from envs.replay.optimum import builtin_tasks, exhaustive_optimum, load_optima
+from envs.replay.optimum import (
+    NoFeasibleAllocation,
+    builtin_tasks,
+    exhaustive_optimum,
+    load_optima,
+)
 from planner.cost import CostModel
 from planner.draws import study_draws
 from planner.env import Environment
@@ -119,13 +130,14 @@ class Task:
     optimum: float
 
 
-_CACHE: dict[Path, Task] = {}
+_CACHE: dict[tuple[Path, float], Task] = {}
 
 
-def load_task(path: Path) -> Task:
-    """Spec, environment and exact optimum of a task, loaded once per process."""
-    if path not in _CACHE:
-        spec = load_spec(path)
+def load_task(path: Path, budget_scale: float = 1.0) -> Task:
+    """Spec, environment and exact optimum of a task (under its budget times
+    `budget_scale`: `scaled`), loaded once per process."""
+    if (path, budget_scale) not in _CACHE:
+        spec = scaled(load_spec(path), budget_scale)
         env = make_environment(spec)
         stored = load_optima().get(spec.name)
         if spec.environment != "replay":
@@ -133,9 +145,20 @@ def load_task(path: Path) -> Task:
         elif stored is not None and stored["budget"] == spec.budget:
             optimum = float(stored["score"])
         else:
-            optimum = exhaustive_optimum(spec, _budget(spec), env).score
-        _CACHE[path] = Task(spec, env, optimum)
-    return _CACHE[path]
+            try:
+                optimum = exhaustive_optimum(spec, _budget(spec), env).score
+            except NoFeasibleAllocation as e:
+                refuse(str(e))
+        _CACHE[path, budget_scale] = Task(spec, env, optimum)
+    return _CACHE[path, budget_scale]
+
+
+def scaled(spec: TaskSpec, factor: float) -> TaskSpec:
+    """The task under its budget times `factor`, named `NAME@xFACTOR` (itself at 1)."""
+    if factor == 1.0:
+        return spec
+    return spec.model_copy(update={"name": f"{spec.name}@x{factor:g}",
+                                   "budget": f"{_budget(spec) * factor:.6g}gpu-h"})
 
 
 BRUTE_FORCE_LIMIT = 10_000  # allocations a brute-force optimum may evaluate
@@ -170,11 +193,12 @@ class Job:
     trials: int
     llm: LLMEndpoint | None = None
     batch: int = 1  # trials asked before any result is heard, as with that many workers
+    budget_scale: float = 1.0  # the task's budget times this (`scaled`)
 
 
 def run_job(job: Job) -> list[dict]:
     """One study in an in-memory store; one row per trial."""
-    task = load_task(job.task)
+    task = load_task(job.task, job.budget_scale)
     spec, env = task.spec, task.env
     store = Store("sqlite://")
     name = f"{spec.name}-{job.strategy}-{job.seed}"
@@ -337,9 +361,10 @@ def resolve_tasks(names: Sequence[str]) -> list[Path]:
 
 
 def run(tasks: list[Path], strategies: list[str], seeds: int, n_trials: int, workers: int,
-        llm: LLMEndpoint | None = None, batch: int = 1) -> pd.DataFrame:
-    jobs = [Job(t, s, seed, n_trials, llm, batch)
-            for t in tasks for s in strategies for seed in range(seeds)]
+        llm: LLMEndpoint | None = None, batch: int = 1,
+        budget_scales: Sequence[float] = (1.0,)) -> pd.DataFrame:
+    jobs = [Job(t, s, seed, n_trials, llm, batch, scale) for t in tasks
+            for scale in budget_scales for s in strategies for seed in range(seeds)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = pool.map(run_job, jobs, chunksize=1)
@@ -364,6 +389,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--budget-scale", type=_factor, nargs="+", default=[1.0],
+                        metavar="FACTOR", help="run each task under its budget times each "
+                        "factor (default 1: the task's own budget)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md",
                         help="markdown file whose benchmark section is (re)written")
@@ -375,14 +403,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _factor(text: str) -> float:
+    """A positive number (argparse reports anything else in one line, exit code 2)."""
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = 0.0
+    if not factor > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number (e.g. 0.25 or 4)")
+    return factor
+
+
 def main() -> None:
     args = parse_args()
     strategies = args.strategies
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)
     live = any(load_spec(t).environment != "replay" for t in tasks)
-    trials = pad(run(tasks, strategies, args.seeds, args.trials, args.workers, args.llm),
-                 args.trials)
+    if not live:  # each optimum found once, before workers fork; a factor too small stops here
+        for task in tasks:
+            for factor in args.budget_scale:
+                load_task(task, factor)
+    trials = pad(run(tasks, strategies, args.seeds, args.trials, args.workers, args.llm,
+                     budget_scales=args.budget_scale), args.trials)
     elapsed = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     trials.to_csv(args.out / "benchmark.csv", index=False, float_format="%.6g")
@@ -420,13 +463,16 @@ def _readme(table: str, plots: list[str], args: argparse.Namespace, strategies: 
     links = "\n".join(f"- [{t}]({rel}/{t}.png)" for t in plots)
     readme = os.path.relpath(args.readme.resolve(), HERE.parent.resolve())
     tasks = f" --tasks {' '.join(args.tasks)}" if args.tasks else ""
+    if args.budget_scale != [1.0]:
+        tasks += f" --budget-scale {' '.join(f'{f:g}' for f in args.budget_scale)}"
     if live:
         title, optima = "live tasks", ("every allocation within the budget evaluated in the "
                                        "live environment")
         timed = ("wall time per trial of the planner and the evaluation (read from the live "
                  "cache, filled by the optimum's evaluations)")
     else:
-        title, optima = "replay suite", "envs/replay/optima.yaml"
+        title, optima = "replay suite", ("envs/replay/optima.yaml, or computed for another "
+                                         "budget")
         timed = ("wall time per trial of the planner itself (strategy, cost check, store; "
                  "the replay lookup is negligible)")
     return f"""## Search-efficiency benchmark ({title})

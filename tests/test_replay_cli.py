@@ -49,6 +49,9 @@ def test_optimum_under_another_budget(monkeypatch, capsys) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["missing.yaml"], "missing.yaml: no such task file"),
     ([str(EXAMPLE), "--budget", "1gpu-h"], "no allocation fits in 1 GPU-h; raise the budget"),
+    # the first stage has plans within budget, the second none: nothing to enumerate
+    ([str(ROOT / "envs" / "replay" / "tasks" / "mmlu_cascade_gsm8k_vote.yaml"), "--budget",
+      "137.5gpu-h"], "no allocation fits in 137.5 GPU-h; raise the budget"),
     ([str(EXAMPLE), "--write"], "--write stores the suite's optima"),
     (["--budget", "1gpu-h"], "--budget applies to the task paths given"),
 ])
@@ -123,3 +126,32 @@ def test_benchmark_brute_force_optimum_matches_the_exhaustive_one(benchmark) -> 
     env = ReplayEnvironment(spec)
     brute = benchmark.brute_force_optimum(spec, env)
     assert brute == pytest.approx(exhaustive_optimum(spec, benchmark._budget(spec), env).score)
+
+
+def test_benchmark_budget_scale_is_a_task_of_its_own(benchmark) -> None:
+    """`--budget-scale 0.75`: the task under 3/4 of its budget, named for the factor,
+    scored against the exact optimum under that budget, its studies run under it; a factor
+    under which nothing fits is one line and exit code 2."""
+    spec = load_spec(EXAMPLE)
+    budget = benchmark._budget(spec) * 0.75
+    task = benchmark.load_task(EXAMPLE, 0.75)
+    assert task.spec.name == f"{spec.name}@x0.75"
+    assert benchmark._budget(task.spec) == pytest.approx(budget)
+    exact = exhaustive_optimum(spec, budget, ReplayEnvironment(spec)).score
+    assert task.optimum == exact < benchmark.load_task(EXAMPLE).optimum
+    rows = benchmark.run_job(benchmark.Job(EXAMPLE, "random", seed=0, trials=4,
+                                           budget_scale=0.75))
+    assert {r["task"] for r in rows} == {task.spec.name}
+    assert max(r["best_frac"] for r in rows) <= 1 + 1e-12
+    assert benchmark.parse_args(["--budget-scale", "0.25", "4"]).budget_scale == [0.25, 4.0]
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.load_task(EXAMPLE, 0.25)
+    assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("factor", ["0", "-1", "lots"])
+def test_benchmark_budget_scale_must_be_positive(benchmark, capsys, factor) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.parse_args(["--budget-scale", factor])
+    assert exit_.value.code == 2
+    assert "is not a positive number" in capsys.readouterr().err
