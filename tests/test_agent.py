@@ -188,8 +188,9 @@ def _reference_fit(model: SubtaskModel, observations: list) -> tuple[np.ndarray,
     best = None
     for amp in surrogate._AMPLITUDES:
         for ell in surrogate._LENGTHSCALES:
+            # a plan evaluated k times: the mean of k observations, 1/k the noise
             k = (_reference_kernel(t, idx, idx, amp, ell)
-                 + surrogate._NOISE * amp * np.eye(len(idx)))
+                 + surrogate._NOISE * amp * np.diag([1 / len(scores[i]) for i in idx]))
             chol = np.linalg.cholesky(k)
             alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y - mu))
             nll = 0.5 * (y - mu) @ alpha + np.log(np.diag(chol)).sum()

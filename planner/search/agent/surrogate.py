@@ -14,9 +14,12 @@ A subtask's plans share structure that holds broadly, so one observation informs
 
 This is Bayesian regression on those features, written in its kernel form (a Gaussian
 process with a sum kernel) so that its cost grows with observations, not with features.
-Kernel weights are picked by marginal likelihood from a small grid. A screen (a score on a
-share f of the items) is observed with 1/f times the noise of a full evaluation, and a
-full evaluation of the plan supersedes its screens.
+Kernel weights are picked by marginal likelihood from a small grid. A plan evaluated k
+times is observed as the mean of its scores, with 1/k the noise of one evaluation (in a
+pipeline the same stage plan recurs in many allocations; one noise for all of them kept
+its optimism, and so proposals recombining it, undiminished however often it was seen).
+A screen (a score on a share f of the items) is observed with 1/f times the noise of a
+full evaluation, and a full evaluation of the plan supersedes its screens.
 """
 
 from __future__ import annotations
@@ -205,7 +208,8 @@ class SubtaskModel:
             return Prediction(self._trend, np.sqrt(self._prior_var))
         idx = np.array(sorted(full.keys() | screens.keys()))
         y = logit(np.array([_mean(full[i] if i in full else screens[i]) for i in idx]))
-        noise = np.array([_NOISE if i in full else _NOISE / shares[i] for i in idx])
+        noise = np.array([_NOISE / len(full[i]) if i in full else _NOISE / shares[i]
+                          for i in idx])
         key = (idx.tobytes(), y.tobytes(), noise.tobytes())
         if self._last is not None and self._last[0] == key:
             return self._last[1]
