@@ -409,7 +409,7 @@ def _factor(text: str) -> float:
         factor = float(text)
     except ValueError:
         factor = 0.0
-    if not factor > 0:
+    if not 0 < factor < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number (e.g. 0.25 or 4)")
     return factor
 

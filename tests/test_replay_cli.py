@@ -149,7 +149,7 @@ def test_benchmark_budget_scale_is_a_task_of_its_own(benchmark) -> None:
     assert exit_.value.code == 2
 
 
-@pytest.mark.parametrize("factor", ["0", "-1", "lots"])
+@pytest.mark.parametrize("factor", ["0", "-1", "inf", "lots"])
 def test_benchmark_budget_scale_must_be_positive(benchmark, capsys, factor) -> None:
     with pytest.raises(SystemExit) as exit_:
         benchmark.parse_args(["--budget-scale", factor])
