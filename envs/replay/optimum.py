@@ -118,12 +118,11 @@ def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
     rest = int(np.prod([len(p.score) for p in parts[1:]]))
     chunk = max(1, _CHUNK_ELEMENTS // max(rest, 1))
     best: tuple[float, float, tuple[int, ...]] | None = None
-    # a subtask with no plan left (each one's inference alone over budget): nothing fits
-    for lo in range(0, len(parts[0].score) if all(p.score.size for p in parts) else 0, chunk):
+    for lo in range(0, len(parts[0].score), chunk):
         head = parts[0].take(np.arange(lo, min(lo + chunk, len(parts[0].score))))
         score, cost = _block([head, *parts[1:]])
         score = np.where(cost <= budget_gpu_hours, score, -np.inf)
-        top = score.max()
+        top = score.max(initial=-np.inf)  # empty where a later stage has no plan left
         if top == -np.inf:
             continue
         flat = int(np.argmin(np.where(score == top, cost, np.inf)))
