@@ -229,8 +229,8 @@ class SubtaskModel:
         y = y - self._trend[idx]
         r = y - y.mean()
         pieces = self._pieces(idx)  # (P, O) each
-        k = np.stack([_kernel_at(tuple(p[idx] for p in pieces), ell) + np.diag(noise)
-                      for ell in _LENGTHSCALES])
+        among = tuple(p[idx] for p in pieces)  # (O, O) each: between the observed plans
+        k = np.stack([_kernel_at(among, ell) + np.diag(noise) for ell in _LENGTHSCALES])
         chols = np.linalg.cholesky(k)
         inverse = np.linalg.inv(chols)  # L^-1: then every solve below is a product
         z = inverse @ r  # (L, O)
