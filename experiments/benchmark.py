@@ -389,7 +389,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--budget-scale", type=_factor, nargs="+", default=[1.0],
+    parser.add_argument("--budget-scale", nargs="+", default=["1"],
                         metavar="FACTOR", help="run each task under its budget times each "
                         "factor (default 1: the task's own budget)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -400,17 +400,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.strategies = (check_strategies(split_names(args.strategies), args.llm is not None)
                        or available_strategies(args.llm is not None))
     args.tasks = split_names(args.tasks)
+    args.budget_scale = [_factor(text) for text in args.budget_scale]
     return args
 
 
 def _factor(text: str) -> float:
-    """A positive number (argparse reports anything else in one line, exit code 2)."""
+    """A --budget-scale factor: a positive number (else one line, exit code 2)."""
     try:
         factor = float(text)
     except ValueError:
         factor = 0.0
     if not 0 < factor < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number (e.g. 0.25 or 4)")
+        refuse(f"--budget-scale {text}: not a positive number; give factors such as 0.5 2")
     return factor
 
 

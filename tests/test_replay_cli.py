@@ -154,4 +154,5 @@ def test_benchmark_budget_scale_must_be_positive(benchmark, capsys, factor) -> N
     with pytest.raises(SystemExit) as exit_:
         benchmark.parse_args(["--budget-scale", factor])
     assert exit_.value.code == 2
-    assert "is not a positive number" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a positive number" in err and len(err.strip().splitlines()) == 1
