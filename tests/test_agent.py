@@ -230,6 +230,25 @@ def test_surrogate_caches_change_no_prediction() -> None:
         np.testing.assert_allclose(got.std, std, rtol=1e-9, atol=1e-9)
 
 
+def test_stage_weights_of_a_product_pipeline_stay_one_when_scores_hit_the_floor() -> None:
+    """tutor's end score is the product of its three stage scores. Random trials there often
+    score under the analysis' floor (1e-4); those must not bend the fitted weights (flooring
+    the end score and each stage score on its own once read GSM8K and MATH as half as
+    important as MMLU, and the agent spent its trials on MMLU)."""
+    from planner.search.agent.analysis import _FLOOR, Analyst
+
+    spec = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml")
+    result = _run(spec, "random", 40)
+    trials = result.trials
+    assert any(t.score < _FLOOR for t in trials)  # the case this is about
+    assert sum(t.score > _FLOOR for t in trials) >= 5  # enough rows to fit
+    env = make_environment(spec)
+    cost_model = CostModel(spec, env.calibration())
+    ctx = SearchContext(SearchSpace(spec), cost_model, _budget(spec), 0, Store("sqlite://"),
+                        "s")
+    np.testing.assert_allclose(Analyst(ctx).analyse(trials).weights, 1.0, atol=1e-6)
+
+
 def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
     rng = np.random.default_rng(1)
     for n in (0, 1, 5, 63, 64, 65, 300):

@@ -95,10 +95,14 @@ def _combination_weights(trials: Sequence[TrialRecord], per: Sequence[dict[str, 
     """Least squares of log end score on log stage scores, shrunk towards the product.
 
     For a pipeline whose end score is the product of stage scores this returns ones; for
-    other combinations it learns how much each stage's score moves the end score.
+    other combinations it learns how much each stage's score moves the end score. Trials
+    with a score at or below the floor are left out: flooring the end score and the stage
+    scores each on its own breaks the relation (three stages at 0.01 give an end score of
+    1e-6, floored to 1e-4, which would read as stages that matter half as much).
     """
     rows = [(t.score, p) for t, p in zip(trials, per, strict=True)
-            if all(s in p for s in subtasks)]
+            if all(s in p for s in subtasks)
+            and min(t.score, *(p[s] for s in subtasks)) > _FLOOR]
     prior = np.ones(len(subtasks))
     if len(rows) < len(subtasks) + 2:
         return prior
