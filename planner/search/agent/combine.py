@@ -9,7 +9,7 @@ allocations that fit the budget and were not evaluated are returned.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -51,18 +51,20 @@ def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[int]:
 
 def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
                      cost_model: CostModel, seen: set[str], k: int = 1,
-                     keep: int = 48) -> list[Allocation]:
-    """Up to `k` unseen allocations within `budget`, best total value first."""
+                     keep: int = 48, skip: Callable[[list[int]], bool] | None = None
+                     ) -> list[Allocation]:
+    """Up to `k` unseen allocations within `budget`, best total value first; `skip` (given
+    each subtask's plan index) leaves out allocations it is true for."""
     while True:
-        found, exhausted = _search(tables, values, budget, cost_model, seen, k, keep)
+        found, exhausted = _search(tables, values, budget, cost_model, seen, k, keep, skip)
         if found or exhausted:
             return found
         keep *= 4
 
 
 def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
-            cost_model: CostModel, seen: set[str], k: int,
-            keep: int) -> tuple[list[Allocation], bool]:
+            cost_model: CostModel, seen: set[str], k: int, keep: int,
+            skip: Callable[[list[int]], bool] | None) -> tuple[list[Allocation], bool]:
     floor = [float(np.min(t.low)) for t in tables]  # the cheapest each subtask can cost
     idx = np.zeros((1, 0), dtype=int)
     arts = np.zeros((1, 0), dtype=int)
@@ -96,6 +98,8 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
     found = []
     for row in best_first(value):
         plan_idx = [*idx[parents[row]], picks[row]]
+        if skip is not None and skip(plan_idx):
+            continue
         alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plan_idx,
                                                                       strict=True)})
         key = alloc.key()
