@@ -4,7 +4,10 @@ Each subtask contributes a value per plan (e.g. its weighted log optimistic scor
 end-to-end objective is their sum) and an exact cost. Plans are pruned to the first
 Pareto layers of (cost, value), merged subtask by subtask (a pre-trained checkpoint shared
 by two subtasks is paid once, as in `CostModel.estimate`), pruned again, and the best
-allocations that fit the budget and were not evaluated are returned.
+allocations that fit the budget and were not evaluated are returned. `frontier` also
+leaves out allocations that only recombine stage plans evaluated before, unless they are
+predicted to beat the best end score: each stage's score model learns only from its own
+plan, so such a trial teaches it nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from planner.cost import CostModel
+from planner.search.agent.analysis import Analysis
 from planner.search.agent.surrogate import PlanTable
 from planner.space import Allocation
 
@@ -60,6 +64,32 @@ def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], 
         if found or exhausted:
             return found
         keep *= 4
+
+
+def frontier(analysis: Analysis, values: Sequence[np.ndarray], budget: float,
+             cost_model: CostModel, seen: set[str], k: int = 1) -> list[Allocation]:
+    """`best_allocations`, leaving out stale recombinations (`stale`) while anything else
+    is left."""
+    return (best_allocations(analysis.tables, values, budget, cost_model, seen, k,
+                             skip=stale(analysis))
+            or best_allocations(analysis.tables, values, budget, cost_model, seen, k))
+
+
+def stale(analysis: Analysis) -> Callable[[list[int]], bool]:
+    """True for an allocation that only recombines stage plans evaluated before and is not
+    predicted to beat the best end score: each stage's model has already seen its plan, so
+    the trial would teach it nothing and is not worth one on the hope of a better score."""
+    full = [t for t in analysis.trials if not t.screen]
+    if not full:
+        return lambda plan_idx: False
+    evaluated = [{t.index[r.allocation[t.subtask]] for r in full} for t in analysis.tables]
+    mean = analysis.plan_values(0.0)
+    best = np.log(max(max(r.score for r in full), 1e-12))
+
+    def is_stale(plan_idx: list[int]) -> bool:
+        return (all(i in e for i, e in zip(plan_idx, evaluated, strict=True))
+                and sum(float(m[i]) for m, i in zip(mean, plan_idx, strict=True)) <= best)
+    return is_stale
 
 
 def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,

@@ -4,7 +4,7 @@
   and each stage's mean with one standard deviation either side (in logit space);
 - `price(allocation)`: the cost model's GPU-hours, and whether it fits the budget;
 - `frontier(k)`: the `k` unseen allocations within budget that the builtin would pick
-  (`best_allocations` on optimistic scores), with predicted end score and cost;
+  (`combine.frontier` on optimistic scores), with predicted end score and cost;
 - `trial(number)`: one trial's allocation, status, end and stage scores, and cost.
 
 `Tools.specs` gives their OpenAI function schemas, whose enums are the search space's
@@ -22,7 +22,7 @@ from planner.errors import SpaceError
 from planner.search._base import SearchContext, seen_keys
 from planner.search.agent import prompts
 from planner.search.agent.analysis import Analysis
-from planner.search.agent.combine import best_allocations
+from planner.search.agent.combine import frontier
 from planner.store import TrialRecord
 
 MAX_FRONTIER = 8  # allocations one frontier call lists
@@ -103,9 +103,9 @@ class Tools:
         """The `k` best unseen allocations within budget, with predicted score and cost."""
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_FRONTIER:
             raise ValueError(f"k must be an integer from 1 to {MAX_FRONTIER}")
-        found = best_allocations(self.analysis.tables, self.analysis.plan_values(self.kappa),
-                                 self.ctx.budget_gpu_hours, self.ctx.cost_model,
-                                 seen_keys(self.history), k)
+        found = frontier(self.analysis, self.analysis.plan_values(self.kappa),
+                         self.ctx.budget_gpu_hours, self.ctx.cost_model,
+                         seen_keys(self.history), k)
         return {"candidates": [
             {"allocation": a.to_dict(), "end_score": _r(self.analysis.predicted(a)[0]),
              "gpu_hours": _g(self.ctx.cost_model.estimate(a).total_gpu_hours)}

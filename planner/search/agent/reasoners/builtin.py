@@ -21,13 +21,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from planner.search._base import SearchContext, seen_keys
 from planner.search.agent.analysis import Analysis, Analyst
-from planner.search.agent.combine import best_allocations
+from planner.search.agent.combine import frontier
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.surrogate import PlanTable
@@ -103,11 +103,8 @@ class BuiltinReasoner:
             analysis = self.analyse(believed)
             values = [np.where(c, v - CLOSED, v) for c, v in
                       zip(shut, analysis.plan_values(self.kappa), strict=True)]
-            found = (best_allocations(analysis.tables, values, self.ctx.budget_gpu_hours,
-                                      self.ctx.cost_model, seen_keys(believed), 1,
-                                      skip=_stale(analysis))
-                     or best_allocations(analysis.tables, values, self.ctx.budget_gpu_hours,
-                                         self.ctx.cost_model, seen_keys(believed), 1))
+            found = frontier(analysis, values, self.ctx.budget_gpu_hours,
+                             self.ctx.cost_model, seen_keys(believed), 1)
             if not found:
                 break
             allocs.append(found[0])
@@ -137,23 +134,6 @@ class BuiltinReasoner:
 
     def _fits(self, alloc: Allocation) -> bool:
         return self.ctx.cost_model.estimate(alloc).total_gpu_hours <= self.ctx.budget_gpu_hours
-
-
-def _stale(analysis: Analysis) -> Callable[[list[int]], bool]:
-    """True for an allocation that only recombines stage plans evaluated before and is not
-    predicted to beat the best end score: each stage's model has already seen its plan, so
-    the trial would teach it nothing and is not worth one on the hope of a better score."""
-    full = [t for t in analysis.trials if not t.screen]
-    if not full:
-        return lambda plan_idx: False
-    evaluated = [{t.index[r.allocation[t.subtask]] for r in full} for t in analysis.tables]
-    mean = analysis.plan_values(0.0)
-    best = np.log(max(max(r.score for r in full), 1e-12))
-
-    def stale(plan_idx: list[int]) -> bool:
-        return (all(i in e for i, e in zip(plan_idx, evaluated, strict=True))
-                and sum(float(m[i]) for m, i in zip(mean, plan_idx, strict=True)) <= best)
-    return stale
 
 
 def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, str]]:

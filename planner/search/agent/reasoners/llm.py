@@ -52,7 +52,7 @@ from planner.errors import SpaceError
 from planner.search._base import SearchContext, seen_keys
 from planner.search.agent import prompts
 from planner.search.agent.analysis import Analysis
-from planner.search.agent.combine import best_allocations
+from planner.search.agent.combine import frontier
 from planner.search.agent.memory import ALL, Insight
 from planner.search.agent.reasoners.base import Attempt, Proposal, Reflection, ToolCall
 from planner.search.agent.reasoners.builtin import MAX_NOTES, BuiltinReasoner
@@ -202,8 +202,8 @@ class LLMReasoner:
         analysis = self.builtin.analyse(history)
         seen = seen_keys(history)
         values = analysis.plan_values(self.builtin.kappa)
-        hints = best_allocations(analysis.tables, values, self.ctx.budget_gpu_hours,
-                                 self.ctx.cost_model, seen, _HINTS)
+        hints = frontier(analysis, values, self.ctx.budget_gpu_hours, self.ctx.cost_model,
+                         seen, _HINTS)
         floor = _value(analysis, values, hints[0]) + math.log(SCREEN) if hints else -math.inf
 
         def messages(tools: bool) -> list[dict]:
