@@ -458,14 +458,24 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(section)
 
 
+def _as_from_root(path: Path) -> str:
+    """`path` as the command line run from the repository root names it: relative to the
+    root inside it, absolute elsewhere."""
+    path, root = path.resolve(), HERE.parent.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 def _readme(table: str, plots: list[str], args: argparse.Namespace, strategies: list[str],
             elapsed: float, live: bool = False) -> str:
     rel = Path(os.path.relpath(args.out.resolve(), args.readme.resolve().parent)).as_posix()
     links = "\n".join(f"- [{t}]({rel}/{t}.png)" for t in plots)
-    readme = os.path.relpath(args.readme.resolve(), HERE.parent.resolve())
-    tasks = f" --tasks {' '.join(args.tasks)}" if args.tasks else ""
+    readme = _as_from_root(args.readme)
+    names = [_as_from_root(Path(t)) if Path(t).is_file() else t for t in args.tasks]
+    options = f" --tasks {' '.join(names)}" if names else ""
+    if args.out.resolve() != (HERE / "results").resolve():
+        options += f" --out {_as_from_root(args.out)}"
     if args.budget_scale != [1.0]:
-        tasks += f" --budget-scale {' '.join(f'{f:g}' for f in args.budget_scale)}"
+        options += f" --budget-scale {' '.join(f'{f:g}' for f in args.budget_scale)}"
     if live:
         title, optima = "live tasks", ("every allocation within the budget evaluated in the "
                                        "live environment")
@@ -478,7 +488,7 @@ def _readme(table: str, plots: list[str], args: argparse.Namespace, strategies: 
                  "the replay lookup is negligible)")
     return f"""## Search-efficiency benchmark ({title})
 
-`python experiments/benchmark.py{tasks} --seeds {args.seeds} --trials {args.trials} \
+`python experiments/benchmark.py{options} --seeds {args.seeds} --trials {args.trials} \
 --workers {args.workers} --readme {readme}` ({', '.join(strategies)}): {elapsed:.0f} s wall on
 {os.cpu_count()} CPU cores (load average {os.getloadavg()[1]:.1f} over the last 5 minutes of
 the run).

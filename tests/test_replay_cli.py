@@ -105,6 +105,23 @@ def test_benchmark_unknown_names_exit_cleanly(benchmark, capsys, call, message) 
     assert re.search(message, err) and len(err.strip().splitlines()) == 1
 
 
+def test_benchmark_readme_command_reruns_as_written(benchmark, tmp_path, monkeypatch) -> None:
+    """The command quoted above a results table, run from the repository root, writes where
+    the table's links point: a task file relative to the root and a non-default --out are
+    in it (a live run's quoted command once left out its --out, and rerunning it as written
+    overwrote the replay suite's results)."""
+    monkeypatch.chdir(ROOT / "experiments")
+    task = os.path.relpath(EXAMPLE, ROOT / "experiments")
+    args = benchmark.parse_args(["--tasks", task, "--out", str(tmp_path / "live"),
+                                 "--readme", str(tmp_path / "README.md"), "--seeds", "2"])
+    text = benchmark._readme("table", [], args, ["random"], 1.0)
+    command = re.search(r"`python experiments/benchmark.py (.*?)`", text).group(1).split()
+    assert command[command.index("--tasks") + 1] == EXAMPLE.relative_to(ROOT).as_posix()
+    assert command[command.index("--out") + 1] == str(tmp_path / "live")
+    default = benchmark.parse_args(["--readme", str(tmp_path / "README.md")])
+    assert "--out" not in benchmark._readme("table", [], default, ["random"], 1.0)
+
+
 def test_benchmark_meters_search_compute(benchmark) -> None:
     """A short study on the example task: the meter pays each (prompt) sampling pass once, at
     the largest n the budget lets a plan serve (8 of the space's 16), over the task's
