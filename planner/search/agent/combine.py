@@ -55,10 +55,11 @@ def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[int]:
 
 def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
                      cost_model: CostModel, seen: set[str], k: int = 1,
-                     keep: int = 48, skip: Callable[[list[int]], bool] | None = None
+                     keep: int = 48,
+                     skip: Callable[[np.ndarray], np.ndarray] | None = None
                      ) -> list[Allocation]:
     """Up to `k` unseen allocations within `budget`, best total value first; `skip` (given
-    each subtask's plan index) leaves out allocations it is true for."""
+    allocations as plan indices, rows x subtasks) leaves out the rows it is true for."""
     while True:
         found, exhausted = _search(tables, values, budget, cost_model, seen, k, keep, skip)
         if found or exhausted:
@@ -75,26 +76,32 @@ def frontier(analysis: Analysis, values: Sequence[np.ndarray], budget: float,
             or best_allocations(analysis.tables, values, budget, cost_model, seen, k))
 
 
-def stale(analysis: Analysis) -> Callable[[list[int]], bool]:
-    """True for an allocation that only recombines stage plans evaluated before and is not
-    predicted to beat the best end score: each stage's model has already seen its plan, so
-    the trial would teach it nothing and is not worth one on the hope of a better score."""
+def stale(analysis: Analysis) -> Callable[[np.ndarray], np.ndarray]:
+    """Given allocations as plan indices (rows x subtasks), true for those that only
+    recombine stage plans evaluated before and are not predicted to beat the best end
+    score: each stage's model has already seen its plan, so the trial would teach it
+    nothing and is not worth one on the hope of a better score."""
     full = [t for t in analysis.trials if not t.screen]
-    if not full:
-        return lambda plan_idx: False
-    evaluated = [{t.index[r.allocation[t.subtask]] for r in full} for t in analysis.tables]
+    evaluated = [np.zeros(len(t.plans), dtype=bool) for t in analysis.tables]
+    for e, t in zip(evaluated, analysis.tables, strict=True):
+        e[[t.index[r.allocation[t.subtask]] for r in full]] = True
     mean = analysis.plan_values(0.0)
-    best = np.log(max(max(r.score for r in full), 1e-12))
+    best = np.log(max(max((r.score for r in full), default=0.0), 1e-12))
 
-    def is_stale(plan_idx: list[int]) -> bool:
-        return (all(i in e for i, e in zip(plan_idx, evaluated, strict=True))
-                and sum(float(m[i]) for m, i in zip(mean, plan_idx, strict=True)) <= best)
+    def is_stale(rows: np.ndarray) -> np.ndarray:
+        old = np.full(len(rows), bool(full))
+        total = np.zeros(len(rows))
+        for j, (e, m) in enumerate(zip(evaluated, mean, strict=True)):
+            old &= e[rows[:, j]]
+            total += m[rows[:, j]]
+        return old & (total <= best)
     return is_stale
 
 
 def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
             cost_model: CostModel, seen: set[str], k: int, keep: int,
-            skip: Callable[[list[int]], bool] | None) -> tuple[list[Allocation], bool]:
+            skip: Callable[[np.ndarray], np.ndarray] | None
+            ) -> tuple[list[Allocation], bool]:
     floor = [float(np.min(t.low)) for t in tables]  # the cheapest each subtask can cost
     idx = np.zeros((1, 0), dtype=int)
     arts = np.zeros((1, 0), dtype=int)
@@ -126,10 +133,12 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
     found = []
+    left_out = (skip(np.column_stack([idx[parents], picks])) if skip is not None
+                else np.zeros(len(value), dtype=bool))
     for row in best_first(value):
-        plan_idx = [*idx[parents[row]], picks[row]]
-        if skip is not None and skip(plan_idx):
+        if left_out[row]:
             continue
+        plan_idx = [*idx[parents[row]], picks[row]]
         alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plan_idx,
                                                                       strict=True)})
         key = alloc.key()
