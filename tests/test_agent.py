@@ -271,6 +271,20 @@ def test_the_agent_does_not_spend_trials_recombining_stage_plans_it_has_seen() -
     assert stale <= 3  # recombinations the score model expected to win, and lost
 
 
+def test_a_recombination_predicted_to_win_is_taken_at_once() -> None:
+    """On cascades-mmlu-gsm8k the optimum joins an MMLU plan and a GSM8K plan that earlier
+    trials evaluated apart. Once the stage models predict that pair beats the best trial,
+    the agent runs it next instead of exploring on optimism (it took until trial 19)."""
+    spec = load_spec(TASKS / "cascades_mmlu_gsm8k.yaml")
+    optimum = load_optima()[spec.name]["score"]
+    trials = _run(spec, "agent", 9, agent=AgentOptions(patience=None)).trials
+    last, before = trials[-1], trials[:-1]
+    for s in spec.subtasks:
+        assert last.allocation[s.name] in {t.allocation[s.name] for t in before}
+    assert last.score > max(t.score for t in before)
+    assert last.score >= 0.99 * optimum
+
+
 def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
     rng = np.random.default_rng(1)
     for n in (0, 1, 5, 63, 64, 65, 300):

@@ -81,21 +81,45 @@ def stale(analysis: Analysis) -> Callable[[np.ndarray], np.ndarray]:
     recombine stage plans evaluated before and are not predicted to beat the best end
     score: each stage's model has already seen its plan, so the trial would teach it
     nothing and is not worth one on the hope of a better score."""
-    full = [t for t in analysis.trials if not t.screen]
-    evaluated = [np.zeros(len(t.plans), dtype=bool) for t in analysis.tables]
-    for e, t in zip(evaluated, analysis.tables, strict=True):
-        e[[t.index[r.allocation[t.subtask]] for r in full]] = True
+    evaluated, best = _evaluated(analysis)
     mean = analysis.plan_values(0.0)
-    best = np.log(max(max((r.score for r in full), default=0.0), 1e-12))
 
     def is_stale(rows: np.ndarray) -> np.ndarray:
-        old = np.full(len(rows), bool(full))
+        old = np.ones(len(rows), dtype=bool)
         total = np.zeros(len(rows))
         for j, (e, m) in enumerate(zip(evaluated, mean, strict=True)):
             old &= e[rows[:, j]]
             total += m[rows[:, j]]
         return old & (total <= best)
     return is_stale
+
+
+def recombination(analysis: Analysis, values: Sequence[np.ndarray], budget: float,
+                  cost_model: CostModel, seen: set[str]) -> Allocation | None:
+    """The unseen allocation of stage plans evaluated before with the best total of
+    `values` (predicted mean contributions), if that total beats the best end score: its
+    stage scores are known, so it is a near-sure gain (else None)."""
+    evaluated, best = _evaluated(analysis)
+    if not any(e.any() for e in evaluated):
+        return None
+    known = [np.where(e, v, -np.inf) for e, v in zip(evaluated, values, strict=True)]
+    found = best_allocations(analysis.tables, known, budget, cost_model, seen, 1)
+    if not found:
+        return None
+    total = sum(float(v[t.index[found[0][t.subtask]]])
+                for t, v in zip(analysis.tables, known, strict=True))
+    return found[0] if total > best else None
+
+
+def _evaluated(analysis: Analysis) -> tuple[list[np.ndarray], float]:
+    """Per subtask, which plans a full trial evaluated; and the log of the best full
+    trial's end score (-inf before any)."""
+    full = [t for t in analysis.trials if not t.screen]
+    evaluated = [np.zeros(len(t.plans), dtype=bool) for t in analysis.tables]
+    for e, t in zip(evaluated, analysis.tables, strict=True):
+        e[[t.index[r.allocation[t.subtask]] for r in full]] = True
+    best = np.log(max(max(r.score for r in full), 1e-12)) if full else -np.inf
+    return evaluated, float(best)
 
 
 def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
@@ -110,7 +134,7 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
     exhausted = True
     for j, (t, v) in enumerate(zip(tables, values, strict=True)):
         room = budget - sum(floor[j + 1:])
-        cand = np.flatnonzero(t.low <= room)
+        cand = np.flatnonzero((t.low <= room) & (v > -np.inf))  # -inf: never wanted
         if len(tables) > 1:
             sub = pareto_layers(t.cost[cand], v[cand], keep)
             exhausted &= len(sub) == len(cand)

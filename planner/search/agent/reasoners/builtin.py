@@ -12,11 +12,13 @@
   language model's latest notes.
 - propose: fit each subtask's score model (`surrogate`), score every plan optimistically
   (mean + kappa std in logit space), and combine the per-subtask frontiers under the
-  budget (`combine`), skipping allocations already evaluated. The memory it is given
-  masks those values (`memory.closed`): the arms a `dominance` insight dropped and the n
-  above a `saturation` insight's point on its arm rank after every open plan, so they are
-  proposed only when nothing open is left; each proposal's rationale says what the
-  memory ruled out. Notes are read by a language model, not here.
+  budget (`combine`), skipping allocations already evaluated. An allocation of stage plans
+  already evaluated apart that is predicted (by its mean) to beat the best trial comes
+  first: its stage scores are known, so it is a near-sure gain (`combine.recombination`).
+  The memory it is given masks those values (`memory.closed`): the arms a `dominance`
+  insight dropped and the n above a `saturation` insight's point on its arm rank after
+  every open plan, so they are proposed only when nothing open is left; each proposal's
+  rationale says what the memory ruled out. Notes are read by a language model, not here.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 
 from planner.search._base import SearchContext, seen_keys
 from planner.search.agent.analysis import Analysis, Analyst
-from planner.search.agent.combine import frontier
+from planner.search.agent.combine import frontier, recombination
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.surrogate import PlanTable
@@ -85,10 +87,11 @@ class BuiltinReasoner:
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight] = (),
                 k: int = 1) -> Proposal:
-        """The `k` unseen feasible allocations with the best optimistic end score, chosen
-        one at a time: after each, the surrogate is refit as if it had scored its predicted
-        mean (the "kriging believer" of batch Bayesian optimisation), so a batch for several
-        workers spreads over what is uncertain instead of crowding one arm.
+        """The `k` unseen feasible allocations with the best optimistic end score (a
+        recombination predicted to beat the best trial first), chosen one at a time: after
+        each, the surrogate is refit as if it had scored its predicted mean (the "kriging
+        believer" of batch Bayesian optimisation), so a batch for several workers spreads
+        over what is uncertain instead of crowding one arm.
 
         The plans `memory` rules out (`memory.closed`: arms a dominance insight dropped, n
         above a saturation point) are ranked after every open plan: their values are
@@ -103,6 +106,16 @@ class BuiltinReasoner:
             analysis = self.analyse(believed)
             values = [np.where(c, v - CLOSED, v) for c, v in
                       zip(shut, analysis.plan_values(self.kappa), strict=True)]
+            means = [np.where(c, v - CLOSED, v) for c, v in
+                     zip(shut, analysis.plan_values(0.0), strict=True)]
+            sure = recombination(analysis, means, self.ctx.budget_gpu_hours,
+                                 self.ctx.cost_model, seen_keys(believed))
+            if sure is not None:
+                allocs.append(sure)
+                rationale.append("stage plans already evaluated, predicted to beat the "
+                                 f"best trial ({analysis.predicted(sure)[0]:.3f})" + note)
+                believed.append(self._believed(sure, analysis, -len(allocs)))
+                continue
             found = frontier(analysis, values, self.ctx.budget_gpu_hours,
                              self.ctx.cost_model, seen_keys(believed), 1)
             if not found:
