@@ -235,13 +235,13 @@ def test_stage_weights_of_a_product_pipeline_stay_one_when_scores_hit_the_floor(
     score under the analysis' floor (1e-4); those must not bend the fitted weights (flooring
     the end score and each stage score on its own once read GSM8K and MATH as half as
     important as MMLU, and the agent spent its trials on MMLU)."""
-    from planner.search.agent.analysis import _FLOOR, Analyst
+    from planner.search.agent.analysis import FLOOR, Analyst
 
     spec = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml")
     result = _run(spec, "random", 40)
     trials = result.trials
-    assert any(t.score < _FLOOR for t in trials)  # the case this is about
-    assert sum(t.score > _FLOOR for t in trials) >= 5  # enough rows to fit
+    assert any(t.score < FLOOR for t in trials)  # the case this is about
+    assert sum(t.score > FLOOR for t in trials) >= 5  # enough rows to fit
     env = make_environment(spec)
     cost_model = CostModel(spec, env.calibration())
     ctx = SearchContext(SearchSpace(spec), cost_model, _budget(spec), 0, Store("sqlite://"),
@@ -283,6 +283,26 @@ def test_a_recombination_predicted_to_win_is_taken_at_once() -> None:
         assert last.allocation[s.name] in {t.allocation[s.name] for t in before}
     assert last.score > max(t.score for t in before)
     assert last.score >= 0.99 * optimum
+    # with every score 0 there is no best to beat: no pair is a "sure gain" over nothing
+    from dataclasses import replace
+
+    from planner.search.agent.analysis import Analyst
+    from planner.search.agent.combine import recombination
+
+    env = make_environment(spec)
+    cost_model = CostModel(spec, env.calibration())
+    ctx = SearchContext(SearchSpace(spec), cost_model, _budget(spec), 0, Store("sqlite://"),
+                        "s")
+
+    def sure(history) -> object:
+        analysis = Analyst(ctx).analyse(history)
+        return recombination(analysis, analysis.plan_values(0.0), _budget(spec), cost_model,
+                             {t.allocation.key() for t in history})
+
+    assert sure(before) == last.allocation
+    zeros = [replace(t, score=0.0, subtask_scores=dict.fromkeys(t.subtask_scores, 0.0))
+             for t in before]
+    assert sure(zeros) is None
 
 
 def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:

@@ -18,7 +18,7 @@ from planner.search.agent.surrogate import PlanTable, Prediction, SubtaskModel
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
-_FLOOR = 1e-4  # scores are floored before taking logs
+FLOOR = 1e-4  # scores are floored before taking logs
 
 
 def stage_scores(trial: TrialRecord, subtasks: Sequence[str]) -> dict[str, float]:
@@ -40,7 +40,7 @@ class Analysis:
 
     def plan_values(self, kappa: float) -> list[np.ndarray]:
         """Each plan's contribution to the log end score at `kappa` std above the mean."""
-        return [w * np.log(np.maximum(p.score(kappa), _FLOOR))
+        return [w * np.log(np.maximum(p.score(kappa), FLOOR))
                 for w, p in zip(self.weights, self.predictions, strict=True)]
 
     def predicted(self, allocation: Allocation, kappa: float = 0.0
@@ -102,12 +102,12 @@ def _combination_weights(trials: Sequence[TrialRecord], per: Sequence[dict[str, 
     """
     rows = [(t.score, p) for t, p in zip(trials, per, strict=True)
             if all(s in p for s in subtasks)
-            and min(t.score, *(p[s] for s in subtasks)) > _FLOOR]
+            and min(t.score, *(p[s] for s in subtasks)) > FLOOR]
     prior = np.ones(len(subtasks))
     if len(rows) < len(subtasks) + 2:
         return prior
-    x = np.log(np.maximum([[p[s] for s in subtasks] for _, p in rows], _FLOOR))
-    y = np.log(np.maximum([score for score, _ in rows], _FLOOR))
+    x = np.log(np.maximum([[p[s] for s in subtasks] for _, p in rows], FLOOR))
+    y = np.log(np.maximum([score for score, _ in rows], FLOOR))
     x = np.column_stack([x, np.ones(len(rows))])
     ridge = np.diag([1.0] * len(subtasks) + [1e-3])
     target = np.r_[prior, 0.0]

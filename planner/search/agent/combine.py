@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from planner.cost import CostModel
-from planner.search.agent.analysis import Analysis
+from planner.search.agent.analysis import FLOOR, Analysis
 from planner.search.agent.surrogate import PlanTable
 from planner.space import Allocation
 
@@ -98,9 +98,10 @@ def recombination(analysis: Analysis, values: Sequence[np.ndarray], budget: floa
                   cost_model: CostModel, seen: set[str]) -> Allocation | None:
     """The unseen allocation of stage plans evaluated before with the best total of
     `values` (predicted mean contributions), if that total beats the best end score: its
-    stage scores are known, so it is a near-sure gain (else None)."""
+    stage scores are known, so it is a near-sure gain (else None). While no trial scored
+    above the analysis' floor there is no best to beat: any pair would "beat" 0."""
     evaluated, best = _evaluated(analysis)
-    if not any(e.any() for e in evaluated):
+    if best <= np.log(FLOOR):
         return None
     known = [np.where(e, v, -np.inf) for e, v in zip(evaluated, values, strict=True)]
     found = best_allocations(analysis.tables, known, budget, cost_model, seen, 1)

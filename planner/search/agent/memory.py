@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.cost import CostModel
-from planner.search.agent.analysis import Analysis, stage_scores
+from planner.search.agent.analysis import FLOOR, Analysis, stage_scores
 from planner.search.agent.combine import best_allocations
 from planner.search.agent.surrogate import PlanTable, Prediction
 from planner.space import Plan, Value
@@ -32,7 +32,6 @@ _SATURATED_GAIN = 0.005  # score gained per doubling of n below which a curve is
 _DOMINANCE_KAPPA = 2.0
 _DOMINANCE_MARGIN = 0.05
 _DOMINANCE_TRIED = 2
-_FLOOR = 1e-4  # scores are floored before taking logs
 _N = "samples"
 
 
@@ -171,7 +170,7 @@ def _dominance(t: PlanTable, pred: Prediction, observed: dict[int, float], budge
          else np.searchsorted(t.cost[order], low, side="right") - 1)
     evidence = np.where(k >= 0, best[np.maximum(k, 0)], 0.0)
     optimistic = pred.score(_DOMINANCE_KAPPA)
-    beaten = (np.log(np.maximum(evidence, _FLOOR)) - np.log(np.maximum(optimistic, _FLOOR))
+    beaten = (np.log(np.maximum(evidence, FLOOR)) - np.log(np.maximum(optimistic, FLOOR))
               >= _DOMINANCE_MARGIN)
     fits = low <= budget
     tried = np.bincount(group[idx], minlength=arms)
