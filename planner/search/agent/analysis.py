@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -42,6 +43,17 @@ class Analysis:
         """Each plan's contribution to the log end score at `kappa` std above the mean."""
         return [w * np.log(np.maximum(p.score(kappa), FLOOR))
                 for w, p in zip(self.weights, self.predictions, strict=True)]
+
+    @cached_property
+    def evaluated(self) -> tuple[list[np.ndarray], float]:
+        """Per subtask, which plans a full trial (not a screen) evaluated; and the log of
+        the best full trial's end score (floored at 1e-12; -inf before any)."""
+        full = [t for t in self.trials if not t.screen]
+        masks = [np.zeros(len(t.plans), dtype=bool) for t in self.tables]
+        for mask, t in zip(masks, self.tables, strict=True):
+            mask[[t.index[r.allocation[t.subtask]] for r in full]] = True
+        best = np.log(max(max(r.score for r in full), 1e-12)) if full else -np.inf
+        return masks, float(best)
 
     def predicted(self, allocation: Allocation, kappa: float = 0.0
                   ) -> tuple[float, dict[str, float]]:

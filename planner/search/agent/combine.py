@@ -71,6 +71,8 @@ def frontier(analysis: Analysis, values: Sequence[np.ndarray], budget: float,
              cost_model: CostModel, seen: set[str], k: int = 1) -> list[Allocation]:
     """`best_allocations`, leaving out stale recombinations (`stale`) while anything else
     is left."""
+    if len(analysis.tables) == 1:  # one stage: an evaluated plan is a seen allocation
+        return best_allocations(analysis.tables, values, budget, cost_model, seen, k)
     return (best_allocations(analysis.tables, values, budget, cost_model, seen, k,
                              skip=stale(analysis))
             or best_allocations(analysis.tables, values, budget, cost_model, seen, k))
@@ -81,7 +83,7 @@ def stale(analysis: Analysis) -> Callable[[np.ndarray], np.ndarray]:
     recombine stage plans evaluated before and are not predicted to beat the best end
     score: each stage's model has already seen its plan, so the trial would teach it
     nothing and is not worth one on the hope of a better score."""
-    evaluated, best = _evaluated(analysis)
+    evaluated, best = analysis.evaluated
     mean = analysis.plan_values(0.0)
 
     def is_stale(rows: np.ndarray) -> np.ndarray:
@@ -100,7 +102,7 @@ def recombination(analysis: Analysis, values: Sequence[np.ndarray], budget: floa
     `values` (predicted mean contributions), if that total beats the best end score: its
     stage scores are known, so it is a near-sure gain (else None). While no trial scored
     above the analysis' floor there is no best to beat: any pair would "beat" 0."""
-    evaluated, best = _evaluated(analysis)
+    evaluated, best = analysis.evaluated
     if best <= np.log(FLOOR):
         return None
     known = [np.where(e, v, -np.inf) for e, v in zip(evaluated, values, strict=True)]
@@ -110,17 +112,6 @@ def recombination(analysis: Analysis, values: Sequence[np.ndarray], budget: floa
     total = sum(float(v[t.index[found[0][t.subtask]]])
                 for t, v in zip(analysis.tables, known, strict=True))
     return found[0] if total > best else None
-
-
-def _evaluated(analysis: Analysis) -> tuple[list[np.ndarray], float]:
-    """Per subtask, which plans a full trial evaluated; and the log of the best full
-    trial's end score (-inf before any)."""
-    full = [t for t in analysis.trials if not t.screen]
-    evaluated = [np.zeros(len(t.plans), dtype=bool) for t in analysis.tables]
-    for e, t in zip(evaluated, analysis.tables, strict=True):
-        e[[t.index[r.allocation[t.subtask]] for r in full]] = True
-    best = np.log(max(max(r.score for r in full), 1e-12)) if full else -np.inf
-    return evaluated, float(best)
 
 
 def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
