@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -115,9 +115,9 @@ def setup(venv: Path, work: Path) -> tuple[Path, Path]:
 
 @contextmanager
 def server(python: Path, gguf: Path, port: int, n_ctx: int, threads: int,
-           logfile: Path) -> Iterator[str]:
-    """llama.cpp's OpenAI-compatible server on 127.0.0.1:`port`; yields its base URL and
-    stops it on exit."""
+           logfile: Path) -> Iterator[tuple[str, Callable[[], str | None]]]:
+    """llama.cpp's OpenAI-compatible server on 127.0.0.1:`port`; yields its base URL and a
+    check that says why the server is gone (None while it runs), and stops it on exit."""
     cmd = [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
            "--n_threads", str(threads)]
@@ -138,7 +138,13 @@ def server(python: Path, gguf: Path, port: int, n_ctx: int, threads: int,
                     sys.exit(f"the server was not ready in 300 s; see {logfile}")
                 time.sleep(0.5)
         log(f"server ready in {time.perf_counter() - start:.1f} s at {url}")
-        yield url
+
+        def gone() -> str | None:
+            if proc.poll() is None:
+                return None
+            return (f"the server exited ({proc.returncode}) during the run, so the llm steps "
+                    f"since fell back to the builtin; no llm figures. See {logfile}")
+        yield url, gone
     finally:
         proc.terminate()
         try:
@@ -272,9 +278,9 @@ def main() -> None:
     ks = sorted({k for k in (8, 10, 15, 20, 30, args.trials) if k <= args.trials})
     steps, best = [], []
     start = time.perf_counter()
-    with (nullcontext(args.base_url) if args.base_url else
+    with (nullcontext((args.base_url, lambda: None)) if args.base_url else
           server(python, gguf, args.port, args.n_ctx, args.threads,
-                 args.out / "server.log")) as url:
+                 args.out / "server.log")) as (url, gone):
         llm = LLMConfig(url, args.model, timeout_s=args.timeout, nodes=tuple(args.nodes),
                         tool_rounds=args.tool_rounds)
         for path in tasks:
@@ -293,6 +299,12 @@ def main() -> None:
                         + (f"; steps {[r['outcome'] for r in rows]}" if rows else ""))
                     pd.DataFrame(steps).to_csv(args.out / "steps.csv", index=False)
                     pd.DataFrame(best).to_csv(args.out / "trials.csv", index=False)
+                    if (why := gone()) is not None:
+                        sys.exit(why)
+    if steps and all(r["outcome"] == "fallback" and r["err_transport"] > 0 for r in steps
+                     if r["outcome"] != "skipped"):
+        sys.exit(f"no llm step reached the server at {url} (every one failed to connect or "
+                 "got a server error); no llm figures")
     summary = summarize(pd.DataFrame(steps), pd.DataFrame(best), ks)
     summary.to_csv(args.out / "summary.csv", index=False, float_format="%.4g")
     with pd.option_context("display.width", 250, "display.max_columns", 50):
