@@ -47,7 +47,16 @@ class Dimension:
     """Decides how the served model is used (n, aggregator), not which model is served."""
 
     def index(self, value: Value) -> int:
-        return self.values.index(value)
+        """The position of `value` in `values` (ValueError where it is not one of them)."""
+        try:
+            return self._positions[value]
+        except KeyError:
+            raise ValueError(f"{value!r} is not a value of {self.name}") from None
+
+    @cached_property
+    def _positions(self) -> dict[Value, int]:
+        """Each value's first position: a look-up, where `tuple.index` compared them all."""
+        return {v: i for i, v in reversed(list(enumerate(self.values)))}
 
 
 @dataclass(frozen=True)

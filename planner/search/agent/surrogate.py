@@ -88,9 +88,7 @@ class PlanTable:
         """`shared` numbers the artifacts that plans of several subtasks may use."""
         plans = space.plans(subtask)
         dims = tuple(d for d in space.dimensions(subtask) if d.name != _N)
-        at = [{v: i for i, v in enumerate(d.values)} for d in dims]  # value -> its index
-        values = np.array([[a[p[d.name]] for d, a in zip(dims, at, strict=True)]
-                           for p in plans])
+        values = np.array([[d.index(p[d.name]) for d in dims] for p in plans])
         arms = {a: i for i, a in enumerate(sorted({tuple(v) for v in values.tolist()}))}
         codes = np.column_stack([values, [arms[tuple(v)] for v in values]])
         mixes = {j: _unit(np.array(d.weights))[values[:, j]] for j, d in enumerate(dims)
