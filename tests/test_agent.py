@@ -43,6 +43,16 @@ def _run(spec, strategy: str, n_trials: int, db: str = "sqlite://", seed: int = 
                     n_trials=n_trials, seed=seed, **kwargs)
 
 
+def _analyst(spec):
+    """The agent's analysis of `spec`'s trials, in a study of its own budget."""
+    from planner.search.agent.analysis import Analyst
+
+    env = make_environment(spec)
+    ctx = SearchContext(SearchSpace(spec), CostModel(spec, env.calibration()), _budget(spec),
+                        0, Store("sqlite://"), "s")
+    return Analyst(ctx)
+
+
 def test_agent_reaches_replay_optimum_in_few_trials() -> None:
     spec = load_spec(TASKS / "monkeys_math.yaml")
     optimum = load_optima()[spec.name]["score"]
@@ -235,18 +245,14 @@ def test_stage_weights_of_a_product_pipeline_stay_one_when_scores_hit_the_floor(
     score under the analysis' floor (1e-4); those must not bend the fitted weights (flooring
     the end score and each stage score on its own once read GSM8K and MATH as half as
     important as MMLU, and the agent spent its trials on MMLU)."""
-    from planner.search.agent.analysis import FLOOR, Analyst
+    from planner.search.agent.analysis import FLOOR
 
     spec = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml")
     result = _run(spec, "random", 40)
     trials = result.trials
     assert any(t.score < FLOOR for t in trials)  # the case this is about
     assert sum(t.score > FLOOR for t in trials) >= 5  # enough rows to fit
-    env = make_environment(spec)
-    cost_model = CostModel(spec, env.calibration())
-    ctx = SearchContext(SearchSpace(spec), cost_model, _budget(spec), 0, Store("sqlite://"),
-                        "s")
-    np.testing.assert_allclose(Analyst(ctx).analyse(trials).weights, 1.0, atol=1e-6)
+    np.testing.assert_allclose(_analyst(spec).analyse(trials).weights, 1.0, atol=1e-6)
 
 
 def test_the_agent_does_not_spend_trials_recombining_stage_plans_it_has_seen() -> None:
@@ -286,17 +292,13 @@ def test_a_recombination_predicted_to_win_is_taken_at_once() -> None:
     # with every score 0 there is no best to beat: no pair is a "sure gain" over nothing
     from dataclasses import replace
 
-    from planner.search.agent.analysis import Analyst
     from planner.search.agent.combine import recombination
 
-    env = make_environment(spec)
-    cost_model = CostModel(spec, env.calibration())
-    ctx = SearchContext(SearchSpace(spec), cost_model, _budget(spec), 0, Store("sqlite://"),
-                        "s")
-
     def sure(history) -> object:
-        analysis = Analyst(ctx).analyse(history)
-        return recombination(analysis, analysis.plan_values(0.0), _budget(spec), cost_model,
+        analyst = _analyst(spec)  # its own: an analyst keys its last analysis by trial numbers
+        analysis = analyst.analyse(history)
+        none_closed = [np.zeros(len(t.plans), dtype=bool) for t in analysis.tables]
+        return recombination(analysis, none_closed, _budget(spec), analyst.ctx.cost_model,
                              {t.allocation.key() for t in history})
 
     assert sure(before) == last.allocation

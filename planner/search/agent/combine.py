@@ -97,16 +97,20 @@ def stale(analysis: Analysis) -> Callable[[np.ndarray], np.ndarray]:
     return is_stale
 
 
-def recombination(analysis: Analysis, values: Sequence[np.ndarray], budget: float,
+def recombination(analysis: Analysis, closed: Sequence[np.ndarray], budget: float,
                   cost_model: CostModel, seen: set[str]) -> Allocation | None:
-    """The unseen allocation of stage plans evaluated before with the best total of
-    `values` (predicted mean contributions), if that total beats the best end score: its
-    stage scores are known, so it is a near-sure gain (else None). While no trial scored
-    above the analysis' floor there is no best to beat: any pair would "beat" 0."""
+    """The unseen allocation of stage plans evaluated before, none of them `closed` (per
+    subtask, a mask of plans ruled out), with the best predicted mean end score, if that
+    beats the best trial: its stage scores are known, so it is a near-sure gain (else
+    None). While no trial scored above the analysis' floor there is no best to beat: any
+    pair would "beat" 0."""
+    if len(analysis.tables) == 1:  # one stage: an evaluated plan is a seen allocation
+        return None
     evaluated, best = analysis.evaluated
     if best <= np.log(FLOOR):
         return None
-    known = [np.where(e, v, -np.inf) for e, v in zip(evaluated, values, strict=True)]
+    known = [np.where(e & ~c, m, -np.inf) for e, c, m in
+             zip(evaluated, closed, analysis.plan_values(0.0), strict=True)]
     found = best_allocations(analysis.tables, known, budget, cost_model, seen, 1)
     if not found:
         return None

@@ -106,12 +106,8 @@ class BuiltinReasoner:
             analysis = self.analyse(believed)
             values = [np.where(c, v - CLOSED, v) for c, v in
                       zip(shut, analysis.plan_values(self.kappa), strict=True)]
-            sure = None
-            if len(analysis.tables) > 1:  # one stage: an evaluated plan is a seen allocation
-                means = [np.where(c, v - CLOSED, v) for c, v in
-                         zip(shut, analysis.plan_values(0.0), strict=True)]
-                sure = recombination(analysis, means, self.ctx.budget_gpu_hours,
-                                     self.ctx.cost_model, seen_keys(believed))
+            sure = recombination(analysis, shut, self.ctx.budget_gpu_hours,
+                                 self.ctx.cost_model, seen_keys(believed))
             if sure is not None:
                 allocs.append(sure)
                 rationale.append("stage plans already evaluated, predicted to beat the "
