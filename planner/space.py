@@ -35,6 +35,7 @@ from planner.spec import CASCADE_NONE, VERIFIER_AGGREGATORS, TaskSpec, cascade_v
 
 Value = str | int
 SINGLE_SAMPLE = "first"  # the aggregator that reads one sample whatever n is
+ORACLE = "oracle"  # solved if any sample is correct: the score never falls as n grows
 
 
 @dataclass(frozen=True)

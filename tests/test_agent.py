@@ -307,6 +307,24 @@ def test_a_recombination_predicted_to_win_is_taken_at_once() -> None:
     assert sure(zeros) is None
 
 
+def test_one_stage_oracle_trials_take_the_largest_n_their_arm_affords() -> None:
+    """Under `oracle` a larger n only adds samples, so on a one-stage task a plan is beaten
+    by its own arm at a larger n that fits the budget. The agent once spent monkeys-gsm8k's
+    trial 15 on 160m / 60B at n=64 after n=128 had scored."""
+    spec = load_spec(TASKS / "monkeys_gsm8k.yaml")
+    space = SearchSpace(spec)
+    cost = CostModel(spec, make_environment(spec).calibration())
+    budget = _budget(spec)
+    trials = _run(spec, "agent", 20, agent=AgentOptions(patience=None)).trials
+    assert len(trials) == 20
+    for t in trials:
+        plan = t.allocation["solve"]
+        larger = [p for p in space.plans("solve") if p.samples > plan.samples
+                  and (p.model, p.method, p.aggregator) == (plan.model, plan.method, "oracle")
+                  and cost.plan_cost("solve", p).total_gpu_hours <= budget]
+        assert not larger, f"trial {t.number}: {plan.describe()} ({larger[0].describe()} fits)"
+
+
 def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
     rng = np.random.default_rng(1)
     for n in (0, 1, 5, 63, 64, 65, 300):

@@ -18,7 +18,9 @@
   The memory it is given masks those values (`memory.closed`): the arms a `dominance`
   insight dropped and the n above a `saturation` insight's point on its arm rank after
   every open plan, so they are proposed only when nothing open is left; each proposal's
-  rationale says what the memory ruled out. Notes are read by a language model, not here.
+  rationale says what the memory ruled out. On a one-stage task, an `oracle` plan whose
+  arm fits the budget at a larger n (which cannot score less) ranks after every open plan
+  too, but before the memory's closed ones. Notes are read by a language model, not here.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ from planner.search.agent.combine import frontier, recombination
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.surrogate import PlanTable
-from planner.space import Allocation
+from planner.space import ORACLE, Allocation
 from planner.store import TrialRecord, TrialStatus
 
 _MAX_MODEL_PROBES = 4
 _PROBES_PER_DIMENSION = {"method": 1}  # values probed per other dimension (default 2)
 KAPPA = 1.0  # optimism, in standard deviations of the logit score
 CLOSED = 1e3  # lowers the value (log score) of a plan the memory rules out
+# lowers a plan its own arm at a larger n outscores (`_outgrown`): it ranks after every open
+# plan, but before the memory's closed ones (it still shows how its arm's score grows in n)
+OUTGROWN = CLOSED / 2
 MAX_NOTES = 6  # language-model notes kept in the memory
 
 
@@ -95,17 +100,24 @@ class BuiltinReasoner:
 
         The plans `memory` rules out (`memory.closed`: arms a dominance insight dropped, n
         above a saturation point) are ranked after every open plan: their values are
-        lowered by `CLOSED`, so they are proposed only once nothing open is left.
+        lowered by `CLOSED`, so they are proposed only once nothing open is left. On a
+        one-stage task, `oracle` plans their own arm outscores at a larger open n in budget
+        are lowered by `OUTGROWN`: after the open plans, before the closed ones.
         """
-        shut, why = closed(self.analyst.tables, memory)
+        tables = self.analyst.tables
+        shut, why = closed(tables, memory)
+        penalty = [np.where(c, CLOSED, 0.0) for c in shut]
+        if len(tables) == 1:
+            penalty[0] += np.where(_outgrown(tables[0], self.ctx.budget_gpu_hours, shut[0]),
+                                   OUTGROWN, 0.0)
         note = f"; memory: {', '.join(why)}" if why else ""
         believed = list(history)
         allocs: list[Allocation] = []
         rationale: list[str] = []
         while len(allocs) < k:
             analysis = self.analyse(believed)
-            values = [np.where(c, v - CLOSED, v) for c, v in
-                      zip(shut, analysis.plan_values(self.kappa), strict=True)]
+            values = [v - p for v, p in
+                      zip(analysis.plan_values(self.kappa), penalty, strict=True)]
             sure = recombination(analysis, shut, self.ctx.budget_gpu_hours,
                                  self.ctx.cost_model, seen_keys(believed))
             if sure is not None:
@@ -119,18 +131,21 @@ class BuiltinReasoner:
             if not found:
                 break
             allocs.append(found[0])
-            rationale.append(self._why(found[0], analysis.tables, values, shut) + note)
+            rationale.append(self._why(found[0], tables, values, penalty) + note)
             believed.append(self._believed(found[0], analysis, -len(allocs)))
         return Proposal(allocs, reasoner=self.name, rationale=rationale)
 
     @staticmethod
     def _why(alloc: Allocation, tables: Sequence[PlanTable], values: Sequence[np.ndarray],
-             shut: Sequence[np.ndarray]) -> str:
-        """One line: the allocation's optimistic end score, and whether the memory had
-        ruled any of its plans out."""
+             penalty: Sequence[np.ndarray]) -> str:
+        """One line: the allocation's optimistic end score, or why it was chosen though a
+        plan of it was ranked down."""
         at = [t.index[alloc[t.subtask]] for t in tables]
-        if any(c[i] for c, i in zip(shut, at, strict=True)):
+        lowered = max(float(p[i]) for p, i in zip(penalty, at, strict=True))
+        if lowered >= CLOSED:
             return "nothing the memory leaves open is unseen and fits the budget"
+        if lowered > 0:
+            return "every open arm was tried at its largest n in budget: a smaller n"
         total = sum(float(v[i]) for v, i in zip(values, at, strict=True))
         return f"best unseen optimistic end score ({np.exp(total):.3f})"
 
@@ -195,6 +210,22 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, s
         for _, i in probes[:_PROBES_PER_DIMENSION.get(t.dims[j].name, 2)]:
             add(i, t.dims[j].name)
     return out
+
+
+def _outgrown(t: PlanTable, budget: float, shut: np.ndarray) -> np.ndarray:
+    """(P,) the `oracle` plans of a one-stage task whose arm fits the budget at a larger n
+    the memory leaves open (not `shut`): a question counts as solved if any sample solves
+    it, and a larger n reads the same samples and more, so such a plan cannot score above
+    that one."""
+    aggregator = t.dims[t.column("aggregator")]
+    if ORACLE not in aggregator.values:
+        return np.zeros(len(t.plans), dtype=bool)
+    arm = t.codes[:, -1]
+    fits = (t.cost <= budget) & ~shut
+    top = np.full(arm.max() + 1, -np.inf)  # per arm, the largest log n in budget
+    np.maximum.at(top, arm[fits], t.log_n[fits])
+    oracle = t.codes[:, t.column("aggregator")] == aggregator.index(ORACLE)
+    return oracle & (t.log_n < top[arm])
 
 
 def _distance(t: PlanTable, i: int, j: int) -> float:
