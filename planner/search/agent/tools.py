@@ -4,7 +4,8 @@
   and each stage's mean with one standard deviation either side (in logit space);
 - `price(allocation)`: the cost model's GPU-hours, and whether it fits the budget;
 - `frontier(k)`: the `k` unseen allocations within budget that the builtin would pick
-  (`combine.frontier` on optimistic scores), with predicted end score and cost;
+  (`combine.frontier` on optimistic scores, with the plans its memory rules out ranked
+  last), with predicted end score and cost;
 - `trial(number)`: one trial's allocation, status, end and stage scores, and cost.
 
 `Tools.specs` gives their OpenAI function schemas, whose enums are the search space's
@@ -17,6 +18,8 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from planner.errors import SpaceError
 from planner.search._base import SearchContext, seen_keys
@@ -31,11 +34,11 @@ MAX_FRONTIER = 8  # allocations one frontier call lists
 class Tools:
     """The tools over one trial history (a node's view of the study)."""
 
-    def __init__(self, ctx: SearchContext, analysis: Analysis, kappa: float,
+    def __init__(self, ctx: SearchContext, analysis: Analysis, values: Sequence[np.ndarray],
                  history: Sequence[TrialRecord]) -> None:
         self.ctx = ctx
         self.analysis = analysis
-        self.kappa = kappa  # the optimism of the builtin's pick, for `frontier`
+        self.values = values  # per subtask, each plan's value as the builtin ranks it
         self.history = list(history)
         self._functions: dict[str, Callable[..., dict]] = {
             "predict": self.predict, "price": self.price, "frontier": self.frontier,
@@ -103,7 +106,7 @@ class Tools:
         """The `k` best unseen allocations within budget, with predicted score and cost."""
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_FRONTIER:
             raise ValueError(f"k must be an integer from 1 to {MAX_FRONTIER}")
-        found = frontier(self.analysis, self.analysis.plan_values(self.kappa),
+        found = frontier(self.analysis, self.values,
                          self.ctx.budget_gpu_hours, self.ctx.cost_model,
                          seen_keys(self.history), k)
         return {"candidates": [

@@ -105,11 +105,7 @@ class BuiltinReasoner:
         are lowered by `OUTGROWN`: after the open plans, before the closed ones.
         """
         tables = self.analyst.tables
-        shut, why = closed(tables, memory)
-        penalty = [np.where(c, CLOSED, 0.0) for c in shut]
-        if len(tables) == 1:
-            penalty[0] += np.where(_outgrown(tables[0], self.ctx.budget_gpu_hours, shut[0]),
-                                   OUTGROWN, 0.0)
+        penalty, why = self.ranking(memory)
         note = f"; memory: {', '.join(why)}" if why else ""
         believed = list(history)
         allocs: list[Allocation] = []
@@ -118,8 +114,7 @@ class BuiltinReasoner:
             analysis = self.analyse(believed)
             values = [v - p for v, p in
                       zip(analysis.plan_values(self.kappa), penalty, strict=True)]
-            sure = recombination(analysis, shut, self.ctx.budget_gpu_hours,
-                                 self.ctx.cost_model, seen_keys(believed))
+            sure = self.sure_gain(analysis, penalty, seen_keys(believed))
             if sure is not None:
                 allocs.append(sure)
                 rationale.append("stage plans already evaluated, predicted to beat the "
@@ -134,6 +129,26 @@ class BuiltinReasoner:
             rationale.append(self._why(found[0], tables, values, penalty) + note)
             believed.append(self._believed(found[0], analysis, -len(allocs)))
         return Proposal(allocs, reasoner=self.name, rationale=rationale)
+
+    def ranking(self, memory: Sequence[Insight]) -> tuple[list[np.ndarray], list[str]]:
+        """Per subtask, what each plan's value is lowered by before plans are ranked:
+        `CLOSED` where the memory rules it out (`memory.closed`), `OUTGROWN` for an `oracle`
+        plan of a one-stage task whose arm fits the budget at a larger open n (`_outgrown`);
+        and one phrase per memory rule that ruled plans out, for the rationale."""
+        tables = self.analyst.tables
+        shut, why = closed(tables, memory)
+        penalty = [np.where(c, CLOSED, 0.0) for c in shut]
+        if len(tables) == 1:
+            penalty[0] += np.where(_outgrown(tables[0], self.ctx.budget_gpu_hours, shut[0]),
+                                   OUTGROWN, 0.0)
+        return penalty, why
+
+    def sure_gain(self, analysis: Analysis, penalty: Sequence[np.ndarray],
+                  seen: set[str]) -> Allocation | None:
+        """The unseen allocation of stage plans evaluated apart, none of them closed by the
+        memory, predicted to beat the best trial (`combine.recombination`), or None."""
+        return recombination(analysis, [p >= CLOSED for p in penalty],
+                             self.ctx.budget_gpu_hours, self.ctx.cost_model, seen)
 
     @staticmethod
     def _why(alloc: Allocation, tables: Sequence[PlanTable], values: Sequence[np.ndarray],

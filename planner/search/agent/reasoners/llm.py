@@ -22,10 +22,13 @@ Transport failures (timeouts, rate limits, 5xx) are retried with backoff by the 
 client; a reply that is not usable JSON, or proposes invalid, over-budget or already
 evaluated allocations, gets a repair message quoting the errors (bounded rounds). The
 builtin's score model vetoes a proposal whose optimistic predicted end score is under
-`SCREEN` of the best candidate's: the model may pick among near-best candidates, or explore
-where the prediction is uncertain (optimism rewards that), but a weak model cannot steer
-the search to plans the evidence rates poorly. Probes it proposes at init are validated
-the same way (in the space, in budget, unseen), with no veto: there is no evidence yet.
+`SCREEN` of the builtin's own pick's: the model may pick among near-best candidates, or
+explore where the prediction is uncertain (optimism rewards that), but a weak model cannot
+steer the search to plans the evidence rates poorly. The candidates it is shown (in the
+prompt, or by the `frontier` tool) are the builtin's, ranked as the builtin ranks them (the
+plans its memory rules out last: `BuiltinReasoner.ranking`). Probes it proposes at init
+are validated the same way (in the space, in budget, unseen), with no veto: there is no
+evidence yet.
 When the endpoint keeps failing the built-in reasoner answers, and the answer says why.
 
 The API key is read from OPENAI_API_KEY by the client; replies, tool arguments and error
@@ -157,7 +160,7 @@ class LLMReasoner:
                 conversation, tools)
 
         found, attempts, failed, exchange = self._converse(
-            "init", history, messages, prompts.schema(self.ctx.space, k),
+            "init", history, (), messages, prompts.schema(self.ctx.space, k),
             self._proposals(seen_keys(history), lambda _: True), prompts.repair_message,
             "probes")
         if found is None:
@@ -186,7 +189,7 @@ class LLMReasoner:
                 return None, [], [str(e)]
 
         said, attempts, failed, exchange = self._converse(
-            "reflect", history, messages, prompts.reflect_schema(), read,
+            "reflect", history, memory, messages, prompts.reflect_schema(), read,
             lambda errors: prompts.reflect_repair(errors[0]), "insights")
         if said is None:
             return Reflection(base.insights, "builtin", attempts, failed)
@@ -197,13 +200,14 @@ class LLMReasoner:
 
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight], k: int,
                 conversation: Sequence[dict] = ()) -> Proposal:
-        """Up to `k` allocations the model picks (with the frontier in its prompt, or its
-        tools to look), vetoed where the trials rate them far below the best candidate."""
+        """Up to `k` allocations the model picks (with the builtin's candidates in its
+        prompt, or its tools to look), vetoed where the trials rate them far below the
+        builtin's own pick."""
         analysis = self.builtin.analyse(history)
         seen = seen_keys(history)
+        hints = frontier(analysis, self._ranked(analysis, memory), self.ctx.budget_gpu_hours,
+                         self.ctx.cost_model, seen, _HINTS)
         values = analysis.plan_values(self.builtin.kappa)
-        hints = frontier(analysis, values, self.ctx.budget_gpu_hours, self.ctx.cost_model,
-                         seen, _HINTS)
         floor = _value(analysis, values, hints[0]) + math.log(SCREEN) if hints else -math.inf
 
         def messages(tools: bool) -> list[dict]:
@@ -213,7 +217,7 @@ class LLMReasoner:
                 memory, shown, k), conversation, tools)
 
         found, attempts, failed, exchange = self._converse(
-            "propose", history, messages, prompts.schema(self.ctx.space, k),
+            "propose", history, memory, messages, prompts.schema(self.ctx.space, k),
             self._proposals(seen, lambda a: _value(analysis, values, a) >= floor),
             prompts.repair_message, "proposal")
         if found is None:
@@ -221,6 +225,13 @@ class LLMReasoner:
             return Proposal(fallback.allocations, "builtin", [], attempts, failed or "")
         valid, notes = found
         return Proposal(valid[:k], self.name, notes, attempts, exchange=exchange)
+
+    def _ranked(self, analysis: Analysis, memory: Sequence[Insight]) -> list[np.ndarray]:
+        """Per subtask, each plan's value as the builtin ranks it: its optimistic log score,
+        lowered where the memory rules it out (`BuiltinReasoner.ranking`)."""
+        penalty, _ = self.builtin.ranking(memory)
+        return [v - p for v, p in zip(analysis.plan_values(self.builtin.kappa), penalty,
+                                      strict=True)]
 
     def _messages(self, system: str, user: str, conversation: Sequence[dict],
                   tools: bool) -> list[dict]:
@@ -249,6 +260,7 @@ class LLMReasoner:
         return read
 
     def _converse(self, node: str, history: Sequence[TrialRecord],
+                  memory: Sequence[Insight],
                   messages: Callable[[bool], list[dict]], schema: dict,
                   read: Callable[[str], tuple[T | None, list, list[str]]],
                   repair: Callable[[list[str]], str], what: str
@@ -259,7 +271,8 @@ class LLMReasoner:
         (`read` gives it, the proposals it parsed, and the errors). Returns (it or None,
         every exchange, why nothing came of them, the exchange for the conversation)."""
         offered = self.tool_mode
-        tools = Tools(self.ctx, self.builtin.analyse(history), self.builtin.kappa, history) \
+        analysis = self.builtin.analyse(history)
+        tools = Tools(self.ctx, analysis, self._ranked(analysis, memory), history) \
             if offered else None
         sent = messages(offered)
         attempts: list[Attempt] = []
