@@ -325,6 +325,19 @@ def test_one_stage_oracle_trials_take_the_largest_n_their_arm_affords() -> None:
         assert not larger, f"trial {t.number}: {plan.describe()} ({larger[0].describe()} fits)"
 
 
+def test_probes_read_several_samples_and_leave_the_aggregator_to_the_score_model() -> None:
+    """mot-gsm8k-llama2: one model, two prompts, aggregators first / majority / oracle. The
+    probes once took `first` at n=1 as the reference (every plan at n=1 is written so) and
+    then probed each aggregator on the first prompt: five trials to the optimum, which the
+    hand sweep finds in three (each prompt at its largest n, then the best one's
+    aggregators)."""
+    spec = load_spec(TASKS.parent / "examples" / "mot_gsm8k_llama2.yaml")
+    trials = _run(spec, "agent", 3, agent=AgentOptions(patience=None)).trials
+    assert [t.allocation["gsm8k"].describe() for t in trials[:2]] == [
+        "llama2-13b / pot1 / n=8 / majority", "llama2-13b / pot2 / n=8 / majority"]
+    assert trials[-1].score == exhaustive_optimum(spec, _budget(spec)).score
+
+
 def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
     rng = np.random.default_rng(1)
     for n in (0, 1, 5, 63, 64, 65, 300):

@@ -2,10 +2,12 @@
 
 - init: per subtask, probes that isolate the model choice (one model from each size
   stratum, drawn with the seed, on one reference arm at the largest n that fits the
-  subtask's share of the budget) and each other dimension (the values farthest from the
-  reference: one method, two mixtures or aggregators). The trend in n is left to the
-  score model, which shares it across arms: a probe at the smallest n cost a trial and
-  was seldom worth it (experiments/README.md).
+  subtask's share of the budget, under an aggregator that reads several samples where
+  one can) and each other dimension but the aggregator (the values farthest from the
+  reference: one method, two mixtures). The trend in n and the aggregator are left to the
+  score model, which shares the trend across arms and tries aggregators on the arms that
+  look best: a probe at the smallest n, or of an aggregator on the reference arm, cost a
+  trial and was seldom worth it (experiments/README.md).
   Stage scores are reported per subtask, so trial i carries probe i of every subtask.
 - reflect: the insight memory the analysis implies (`memory.derive`: which model wins,
   where n saturates, which served arms are dominated, how the budget splits), keeping a
@@ -35,11 +37,14 @@ from planner.search.agent.combine import frontier, recombination
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.surrogate import PlanTable
-from planner.space import ORACLE, Allocation
+from planner.space import ORACLE, SINGLE_SAMPLE, Allocation
 from planner.store import TrialRecord, TrialStatus
 
 _MAX_MODEL_PROBES = 4
-_PROBES_PER_DIMENSION = {"method": 1}  # values probed per other dimension (default 2)
+# values probed per other dimension (default 2); the aggregator, like n, is left to the score
+# model, which tries it on the arms that look best (a probe on the reference arm was often a
+# trial spent on an arm no better than the others)
+_PROBES_PER_DIMENSION = {"method": 1, "aggregator": 0}
 KAPPA = 1.0  # optimism, in standard deviations of the logit score
 CLOSED = 1e3  # lowers the value (log score) of a plan the memory rules out
 # lowers a plan its own arm at a larger n outscores (`_outgrown`): it ranks after every open
@@ -184,15 +189,27 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, s
         return [(int(np.argmin(t.cost)), "cheapest plan (nothing fits the budget share)")]
     model = t.codes[:, t.column("model")]
     rest = [j for j, d in enumerate(t.dims) if d.name != "model"]
-    # reference arm: the values of the other dimensions most models can afford, most trained
+    # reference arm: the values of the other dimensions most models can afford, most
+    # trained, on an aggregator that reads several samples where one can. One sample reads
+    # the same under every aggregator, so a plan at n = 1 (whose aggregator the space writes
+    # as `first`) is on every aggregator's arm.
+    agg = rest.index(t.column("aggregator"))
+    aggregators = t.dims[rest[agg]].values
+    single = aggregators.index(SINGLE_SAMPLE) if SINGLE_SAMPLE in aggregators else -1
+    is_single = t.codes[:, rest[agg]] == single
     keys: dict[tuple[int, ...], set[int]] = {}
     tokens: dict[tuple[int, ...], float] = {}
     for i in np.flatnonzero(afford):
-        k = tuple(int(c) for c in t.codes[i, rest])
-        keys.setdefault(k, set()).add(int(model[i]))
-        tokens.setdefault(k, float(t.compute[i, 1]))
-    ref = max(keys, key=lambda k: (len(keys[k]), tokens[k], *(-c for c in k[1:])))
-    on_ref = afford & (t.codes[:, rest] == ref).all(axis=1)
+        k = [int(c) for c in t.codes[i, rest]]
+        for a in range(len(aggregators)) if is_single[i] else [k[agg]]:
+            key = (*k[:agg], a, *k[agg + 1:])
+            keys.setdefault(key, set()).add(int(model[i]))
+            tokens.setdefault(key, float(t.compute[i, 1]))
+    ref = max(keys, key=lambda k: (len(keys[k]), tokens[k], k[agg] != single,
+                                   *(-c for c in k[1:])))
+    others = [j for j in rest if j != rest[agg]]
+    on_ref = afford & (t.codes[:, others] == [ref[rest.index(j)] for j in others]).all(axis=1) \
+        & ((t.codes[:, rest[agg]] == ref[agg]) | is_single)
     models = sorted(keys[ref], key=lambda m: t.compute[model == m, 0].min())  # by size
     # one model from each of up to 4 size strata (which one: the seed's choice)
     rng = np.random.default_rng([ctx.seed, len(t.plans)])
