@@ -338,6 +338,23 @@ def test_probes_read_several_samples_and_leave_the_aggregator_to_the_score_model
     assert trials[-1].score == exhaustive_optimum(spec, _budget(spec)).score
 
 
+def test_a_plan_at_one_sample_is_the_first_point_of_an_aggregators_curve() -> None:
+    """mmlu-cascade-gsm8k-vote's GSM8K stage offers first and majority. Its n=1 plans were
+    coded as a `first` arm of their own, whose effect nothing else informed: the agent spent
+    three of its first ten trials trying GSM8K at n=1. Coded under majority, the score model
+    reads them off majority's curve."""
+    spec = load_spec(TASKS / "mmlu_cascade_gsm8k_vote.yaml")
+    [_, table] = _analyst(spec).tables
+    majority = table.dims[table.column("aggregator")].index("majority")
+    assert (table.codes[:, table.column("aggregator")] == majority).all()
+    one = table.index[next(p for p in table.plans if p.samples == 1 and p.method == "pot2")]
+    eight = table.index[next(p for p in table.plans if p.samples == 8 and p.method == "pot2")]
+    assert table.codes[one, -1] == table.codes[eight, -1]  # one arm
+    trials = _run(spec, "agent", 9, agent=AgentOptions(patience=None)).trials
+    assert all(t.allocation["gsm8k"].samples > 1 for t in trials)
+    assert trials[-1].score >= 0.99 * load_optima()[spec.name]["score"]
+
+
 def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
     rng = np.random.default_rng(1)
     for n in (0, 1, 5, 63, 64, 65, 300):

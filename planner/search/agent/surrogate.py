@@ -10,7 +10,9 @@ A subtask's plans share structure that holds broadly, so one observation informs
 - arms (every dimension but n: model, method, mixture, aggregator) differ by additive
   effects of each dimension's value plus a smooth trend over the compute order (log
   parameters, log training tokens); mixtures are compared by their weight vectors, so what
-  one mixture scores informs the mixtures that share its sources.
+  one mixture scores informs the mixtures that share its sources. One sample reads the same
+  under every aggregator, so a plan at n = 1 (written `first`) is coded under the first
+  aggregator that reads several: it is that curve's first point, not an arm of its own.
 
 This is Bayesian regression on those features, written in its kernel form (a Gaussian
 process with a sum kernel) so that its cost grows with observations, not with features.
@@ -32,7 +34,7 @@ import numpy as np
 
 from planner.artifact import Artifact
 from planner.cost import CostModel
-from planner.space import Dimension, Mixture, Plan, SearchSpace
+from planner.space import SINGLE_SAMPLE, Dimension, Mixture, Plan, SearchSpace
 
 _EPS = 1e-3  # scores are clipped to [eps, 1 - eps] before the logit
 # Kernel weights at amplitude 1. Level: a constant, the compute trend (an RBF over log size
@@ -74,7 +76,8 @@ class PlanTable:
     plans: tuple[Plan, ...]
     index: dict[Plan, int]
     dims: tuple[Dimension, ...]  # every dimension but samples, in plan order
-    codes: np.ndarray  # (P, D + 1) int: each dimension's value index, then the arm's
+    codes: np.ndarray  # (P, D + 1) int: each dimension's value index (n = 1 plans: see
+    # `build`), then the arm's
     mixes: dict[int, np.ndarray]  # column of a mixture dimension -> (P, S) unit weight vectors
     compute: np.ndarray  # (P, 2) standardised log serving cost per sample, log train tokens
     log_n: np.ndarray  # (P,) log2 samples
@@ -89,6 +92,14 @@ class PlanTable:
         plans = space.plans(subtask)
         dims = tuple(d for d in space.dimensions(subtask) if d.name != _N)
         values = np.array([[d.index(p[d.name]) for d in dims] for p in plans])
+        for j, d in enumerate(dims):
+            if d.name == "aggregator" and SINGLE_SAMPLE in d.values and len(d.values) > 1:
+                # one sample reads the same under every aggregator: a plan at n = 1 (which
+                # the space writes as `first`) is coded as the first aggregator that reads
+                # several, so it shares that aggregator's and arm's effects (as `first`, the
+                # score model took it for an arm of its own, and spent trials trying n = 1)
+                several = next(i for i, v in enumerate(d.values) if v != SINGLE_SAMPLE)
+                values[values[:, j] == d.index(SINGLE_SAMPLE), j] = several
         arms = {a: i for i, a in enumerate(sorted({tuple(v) for v in values.tolist()}))}
         codes = np.column_stack([values, [arms[tuple(v)] for v in values]])
         mixes = {j: _unit(np.array(d.weights))[values[:, j]] for j, d in enumerate(dims)

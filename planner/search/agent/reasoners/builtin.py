@@ -37,7 +37,7 @@ from planner.search.agent.combine import frontier, recombination
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.surrogate import PlanTable
-from planner.space import ORACLE, SINGLE_SAMPLE, Allocation
+from planner.space import ORACLE, Allocation
 from planner.store import TrialRecord, TrialStatus
 
 _MAX_MODEL_PROBES = 4
@@ -189,27 +189,16 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, s
         return [(int(np.argmin(t.cost)), "cheapest plan (nothing fits the budget share)")]
     model = t.codes[:, t.column("model")]
     rest = [j for j, d in enumerate(t.dims) if d.name != "model"]
-    # reference arm: the values of the other dimensions most models can afford, most
-    # trained, on an aggregator that reads several samples where one can. One sample reads
-    # the same under every aggregator, so a plan at n = 1 (whose aggregator the space writes
-    # as `first`) is on every aggregator's arm.
-    agg = rest.index(t.column("aggregator"))
-    aggregators = t.dims[rest[agg]].values
-    single = aggregators.index(SINGLE_SAMPLE) if SINGLE_SAMPLE in aggregators else -1
-    is_single = t.codes[:, rest[agg]] == single
+    # reference arm: the values of the other dimensions most models can afford, most trained
+    # (a plan at n = 1 is coded under an aggregator that reads several samples: `PlanTable`)
     keys: dict[tuple[int, ...], set[int]] = {}
     tokens: dict[tuple[int, ...], float] = {}
     for i in np.flatnonzero(afford):
-        k = [int(c) for c in t.codes[i, rest]]
-        for a in range(len(aggregators)) if is_single[i] else [k[agg]]:
-            key = (*k[:agg], a, *k[agg + 1:])
-            keys.setdefault(key, set()).add(int(model[i]))
-            tokens.setdefault(key, float(t.compute[i, 1]))
-    ref = max(keys, key=lambda k: (len(keys[k]), tokens[k], k[agg] != single,
-                                   *(-c for c in k[1:])))
-    others = [j for j in rest if j != rest[agg]]
-    on_ref = afford & (t.codes[:, others] == [ref[rest.index(j)] for j in others]).all(axis=1) \
-        & ((t.codes[:, rest[agg]] == ref[agg]) | is_single)
+        k = tuple(int(c) for c in t.codes[i, rest])
+        keys.setdefault(k, set()).add(int(model[i]))
+        tokens.setdefault(k, float(t.compute[i, 1]))
+    ref = max(keys, key=lambda k: (len(keys[k]), tokens[k], *(-c for c in k[1:])))
+    on_ref = afford & (t.codes[:, rest] == ref).all(axis=1)
     models = sorted(keys[ref], key=lambda m: t.compute[model == m, 0].min())  # by size
     # one model from each of up to 4 size strata (which one: the seed's choice)
     rng = np.random.default_rng([ctx.seed, len(t.plans)])
