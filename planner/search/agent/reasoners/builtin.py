@@ -119,7 +119,9 @@ class BuiltinReasoner:
             analysis = self.analyse(believed)
             values = [v - p for v, p in
                       zip(analysis.plan_values(self.kappa), penalty, strict=True)]
-            sure = self.sure_gain(analysis, penalty, seen_keys(believed))
+            sure = recombination(analysis, [p >= CLOSED for p in penalty],
+                                 self.ctx.budget_gpu_hours, self.ctx.cost_model,
+                                 seen_keys(believed))
             if sure is not None:
                 allocs.append(sure)
                 rationale.append("stage plans already evaluated, predicted to beat the "
@@ -147,13 +149,6 @@ class BuiltinReasoner:
             penalty[0] += np.where(_outgrown(tables[0], self.ctx.budget_gpu_hours, shut[0]),
                                    OUTGROWN, 0.0)
         return penalty, why
-
-    def sure_gain(self, analysis: Analysis, penalty: Sequence[np.ndarray],
-                  seen: set[str]) -> Allocation | None:
-        """The unseen allocation of stage plans evaluated apart, none of them closed by the
-        memory, predicted to beat the best trial (`combine.recombination`), or None."""
-        return recombination(analysis, [p >= CLOSED for p in penalty],
-                             self.ctx.budget_gpu_hours, self.ctx.cost_model, seen)
 
     @staticmethod
     def _why(alloc: Allocation, tables: Sequence[PlanTable], values: Sequence[np.ndarray],
