@@ -355,6 +355,32 @@ def test_a_plan_at_one_sample_is_the_first_point_of_an_aggregators_curve() -> No
     assert trials[-1].score >= 0.99 * load_optima()[spec.name]["score"]
 
 
+def test_a_stage_that_scored_zero_is_no_sure_gain() -> None:
+    """Tutor under 0.4 of its budget, seed 5: MATH scored 0 in every trial but one (end
+    score 1.8e-4). The score model smooths an observed 0 up to its clip (1e-3), so pairing
+    the best MMLU and GSM8K plans with a MATH plan that scored 0 looked like a gain over
+    1.8e-4; the agent ran such recombinations for 50 trials and ended at 0.002 of the
+    optimum. A recombination is now judged on the stage scores its plans got."""
+    from planner.search.agent.combine import recombination
+
+    spec = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml")
+    spec = spec.model_copy(update={"budget": f"{_budget(spec) * 0.4:g}gpu-h"})
+    trials = _run(spec, "agent", 10, seed=5, agent=AgentOptions(patience=None)).trials
+    assert max(t.score for t in trials) > 1e-4
+    assert sorted(t.subtask_scores["math"] for t in trials)[-2] == 0.0
+    analyst = _analyst(spec)
+    analysis = analyst.analyse(trials)
+    none_closed = [np.zeros(len(t.plans), dtype=bool) for t in analysis.tables]
+    sure = recombination(analysis, none_closed, _budget(spec), analyst.ctx.cost_model,
+                         {t.allocation.key() for t in trials})
+    [scored] = {t.allocation["math"] for t in trials if t.subtask_scores["math"] > 0}
+    assert sure is not None and sure["math"] == scored  # the one MATH plan that scored
+    math = analysis.tables[2]
+    zero = math.index[next(t.allocation["math"] for t in trials
+                           if t.subtask_scores["math"] == 0.0)]
+    assert analysis.known[2][zero] == pytest.approx(analysis.weights[2] * np.log(1e-4))
+
+
 def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
     rng = np.random.default_rng(1)
     for n in (0, 1, 5, 63, 64, 65, 300):

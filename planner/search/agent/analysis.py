@@ -47,13 +47,34 @@ class Analysis:
     @cached_property
     def evaluated(self) -> tuple[list[np.ndarray], float]:
         """Per subtask, which plans a full trial (not a screen) evaluated; and the log of
-        the best full trial's end score (floored at 1e-12; -inf before any)."""
+        the best full trial's end score, floored at `FLOOR` as predictions are (-inf before
+        any): a prediction at the floor beats no trial, not even one that scored 0."""
         full = [t for t in self.trials if not t.screen]
         masks = [np.zeros(len(t.plans), dtype=bool) for t in self.tables]
         for mask, t in zip(masks, self.tables, strict=True):
             mask[[t.index[r.allocation[t.subtask]] for r in full]] = True
-        best = np.log(max(max(r.score for r in full), 1e-12)) if full else -np.inf
+        best = np.log(max(max(r.score for r in full), FLOOR)) if full else -np.inf
         return masks, float(best)
+
+    @cached_property
+    def known(self) -> list[np.ndarray]:
+        """Per subtask, each plan's contribution to the log end score from its own full
+        evaluations (weight x log of its mean stage score, floored at `FLOOR`); -inf for a
+        plan none evaluated. What a recombination of evaluated plans will score: the score
+        model smooths an observed 0 up to its clip (1e-3), which made a stage plan that
+        scored 0 look like a small gain next to a best trial of 2e-4."""
+        out = []
+        for t, w in zip(self.tables, self.weights, strict=True):
+            total, count = np.zeros(len(t.plans)), np.zeros(len(t.plans))
+            for r in self.trials:
+                score = stage_scores(r, [t.subtask]).get(t.subtask)
+                if not r.screen and score is not None:
+                    i = t.index[r.allocation[t.subtask]]
+                    total[i] += score
+                    count[i] += 1
+            mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+            out.append(np.where(count > 0, w * np.log(np.maximum(mean, FLOOR)), -np.inf))
+        return out
 
     def predicted(self, allocation: Allocation, kappa: float = 0.0
                   ) -> tuple[float, dict[str, float]]:

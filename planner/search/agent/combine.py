@@ -5,10 +5,10 @@ end-to-end objective is their sum) and an exact cost. Plans are pruned to the fi
 Pareto layers of (cost, value), merged subtask by subtask (a pre-trained checkpoint shared
 by two subtasks is paid once, as in `CostModel.estimate`), pruned again, and the best
 allocations that fit the budget and were not evaluated are returned. `frontier` also
-leaves out allocations that only recombine stage plans evaluated before, unless they are
-predicted to beat the best end score: each stage's score model learns only from its own
-plan, so such a trial teaches it nothing. `recombination` finds the one predicted to beat
-it most, a near-sure gain the builtin reasoner takes first.
+leaves out allocations that only recombine stage plans evaluated before, unless their
+known stage scores beat the best end score: each stage's score model learns only from its
+own plan, so such a trial teaches it nothing. `recombination` finds the one that beats it
+most, a near-sure gain the builtin reasoner takes first.
 """
 
 from __future__ import annotations
@@ -81,18 +81,19 @@ def frontier(analysis: Analysis, values: Sequence[np.ndarray], budget: float,
 
 def stale(analysis: Analysis) -> Callable[[np.ndarray], np.ndarray]:
     """Given allocations as plan indices (rows x subtasks), true for those that only
-    recombine stage plans evaluated before and are not predicted to beat the best end
-    score: each stage's model has already seen its plan, so the trial would teach it
-    nothing and is not worth one on the hope of a better score."""
+    recombine stage plans evaluated before and whose known stage scores
+    (`Analysis.known`) do not beat the best end score: each stage's model has already seen
+    its plan, so the trial would teach it nothing and is not worth one on the hope of a
+    better score."""
     evaluated, best = analysis.evaluated
-    mean = analysis.plan_values(0.0)
+    known = analysis.known
 
     def is_stale(rows: np.ndarray) -> np.ndarray:
         old = np.ones(len(rows), dtype=bool)
         total = np.zeros(len(rows))
-        for j, (e, m) in enumerate(zip(evaluated, mean, strict=True)):
+        for j, (e, k) in enumerate(zip(evaluated, known, strict=True)):
             old &= e[rows[:, j]]
-            total += m[rows[:, j]]
+            total += k[rows[:, j]]
         return old & (total <= best)
     return is_stale
 
@@ -100,17 +101,16 @@ def stale(analysis: Analysis) -> Callable[[np.ndarray], np.ndarray]:
 def recombination(analysis: Analysis, closed: Sequence[np.ndarray], budget: float,
                   cost_model: CostModel, seen: set[str]) -> Allocation | None:
     """The unseen allocation of stage plans evaluated before, none of them `closed` (per
-    subtask, a mask of plans ruled out), with the best predicted mean end score, if that
-    beats the best trial: its stage scores are known, so it is a near-sure gain (else
-    None). While no trial scored above the analysis' floor there is no best to beat: any
-    pair would "beat" 0."""
+    subtask, a mask of plans ruled out), with the best end score their known stage scores
+    give (`Analysis.known`), if that beats the best trial: a near-sure gain (else None).
+    While no trial scored above the analysis' floor there is no best to beat: any pair
+    would "beat" 0."""
     if len(analysis.tables) == 1:  # one stage: an evaluated plan is a seen allocation
         return None
-    evaluated, best = analysis.evaluated
+    _, best = analysis.evaluated
     if best <= np.log(FLOOR):
         return None
-    known = [np.where(e & ~c, m, -np.inf) for e, c, m in
-             zip(evaluated, closed, analysis.plan_values(0.0), strict=True)]
+    known = [np.where(c, -np.inf, k) for c, k in zip(closed, analysis.known, strict=True)]
     found = best_allocations(analysis.tables, known, budget, cost_model, seen, 1)
     if not found:
         return None
