@@ -6,7 +6,10 @@ A subtask's plans share structure that holds broadly, so one observation informs
   majority curves rise and saturate); the slope is shared across arms and shrunk towards
   the aggregator's and the arm's own evidence. Its prior mean is a rise of `_SLOPE_MEAN`
   per doubling, so before any arm was tried at two n, more samples are expected to help
-  (not to be worth nothing);
+  (not to be worth nothing). Log n is centred on the middle of the subtask's n grid, as
+  a random slope's covariate is: an arm's effect is its level there, so its uncertainty
+  at a large n is not its slope's uncertainty times log n (measured from n = 1, an arm
+  never tried looked near-perfect at a large n, whatever its size);
 - arms (every dimension but n: model, method, mixture, aggregator) differ by additive
   effects of each dimension's value plus a smooth trend over the compute order (log
   parameters, log training tokens); mixtures are compared by their weight vectors, so what
@@ -81,6 +84,7 @@ class PlanTable:
     mixes: dict[int, np.ndarray]  # column of a mixture dimension -> (P, S) unit weight vectors
     compute: np.ndarray  # (P, 2) standardised log serving cost per sample, log train tokens
     log_n: np.ndarray  # (P,) log2 samples
+    n_origin: float  # log2 n at the middle of the subtask's n grid: where slopes pivot
     cost: np.ndarray  # (P,) GPU-h of the plan alone (training + inference)
     train: np.ndarray  # (P,) GPU-h of its training
     artifact: np.ndarray  # (P,) id of a trained artifact other subtasks may share, or -1
@@ -112,8 +116,9 @@ class PlanTable:
                         for p, c, a in zip(plans, costs, artifacts, strict=True)])
         spread = raw.std(axis=0)
         compute = (raw - raw.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+        log_n = np.log2([p.samples for p in plans]).astype(float)
         return cls(subtask, plans, {p: i for i, p in enumerate(plans)}, dims, codes, mixes,
-                   compute, np.log2([p.samples for p in plans]).astype(float),
+                   compute, log_n, float(np.unique(log_n).mean()),
                    np.array([c.total_gpu_hours for c in costs]),
                    np.array([c.train_gpu_hours for c in costs]),
                    np.array([shared.get(a, -1) for a in artifacts]))
@@ -152,7 +157,8 @@ def _kernel_pieces(t: PlanTable, a: np.ndarray,
         same[..., j] = unit[a] @ unit[b].T
     d2 = ((t.compute[a][:, None, :] - t.compute[b][None, :, :]) ** 2).sum(-1)
     slope = _SLOPE + same @ slope_w
-    return d2, same @ level_w, np.outer(t.log_n[a], t.log_n[b]) * slope
+    x = t.log_n - t.n_origin
+    return d2, same @ level_w, np.outer(x[a], x[b]) * slope
 
 
 def _kernel_at(pieces: tuple[np.ndarray, np.ndarray, np.ndarray], ell: float) -> np.ndarray:
@@ -196,7 +202,7 @@ class SubtaskModel:
         self._trend = _SLOPE_MEAN * table.log_n  # the prior mean's rise with n, per plan
         level_w, slope_w = table.weights
         self._prior_var = (_CONSTANT + _TREND + level_w.sum()  # per plan, at amplitude 1
-                           + (_SLOPE + slope_w.sum()) * table.log_n ** 2)
+                           + (_SLOPE + slope_w.sum()) * (table.log_n - table.n_origin) ** 2)
 
     def fit(self, observations: Iterable[tuple[Plan, float, float]]) -> Prediction:
         """The posterior given (plan, score, fidelity) observations: a plan's full
