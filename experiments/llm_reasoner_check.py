@@ -100,8 +100,10 @@ def setup(venv: Path, work: Path) -> tuple[Path, Path]:
         # build segfaults on any prompt of more than a few tokens (CMAKE_ARGS overrides)
         env = {"CMAKE_ARGS": PORTABLE_BUILD, **os.environ,
                "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-        took = run_logged([str(python), "-m", "pip", "install", "-v", LLAMA_CPP],
-                          work / "pip.log", "pip install", env)
+        # pip's wheel cache ignores CMAKE_ARGS: a wheel built earlier with other flags
+        # (a native build that segfaults) would be installed instead of compiling
+        took = run_logged([str(python), "-m", "pip", "install", "-v", "--no-cache-dir",
+                           LLAMA_CPP], work / "pip.log", "pip install", env)
         marker.write_text(f"{took:.0f} s\n")
         log(f"installed in {took:.0f} s")
     gguf = work / GGUF_NAME
