@@ -181,7 +181,7 @@ def _reference_kernel(t: PlanTable, a: np.ndarray, b: np.ndarray, amp: float,
     d2 = ((t.compute[a][:, None, :] - t.compute[b][None, :, :]) ** 2).sum(-1)
     level = surrogate._CONSTANT + surrogate._TREND * np.exp(-d2 / (2 * ell * ell)) + same @ level_w
     slope = surrogate._SLOPE + same @ slope_w
-    x = t.log_n - t.n_origin  # slopes pivot at the middle of the n grid
+    x = t.log_n - np.unique(t.log_n).mean()  # slopes pivot at the middle of the n grid
     return amp * (level + np.outer(x[a], x[b]) * slope)
 
 

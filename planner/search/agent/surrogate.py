@@ -84,7 +84,6 @@ class PlanTable:
     mixes: dict[int, np.ndarray]  # column of a mixture dimension -> (P, S) unit weight vectors
     compute: np.ndarray  # (P, 2) standardised log serving cost per sample, log train tokens
     log_n: np.ndarray  # (P,) log2 samples
-    n_origin: float  # log2 n at the middle of the subtask's n grid: where slopes pivot
     cost: np.ndarray  # (P,) GPU-h of the plan alone (training + inference)
     train: np.ndarray  # (P,) GPU-h of its training
     artifact: np.ndarray  # (P,) id of a trained artifact other subtasks may share, or -1
@@ -116,9 +115,8 @@ class PlanTable:
                         for p, c, a in zip(plans, costs, artifacts, strict=True)])
         spread = raw.std(axis=0)
         compute = (raw - raw.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-        log_n = np.log2([p.samples for p in plans]).astype(float)
         return cls(subtask, plans, {p: i for i, p in enumerate(plans)}, dims, codes, mixes,
-                   compute, log_n, float(np.unique(log_n).mean()),
+                   compute, np.log2([p.samples for p in plans]).astype(float),
                    np.array([c.total_gpu_hours for c in costs]),
                    np.array([c.train_gpu_hours for c in costs]),
                    np.array([shared.get(a, -1) for a in artifacts]))
@@ -126,6 +124,12 @@ class PlanTable:
     def column(self, name: str) -> int:
         """The codes column of a dimension."""
         return next(j for j, d in enumerate(self.dims) if d.name == name)
+
+    @cached_property
+    def slope_x(self) -> np.ndarray:
+        """(P,) log2 n less its middle over the subtask's n grid: the covariate of the
+        slopes, which pivot there."""
+        return self.log_n - np.unique(self.log_n).mean()
 
     @cached_property
     def low(self) -> np.ndarray:
@@ -157,8 +161,7 @@ def _kernel_pieces(t: PlanTable, a: np.ndarray,
         same[..., j] = unit[a] @ unit[b].T
     d2 = ((t.compute[a][:, None, :] - t.compute[b][None, :, :]) ** 2).sum(-1)
     slope = _SLOPE + same @ slope_w
-    x = t.log_n - t.n_origin
-    return d2, same @ level_w, np.outer(x[a], x[b]) * slope
+    return d2, same @ level_w, np.outer(t.slope_x[a], t.slope_x[b]) * slope
 
 
 def _kernel_at(pieces: tuple[np.ndarray, np.ndarray, np.ndarray], ell: float) -> np.ndarray:
@@ -202,7 +205,7 @@ class SubtaskModel:
         self._trend = _SLOPE_MEAN * table.log_n  # the prior mean's rise with n, per plan
         level_w, slope_w = table.weights
         self._prior_var = (_CONSTANT + _TREND + level_w.sum()  # per plan, at amplitude 1
-                           + (_SLOPE + slope_w.sum()) * (table.log_n - table.n_origin) ** 2)
+                           + (_SLOPE + slope_w.sum()) * table.slope_x ** 2)
 
     def fit(self, observations: Iterable[tuple[Plan, float, float]]) -> Prediction:
         """The posterior given (plan, score, fidelity) observations: a plan's full
