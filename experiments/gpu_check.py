@@ -8,14 +8,16 @@ model of realistic architecture (Qwen2-0.5B's shape: 24 layers, width 896, 14 he
 heads, MLP 4864) is built with random weights on the machine itself. Then:
 
 - training with `tools.train.train` (the loop live trials use), full fine-tuning and LoRA
-  (r 16, every linear layer), at the device's best precision (`tools.device`): tokens/s
-  over the steps after the first two, and MFU = FLOPs per token (6N full, 4N LoRA: the
+  (r 16, every linear layer), at the device's best precision (`tools.device`), eager and
+  with `torch_compile` (the method option): tokens/s over the steps after the first two
+  (compilation happens in the first), and MFU = FLOPs per token (6N full, 4N LoRA: the
   cost model's formulas) x tokens/s / the device's peak;
 - sampling the same prompts with `tools.infer.TransformersSampler` and, when vLLM is
   installed, `VLLMSampler` for n = 1, 8, 32: generated tokens/s of each and their ratio.
 
 Goals (issue 10): full fine-tuning above 30% MFU; vLLM n-sampling at least 5x transformers.
-Prints a table and writes it as JSON to --out, with the card's name.
+Prints each row as it is measured (a run cut short keeps what it printed) and writes them
+as JSON to --out, with the card's name.
 """
 
 from __future__ import annotations
@@ -88,6 +90,13 @@ class StepClock(TrainerCallback):
             self.steps = state.global_step - self.skip
 
 
+def show(row: dict) -> dict:
+    """Print one measured row at once (a run stopped by a timeout keeps what it printed)."""
+    print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in row.items()), flush=True)
+    return row
+
+
 def train_rates(model: Path, out: Path, steps: int, batch: int, length: int,
                 peak: float) -> list[dict]:
     rng = random.Random(1)
@@ -96,17 +105,21 @@ def train_rates(model: Path, out: Path, steps: int, batch: int, length: int,
                      for _ in range(steps * batch)]}
     params = sum(p.numel() for p in Qwen2ForCausalLM.from_pretrained(model).parameters())
     rows = []
-    for name, adapter, flops in (("full", None, 6), ("lora", LoraConfig(
-            task_type="CAUSAL_LM", r=16, target_modules="all-linear"), 4)):
+    lora = LoraConfig(task_type="CAUSAL_LM", r=16, target_modules="all-linear")
+    for name, adapter, flops, compiled in (("full", None, 6, False), ("lora", lora, 4, False),
+                                           ("full compiled", None, 6, True),
+                                           ("lora compiled", lora, 4, True)):
         clock = StepClock()
-        result = train(model, data, {"text": 1.0}, out / name,
-                       TrainConfig(steps=steps, batch_size=batch, lr=1e-5, max_length=length),
-                       adapter, callbacks=[clock])
+        config = TrainConfig(steps=steps, batch_size=batch, lr=1e-5, max_length=length,
+                             torch_compile=compiled)
+        result = train(model, data, {"text": 1.0}, out / name, config, adapter,
+                       callbacks=[clock])
         tokens = result.tokens_seen * clock.steps / steps
         rate = tokens / clock.seconds
-        rows.append({"what": f"train {name}", "params": params, "precision": result.precision,
-                     "tokens_per_s": rate, "mfu": flops * params * rate / peak,
-                     "peak_memory_gb": result.peak_memory_bytes / 2**30})
+        rows.append(show({"what": f"train {name}", "params": params,
+                          "precision": result.precision, "tokens_per_s": rate,
+                          "mfu": flops * params * rate / peak,
+                          "peak_memory_gb": result.peak_memory_bytes / 2**30}))
         gc.collect()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return rows
@@ -128,16 +141,17 @@ def sample_rates(model: Path, prompts: list[str], new_tokens: int, ns: list[int]
         sampler.sample(prompts[:2], 1, max_new_tokens=8, temperature=1.0)  # warm-up
         for n in ns:
             got = sampler.sample(prompts, n, max_new_tokens=new_tokens, temperature=1.0)
-            rows.append({"what": f"sample {backend} n={n}", "tokens": got.completion_tokens,
-                         "tokens_per_s": got.completion_tokens / got.seconds})
+            rows.append(show({"what": f"sample {backend} n={n}", "tokens": got.completion_tokens,
+                              "tokens_per_s": got.completion_tokens / got.seconds}))
         del sampler
         gc.collect()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     by = {r["what"]: r["tokens_per_s"] for r in rows}
     for n in ns:
         if f"sample vllm n={n}" in by:
-            rows.append({"what": f"vllm / transformers n={n}",
-                         "ratio": by[f"sample vllm n={n}"] / by[f"sample transformers n={n}"]})
+            rows.append(show({"what": f"vllm / transformers n={n}",
+                              "ratio": by[f"sample vllm n={n}"]
+                              / by[f"sample transformers n={n}"]}))
     return rows
 
 
@@ -160,6 +174,7 @@ def main() -> None:
 
         peak = cpu_matmul_flops()
     steps, batch, length = (4, 2, 64) if args.smoke else (args.steps, args.batch, args.length)
+    print(f"device {device.describe()}, peak {peak:.3g} FLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = build(Path(tmp) / "model", args.smoke)
         rows = train_rates(model, Path(tmp), steps, batch, length, peak)
@@ -167,10 +182,6 @@ def main() -> None:
         prompts = [text(rng, 16 if args.smoke else 64) for _ in range(4 if args.smoke else 64)]
         rows += sample_rates(model, prompts, 16 if args.smoke else 128,
                              [1, 2] if args.smoke else [1, 8, 32])
-    print(f"device {device.describe()}, peak {peak:.3g} FLOP/s")
-    for r in rows:
-        print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in r.items()))
     args.out.write_text(json.dumps({"device": device.describe(), "peak_flops": peak,
                                     "rows": rows}, indent=1))
 

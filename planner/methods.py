@@ -87,6 +87,9 @@ class Training(_Strict):
         "focal is MFTCoder's task-level focal loss (tools.train.balanced_loss)")
     focal_gamma: Float = Field(2.0, ge=0, le=100, description="loss_balance focal: the "
                                "focusing exponent gamma of -(1 - P)^gamma log P")
+    torch_compile: bool = Field(
+        False, description="compile the model with torch.compile: about 1.3x the training "
+        "tokens/s of a 0.5B model on an H200, for tens of seconds of compilation per run")
 
     @field_validator("grad_accum")
     @classmethod
@@ -127,7 +130,7 @@ class Training(_Strict):
 
 
 _LOOP_DEFAULTS = {"grad_accum": 1, "gradient_checkpointing": False, "precision": "auto",
-                  "loss_balance": "none", "focal_gamma": 2.0}
+                  "loss_balance": "none", "focal_gamma": 2.0, "torch_compile": False}
 
 
 class LoraOptions(Training):
@@ -281,6 +284,8 @@ class FineTune(_Method):
                 if getattr(o, field) is not None}  # max_length: None derives it
         keys |= _checkpointing_keys(tool, o.gradient_checkpointing)
         keys |= _PRECISION_KEYS[tool][o.precision]
+        if o.torch_compile:  # the same key in all three (TrainingArguments', Axolotl's own)
+            keys["torch_compile"] = True
         unexpressed = []
         if o.loss_balance != "none":
             unexpressed.append(f"loss_balance {o.loss_balance}: {tool} averages the loss over "

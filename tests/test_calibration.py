@@ -78,7 +78,7 @@ def test_precision_and_tf32_follow_the_device() -> None:
         "max_steps": 3, "learning_rate": None, "per_device_train_batch_size": 4,
         "gradient_accumulation_steps": 4, "gradient_checkpointing": True,
         "gradient_checkpointing_kwargs": {"use_reentrant": False}, "bf16": True,
-        "fp16": False, "tf32": True}
+        "fp16": False, "tf32": True, "torch_compile": False}
     on_t4 = loop_arguments(TrainConfig(), choose_precision("auto", T4), use_tf32(T4))
     assert (on_t4["bf16"], on_t4["fp16"], on_t4["tf32"]) == (False, True, None)
     assert on_t4["gradient_checkpointing_kwargs"] is None
@@ -109,7 +109,7 @@ def test_loop_options_validate_and_reach_the_tools(tmp_path: Path) -> None:
     # rest is a different artifact
     assert "grad_accum" not in Full(name="f").settings()
     accumulated = Full(name="f", options={"batch_size": 16, "grad_accum": 4, "precision": "fp32",
-                                          "gradient_checkpointing": True})
+                                          "gradient_checkpointing": True, "torch_compile": True})
     assert accumulated.settings() != Full(name="f").settings()
     lf, axolotl, trl = (accumulated.tool_config(t) for t in ("llamafactory", "axolotl", "trl"))
     assert (lf.keys["per_device_train_batch_size"], lf.keys["gradient_accumulation_steps"],
@@ -118,6 +118,8 @@ def test_loop_options_validate_and_reach_the_tools(tmp_path: Path) -> None:
     assert any(line.startswith("precision fp32: LLaMA-Factory") for line in lf.unexpressed)
     assert (axolotl.keys["micro_batch_size"], axolotl.keys["gradient_accumulation_steps"],
             axolotl.keys["gradient_checkpointing"], axolotl.keys["bf16"]) == (4, 4, True, False)
+    assert lf.keys["torch_compile"] is axolotl.keys["torch_compile"] is trl.keys["torch_compile"]
+    assert "torch_compile" not in Full(name="f").tool_config("trl").keys  # off: not said
     assert Full(name="a").tool_config("axolotl").keys["bf16"] == "auto"
     half = Lora(name="h", options={"precision": "fp16"}).tool_config("trl").keys
     assert (half["fp16"], half["bf16"], half["gradient_checkpointing"]) == (True, False, False)
@@ -128,7 +130,13 @@ def test_loop_options_validate_and_reach_the_tools(tmp_path: Path) -> None:
     sft = SFTConfig(output_dir=str(tmp_path / "trl"), use_cpu=True,
                     **{k: v for k, v in trl.keys.items() if k != "use_peft"})
     assert (sft.per_device_train_batch_size * sft.gradient_accumulation_steps,
-            sft.gradient_checkpointing, sft.bf16, sft.fp16) == (16, True, False, False)
+            sft.gradient_checkpointing, sft.bf16, sft.fp16, sft.torch_compile) == (
+        16, True, False, False, True)
+    # the flag reaches the loop as Trainer's own (compiling costs ~30 s here, so the real
+    # compiled run is experiments/gpu_check.py's on a GPU)
+    compiled = TrainConfig(**accumulated.options.model_dump(include={"batch_size", "grad_accum",
+                                                                    "torch_compile"}))
+    assert loop_arguments(compiled, "fp32", False)["torch_compile"] is True
 
 
 def test_grad_accum_feeds_the_same_examples_per_step_and_makes_the_same_update(

@@ -18,7 +18,7 @@ from tests.conftest import with_methods
      r"methods\[2\] \(l8\)\.options\.lora_rr: kind lora takes no option 'lora_rr'; valid "
      r"options: batch_size, focal_gamma, grad_accum, gradient_checkpointing, lora_alpha, "
      r"lora_dropout, lora_r, lora_targets, loss_balance, lr, max_length, precision, seed, "
-     r"steps$"),
+     r"steps, torch_compile$"),
     ({"name": "f", "kind": "full", "rank": 8},
      r"methods\[2\] \(f\)\.rank: kind full takes no key 'rank'; valid keys: kind, name, "
      r"options, train_tokens$"),
