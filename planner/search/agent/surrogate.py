@@ -11,11 +11,13 @@ A subtask's plans share structure that holds broadly, so one observation informs
   at a large n is not its slope's uncertainty times log n (measured from n = 1, an arm
   never tried looked near-perfect at a large n, whatever its size);
 - arms (every dimension but n: model, method, mixture, aggregator) differ by additive
-  effects of each dimension's value plus a smooth trend over the compute order (log
-  parameters, log training tokens); mixtures are compared by their weight vectors, so what
-  one mixture scores informs the mixtures that share its sources. One sample reads the same
-  under every aggregator, so a plan at n = 1 (written `first`) is coded under the first
-  aggregator that reads several: it is that curve's first point, not an arm of its own.
+  effects of each dimension's value plus a trend over the compute order (log parameters,
+  log training tokens; one size per arm), linear in the mean, so that beyond the sizes
+  seen a prediction continues the trend, and smooth around it; mixtures are compared by
+  their weight vectors, so what one mixture scores informs the mixtures that share its
+  sources. One sample reads the same under every aggregator, so a plan at n = 1 (written
+  `first`) is coded under the first aggregator that reads several: it is that curve's
+  first point, not an arm of its own.
 
 This is Bayesian regression on those features, written in its kernel form (a Gaussian
 process with a sum kernel) so that its cost grows with observations, not with features.
@@ -47,6 +49,7 @@ _EPS = 1e-3  # scores are clipped to [eps, 1 - eps] before the logit
 # Slope in log n: shared, by aggregator, by model and by arm. Dimensions not named here get
 # the default level weight and no slope term.
 _CONSTANT, _TREND, _ARM = 1.0, 3.0, 0.5
+_LINEAR = 1.0  # prior variance of the compute trend's coefficients (`_compute_trend`)
 _LEVEL = {"model": 0.5, "method": 0.5, "mixture": 0.3, "aggregator": 0.5}
 _LEVEL_DEFAULT = 0.5
 _SLOPE, _SLOPE_ARM = 0.25, 0.05
@@ -113,6 +116,10 @@ class PlanTable:
         raw = np.array([[np.log(c.inference_gpu_hours / p.samples + 1e-30),
                          np.log1p(cost_model.train_tokens(a))]
                         for p, c, a in zip(plans, costs, artifacts, strict=True)])
+        # one size per arm: the prompt is paid once, so the cost per sample falls with n,
+        # and a size that did so would lend the compute trend a slope in n
+        arm = codes[:, -1]
+        raw[:, 0] = (np.bincount(arm, raw[:, 0]) / np.bincount(arm))[arm]
         spread = raw.std(axis=0)
         compute = (raw - raw.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
         return cls(subtask, plans, {p: i for i, p in enumerate(plans)}, dims, codes, mixes,
@@ -262,7 +269,22 @@ class SubtaskModel:
         cross = _kernel_at(pieces, _LENGTHSCALES[j])  # (P, O), at amplitude 1
         v = inverse[j] @ cross.T  # (O, P)
         var = np.maximum(amp * (self._prior_var - (v * v).sum(axis=0)), 1e-9)
-        return Prediction(y.mean() + self._trend + v.T @ z[j], np.sqrt(var))
+        beta, z_rest = self._compute_trend(inverse[j], z[j], idx)
+        mean = y.mean() + self._trend + self.table.compute @ beta + v.T @ z_rest
+        return Prediction(mean, np.sqrt(var))
+
+    def _compute_trend(self, inverse: np.ndarray, z: np.ndarray,
+                       idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The linear trend of the logit in the compute features (log size, log training
+        tokens) as explicit basis functions of the mean (Rasmussen & Williams 2006, 2.7):
+        its coefficients' posterior mean under a N(0, `_LINEAR`) prior, and the whitened
+        residuals the kernel then explains. Beyond the sizes seen, the mean follows the
+        trend instead of falling back to the observed mean; the uncertainty is the
+        kernel's alone (the coefficients' own would make the extremes the most uncertain
+        plans, and trials went to them)."""
+        a = inverse @ self.table.compute[idx]  # (O, 2): L^-1 X
+        beta = np.linalg.solve(a.T @ a + np.eye(a.shape[1]) / _LINEAR, a.T @ z)
+        return beta, z - a @ beta
 
     def _pieces(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Kernel pieces between every plan and the plans `idx`, as (P, O) arrays; each
