@@ -190,12 +190,12 @@ def test_promot_keeps_a_format_it_never_trained_on_that_full_fine_tuning_loses(
     ({"name": "h", "kind": "hft", "options": {"rounds": 4}},
      r"methods\[2\] \(h\)\.options\.rounds: kind hft takes no option 'rounds'; valid options: "
      r"batch_size, focal_gamma, grad_accum, gradient_checkpointing, loss_balance, lr, "
-     r"max_length, precision, round_steps, seed, steps$"),
+     r"max_length, precision, round_steps, seed, steps, torch_compile$"),
     ({"name": "p", "kind": "promot", "options": {"lora_r": 4}},
      r"methods\[2\] \(p\)\.options\.lora_r: kind promot takes no option 'lora_r'; valid "
      r"options: batch_size, focal_gamma, grad_accum, gradient_checkpointing, keep_prompt, "
      r"loss_balance, lr, max_length, num_virtual_tokens, precision, prompt_lr, prompt_steps, "
-     r"seed, steps$"),
+     r"seed, steps, torch_compile$"),
     ({"name": "p", "kind": "promot", "options": {"prompt_steps": 0}},
      r"methods\[2\] \(p\)\.options\.prompt_steps: Input should be greater than 0"),
 ])
