@@ -17,7 +17,7 @@ import yaml
 from peft import LoraConfig
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback
 
-from envs.live.env import LiveEnvironment
+from envs.live.env import LiveEnvironment, train_config
 from envs.live.tasks.make_data import wordsum_records, write_jsonl
 from planner.artifact import artifact_of
 from planner.cli import main
@@ -132,10 +132,9 @@ def test_loop_options_validate_and_reach_the_tools(tmp_path: Path) -> None:
     assert (sft.per_device_train_batch_size * sft.gradient_accumulation_steps,
             sft.gradient_checkpointing, sft.bf16, sft.fp16, sft.torch_compile) == (
         16, True, False, False, True)
-    # the flag reaches the loop as Trainer's own (compiling costs ~30 s here, so the real
-    # compiled run is experiments/gpu_check.py's on a GPU)
-    compiled = TrainConfig(**accumulated.options.model_dump(include={"batch_size", "grad_accum",
-                                                                    "torch_compile"}))
+    # the flag reaches the loop, through the live environment's own mapping, as Trainer's own
+    # (compiling costs ~30 s here, so the real compiled run is experiments/gpu_check.py's)
+    compiled = train_config(accumulated.options)
     assert loop_arguments(compiled, "fp32", False)["torch_compile"] is True
 
 
