@@ -159,6 +159,18 @@ Recipe = PeftConfig | HalfFineTuning | ProMoT | None
 """What `train` trains: a peft adapter, every weight by a recipe, or (None) every weight."""
 
 
+def resumable(adapter: Recipe) -> bool:
+    """Whether `train` can stop a run of `adapter` part-way and resume it (`stop_after`,
+    `resume`): one Trainer loop, every weight or a peft adapter (HFT's rounds and ProMoT's
+    stages are not)."""
+    return adapter is None or isinstance(adapter, PeftConfig)
+
+
+def checkpoint_of(out_dir: str | Path, step: int) -> Path:
+    """The resumable checkpoint a `train(..., stop_after=step)` run saved in `out_dir`."""
+    return Path(out_dir) / f"checkpoint-{step}"  # Trainer's own folder name
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What one training run produced, what it trained on and what it cost."""
@@ -218,6 +230,8 @@ def train(
     *,
     progress: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
+    stop_after: int | None = None,
+    resume: str | Path | None = None,
 ) -> TrainResult:
     """Train `base_model` on `config.steps * config.batch_size` examples drawn from `mixture`.
 
@@ -234,10 +248,26 @@ def train(
         progress: show a progress bar over steps on stderr.
         callbacks: more `TrainerCallback`s for the Trainer (ProMoT: stage 2's only), e.g. to
             watch the weights between steps.
+        stop_after: stop the run after this many of its `config.steps` optimizer steps (the
+            learning rate follows the whole run's schedule) and save, besides the model, a
+            Trainer checkpoint of that step in `out_dir` (`checkpoint_of`): a screen's
+            training, the prefix of the full run.
+        resume: a checkpoint saved by a `stop_after` run of the same arguments: train only
+            the remaining steps. The artifact equals the uninterrupted run's (Trainer restores
+            the optimizer, scheduler, RNG and data order); the result counts this call's
+            steps, and its losses are the whole run's.
+        `stop_after` and `resume` need a single training loop: every weight, or a peft
+        adapter (`RESUMABLE`); HFT's and ProMoT's recipes refuse them.
 
     Loss is computed on completion tokens (and the eos appended to them) only; averaged over
     all of a batch's, or per source first (`config.loss_balance`, `balanced_loss`).
     """
+    if (stop_after is not None or resume is not None) and not resumable(adapter):
+        raise ValueError(f"{type(adapter).__name__} trains in stages of its own: it cannot "
+                         "stop part-way or resume (stop_after, resume)")
+    if stop_after is not None and not 0 < stop_after < config.steps:
+        raise ValueError(f"stop_after must be between 0 and steps ({config.steps}), "
+                         f"got {stop_after}")
     set_seed(config.seed)
     start = time.perf_counter()
     device = current_device()
@@ -277,20 +307,25 @@ def train(
     else:
         if adapter is not None:
             model = get_peft_model(model, copy.deepcopy(adapter))  # peft fills in the copy
-        losses = _fit(model, tokenizer, features, config, out, progress, callbacks, loop)
+        if stop_after is not None:
+            callbacks.append(_StopAfter(stop_after))
+        losses = _fit(model, tokenizer, features, config, out, progress, callbacks, loop,
+                      resume)
         if adapter is not None:
             # Record the real base (a .gguf file included) so load_model can rebuild it.
             model.peft_config["default"].base_model_name_or_path = str(base_model)
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    span = slice(_done_steps(resume) * config.batch_size,
+                 (stop_after or steps) * config.batch_size)  # the examples this call trained on
     return TrainResult(
         artifact=Path(out_dir),
-        tokens_seen=sum(len(f["input_ids"]) for f in features),
+        tokens_seen=sum(len(f["input_ids"]) for f in features[span]),
         wall_seconds=time.perf_counter() - start,
         peak_memory_bytes=_peak_memory_bytes(),
         final_loss=losses[-1],
         losses=losses,
-        examples=dict(sorted(Counter(source for source, _ in drawn).items())),
+        examples=dict(sorted(Counter(source for source, _ in drawn[span]).items())),
         max_length=max_length,
         truncated=sum(len(f["input_ids"]) > max_length for f in uncut),
         longest=max(len(f["input_ids"]) for f in uncut),
@@ -448,10 +483,10 @@ def frozen_half(groups: dict[str, list[list[str]]], seed: int, round_index: int)
 def _fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
          features: list[dict[str, list[int]]], config: TrainConfig, out_dir: Path,
          progress: bool, callbacks: Sequence[TrainerCallback] = (),
-         loop: _Loop | None = None) -> list[float]:
-    """Run Trainer over `features` in order; the loss of every step. `loop` sets the
-    precision and TF32 (default: chosen for this machine) and adds up the loop's seconds,
-    optimizer steps and the examples collated."""
+         loop: _Loop | None = None, resume: str | Path | None = None) -> list[float]:
+    """Run Trainer over `features` in order (from the checkpoint `resume`, if given); the
+    loss of every step. `loop` sets the precision and TF32 (default: chosen for this machine)
+    and adds up the loop's seconds, optimizer steps and the examples collated."""
     if loop is None:
         device = current_device()
         loop = _Loop(choose_precision(config.precision, device), use_tf32(device))
@@ -480,12 +515,12 @@ def _fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     for callback in callbacks:
         trainer.add_callback(callback)
     trainer.add_callback(_FiniteLoss())
-    start = time.perf_counter()
+    start, before = time.perf_counter(), _done_steps(resume)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     finally:
         loop.seconds += time.perf_counter() - start
-        loop.steps += trainer.state.global_step
+        loop.steps += trainer.state.global_step - before
         if config.gradient_checkpointing:  # saved and served models recompute nothing
             model.gradient_checkpointing_disable()
     return [log["loss"] for log in trainer.state.log_history if "loss" in log]
@@ -596,6 +631,25 @@ class _BalancedTrainer(Trainer):
         outputs = model(**inputs)
         loss = balanced_loss(outputs.logits, labels, source, self.balance, self.gamma)
         return (loss, outputs) if return_outputs else loss
+
+
+class _StopAfter(TrainerCallback):
+    """Stops the run after `steps` optimizer steps and has Trainer save a checkpoint there."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: object) -> None:
+        if state.global_step >= self.steps:
+            control.should_training_stop = control.should_save = True
+
+
+def _done_steps(checkpoint: str | Path | None) -> int:
+    """The optimizer steps a Trainer checkpoint had taken (0 for none)."""
+    if checkpoint is None:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
 
 
 class _FiniteLoss(TrainerCallback):

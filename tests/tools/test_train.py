@@ -10,8 +10,10 @@ from peft import LoraConfig, PeftConfig, PromptTuningConfig, PromptTuningInit
 from transformers import DataCollatorForSeq2Seq
 
 from tools.train import (
+    HalfFineTuning,
     TrainConfig,
     balanced_loss,
+    checkpoint_of,
     load_model,
     sample_mixture,
     tokenize_example,
@@ -173,3 +175,33 @@ def test_a_balanced_run_completes_and_changes_the_weights(tiny_base: Path, tmp_p
 def test_loss_balance_is_checked() -> None:
     with pytest.raises(ValueError, match="loss_balance must be one of none, data, focal"):
         TrainConfig(loss_balance="tokens")
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_run_stopped_part_way_resumes_to_the_uninterrupted_run(
+        method: str, tiny_base: Path, tmp_path: Path) -> None:
+    config = TrainConfig(steps=8, batch_size=4, lr=LR[method])
+    whole = train(tiny_base, CONST, {"const": 1.0}, tmp_path / "whole", config, _adapter(method))
+    part = train(tiny_base, CONST, {"const": 1.0}, tmp_path / "part", config, _adapter(method),
+                 stop_after=3)
+    assert part.losses == whole.losses[:3] and part.examples == {"const": 3 * 4}
+    rest = train(tiny_base, CONST, {"const": 1.0}, tmp_path / "rest", config, _adapter(method),
+                 resume=checkpoint_of(tmp_path / "part", 3))
+    assert rest.losses == whole.losses and rest.examples == {"const": 5 * 4}
+    assert part.tokens_seen + rest.tokens_seen == whole.tokens_seen
+    finished, _ = load_model(tmp_path / "rest")
+    uninterrupted, _ = load_model(tmp_path / "whole")
+    stopped, _ = load_model(tmp_path / "part")
+    for name, weight in uninterrupted.state_dict().items():
+        assert torch.equal(finished.state_dict()[name], weight), name
+    assert any(not torch.equal(stopped.state_dict()[n], w)
+               for n, w in uninterrupted.state_dict().items())
+
+
+def test_recipes_in_stages_refuse_to_stop_part_way(tiny_base: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot stop part-way"):
+        train(tiny_base, CONST, {"const": 1.0}, tmp_path, TrainConfig(steps=4, batch_size=4),
+              HalfFineTuning(round_steps=2), stop_after=2)
+    with pytest.raises(ValueError, match="stop_after must be between"):
+        train(tiny_base, CONST, {"const": 1.0}, tmp_path, TrainConfig(steps=4, batch_size=4),
+              stop_after=4)
