@@ -70,7 +70,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 HERE = Path(__file__).parent
 CHECKPOINTS = (10, 20, 50)  # report the best score after this many trials
 TARGET = 0.99  # "reached" = best-so-far >= 99% of the optimum
-SCREEN = 0.25  # agent-screen: the share of validation items a screen evaluates
+SCREEN = 0.25  # agent-screen: the share of validation items (live: and of training steps)
+# a screen evaluates
 
 
 def refuse(message: str) -> NoReturn:

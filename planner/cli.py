@@ -93,8 +93,10 @@ def optimize(
     = DEFAULT_PATIENCE,
     screen: Annotated[float | None, typer.Option(
         help="Agent: first evaluate an allocation that opens an unsampled arm on this share "
-             "of the validation items (a screen, e.g. 0.25), and in full only if it is "
-             "proposed again; saves the sampling of arms that disappoint.")] = None,
+             "of the validation items (a screen, e.g. 0.25; on a live task also of its "
+             "fine-tunes' training steps, resumed in full later), and in full only if it "
+             "proves promising; saves the sampling and training of arms that "
+             "disappoint.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: TASK-STRATEGY).")] = None,
     db: DbOpt = DEFAULT_DB,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the strategy.")]

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from planner.cost import Calibration
 from planner.draws import Draws
+from planner.sampling import backend_of
 from planner.space import Allocation
 from planner.spec import TaskSpec
 
@@ -45,7 +46,8 @@ class Environment(Protocol):
                  draws: Draws | None = None) -> Observation:
         """Run (or look up) the allocation and report its scores. `fidelity` in (0, 1] is
         the share of validation items evaluated (a screen): the first ceil(fidelity * N)
-        of a fixed order, the same for every allocation, so screens compare fairly.
+        of a fixed order, the same for every allocation, so screens compare fairly; where
+        `screens_training`, also the share of each resumable fine-tune's steps trained.
         `draws` says how many samples per item to draw of each arm (`planner.draws`; None:
         the subtask's largest n); an environment that draws none ignores it."""
         ...
@@ -53,6 +55,15 @@ class Environment(Protocol):
     def validation_items(self) -> Mapping[str, int]:
         """Subtask -> the items one evaluation samples it on (prices a search)."""
         ...
+
+
+def screens_training(spec: TaskSpec) -> bool:
+    """Whether a screen of the task also trains less: the live environment trains each
+    resumable fine-tune (`FineTune.resumable`) for the screen's share of its steps, a prefix
+    of the full run that a full evaluation resumes. A recorded table holds finished
+    trainings only, and a server (an `openai` backend) serves finished models."""
+    return spec.environment == "live" and all(
+        backend_of(spec, s.name).kind != "openai" for s in spec.subtasks)
 
 
 def check_fidelity(fidelity: float) -> None:

@@ -258,6 +258,9 @@ class FineTune(_Method):
     options: Training = Training()
 
     fine_tunes: ClassVar[bool] = True
+    resumable: ClassVar[bool] = True
+    """Trains in one loop, which a screen may stop part-way and the full run resume
+    (`tools.train`'s `stop_after`, `resume`); recipes in stages of their own may not."""
 
     def tokens(self, tokens_per_example: float) -> float:
         if self.train_tokens is not None:
@@ -403,6 +406,7 @@ class Hft(FineTune):
     options: HftOptions = HftOptions()
 
     flops_per_param_token: ClassVar[float] = 5.0
+    resumable: ClassVar[bool] = False
 
     def adapter(self) -> HalfFineTuning:
         from tools.train import HalfFineTuning
@@ -431,6 +435,7 @@ class Promot(FineTune):
 
     flops_per_param_token: ClassVar[float] = 6.0
     """Stage 2's; `train_flops` adds stage 1 at 4."""
+    resumable: ClassVar[bool] = False
 
     def tokens(self, tokens_per_example: float) -> float:
         if self.train_tokens is not None:

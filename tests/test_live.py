@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from envs import make_environment
@@ -17,11 +18,13 @@ from envs.live.tasks.make_data import wordsum_records, write_jsonl
 from planner.artifact import artifact_of
 from planner.cost import CostModel
 from planner.errors import SpecError
-from planner.search import Runner
+from planner.search import AgentOptions, Runner
+from planner.search.agent.screening import trains_prefixes
 from planner.space import Allocation, Plan
 from planner.spec import load_spec
 from planner.store import Store, TrialRecord, TrialStatus
 from planner.study import open_study, optimize
+from tools.train import load_model
 from tools.zoo import build_tiny_model, synthetic_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,6 +272,75 @@ def test_a_screen_is_the_full_evaluation_of_its_first_items_and_the_rest_is_draw
     assert (again.score, again.subtask_scores) == (full.observation.score,
                                                    full.observation.subtask_scores)
     assert again.measured["prompt_tokens"] == full.observation.measured["prompt_tokens"]
+
+
+def test_a_screen_trains_a_prefix_of_the_fine_tune_which_the_full_evaluation_resumes(
+        tmp_path: Path, bases: dict[str, Path]) -> None:
+    path = write_live_task(tmp_path, bases)
+    task = yaml.safe_load(path.read_text())
+    task["methods"][1]["options"]["steps"] = 4
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    allocation = alloc(plan("m1", "full", 3, "majority"), plan("m2", "none"))
+    artifact = artifact_of(load_spec(path), "parse", allocation["parse"])
+    env = env_for(path, tmp_path / "cache")
+
+    screen = env.run(allocation, fidelity=0.5)  # 2 of the 4 steps, 3 of the 6 items
+    (prefix,) = [json.loads(p.read_text())
+                 for p in (tmp_path / "cache").glob("live/artifacts/*-2steps/meta.json")]
+    assert (prefix["steps_trained"], prefix["resumed_from"]) == (2, 0)
+    full = env.run(allocation)  # resumes at step 2: trains only steps 3 and 4
+    assert env.cache.stats.train_misses == 2
+    uninterrupted = env_for(path, tmp_path / "fresh")
+    whole = uninterrupted.run(allocation)
+
+    tokens = [r.observation.measured["train_tokens"] for r in (screen, full, whole)]
+    assert tokens[0] + tokens[1] == tokens[2] and 0 < tokens[0] < tokens[2]
+    flops = [r.observation.measured["train_flops"] for r in (screen, full, whole)]
+    assert flops[0] + flops[1] == pytest.approx(flops[2])
+    assert (full.observation.score, full.observation.subtask_scores) == (
+        whole.observation.score, whole.observation.subtask_scores)
+    resumed, _ = load_model(env.model_path(artifact))
+    trained, _ = load_model(uninterrupted.model_path(artifact))
+    for name, weight in trained.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], weight), name
+    # the screen sampled the prefix model: the finished one's samples are drawn afresh
+    assert screen.prompts["parse"] == full.prompts["parse"][:3]
+
+
+def test_the_agent_screens_training_by_rungs_and_never_a_probe(
+        tmp_path: Path, bases: dict[str, Path]) -> None:
+    path = write_live_task(tmp_path, bases)
+    task = yaml.safe_load(path.read_text())
+    task["methods"][1]["options"]["steps"] = 4  # full: the probes train it
+    task["methods"].append({"name": "lora", "kind": "lora",  # the probes leave it to screens
+                            "options": {"steps": 4, "batch_size": 4, "lr": 0.01}})
+    for stage in task["subtasks"]:  # scored by answer length: the tiny models match no label
+        stage["methods"] = ["none", "full", "lora"]
+        stage["metric"] = "screen_metric:length"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    (tmp_path / "screen_metric.py").write_text(
+        "def length(prediction, label):\n    return min(len(prediction or ''), 8) / 8\n")
+    spec = load_spec(path)
+    env = env_for(path, tmp_path / "cache")
+    trials = optimize(spec, env, store=Store("sqlite://"), budget=spec.budget,
+                      strategy="agent", n_trials=16, seed=0,
+                      agent=AgentOptions(patience=None, screen=0.5)).trials
+    cost_model = CostModel(spec, env.calibration())
+    prefix = [t for t in trials if t.screen and trains_prefixes(cost_model, t.allocation)]
+    assert prefix, "no screen trained a prefix of a fine-tune"
+    assert not any(t.screen for t in trials if t.source == "agent-init"
+                   and trains_prefixes(cost_model, t.allocation))
+    for t in prefix:  # 2 of the 4 steps of each fine-tune it trains: half the tokens at most
+        assert t.measured["train_tokens"] < 0.6 * max(u.measured["train_tokens"]
+                                                       for u in trials if not u.screen)
+    # a prefix screen is evaluated in full only when promoted, leading its rung (the prefix
+    # screens before) and above 0; the others are dropped
+    promoted = [(t, u) for t in prefix for u in trials
+                if not u.screen and u.allocation.key() == t.allocation.key()]
+    assert promoted and len(promoted) < len(prefix)
+    for t, u in promoted:
+        rung = max(v.score for v in prefix if v.number < u.number)
+        assert u.source == "agent-promote" and 0 < t.score >= 0.95 * rung
 
 
 # --- mixtures over sources, methods from the registry, one shared multi-task artifact -------

@@ -67,3 +67,24 @@ def test_sweep_tries_every_arm_at_its_widest_n_then_refines_n(tiny_spec: TaskSpe
             alloc = Allocation.of({"extract": bigger, "solve": trials[0].allocation["solve"]})
             assert cost_model.estimate(alloc).total_gpu_hours > 100.0
     assert len({t.allocation.key() for t in trials}) == len(trials)
+
+
+def test_a_live_screen_pays_a_prefix_of_training_and_the_full_trial_the_rest(
+        tmp_path: Path) -> None:
+    replay = load_spec(write_mixture_task(tmp_path))
+    items = ReplayEnvironment(replay).validation_items()
+    live = CostModel(replay.model_copy(update={"environment": "live"}))
+    meter, recorded = SearchCost(live, items), SearchCost(CostModel(replay), items)
+    own = Allocation.of({"a": lora("own"), "b": lora(SHARED)})
+    trains, arms = meter.parts(own)
+    train, sample = sum(trains.values()), sum(arms.values())
+    assert recorded.marginal(own, 0.25) == pytest.approx(train + 0.25 * sample)  # a table's
+    assert meter.add(own, 0.25) == pytest.approx(0.25 * (train + sample))
+    assert meter.marginal(own, 0.25) == 0.0  # that prefix and its samples are cached
+    assert meter.marginal(own, 0.5) == pytest.approx(0.25 * train + 0.5 * sample)
+    # in full: the remaining steps, and every sample again (the finished model is another)
+    assert meter.marginal(own) == pytest.approx(0.75 * train + sample)
+    meter.add(own)
+    assert meter.marginal(own) == 0.0
+    assert meter.marginal(own, 0.25) == 0.0  # that prefix was trained and sampled
+    assert meter.marginal(own, 0.5) == pytest.approx(0.25 * train + 0.5 * sample)  # resumed

@@ -122,6 +122,20 @@ class Cache:
                 shutil.rmtree(tmp, ignore_errors=True)
         return final, meta
 
+    @staticmethod
+    def prefix_key(key: str, steps: int) -> str:
+        """The key of the first `steps` steps of the training `key` names (a screen's)."""
+        return f"{key}-{steps}steps"
+
+    def prefix_path(self, key: str, steps: int) -> Path:
+        """The folder of a prefix `prefixes` listed."""
+        return self._live / "artifacts" / self.prefix_key(key, steps)
+
+    def prefixes(self, key: str) -> list[dict]:
+        """The metadata of the prefixes of the training `key` names that are built."""
+        found = (self._live / "artifacts").glob(f"{key}-*steps/meta.json")
+        return [json.loads(path.read_text()) for path in found]
+
     @contextmanager
     def _lock(self, key: str) -> Iterator[None]:
         with open(self._live / "locks" / f"{key}.lock", "w") as f:

@@ -37,8 +37,14 @@ A screen (`evaluate(allocation, fidelity)`, fidelity < 1) does steps 2-4 on the 
 ceil(fidelity * N) of each stage's validation records and of the pipeline's items, in file
 order (the built-in tasks' records are drawn at random, smolmath's operations in turn, so a
 prefix is a fair sample; a file sorted by difficulty would bias screens): scores, measured
-sampling, escalated shares and verifier judging cover just those, training is the same, and
-a later full evaluation draws only the rest (samples are cached per prompt).
+sampling, escalated shares and verifier judging cover just those, and a later full
+evaluation draws only the rest (samples are cached per prompt). A screen also trains each
+resumable fine-tune (`FineTune.resumable`: every weight, or a peft adapter) for only
+ceil(fidelity * steps) of its steps: the prefix of the full run (the learning rate follows
+the whole run's schedule), cached with a Trainer checkpoint, which a later full evaluation
+(or a longer screen) resumes, training only the remaining steps into the same weights as
+an uninterrupted run. Its samples are another model's, cached apart. HFT, ProMoT and
+verifiers train in full.
 
 The end-to-end score is the final subtask's metric on the pipeline's output. `measured`
 gives what the allocation costs on the validation set: training (seconds, tokens) of each
@@ -65,6 +71,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -104,6 +111,7 @@ from tools.train import (
     TrainConfig,
     TrainResult,
     chat_prompt,
+    checkpoint_of,
     load_tokenizer,
     param_count,
     train,
@@ -154,9 +162,13 @@ def training_measured(method: FineTune, result: TrainResult) -> dict[str, object
     """What a training measured, for its artifact's metadata: FLOPs (the method's formula at
     the tokens it saw and the base's real parameter count), throughput, memory, the loop's
     settings on the device, and the device with its peak (`device_record`)."""
-    per_example = result.tokens_seen / max(sum(result.examples.values()), 1)
-    flops = method.model_copy(update={"train_tokens": None}).train_flops(result.params,
-                                                                         per_example)
+    drawn = sum(result.examples.values())
+    per_example = result.tokens_seen / max(drawn, 1)
+    # a prefix of the run, or the steps a resumed run trained: that share of the whole's FLOPs
+    share = drawn / (method.options.steps * method.options.batch_size) if method.resumable \
+        else 1.0
+    flops = share * method.model_copy(update={"train_tokens": None}).train_flops(
+        result.params, per_example)
     return {"params": result.params, "train_flops": flops, "loop_seconds": result.loop_seconds,
             "tokens_per_second": result.tokens_per_second,
             "peak_memory_bytes": result.peak_memory_bytes, "precision": result.precision,
@@ -164,6 +176,12 @@ def training_measured(method: FineTune, result: TrainResult) -> dict[str, object
             "micro_batch_size": result.micro_batch_size,
             "examples_per_step": result.examples_per_step,
             **device_record(), "device": result.device}
+
+
+def prefix_steps(steps: int, share: float) -> int:
+    """The steps a screen at `share` trains of a `steps`-step run: ceil(share * steps), at
+    least one; all of them at share 1 (or where one step is all there is)."""
+    return min(steps, max(1, math.ceil(share * steps - 1e-9))) if share < 1.0 else steps
 
 
 def train_config(options: Training) -> TrainConfig:
@@ -296,7 +314,7 @@ class LiveEnvironment:
             plan, data, metric = allocation[name], self.data[name], self.metrics[name]
             val = data.val[:screened(len(data.val), fidelity)]
             artifact = artifact_of(self.spec, name, plan)
-            path, key = self._target(name, plan, artifact, models)
+            path, key = self._target(name, plan, artifact, models, fidelity)
             extract, model = self.answers[name], artifact.model
             deps = self.spec.subtask(name).depends_on
             inputs = [{**r, **{d: outputs[d][i] for d in deps}} for i, r in enumerate(items)]
@@ -326,7 +344,7 @@ class LiveEnvironment:
             if cascade is not None:
                 scores[name], outputs[name], escalated, (used, by, n_strong) = self._escalate(
                     name, plan, cascade, val, gold, pipeline, inputs, outputs[name], models,
-                    draws)
+                    draws, fidelity)
                 measured[f"escalated:{name}"] = escalated
                 self._count_sampling(measured, used, cascade.strong.samples / n_strong, by)
         trained = {key: meta for _, key, meta in models.values()}  # distinct fine-tunes
@@ -347,7 +365,7 @@ class LiveEnvironment:
     def _escalate(self, name: str, plan: Plan, cascade: Cascade, val: list[dict[str, str]],
                   gold: list[DrawnSamples], drawn: list[DrawnSamples],
                   inputs: list[dict[str, str]], outputs: list[str],
-                  models: dict[Artifact, _Model], draws: Draws | None
+                  models: dict[Artifact, _Model], draws: Draws | None, fidelity: float
                   ) -> tuple[float, list[str], float, tuple[list[DrawnSamples], Target, int]]:
         """A cascade plan's stage score, pipeline outputs and escalated share
         (`planner.cascade`). The strong plan samples every evaluated validation record
@@ -361,7 +379,7 @@ class LiveEnvironment:
         strong, data, metric = cascade.strong, self.data[name], self.metrics[name]
         extract = self.answers[name]
         artifact = artifact_of(self.spec, name, strong)
-        path, key = self._target(name, strong, artifact, models)
+        path, key = self._target(name, strong, artifact, models, fidelity)
         own = [self.prompt(name, strong.model, r) for r in val]
         n_drawn = samples_drawn(draws, arm_of(name, strong, artifact), strong.samples,
                                 max(self.spec.subtask(name).samples))
@@ -435,11 +453,13 @@ class LiveEnvironment:
                 m["cached_train_seconds"] += seconds
         return m
 
-    def _model(self, artifact: Artifact,
-               resolved: dict[Artifact, _Model] | None = None) -> _Model:
+    def _model(self, artifact: Artifact, resolved: dict[Artifact, _Model] | None = None,
+               share: float = 1.0) -> _Model:
         """The artifact's model (path, cache key, training metadata), trained unless cached;
         method `none` serves the base; a merge merges its components (those in `resolved`
-        as they are, the others trained unless cached)."""
+        as they are, the others trained unless cached). A resumable fine-tune at `share` < 1
+        trains ceil(share * steps) steps (`prefix_steps`), cached under its own key; any
+        run resumes from the longest shorter prefix in the cache."""
         base, method = self.base_path(artifact.model), artifact.method
         if isinstance(method, Merge):
             return self._merged(artifact, base, resolved or {})
@@ -451,11 +471,18 @@ class LiveEnvironment:
             return base, weights_identity(base), {"tokens_seen": 0, "wall_seconds": 0.0,
                                                   "examples": {}}
         parts = self._identity(artifact, base)
+        full, steps = content_key(parts), method.options.steps
+        stop = prefix_steps(steps, share) if method.resumable else steps
 
         def build(out: Path) -> dict:
             data = {q: self.examples(q, artifact.model) for q in artifact.sources}
+            start = max((int(meta["steps_trained"]) for meta in self.cache.prefixes(full)
+                         if int(meta["steps_trained"]) < stop), default=0)
             result = train(base, data, artifact.sources, out, train_config(method.options),
-                           method.adapter(), progress=self.progress)
+                           method.adapter(), progress=self.progress,
+                           stop_after=stop if stop < steps else None,
+                           resume=checkpoint_of(self.cache.prefix_path(full, start), start)
+                           if start else None)
             if result.truncated:
                 drawn = sum(result.examples.values())
                 how = ("" if method.options.max_length else " (derived: the longest example, "
@@ -469,9 +496,11 @@ class LiveEnvironment:
             return {**parts, "tokens_seen": result.tokens_seen, "examples": result.examples,
                     "wall_seconds": result.wall_seconds, "final_loss": result.final_loss,
                     "max_length": result.max_length, "truncated": result.truncated,
+                    "steps_trained": stop, "resumed_from": start,
                     **training_measured(method, result)}
 
-        key, built = content_key(parts), []
+        key = full if stop == steps else self.cache.prefix_key(full, stop)
+        built: list[str] = []
         path, meta = self.cache.artifact(key, build)
         return path, key, {**meta, "cached": not built}  # cached: what its build measured
 
@@ -676,16 +705,17 @@ class LiveEnvironment:
         return self.data[subtask], source
 
     def _target(self, subtask: str, plan: Plan, artifact: Artifact,
-                models: dict[Artifact, _Model]) -> tuple[Target, str]:
+                models: dict[Artifact, _Model], share: float = 1.0) -> tuple[Target, str]:
         """What samples the stage, and its key in the sample cache: the artifact's local
-        folder (trained unless cached, once per run in `models`) or, under `openai`, the
-        name the server serves it under (`sampling.served`; a server trains nothing), keyed
-        by that name and the artifact's identity (not the URL: a moved server keeps them)."""
+        folder (trained unless cached, once per run in `models`; a screen's `share` of the
+        steps of a resumable fine-tune) or, under `openai`, the name the server serves it
+        under (`sampling.served`; a server trains nothing), keyed by that name and the
+        artifact's identity (not the URL: a moved server keeps them)."""
         backend = self.backends[subtask]
         if backend.kind != "openai":
             for part in artifact.trains:  # a merge's components, then the merge
                 if part not in models:
-                    models[part] = self._model(part, models)
+                    models[part] = self._model(part, models, share)
             path, key, _ = models[artifact]
             return path, key
         name = served_name(self.spec, backend, plan.model, plan.method, plan.mixture)

@@ -20,8 +20,13 @@ share escalates.
 
 A screen (a trial at `fidelity` f < 1) samples its arms on that share of the validation
 items, and pays f of each arm's price; a later trial of the arm pays only the share still
-unsampled (the live environment caches samples per prompt). Training is never screened: a
-screen trains (and pays for) its fine-tunes and verifiers in full.
+unsampled (the live environment caches samples per prompt). Where the environment screens
+training (`planner.env.screens_training`: the live one), a screen trains each resumable
+fine-tune (`FineTune.resumable`) for f of its steps and pays f of its training (the
+steps beyond the longest prefix trained before); a full evaluation resumes from the
+longest prefix and pays the rest. An arm served by such a prefix is another model: its
+samples are paid apart and not reused by the finished model's arm. Other training (a
+recorded table's, a verifier, HFT, ProMoT) a screen pays in full.
 
 This is what a user pays for a search, as opposed to what the found allocation
 costs to deploy (`CostModel.estimate`).
@@ -34,9 +39,23 @@ from collections.abc import Mapping
 from planner.artifact import Artifact, VerifierArtifact
 from planner.cost import CostModel
 from planner.draws import Arm, Draws, plan_arms, samples_drawn
+from planner.env import screens_training
 from planner.space import Allocation, Plan
 
 Trained = Artifact | VerifierArtifact  # what a trial may train once for every later one
+
+
+def trains_prefix(cost_model: CostModel, trained: Trained) -> bool:
+    """Whether a screen trains only a prefix of `trained`'s steps: a resumable fine-tune
+    (`FineTune.resumable`) where the environment screens training."""
+    return (screens_training(cost_model.spec) and isinstance(trained, Artifact)
+            and trained.method.fine_tunes and trained.method.resumable)
+
+
+def screens_another_model(cost_model: CostModel, subtask: str, plan: Plan) -> bool:
+    """Whether a screen of the plan samples another model than its full evaluation: one
+    with a fine-tune trained for only a prefix of its steps (`trains_prefix`)."""
+    return any(trains_prefix(cost_model, a) for a in cost_model.trains(subtask, plan))
 
 
 class SearchCost:
@@ -54,10 +73,13 @@ class SearchCost:
         self.cost_model = cost_model
         self.items = dict(items or {})
         self.draws = draws
-        self.trained: set[Trained] = set()
-        self.sampled: dict[Arm, float] = {}  # arm -> share of its validation items sampled
+        self.trained: set[Trained] = set()  # trained in full
+        self.prefixes: dict[Trained, set[float]] = {}  # shares of its steps screens trained
+        # (arm, share of its model's training) -> share of its validation items sampled
+        self.sampled: dict[tuple[Arm, float], float] = {}
         self.gpu_hours = 0.0
         self._arm_cost: dict[tuple[Arm, int], float] = {}
+        self._served: dict[Arm, Artifact] = {}  # the model each arm samples
 
     def parts(self, allocation: Allocation) -> tuple[dict[Trained, float], dict[Arm, float]]:
         """The fine-tunes (a merge's components, a cascade's strong plan) and verifiers the
@@ -76,32 +98,67 @@ class SearchCost:
             verifier = cm.verifier(s, p)
             if verifier is not None:  # it scores the plan's own arm's samples
                 trains[verifier] = self._verifier_cost(verifier, drawn_of[0][1])
-            for arm, n in drawn_of:
+            cascade = cm.cascade(s, p)
+            served = (p,) if cascade is None else (p, cascade.strong)  # as plan_arms orders
+            for (arm, n), plan in zip(drawn_of, served, strict=True):
                 arms[arm] = self._sample_cost(arm, n)
+                self._served[arm] = cm.artifact(s, plan)
         return trains, arms
 
     def marginal(self, allocation: Allocation, fidelity: float = 1.0) -> float:
         """GPU-hours evaluating `allocation` at `fidelity` would add now."""
         trains, arms = self.parts(allocation)
-        return self.unpaid_training(trains) + self.unpaid_sampling(arms, fidelity)
+        return self.unpaid_training(trains, fidelity) + self.unpaid_sampling(arms, fidelity)
 
     def add(self, allocation: Allocation, fidelity: float = 1.0) -> float:
         """Pay for an allocation evaluated at `fidelity`; the cumulative GPU-hours."""
         trains, arms = self.parts(allocation)
-        self.gpu_hours += self.unpaid_training(trains) + self.unpaid_sampling(arms, fidelity)
-        self.trained |= trains.keys()
+        self.gpu_hours += (self.unpaid_training(trains, fidelity)
+                           + self.unpaid_sampling(arms, fidelity))
+        for trained in trains:
+            share = self.trained_share(trained, fidelity)
+            if share < 1.0:
+                self.prefixes.setdefault(trained, set()).add(share)
+            else:
+                self.trained.add(trained)
         for arm in arms:
-            self.sampled[arm] = max(fidelity, self.sampled.get(arm, 0.0))
+            key = (arm, self._model_share(arm, fidelity))
+            self.sampled[key] = max(fidelity, self.sampled.get(key, 0.0))
         return self.gpu_hours
 
-    def unpaid_training(self, trains: Mapping[Trained, float]) -> float:
-        """What training those not trained yet costs."""
-        return sum(c for a, c in trains.items() if a not in self.trained)
+    def trained_share(self, trained: Trained, fidelity: float) -> float:
+        """The share of its training steps an evaluation at `fidelity` trains: `fidelity`
+        for a resumable fine-tune screened where the environment screens training, else 1."""
+        return fidelity if fidelity < 1.0 and trains_prefix(self.cost_model, trained) else 1.0
+
+    def unpaid_training(self, trains: Mapping[Trained, float], fidelity: float = 1.0) -> float:
+        """What training them for an evaluation at `fidelity` costs: each one's share of
+        its steps (`trained_share`) beyond the longest shorter prefix trained, nothing for
+        one trained that far already."""
+        total = 0.0
+        for trained, cost in trains.items():
+            share, done = self.trained_share(trained, fidelity), self.prefixes.get(trained, ())
+            if share in done or (share == 1.0 and trained in self.trained):
+                continue
+            total += cost * (share - max((d for d in done if d < share), default=0.0))
+        return total
 
     def unpaid_sampling(self, arms: Mapping[Arm, float], fidelity: float = 1.0) -> float:
         """What sampling the arms on a `fidelity` share of the items costs beyond the
-        share sampled already."""
-        return sum(c * max(0.0, fidelity - self.sampled.get(a, 0.0)) for a, c in arms.items())
+        share of them sampled already from the same model."""
+        return sum(c * max(0.0, fidelity - self.sampled.get((a, self._model_share(a, fidelity)),
+                                                            0.0))
+                   for a, c in arms.items())
+
+    def unsampled(self, arms: Mapping[Arm, float]) -> bool:
+        """Whether some arm's finished model was not sampled yet, on any share of the items."""
+        return any((a, 1.0) not in self.sampled for a in arms)
+
+    def _model_share(self, arm: Arm, fidelity: float) -> float:
+        """The share of its training the model an arm samples at `fidelity` has had: the
+        least of what it trains (a merge's components), 1 for a model trained in full."""
+        return min((self.trained_share(a, fidelity) for a in self._served[arm].trains),
+                   default=1.0)
 
     def _sample_cost(self, arm: Arm, n: int) -> float:
         """n samples of the arm for each validation item of its subtask."""

@@ -16,6 +16,7 @@ import numpy as np
 from planner.artifact import Artifact
 from planner.search._base import SearchContext
 from planner.search.agent.surrogate import PlanTable, Prediction, SubtaskModel
+from planner.search.search_cost import screens_another_model
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
@@ -106,8 +107,12 @@ class Analyst:
             return self._cache[1]
         subtasks = self.ctx.space.subtasks
         per = [stage_scores(t, subtasks) for t in ok]
+        # a screen's stage that sampled a fine-tune trained for a prefix of its steps scored
+        # another model than the plan's: it does not inform the plan's score
+        cm = self.ctx.cost_model
         predictions = [m.fit((t.allocation[s], p[s], t.fidelity)
-                             for t, p in zip(ok, per, strict=True) if s in p)
+                             for t, p in zip(ok, per, strict=True) if s in p
+                             and not (t.screen and screens_another_model(cm, s, t.allocation[s])))
                        for s, m in zip(subtasks, self._models, strict=True)]
         analysis = Analysis(self.tables, predictions, _combination_weights(ok, per, subtasks),
                             ok)

@@ -17,7 +17,7 @@ from langgraph.runtime import Runtime
 from planner.search._runner import best_trial
 from planner.search.agent.memory import Insight
 from planner.search.agent.reasoners.base import Attempt
-from planner.search.agent.screening import fidelities, promotions
+from planner.search.agent.screening import fidelities, promotions, trains_prefixes
 from planner.search.agent.state import AgentContext, PlannerState, llm_rest
 from planner.search.agent.steps import (
     EvaluateStep,
@@ -140,7 +140,9 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     reasoner for allocations; a failing language model falls back to builtin."""
     ctx = runtime.context
     history = ctx.runner.history()
-    if ctx.screen is not None and (promoted := promotions(history, ctx.proposals_per_step)):
+    cm = ctx.runner.cost_model
+    if ctx.screen is not None and (promoted := promotions(
+            history, ctx.proposals_per_step, lambda t: trains_prefixes(cm, t.allocation))):
         return _promote(ctx, history, promoted)
     memory = [Insight.from_dict(d) for d in state.memory]
     use_llm = _use_llm(state, ctx, "propose")
@@ -280,8 +282,12 @@ def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocat
         found = [1.0] * len(allocs)
     else:
         analysis = ctx.builtin.analyse(history)
+        # a probe is there to teach the score model, which a prefix-trained stage does not
+        cm = ctx.runner.cost_model
         found = fidelities(allocs, history, ctx.runner.search_meter(history), ctx.screen,
-                           lambda a: analysis.predicted(a)[0])
+                           lambda a: analysis.predicted(a)[0],
+                           (lambda a: trains_prefixes(cm, a)) if source == "agent-init"
+                           else None)
     return [{"allocation": a.to_dict(), "source": source, "fidelity": f}
             for a, f in zip(allocs, found, strict=True)]
 

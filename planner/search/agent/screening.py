@@ -10,15 +10,24 @@ the best screen whose score is within `PROMOTE_WITHIN` of the best full evaluati
 screen before there is one); otherwise the screened allocation is evaluated in full only
 if the reasoner proposes it again (a screen is never "seen" by the proposals, and never the
 best trial). A screen that disappoints has saved the rest of its arm's sampling.
+
+Where the environment screens training (live tasks: `planner.env.screens_training`), a
+screen also trains each resumable fine-tune for the screen's share of its steps, a prefix
+the full evaluation resumes. Such a screen scores a less trained model: the score model
+does not learn from its stage (`analysis.Analyst`), it is promoted when it leads its rung
+(the screens at its fidelity that trained prefixes, as successive halving promotes the top
+of a rung) and otherwise dropped (`settled`), having saved the rest of its training and
+sampling. Probes are never screened so: they are there to teach the score model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from planner.cost import CostModel
 from planner.search._base import seen_keys
 from planner.search._runner import best_trial
-from planner.search.search_cost import SearchCost
+from planner.search.search_cost import SearchCost, screens_another_model
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
@@ -28,25 +37,25 @@ PROMOTE_WITHIN = 0.95  # promote a screen scoring at least this share of the bes
 
 def fidelities(allocations: Sequence[Allocation], history: Sequence[TrialRecord],
                meter: SearchCost, screen: float | None,
-               expected: Callable[[Allocation], float] | None = None) -> list[float]:
+               expected: Callable[[Allocation], float] | None = None,
+               unscreened: Callable[[Allocation], bool] | None = None) -> list[float]:
     """The fidelity to evaluate each allocation at, in order (each counted as paid for
     the next): `screen` for one not tried at any fidelity that opens an unsampled arm,
     whose screen costs at most `SAVES_AT_LEAST` of its full evaluation and whose
     `expected` score (the score model's mean) does not beat the best full trial (an
-    exploratory proposal: a likely winner is evaluated in full at once); else 1."""
+    exploratory proposal: a likely winner is evaluated in full at once), unless
+    `unscreened` says it must not be; else 1."""
     tried = {t.allocation.key() for t in history}
     best = best_trial(history)
     out = []
     for alloc in allocations:
         fidelity = 1.0
         if (screen is not None and alloc.key() not in tried
-                and (best is None or expected is None or expected(alloc) < best.score)):
-            trains, arms = meter.parts(alloc)
-            opens = any(a not in meter.sampled for a in arms)
-            train = meter.unpaid_training(trains)
-            full = train + meter.unpaid_sampling(arms)
-            cheap = train + meter.unpaid_sampling(arms, screen)
-            if opens and cheap <= SAVES_AT_LEAST * full:
+                and (best is None or expected is None or expected(alloc) < best.score)
+                and (unscreened is None or not unscreened(alloc))):
+            _, arms = meter.parts(alloc)
+            full, cheap = meter.marginal(alloc), meter.marginal(alloc, screen)
+            if meter.unsampled(arms) and cheap <= SAVES_AT_LEAST * full:
                 fidelity = screen
         meter.add(alloc, fidelity)
         tried.add(alloc.key())
@@ -54,15 +63,40 @@ def fidelities(allocations: Sequence[Allocation], history: Sequence[TrialRecord]
     return out
 
 
-def promotions(history: Sequence[TrialRecord], k: int) -> list[TrialRecord]:
+def trains_prefixes(cost_model: CostModel, allocation: Allocation) -> bool:
+    """Whether a screen of the allocation trains a fine-tune for a prefix of its steps
+    (`search_cost.screens_another_model`): it scores a less trained model, which the
+    score model does not learn from (`analysis.Analyst`)."""
+    return any(screens_another_model(cost_model, s, p) for s, p in allocation.items())
+
+
+def settled(history: Sequence[TrialRecord], cost_model: CostModel) -> set[str]:
+    """Keys of the allocations a proposal must not repeat: those in the history
+    (`seen_keys`), and those screened with a prefix-trained fine-tune (`trains_prefixes`):
+    their rung promotes them (`promotions`) or, as successive halving does with the rest
+    of a rung, they are dropped."""
+    return seen_keys(history) | {t.allocation.key() for t in history
+                                 if t.screen and trains_prefixes(cost_model, t.allocation)}
+
+
+def promotions(history: Sequence[TrialRecord], k: int,
+               prefix: Callable[[TrialRecord], bool] = lambda _: False) -> list[TrialRecord]:
     """Up to `k` screens to evaluate in full next, best first: not evaluated in full yet
-    (nor running), scoring at least `PROMOTE_WITHIN` of the best full trial's score."""
+    (nor running), scoring at least `PROMOTE_WITHIN` of the best full trial's score. A
+    screen that trained a `prefix` of a fine-tune's steps scored a less trained model,
+    which no full trial is measured against: it is promoted when it scores above 0 and
+    within `PROMOTE_WITHIN` of the best such screen at its fidelity (the top of its rung)."""
     best = best_trial(history)
     full = seen_keys(history)  # tried in full, or running
-    ready = [t for t in history
-             if t.screen and t.status is TrialStatus.OK and t.score is not None
-             and t.allocation.key() not in full
-             and (best is None or t.score >= PROMOTE_WITHIN * best.score)]
+    screens = [t for t in history
+               if t.screen and t.status is TrialStatus.OK and t.score is not None]
+    rung: dict[float, float] = {}  # fidelity -> the best prefix screen's score
+    for t in screens:
+        if prefix(t):
+            rung[t.fidelity] = max(t.score, rung.get(t.fidelity, 0.0))
+    ready = [t for t in screens if t.allocation.key() not in full and (
+        t.score > 0 and t.score >= PROMOTE_WITHIN * rung[t.fidelity] if prefix(t)
+        else best is None or t.score >= PROMOTE_WITHIN * best.score)]
     ready.sort(key=lambda t: (-t.score, t.number))
     chosen: dict[str, TrialRecord] = {}  # one per allocation (it may be screened at two shares)
     for t in ready:

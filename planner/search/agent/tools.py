@@ -22,10 +22,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from planner.errors import SpaceError
-from planner.search._base import SearchContext, seen_keys
+from planner.search._base import SearchContext
 from planner.search.agent import prompts
 from planner.search.agent.analysis import Analysis
 from planner.search.agent.combine import frontier
+from planner.search.agent.screening import settled
 from planner.store import TrialRecord
 
 MAX_FRONTIER = 8  # allocations one frontier call lists
@@ -108,7 +109,7 @@ class Tools:
             raise ValueError(f"k must be an integer from 1 to {MAX_FRONTIER}")
         found = frontier(self.analysis, self.values,
                          self.ctx.budget_gpu_hours, self.ctx.cost_model,
-                         seen_keys(self.history), k)
+                         settled(self.history, self.ctx.cost_model), k)
         return {"candidates": [
             {"allocation": a.to_dict(), "end_score": _r(self.analysis.predicted(a)[0]),
              "gpu_hours": _g(self.ctx.cost_model.estimate(a).total_gpu_hours)}

@@ -31,11 +31,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from planner.search._base import SearchContext, seen_keys
+from planner.search._base import SearchContext
 from planner.search.agent.analysis import Analysis, Analyst
 from planner.search.agent.combine import frontier, recombination
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
+from planner.search.agent.screening import settled
 from planner.search.agent.surrogate import PlanTable
 from planner.space import ORACLE, Allocation
 from planner.store import TrialRecord, TrialStatus
@@ -72,7 +73,7 @@ class BuiltinReasoner:
         tables = self.analyst.tables
         share = self.ctx.budget_gpu_hours / len(tables)
         probes = [_probes(t, share, self.ctx) for t in tables]
-        seen = seen_keys(history)
+        seen = settled(history, self.ctx.cost_model)
         out: list[Allocation] = []
         why: list[str] = []
         for i in range(max(len(p) for p in probes)):
@@ -121,7 +122,7 @@ class BuiltinReasoner:
                       zip(analysis.plan_values(self.kappa), penalty, strict=True)]
             sure = recombination(analysis, [p >= CLOSED for p in penalty],
                                  self.ctx.budget_gpu_hours, self.ctx.cost_model,
-                                 seen_keys(believed))
+                                 settled(believed, self.ctx.cost_model))
             if sure is not None:
                 allocs.append(sure)
                 rationale.append("stage plans already evaluated, predicted to beat the "
@@ -129,7 +130,7 @@ class BuiltinReasoner:
                 believed.append(self._believed(sure, analysis, -len(allocs)))
                 continue
             found = frontier(analysis, values, self.ctx.budget_gpu_hours,
-                             self.ctx.cost_model, seen_keys(believed), 1)
+                             self.ctx.cost_model, settled(believed, self.ctx.cost_model), 1)
             if not found:
                 break
             allocs.append(found[0])

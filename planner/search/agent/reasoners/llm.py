@@ -52,13 +52,14 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from planner.errors import SpaceError
-from planner.search._base import SearchContext, seen_keys
+from planner.search._base import SearchContext
 from planner.search.agent import prompts
 from planner.search.agent.analysis import Analysis
 from planner.search.agent.combine import frontier
 from planner.search.agent.memory import ALL, Insight
 from planner.search.agent.reasoners.base import Attempt, Proposal, Reflection, ToolCall
 from planner.search.agent.reasoners.builtin import MAX_NOTES, BuiltinReasoner
+from planner.search.agent.screening import settled
 from planner.search.agent.tools import Tools
 from planner.secrets import redact, redact_data, register
 from planner.space import Allocation
@@ -161,8 +162,8 @@ class LLMReasoner:
 
         found, attempts, failed, exchange = self._converse(
             "init", history, (), messages, prompts.schema(self.ctx.space, k),
-            self._proposals(seen_keys(history), lambda _: True), prompts.repair_message,
-            "probes")
+            self._proposals(settled(history, self.ctx.cost_model), lambda _: True),
+            prompts.repair_message, "probes")
         if found is None:
             return Proposal(base.allocations, "builtin", [], attempts, failed,
                             base.rationale)
@@ -204,7 +205,7 @@ class LLMReasoner:
         prompt, or its tools to look), vetoed where the trials rate them far below the
         builtin's own pick."""
         analysis = self.builtin.analyse(history)
-        seen = seen_keys(history)
+        seen = settled(history, self.ctx.cost_model)
         hints = frontier(analysis, self._ranked(analysis, memory), self.ctx.budget_gpu_hours,
                          self.ctx.cost_model, seen, _HINTS)
         values = analysis.plan_values(self.builtin.kappa)
