@@ -19,11 +19,13 @@ from typer.testing import CliRunner
 
 from envs import make_environment
 from planner.cli import app
+from planner.cost import CostModel
 from planner.report import reasoner_fallbacks
-from planner.search import AgentOptions
+from planner.search import AgentOptions, SearchContext
 from planner.search.agent import LLMConfig, prompts
 from planner.search.agent.graph import build_graph
-from planner.search.agent.reasoners.llm import ReplyError, parse_reply
+from planner.search.agent.reasoners.builtin import BuiltinReasoner
+from planner.search.agent.reasoners.llm import LLMReasoner, ReplyError, parse_reply
 from planner.search.agent.state import EARLIER, MAX_EXCHANGES
 from planner.search.agent.steps import InitStep, read_step
 from planner.search.agent.strategy import checkpointer, thread_id
@@ -524,3 +526,25 @@ def test_a_repair_after_a_tool_offering_request_is_structured(spec, server) -> N
     assert "tools" not in second and second["response_format"]["type"] == "json_schema"
     assert "no JSON object" in second["messages"][-1]["content"]
     assert proposes[0]["reasoner"] == "llm" and result.trials[-1].source == "agent-llm"
+
+
+def test_a_near_sure_gain_is_taken_without_asking_the_model(server) -> None:
+    """On cascades-mmlu-gsm8k the optimum joins stage plans evaluated apart; once their known
+    scores beat the best trial, the step is the builtin's: a weak model once passed such a
+    gain over for a plan the veto let through."""
+    spec = load_spec(Path(__file__).parents[1] / "envs/replay/tasks/cascades_mmlu_gsm8k.yaml")
+    store = Store("sqlite://")
+    trials = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
+                      strategy="agent", n_trials=10, study="b",
+                      agent=AgentOptions(patience=None)).trials
+    at = next(i for i, t in enumerate(trials) if t.source == "agent-builtin"
+              and all(t.allocation[s.name] in {u.allocation[s.name] for u in trials[:i]}
+                      for s in spec.subtasks))
+    cost_model = CostModel(spec, make_environment(spec).calibration())
+    ctx = SearchContext(SearchSpace(spec), cost_model, store.require_study("b").budget_gpu_hours)
+    builtin = BuiltinReasoner(ctx)
+    llm = LLMReasoner(ctx, LLMConfig(server.url, "scripted", max_retries=0), builtin)
+    assert builtin.near_sure(trials[:at]) == trials[at].allocation
+    proposal = llm.propose(trials[:at], [], 1)
+    assert proposal.allocations == [trials[at].allocation] and proposal.reasoner == "builtin"
+    assert proposal.attempts == [] and server.requests == []

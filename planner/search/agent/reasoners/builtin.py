@@ -120,9 +120,7 @@ class BuiltinReasoner:
             analysis = self.analyse(believed)
             values = [v - p for v, p in
                       zip(analysis.plan_values(self.kappa), penalty, strict=True)]
-            sure = recombination(analysis, [p >= CLOSED for p in penalty],
-                                 self.ctx.budget_gpu_hours, self.ctx.cost_model,
-                                 settled(believed, self.ctx.cost_model))
+            sure = self._sure(analysis, penalty, believed)
             if sure is not None:
                 allocs.append(sure)
                 rationale.append("stage plans already evaluated, predicted to beat the "
@@ -137,6 +135,20 @@ class BuiltinReasoner:
             rationale.append(self._why(found[0], tables, values, penalty) + note)
             believed.append(self._believed(found[0], analysis, -len(allocs)))
         return Proposal(allocs, reasoner=self.name, rationale=rationale)
+
+    def near_sure(self, history: Sequence[TrialRecord],
+                  memory: Sequence[Insight] = ()) -> Allocation | None:
+        """The unseen recombination of evaluated stage plans (none the memory rules out)
+        whose known stage scores beat the best trial (`combine.recombination`), if any: a
+        near-sure gain, which `propose` puts before anything the score model only hopes
+        for."""
+        return self._sure(self.analyse(history), self.ranking(memory)[0], history)
+
+    def _sure(self, analysis: Analysis, penalty: Sequence[np.ndarray],
+              history: Sequence[TrialRecord]) -> Allocation | None:
+        return recombination(analysis, [p >= CLOSED for p in penalty],
+                             self.ctx.budget_gpu_hours, self.ctx.cost_model,
+                             settled(history, self.ctx.cost_model))
 
     def ranking(self, memory: Sequence[Insight]) -> tuple[list[np.ndarray], list[str]]:
         """Per subtask, what each plan's value is lowered by before plans are ranked:

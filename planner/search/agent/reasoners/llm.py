@@ -24,7 +24,9 @@ evaluated allocations, gets a repair message quoting the errors (bounded rounds)
 builtin's score model vetoes a proposal whose optimistic predicted end score is under
 `SCREEN` of the builtin's own pick's: the model may pick among near-best candidates, or
 explore where the prediction is uncertain (optimism rewards that), but a weak model cannot
-steer the search to plans the evidence rates poorly. The candidates it is shown (in the
+steer the search to plans the evidence rates poorly; and a step with a near-sure gain (a
+recombination of evaluated stage plans whose known scores beat the best trial) is the
+builtin's, the model not asked. The candidates it is shown (in the
 prompt, or by the `frontier` tool) are the builtin's, ranked as the builtin ranks them (the
 plans its memory rules out last: `BuiltinReasoner.ranking`). Probes it proposes at init
 are validated the same way (in the space, in budget, unseen), with no veto: there is no
@@ -203,7 +205,11 @@ class LLMReasoner:
                 conversation: Sequence[dict] = ()) -> Proposal:
         """Up to `k` allocations the model picks (with the builtin's candidates in its
         prompt, or its tools to look), vetoed where the trials rate them far below the
-        builtin's own pick."""
+        builtin's own pick. A step with a near-sure gain (`BuiltinReasoner.near_sure`: a
+        recombination of evaluated stage plans whose known scores beat the best trial) is
+        the builtin's: the model is not asked to weigh a known gain against hopes."""
+        if self.builtin.near_sure(history, memory) is not None:
+            return self.builtin.propose(history, memory, k)
         analysis = self.builtin.analyse(history)
         seen = settled(history, self.ctx.cost_model)
         hints = frontier(analysis, self._ranked(analysis, memory), self.ctx.budget_gpu_hours,
