@@ -90,7 +90,8 @@ class _TrialRow(SQLModel, table=True):
     error: str | None = None
     claim: str | None = None  # sha256 of the allocation key (and fidelity); None once failed
     driver: str = ""  # the token of the driver running it (`Driver`)
-    fidelity: float = 1.0  # the share of validation items evaluated (< 1: a screen)
+    fidelity: float = 1.0  # the share of validation items evaluated (< 1: a screen; on a live
+    # task also the share of its fine-tunes' steps trained: `planner.env.screens_training`)
 
 
 class _SubtaskResultRow(SQLModel, table=True):
@@ -206,7 +207,8 @@ class TrialRecord:
     duration_s: float | None = None
     error: str | None = None
     driver: str = ""  # the token of the driver that ran it (`Driver`)
-    fidelity: float = 1.0  # the share of validation items evaluated (< 1: a screen)
+    fidelity: float = 1.0  # the share of validation items evaluated (< 1: a screen; on a live
+    # task also the share of its fine-tunes' steps trained: `planner.env.screens_training`)
 
     @property
     def screen(self) -> bool:
