@@ -177,7 +177,7 @@ def test_loss_balance_is_checked() -> None:
         TrainConfig(loss_balance="tokens")
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", ["full", "lora", "prompt"])
 def test_a_run_stopped_part_way_resumes_to_the_uninterrupted_run(
         method: str, tiny_base: Path, tmp_path: Path) -> None:
     config = TrainConfig(steps=8, batch_size=4, lr=LR[method])
