@@ -108,13 +108,13 @@ class SearchCost:
     def marginal(self, allocation: Allocation, fidelity: float = 1.0) -> float:
         """GPU-hours evaluating `allocation` at `fidelity` would add now."""
         trains, arms = self.parts(allocation)
-        return self.unpaid_training(trains, fidelity) + self.unpaid_sampling(arms, fidelity)
+        return self._unpaid_training(trains, fidelity) + self._unpaid_sampling(arms, fidelity)
 
     def add(self, allocation: Allocation, fidelity: float = 1.0) -> float:
         """Pay for an allocation evaluated at `fidelity`; the cumulative GPU-hours."""
         trains, arms = self.parts(allocation)
-        self.gpu_hours += (self.unpaid_training(trains, fidelity)
-                           + self.unpaid_sampling(arms, fidelity))
+        self.gpu_hours += (self._unpaid_training(trains, fidelity)
+                           + self._unpaid_sampling(arms, fidelity))
         for trained in trains:
             share = self.trained_share(trained, fidelity)
             if share < 1.0:
@@ -131,7 +131,7 @@ class SearchCost:
         for a resumable fine-tune screened where the environment screens training, else 1."""
         return fidelity if fidelity < 1.0 and trains_prefix(self.cost_model, trained) else 1.0
 
-    def unpaid_training(self, trains: Mapping[Trained, float], fidelity: float = 1.0) -> float:
+    def _unpaid_training(self, trains: Mapping[Trained, float], fidelity: float = 1.0) -> float:
         """What training them for an evaluation at `fidelity` costs: each one's share of
         its steps (`trained_share`) beyond the longest shorter prefix trained, nothing for
         one trained that far already."""
@@ -143,16 +143,17 @@ class SearchCost:
             total += cost * (share - max((d for d in done if d < share), default=0.0))
         return total
 
-    def unpaid_sampling(self, arms: Mapping[Arm, float], fidelity: float = 1.0) -> float:
+    def _unpaid_sampling(self, arms: Mapping[Arm, float], fidelity: float = 1.0) -> float:
         """What sampling the arms on a `fidelity` share of the items costs beyond the
         share of them sampled already from the same model."""
         return sum(c * max(0.0, fidelity - self.sampled.get((a, self._model_share(a, fidelity)),
                                                             0.0))
                    for a, c in arms.items())
 
-    def unsampled(self, arms: Mapping[Arm, float]) -> bool:
-        """Whether some arm's finished model was not sampled yet, on any share of the items."""
-        return any((a, 1.0) not in self.sampled for a in arms)
+    def opens(self, allocation: Allocation) -> bool:
+        """Whether the allocation samples an arm whose finished model no trial sampled yet,
+        on any share of the items."""
+        return any((a, 1.0) not in self.sampled for a in self.parts(allocation)[1])
 
     def _model_share(self, arm: Arm, fidelity: float) -> float:
         """The share of its training the model an arm samples at `fidelity` has had: the

@@ -53,9 +53,8 @@ def fidelities(allocations: Sequence[Allocation], history: Sequence[TrialRecord]
         if (screen is not None and alloc.key() not in tried
                 and (best is None or expected is None or expected(alloc) < best.score)
                 and (unscreened is None or not unscreened(alloc))):
-            _, arms = meter.parts(alloc)
             full, cheap = meter.marginal(alloc), meter.marginal(alloc, screen)
-            if meter.unsampled(arms) and cheap <= SAVES_AT_LEAST * full:
+            if meter.opens(alloc) and cheap <= SAVES_AT_LEAST * full:
                 fidelity = screen
         meter.add(alloc, fidelity)
         tried.add(alloc.key())
