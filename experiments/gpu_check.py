@@ -13,7 +13,13 @@ heads, MLP 4864) is built with random weights on the machine itself. Then:
   (compilation happens in the first), and MFU = FLOPs per token (6N full, 4N LoRA: the
   cost model's formulas) x tokens/s / the device's peak;
 - sampling the same prompts with `tools.infer.TransformersSampler` and, when vLLM is
-  installed, `VLLMSampler` for n = 1, 8, 32: generated tokens/s of each and their ratio.
+  installed, `VLLMSampler` for n = 1, 8, 32: generated tokens/s of each and their ratio;
+- stopping a training part-way and resuming it (a live screen's prefix, then its full
+  trial), full and LoRA, eager: the largest weight difference from the uninterrupted run
+  (beside the largest change the run's second half made), the last losses of both, and
+  the seconds the stop and resume add (saving and loading the Trainer checkpoint). On the
+  CPU the two are equal bit for bit (tests/tools/test_train.py); on a GPU the question is
+  how far its kernels let them drift.
 
 Goals (issue 10): full fine-tuning above 30% MFU; vLLM n-sampling at least 5x transformers.
 Prints each row as it is measured (a run cut short keeps what it printed) and writes them
@@ -26,6 +32,7 @@ import argparse
 import gc
 import json
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,8 +43,9 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
 
 from tools.device import current_device
 from tools.infer import TransformersSampler
-from tools.train import TrainConfig, train
+from tools.train import TrainConfig, checkpoint_of, load_model, train
 
+PARTS = ["train", "sample", "resume"]
 # dense bf16 FLOP/s of one GPU, by a substring of its name (vendor data sheets)
 PEAKS = {"H200": 9.89e14, "H100": 9.89e14, "A100": 3.12e14, "L40S": 3.62e14, "A10": 1.25e14,
          "L4": 1.21e14, "4090": 1.65e14}
@@ -125,6 +133,39 @@ def train_rates(model: Path, out: Path, steps: int, batch: int, length: int,
     return rows
 
 
+def resume_rows(model: Path, out: Path, steps: int, batch: int, length: int) -> list[dict]:
+    """Uninterrupted against stopped at half the steps and resumed, full and LoRA."""
+    rng = random.Random(3)
+    words = length // 4
+    data = {"text": [{"prompt": text(rng, words), "completion": text(rng, words)}
+                     for _ in range(steps * batch)]}
+    config = TrainConfig(steps=steps, batch_size=batch, lr=1e-5, max_length=length)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=16, target_modules="all-linear")
+    rows, half = [], steps // 2
+    for name, adapter in (("full", None), ("lora", lora)):
+        runs = out / f"resume {name}"
+        whole = train(model, data, {"text": 1.0}, runs / "whole", config, adapter)
+        part = train(model, data, {"text": 1.0}, runs / "part", config, adapter, stop_after=half)
+        rest = train(model, data, {"text": 1.0}, runs / "rest", config, adapter,
+                     resume=checkpoint_of(runs / "part", half))
+        weights = {run: load_model(runs / run)[0].state_dict() for run in ("whole", "part", "rest")}
+        diff = max((weights["rest"][k].float() - w.float()).abs().max().item()
+                   for k, w in weights["whole"].items())
+        moved = max((weights["part"][k].float() - w.float()).abs().max().item()
+                    for k, w in weights["whole"].items())  # the second half's largest change
+        rows.append(show({
+            "what": f"resume {name}", "precision": whole.precision, "steps": steps,
+            "stopped_at": half, "max_weight_diff": diff, "bit_equal": diff == 0.0,
+            "second_half_max_change": moved,
+            "last_loss_whole": whole.losses[-1], "last_loss_resumed": rest.losses[-1],
+            "losses_equal": rest.losses == whole.losses,
+            "extra_seconds": part.wall_seconds + rest.wall_seconds - whole.wall_seconds}))
+        shutil.rmtree(runs)
+        gc.collect()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return rows
+
+
 def sample_rates(model: Path, prompts: list[str], new_tokens: int, ns: list[int]) -> list[dict]:
     rows = []
     backends = [("transformers", lambda: TransformersSampler(model, batch_size=len(prompts)))]
@@ -163,6 +204,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=1024, help="tokens per example")
     parser.add_argument("--peak-flops", type=float, help="the device's dense bf16 FLOP/s")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS,
+                        help="which measurements to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     args = parser.parse_args()
     device = current_device()
@@ -177,11 +220,17 @@ def main() -> None:
     print(f"device {device.describe()}, peak {peak:.3g} FLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = build(Path(tmp) / "model", args.smoke)
-        rows = train_rates(model, Path(tmp), steps, batch, length, peak)
-        rng = random.Random(2)
-        prompts = [text(rng, 16 if args.smoke else 64) for _ in range(4 if args.smoke else 64)]
-        rows += sample_rates(model, prompts, 16 if args.smoke else 128,
-                             [1, 2] if args.smoke else [1, 8, 32])
+        rows = []
+        if "train" in args.parts:
+            rows += train_rates(model, Path(tmp), steps, batch, length, peak)
+        if "sample" in args.parts:
+            rng = random.Random(2)
+            prompts = [text(rng, 16 if args.smoke else 64)
+                       for _ in range(4 if args.smoke else 64)]
+            rows += sample_rates(model, prompts, 16 if args.smoke else 128,
+                                 [1, 2] if args.smoke else [1, 8, 32])
+        if "resume" in args.parts:
+            rows += resume_rows(model, Path(tmp), steps, batch, length)
     args.out.write_text(json.dumps({"device": device.describe(), "peak_flops": peak,
                                     "rows": rows}, indent=1))
 
