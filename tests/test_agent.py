@@ -476,3 +476,29 @@ def test_trace_steps_are_typed_and_read_back_from_older_payloads() -> None:
     assert step_of("propose", payload) == step
     old = step_of("reflect", {"summary": "s", "stop": "converged", "retired_key": 1})
     assert old == ReflectStep(summary="s", stop="converged")
+
+
+def test_an_oracle_plan_is_never_predicted_above_its_arm_at_a_larger_n() -> None:
+    """A problem counts as solved if any sample solves it, so pass@n cannot fall as n grows.
+    pythia-gsm8k-math's GSM8K stage seen at n = 128 only: sure of those arms there and
+    unsure how their curves fall to n = 1, the score model rated pythia-1.4b / 300B higher
+    at n = 1 than at n = 128 at one sd (0.84 against 0.79), and a two-stage search spent a
+    trial on a stage at n = 1. Every prediction, at any optimism, is now capped by the
+    arm's at each larger n."""
+    spec = load_spec(TASKS / "pythia_gsm8k_math.yaml")
+    table = _analyst(spec).tables[0]
+    seen = {("pythia-70m", "pretrain-20B"): 0.036, ("pythia-410m", "pretrain-20B"): 0.306,
+            ("pythia-1.4b", "pretrain-20B"): 0.401, ("pythia-1b", "pretrain-300B"): 0.480}
+    prediction = SubtaskModel(table).fit(
+        (p, seen[p["model"], p["method"]], 1.0) for p in table.plans
+        if (p["model"], p["method"]) in seen and p.samples == 128)
+    arm = table.codes[:, -1]
+    uncapped = surrogate.expit(prediction.mean + prediction.std)
+    falls = 0
+    for a in np.unique(arm):
+        rows = np.flatnonzero(arm == a)
+        rows = rows[np.argsort(table.log_n[rows])]
+        falls += int((np.diff(uncapped[rows]) < 0).any())
+        for kappa in (0.0, 1.0, 2.0):
+            assert (np.diff(prediction.score(kappa)[rows]) >= 0).all()
+    assert falls > 0  # the case this is about
