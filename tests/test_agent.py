@@ -502,3 +502,29 @@ def test_an_oracle_plan_is_never_predicted_above_its_arm_at_a_larger_n() -> None
         for kappa in (0.0, 1.0, 2.0):
             assert (np.diff(prediction.score(kappa)[rows]) >= 0).all()
     assert falls > 0  # the case this is about
+
+
+def test_a_near_sure_gain_waits_for_a_pick_expected_to_score_more() -> None:
+    """tutor, seed 2: after the five init probes, MMLU on qwen2.5-72b with GSM8K and MATH on
+    pythia-410m / 20B, each evaluated in some trial, beat the best trial by 9% (0.039
+    against 0.036), and the agent ran that recombination next: a trial that taught the
+    stage models nothing. The allocation of the best optimistic value is expected, by the
+    score model's mean, to score more, so it goes first; the recombination stays for later."""
+    from planner.search.agent.combine import recombination
+    from planner.search.agent.reasoners.builtin import BuiltinReasoner
+
+    spec = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml")
+    trials = _run(spec, "agent", 5, seed=2, agent=AgentOptions(patience=None)).trials
+    builtin = BuiltinReasoner(_analyst(spec).ctx)
+    analysis = builtin.analyse(trials)
+    none_closed = [np.zeros(len(t.plans), dtype=bool) for t in analysis.tables]
+    waiting = recombination(analysis, none_closed, _budget(spec), builtin.ctx.cost_model,
+                            {t.allocation.key() for t in trials})
+    assert waiting is not None  # the case this is about
+    # what its stage scores give (`Analysis.known` holds weighted log stage scores)
+    sure_score = np.exp(sum(k[t.index[waiting[t.subtask]]]
+                            for t, k in zip(analysis.tables, analysis.known, strict=True)))
+    assert sure_score > max(t.score for t in trials)
+    assert builtin.near_sure(trials) is None
+    chosen = builtin.propose(trials).allocations[0]
+    assert chosen != waiting and analysis.predicted(chosen)[0] > sure_score
