@@ -21,7 +21,7 @@ A subtask's plans share structure that holds broadly, so one observation informs
 - an `oracle` plan (solved if any sample is correct) cannot score above its own arm at a
   larger n, which reads the same samples and more: its predicted score, at any optimism, is
   capped by theirs. Without the cap the score model, sure of an arm at n = 128 and unsure
-  how its curve falls to n = 1, rated it higher at n = 1 (an optimistic 0.84 against 0.78
+  how its curve falls to n = 1, rated it higher at n = 1 (an optimistic 0.83 against 0.78
   on Pythia GSM8K), and a two-stage search spent a trial on a stage at n = 1.
 
 This is Bayesian regression on those features, written in its kernel form (a Gaussian
