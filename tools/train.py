@@ -257,7 +257,7 @@ def train(
             the optimizer, scheduler, RNG and data order); the result counts this call's
             steps, and its losses are the whole run's.
         `stop_after` and `resume` need a single training loop: every weight, or a peft
-        adapter (`RESUMABLE`); HFT's and ProMoT's recipes refuse them.
+        adapter (`resumable`); HFT's and ProMoT's recipes refuse them.
 
     Loss is computed on completion tokens (and the eos appended to them) only; averaged over
     all of a batch's, or per source first (`config.loss_balance`, `balanced_loss`).

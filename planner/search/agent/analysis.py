@@ -77,6 +77,12 @@ class Analysis:
             out.append(np.where(count > 0, w * np.log(np.maximum(mean, FLOOR)), -np.inf))
         return out
 
+    def known_value(self, allocation: Allocation) -> float:
+        """An allocation's log end score from its stage plans' own full evaluations
+        (`known`): -inf where a stage plan was never evaluated."""
+        return sum(float(k[t.index[allocation[t.subtask]]])
+                   for t, k in zip(self.tables, self.known, strict=True))
+
     def predicted(self, allocation: Allocation, kappa: float = 0.0
                   ) -> tuple[float, dict[str, float]]:
         """An allocation's end score (the weighted product of its stage scores) and each

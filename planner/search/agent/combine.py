@@ -114,9 +114,7 @@ def recombination(analysis: Analysis, closed: Sequence[np.ndarray], budget: floa
     found = best_allocations(analysis.tables, known, budget, cost_model, seen, 1)
     if not found:
         return None
-    total = sum(float(v[t.index[found[0][t.subtask]]])
-                for t, v in zip(analysis.tables, known, strict=True))
-    return found[0] if total > best else None
+    return found[0] if analysis.known_value(found[0]) > best else None
 
 
 def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,

@@ -119,7 +119,7 @@ class BuiltinReasoner:
         rationale: list[str] = []
         while len(allocs) < k:
             analysis = self.analyse(believed)
-            values = self._values(analysis, penalty)
+            values = self.ranked_values(analysis, penalty)
             chosen, sure = self._next(analysis, values, penalty, believed)
             if chosen is None:
                 break
@@ -134,11 +134,14 @@ class BuiltinReasoner:
                   memory: Sequence[Insight] = ()) -> Allocation | None:
         """The near-sure gain `propose` would run next, if any (`_next`)."""
         analysis, penalty = self.analyse(history), self.ranking(memory)[0]
-        chosen, sure = self._next(analysis, self._values(analysis, penalty), penalty, history)
+        chosen, sure = self._next(analysis, self.ranked_values(analysis, penalty), penalty,
+                                  history)
         return chosen if sure else None
 
-    def _values(self, analysis: Analysis, penalty: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Each plan's optimistic value, lowered by the ranking's `penalty`."""
+    def ranked_values(self, analysis: Analysis,
+                      penalty: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per subtask, each plan's value as the builtin ranks it: its optimistic log score,
+        lowered by the `penalty` of `ranking`."""
         return [v - p for v, p in zip(analysis.plan_values(self.kappa), penalty, strict=True)]
 
     def _next(self, analysis: Analysis, values: Sequence[np.ndarray],
@@ -157,7 +160,8 @@ class BuiltinReasoner:
         sure = recombination(analysis, [p >= CLOSED for p in penalty], budget, cost_model,
                              seen)
         if sure is None or (found and found[0].key() != sure.key()
-                            and analysis.predicted(found[0])[0] > _known(analysis, sure)):
+                            and analysis.predicted(found[0])[0]
+                            > np.exp(analysis.known_value(sure))):
             return (found[0] if found else None), False
         return sure, True
 
@@ -199,13 +203,6 @@ class BuiltinReasoner:
 
     def _fits(self, alloc: Allocation) -> bool:
         return self.ctx.cost_model.estimate(alloc).total_gpu_hours <= self.ctx.budget_gpu_hours
-
-
-def _known(analysis: Analysis, allocation: Allocation) -> float:
-    """The end score an allocation of evaluated stage plans gets from their known stage
-    scores (`Analysis.known`)."""
-    return float(np.exp(sum(float(k[t.index[allocation[t.subtask]]])
-                            for t, k in zip(analysis.tables, analysis.known, strict=True))))
 
 
 def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, str]]:

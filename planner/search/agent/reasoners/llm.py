@@ -236,9 +236,7 @@ class LLMReasoner:
     def _ranked(self, analysis: Analysis, memory: Sequence[Insight]) -> list[np.ndarray]:
         """Per subtask, each plan's value as the builtin ranks it: its optimistic log score,
         lowered where the memory rules it out (`BuiltinReasoner.ranking`)."""
-        penalty, _ = self.builtin.ranking(memory)
-        return [v - p for v, p in zip(analysis.plan_values(self.builtin.kappa), penalty,
-                                      strict=True)]
+        return self.builtin.ranked_values(analysis, self.builtin.ranking(memory)[0])
 
     def _messages(self, system: str, user: str, conversation: Sequence[dict],
                   tools: bool) -> list[dict]:
