@@ -58,6 +58,15 @@ def text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) + str(rng.randrange(100)) for _ in range(words))
 
 
+def examples(seed: int, count: int, length: int) -> dict[str, list[dict[str, str]]]:
+    """`count` generated prompt/completion pairs of about `length` tokens each, as one
+    source."""
+    rng = random.Random(seed)
+    words = length // 4  # ~2 tokens per word+number each side
+    return {"text": [{"prompt": text(rng, words), "completion": text(rng, words)}
+                     for _ in range(count)]}
+
+
 def build(folder: Path, smoke: bool) -> Path:
     """A byte-level BPE tokenizer and a randomly initialised Qwen2 model, saved in bf16."""
     from tokenizers import ByteLevelBPETokenizer
@@ -107,10 +116,7 @@ def show(row: dict) -> dict:
 
 def train_rates(model: Path, out: Path, steps: int, batch: int, length: int,
                 peak: float) -> list[dict]:
-    rng = random.Random(1)
-    words = length // 4  # ~2 tokens per word+number each side
-    data = {"text": [{"prompt": text(rng, words), "completion": text(rng, words)}
-                     for _ in range(steps * batch)]}
+    data = examples(1, steps * batch, length)
     params = sum(p.numel() for p in Qwen2ForCausalLM.from_pretrained(model).parameters())
     rows = []
     lora = LoraConfig(task_type="CAUSAL_LM", r=16, target_modules="all-linear")
@@ -135,10 +141,7 @@ def train_rates(model: Path, out: Path, steps: int, batch: int, length: int,
 
 def resume_rows(model: Path, out: Path, steps: int, batch: int, length: int) -> list[dict]:
     """Uninterrupted against stopped at half the steps and resumed, full and LoRA."""
-    rng = random.Random(3)
-    words = length // 4
-    data = {"text": [{"prompt": text(rng, words), "completion": text(rng, words)}
-                     for _ in range(steps * batch)]}
+    data = examples(3, steps * batch, length)
     config = TrainConfig(steps=steps, batch_size=batch, lr=1e-5, max_length=length)
     lora = LoraConfig(task_type="CAUSAL_LM", r=16, target_modules="all-linear")
     rows, half = [], steps // 2
