@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -368,6 +369,26 @@ def test_one_stage_oracle_trials_take_the_largest_n_their_arm_affords() -> None:
                   and (p.model, p.method, p.aggregator) == (plan.model, plan.method, "oracle")
                   and cost.plan_cost("solve", p).total_gpu_hours <= budget]
         assert not larger, f"trial {t.number}: {plan.describe()} ({larger[0].describe()} fits)"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_stage_with_only_the_model_to_probe_probes_more_model_sizes(seed: int) -> None:
+    """monkeys-math-10k (seven Pythia sizes, nothing trained) and tutor's MMLU stage (nine
+    models at n = 1) have no dimension but the model to probe. Their designs stopped at
+    four size strata: on monkeys-math-10k the agent then needed 7 trials where the hand
+    sweep needs 5, and tutor's fifth init trial ran MMLU's fourth probe again. The
+    slots other dimensions cannot use go to more strata: five distinct models each."""
+    from planner.search.agent.reasoners.builtin import BuiltinReasoner
+
+    for name, stage in (("monkeys_math_10k.yaml", "solve"),
+                        ("tutor_mmlu_gsm8k_math.yaml", "mmlu")):
+        ctx = dataclasses.replace(_analyst(load_spec(TASKS / name)).ctx, seed=seed)
+        probes = BuiltinReasoner(ctx).initial([]).allocations
+        assert len({a[stage].model for a in probes}) == 5, name
+    trials = _run(load_spec(TASKS / "monkeys_math_10k.yaml"), "agent", 5, seed=seed,
+                  agent=AgentOptions(patience=None)).trials
+    optimum = load_optima()["monkeys-math-10k"]["score"]
+    assert max(t.score for t in trials) >= 0.99 * optimum  # the sweep's 5 trials at most
 
 
 def test_probes_read_several_samples_and_leave_the_aggregator_to_the_score_model() -> None:

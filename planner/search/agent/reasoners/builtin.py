@@ -43,6 +43,7 @@ from planner.space import ORACLE, Allocation
 from planner.store import TrialRecord, TrialStatus
 
 _MAX_MODEL_PROBES = 4
+_MIN_PROBES = 5  # a stage with fewer other dimensions to probe spends the rest on models
 # values probed per other dimension (default 2); the aggregator, like n, is left to the score
 # model, which tries it on the arms that look best (a probe on the reference arm was often a
 # trial spent on an arm no better than the others)
@@ -73,7 +74,9 @@ class BuiltinReasoner:
         """Probe allocations (unseen, within budget), one line of rationale each."""
         tables = self.analyst.tables
         share = self.ctx.budget_gpu_hours / len(tables)
-        probes = [_probes(t, share, self.ctx) for t in tables]
+        slots = max(_MIN_PROBES, *(_MAX_MODEL_PROBES + _others(t, t.cost <= share)
+                                   for t in tables))
+        probes = [_probes(t, share, self.ctx, slots) for t in tables]
         seen = settled(history, self.ctx.cost_model)
         out: list[Allocation] = []
         why: list[str] = []
@@ -205,8 +208,21 @@ class BuiltinReasoner:
         return self.ctx.cost_model.estimate(alloc).total_gpu_hours <= self.ctx.budget_gpu_hours
 
 
-def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, str]]:
-    """Plan indices (and why) that isolate the model, then each other dimension."""
+def _others(t: PlanTable, afford: np.ndarray) -> int:
+    """How many probes a stage's dimensions other than the model take: per dimension,
+    `_PROBES_PER_DIMENSION`'s share, or fewer where the affordable plans have fewer other
+    values."""
+    return sum(min(_PROBES_PER_DIMENSION.get(d.name, 2),
+                   len(np.unique(t.codes[afford, j])) - 1)
+               for j, d in enumerate(t.dims) if d.name != "model")
+
+
+def _probes(t: PlanTable, share: float, ctx: SearchContext, slots: int
+            ) -> list[tuple[int, str]]:
+    """Plan indices (and why) that isolate the model, then each other dimension. The
+    design has `slots` probes: those a dimension cannot use (it has fewer values than
+    its share) go to more model size strata, as do a multi-stage task's trials that a
+    longer stage's design runs anyway."""
     afford = t.cost <= share
     if not afford.any():
         return [(int(np.argmin(t.cost)), "cheapest plan (nothing fits the budget share)")]
@@ -223,9 +239,12 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext) -> list[tuple[int, s
     ref = max(keys, key=lambda k: (len(keys[k]), tokens[k], *(-c for c in k[1:])))
     on_ref = afford & (t.codes[:, rest] == ref).all(axis=1)
     models = sorted(keys[ref], key=lambda m: t.compute[model == m, 0].min())  # by size
-    # one model from each of up to 4 size strata (which one: the seed's choice)
+    # one model from each size stratum (which one: the seed's choice), as many strata as
+    # the slots the other dimensions leave
+    others = _others(t, afford)
     rng = np.random.default_rng([ctx.seed, len(t.plans)])
-    strata = np.array_split(np.arange(len(models)), min(_MAX_MODEL_PROBES, len(models)))
+    strata = np.array_split(np.arange(len(models)),
+                            min(max(_MAX_MODEL_PROBES, slots - others), len(models)))
     picks = [models[int(rng.choice(stratum))] for stratum in strata]
     out: list[tuple[int, str]] = []
 
