@@ -542,9 +542,7 @@ def test_a_near_sure_gain_waits_for_a_pick_expected_to_score_more() -> None:
     waiting = recombination(analysis, none_closed, _budget(spec), builtin.ctx.cost_model,
                             {t.allocation.key() for t in trials})
     assert waiting is not None  # the case this is about
-    # what its stage scores give (`Analysis.known` holds weighted log stage scores)
-    sure_score = np.exp(sum(k[t.index[waiting[t.subtask]]]
-                            for t, k in zip(analysis.tables, analysis.known, strict=True)))
+    sure_score = np.exp(analysis.known_value(waiting))  # what its stage scores give
     assert sure_score > max(t.score for t in trials)
     assert builtin.near_sure(trials) is None
     chosen = builtin.propose(trials).allocations[0]

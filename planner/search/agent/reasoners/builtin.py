@@ -76,9 +76,12 @@ class BuiltinReasoner:
         """Probe allocations (unseen, within budget), one line of rationale each."""
         tables = self.analyst.tables
         share = self.ctx.budget_gpu_hours / len(tables)
-        slots = max(_MIN_PROBES, *(_MAX_MODEL_PROBES + _others(t, t.cost <= share)
-                                   for t in tables))
-        probes = [_probes(t, share, self.ctx, slots) for t in tables]
+        # the design's slots: at least five, or the longest stage's; each stage fills the
+        # slots its other dimensions leave with size strata
+        others = [_others(t, t.cost <= share) for t in tables]
+        slots = max(_MIN_PROBES, _MAX_MODEL_PROBES + max(others))
+        probes = [_probes(t, share, self.ctx, max(_MAX_MODEL_PROBES, slots - o))
+                  for t, o in zip(tables, others, strict=True)]
         seen = settled(history, self.ctx.cost_model)
         out: list[Allocation] = []
         why: list[str] = []
@@ -219,12 +222,10 @@ def _others(t: PlanTable, afford: np.ndarray) -> int:
                for j, d in enumerate(t.dims) if d.name != "model")
 
 
-def _probes(t: PlanTable, share: float, ctx: SearchContext, slots: int
+def _probes(t: PlanTable, share: float, ctx: SearchContext, strata: int
             ) -> list[tuple[int, str]]:
-    """Plan indices (and why) that isolate the model, then each other dimension. The
-    design has `slots` probes: those a dimension cannot use (it has fewer values than
-    its share) go to more model size strata, as do a multi-stage task's trials that a
-    longer stage's design runs anyway."""
+    """Plan indices (and why) that isolate the model, one per size stratum (`strata` of
+    them, at most one per model), then each other dimension."""
     afford = t.cost <= share
     if not afford.any():
         return [(int(np.argmin(t.cost)), "cheapest plan (nothing fits the budget share)")]
@@ -241,13 +242,10 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext, slots: int
     ref = max(keys, key=lambda k: (len(keys[k]), tokens[k], *(-c for c in k[1:])))
     on_ref = afford & (t.codes[:, rest] == ref).all(axis=1)
     models = sorted(keys[ref], key=lambda m: t.compute[model == m, 0].min())  # by size
-    # one model from each size stratum (which one: the seed's choice), as many strata as
-    # the slots the other dimensions leave
-    others = _others(t, afford)
+    # one model from each size stratum (which one: the seed's choice)
     rng = np.random.default_rng([ctx.seed, len(t.plans)])
-    strata = np.array_split(np.arange(len(models)),
-                            min(max(_MAX_MODEL_PROBES, slots - others), len(models)))
-    picks = [models[int(rng.choice(stratum))] for stratum in strata]
+    picks = [models[int(rng.choice(stratum))] for stratum in
+             np.array_split(np.arange(len(models)), min(strata, len(models)))]
     out: list[tuple[int, str]] = []
 
     def best(mask: np.ndarray) -> int | None:
