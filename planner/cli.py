@@ -411,8 +411,9 @@ def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
     statuses = ", ".join(f"{k} {v}" for k, v in info["trials_by_status"].items() if v)
     if info["screens"]:  # scored on a share of the validation items; never the best
         statuses += f"; {info['screens']} of them screens"
-    out.print(f"trials run: {info['trials']} ({statuses}); search wall time "
-              f"{info['search_seconds']:.2f} s")
+    # the trials' own durations added up: workers in parallel count each, the planner none
+    out.print(f"trials run: {info['trials']} ({statuses}); time in trials "
+              f"{info['search_seconds']:.2f} s (summed)")
     best = info["best"]
     if best is None:
         out.print("no successful trial yet")

@@ -73,6 +73,7 @@ def test_studies_show_trace_json(study_dir: Path) -> None:
     assert [e["number"] for e in events if e["kind"] == "trial"] == list(range(8))
     human = planner("show", "tiny-optuna", cwd=study_dir)
     assert "training" in human.stdout and "inference" in human.stdout
+    assert "time in trials" in human.stdout  # their durations summed, not the search's wall
     assert "timeline" in planner("trace", "tiny-optuna", cwd=study_dir).stdout
 
 
