@@ -353,6 +353,26 @@ def test_a_recombination_predicted_to_win_is_taken_at_once() -> None:
     assert sure(zeros) is None
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_arm_is_first_tried_at_the_n_its_samples_are_drawn_at(seed: int) -> None:
+    """A study draws an arm's samples once, at the largest n a plan of it within budget
+    reads (`planner.draws`), so its first trial pays for them whatever its n. On
+    pythia-gsm8k-math the agent once tried checkpoints new to a stage at n = 64, or n = 1,
+    to afford a dearer plan of the other stage (those at n = 1 scored about 1% of the
+    optimum)."""
+    spec = load_spec(TASKS / "pythia_gsm8k_math.yaml")
+    env = make_environment(spec)
+    draws = study_draws(SearchSpace(spec), CostModel(spec, env.calibration()), _budget(spec))
+    trials = _run(spec, "agent", 20, seed=seed, agent=AgentOptions(patience=None)).trials
+    tried: set[tuple] = set()
+    for t in trials:
+        for s, plan in t.allocation.items():
+            arm = (s, plan.model, plan.method, plan.mixture, None)
+            if t.source == "agent-builtin" and arm not in tried:
+                assert plan.samples == draws[arm], (t.number, s, plan.describe())
+            tried.add(arm)
+
+
 def test_one_stage_oracle_trials_take_the_largest_n_their_arm_affords() -> None:
     """Under `oracle` a larger n only adds samples, so on a one-stage task a plan is beaten
     by its own arm at a larger n that fits the budget. The agent once spent monkeys-gsm8k's
