@@ -358,8 +358,8 @@ def test_an_arm_is_first_tried_at_the_n_its_samples_are_drawn_at(seed: int) -> N
     """A study draws an arm's samples once, at the largest n a plan of it within budget
     reads (`planner.draws`), so its first trial pays for them whatever its n. On
     pythia-gsm8k-math the agent once tried checkpoints new to a stage at n = 64, or n = 1,
-    to afford a dearer plan of the other stage (those at n = 1 scored about 1% of the
-    optimum)."""
+    to afford a dearer plan of the other stage (its trials with a stage at n <= 4 scored
+    1.5% of the optimum on average)."""
     spec = load_spec(TASKS / "pythia_gsm8k_math.yaml")
     env = make_environment(spec)
     draws = study_draws(SearchSpace(spec), CostModel(spec, env.calibration()), _budget(spec))

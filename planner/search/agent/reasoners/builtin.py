@@ -313,9 +313,7 @@ def _untried_below_top(t: PlanTable, room: float, evaluated: np.ndarray) -> np.n
     the other subtasks' cheapest plans), of an arm no full trial `evaluated`: a study
     draws an arm's samples once, at the largest n that a plan of it within budget reads
     (`planner.draws`), so an arm's first trial pays for them whatever its n, and at a
-    smaller n reads fewer and shows less (on pythia-gsm8k-math, first trials of a stage's
-    checkpoint at n = 1, beside a dearer plan of the other stage, scored about 1% of the
-    optimum)."""
+    smaller n reads fewer and shows less (experiments/README.md)."""
     arm = t.codes[:, -1]
     tried = np.zeros(arm.max() + 1, dtype=bool)
     tried[arm[evaluated]] = True
