@@ -300,12 +300,8 @@ def _outgrown(t: PlanTable, budget: float, shut: np.ndarray) -> np.ndarray:
     aggregator = t.dims[t.column("aggregator")]
     if ORACLE not in aggregator.values:
         return np.zeros(len(t.plans), dtype=bool)
-    arm = t.codes[:, -1]
-    fits = (t.cost <= budget) & ~shut
-    top = np.full(arm.max() + 1, -np.inf)  # per arm, the largest log n in budget
-    np.maximum.at(top, arm[fits], t.log_n[fits])
     oracle = t.codes[:, t.column("aggregator")] == aggregator.index(ORACLE)
-    return oracle & (t.log_n < top[arm])
+    return oracle & _below_top(t, (t.cost <= budget) & ~shut)
 
 
 def _untried_below_top(t: PlanTable, room: float, evaluated: np.ndarray) -> np.ndarray:
@@ -317,10 +313,15 @@ def _untried_below_top(t: PlanTable, room: float, evaluated: np.ndarray) -> np.n
     arm = t.codes[:, -1]
     tried = np.zeros(arm.max() + 1, dtype=bool)
     tried[arm[evaluated]] = True
-    fits = t.low <= room
+    return ~tried[arm] & _below_top(t, t.low <= room)
+
+
+def _below_top(t: PlanTable, fits: np.ndarray) -> np.ndarray:
+    """(P,) the plans at an n below the largest of their arm's plans that `fits`."""
+    arm = t.codes[:, -1]
     top = np.full(arm.max() + 1, -np.inf)  # per arm, the largest log n that fits
     np.maximum.at(top, arm[fits], t.log_n[fits])
-    return ~tried[arm] & (t.log_n < top[arm])
+    return t.log_n < top[arm]
 
 
 def _distance(t: PlanTable, i: int, j: int) -> float:
