@@ -88,6 +88,11 @@ def optimize(
                                                  "which the --reasoner llm model may call "
                                                  "tools (predict, price, frontier, trial) "
                                                  "before it answers; 0: none.")] = 3,
+    llm_guard: Annotated[bool, typer.Option(help="Ask the --reasoner llm model to propose only "
+                                            "once the search stalls, and only while its picks "
+                                            "outside the builtin's top candidates score what "
+                                            "the builtin's own were predicted to (a weak "
+                                            "model then costs about one trial).")] = True,
     patience: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Agent: stop after this "
                                           "many proposals without a better score.")]
     = DEFAULT_PATIENCE,
@@ -160,7 +165,7 @@ def optimize(
     if search_budget is not None:
         _budget("--search-budget", search_budget)
     agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes,
-                           llm_tool_rounds, patience, workers)
+                           llm_tool_rounds, patience, workers, llm_guard)
     if screen is not None:
         if strategy != "agent":
             raise PlannerError("--screen: only the agent screens; add --strategy agent, or "
@@ -261,8 +266,8 @@ def _check_executor(kind: str, workers: int, timeout: float | None,
 
 
 def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeout: float,
-                   nodes: str, tool_rounds: int, patience: int, workers: int = 1
-                   ) -> AgentOptions:
+                   nodes: str, tool_rounds: int, patience: int, workers: int = 1,
+                   guard: bool = True) -> AgentOptions:
     """The agent's options; it proposes as many allocations per step as there are workers."""
     if reasoner not in ("builtin", "llm"):
         raise typer.BadParameter("choose builtin or llm", param_hint="--reasoner")
@@ -276,7 +281,8 @@ def _agent_options(reasoner: str, base_url: str | None, model: str | None, timeo
         raise PlannerError(f"--llm-nodes {nodes!r}: name some of init, reflect and propose, "
                            "e.g. --llm-nodes reflect,propose")
     return AgentOptions(reasoner="llm", llm=LLMConfig(base_url, model, timeout_s=timeout,
-                                                      nodes=chosen, tool_rounds=tool_rounds),
+                                                      nodes=chosen, tool_rounds=tool_rounds,
+                                                      guard=guard),
                         patience=patience,
                         proposals_per_step=workers)
 

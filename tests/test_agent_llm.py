@@ -23,10 +23,10 @@ from planner.cost import CostModel
 from planner.report import reasoner_fallbacks
 from planner.search import AgentOptions, SearchContext
 from planner.search.agent import LLMConfig, prompts
-from planner.search.agent.graph import build_graph
+from planner.search.agent.graph import SPENT, build_graph
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
 from planner.search.agent.reasoners.llm import LLMReasoner, ReplyError, parse_reply
-from planner.search.agent.state import EARLIER, MAX_EXCHANGES
+from planner.search.agent.state import EARLIER, LLM_CREDIT, MAX_EXCHANGES
 from planner.search.agent.steps import InitStep, read_step
 from planner.search.agent.strategy import checkpointer, thread_id
 from planner.space import Allocation, SearchSpace
@@ -41,13 +41,15 @@ SECRET = "sk-test-must-never-be-stored-0123456789"
 class ScriptedServer:
     """Pops one scripted behaviour per request: ("reply", text), ("slow", s, text),
     ("status", code), ("tools", [(name, arguments), ...]); when the script is empty, HTTP
-    500. With `refuse_tools`, a request offering tools gets HTTP 400 (the script waits)."""
+    500, or with `pick_last` the last candidate the prompt lists (a weak model's answer).
+    With `refuse_tools`, a request offering tools gets HTTP 400 (the script waits)."""
 
     def __init__(self) -> None:
         self.script: list[tuple] = []
         self.requests: list[dict] = []
         self.auth: list[str] = []
         self.refuse_tools = False
+        self.pick_last = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,7 +60,9 @@ class ScriptedServer:
                 if server.refuse_tools and "tools" in body:
                     self._send(400, {"error": {"message": "tools are not supported"}})
                     return
-                action = server.script.pop(0) if server.script else ("status", 500)
+                action = (server.script.pop(0) if server.script else
+                          ("reply", _last_candidate(body)) if server.pick_last else
+                          ("status", 500))
                 if action[0] == "status":
                     self._send(action[1], {"error": {"message": "scripted failure"}})
                     return
@@ -98,6 +102,15 @@ class ScriptedServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
 
+def _last_candidate(request: dict) -> str:
+    """A reply proposing the last candidate a propose prompt lists (none if it lists none)."""
+    prompt = request["messages"][-1]["content"] or ""
+    listed = [json.loads(line.split(": ", 1)[1])
+              for line in prompt.split("predicted end score):")[-1].splitlines()
+              if "predicted end score):" in prompt and line.startswith("- ") and "{" in line]
+    return json.dumps({"insights": [], "proposals": listed[-1:]})
+
+
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     s = ScriptedServer()
@@ -134,10 +147,11 @@ def _n_init(spec) -> int:
 
 
 def _optimize(spec, server: ScriptedServer, n_extra: int, store: Store | None = None, **llm):
-    """Run the agent until `n_extra` trials past its init probes."""
+    """Run the agent until `n_extra` trials past its init probes; the model is asked at
+    every propose step (`guard` off) unless `llm` says otherwise."""
     config = LLMConfig(server.url, "scripted", **{"timeout_s": 2.0, "max_retries": 0,
                                                    "repairs": 2, "nodes": ("propose",),
-                                                   "tool_rounds": 0, **llm})
+                                                   "tool_rounds": 0, "guard": False, **llm})
     store = store or Store("sqlite://")
     result = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
                       strategy="agent", n_trials=_n_init(spec) + n_extra, study="llm",
@@ -269,7 +283,7 @@ def test_cli_llm_secret_never_stored(tmp_path: Path, server, monkeypatch) -> Non
     res = runner.invoke(app, ["optimize", str(task), "--db", f"sqlite:///{db_file}",
                               "--trials", trials, "--reasoner", "llm", "--llm-base-url",
                               server.url, "--llm-model", "scripted",
-                              "--llm-nodes", "propose"])
+                              "--llm-nodes", "propose", "--no-llm-guard"])
     assert res.exit_code == 0, res.output
     assert server.auth[0] == f"Bearer {SECRET}"  # the key was used ...
     shown = runner.invoke(app, ["trace", "tiny-agent", "--db", f"sqlite:///{db_file}",
@@ -288,7 +302,8 @@ def test_fallbacks_are_reported_by_optimize(tmp_path: Path, server) -> None:
     res = CliRunner().invoke(app, ["optimize", str(task), "--db", "sqlite://", "--json",
                                    "--trials", trials, "--reasoner", "llm", "--llm-base-url",
                                    server.url, "--llm-model", "scripted",
-                                   "--llm-nodes", "propose", "--llm-tool-rounds", "0"])
+                                   "--llm-nodes", "propose", "--llm-tool-rounds", "0",
+                                   "--no-llm-guard"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)["llm_fallbacks"]
     assert report["propose_steps"] == 1 and report["fallbacks"] == 1
@@ -548,3 +563,42 @@ def test_a_near_sure_gain_is_taken_without_asking_the_model(server) -> None:
     proposal = llm.propose(trials[:at], [], 1)
     assert proposal.allocations == [trials[at].allocation] and proposal.reasoner == "builtin"
     assert proposal.attempts == [] and server.requests == []
+
+
+def test_the_guard_asks_a_weak_model_on_stalls_until_its_picks_stop_paying(server) -> None:
+    """A model that always answers the last candidate listed: the guard asks it only after a
+    proposal that did not raise the best score, each pick of its own outside the builtin's
+    top candidates bets the builtin's predicted score (+1 credit if reached, -1 if not),
+    and with no credit left the builtin proposes without asking it."""
+    spec = load_spec(Path(__file__).parents[1] / "envs/replay/tasks/tutor_mmlu_gsm8k_math.yaml")
+    server.pick_last = True
+    store = Store("sqlite://")
+    config = LLMConfig(server.url, "scripted", max_retries=0, nodes=("propose",),
+                       tool_rounds=0)
+    optimize(spec, make_environment(spec), store=store, budget=spec.budget, strategy="agent",
+             n_trials=20, study="g", agent=AgentOptions(reasoner="llm", llm=config,
+                                                        patience=None))
+    credit, bets, asked, spent = LLM_CREDIT, 0, 0, 0
+    for step in store.steps("g"):
+        p = step.payload
+        if step.node == "evaluate":
+            scores = {json.dumps(t["allocation"], sort_keys=True): t["score"]
+                      for t in p["trials"]}
+            for item in p["inputs"]["pending"]:
+                if "bet" in item:
+                    bets += 1
+                    score = scores[json.dumps(item["allocation"], sort_keys=True)]
+                    credit += 1 if score >= item["bet"] else -1
+        elif step.node == "propose":
+            assert p["inputs"]["llm_credit"] == credit
+            if credit <= 0:
+                spent += 1
+                assert p["fallback"] == SPENT and not p["attempts"]
+            elif p["inputs"]["stale"] == 0:
+                assert p["fallback"] is None and not p["attempts"]
+            else:
+                asked += 1
+                assert p["attempts"]
+    assert bets >= 1 and asked >= 1 and spent >= 1
+    assert len(server.requests) == sum(
+        len(s.payload["attempts"]) for s in store.steps("g") if s.node == "propose")

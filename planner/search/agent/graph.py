@@ -64,9 +64,10 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     ctx = runtime.context
     runner = ctx.runner
     history = runner.history()
-    best, stale = state.best_score, state.stale
+    best, stale, credit = state.best_score, state.stale, state.llm_credit
     launched, skipped = [], []
     queue = list(state.pending)
+    bets = {Allocation.from_dict(i["allocation"]).key(): i["bet"] for i in queue if "bet" in i}
     while queue or runner.in_flight():
         while queue and runner.free() > 0:
             item = queue.pop(0)
@@ -78,6 +79,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
                 skipped.append(old.number)
                 if _improves(old, best):
                     best = old.score
+                credit += _settle(old, bets)
                 continue
             if runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
                 queue = []
@@ -92,6 +94,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             improved = _improves(trial, best)
             if improved:
                 best = trial.score
+            credit += _settle(trial, bets)
             if trial.source != "agent-init" and not trial.screen:
                 stale = 0 if improved else stale + 1
         if finished and ctx.callback:
@@ -103,7 +106,7 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
                 + (f", {len(skipped)} already in the study" if skipped else "")
                 + ("" if best is None else f"; best {best:.4f}"),
         inputs={"pending": state.pending}, trials=launched, skipped=skipped))
-    return {"pending": [], "best_score": best, "stale": stale}
+    return {"pending": [], "best_score": best, "stale": stale, "llm_credit": credit}
 
 
 def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
@@ -135,9 +138,15 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     return update | ({"messages": reflection.exchange} if reflection.exchange else {})
 
 
+SPENT = ("the language model's picks outside the builtin's top candidates scored below "
+         "what the builtin's own were predicted to; the builtin proposes from here on")
+
+
 def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Promote screens that scored near the best (`screening.promotions`), or else ask the
-    reasoner for allocations; a failing language model falls back to builtin."""
+    reasoner for allocations. A language model with `guard` on is asked once the search
+    stalls (the last proposal did not raise the best score) and while its own picks pay
+    (`state.LLM_CREDIT`); the builtin answers otherwise, and when the model fails."""
     ctx = runtime.context
     history = ctx.runner.history()
     cm = ctx.runner.cost_model
@@ -145,24 +154,32 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             history, ctx.proposals_per_step, lambda t: trains_prefixes(cm, t.allocation))):
         return _promote(ctx, history, promoted)
     memory = [Insight.from_dict(d) for d in state.memory]
-    use_llm = _use_llm(state, ctx, "propose")
+    may_ask = _use_llm(state, ctx, "propose")
+    guard = ctx.llm is not None and ctx.llm.config.guard
+    spent = guard and state.llm_credit <= 0  # its own picks did not pay (`LLM_CREDIT`)
+    waits = guard and state.stale == 0  # the builtin's last pick raised the best
+    asked = may_ask and not spent and not waits
     k = ctx.proposals_per_step
-    proposal = (ctx.llm.propose(history, memory, k, state.messages) if ctx.llm and use_llm
+    proposal = (ctx.llm.propose(history, memory, k, state.messages) if ctx.llm and asked
                 else ctx.builtin.propose(history, memory, k))
-    llm = _llm_outcome(state, ctx, "propose", use_llm, proposal.fallback)
+    llm = _llm_outcome(state, ctx, "propose", asked, proposal.fallback)
     fallback = llm.pop("fallback")
+    if may_ask and not asked:  # held back by design, not by a failure
+        fallback = SPENT if spent else None
     source = f"agent-{proposal.reasoner}"
     what = "; ".join(" | ".join(a.describe()) for a in proposal.allocations)
     step = _record(ctx, ProposeStep(
         summary=f"{proposal.reasoner}: {what or 'nothing left to propose'}"
                 + (f" (fallback: {fallback})" if fallback else ""),
         inputs={"trials": len(history), "insights": len(memory),
-                "k": k, "best_score": state.best_score},
+                "k": k, "best_score": state.best_score, "stale": state.stale}
+               | ({"llm_credit": state.llm_credit} if _acts(ctx, "propose") else {}),
         reasoner=proposal.reasoner, fallback=fallback, attempts=list(proposal.attempts),
         proposals=[a.to_dict() for a in proposal.allocations], rationale=proposal.rationale,
         notes=proposal.notes, tokens=_sum_tokens(proposal.attempts),
         latency_s=sum(a.latency_s for a in proposal.attempts)))
-    update: dict = {"pending": _pending(ctx, history, proposal.allocations, source), **llm,
+    update: dict = {"pending": _pending(ctx, history, proposal.allocations, source,
+                                        proposal.bets), **llm,
                     **_notes(ctx, state, step, proposal.notes)}
     if proposal.exchange:
         update["messages"] = proposal.exchange
@@ -276,8 +293,10 @@ def _record(ctx: AgentContext, step: Step, insights: list[dict] | None = None) -
 
 
 def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocation],
-             source: str) -> list[dict]:
-    """Allocations for the evaluate node, each with its fidelity (`screening`)."""
+             source: str, bets: list[float | None] | None = None) -> list[dict]:
+    """Allocations for the evaluate node, each with its fidelity (`screening`), and its
+    bet where a language model picked it outside the builtin's top candidates
+    (`Proposal.bets`)."""
     if ctx.screen is None:
         found = [1.0] * len(allocs)
     else:
@@ -289,7 +308,17 @@ def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocat
                            (lambda a: trains_prefixes(cm, a)) if source == "agent-init"
                            else None)
     return [{"allocation": a.to_dict(), "source": source, "fidelity": f}
-            for a, f in zip(allocs, found, strict=True)]
+            | ({"bet": bet} if bet is not None else {})
+            for a, f, bet in zip(allocs, found, bets or [None] * len(allocs), strict=True)]
+
+
+def _settle(trial: TrialRecord, bets: dict[str, float]) -> int:
+    """What a trial does to the language model's credit (`state.LLM_CREDIT`): for a pick of
+    its own, +1 if its full evaluation reached the bet's score, else -1; 0 for any other."""
+    bar = bets.get(trial.allocation.key())
+    if bar is None:
+        return 0
+    return 1 if trial.final and trial.score is not None and trial.score >= bar else -1
 
 
 def _improves(trial: TrialRecord, best: float | None) -> bool:

@@ -27,6 +27,14 @@ def llm_rest(failures: int) -> int:
                                                      MAX_LLM_REST)
 
 
+# a language model's pick outside the builtin's top candidates is a bet on its own
+# judgement: it starts with one, wins one more each time such a pick scores at least what
+# the score model predicted for the builtin's own pick (and the best so far), and loses one
+# each time it does not; with none left the builtin proposes (a weak model costs the
+# search about one trial, a model whose picks pay keeps picking)
+LLM_CREDIT = 1
+
+
 MAX_EXCHANGES = 4  # exchanges the conversation keeps; older ones fold into `EARLIER`
 EARLIER = ("Earlier exchanges are not repeated: the insights you stated are in the insight "
            "memory, the allocations you proposed in the trials table.")
@@ -63,6 +71,9 @@ class PlannerState:
     """Consecutive steps where the language model gave nothing usable."""
     llm_rest: int = 0
     """Steps left before the language model is asked again (`llm_rest()`)."""
+    llm_credit: int = LLM_CREDIT
+    """Picks the language model may still make outside the builtin's top candidates
+    (`LLM_CREDIT`)."""
     messages: Annotated[list[dict], keep_recent] = field(default_factory=list)
     """The conversation with a language-model reasoner (chat messages, bounded)."""
     stop: str = ""

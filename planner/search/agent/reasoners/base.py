@@ -54,6 +54,9 @@ class Proposal:
     fallback: str | None = None  # why the built-in reasoner answered instead
     rationale: list[str] = field(default_factory=list)  # why each allocation, one line each
     exchange: list[dict] = field(default_factory=list)  # for the graph's messages channel
+    bets: list[float | None] = field(default_factory=list)  # per allocation (empty: all
+    # None): for a language model's pick outside the builtin's top candidates, the score it
+    # must reach to count as a good pick (`state.LLM_CREDIT`); None for any other
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ builtin's score model vetoes a proposal whose optimistic predicted end score is 
 explore where the prediction is uncertain (optimism rewards that), but a weak model cannot
 steer the search to plans the evidence rates poorly; and a step with a near-sure gain (a
 recombination of evaluated stage plans whose known scores beat the best trial) is the
-builtin's, the model not asked. The candidates it is shown (in the
+builtin's, the model not asked. With `guard` on (the default) the graph asks the model to
+propose only once the search stalls, and each pick of its own outside the builtin's top
+candidates is a bet on scoring what the builtin's own pick was predicted to: while its bets
+lose, the builtin proposes (`state.LLM_CREDIT`). The candidates it is shown (in the
 prompt, or by the `frontier` tool) are the builtin's, ranked as the builtin ranks them (the
 plans its memory rules out last: `BuiltinReasoner.ranking`). Probes it proposes at init
 are validated the same way (in the space, in budget, unseen), with no veto: there is no
@@ -55,6 +58,7 @@ from openai.types.chat import ChatCompletion
 
 from planner.errors import SpaceError
 from planner.search._base import SearchContext
+from planner.search._runner import best_trial
 from planner.search.agent import prompts
 from planner.search.agent.analysis import Analysis
 from planner.search.agent.combine import frontier
@@ -92,6 +96,7 @@ class LLMConfig:
     structured: bool = True  # ask for JSON matching the space's schema, where the server can
     nodes: tuple[str, ...] = ("reflect", "propose")  # where the model acts (else the builtin)
     tool_rounds: int = 3  # replies per node that may call tools (0: tools are not offered)
+    guard: bool = True  # propose: asked once the search stalls, while its picks pay (graph)
 
 
 class ReplyError(ValueError):
@@ -231,7 +236,14 @@ class LLMReasoner:
             fallback = self.builtin.propose(history, memory, k)
             return Proposal(fallback.allocations, "builtin", [], attempts, failed or "")
         valid, notes = found
-        return Proposal(valid[:k], self.name, notes, attempts, exchange=exchange)
+        bets = _bets(valid[:k], hints[:k], analysis, history)
+        return Proposal(valid[:k], self.name, notes, attempts, exchange=exchange, bets=bets,
+                        rationale=[
+                            "the model's pick, one of the builtin's top candidates"
+                            if bet is None else f"the model's own pick, outside the builtin's "
+                            f"top candidates: it bets on scoring at least {bet:.4f} (what the "
+                            "builtin's first was predicted to score, or the best so far)"
+                            for bet in bets])
 
     def _ranked(self, analysis: Analysis, memory: Sequence[Insight]) -> list[np.ndarray]:
         """Per subtask, each plan's value as the builtin ranks it: its optimistic log score,
@@ -430,6 +442,17 @@ def _value(analysis: Analysis, values: Sequence[np.ndarray], alloc: Allocation) 
     """An allocation's optimistic log end score (`Analysis.plan_values`)."""
     return float(sum(v[t.index[alloc[t.subtask]]]
                      for t, v in zip(analysis.tables, values, strict=True)))
+
+
+def _bets(picks: Sequence[Allocation], top: Sequence[Allocation], analysis: Analysis,
+          history: Sequence[TrialRecord]) -> list[float | None]:
+    """Per pick, None if it is one of the builtin's `top` candidates, else the score it must
+    reach to count as a good pick: what the score model predicts for the builtin's own first
+    candidate (its mean), or the best score so far if that is higher."""
+    keys = {a.key() for a in top}
+    best = best_trial(history)
+    bar = max(analysis.predicted(top[0])[0] if top else 0.0, best.score if best else 0.0)
+    return [None if a.key() in keys else bar for a in picks]
 
 
 def _describe(e: Exception) -> str:
