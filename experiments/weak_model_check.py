@@ -1,0 +1,171 @@
+"""How much can a weak language model cost the search? The `llm` reasoner against a model
+that picks blindly, on every replay suite task and many seeds (CPU, seconds per task).
+
+A real OpenAI-compatible server on 127.0.0.1 plays the model: each propose request lists
+the builtin's candidates (ranked best first, `prompts.user_message`), and the server answers
+one of them by a fixed policy, without reading the trials:
+
+- `last`: always the lowest-ranked candidate shown (the worst a model that copies a listed
+  plan can do);
+- `random`: a uniformly random candidate shown (a model that understands nothing);
+- `first`: always the top candidate (a control: it should match the builtin trial by trial).
+
+Everything else is the product's path: the reasoner's request, parsing, validation, the
+veto, near-sure steps, and the graph's accounting of the model's departures. It runs the
+agent with the builtin reasoner and with the `llm` reasoner on the same seeds and reports,
+per task and policy, in how many seeds the llm run ends below / above the builtin after 10
+and after --trials trials, and the trials each needs to reach 99% of the exact optimum.
+SmolLM2-135M on llama.cpp is measured by llm_reasoner_check.py; this measures the bound
+the guards give, over many more seeds than a real model's minutes per step allow.
+
+    .venv/bin/python experiments/weak_model_check.py --seeds 10 --trials 30 --out /tmp/weak
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "experiments")]
+
+from benchmark import TARGET, load_task, resolve_tasks  # noqa: E402
+from llm_reasoner_check import run_study  # noqa: E402
+
+from planner.search.agent import LLMConfig  # noqa: E402
+
+SUITE = ["monkeys-gsm8k", "monkeys-math", "monkeys-math-10k", "pythia-gsm8k-math",
+         "tutor-mmlu-gsm8k-math", "cascades-mmlu-gsm8k", "mmlu-cascade-gsm8k-vote"]
+POLICIES = ("last", "random", "first")
+MARKER = "predicted end score):"  # the line before the candidates in a propose prompt
+
+
+def candidates(prompt: str) -> list[dict]:
+    """The allocations a propose prompt lists, best first."""
+    if MARKER not in prompt:
+        return []
+    return [json.loads(line.split(": ", 1)[1]) for line in prompt.split(MARKER)[-1].splitlines()
+            if line.startswith("- ") and "{" in line]
+
+
+@contextmanager
+def blind_model(policy: str, seed: int) -> Iterator[str]:
+    """A chat-completions server on 127.0.0.1 answering each request with one listed
+    candidate chosen by `policy` (an empty list when none is listed); yields its base URL."""
+    rng = random.Random(seed)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's API
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            listed = candidates(body["messages"][-1]["content"] or "")
+            pick = ([] if not listed else [listed[-1]] if policy == "last" else
+                    [listed[0]] if policy == "first" else [rng.choice(listed)])
+            text = json.dumps({"insights": [], "proposals": pick})
+            data = json.dumps({
+                "id": "x", "object": "chat.completion", "created": 0, "model": policy,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            }).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def run_pair(job: tuple[Path, int, int, str]) -> list[dict]:
+    """One seed of one task: best-so-far per trial for the builtin and for the llm reasoner
+    on the blind model, and the llm's propose outcomes."""
+    path, seed, trials, policy = job
+    name = load_task(path).spec.name
+    rows = []
+    with blind_model(policy, seed) as url:
+        config = LLMConfig(url, policy, timeout_s=30, tool_rounds=0, nodes=("propose",))
+        for reasoner, llm in (("builtin", None), ("llm", config)):
+            fracs, steps = run_study(path, seed, trials, llm)
+            asked = [s for s in steps if s.node == "propose"]
+            rows.append({"task": name, "policy": policy, "seed": seed, "reasoner": reasoner,
+                         "best": fracs,
+                         "llm_steps": sum(s.payload.get("reasoner") == "llm" for s in asked)})
+    return rows
+
+
+def reach(fracs: list[float]) -> int:
+    """Trials to `TARGET` of the optimum (len + 1 when never)."""
+    return next((i + 1 for i, f in enumerate(fracs) if f >= TARGET), len(fracs) + 1)
+
+
+def summarize(rows: list[dict], trials: int) -> pd.DataFrame:
+    out = []
+    frame = pd.DataFrame(rows)
+    for (task, policy), g in frame.groupby(["task", "policy"], sort=False):
+        b = g[g.reasoner == "builtin"].set_index("seed")
+        m = g[g.reasoner == "llm"].set_index("seed")
+        row = {"task": task, "policy": policy, "seeds": len(b),
+               "llm_steps": int(m.llm_steps.sum())}
+        for k in (10, trials):
+            lb = np.array([x[k - 1] for x in m.best]) - np.array([x[k - 1] for x in b.best])
+            row[f"below@{k}"] = int((lb < -1e-9).sum())
+            row[f"above@{k}"] = int((lb > 1e-9).sum())
+            row[f"worst@{k}"] = float(lb.min())
+        rb, rm = [reach(x) for x in b.best], [reach(x) for x in m.best]
+        row |= {"reach_builtin": float(np.median(rb)), "reach_llm": float(np.median(rm)),
+                "reach_mean_builtin": float(np.mean(rb)), "reach_mean_llm": float(np.mean(rm)),
+                "later": int(sum(x > y for x, y in zip(rm, rb, strict=True)))}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="*", default=SUITE)
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/weak_model_check"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = [(p, s, args.trials, pol) for pol in args.policies
+            for p in resolve_tasks(args.tasks) for s in range(args.seeds)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = [r for part in pool.map(run_pair, jobs) for r in part]
+    pd.DataFrame(rows).to_json(args.out / "runs.json", orient="records")
+    summary = summarize(rows, args.trials)
+    summary.to_csv(args.out / "summary.csv", index=False, float_format="%.4g")
+    with pd.option_context("display.width", 250, "display.max_columns", 50):
+        print(summary.to_string(index=False, float_format="%.3f"))
+    print(f"{len(jobs)} pairs in {time.perf_counter() - start:.0f} s; below the builtin after "
+          f"{args.trials} trials in {int(summary[f'below@{args.trials}'].sum())}, above in "
+          f"{int(summary[f'above@{args.trials}'].sum())}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
