@@ -165,11 +165,12 @@ def server(python: Path, gguf: Path, port: int, n_ctx: int, threads: int,
         log("server stopped")
 
 
-def run_study(task_path: Path, seed: int, trials: int, llm: LLMConfig | None
-              ) -> tuple[list[float], list[StepRecord]]:
-    """One agent search in an in-memory store (builtin reasoner, or `llm`): best-so-far
-    fraction of the optimum after each trial, and the agent's steps."""
-    task = load_task(task_path)
+def run_study(task_path: Path, seed: int, trials: int, llm: LLMConfig | None,
+              budget_scale: float = 1.0) -> tuple[list[float], list[StepRecord]]:
+    """One agent search in an in-memory store (builtin reasoner, or `llm`) under the task's
+    budget times `budget_scale`: best-so-far fraction of the optimum after each trial, and
+    the agent's steps."""
+    task = load_task(task_path, budget_scale)
     spec, env = task.spec, task.env
     store, name = Store("sqlite://"), f"{spec.name}-{seed}"
     record = open_study(store, spec, name=name, budget=spec.budget or "",
@@ -201,6 +202,16 @@ def error_kind(error: str) -> str:
     return "space" if error.startswith("proposal ") else "transport"
 
 
+def candidates(prompt: str) -> list[dict]:
+    """The allocations a propose prompt lists, best first (none where the model has the
+    frontier tool instead)."""
+    marker = "predicted end score):"
+    if marker not in prompt:
+        return []
+    return [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split(marker)[-1].splitlines()
+            if ln.startswith("- ") and "{" in ln]
+
+
 def step_row(step: StepRecord) -> dict:
     """One propose step of an llm run: outcome, errors, latency and tokens."""
     p = step.payload
@@ -214,9 +225,7 @@ def step_row(step: StepRecord) -> dict:
                    "resting" if p["fallback"] else
                    "waits" if p["inputs"].get("stale") == 0 else "sure")
     prompt = (attempts[0]["messages"][-1]["content"] or "") if attempts else ""
-    marker = "predicted end score):"  # absent where the model has the frontier tool instead
-    hints = [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split(marker)[-1].splitlines()
-             if marker in prompt and ln.startswith("- ") and "{" in ln]
+    hints = candidates(prompt)
     errors = [e for a in attempts for e in a["errors"]]
     kinds = [error_kind(e) for e in errors]
     return {"outcome": outcome, "attempts": len(attempts), "fallback": p["fallback"] or "",

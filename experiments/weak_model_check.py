@@ -1,17 +1,20 @@
-"""How much can a weak language model cost the search? The `llm` reasoner against a model
-that picks blindly, on every replay suite task and many seeds (CPU, seconds per task).
+"""How much can a weak language model cost the search, and how much of a good one's gain
+does the guard keep? The `llm` reasoner against models that pick by a fixed policy, on
+every replay suite task and many seeds (CPU, seconds per task).
 
 A real OpenAI-compatible server on 127.0.0.1 plays the model: each propose request lists
 the builtin's candidates (ranked best first, `prompts.user_message`), and the server answers
-one of them by a fixed policy, without reading the trials:
+one of them by its policy, without reading the trials:
 
 - `last`: always the lowest-ranked candidate shown (the worst a model that copies a listed
   plan can do);
 - `random`: a uniformly random candidate shown (a model that understands nothing);
-- `first`: always the top candidate (a control: it should match the builtin trial by trial).
+- `first`: always the top candidate (a control: it should match the builtin trial by trial);
+- `best`: the candidate whose recorded score is highest (a model that knows the tables: the
+  most a model choosing among the candidates can add, and what the guard leaves of it).
 
 Everything else is the product's path: the reasoner's request, parsing, validation, the
-veto, near-sure steps, and the graph's accounting of the model's departures. It runs the
+veto, near-sure steps, and the guard (`LLMConfig.guard`; `--no-guard` turns it off). It runs the
 agent with the builtin reasoner and with the `llm` reasoner on the same seeds and reports,
 per task and policy, in how many seeds the llm run ends below / above the builtin after 10
 and after --trials trials, and the trials each needs to reach 99% of the exact optimum.
@@ -29,7 +32,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,28 +45,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "experiments")]
 
 from benchmark import TARGET, load_task, resolve_tasks  # noqa: E402
-from llm_reasoner_check import run_study  # noqa: E402
+from llm_reasoner_check import candidates, run_study  # noqa: E402
 
 from planner.search.agent import LLMConfig  # noqa: E402
+from planner.space import Allocation  # noqa: E402
 
-SUITE = ["monkeys-gsm8k", "monkeys-math", "monkeys-math-10k", "pythia-gsm8k-math",
-         "tutor-mmlu-gsm8k-math", "cascades-mmlu-gsm8k", "mmlu-cascade-gsm8k-vote"]
-POLICIES = ("last", "random", "first")
-MARKER = "predicted end score):"  # the line before the candidates in a propose prompt
-
-
-def candidates(prompt: str) -> list[dict]:
-    """The allocations a propose prompt lists, best first."""
-    if MARKER not in prompt:
-        return []
-    return [json.loads(line.split(": ", 1)[1]) for line in prompt.split(MARKER)[-1].splitlines()
-            if line.startswith("- ") and "{" in line]
+POLICIES = ("last", "random", "first", "best")
 
 
 @contextmanager
-def blind_model(policy: str, seed: int) -> Iterator[str]:
+def model_server(policy: str, seed: int, score: Callable[[dict], float]) -> Iterator[str]:
     """A chat-completions server on 127.0.0.1 answering each request with one listed
-    candidate chosen by `policy` (an empty list when none is listed); yields its base URL."""
+    candidate chosen by `policy` (`score`: a candidate's recorded score, for `best`; an
+    empty list when none is listed); yields its base URL."""
     rng = random.Random(seed)
 
     class Handler(BaseHTTPRequestHandler):
@@ -71,7 +65,8 @@ def blind_model(policy: str, seed: int) -> Iterator[str]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             listed = candidates(body["messages"][-1]["content"] or "")
             pick = ([] if not listed else [listed[-1]] if policy == "last" else
-                    [listed[0]] if policy == "first" else [rng.choice(listed)])
+                    [listed[0]] if policy == "first" else [max(listed, key=score)]
+                    if policy == "best" else [rng.choice(listed)])
             text = json.dumps({"insights": [], "proposals": pick})
             data = json.dumps({
                 "id": "x", "object": "chat.completion", "created": 0, "model": policy,
@@ -98,16 +93,19 @@ def blind_model(policy: str, seed: int) -> Iterator[str]:
         httpd.server_close()
 
 
-def run_pair(job: tuple[Path, int, int, str]) -> list[dict]:
-    """One seed of one task: best-so-far per trial for the builtin and for the llm reasoner
-    on the blind model, and the llm's propose outcomes."""
-    path, seed, trials, policy = job
-    name = load_task(path).spec.name
+def run_pair(job: tuple[Path, float, int, int, str, bool]) -> list[dict]:
+    """One seed of one task at one budget: best-so-far per trial for the builtin and for
+    the llm reasoner on the blind model, and how many steps the model answered."""
+    path, scale, seed, trials, policy, guard = job
+    task = load_task(path, scale)
+    name = task.spec.name  # "@x0.5" where the budget is scaled (`benchmark.scaled`)
     rows = []
-    with blind_model(policy, seed) as url:
-        config = LLMConfig(url, policy, timeout_s=30, tool_rounds=0, nodes=("propose",))
+    with model_server(policy, seed,
+                      lambda d: task.env.evaluate(Allocation.from_dict(d)).score) as url:
+        config = LLMConfig(url, policy, timeout_s=30, tool_rounds=0, nodes=("propose",),
+                           guard=guard)
         for reasoner, llm in (("builtin", None), ("llm", config)):
-            fracs, steps = run_study(path, seed, trials, llm)
+            fracs, steps = run_study(path, seed, trials, llm, scale)
             asked = [s for s in steps if s.node == "propose"]
             rows.append({"task": name, "policy": policy, "seed": seed, "reasoner": reasoner,
                          "best": fracs,
@@ -144,16 +142,22 @@ def summarize(rows: list[dict], trials: int) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="*", default=SUITE)
+    parser.add_argument("--tasks", nargs="*", default=[], help="suite task names or task "
+                        "files (default: the whole replay suite)")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--budget-scale", nargs="+", type=float, default=[1.0],
+                        help="run each task under its budget times each of these")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-guard", action="store_true", help="ask the model at every "
+                        "propose step, its picks unlimited (`LLMConfig.guard` off)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/weak_model_check"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(p, s, args.trials, pol) for pol in args.policies
-            for p in resolve_tasks(args.tasks) for s in range(args.seeds)]
+    jobs = [(p, x, s, args.trials, pol, not args.no_guard) for pol in args.policies
+            for x in args.budget_scale for p in resolve_tasks(args.tasks)
+            for s in range(args.seeds)]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         rows = [r for part in pool.map(run_pair, jobs) for r in part]

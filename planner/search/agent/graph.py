@@ -314,11 +314,12 @@ def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocat
 
 def _settle(trial: TrialRecord, bets: dict[str, float]) -> int:
     """What a trial does to the language model's credit (`state.LLM_CREDIT`): for a pick of
-    its own, +1 if its full evaluation reached the bet's score, else -1; 0 for any other."""
+    its own, +1 if it scored the bet's score (a screen: on its share of the items), -1 if it
+    did not or failed; 0 for any other trial."""
     bar = bets.get(trial.allocation.key())
     if bar is None:
         return 0
-    return 1 if trial.final and trial.score is not None and trial.score >= bar else -1
+    return 1 if trial.score is not None and trial.score >= bar else -1
 
 
 def _improves(trial: TrialRecord, best: float | None) -> bool:
