@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from planner.cost import CostModel
 from planner.report import reasoner_fallbacks
 from planner.search import AgentOptions, SearchContext
 from planner.search.agent import LLMConfig, prompts
-from planner.search.agent.graph import SPENT, build_graph
+from planner.search.agent.graph import SPENT, _settle, build_graph
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
 from planner.search.agent.reasoners.llm import LLMReasoner, ReplyError, parse_reply
 from planner.search.agent.state import EARLIER, LLM_CREDIT, MAX_EXCHANGES
@@ -31,7 +32,7 @@ from planner.search.agent.steps import InitStep, read_step
 from planner.search.agent.strategy import checkpointer, thread_id
 from planner.space import Allocation, SearchSpace
 from planner.spec import load_spec
-from planner.store import Store
+from planner.store import Store, TrialStatus
 from planner.study import optimize
 from tests.conftest import write_tiny_task
 
@@ -602,3 +603,16 @@ def test_the_guard_asks_a_weak_model_on_stalls_until_its_picks_stop_paying(serve
     assert bets >= 1 and asked >= 1 and spent >= 1
     assert len(server.requests) == sum(
         len(s.payload["attempts"]) for s in store.steps("g") if s.node == "propose")
+
+
+def test_a_bet_settles_on_the_score_its_trial_got_a_screens_included(spec) -> None:
+    """+1 for a pick of the model's own that scored its bet (a screen on its share of the
+    items: it never is a full trial), -1 for one below it or failed, 0 for other trials."""
+    trial = optimize(spec, make_environment(spec), store=Store("sqlite://"),
+                     budget=spec.budget, strategy="agent", n_trials=1, study="s").trials[0]
+    bets = {trial.allocation.key(): 0.5}
+    assert _settle(replace(trial, score=0.5), bets) == 1
+    assert _settle(replace(trial, score=0.6, fidelity=0.25), bets) == 1
+    assert _settle(replace(trial, score=0.4), bets) == -1
+    assert _settle(replace(trial, score=None, status=TrialStatus.FAILED), bets) == -1
+    assert _settle(replace(trial, score=0.4), {}) == 0
