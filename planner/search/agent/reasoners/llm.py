@@ -96,7 +96,8 @@ class LLMConfig:
     structured: bool = True  # ask for JSON matching the space's schema, where the server can
     nodes: tuple[str, ...] = ("reflect", "propose")  # where the model acts (else the builtin)
     tool_rounds: int = 3  # replies per node that may call tools (0: tools are not offered)
-    guard: bool = True  # propose: asked once the search stalls, while its picks pay (graph)
+    guard: bool = True  # asked to propose only once the search stalls, and while its own
+    # picks pay (`state.LLM_CREDIT`; the graph's propose node)
 
 
 class ReplyError(ValueError):
