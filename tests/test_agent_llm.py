@@ -566,19 +566,22 @@ def test_a_near_sure_gain_is_taken_without_asking_the_model(server) -> None:
     assert proposal.attempts == [] and server.requests == []
 
 
-def test_the_guard_asks_a_weak_model_on_stalls_until_its_picks_stop_paying(server) -> None:
+def test_the_guard_asks_a_weak_model_on_stalls_until_its_picks_stop_paying(
+        server, tmp_path: Path) -> None:
     """A model that always answers the last candidate listed: the guard asks it only after a
     proposal that did not raise the best score, each pick of its own outside the builtin's
     top candidates bets the builtin's predicted score (+1 credit if reached, -1 if not),
-    and with no credit left the builtin proposes without asking it."""
+    and with no credit left the builtin proposes without asking it, after a resume too (the
+    run stops at 15 trials, its credit spent since trial 13, and resumes to 20)."""
     spec = load_spec(Path(__file__).parents[1] / "envs/replay/tasks/tutor_mmlu_gsm8k_math.yaml")
     server.pick_last = True
-    store = Store("sqlite://")
+    store = Store(f"sqlite:///{tmp_path / 'guard.db'}")
     config = LLMConfig(server.url, "scripted", max_retries=0, nodes=("propose",),
                        tool_rounds=0)
-    optimize(spec, make_environment(spec), store=store, budget=spec.budget, strategy="agent",
-             n_trials=20, study="g", agent=AgentOptions(reasoner="llm", llm=config,
-                                                        patience=None))
+    for n_trials in (15, 20):
+        optimize(spec, make_environment(spec), store=store, budget=spec.budget,
+                 strategy="agent", n_trials=n_trials, study="g",
+                 agent=AgentOptions(reasoner="llm", llm=config, patience=None))
     credit, bets, asked, spent = LLM_CREDIT, 0, 0, 0
     for step in store.steps("g"):
         p = step.payload
