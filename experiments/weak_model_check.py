@@ -95,7 +95,7 @@ def model_server(policy: str, seed: int, score: Callable[[dict], float]) -> Iter
 
 def run_pair(job: tuple[Path, float, int, int, str, bool]) -> list[dict]:
     """One seed of one task at one budget: best-so-far per trial for the builtin and for
-    the llm reasoner on the blind model, and how many steps the model answered."""
+    the llm reasoner on the policy's model, and how many propose steps the model answered."""
     path, scale, seed, trials, policy, guard = job
     task = load_task(path, scale)
     name = task.spec.name  # "@x0.5" where the budget is scaled (`benchmark.scaled`)
@@ -106,10 +106,10 @@ def run_pair(job: tuple[Path, float, int, int, str, bool]) -> list[dict]:
                            guard=guard)
         for reasoner, llm in (("builtin", None), ("llm", config)):
             fracs, steps = run_study(path, seed, trials, llm, scale)
-            asked = [s for s in steps if s.node == "propose"]
             rows.append({"task": name, "policy": policy, "seed": seed, "reasoner": reasoner,
                          "best": fracs,
-                         "llm_steps": sum(s.payload.get("reasoner") == "llm" for s in asked)})
+                         "llm_steps": sum(s.node == "propose" and s.payload["reasoner"] == "llm"
+                                          for s in steps)})
     return rows
 
 
