@@ -52,6 +52,19 @@ def convert_monkeys_10k(source: Path) -> pd.DataFrame:
     return out.sort_values(["model", "problem"], kind="stable")
 
 
+def math_levels(math: pd.DataFrame, levels: tuple[int, ...]) -> pd.DataFrame:
+    """The MATH rows of some difficulty levels (1-5), without the level column: one stage
+    of easy and one of hard problems replay the same checkpoints on different items."""
+    kept = math["level"].isin([f"Level {k}" for k in levels])
+    return math[kept].drop(columns="level")
+
+
+def final_checkpoint(table: pd.DataFrame, method: str = "pretrain-300B") -> pd.DataFrame:
+    """The rows of one pre-training checkpoint, without the method column: the released
+    models, which a task serves without training them."""
+    return table[table["method"] == method].drop(columns="method")
+
+
 def convert_cascades(source: Path, files: list[str]) -> pd.DataFrame:
     """Rational-cascades answers -> one row per (model, query): correct, tokens, USD.
 
@@ -123,9 +136,14 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
+    gsm8k, math = convert_monkeys(args.source, "gsm8k"), convert_monkeys(args.source, "math")
     tables = {
-        "pythia_gsm8k": convert_monkeys(args.source, "gsm8k"),
-        "pythia_math": convert_monkeys(args.source, "math"),
+        "pythia_gsm8k": gsm8k,
+        "pythia_math": math,
+        # for the held-out tasks (envs/replay/heldout), shapes the suite does not have
+        "pythia_math_levels_1_3": math_levels(math, (1, 2, 3)),
+        "pythia_math_levels_4_5": math_levels(math, (4, 5)),
+        "pythia_gsm8k_final": final_checkpoint(gsm8k),
         "pythia_math_10k": convert_monkeys_10k(args.source),
         "mmlu_cascades": convert_cascades(args.source,
                                           ["mmlu_llama_test", "mmlu_qwen_oai_test"]),
