@@ -204,12 +204,14 @@ def error_kind(error: str) -> str:
 
 def candidates(prompt: str) -> list[dict]:
     """The allocations a propose prompt lists, best first (none where the model has the
-    frontier tool instead)."""
-    marker = "predicted end score):"
-    if marker not in prompt:
-        return []
-    return [json.loads(ln.split(": ", 1)[1]) for ln in prompt.split(marker)[-1].splitlines()
-            if ln.startswith("- ") and "{" in ln]
+    frontier tool instead), or an init prompt's probe design, in its order."""
+    decode = json.JSONDecoder().raw_decode
+    for marker, read in (("predicted end score):", lambda ln: json.loads(ln.split(": ", 1)[1])),
+                         ("reference plan:", lambda ln: decode(ln, 2)[0])):
+        if marker in prompt:
+            return [read(ln) for ln in prompt.split(marker)[-1].splitlines()
+                    if ln.startswith("- ") and "{" in ln]
+    return []
 
 
 def step_row(step: StepRecord) -> dict:

@@ -13,6 +13,9 @@ one of them by its policy, without reading the trials:
 - `best`: the candidate whose recorded score is highest (a model that knows the tables: the
   most a model choosing among the candidates can add, and what the guard leaves of it).
 
+With `--init` the model answers the init node too, with one probe of the design it is
+shown, chosen by the same policy (a model that answers with a single probe).
+
 Everything else is the product's path: the reasoner's request, parsing, validation, the
 veto, near-sure steps, and the guard (`LLMConfig.guard`; `--no-guard` turns it off). It runs the
 agent with the builtin reasoner and with the `llm` reasoner on the same seeds and reports,
@@ -93,17 +96,17 @@ def model_server(policy: str, seed: int, score: Callable[[dict], float]) -> Iter
         httpd.server_close()
 
 
-def run_pair(job: tuple[Path, float, int, int, str, bool]) -> list[dict]:
+def run_pair(job: tuple[Path, float, int, int, str, bool, bool]) -> list[dict]:
     """One seed of one task at one budget: best-so-far per trial for the builtin and for
     the llm reasoner on the policy's model, and how many propose steps the model answered."""
-    path, scale, seed, trials, policy, guard = job
+    path, scale, seed, trials, policy, guard, init = job
     task = load_task(path, scale)
     name = task.spec.name  # "@x0.5" where the budget is scaled (`benchmark.scaled`)
     rows = []
     with model_server(policy, seed,
                       lambda d: task.env.evaluate(Allocation.from_dict(d)).score) as url:
-        config = LLMConfig(url, policy, timeout_s=30, tool_rounds=0, nodes=("propose",),
-                           guard=guard)
+        config = LLMConfig(url, policy, timeout_s=30, tool_rounds=0,
+                           nodes=("init", "propose") if init else ("propose",), guard=guard)
         for reasoner, llm in (("builtin", None), ("llm", config)):
             fracs, steps = run_study(path, seed, trials, llm, scale)
             rows.append({"task": name, "policy": policy, "seed": seed, "reasoner": reasoner,
@@ -152,10 +155,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-guard", action="store_true", help="ask the model at every "
                         "propose step, its picks unlimited (`LLMConfig.guard` off)")
+    parser.add_argument("--init", action="store_true", help="the model answers init too, "
+                        "with one probe of the design it is shown, chosen by its policy")
     parser.add_argument("--out", type=Path, default=Path("/tmp/weak_model_check"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(p, x, s, args.trials, pol, not args.no_guard) for pol in args.policies
+    jobs = [(p, x, s, args.trials, pol, not args.no_guard, args.init) for pol in args.policies
             for x in args.budget_scale for p in resolve_tasks(args.tasks)
             for s in range(args.seeds)]
     start = time.perf_counter()
