@@ -92,7 +92,9 @@ def optimize(
                                             "once the search stalls, and only while its picks "
                                             "outside the builtin's top candidates score what "
                                             "the builtin's own were predicted to (a weak "
-                                            "model then costs about one trial).")] = True,
+                                            "model then costs about one trial); at init, "
+                                            "run the builtin's probe design whole beside "
+                                            "one probe of the model's own.")] = True,
     patience: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Agent: stop after this "
                                           "many proposals without a better score.")]
     = DEFAULT_PATIENCE,

@@ -496,10 +496,12 @@ def test_the_conversation_is_checkpointed_bounded_and_resumed(spec, server,
     assert [m["content"] for m in _checkpointed(store, "llm")["messages"][2::2]] == said[3:7]
 
 
-def _init_run(spec, server: ScriptedServer, n_trials: int) -> tuple[list, InitStep, Store]:
+def _init_run(spec, server: ScriptedServer, n_trials: int,
+              guard: bool = False) -> tuple[list, InitStep, Store]:
+    """The agent with the model answering init (its probes as given, unless `guard`)."""
     store = Store("sqlite://")
     config = LLMConfig(server.url, "scripted", timeout_s=2.0, max_retries=0, nodes=("init",),
-                       tool_rounds=0)
+                       tool_rounds=0, guard=guard)
     result = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
                       strategy="agent", n_trials=n_trials, study="llm",
                       agent=AgentOptions(reasoner="llm", llm=config, patience=None))
@@ -523,6 +525,24 @@ def test_the_model_answers_init_and_its_probes_are_validated(spec, server) -> No
     insights = schema["properties"]["insights"]  # bounded: a constrained reply must end
     assert insights["maxItems"] == 3 and insights["items"]["maxLength"] == 200
     assert "probe both" in [i.text for i in store.insights("llm")]
+
+
+def test_the_guard_keeps_the_probe_design_beside_one_probe_of_the_models(spec,
+                                                                          server) -> None:
+    design = [Allocation.from_dict(p) for p in _init_run(spec, server, 1)[1].proposals]
+    server.requests.clear()
+    # a model answering one of the design's probes: the design, whole, and nothing else
+    server.script = [("reply", _reply(design[-1].to_dict()))]
+    trials, init, _ = _init_run(spec, server, _n_init(spec) + 1, guard=True)
+    assert len(server.requests) == 1 and init.reasoner == "llm"
+    assert [Allocation.from_dict(p) for p in init.proposals] == design
+    # one answering two probes of its own: the first of them, then the design
+    server.script = [("reply", _reply(GOOD, GOOD2))]
+    trials, init, _ = _init_run(spec, server, _n_init(spec) + 1, guard=True)
+    assert [Allocation.from_dict(p).key() for p in init.proposals] == [
+        _key(GOOD, spec), *(a.key() for a in design)]
+    assert init.rationale[0] == "chosen by the language model"
+    assert [t.allocation.key() for t in trials][:2] == [_key(GOOD, spec), design[0].key()]
 
 
 def test_a_failing_init_falls_back_to_the_builtins_probes(spec, server) -> None:

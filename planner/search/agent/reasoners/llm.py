@@ -33,7 +33,8 @@ lose, the builtin proposes (`state.LLM_CREDIT`). The candidates it is shown (in 
 prompt, or by the `frontier` tool) are the builtin's, ranked as the builtin ranks them (the
 plans its memory rules out last: `BuiltinReasoner.ranking`). Probes it proposes at init
 are validated the same way (in the space, in budget, unseen), with no veto: there is no
-evidence yet.
+evidence yet; with `guard` the builtin's design runs whole beside the first probe of the
+model's own.
 When the endpoint keeps failing the built-in reasoner answers, and the answer says why.
 
 The API key is read from OPENAI_API_KEY by the client; replies, tool arguments and error
@@ -97,7 +98,8 @@ class LLMConfig:
     nodes: tuple[str, ...] = ("reflect", "propose")  # where the model acts (else the builtin)
     tool_rounds: int = 3  # replies per node that may call tools (0: tools are not offered)
     guard: bool = True  # asked to propose only once the search stalls, and while its own
-    # picks pay (`state.LLM_CREDIT`; the graph's propose node)
+    # picks pay (`state.LLM_CREDIT`; the graph's propose node); at init, one probe of its own
+    # beside the builtin's design (`LLMReasoner.initial`)
 
 
 class ReplyError(ValueError):
@@ -157,7 +159,9 @@ class LLMReasoner:
     def initial(self, history: Sequence[TrialRecord],
                 conversation: Sequence[dict] = ()) -> Proposal:
         """Probes the model picks, shown the builtin's probe design (as many as it has);
-        the builtin's probes when it fails."""
+        the builtin's probes when it fails. With `guard` the design is kept whole and the
+        model's first pick outside it, if any, runs first: one trial at most (a model
+        answering one probe would otherwise shrink the design to it)."""
         base = self.builtin.initial(history)
         k = max(1, len(base.allocations))
         why = {a.key(): r for a, r in zip(base.allocations, base.rationale, strict=True)}
@@ -176,8 +180,12 @@ class LLMReasoner:
             return Proposal(base.allocations, "builtin", [], attempts, failed,
                             base.rationale)
         valid, notes = found
-        return Proposal(valid[:k], self.name, notes, attempts, rationale=[
-            why.get(a.key(), "chosen by the language model") for a in valid[:k]],
+        chosen = valid[:k]
+        if self.config.guard:
+            own = [a for a in valid if a.key() not in why][:1]
+            chosen = own + list(base.allocations)
+        return Proposal(chosen, self.name, notes, attempts, rationale=[
+            why.get(a.key(), "chosen by the language model") for a in chosen],
             exchange=exchange)
 
     def reflect(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
