@@ -536,6 +536,10 @@ def test_the_guard_keeps_the_probe_design_beside_one_probe_of_the_models(spec,
     trials, init, _ = _init_run(spec, server, _n_init(spec) + 1, guard=True)
     assert len(server.requests) == 1 and init.reasoner == "llm"
     assert [Allocation.from_dict(p) for p in init.proposals] == design
+    request = server.requests[0]
+    assert request["response_format"]["json_schema"]["schema"]["properties"]["proposals"][
+        "maxItems"] == 1
+    assert "The design runs in full" in request["messages"][-1]["content"]
     # one answering two probes of its own: the first of them, then the design
     server.script = [("reply", _reply(GOOD, GOOD2))]
     trials, init, _ = _init_run(spec, server, _n_init(spec) + 1, guard=True)

@@ -53,14 +53,18 @@ def exchange_line(node: str, history: Sequence[TrialRecord]) -> str:
 
 
 def init_message(space: SearchSpace, cost_model: CostModel, budget_gpu_hours: float,
-                 probes: Sequence[tuple[Allocation, str]], k: int) -> str:
-    """Task, space with costs and budget, and the builtin's probe design as a suggestion."""
+                 probes: Sequence[tuple[Allocation, str]], k: int, adds: bool = False) -> str:
+    """Task, space with costs and budget, and the builtin's probe design: a suggestion, or
+    with `adds` what runs, the model's own probe before it."""
     lines = _setting(space, cost_model, budget_gpu_hours)
     lines += ["", "No trial has run yet. A design of probes, each isolating one choice per "
               "subtask (the model, another dimension) with the rest held at a "
               "reference plan:"]
     lines += [f"- {json.dumps(a.to_dict())}: {why}" for a, why in probes] or ["- none"]
-    lines += ["", f"Propose up to {k} first allocation(s) as JSON: probes whose stage scores "
+    lines += ["", "The design runs in full. Propose 1 allocation as JSON to run before it: a "
+              "probe whose stage scores tell apart what the design does not (one of the "
+              "design's adds nothing)." if adds else
+              f"Propose up to {k} first allocation(s) as JSON: probes whose stage scores "
               "tell the models and the other choices apart (these, or your own)."]
     return "\n".join(lines)
 

@@ -160,16 +160,18 @@ class LLMReasoner:
                 conversation: Sequence[dict] = ()) -> Proposal:
         """Probes the model picks, shown the builtin's probe design (as many as it has);
         the builtin's probes when it fails. With `guard` the design is kept whole and the
-        model's first pick outside it, if any, runs first: one trial at most (a model
-        answering one probe would otherwise shrink the design to it)."""
+        model is asked for one probe to run before it (none if it picks one of the
+        design's): one trial at most, where a model answering one probe for the design
+        shrank it to that probe."""
         base = self.builtin.initial(history)
-        k = max(1, len(base.allocations))
+        guard = self.config.guard
+        k = 1 if guard else max(1, len(base.allocations))
         why = {a.key(): r for a, r in zip(base.allocations, base.rationale, strict=True)}
 
         def messages(tools: bool) -> list[dict]:
             return self._messages(prompts.SYSTEM, prompts.init_message(
                 self.ctx.space, self.ctx.cost_model, self.ctx.budget_gpu_hours,
-                list(zip(base.allocations, base.rationale, strict=True)), k),
+                list(zip(base.allocations, base.rationale, strict=True)), k, adds=guard),
                 conversation, tools)
 
         found, attempts, failed, exchange = self._converse(
@@ -180,10 +182,8 @@ class LLMReasoner:
             return Proposal(base.allocations, "builtin", [], attempts, failed,
                             base.rationale)
         valid, notes = found
-        chosen = valid[:k]
-        if self.config.guard:
-            own = [a for a in valid if a.key() not in why][:1]
-            chosen = own + list(base.allocations)
+        chosen = ([a for a in valid if a.key() not in why][:1] + list(base.allocations)
+                  if guard else valid[:k])
         return Proposal(chosen, self.name, notes, attempts, rationale=[
             why.get(a.key(), "chosen by the language model") for a in chosen],
             exchange=exchange)
