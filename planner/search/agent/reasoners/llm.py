@@ -33,8 +33,8 @@ lose, the builtin proposes (`state.LLM_CREDIT`). The candidates it is shown (in 
 prompt, or by the `frontier` tool) are the builtin's, ranked as the builtin ranks them (the
 plans its memory rules out last: `BuiltinReasoner.ranking`). Probes it proposes at init
 are validated the same way (in the space, in budget, unseen), with no veto: there is no
-evidence yet; with `guard` the builtin's design runs whole beside the first probe of the
-model's own.
+evidence yet; with `guard` the builtin's design runs whole, after the one probe the model
+is asked for.
 When the endpoint keeps failing the built-in reasoner answers, and the answer says why.
 
 The API key is read from OPENAI_API_KEY by the client; replies, tool arguments and error
