@@ -242,14 +242,29 @@ def step_row(step: StepRecord) -> dict:
             "reply": attempts[-1]["response"][:300] if attempts else ""}
 
 
-def summarize(steps: pd.DataFrame, best: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
-    """Per task: llm step outcomes, median latency/tokens, best@k llm vs builtin."""
+def init_outcome(step: StepRecord) -> str:
+    """What came of the model's init answer: `added` (a probe of its own, run before the
+    guarded design or among its own picks), `design` (only the design's probes), or
+    `fallback` (the builtin's design, the model having failed)."""
+    p = step.payload
+    if p["reasoner"] != "llm":
+        return "fallback"
+    return "added" if "chosen by the language model" in p["rationale"] else "design"
+
+
+def summarize(steps: pd.DataFrame, best: pd.DataFrame, ks: list[int],
+              inits: pd.DataFrame) -> pd.DataFrame:
+    """Per task: llm step outcomes (init's where the model answers it), median
+    latency/tokens, best@k llm vs builtin."""
     rows = []
     for task, g in steps.groupby("task", sort=False):
         asked = g[g.attempts > 0]
         row = {"task": task, "steps": len(g)} | {
             o: int((g.outcome == o).sum())
             for o in ("valid", "repaired", "fallback", "resting", "sure", "waits", "spent")}
+        if len(inits):
+            row |= {f"init_{o}": int((inits[inits.task == task].init == o).sum())
+                    for o in ("added", "design", "fallback")}
         row |= {c: int(g[c].sum()) for c in g if c.startswith("err_")}
         row |= {"top_hint": int(g.top_hint.sum()), "tool_calls": int(g.tool_calls.sum()),
                 "latency_s": statistics.median(asked.latency_s) if len(asked) else 0.0,
@@ -302,7 +317,7 @@ def main() -> None:
     tasks = resolve_tasks(args.tasks)
     args.out.mkdir(parents=True, exist_ok=True)
     ks = sorted({k for k in (8, 10, 15, 20, 30, args.trials) if k <= args.trials})
-    steps, best = [], []
+    steps, best, inits = [], [], []
     start = time.perf_counter()
     with (nullcontext((args.base_url, lambda: None)) if args.base_url else
           server(python, gguf, args.port, args.n_ctx, args.threads,
@@ -320,8 +335,12 @@ def main() -> None:
                     rows = [{"task": name, "seed": seed, "step": s.number} | step_row(s)
                             for s in trace if s.node == "propose" and reasoner == "llm"]
                     steps += rows
+                    init = [init_outcome(s) for s in trace
+                            if s.node == "init" and reasoner == "llm" and "init" in args.nodes]
+                    inits += [{"task": name, "seed": seed, "init": o} for o in init]
                     log(f"{name} seed {seed} {reasoner}: best {fracs[-1]:.3f} of optimum, "
                         f"{time.perf_counter() - t0:.0f} s"
+                        + (f"; init {init[0]}" if init else "")
                         + (f"; steps {[r['outcome'] for r in rows]}" if rows else ""))
                     pd.DataFrame(steps).to_csv(args.out / "steps.csv", index=False)
                     pd.DataFrame(best).to_csv(args.out / "trials.csv", index=False)
@@ -331,7 +350,7 @@ def main() -> None:
                      if r["attempts"]):
         sys.exit(f"no llm step reached the server at {url} (every one failed to connect or "
                  "got a server error); no llm figures")
-    summary = summarize(pd.DataFrame(steps), pd.DataFrame(best), ks)
+    summary = summarize(pd.DataFrame(steps), pd.DataFrame(best), ks, pd.DataFrame(inits))
     summary.to_csv(args.out / "summary.csv", index=False, float_format="%.4g")
     with pd.option_context("display.width", 250, "display.max_columns", 50):
         print(summary.to_string(index=False, float_format="%.3f"))
