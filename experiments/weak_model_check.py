@@ -13,8 +13,11 @@ one of them by its policy, without reading the trials:
 - `best`: the candidate whose recorded score is highest (a model that knows the tables: the
   most a model choosing among the candidates can add, and what the guard leaves of it).
 
-With `--init` the model answers the init node too, with one probe of the design it is
-shown, chosen by the same policy (a model that answers with a single probe).
+With `--init design` the model answers the init node too, with one probe of the design it
+is shown, chosen by the same policy (a model that answers with a single probe); with
+`--init mix`, with a probe of its own: the last listed probe's first stage and the first
+one's other stages (a recombination, within budget as each probe is within its stages'
+shares; on a one-stage task it is the last probe, one of the design's).
 
 Everything else is the product's path: the reasoner's request, parsing, validation, the
 veto, near-sure steps, and the guard (`LLMConfig.guard`; `--no-guard` turns it off). It runs the
@@ -54,20 +57,27 @@ from planner.search.agent import LLMConfig  # noqa: E402
 from planner.space import Allocation  # noqa: E402
 
 POLICIES = ("last", "random", "first", "best")
+INIT = "No trial has run yet"  # how an init request's prompt tells itself apart
 
 
 @contextmanager
-def model_server(policy: str, seed: int, score: Callable[[dict], float]) -> Iterator[str]:
+def model_server(policy: str, seed: int, score: Callable[[dict], float],
+                 mix: bool = False) -> Iterator[str]:
     """A chat-completions server on 127.0.0.1 answering each request with one listed
     candidate chosen by `policy` (`score`: a candidate's recorded score, for `best`; an
-    empty list when none is listed); yields its base URL."""
+    empty list when none is listed), or with `mix` an init request with the recombination
+    of `--init mix`; yields its base URL."""
     rng = random.Random(seed)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's API
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            listed = candidates(body["messages"][-1]["content"] or "")
-            pick = ([] if not listed else [listed[-1]] if policy == "last" else
+            prompt = body["messages"][-1]["content"] or ""
+            listed = candidates(prompt)
+            first = next(iter(listed[-1])) if listed else ""
+            pick = ([] if not listed else
+                    [{**listed[0], first: listed[-1][first]}] if mix and INIT in prompt else
+                    [listed[-1]] if policy == "last" else
                     [listed[0]] if policy == "first" else [max(listed, key=score)]
                     if policy == "best" else [rng.choice(listed)])
             text = json.dumps({"insights": [], "proposals": pick})
@@ -96,15 +106,15 @@ def model_server(policy: str, seed: int, score: Callable[[dict], float]) -> Iter
         httpd.server_close()
 
 
-def run_pair(job: tuple[Path, float, int, int, str, bool, bool]) -> list[dict]:
+def run_pair(job: tuple[Path, float, int, int, str, bool, str | None]) -> list[dict]:
     """One seed of one task at one budget: best-so-far per trial for the builtin and for
     the llm reasoner on the policy's model, and how many propose steps the model answered."""
     path, scale, seed, trials, policy, guard, init = job
     task = load_task(path, scale)
     name = task.spec.name  # "@x0.5" where the budget is scaled (`benchmark.scaled`)
     rows = []
-    with model_server(policy, seed,
-                      lambda d: task.env.evaluate(Allocation.from_dict(d)).score) as url:
+    with model_server(policy, seed, lambda d: task.env.evaluate(Allocation.from_dict(d)).score,
+                      init == "mix") as url:
         config = LLMConfig(url, policy, timeout_s=30, tool_rounds=0,
                            nodes=("init", "propose") if init else ("propose",), guard=guard)
         for reasoner, llm in (("builtin", None), ("llm", config)):
@@ -155,8 +165,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-guard", action="store_true", help="ask the model at every "
                         "propose step, its picks unlimited (`LLMConfig.guard` off)")
-    parser.add_argument("--init", action="store_true", help="the model answers init too, "
-                        "with one probe of the design it is shown, chosen by its policy")
+    parser.add_argument("--init", choices=("design", "mix"), help="the model answers init "
+                        "too: one probe of the design it is shown, chosen by its policy, or "
+                        "a recombination of two of them")
     parser.add_argument("--out", type=Path, default=Path("/tmp/weak_model_check"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
