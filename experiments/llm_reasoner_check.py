@@ -344,13 +344,12 @@ def main() -> None:
                     rows = [{"task": name, "seed": seed, "step": s.number} | step_row(s)
                             for s in trace if s.node == "propose" and reasoner == "llm"]
                     steps += rows
-                    init = [s for s in trace
+                    init = [(init_outcome(s), own_probes(s)) for s in trace
                             if s.node == "init" and reasoner == "llm" and "init" in args.nodes]
-                    inits += [{"task": name, "seed": seed, "init": init_outcome(s)}
-                              for s in init]
+                    inits += [{"task": name, "seed": seed, "init": o} for o, _ in init]
                     log(f"{name} seed {seed} {reasoner}: best {fracs[-1]:.3f} of optimum, "
                         f"{time.perf_counter() - t0:.0f} s"
-                        + "".join(f"; init {init_outcome(s)} {own_probes(s)}" for s in init)
+                        + "".join(f"; init {o} {probes}" for o, probes in init)
                         + (f"; steps {[r['outcome'] for r in rows]}" if rows else ""))
                     pd.DataFrame(steps).to_csv(args.out / "steps.csv", index=False)
                     pd.DataFrame(best).to_csv(args.out / "trials.csv", index=False)

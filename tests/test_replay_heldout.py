@@ -3,8 +3,6 @@ Their tables are cut from the suite's own, and every task has an optimum within 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -15,7 +13,7 @@ from planner.cost import CostModel
 from planner.space import Allocation
 from planner.spec import load_spec
 
-HELD_OUT = sorted((Path(OUT).parent / "heldout").glob("*.yaml"))
+HELD_OUT = sorted((OUT.parent / "heldout").glob("*.yaml"))
 
 
 def test_held_out_tasks_are_not_in_the_suite() -> None:
