@@ -46,6 +46,19 @@ def test_optimum_under_another_budget(monkeypatch, capsys) -> None:
     assert "(budget 30gpu-h" in out and "pot2 / n=4 / oracle" in out
 
 
+def test_optimum_counts_the_allocations_near_it(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["optimum", str(EXAMPLE), "--near", "0.5", "1"])
+    optimum.main()
+    lines = capsys.readouterr().out.splitlines()
+    spec = load_spec(EXAMPLE)
+    fits, near = optimum.near_optimal(spec, 40.0, [0.5, 1.0])
+    assert lines[2:] == [f"  at least 50% of it: {near[0.5]:,} of the {fits:,} allocations in "
+                         "budget",
+                         f"  at least 100% of it: {near[1.0]:,} of the {fits:,} allocations in "
+                         "budget"]
+    assert near[1.0] == 1 < near[0.5] <= fits < exhaustive_optimum(spec, 40.0).space_size
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["missing.yaml"], "missing.yaml: no such task file"),
     ([str(EXAMPLE), "--budget", "1gpu-h"], "no allocation fits in 1 GPU-h; raise the budget"),
@@ -54,6 +67,8 @@ def test_optimum_under_another_budget(monkeypatch, capsys) -> None:
       "137.5gpu-h"], "no allocation fits in 137.5 GPU-h; raise the budget"),
     ([str(EXAMPLE), "--write"], "--write stores the suite's optima"),
     (["--budget", "1gpu-h"], "--budget applies to the task paths given"),
+    (["--near", "0.97"], "--near counts for the task paths given"),
+    ([str(EXAMPLE), "--near", "97"], "--near 97.0: fractions of the optimum lie in (0, 1]"),
 ])
 def test_optimum_errors_are_one_line(monkeypatch, capsys, args, message) -> None:
     monkeypatch.setattr(sys, "argv", ["optimum", *args])

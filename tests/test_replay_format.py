@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from envs.replay.env import ReplayEnvironment
-from envs.replay.optimum import exhaustive_optimum
+from envs.replay.optimum import exhaustive_optimum, near_optimal
 from planner.cost import CostModel
 from planner.errors import SpecError
 from planner.space import Allocation
@@ -78,19 +78,16 @@ def _write_task(folder: Path, budget: str, stages: int = 2) -> Path:
     return path
 
 
-def _brute_force(path: Path, budget: float) -> tuple[float, float]:
+def _every_allocation(path: Path) -> list[tuple[float, float]]:
+    """(score, GPU-h) of every allocation, one at a time through the environment."""
     spec = load_spec(path)
     env = ReplayEnvironment(spec)
     cost = CostModel(spec, env.calibration())
-    best = (-1.0, 0.0)
+    out = []
     for plans in itertools.product(*(list(env.space.plans(s)) for s in env.space.subtasks)):
         alloc = Allocation.of(dict(zip(env.space.subtasks, plans, strict=True)))
-        c = cost.estimate(alloc).total_gpu_hours
-        if c <= budget:
-            score = env.evaluate(alloc).score
-            if (score, -c) > (best[0], -best[1]):
-                best = (score, c)
-    return best
+        out.append((env.evaluate(alloc).score, cost.estimate(alloc).total_gpu_hours))
+    return out
 
 
 @pytest.mark.parametrize("stages", [2, 3])
@@ -98,12 +95,23 @@ def _brute_force(path: Path, budget: float) -> tuple[float, float]:
 def test_exhaustive_optimum_equals_brute_force(tmp_path, stages, budget) -> None:
     path = _write_task(tmp_path, f"{budget}gpu-h", stages)
     opt = exhaustive_optimum(load_spec(path), budget)
-    score, cost = _brute_force(path, budget)
+    score, cost = max(((s, -c) for s, c in _every_allocation(path) if c <= budget))
     assert opt.score == pytest.approx(score, rel=1e-12)
-    assert opt.cost_gpu_hours == pytest.approx(cost, rel=1e-9)
+    assert opt.cost_gpu_hours == pytest.approx(-cost, rel=1e-9)
     # route: 3 models x (n=1 first, n=2 oracle, n=4 oracle): `first` reads one sample, and
     # one sample is `first`; solve: 6 choices x 4 n
     assert opt.space_size == 9 * 24 ** (stages - 1)
+
+
+@pytest.mark.parametrize("budget", [3.0, 40.0])
+def test_near_optimal_counts_equal_brute_force(tmp_path, budget) -> None:
+    path = _write_task(tmp_path, f"{budget}gpu-h", 3)
+    scores = [s for s, c in _every_allocation(path) if c <= budget]
+    fractions = [0.5, 0.9, 0.97, 1.0]
+    fits, near = near_optimal(load_spec(path), budget, fractions)
+    assert fits == len(scores)
+    assert near == {f: sum(s >= f * max(scores) for s in scores) for f in fractions}
+    assert near[1.0] >= 1 and near[0.5] > near[0.97]  # the counts discriminate
 
 
 def test_usd_and_token_pricing(tmp_path) -> None:

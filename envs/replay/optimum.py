@@ -16,6 +16,12 @@ then to the first in enumeration order.
     python -m envs.replay.optimum                       # check the suite's stored optima
     python -m envs.replay.optimum --write               # recompute and store them
     python -m envs.replay.optimum my_task.yaml [--budget 20gpu-h]   # any task's optimum
+    python -m envs.replay.optimum my_task.yaml --near 0.97 0.99     # and how many come close
+
+How many allocations come close to the optimum says how hard a task is to search: a
+strategy that must find one of 4 allocations among 282,368 to score 97% of the optimum has
+a needle to find, one with 61 in 1,305 does not. That count enumerates every allocation
+within budget (no pruning: a dominated plan may still come close).
 """
 
 from __future__ import annotations
@@ -138,6 +144,27 @@ def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
     return Optimum(best[0], best[1], alloc, size)
 
 
+def near_optimal(spec: TaskSpec, budget_gpu_hours: float, fractions: list[float],
+                 env: ReplayEnvironment | None = None) -> tuple[int, dict[float, int]]:
+    """The number of allocations within `budget_gpu_hours`, and per fraction f how many of
+    them score at least f times the optimum."""
+    env = env or ReplayEnvironment(spec)
+    best = exhaustive_optimum(spec, budget_gpu_hours, env).score
+    arrays = plan_arrays(env, CostModel(spec, env.calibration()))
+    parts = [a.take(np.flatnonzero(a.infer <= budget_gpu_hours)) for a in arrays.values()]
+    rest = int(np.prod([len(p.score) for p in parts[1:]]))
+    chunk = max(1, _CHUNK_ELEMENTS // max(rest, 1))
+    fits, near = 0, dict.fromkeys(fractions, 0)
+    for lo in range(0, len(parts[0].score), chunk):
+        head = parts[0].take(np.arange(lo, min(lo + chunk, len(parts[0].score))))
+        score, cost = _block([head, *parts[1:]])
+        score = score[cost <= budget_gpu_hours]
+        fits += score.size
+        for f in fractions:
+            near[f] += int((score >= f * best).sum())
+    return fits, near
+
+
 def builtin_tasks() -> list[Path]:
     """The suite's task files, by name."""
     return sorted(TASKS.glob("*.yaml"))
@@ -183,13 +210,20 @@ def check_suite(write: bool) -> None:
         raise SystemExit(f"{OPTIMA} is stale; rerun with --write")
 
 
-def print_optima(paths: list[Path], budget: str | None) -> None:
-    """Each task's optimum and its allocation, one plan per line."""
+def print_optima(paths: list[Path], budget: str | None, near: list[float]) -> None:
+    """Each task's optimum and its allocation, one plan per line; then, per fraction in
+    `near`, how many allocations in budget score at least that fraction of it."""
     for path in paths:
         record = optimum_record(path, budget)
         print(describe(record))
         for line in Allocation.from_dict(record["allocation"]).describe():
             print(f"  {line}")
+        if near:
+            spec = load_spec(path)
+            fits, counts = near_optimal(spec, budget_gpu_hours(spec, budget), near)
+            for f, count in counts.items():
+                print(f"  at least {f * 100:g}% of it: {count:,} of the {fits:,} allocations in "
+                      "budget")
 
 
 def main() -> None:
@@ -200,15 +234,24 @@ def main() -> None:
     parser.add_argument("--budget", help="budget of the given tasks, e.g. 20gpu-h (default: each "
                         "task's own)")
     parser.add_argument("--write", action="store_true", help=f"store the optima in {OPTIMA}")
+    parser.add_argument("--near", nargs="+", type=float, default=[], metavar="FRACTION",
+                        help="also count the allocations in budget that score at least each "
+                        "fraction of the optimum, e.g. --near 0.97 0.99")
     args = parser.parse_args()
     if args.tasks and args.write:
         parser.exit(2, "Error: --write stores the suite's optima; give no task paths with it\n")
+    if args.near and not args.tasks:
+        parser.exit(2, "Error: --near counts for the task paths given; pass them, e.g. "
+                    "envs/replay/tasks/*.yaml\n")
+    if any(not 0 < f <= 1 for f in args.near):
+        parser.exit(2, f"Error: --near {' '.join(map(str, args.near))}: fractions of the "
+                    "optimum lie in (0, 1], e.g. --near 0.97\n")
     if args.budget and not args.tasks:
         parser.exit(2, "Error: --budget applies to the task paths given; the suite uses each "
                     "task's own\n")
     try:
         if args.tasks:
-            print_optima(args.tasks, args.budget)
+            print_optima(args.tasks, args.budget, args.near)
         else:
             check_suite(args.write)
     except (PlannerError, NoFeasibleAllocation) as e:
