@@ -411,18 +411,43 @@ def test_a_stage_with_only_the_model_to_probe_probes_more_model_sizes(seed: int)
     assert max(t.score for t in trials) >= 0.99 * optimum  # the sweep's 5 trials at most
 
 
-def test_probes_read_several_samples_and_leave_the_aggregator_to_the_score_model() -> None:
-    """mot-gsm8k-llama2: one model, two prompts, aggregators first / majority / oracle. The
-    probes once took `first` at n=1 as the reference (every plan at n=1 is written so) and
-    then probed each aggregator on the first prompt: five trials to the optimum, which the
-    hand sweep finds in three (each prompt at its largest n, then the best one's
-    aggregators). The agent now finds it in three too (four while the compute trend's size
-    changed with n, so that its third trial tried majority at n=2)."""
+def test_probes_read_the_samples_under_oracle_where_it_is_offered() -> None:
+    """mot-gsm8k-llama2: one model, two prompts, aggregators first / majority / oracle. No
+    aggregator scores above `oracle` on the same samples, and here it costs no more. The
+    probes took majority (the first listed that reads several samples), and the agent
+    needed three trials to the optimum; on random tables with distractor answers, majority
+    probes of weak models scored 0 where oracle showed which models can solve anything
+    (experiments/README.md). Probes, and the sweep's arms, now read oracle: the optimum
+    at trial 2. Once `first` at n=1 was the reference, and five trials went by."""
     spec = load_spec(TASKS.parent / "examples" / "mot_gsm8k_llama2.yaml")
-    trials = _run(spec, "agent", 3, agent=AgentOptions(patience=None)).trials
-    assert [t.allocation["gsm8k"].describe() for t in trials[:2]] == [
-        "llama2-13b / pot1 / n=8 / majority", "llama2-13b / pot2 / n=8 / majority"]
-    assert trials[-1].score == exhaustive_optimum(spec, _budget(spec)).score
+    optimum = exhaustive_optimum(spec, _budget(spec)).score
+    for strategy, options in (("agent", AgentOptions(patience=None)), ("sweep", None)):
+        trials = _run(spec, strategy, 2, agent=options).trials
+        assert [t.allocation["gsm8k"].describe() for t in trials] == [
+            "llama2-13b / pot1 / n=8 / oracle", "llama2-13b / pot2 / n=8 / oracle"], strategy
+        assert trials[-1].score == optimum
+
+
+def test_a_plan_its_oracle_twin_outscores_ranks_after_every_open_plan() -> None:
+    """On the same table, a majority plan's `oracle` twin (same prompt and n) costs no more
+    and cannot score less: the plan is `below_oracle`, lowered like a plan its own arm
+    outscores at a larger n. A plan at n=1 reads one sample, which every aggregator reads
+    alike: it is coded under oracle, the first point of oracle's curve."""
+    from planner.search.agent.reasoners.builtin import OUTGROWN, BuiltinReasoner
+
+    spec = load_spec(TASKS.parent / "examples" / "mot_gsm8k_llama2.yaml")
+    analyst = _analyst(spec)
+    [table] = analyst.tables
+    column = table.codes[:, table.column("aggregator")]
+    oracle = table.dims[table.column("aggregator")].index("oracle")
+    below = {p.describe() for p, b in zip(table.plans, table.below_oracle, strict=True) if b}
+    assert below == {p.describe() for p in table.plans if p.aggregator == "majority"}
+    assert all(column[table.index[p]] == oracle for p in table.plans if p.samples == 1)
+    [penalty], _ = BuiltinReasoner(analyst.ctx).ranking([])
+    assert (penalty[table.below_oracle] >= OUTGROWN).all()
+    # where oracle is not offered, nothing is below it
+    [_, vote] = _analyst(load_spec(TASKS / "mmlu_cascade_gsm8k_vote.yaml")).tables
+    assert not vote.below_oracle.any()
 
 
 def test_a_plan_at_one_sample_is_the_first_point_of_an_aggregators_curve() -> None:

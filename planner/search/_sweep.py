@@ -4,8 +4,9 @@ An arm is a subtask's choice of what to serve (model, method, mixture); n and th
 aggregator only change how it is used. Subtask by subtask (in DAG order, the others held at
 their plan in the best trial so far, at first their cheapest plan):
 
-1. each arm once, at the largest n the budget affords with the others held (aggregator:
-   the first listed that reads more than one sample, where n > 1);
+1. each arm once, at the largest n the budget affords with the others held (aggregator,
+   where n > 1: `oracle` where offered, as no aggregator of the same samples scores above
+   it, else the first listed that reads more than one sample);
 2. then every other n and aggregator of the subtask's arm in the best trial, largest n
    first.
 
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from planner.search._base import BaseStrategy, seen_keys
 from planner.search._runner import best_trial
-from planner.space import Allocation, Plan
+from planner.space import ORACLE, SINGLE_SAMPLE, Allocation, Plan
 from planner.store import TrialRecord
 
 
@@ -55,11 +56,13 @@ class SweepStrategy(BaseStrategy):
                 yield Allocation.of({**held, s: p})
 
     def _widest(self, subtask: str, plans: list[Plan]) -> Plan:
-        """The largest n; among its plans, the first aggregator that reads several samples."""
+        """The largest n; among its plans, `oracle`, else the first aggregator that reads
+        several samples."""
         n = max(p.samples for p in plans)
         widest = [p for p in plans if p.samples == n]
         order = self.ctx.space.spec.subtask(subtask).aggregators
-        return min(widest, key=lambda p: (p.aggregator == "first" and n > 1,
+        return min(widest, key=lambda p: (p.aggregator != ORACLE,
+                                          p.aggregator == SINGLE_SAMPLE and n > 1,
                                           order.index(p.aggregator)))
 
     def _cheapest(self) -> dict[str, Plan]:

@@ -110,10 +110,12 @@ class PlanTable:
         for j, d in enumerate(dims):
             if d.name == "aggregator" and SINGLE_SAMPLE in d.values and len(d.values) > 1:
                 # one sample reads the same under every aggregator: a plan at n = 1 (which
-                # the space writes as `first`) is coded as the first aggregator that reads
+                # the space writes as `first`) is coded as `oracle` where it is offered (the
+                # aggregator no other outscores), else as the first aggregator that reads
                 # several, so it shares that aggregator's and arm's effects (as `first`, the
                 # score model took it for an arm of its own, and spent trials trying n = 1)
-                several = next(i for i, v in enumerate(d.values) if v != SINGLE_SAMPLE)
+                several = d.index(ORACLE) if ORACLE in d.values else next(
+                    i for i, v in enumerate(d.values) if v != SINGLE_SAMPLE)
                 values[values[:, j] == d.index(SINGLE_SAMPLE), j] = several
         arms = {a: i for i, a in enumerate(sorted({tuple(v) for v in values.tolist()}))}
         codes = np.column_stack([values, [arms[tuple(v)] for v in values]])
@@ -155,6 +157,23 @@ class PlanTable:
         order = oracle[np.lexsort((-self.log_n[oracle], arm))]
         rank = np.cumsum(np.r_[0, np.diff(self.codes[order, -1]) != 0])
         return order, 2.0 * rank
+
+    @cached_property
+    def below_oracle(self) -> np.ndarray:
+        """(P,) the plans, under another aggregator, whose `oracle` twin (the same values
+        and n) costs no more: a question counts as solved if any of the same samples solves
+        it, so no aggregator that reads them scores above `oracle`."""
+        j = self.column("aggregator")
+        aggregator = self.dims[j]
+        if ORACLE not in aggregator.values:
+            return np.zeros(len(self.plans), dtype=bool)
+        oracle = self.codes[:, j] == aggregator.index(ORACLE)
+        rest = np.delete(self.codes[:, :-1], j, axis=1)
+        _, twin = np.unique(np.column_stack([rest, self.log_n]), axis=0, return_inverse=True)
+        twin = twin.ravel()
+        cost = np.full(twin.max() + 1, np.inf)  # per twin group, its oracle plan's cost
+        cost[twin[oracle]] = self.cost[oracle]
+        return ~oracle & (cost[twin] <= self.cost)
 
     @cached_property
     def slope_x(self) -> np.ndarray:

@@ -2,11 +2,12 @@
 
 - init: per subtask, probes that isolate the model choice (one model from each size
   stratum, drawn with the seed, on one reference arm at the largest n that fits the
-  subtask's share of the budget, under an aggregator that reads several samples where
-  one can) and each other dimension but the aggregator (the values farthest from the
-  reference: one method, two mixtures). Four strata, or more where the design's slots (at
-  least five, or a multi-stage task's longest design) are not taken by other dimensions:
-  a subtask with nothing but the model to probe tries five sizes. The trend in n and the
+  subtask's share of the budget, under `oracle` where it is offered, else an aggregator
+  that reads several samples where one can) and each other dimension but the aggregator
+  (the values farthest from the reference: one method, two mixtures). Four strata, or
+  more where the design's slots (at least five, or a multi-stage task's longest design)
+  are not taken by other dimensions: a subtask with nothing but the model to probe tries
+  five sizes. The trend in n and the
   aggregator are left to the score model, which shares the trend across arms and tries
   aggregators on the arms that look best: a probe at the smallest n, or of an aggregator
   on the reference arm, cost a trial and was seldom worth it (experiments/README.md).
@@ -27,7 +28,9 @@
   arm fits the budget at a larger n (which cannot score less) ranks after every open plan
   too, but before the memory's closed ones; so does, on any task, a plan below its arm's
   largest n in budget while no trial has tried the arm (its samples are drawn at that n
-  whatever the plan's: `planner.draws`). Notes are read by a language model, not here.
+  whatever the plan's: `planner.draws`), and a plan whose `oracle` twin (same values and
+  n) costs no more (`PlanTable.below_oracle`: no aggregator of the same samples scores
+  above oracle). Notes are read by a language model, not here.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class BuiltinReasoner:
         share = self.ctx.budget_gpu_hours / len(tables)
         # the design's slots: at least five, or the longest stage's; each stage fills the
         # slots its other dimensions leave with size strata
-        others = [_others(t, t.cost <= share) for t in tables]
+        others = [_others(t, _affordable(t, share)) for t in tables]
         slots = max(_MIN_PROBES, _MAX_MODEL_PROBES + max(others))
         probes = [_probes(t, share, self.ctx, max(_MAX_MODEL_PROBES, slots - o))
                   for t, o in zip(tables, others, strict=True)]
@@ -192,15 +195,18 @@ class BuiltinReasoner:
 
     def ranking(self, memory: Sequence[Insight]) -> tuple[list[np.ndarray], list[str]]:
         """Per subtask, what each plan's value is lowered by before plans are ranked:
-        `CLOSED` where the memory rules it out (`memory.closed`), `OUTGROWN` for an `oracle`
-        plan of a one-stage task whose arm fits the budget at a larger open n (`_outgrown`);
-        and one phrase per memory rule that ruled plans out, for the rationale."""
+        `CLOSED` where the memory rules it out (`memory.closed`), `OUTGROWN` for a plan its
+        `oracle` twin outscores at no more cost (`PlanTable.below_oracle`) and for an
+        `oracle` plan of a one-stage task whose arm fits the budget at a larger open n
+        (`_outgrown`); and one phrase per memory rule that ruled plans out, for the
+        rationale."""
         tables = self.analyst.tables
         shut, why = closed(tables, memory)
-        penalty = [np.where(c, CLOSED, 0.0) for c in shut]
-        if len(tables) == 1:
-            penalty[0] += np.where(_outgrown(tables[0], self.ctx.budget_gpu_hours, shut[0]),
-                                   OUTGROWN, 0.0)
+        one_stage = len(tables) == 1
+        outscored = [t.below_oracle | (one_stage and _outgrown(t, self.ctx.budget_gpu_hours, c))
+                     for t, c in zip(tables, shut, strict=True)]
+        penalty = [np.where(c, CLOSED, 0.0) + np.where(o, OUTGROWN, 0.0)
+                   for c, o in zip(shut, outscored, strict=True)]
         return penalty, why
 
     @staticmethod
@@ -213,7 +219,8 @@ class BuiltinReasoner:
         if lowered >= CLOSED:
             return "nothing the memory leaves open is unseen and fits the budget"
         if lowered > 0:
-            return "nothing open is left unseen: a smaller n than its arm's largest in budget"
+            return ("nothing open is left unseen: a plan ranked down (a smaller n than its "
+                    "arm's largest in budget, or an aggregator `oracle` outscores)")
         total = sum(float(v[i]) for v, i in zip(values, at, strict=True))
         return f"best unseen optimistic end score ({np.exp(total):.3f})"
 
@@ -230,6 +237,12 @@ class BuiltinReasoner:
         return self.ctx.cost_model.estimate(alloc).total_gpu_hours <= self.ctx.budget_gpu_hours
 
 
+def _affordable(t: PlanTable, share: float) -> np.ndarray:
+    """(P,) the plans the design may probe: within `share` of the budget, and not below
+    their `oracle` twin (`PlanTable.below_oracle`)."""
+    return (t.cost <= share) & ~t.below_oracle
+
+
 def _others(t: PlanTable, afford: np.ndarray) -> int:
     """How many probes a stage's dimensions other than the model take: per dimension,
     `_PROBES_PER_DIMENSION`'s share, or fewer where the affordable plans have fewer other
@@ -243,7 +256,7 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext, strata: int
             ) -> list[tuple[int, str]]:
     """Plan indices (and why) that isolate the model, one per size stratum (`strata` of
     them, at most one per model), then each other dimension."""
-    afford = t.cost <= share
+    afford = _affordable(t, share)
     if not afford.any():
         return [(int(np.argmin(t.cost)), "cheapest plan (nothing fits the budget share)")]
     model = t.codes[:, t.column("model")]
