@@ -11,6 +11,7 @@ items vary in difficulty and some are unsolvable. Then it runs `benchmark.py` on
 counts, per claim, the tasks where the agent meets it:
 
     python experiments/random_shapes.py --shapes 32 --seeds 5 --trials 40 --out /tmp/shapes
+    python experiments/random_shapes.py --first 32 --shapes 64 --out /tmp/more   # others
 
 Claims (experiments/README.md): median trials to 99% of the exact optimum at most half
 Optuna's (met where Optuna never gets there and the agent does), never more than the
@@ -137,13 +138,16 @@ def tally(summary: pd.DataFrame, trials: int) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", type=int, default=32, help="tasks to draw (seeds 0..N-1)")
+    parser.add_argument("--shapes", type=int, default=32, help="tasks to draw")
+    parser.add_argument("--first", type=int, default=0,
+                        help="seed of the first task (then the next ones): another set")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/random_shapes"))
     args = parser.parse_args()
-    paths = [write_shape(args.out / "tasks" / f"shape{k}", k) for k in range(args.shapes)]
+    paths = [write_shape(args.out / "tasks" / f"shape{k}", k)
+             for k in range(args.first, args.first + args.shapes)]
     run = args.out / "run"
     subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--tasks",
                     *map(str, paths), "--strategies", "optuna", "sweep", "agent",
