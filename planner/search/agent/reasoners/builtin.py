@@ -7,10 +7,10 @@
   (the values farthest from the reference: one method, two mixtures). Four strata, or
   more where the design's slots (at least five, or a multi-stage task's longest design)
   are not taken by other dimensions: a subtask with nothing but the model to probe tries
-  five sizes. The trend in n and the
-  aggregator are left to the score model, which shares the trend across arms and tries
-  aggregators on the arms that look best: a probe at the smallest n, or of an aggregator
-  on the reference arm, cost a trial and was seldom worth it (experiments/README.md).
+  five sizes. The trend in n and the aggregator are left to the score model, which shares
+  the trend across arms and tries aggregators on the arms that look best: a probe at the
+  smallest n, or of an aggregator on the reference arm, cost a trial and was seldom worth
+  it (experiments/README.md).
   Stage scores are reported per subtask, so trial i carries probe i of every subtask.
 - reflect: the insight memory the analysis implies (`memory.derive`: which model wins,
   where n saturates, which served arms are dominated, how the budget splits), keeping a
