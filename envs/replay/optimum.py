@@ -27,6 +27,7 @@ within budget (no pruning: a dominated plan may still come close).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,16 @@ def _block(parts: list[PlanArrays]) -> tuple[np.ndarray, np.ndarray]:
     return score, allocation_costs(parts, index)
 
 
+def _blocks(parts: list[PlanArrays]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """`_block` of every allocation, in chunks over the first subtask's plans: the first
+    plan's index in each chunk, then the chunk's scores and costs."""
+    rest = int(np.prod([len(p.score) for p in parts[1:]]))
+    chunk = max(1, _CHUNK_ELEMENTS // max(rest, 1))
+    for lo in range(0, len(parts[0].score), chunk):
+        head = parts[0].take(np.arange(lo, min(lo + chunk, len(parts[0].score))))
+        yield lo, *_block([head, *parts[1:]])
+
+
 def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
                        env: ReplayEnvironment | None = None) -> Optimum:
     """The exact best allocation whose estimated cost is within `budget_gpu_hours`."""
@@ -121,12 +132,8 @@ def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
     arrays = plan_arrays(env, cost_model)
     names = list(arrays)
     parts = [prune(arrays[s], budget_gpu_hours) for s in names]
-    rest = int(np.prod([len(p.score) for p in parts[1:]]))
-    chunk = max(1, _CHUNK_ELEMENTS // max(rest, 1))
     best: tuple[float, float, tuple[int, ...]] | None = None
-    for lo in range(0, len(parts[0].score), chunk):
-        head = parts[0].take(np.arange(lo, min(lo + chunk, len(parts[0].score))))
-        score, cost = _block([head, *parts[1:]])
+    for lo, score, cost in _blocks(parts):
         score = np.where(cost <= budget_gpu_hours, score, -np.inf)
         top = score.max(initial=-np.inf)  # empty where a later stage has no plan left
         if top == -np.inf:
@@ -152,12 +159,8 @@ def near_optimal(spec: TaskSpec, budget_gpu_hours: float, fractions: list[float]
     best = exhaustive_optimum(spec, budget_gpu_hours, env).score
     arrays = plan_arrays(env, CostModel(spec, env.calibration()))
     parts = [a.take(np.flatnonzero(a.infer <= budget_gpu_hours)) for a in arrays.values()]
-    rest = int(np.prod([len(p.score) for p in parts[1:]]))
-    chunk = max(1, _CHUNK_ELEMENTS // max(rest, 1))
     fits, near = 0, dict.fromkeys(fractions, 0)
-    for lo in range(0, len(parts[0].score), chunk):
-        head = parts[0].take(np.arange(lo, min(lo + chunk, len(parts[0].score))))
-        score, cost = _block([head, *parts[1:]])
+    for _, score, cost in _blocks(parts):
         score = score[cost <= budget_gpu_hours]
         fits += score.size
         for f in fractions:
@@ -179,10 +182,12 @@ def budget_gpu_hours(spec: TaskSpec, budget: str | None = None) -> float:
     return spec.hardware.gpu_hours(budget)
 
 
-def optimum_record(path: Path, budget: str | None = None) -> dict:
-    """The stored form of a task's optimum under `budget` (default: the task's own)."""
-    spec = load_spec(path)
-    opt = exhaustive_optimum(spec, budget_gpu_hours(spec, budget))
+def optimum_record(path: Path, budget: str | None = None,
+                   env: ReplayEnvironment | None = None) -> dict:
+    """The stored form of a task's optimum under `budget` (default: the task's own); `env`,
+    if given, is the task's environment, already loaded."""
+    spec = env.spec if env else load_spec(path)
+    opt = exhaustive_optimum(spec, budget_gpu_hours(spec, budget), env)
     return {"task": spec.name, "file": path.name, "budget": budget or spec.budget,
             "space_size": opt.space_size, "score": opt.score,
             "cost_gpu_hours": opt.cost_gpu_hours, "allocation": opt.allocation.to_dict()}
@@ -214,13 +219,14 @@ def print_optima(paths: list[Path], budget: str | None, near: list[float]) -> No
     """Each task's optimum and its allocation, one plan per line; then, per fraction in
     `near`, how many allocations in budget score at least that fraction of it."""
     for path in paths:
-        record = optimum_record(path, budget)
+        env = ReplayEnvironment(load_spec(path))  # loading its tables takes most of the time
+        record = optimum_record(path, budget, env)
         print(describe(record))
         for line in Allocation.from_dict(record["allocation"]).describe():
             print(f"  {line}")
         if near:
-            spec = load_spec(path)
-            fits, counts = near_optimal(spec, budget_gpu_hours(spec, budget), near)
+            fits, counts = near_optimal(env.spec, budget_gpu_hours(env.spec, budget), near,
+                                        env)
             for f, count in counts.items():
                 print(f"  at least {f * 100:g}% of it: {count:,} of the {fits:,} allocations in "
                       "budget")
