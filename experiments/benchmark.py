@@ -236,8 +236,9 @@ def run_job(job: Job) -> list[dict]:
 
 
 def pad(trials: pd.DataFrame, n_trials: int) -> pd.DataFrame:
-    """Carry a run that stopped early (the strategy had nothing left to propose) to
-    `n_trials` with its best and search compute unchanged, marked status `stopped`."""
+    """Carry a run that stopped early (the strategy had nothing left to propose, or nothing
+    left that can beat its best) to `n_trials` with its best and search compute unchanged,
+    marked status `stopped`."""
     extra = []
     for _, run in trials.groupby(["task", "strategy", "seed"], sort=False):
         last = run.iloc[-1]
@@ -512,8 +513,9 @@ takes seconds here (about 2.3 s on average over 20 trials of monkeys-gsm8k). CMA
 not offered: CmaEsSampler does not model categorical parameters (it falls back to
 independent random sampling for them), and every plan field but n is categorical.
 The agent runs without its convergence stop (`patience`), so every strategy gets the same
-number of trials; a run that stops early (nothing left to propose) keeps its best for the
-remaining trials (`stopped` rows in benchmark.csv).
+number of trials; a run that stops early (nothing left to propose, or, on a one-stage task,
+nothing left that can beat its best) keeps its best for the remaining trials (`stopped` rows
+in benchmark.csv).
 """
 
 

@@ -450,6 +450,33 @@ def test_a_plan_its_oracle_twin_outscores_ranks_after_every_open_plan() -> None:
     assert not vote.below_oracle.any()
 
 
+def test_the_agent_stops_once_every_plan_left_scores_no_more_than_a_tried_one() -> None:
+    """An oracle plan reads the same samples as its arm's plans at a smaller n or under
+    another aggregator, and more: none of them scores above it. Once every plan within
+    budget is tried or so bounded by a tried one, the best trial is the optimum, and the
+    agent says so and stops. On mot-gsm8k-llama2 (one model, two prompts) it ran twelve
+    more trials of bounded plans, until its patience ran out."""
+    from planner.search.agent.graph import SETTLED
+
+    spec = load_spec(TASKS.parent / "examples" / "mot_gsm8k_llama2.yaml")
+    result = _run(spec, "agent", 20, agent=AgentOptions(patience=None))
+    assert result.stopped.startswith(SETTLED) and len(result.trials) == 2
+    assert result.best.score == exhaustive_optimum(spec, _budget(spec)).score
+    # the bound, checked against the recorded scores: every oracle plan tried alone bounds
+    # exactly the plans of its served arm at an n no larger, and scores no less than them
+    for name in ("examples/mot_gsm8k_llama2.yaml", "tasks/monkeys_math.yaml"):
+        spec = load_spec(TASKS.parent / name)
+        env, [table] = make_environment(spec), _analyst(spec).tables
+        score = np.array([env.subtask_score(table.subtask, p) for p in table.plans])
+        for j, plan in enumerate(table.plans):
+            bounded = table.bounded(np.arange(len(table.plans)) == j)
+            reads_all = plan.aggregator == "oracle" or plan.samples == 1
+            assert set(np.flatnonzero(bounded)) == {
+                i for i, p in enumerate(table.plans) if reads_all and p.samples <= plan.samples
+                and (p.model, p.method) == (plan.model, plan.method)}, plan.describe()
+            assert (score[bounded] <= score[j] + 1e-12).all(), plan.describe()
+
+
 def test_a_plan_at_one_sample_is_the_first_point_of_an_aggregators_curve() -> None:
     """mmlu-cascade-gsm8k-vote's GSM8K stage offers first and majority. Its n=1 plans were
     coded as a `first` arm of their own, whose effect nothing else informed: the agent spent

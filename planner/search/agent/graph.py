@@ -109,12 +109,18 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     return {"pending": [], "best_score": best, "stale": stale, "llm_credit": credit}
 
 
+SETTLED = ("every allocation in budget was tried or scores no more than a tried one (an "
+           "oracle over the same samples at no smaller n): the best is the optimum")
+
+
 def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Update the insight memory from all trials; decide whether to stop."""
     ctx = runtime.context
     history = ctx.runner.history()
     before = [Insight.from_dict(d) for d in state.memory]
     stop = ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
+    if not stop and ctx.builtin.settled(history):
+        stop = SETTLED
     if not stop and ctx.patience is not None and state.stale >= ctx.patience:
         stop = f"converged: no better score in {state.stale} proposals"
     if stop:  # nothing will read new insights: the builtin's suffice, the model is not asked

@@ -168,12 +168,32 @@ class PlanTable:
         if ORACLE not in aggregator.values:
             return np.zeros(len(self.plans), dtype=bool)
         oracle = self.codes[:, j] == aggregator.index(ORACLE)
-        rest = np.delete(self.codes[:, :-1], j, axis=1)
-        _, twin = np.unique(np.column_stack([rest, self.log_n]), axis=0, return_inverse=True)
+        _, twin = np.unique(np.column_stack([self.served, self.log_n]), axis=0,
+                            return_inverse=True)
         twin = twin.ravel()
         cost = np.full(twin.max() + 1, np.inf)  # per twin group, its oracle plan's cost
         cost[twin[oracle]] = self.cost[oracle]
         return ~oracle & (cost[twin] <= self.cost)
+
+    def bounded(self, evaluated: np.ndarray) -> np.ndarray:
+        """(P,) the plans that score no more than an `evaluated` `oracle` plan of their
+        served arm at an n no smaller: it reads the same samples and more, and no aggregator
+        of them scores above it (none where `oracle` is not offered)."""
+        j = self.column("aggregator")
+        aggregator = self.dims[j]
+        if ORACLE not in aggregator.values:
+            return np.zeros(len(self.plans), dtype=bool)
+        tried = evaluated & (self.codes[:, j] == aggregator.index(ORACLE))
+        top = np.full(self.served.max() + 1, -np.inf)  # per served arm, the largest n tried
+        np.maximum.at(top, self.served[tried], self.log_n[tried])
+        return self.log_n <= top[self.served]
+
+    @cached_property
+    def served(self) -> np.ndarray:
+        """(P,) each plan's served arm, numbered: its values but the aggregator (the plans
+        of one served arm read one set of samples: `planner.draws`)."""
+        rest = np.delete(self.codes[:, :-1], self.column("aggregator"), axis=1)
+        return np.unique(rest, axis=0, return_inverse=True)[1].ravel()
 
     @cached_property
     def slope_x(self) -> np.ndarray:

@@ -154,6 +154,17 @@ class BuiltinReasoner:
                                   history)
         return chosen if sure else None
 
+    def settled(self, history: Sequence[TrialRecord]) -> bool:
+        """Whether, on a one-stage task, every plan within budget was evaluated by a full
+        trial or scores no more than one (`PlanTable.bounded`): no allocation left can beat
+        the best trial, which is then the optimum. Pipelines are left out: a stage's
+        score there is not the end score."""
+        if len(self.analyst.tables) > 1:
+            return False
+        t, evaluated = self.analyst.tables[0], self.analyse(history).evaluated[0][0]
+        fits = t.cost <= self.ctx.budget_gpu_hours
+        return bool(evaluated.any()) and not (fits & ~evaluated & ~t.bounded(evaluated)).any()
+
     def ranked_values(self, analysis: Analysis,
                       penalty: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per subtask, each plan's value as the builtin ranks it: its optimistic log score,
