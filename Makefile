@@ -1,4 +1,6 @@
 # `make demo` and `make test` each set up .venv first (CPU torch, no CUDA packages).
+# The tests run on two pytest-xdist workers; the PostgreSQL ones share one database and so
+# one worker (`xdist_group("postgres")`).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -18,4 +20,4 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup

@@ -57,6 +57,7 @@ def test_process_workers_run_trials_at_once(tmp_path: Path, marks: Path, strateg
 
 @pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL: set PLANNER_TEST_POSTGRES_URL "
                     "(.ci/run does)")
+@pytest.mark.xdist_group("postgres")  # one database for all: one xdist worker (`make test`)
 def test_agent_on_workers_with_study_and_checkpoints_in_postgres(marks: Path) -> None:
     from planner.search.agent.strategy import checkpointer
 

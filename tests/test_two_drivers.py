@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "envs/replay/tasks/monkeys_gsm8k.yaml"
 TRIALS = 12
 POSTGRES = os.environ.get("PLANNER_TEST_POSTGRES_URL")
-needs_postgres = pytest.mark.skipif(
-    not POSTGRES, reason="no PostgreSQL: set PLANNER_TEST_POSTGRES_URL (.ci/run does)")
+# one database for all: its tests share one xdist worker (`make test`)
+needs_postgres = [pytest.mark.skipif(
+    not POSTGRES, reason="no PostgreSQL: set PLANNER_TEST_POSTGRES_URL (.ci/run does)"),
+    pytest.mark.xdist_group("postgres")]
 DATABASES = ["sqlite", pytest.param("postgres", marks=needs_postgres)]
 
 SITECUSTOMIZE = """
