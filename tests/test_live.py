@@ -20,7 +20,7 @@ from planner.cost import CostModel
 from planner.errors import SpecError
 from planner.search import AgentOptions, Runner
 from planner.search.agent.screening import trains_prefixes
-from planner.space import Allocation, Plan
+from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import load_spec
 from planner.store import Store, TrialRecord, TrialStatus
 from planner.study import open_study, optimize
@@ -305,6 +305,38 @@ def test_a_screen_trains_a_prefix_of_the_fine_tune_which_the_full_evaluation_res
         assert torch.equal(resumed.state_dict()[name], weight), name
     # the screen sampled the prefix model: the finished one's samples are drawn afresh
     assert screen.prompts["parse"] == full.prompts["parse"][:3]
+
+
+def test_a_one_stage_search_stops_when_its_best_provably_is_the_optimum(
+        tmp_path: Path, bases: dict[str, Path]) -> None:
+    """Live samples bear out the bound the agent stops on: per model, oracle at n reads the
+    first n of one set of samples, so it scores no less than any plan of that model at a
+    smaller n or under another aggregator. Once both models were tried under oracle at
+    their largest n, the agent stops, and every plan evaluated afterwards scores no more
+    (a metric with partial credit, so the untrained models do not all score 0)."""
+    from planner.search.agent.graph import SETTLED
+
+    path = write_live_task(tmp_path, bases)
+    task = yaml.safe_load(path.read_text())
+    stage = task["subtasks"][0]
+    stage.update(methods=["none"], aggregators=["first", "majority", "oracle"],
+                 samples=[1, 2, 4], metric="overlap:chars",
+                 decoding={"max_new_tokens": 4, "temperature": 1.0})
+    task["subtasks"] = [stage]
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    (tmp_path / "overlap.py").write_text(
+        "def chars(prediction, label):\n"
+        "    return len(set(prediction) & set(label)) / max(1, len(set(label)))\n")
+    spec = load_spec(path)
+    env = env_for(path, tmp_path / "cache")
+    result = optimize(spec, env, store=Store("sqlite://"), budget=spec.budget,
+                      strategy="agent", n_trials=20, agent=AgentOptions(patience=None))
+    assert result.stopped.startswith(SETTLED)
+    assert sorted(t.allocation["parse"].describe() for t in result.trials) == [
+        "m1 / none / n=4 / oracle", "m2 / none / n=4 / oracle"]
+    scores = [env.evaluate(Allocation.of({"parse": p})).score
+              for p in SearchSpace(spec).plans("parse")]
+    assert max(scores) == result.best.score > 0
 
 
 def test_the_agent_screens_training_by_rungs_and_never_a_probe(
