@@ -144,15 +144,30 @@ class PlanTable:
         return next(j for j, d in enumerate(self.dims) if d.name == name)
 
     @cached_property
+    def oracle(self) -> np.ndarray:
+        """(P,) the plans under `oracle` (a plan at n = 1 is coded so where it is offered:
+        `build`); none where it is not offered."""
+        j = self.column("aggregator")
+        aggregator = self.dims[j]
+        if ORACLE not in aggregator.values:
+            return np.zeros(len(self.plans), dtype=bool)
+        return self.codes[:, j] == aggregator.index(ORACLE)
+
+    def largest_n(self, groups: np.ndarray, among: np.ndarray) -> np.ndarray:
+        """(P,) per plan, the largest log2 n of the `among` plans in its group (`groups`: a
+        number per plan), -inf where there is none."""
+        top = np.full(groups.max() + 1, -np.inf)
+        np.maximum.at(top, groups[among], self.log_n[among])
+        return top[groups]
+
+    @cached_property
     def oracle_runs(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The `oracle` plans' indices, arm by arm and from the largest n down, and twice
         each one's arm's rank in that order (`Prediction.score` caps along them); None
         where no plan is oracle."""
-        aggregator = self.dims[self.column("aggregator")]
-        if ORACLE not in aggregator.values:
+        if not self.oracle.any():
             return None
-        oracle = np.flatnonzero(self.codes[:, self.column("aggregator")]
-                                == aggregator.index(ORACLE))
+        oracle = np.flatnonzero(self.oracle)
         arm = self.codes[oracle, -1]
         order = oracle[np.lexsort((-self.log_n[oracle], arm))]
         rank = np.cumsum(np.r_[0, np.diff(self.codes[order, -1]) != 0])
@@ -163,11 +178,9 @@ class PlanTable:
         """(P,) the plans, under another aggregator, whose `oracle` twin (the same values
         and n) costs no more: a question counts as solved if any of the same samples solves
         it, so no aggregator that reads them scores above `oracle`."""
-        j = self.column("aggregator")
-        aggregator = self.dims[j]
-        if ORACLE not in aggregator.values:
-            return np.zeros(len(self.plans), dtype=bool)
-        oracle = self.codes[:, j] == aggregator.index(ORACLE)
+        oracle = self.oracle
+        if not oracle.any():
+            return oracle
         _, twin = np.unique(np.column_stack([self.served, self.log_n]), axis=0,
                             return_inverse=True)
         twin = twin.ravel()
@@ -179,14 +192,7 @@ class PlanTable:
         """(P,) the plans that score no more than an `evaluated` `oracle` plan of their
         served arm at an n no smaller: it reads the same samples and more, and no aggregator
         of them scores above it (none where `oracle` is not offered)."""
-        j = self.column("aggregator")
-        aggregator = self.dims[j]
-        if ORACLE not in aggregator.values:
-            return np.zeros(len(self.plans), dtype=bool)
-        tried = evaluated & (self.codes[:, j] == aggregator.index(ORACLE))
-        top = np.full(self.served.max() + 1, -np.inf)  # per served arm, the largest n tried
-        np.maximum.at(top, self.served[tried], self.log_n[tried])
-        return self.log_n <= top[self.served]
+        return self.log_n <= self.largest_n(self.served, evaluated & self.oracle)
 
     @cached_property
     def served(self) -> np.ndarray:

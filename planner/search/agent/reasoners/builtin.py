@@ -46,7 +46,7 @@ from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.screening import settled
 from planner.search.agent.surrogate import PlanTable
-from planner.space import ORACLE, Allocation
+from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
 _MAX_MODEL_PROBES = 4
@@ -321,11 +321,7 @@ def _outgrown(t: PlanTable, budget: float, shut: np.ndarray) -> np.ndarray:
     the memory leaves open (not `shut`): a question counts as solved if any sample solves
     it, and a larger n reads the same samples and more, so such a plan cannot score above
     that one."""
-    aggregator = t.dims[t.column("aggregator")]
-    if ORACLE not in aggregator.values:
-        return np.zeros(len(t.plans), dtype=bool)
-    oracle = t.codes[:, t.column("aggregator")] == aggregator.index(ORACLE)
-    return oracle & _below_top(t, (t.cost <= budget) & ~shut)
+    return t.oracle & _below_top(t, (t.cost <= budget) & ~shut)
 
 
 def _untried_below_top(t: PlanTable, room: float, evaluated: np.ndarray) -> np.ndarray:
@@ -342,10 +338,7 @@ def _untried_below_top(t: PlanTable, room: float, evaluated: np.ndarray) -> np.n
 
 def _below_top(t: PlanTable, fits: np.ndarray) -> np.ndarray:
     """(P,) the plans at an n below the largest of their arm's plans that `fits`."""
-    arm = t.codes[:, -1]
-    top = np.full(arm.max() + 1, -np.inf)  # per arm, the largest log n that fits
-    np.maximum.at(top, arm[fits], t.log_n[fits])
-    return t.log_n < top[arm]
+    return t.log_n < t.largest_n(t.codes[:, -1], fits)
 
 
 def _distance(t: PlanTable, i: int, j: int) -> float:
