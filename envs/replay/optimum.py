@@ -128,8 +128,13 @@ def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
                        env: ReplayEnvironment | None = None) -> Optimum:
     """The exact best allocation whose estimated cost is within `budget_gpu_hours`."""
     env = env or ReplayEnvironment(spec)
-    cost_model = CostModel(spec, env.calibration())
-    arrays = plan_arrays(env, cost_model)
+    return _optimum(spec, plan_arrays(env, CostModel(spec, env.calibration())),
+                    budget_gpu_hours)
+
+
+def _optimum(spec: TaskSpec, arrays: dict[str, PlanArrays], budget_gpu_hours: float
+             ) -> Optimum:
+    """`exhaustive_optimum` over the task's plans as `plan_arrays` gives them."""
     names = list(arrays)
     parts = [prune(arrays[s], budget_gpu_hours) for s in names]
     best: tuple[float, float, tuple[int, ...]] | None = None
@@ -156,8 +161,8 @@ def near_optimal(spec: TaskSpec, budget_gpu_hours: float, fractions: list[float]
     """The number of allocations within `budget_gpu_hours`, and per fraction f how many of
     them score at least f times the optimum."""
     env = env or ReplayEnvironment(spec)
-    best = exhaustive_optimum(spec, budget_gpu_hours, env).score
     arrays = plan_arrays(env, CostModel(spec, env.calibration()))
+    best = _optimum(spec, arrays, budget_gpu_hours).score
     parts = [a.take(np.flatnonzero(a.infer <= budget_gpu_hours)) for a in arrays.values()]
     fits, near = 0, dict.fromkeys(fractions, 0)
     for _, score, cost in _blocks(parts):
