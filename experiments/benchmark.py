@@ -207,7 +207,8 @@ def run_job(job: Job) -> list[dict]:
                         seed=job.seed)
     cost_model = CostModel(spec, env.calibration())
     runner = Runner(env, store, name, cost_model, record.budget_gpu_hours,
-                    executor=LocalExecutor(env, job.batch))
+                    executor=LocalExecutor(env, job.batch),
+                    screen=SCREEN if job.strategy == "agent-screen" else None)
     ctx = SearchContext(runner.space, cost_model, record.budget_gpu_hours, job.seed, store, name)
     meter = SearchCost(cost_model, env.validation_items(), runner.draws)
     rows: list[dict] = []

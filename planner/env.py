@@ -30,6 +30,19 @@ class Observation:
     score: float
     subtask_scores: Mapping[str, float]
     measured: Mapping[str, float] = field(default_factory=dict)
+    on_screen_items: ScreenScores | None = None  # asked for with `evaluate(..., screen=)`
+
+
+@dataclass(frozen=True)
+class ScreenScores:
+    """A full evaluation's scores on the items a screen at `fidelity` evaluates: what a
+    screen of the same allocation sampling the same model scores, so that a screen is
+    compared with full trials on its own items (a small share of the items may be far
+    easier or harder than the whole; `search.agent.screening`)."""
+
+    fidelity: float
+    score: float
+    subtask_scores: Mapping[str, float]
 
 
 class Environment(Protocol):
@@ -43,13 +56,15 @@ class Environment(Protocol):
         ...
 
     def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
-                 draws: Draws | None = None) -> Observation:
+                 draws: Draws | None = None, screen: float | None = None) -> Observation:
         """Run (or look up) the allocation and report its scores. `fidelity` in (0, 1] is
         the share of validation items evaluated (a screen): the first ceil(fidelity * N)
         of a fixed order, the same for every allocation, so screens compare fairly; where
         `screens_training`, also the share of each resumable fine-tune's steps trained.
         `draws` says how many samples per item to draw of each arm (`planner.draws`; None:
-        the subtask's largest n); an environment that draws none ignores it."""
+        the subtask's largest n); an environment that draws none ignores it. `screen`
+        (a full evaluation only): also report the scores on the items a screen at that
+        share evaluates (`Observation.on_screen_items`), from the same samples."""
         ...
 
     def validation_items(self) -> Mapping[str, int]:
@@ -71,6 +86,16 @@ def check_fidelity(fidelity: float) -> None:
     if not 0.0 < fidelity <= 1.0:
         raise ValueError(f"fidelity must be in (0, 1] (a share of the validation items), "
                          f"got {fidelity}")
+
+
+def check_screen(fidelity: float, screen: float | None) -> None:
+    """Refuse a `screen` share outside (0, 1], or asked of a screen (`fidelity` < 1)."""
+    if screen is None:
+        return
+    check_fidelity(screen)
+    if fidelity < 1.0:
+        raise ValueError(f"scores on a screen's items come with a full evaluation "
+                         f"(fidelity 1), got fidelity {fidelity}")
 
 
 def screened(total: int, fidelity: float) -> int:

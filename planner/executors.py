@@ -65,12 +65,13 @@ def is_transient(error: BaseException) -> bool:
 
 
 def evaluate(factory: EnvFactory, allocation: Allocation, fidelity: float = 1.0,
-             draws: Draws | None = None) -> tuple:
+             draws: Draws | None = None, screen: float | None = None) -> tuple:
     """Build the environment and evaluate the allocation at `fidelity`, drawing `draws`
-    samples per arm; in a worker, so every error comes back as data: (observation, None,
-    False) or (None, error line, transient)."""
+    samples per arm (and scoring it on a `screen`'s items too: `Environment.evaluate`); in
+    a worker, so every error comes back as data: (observation, None, False) or (None,
+    error line, transient)."""
     try:
-        return factory().evaluate(allocation, fidelity, draws), None, False
+        return factory().evaluate(allocation, fidelity, draws, screen), None, False
     except Exception as e:  # recorded as the trial's error, like Optuna's _run_trial
         return None, "".join(traceback.format_exception_only(e)).strip(), is_transient(e)
 
@@ -79,9 +80,10 @@ class Executor(Protocol):
     slots: int
 
     def start(self, number: int, allocation: Allocation, fidelity: float = 1.0,
-              draws: Draws | None = None) -> None:
+              draws: Draws | None = None, screen: float | None = None) -> None:
         """Begin evaluating trial `number` (on a `fidelity` share of the validation items,
-        drawing `draws` samples per arm: `planner.draws`)."""
+        drawing `draws` samples per arm: `planner.draws`; a full one scored on a `screen`'s
+        items too: `Environment.evaluate`)."""
         ...
 
     def running(self) -> int:
@@ -105,19 +107,19 @@ class LocalExecutor:
     def __init__(self, env: Environment, slots: int = 1) -> None:
         self.env = env
         self.slots = slots
-        self._started: list[tuple[int, Allocation, float, Draws | None]] = []
+        self._started: list[tuple[int, Allocation, float, Draws | None, float | None]] = []
 
     def start(self, number: int, allocation: Allocation, fidelity: float = 1.0,
-              draws: Draws | None = None) -> None:
-        self._started.append((number, allocation, fidelity, draws))
+              draws: Draws | None = None, screen: float | None = None) -> None:
+        self._started.append((number, allocation, fidelity, draws, screen))
 
     def running(self) -> int:
         return len(self._started)
 
     def wait(self) -> list[Outcome]:
         started, self._started = self._started, []
-        return [Outcome(number, *evaluate(lambda: self.env, allocation, fidelity, draws))
-                for number, allocation, fidelity, draws in started]
+        return [Outcome(number, *evaluate(lambda: self.env, *request))
+                for number, *request in started]
 
     def close(self) -> None:
         self._started = []
@@ -147,7 +149,7 @@ class ProcessExecutor:
         self._workers: dict[int, _Worker] = {}
 
     def start(self, number: int, allocation: Allocation, fidelity: float = 1.0,
-              draws: Draws | None = None) -> None:
+              draws: Draws | None = None, screen: float | None = None) -> None:
         device = min(self.devices, default=None, key=lambda d: sum(
             w.device == d for w in self._workers.values()))
         env = dict(os.environ) if device is None else {**os.environ,
@@ -156,7 +158,8 @@ class ProcessExecutor:
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         with process.stdin:
             pickle.dump(sys.path, process.stdin)
-            pickle.dump((self.factory, allocation, fidelity, draws, os.getpid()), process.stdin)
+            pickle.dump((self.factory, allocation, fidelity, draws, screen, os.getpid()),
+                        process.stdin)
         deadline = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
         self._workers[number] = _Worker(process, deadline, device)
 
@@ -242,9 +245,9 @@ class RayExecutor:
         self._refs: dict[object, tuple[int, float]] = {}  # ref -> (trial, deadline)
 
     def start(self, number: int, allocation: Allocation, fidelity: float = 1.0,
-              draws: Draws | None = None) -> None:
+              draws: Draws | None = None, screen: float | None = None) -> None:
         deadline = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
-        ref = self._task.remote(self.factory, allocation, fidelity, draws)
+        ref = self._task.remote(self.factory, allocation, fidelity, draws, screen)
         self._refs[ref] = (number, deadline)
 
     def running(self) -> int:

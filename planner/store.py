@@ -32,7 +32,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, UniqueConstraint, create_engine, delete, select
 
 from planner.cost import Cost
-from planner.env import Observation
+from planner.env import Observation, ScreenScores
 from planner.errors import StudyError
 from planner.secrets import redact, redact_data, redact_json
 from planner.space import Allocation
@@ -92,6 +92,7 @@ class _TrialRow(SQLModel, table=True):
     driver: str = ""  # the token of the driver running it (`Driver`)
     fidelity: float = 1.0  # the share of validation items evaluated (< 1: a screen; on a live
     # task also the share of its fine-tunes' steps trained: `planner.env.screens_training`)
+    on_screen_items_json: str = ""  # a full trial's `ScreenScores`; "" when not asked for
 
 
 class _SubtaskResultRow(SQLModel, table=True):
@@ -209,6 +210,7 @@ class TrialRecord:
     driver: str = ""  # the token of the driver that ran it (`Driver`)
     fidelity: float = 1.0  # the share of validation items evaluated (< 1: a screen; on a live
     # task also the share of its fine-tunes' steps trained: `planner.env.screens_training`)
+    on_screen_items: ScreenScores | None = None  # a full trial's scores on a screen's items
 
     @property
     def screen(self) -> bool:
@@ -521,6 +523,9 @@ class Store:
             if observation is not None:
                 values["score"] = observation.score
                 values["measured_json"] = json.dumps(dict(observation.measured))
+                if (on := observation.on_screen_items) is not None:
+                    values["on_screen_items_json"] = json.dumps(
+                        [on.fidelity, on.score, dict(on.subtask_scores)])
                 costs = subtask_costs or {}
                 results = [{"trial_id": trial_id, "subtask": name, "score": score,
                             "train_gpu_hours": c.train_gpu_hours,
@@ -699,7 +704,8 @@ _ADDED_COLUMNS = {  # columns newer than the first planner databases, as DDL
               "reasoner": "VARCHAR NOT NULL DEFAULT ''",
               "draws_json": "VARCHAR NOT NULL DEFAULT ''"},
     "trial": {"claim": "VARCHAR", "driver": "VARCHAR NOT NULL DEFAULT ''",
-              "fidelity": "FLOAT NOT NULL DEFAULT 1.0"},
+              "fidelity": "FLOAT NOT NULL DEFAULT 1.0",
+              "on_screen_items_json": "VARCHAR NOT NULL DEFAULT ''"},
 }
 
 
@@ -791,4 +797,6 @@ def _trial_record(r: Any, results: list[Any]) -> TrialRecord:
         error=r.error,
         driver=r.driver,
         fidelity=r.fidelity,
+        on_screen_items=(ScreenScores(*json.loads(r.on_screen_items_json))
+                         if r.on_screen_items_json else None),
     )

@@ -123,14 +123,15 @@ def optimize(spec: TaskSpec, env: Environment, *, store: Store, budget: str, str
     in this process; closed, cancelling what still runs, when the call returns or raises);
     a transient failure is attempted `retries` more times."""
     name = study or default_study_name(spec, strategy)
-    reasoner = (agent or AgentOptions()).reasoner if strategy == "agent" else ""
+    options = agent or AgentOptions()
+    reasoner = options.reasoner if strategy == "agent" else ""
     record = open_study(store, spec, name=name, budget=budget, strategy=strategy, seed=seed,
                         task_path=task_path or str(Path(spec.root)), resume=resume,
                         reasoner=reasoner, allow_changed_task=allow_changed_task)
     cost_model = CostModel(spec, env.calibration())
     with store.driving(name) as driver, closing(executor) if executor else nullcontext():
         runner = Runner(env, store, name, cost_model, record.budget_gpu_hours, driver,
-                        executor, retries)
+                        executor, retries, options.screen if strategy == "agent" else None)
         ctx = SearchContext(runner.space, cost_model, record.budget_gpu_hours, seed, store,
                             name, driver.token)
         runner.resume_interrupted(callback)

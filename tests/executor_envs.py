@@ -33,7 +33,7 @@ class MarkedEnv(ReplayEnvironment):
         self.together = together
 
     def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
-                 draws: Draws | None = None) -> Observation:
+                 draws: Draws | None = None, screen: float | None = None) -> Observation:
         key = hashlib.sha1(allocation.key().encode()).hexdigest()[:12]
         attempt = len(list(self.marks.glob(f"{key}.*.start"))) + 1
         mine = self.marks / f"{key}.{attempt}.start"
@@ -48,7 +48,7 @@ class MarkedEnv(ReplayEnvironment):
             raise ConnectionError("model server unreachable")
         if self.misbehave == "always-wrong":
             raise ValueError("bad allocation for this toy")
-        observation = super().evaluate(allocation, fidelity, draws)
+        observation = super().evaluate(allocation, fidelity, draws, screen)
         _write(self.marks / f"{key}.{attempt}.end", str(time.time()))
         return observation
 

@@ -176,6 +176,12 @@ def test_live_cascade_escalates_the_items_that_agree_too_little(
         runs[t] = env.run(alloc(plan(cascade=f"big@{t:g}")))
         items = list(seen)
     assert env.cache.stats.sample_misses == sampled  # the strong plan's samples: cached
+    # a full evaluation also scored on a screen's items scores there what the screen does
+    screen = env.evaluate(alloc(plan(cascade="big@0.75")), 0.5)
+    on_items = env.evaluate(alloc(plan(cascade="big@0.75")), screen=0.5).on_screen_items
+    assert (on_items.fidelity, on_items.score, on_items.subtask_scores) == (
+        0.5, screen.score, screen.subtask_scores)
+    assert env.cache.stats.sample_misses == sampled
 
     # threshold 0 never escalates: the cheap plan's score, outputs and measured sampling
     never, always = runs[0].observation, runs[1.5].observation

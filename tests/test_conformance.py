@@ -74,9 +74,9 @@ class RecordingEnv:
         return self.inner.calibration()
 
     def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
-                 draws: Draws | None = None) -> Observation:
+                 draws: Draws | None = None, screen: float | None = None) -> Observation:
         self.evaluated.append(allocation)
-        return self.inner.evaluate(allocation, fidelity, draws)
+        return self.inner.evaluate(allocation, fidelity, draws, screen)
 
     def validation_items(self) -> Mapping[str, int]:
         return self.inner.validation_items()

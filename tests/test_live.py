@@ -272,6 +272,14 @@ def test_a_screen_is_the_full_evaluation_of_its_first_items_and_the_rest_is_draw
     assert (again.score, again.subtask_scores) == (full.observation.score,
                                                    full.observation.subtask_scores)
     assert again.measured["prompt_tokens"] == full.observation.measured["prompt_tokens"]
+    # scored on the screen's items too, from the same samples: what the screen scored
+    on_items = env.evaluate(allocation, 1.0, screen=0.5).on_screen_items
+    assert (on_items.fidelity, on_items.score, on_items.subtask_scores) == (
+        0.5, screen.observation.score, screen.observation.subtask_scores)
+    assert full.observation.on_screen_items is None  # not asked for
+    assert stats.sample_misses - before == len(drawn_for(full, 6) - drawn_for(screen, 3))
+    with pytest.raises(ValueError, match="come with a full evaluation"):
+        env.evaluate(allocation, 0.5, screen=0.25)
 
 
 def test_a_screen_trains_a_prefix_of_the_fine_tune_which_the_full_evaluation_resumes(

@@ -193,7 +193,7 @@ def test_store_redacts_trial_errors_and_insights(tmp_path: Path, task: Path) -> 
         def validation_items(self):
             return self.inner.validation_items()
 
-        def evaluate(self, allocation, fidelity=1.0, draws=None):
+        def evaluate(self, allocation, fidelity=1.0, draws=None, screen=None):
             raise RuntimeError(f"server said {json.dumps({'auth': f'Bearer {KEY}'})}")
 
     db = tmp_path / "t.db"

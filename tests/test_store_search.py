@@ -84,10 +84,12 @@ def test_an_older_database_is_brought_up_to_date(tmp_path: Path) -> None:
                            "ALTER TABLE study DROP COLUMN reasoner; "
                            "ALTER TABLE trial DROP COLUMN claim; "
                            "ALTER TABLE trial DROP COLUMN driver; "
-                           "ALTER TABLE trial DROP COLUMN fidelity;")
+                           "ALTER TABLE trial DROP COLUMN fidelity; "
+                           "ALTER TABLE trial DROP COLUMN on_screen_items_json;")
     again = Store(f"sqlite:///{path}")
     assert (again.get_study("s").task_hash, again.trials("s")[0].driver) == ("", "")
     assert again.trials("s")[0].fidelity == 1.0  # every old trial was a full evaluation
+    assert again.trials("s")[0].on_screen_items is None  # not scored on a screen's items
     assert again.start_trial("s", _alloc("large"), Cost(0.25, 0.5)) == 1
     assert again.start_trial("s", _alloc("large"), Cost(0.25, 0.5)) is None  # claimed
     with again.driving("s") as driver:
@@ -132,9 +134,9 @@ def test_over_budget_allocation_is_never_evaluated(tiny_spec: TaskSpec) -> None:
         def calibration(self):
             return {}
 
-        def evaluate(self, allocation, fidelity=1.0, draws=None):
+        def evaluate(self, allocation, fidelity=1.0, draws=None, screen=None):
             self.calls += 1
-            return self.inner.evaluate(allocation, fidelity)
+            return self.inner.evaluate(allocation, fidelity, draws, screen)
 
     store = Store("sqlite://")
     store.create_study(name="s", task_name="tiny", task_path="", task={}, budget="1gpu-h",

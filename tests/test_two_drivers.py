@@ -47,13 +47,13 @@ _evaluate = ReplayEnvironment.evaluate
 _barrier = Path(os.environ["TWO_DRIVERS_BARRIER"])
 
 
-def evaluate(self, allocation, fidelity=1.0, draws=None):
+def evaluate(self, allocation, fidelity=1.0, draws=None, screen=None):
     (_barrier / str(os.getpid())).touch()
     deadline = time.time() + 20  # the other one crashed: go on alone
     while len(list(_barrier.iterdir())) < 2 and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(float(os.environ["TWO_DRIVERS_PAUSE"]))
-    return _evaluate(self, allocation, fidelity, draws)
+    return _evaluate(self, allocation, fidelity, draws, screen)
 
 
 ReplayEnvironment.evaluate = evaluate

@@ -97,7 +97,7 @@ from planner.artifact import Artifact, VerifierArtifact, artifact_of, verifier_o
 from planner.cascade import Cascade, cascade_of, escalates, min_agreeing, strong_plan
 from planner.cost import MeasuredCalibration, Utilization
 from planner.draws import Draws, arm_of, samples_drawn
-from planner.env import Observation, check_fidelity, screened
+from planner.env import Observation, ScreenScores, check_fidelity, check_screen, screened
 from planner.errors import SpecError
 from planner.methods import KINDS, FineTune, Merge, Training
 from planner.sampling import Backend, backend_of, check_backends, served_name
@@ -285,28 +285,32 @@ class LiveEnvironment:
             peaks=peak_words(trainings + samplings, hw.name, hw.peak_flops), left_out=left_out))
 
     def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
-                 draws: Draws | None = None) -> Observation:
-        return self.run(allocation, fidelity, draws).observation
+                 draws: Draws | None = None, screen: float | None = None) -> Observation:
+        return self.run(allocation, fidelity, draws, screen).observation
 
     def validation_items(self) -> dict[str, int]:
         """Each stage samples its own validation records and the pipeline's items."""
         return {s: len(d.val) + len(self.items) for s, d in self.data.items()}
 
     def run(self, allocation: Allocation, fidelity: float = 1.0,
-            draws: Draws | None = None) -> PipelineRun:
+            draws: Draws | None = None, screen: float | None = None) -> PipelineRun:
         """Evaluate an allocation and keep each stage's pipeline prompts and outputs.
 
         `fidelity` in (0, 1] screens: each stage samples and scores only the first
         ceil(fidelity * N) of its validation records and the pipeline runs only the first
         ceil(fidelity * N) of its items (at least one of each, in file order); training is
         the same. ValueError outside (0, 1]. `draws`: the samples per item drawn of each
-        arm (`planner.draws`; None, or an arm left out: the subtask's largest n)."""
+        arm (`planner.draws`; None, or an arm left out: the subtask's largest n).
+        `screen` (fidelity 1 only): also score each stage and the pipeline on the items a
+        screen at that share runs, from the same samples (`Observation.on_screen_items`)."""
         check_fidelity(fidelity)
+        check_screen(fidelity, screen)
         self.space.validate(allocation)
         items = self.items[:screened(len(self.items), fidelity)]
         prompts: dict[str, list[str]] = {}
         outputs: dict[str, list[str]] = {}
         scores: dict[str, float] = {}
+        on_screen: dict[str, float] = {}  # each stage's score on a screen's items
         measured: Counter[str] = Counter()
         self._spent, self._drawn, self._fresh = 0.0, {}, set()
         models: dict[Artifact, _Model] = {}  # a shared artifact is resolved (trained) once
@@ -331,9 +335,15 @@ class LiveEnvironment:
                                     else self._verifier(verifier, path, key))
             judged = self._judge(models.get(verifier), own + prompts[name], found, n_drawn)
             labels = [label_answer(r[data.label], extract) for r in val]
-            scores[name] = expected_score([[extract(t) for t in d.texts] for d in gold], labels,
-                                          metric, plan.aggregator, plan.samples,
+            answers = [[extract(t) for t in d.texts] for d in gold]
+            scores[name] = expected_score(answers, labels, metric, plan.aggregator,
+                                          plan.samples,
                                           None if judged is None else judged[:len(own)])
+            kept = len(val) if screen is None else screened(len(val), screen)
+            if screen is not None:
+                on_screen[name] = expected_score(answers[:kept], labels[:kept], metric,
+                                                 plan.aggregator, plan.samples,
+                                                 None if judged is None else judged[:kept])
             outputs[name] = [aggregate([extract(t) for t in d.texts], plan.aggregator,
                                        plan.samples, metric, None if data.label not in r
                                        else label_answer(r[data.label], extract),
@@ -342,9 +352,12 @@ class LiveEnvironment:
             self._count_sampling(measured, pipeline, plan.samples / n_drawn, path)  # n of N
             cascade = cascade_of(self.spec, name, plan)
             if cascade is not None:
-                scores[name], outputs[name], escalated, (used, by, n_strong) = self._escalate(
+                per_item, outputs[name], escalated, (used, by, n_strong) = self._escalate(
                     name, plan, cascade, val, gold, pipeline, inputs, outputs[name], models,
                     draws, fidelity)
+                scores[name] = sum(per_item) / len(per_item)
+                if screen is not None:
+                    on_screen[name] = sum(per_item[:kept]) / kept
                 measured[f"escalated:{name}"] = escalated
                 self._count_sampling(measured, used, cascade.strong.samples / n_strong, by)
         trained = {key: meta for _, key, meta in models.values()}  # distinct fine-tunes
@@ -358,16 +371,21 @@ class LiveEnvironment:
         label, metric = self.data[self.sink].label, self.metrics[self.sink]
         final = [metric(out, label_answer(r[label], self.answers[self.sink]))
                  for out, r in zip(outputs[self.sink], items, strict=True)]
+        part = final[:screened(len(final), screen)] if screen is not None else []
         return PipelineRun(prompts, outputs, Observation(
             score=sum(final) / len(final), subtask_scores=scores,
-            measured={k: float(v) for k, v in measured.items()}))
+            measured={k: float(v) for k, v in measured.items()},
+            on_screen_items=None if screen is None else ScreenScores(
+                screen, sum(part) / len(part), on_screen)))
 
     def _escalate(self, name: str, plan: Plan, cascade: Cascade, val: list[dict[str, str]],
                   gold: list[DrawnSamples], drawn: list[DrawnSamples],
                   inputs: list[dict[str, str]], outputs: list[str],
                   models: dict[Artifact, _Model], draws: Draws | None, fidelity: float
-                  ) -> tuple[float, list[str], float, tuple[list[DrawnSamples], Target, int]]:
-        """A cascade plan's stage score, pipeline outputs and escalated share
+                  ) -> tuple[list[float], list[str], float,
+                             tuple[list[DrawnSamples], Target, int]]:
+        """A cascade plan's stage score per validation item, pipeline outputs and escalated
+        share
         (`planner.cascade`). The strong plan samples every evaluated validation record
         (`val`, with `gold` the cheap samples of each) and pipeline prompt (its arm's N-sample
         set, `draws`, cached like any plan's); the score is the mean over the
@@ -386,14 +404,15 @@ class LiveEnvironment:
         found = self._samples(name, path, key,
                               own + [self.prompt(name, strong.model, x) for x in inputs], n_drawn)
         need = min_agreeing(cascade.threshold, plan.samples)
-        total = share = 0.0
+        per_item, share = [], 0.0
         for cheap, sure, r in zip(gold, found[:len(own)], val, strict=True):
             label = label_answer(r[data.label], extract)
             escalated = expected_score([[extract(t) for t in sure.texts]], [label], metric,
                                        strong.aggregator, strong.samples)
             score, p = expected_cascade([extract(t) for t in cheap.texts], label, metric,
                                         plan.samples, need, escalated)
-            total, share = total + score, share + p
+            per_item.append(score)
+            share += p
         picked, used = [], []
         for out, cheap, sure in zip(outputs, drawn, found[len(own):], strict=True):
             if escalates([extract(t) for t in cheap.texts[:plan.samples]], cascade.threshold):
@@ -401,7 +420,7 @@ class LiveEnvironment:
                                 strong.samples, metric)
                 used.append(sure)
             picked.append(out)
-        return total / len(own), picked, share / len(own), (used, path, n_drawn)
+        return per_item, picked, share / len(own), (used, path, n_drawn)
 
     def _count_sampling(self, measured: Counter[str], drawn: list[DrawnSamples], share: float,
                         path: Target) -> None:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from planner.cost import Calibration
 from planner.draws import Draws
-from planner.env import Observation, check_fidelity, screened
+from planner.env import Observation, ScreenScores, check_fidelity, check_screen, screened
 from planner.errors import SpecError
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import ReplaySpec, SubtaskSpec, TaskSpec
@@ -243,12 +243,18 @@ class ReplayEnvironment:
         return dict(self.items)
 
     def evaluate(self, allocation: Allocation, fidelity: float = 1.0,
-                 draws: Draws | None = None) -> Observation:
+                 draws: Draws | None = None, screen: float | None = None) -> Observation:
         """The table's scores (a replay draws no samples: `draws` is not used)."""
         check_fidelity(fidelity)
+        check_screen(fidelity, screen)
         self.space.validate(allocation)
         per = {s: self.subtask_score(s, p, fidelity) for s, p in allocation.items()}
-        return Observation(score=float(np.prod(list(per.values()))), subtask_scores=per)
+        on_screen = None
+        if screen is not None:
+            part = {s: self.subtask_score(s, p, screen) for s, p in allocation.items()}
+            on_screen = ScreenScores(screen, float(np.prod(list(part.values()))), part)
+        return Observation(score=float(np.prod(list(per.values()))), subtask_scores=per,
+                           on_screen_items=on_screen)
 
 
 def _check_aggregators(where: str, sub: SubtaskSpec, rs: ReplaySpec) -> None:

@@ -35,12 +35,16 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
 class Runner:
     """Evaluates allocations of one study on `executor` (default: in this process) and
     records them, as `driver` (`Store.driving`; None: an anonymous one, whose running trials
-    any driver may adopt). A transient failure is attempted `retries` more times."""
+    any driver may adopt). A transient failure is attempted `retries` more times. With
+    `screen` (the share of validation items the strategy screens on), a full trial is also
+    scored on those items (`Environment.evaluate`), so screens compare with it there."""
 
     def __init__(self, env: Environment, store: Store, study: str, cost_model: CostModel,
                  budget_gpu_hours: float, driver: Driver | None = None,
-                 executor: Executor | None = None, retries: int = 1) -> None:
+                 executor: Executor | None = None, retries: int = 1,
+                 screen: float | None = None) -> None:
         self.env = env
+        self.screen = screen
         self.executor = executor or LocalExecutor(env)
         self.retries = retries
         self.store = store
@@ -139,7 +143,7 @@ class Runner:
             self._settle(number, TrialStatus.FAILED, f"{type(e).__name__}: {e}")
             return number
         self._attempts[number] = 1
-        self.executor.start(number, allocation, fidelity, self.draws_of(allocation))
+        self._start(number)
         return number
 
     def draws_of(self, allocation: Allocation) -> Draws:
@@ -157,9 +161,7 @@ class Runner:
                 attempts = self._attempts[out.number]
                 if out.error is not None and out.transient and attempts <= self.retries:
                     self._attempts[out.number] = attempts + 1
-                    allocation, fidelity = self._allocations[out.number]
-                    self.executor.start(out.number, allocation, fidelity,
-                                        self.draws_of(allocation))
+                    self._start(out.number)
                     continue
                 if out.error is not None and attempts > 1:
                     out = replace(out, error=f"{out.error} (after {attempts} attempts)")
@@ -169,6 +171,12 @@ class Runner:
             return []
         stored = {t.number: t for t in self.history()}
         return [stored[n] for n in numbers]
+
+    def _start(self, number: int) -> None:
+        """Start (again) the evaluation of a submitted trial on the executor."""
+        allocation, fidelity = self._allocations[number]
+        self.executor.start(number, allocation, fidelity, self.draws_of(allocation),
+                            self.screen if fidelity == 1.0 else None)
 
     def drain(self) -> list[TrialRecord]:
         """Wait for every trial in flight; the finished ones in the order they finished."""
