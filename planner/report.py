@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from planner.search import best_trial
 from planner.search.agent.steps import (
@@ -43,6 +44,7 @@ def trial_row(t: TrialRecord) -> dict:
         "score": t.score,
         "fidelity": t.fidelity,
         "subtask_scores": dict(t.subtask_scores),
+        "on_screen_items": None if t.on_screen_items is None else asdict(t.on_screen_items),
         "cost_gpu_hours": {"train": t.cost.train_gpu_hours,
                            "inference": t.cost.inference_gpu_hours,
                            "total": t.cost.total_gpu_hours},

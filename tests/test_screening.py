@@ -4,8 +4,10 @@ what it proposes again."""
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -15,9 +17,10 @@ import pytest
 
 from envs.replay.env import ReplayEnvironment
 from planner.cost import Cost, CostModel
+from planner.env import ScreenScores
 from planner.executors import ProcessExecutor
 from planner.search import AgentOptions, best_trial
-from planner.search.agent.screening import fidelities
+from planner.search.agent.screening import fidelities, promotions, reference
 from planner.search.agent.surrogate import PlanTable, SubtaskModel
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation, Plan, SearchSpace
@@ -59,8 +62,13 @@ def test_a_replay_screen_scores_the_same_shuffled_items_for_every_choice(
         assert full.subtask_scores["extract"] == env.evaluate(_both(plan), 1.0).subtask_scores[
             "extract"] == pytest.approx(np.mean([pass_at_k(int(r.n_samples), int(r.n_correct),
                                                            4) for r in rows.itertuples()]))
+        on_items = env.evaluate(_both(plan), screen=0.25).on_screen_items  # same items
+        assert (on_items.fidelity, on_items.score, on_items.subtask_scores) == (
+            0.25, screen.score, screen.subtask_scores)
     with pytest.raises(ValueError, match=r"fidelity must be in \(0, 1\]"):
         env.evaluate(_both(_plan("small")), 0.0)
+    with pytest.raises(ValueError, match="come with a full evaluation"):
+        env.evaluate(_both(_plan("small")), 0.25, screen=0.25)
 
 
 def test_a_screen_and_a_full_trial_of_one_allocation_are_claimed_apart() -> None:
@@ -140,11 +148,35 @@ def test_the_agent_screens_new_arms_and_evaluates_in_full_what_it_proposes_again
     assert screens and full and all(t.status is TrialStatus.OK for t in trials)
     for t in trials:  # each stored score is what the environment gives at its fidelity
         assert t.score == env.evaluate(t.allocation, t.fidelity).score
+        if not t.screen:  # and on a screen's items, which the screens are measured against
+            there = env.evaluate(t.allocation, 0.25)
+            assert (t.on_screen_items.fidelity, t.on_screen_items.score,
+                    t.on_screen_items.subtask_scores) == (0.25, there.score,
+                                                          there.subtask_scores)
+        else:
+            assert t.on_screen_items is None
     screened = {t.allocation.key(): t.number for t in screens}
     assert len(screened) == len(screens)  # never screened twice
     promoted = [t for t in full if t.allocation.key() in screened]
     assert promoted and all(t.number > screened[t.allocation.key()] for t in promoted)
     assert not result.best.screen and result.best.score == max(t.score for t in full)
+
+
+def test_a_screen_is_promoted_against_the_best_full_trial_on_its_own_items() -> None:
+    stages = {"extract": 1.0, "solve": 1.0}
+    full = TrialRecord(0, _both(_plan("small")), TrialStatus.OK, 0.5, stages, Cost(0.0, 0.0),
+                       on_screen_items=ScreenScores(0.25, 0.2, stages))  # harder items there
+    near = TrialRecord(1, _both(_plan("large")), TrialStatus.OK, 0.3, stages, Cost(0.0, 0.0),
+                       fidelity=0.25)
+    below = TrialRecord(2, _both(_plan("large", "ckpt-b")), TrialStatus.OK, 0.18, stages,
+                        Cost(0.0, 0.0), fidelity=0.25)
+    assert reference([full, near, below], 0.25) == 0.2
+    assert promotions([full, near, below], 2) == [near]  # 0.18 < 0.95 * 0.2
+    # a full trial not scored on those items (an older study's): its full score
+    unpaired = replace(full, on_screen_items=None)
+    assert reference([unpaired, near], 0.25) == 0.5
+    assert promotions([unpaired, near, below], 2) == []
+    assert reference([near], 0.25) is None and promotions([near, below], 2) == [near, below]
 
 
 def test_screens_run_on_worker_processes_at_their_fidelity(tmp_path: Path) -> None:
@@ -158,6 +190,10 @@ def test_screens_run_on_worker_processes_at_their_fidelity(tmp_path: Path) -> No
     env = factory()
     assert [t.fidelity for t in trials] == [0.5, 0.5]
     assert all(t.score == env.evaluate(t.allocation, 0.5).score for t in trials)
+    workers = ProcessExecutor(factory, 1)  # a full trial scored on a screen's items too
+    workers.start(0, trials[0].allocation, 1.0, None, 0.5)
+    (outcome,) = workers.wait()
+    assert outcome.observation.on_screen_items.score == trials[0].score
 
 
 def test_screen_on_the_command_line(tmp_path: Path, tiny_task_path: Path) -> None:
@@ -167,6 +203,10 @@ def test_screen_on_the_command_line(tmp_path: Path, tiny_task_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     shown = run_planner("show", "s", "--db", db)
     assert "of them screens" in shown.stdout
+    rows = json.loads(run_planner("trials", "s", "--db", db, "--json").stdout)
+    assert {r["fidelity"]: r["on_screen_items"] is None for r in rows} == {0.25: True,
+                                                                           1.0: False}
+    assert {r["on_screen_items"]["fidelity"] for r in rows if r["fidelity"] == 1.0} == {0.25}
     for args, said in ((["--screen", "1.5"], "--screen 1.5: give a share"),
                        (["--screen", "0.5", "--strategy", "random"], "only the agent screens")):
         bad = run_planner("optimize", str(tiny_task_path), "--db", db, "--study", "t", *args)

@@ -14,10 +14,17 @@ from typing import Literal
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from planner.cost import CostModel
 from planner.search._runner import best_trial
 from planner.search.agent.memory import Insight
 from planner.search.agent.reasoners.base import Attempt
-from planner.search.agent.screening import fidelities, promotions, trains_prefixes
+from planner.search.agent.screening import (
+    fidelities,
+    on_items,
+    promotions,
+    reference,
+    trains_prefixes,
+)
 from planner.search.agent.state import AgentContext, PlannerState, llm_rest
 from planner.search.agent.steps import (
     EvaluateStep,
@@ -158,7 +165,7 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     cm = ctx.runner.cost_model
     if ctx.screen is not None and (promoted := promotions(
             history, ctx.proposals_per_step, lambda t: trains_prefixes(cm, t.allocation))):
-        return _promote(ctx, history, promoted)
+        return _promote(ctx, history, promoted, cm)
     memory = [Insight.from_dict(d) for d in state.memory]
     may_ask = _use_llm(state, ctx, "propose")
     guard = ctx.llm is not None and ctx.llm.config.guard
@@ -194,18 +201,26 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     return update
 
 
-def _promote(ctx: AgentContext, history: list[TrialRecord],
-             promoted: list[TrialRecord]) -> dict:
+def _promote(ctx: AgentContext, history: list[TrialRecord], promoted: list[TrialRecord],
+             cost_model: CostModel) -> dict:
     """A propose step that evaluates screens in full, the reasoner not asked."""
-    best = best_trial(history)
-    against = "no full evaluation yet" if best is None else f"best full {best.score:.4f}"
+
+    def against(t: TrialRecord) -> str:
+        if trains_prefixes(cost_model, t.allocation):
+            return "the top of its rung of screens that trained a prefix"
+        ref = reference(history, t.fidelity)
+        if ref is None:
+            return "no full evaluation yet"
+        there = any(on_items(f, t.fidelity) is not None for f in history)
+        return f"the best full trial scored {ref:.4f} {'on those items' if there else 'in full'}"
+
     allocs = [t.allocation for t in promoted]
     _record(ctx, ProposeStep(
         summary="promote screens: " + "; ".join(" | ".join(a.describe()) for a in allocs),
         inputs={"trials": len(history), "k": ctx.proposals_per_step},
         reasoner="screening", proposals=[a.to_dict() for a in allocs],
         rationale=[f"screen trial {t.number} scored {t.score:.4f} on {t.fidelity:.0%} of the "
-                   f"items ({against})" for t in promoted]))
+                   f"items ({against(t)})" for t in promoted]))
     return {"pending": [{"allocation": a.to_dict(), "source": "agent-promote", "fidelity": 1.0}
                         for a in allocs]}
 

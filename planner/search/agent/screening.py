@@ -6,10 +6,12 @@ has sampled, when sampling makes up most of what evaluating it would cost, is fi
 evaluated on a `screen` share of each stage's validation items (`Environment.evaluate`'s
 `fidelity`). The screen's stage scores feed the score model like any observation. Then,
 as successive halving promotes the best of a rung, the next propose step evaluates in full
-the best screen whose score is within `PROMOTE_WITHIN` of the best full evaluation (any
-screen before there is one); otherwise the screened allocation is evaluated in full only
-if the reasoner proposes it again (a screen is never "seen" by the proposals, and never the
-best trial). A screen that disappoints has saved the rest of its arm's sampling.
+the best screen whose score is within `PROMOTE_WITHIN` of the best full evaluation on the
+screen's own items (`reference`: every full trial is scored on them too, from the same
+samples; any screen before there is a full trial); otherwise the screened allocation is
+evaluated in full only if the reasoner proposes it again (a screen is never "seen" by the
+proposals, and never the best trial). A screen that disappoints has saved the rest of its
+arm's sampling.
 
 Where the environment screens training (live tasks: `planner.env.screens_training`), a
 screen also trains each resumable fine-tune for the screen's share of its steps, a prefix
@@ -33,6 +35,7 @@ from planner.store import TrialRecord, TrialStatus
 
 SAVES_AT_LEAST = 0.5  # screen only when a screen costs at most this share of a full trial
 PROMOTE_WITHIN = 0.95  # promote a screen scoring at least this share of the best full trial
+# on the screen's items
 
 
 def fidelities(allocations: Sequence[Allocation], history: Sequence[TrialRecord],
@@ -78,14 +81,32 @@ def settled(history: Sequence[TrialRecord], cost_model: CostModel) -> set[str]:
                                  if t.screen and trains_prefixes(cost_model, t.allocation)}
 
 
+def on_items(trial: TrialRecord, fidelity: float) -> float | None:
+    """The score a full trial reached on the items a screen at `fidelity` evaluates; None
+    when it was not scored there (a screen, or a trial a study ran before it screened)."""
+    there = trial.on_screen_items
+    return there.score if trial.final and there and there.fidelity == fidelity else None
+
+
+def reference(history: Sequence[TrialRecord], fidelity: float) -> float | None:
+    """What a screen at `fidelity` is measured against: the best score a full trial reached
+    on the screen's items (`on_items`), or where no full trial was scored there (a study
+    resumed with screens), the best full score; None before any full trial. A quarter of a
+    few dozen items may hold far more or fewer unsolvable ones than the whole
+    (`experiments/README.md`, "Random shapes")."""
+    there = [x for t in history if (x := on_items(t, fidelity)) is not None]
+    best = best_trial(history)
+    return max(there) if there else None if best is None else best.score
+
+
 def promotions(history: Sequence[TrialRecord], k: int,
                prefix: Callable[[TrialRecord], bool] = lambda _: False) -> list[TrialRecord]:
     """Up to `k` screens to evaluate in full next, best first: not evaluated in full yet
-    (nor running), scoring at least `PROMOTE_WITHIN` of the best full trial's score. A
-    screen that trained a `prefix` of a fine-tune's steps scored a less trained model,
-    which no full trial is measured against: it is promoted when it scores above 0 and
-    within `PROMOTE_WITHIN` of the best such screen at its fidelity (the top of its rung)."""
-    best = best_trial(history)
+    (nor running), scoring at least `PROMOTE_WITHIN` of the best full trial on the screen's
+    items (`reference`). A screen that trained a `prefix` of a fine-tune's steps scored a
+    less trained model, which no full trial is measured against: it is promoted when it
+    scores above 0 and within `PROMOTE_WITHIN` of the best such screen at its fidelity (the
+    top of its rung)."""
     full = seen_keys(history)  # tried in full, or running
     screens = [t for t in history
                if t.screen and t.status is TrialStatus.OK and t.score is not None]
@@ -93,9 +114,10 @@ def promotions(history: Sequence[TrialRecord], k: int,
     for t in screens:
         if prefix(t):
             rung[t.fidelity] = max(t.score, rung.get(t.fidelity, 0.0))
+    against = {f: reference(history, f) for f in {t.fidelity for t in screens}}
     ready = [t for t in screens if t.allocation.key() not in full and (
         t.score > 0 and t.score >= PROMOTE_WITHIN * rung[t.fidelity] if prefix(t)
-        else best is None or t.score >= PROMOTE_WITHIN * best.score)]
+        else against[t.fidelity] is None or t.score >= PROMOTE_WITHIN * against[t.fidelity])]
     ready.sort(key=lambda t: (-t.score, t.number))
     chosen: dict[str, TrialRecord] = {}  # one per allocation (it may be screened at two shares)
     for t in ready:
