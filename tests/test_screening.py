@@ -20,8 +20,10 @@ from planner.cost import Cost, CostModel
 from planner.env import ScreenScores
 from planner.executors import ProcessExecutor
 from planner.search import AgentOptions, best_trial
+from planner.search._base import SearchContext
+from planner.search.agent.analysis import Analyst
 from planner.search.agent.screening import fidelities, promotions, reference
-from planner.search.agent.surrogate import PlanTable, SubtaskModel
+from planner.search.agent.surrogate import PlanTable, SubtaskModel, screen_share
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec
@@ -225,6 +227,33 @@ def test_a_screen_informs_the_score_model_less_than_a_full_evaluation() -> None:
     assert std[0.25] > std[1.0]
     both = SubtaskModel(table).fit([(plan, 0.9, 0.25), (plan, 0.3, 1.0)])
     assert both.mean[i] == SubtaskModel(table).fit([(plan, 0.3, 1.0)]).mean[i]  # superseded
+
+
+def test_a_screen_says_as_little_as_full_trials_on_its_items_show(tiny_spec: TaskSpec) -> None:
+    assert screen_share([], 0.25) == screen_share([0.3], 0.25) == 0.25  # too few to tell
+    assert screen_share([0.01, -0.01], 0.25) == 0.25  # its items agree with the whole
+    assert screen_share([2.0, -2.0], 0.25) == pytest.approx(screen_share([1.0, 1.0], 0.25) / 4)
+    ctx = SearchContext(SearchSpace(tiny_spec), CostModel(tiny_spec), 1.0)
+    small, large = _both(_plan("small")), _both(_plan("large"))
+    screened = _both(_plan("large", "ckpt-b"))
+    screen = TrialRecord(2, screened, TrialStatus.OK, 0.81, {"extract": 0.9, "solve": 0.9},
+                         Cost(0.0, 0.0), fidelity=0.25)
+
+    def predicted(on_items: float) -> tuple[float, float]:
+        """The "solve" model's mean and sd at the screened plan, with the full trials'
+        stage scores 0.5 in full and `on_items` on the screen's items."""
+        full = [TrialRecord(n, a, TrialStatus.OK, 0.25, {"extract": 0.5, "solve": 0.5},
+                            Cost(0.0, 0.0), on_screen_items=ScreenScores(
+                                0.25, on_items ** 2, {"extract": on_items, "solve": on_items}))
+                for n, a in enumerate((small, large))]
+        analyst = Analyst(ctx)
+        p = analyst.analyse([*full, screen]).predictions[1]  # "solve"
+        i = analyst.tables[1].index[screened["solve"]]
+        return float(p.mean[i]), float(p.std[i])
+
+    agree, disagree = predicted(0.5), predicted(0.05)
+    assert disagree[1] > agree[1]  # less sure of the screened plan
+    assert disagree[0] < agree[0]  # and pulled less towards the screen's 0.9
 
 
 def test_a_language_model_is_told_which_trials_are_screens(tiny_spec: TaskSpec) -> None:

@@ -15,7 +15,14 @@ import numpy as np
 
 from planner.artifact import Artifact
 from planner.search._base import SearchContext
-from planner.search.agent.surrogate import PlanTable, Prediction, SubtaskModel
+from planner.search.agent.screening import on_items
+from planner.search.agent.surrogate import (
+    PlanTable,
+    Prediction,
+    SubtaskModel,
+    logit,
+    screen_share,
+)
 from planner.search.search_cost import screens_another_model
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
@@ -116,7 +123,8 @@ class Analyst:
         # a screen's stage that sampled a fine-tune trained for a prefix of its steps scored
         # another model than the plan's: it does not inform the plan's score
         cm = self.ctx.cost_model
-        predictions = [m.fit((t.allocation[s], p[s], t.fidelity)
+        shares = _screen_shares(ok, per, subtasks)
+        predictions = [m.fit((t.allocation[s], p[s], shares.get((t.fidelity, s), t.fidelity))
                              for t, p in zip(ok, per, strict=True) if s in p
                              and not (t.screen and screens_another_model(cm, s, t.allocation[s])))
                        for s, m in zip(subtasks, self._models, strict=True)]
@@ -124,6 +132,23 @@ class Analyst:
                             ok)
         self._cache = (key, analysis)
         return analysis
+
+
+def _screen_shares(trials: Sequence[TrialRecord], per: Sequence[dict[str, float]],
+                   subtasks: Sequence[str]) -> dict[tuple[float, str], float]:
+    """(screen fidelity, stage) -> the share of the items a screen's stage score informs
+    the score model as (`surrogate.screen_share`), from the full trials scored on the
+    screen's items too: a few dozen items may rank plans unlike the whole, and then a
+    screen says little."""
+    shares = {}
+    for fidelity in {t.fidelity for t in trials if t.screen}:
+        paired = [(t.on_screen_items.subtask_scores, p) for t, p in zip(trials, per, strict=True)
+                  if on_items(t, fidelity) is not None]
+        for s in subtasks:
+            errors = [float(logit(p[s]) - logit(there[s])) for there, p in paired
+                      if s in p and s in there]
+            shares[(fidelity, s)] = screen_share(errors, fidelity)
+    return shares
 
 
 def shared_artifacts(ctx: SearchContext) -> dict[Artifact, int]:

@@ -36,7 +36,7 @@ full evaluation, and a full evaluation of the plan supersedes its screens.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -81,6 +81,16 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 def expit(y: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-y))
+
+
+def screen_share(errors: Sequence[float], fidelity: float) -> float:
+    """The share of the items a screen at `fidelity` informs a score model as (its noise is
+    that of a full trial over the share): `fidelity`, or less where full trials scored on
+    the screen's items too (at least two) missed their full logit scores there by more
+    than that noise, the mean square of those `errors`, says."""
+    if len(errors) < 2:
+        return fidelity
+    return min(fidelity, _NOISE / max(float(np.mean(np.square(errors))), 1e-12))
 
 
 @dataclass(frozen=True)
