@@ -179,6 +179,10 @@ def test_a_screen_is_promoted_against_the_best_full_trial_on_its_own_items() -> 
     assert reference([unpaired, near], 0.25) == 0.5
     assert promotions([unpaired, near, below], 2) == []
     assert reference([near], 0.25) is None and promotions([near, below], 2) == [near, below]
+    # a screen that solved nothing on items where the best full trial solved nothing either
+    # shows nothing promising
+    blank = replace(full, on_screen_items=ScreenScores(0.25, 0.0, stages))
+    assert promotions([blank, replace(near, score=0.0)], 2) == []
 
 
 def test_screens_run_on_worker_processes_at_their_fidelity(tmp_path: Path) -> None:

@@ -1,17 +1,18 @@
 """Low-fidelity screens: which proposals the agent first evaluates on a share of the items.
 
-A successive-halving step folded into the agent's loop. An exploratory allocation (one
-the score model does not expect to beat the best full trial) that opens an arm no trial
-has sampled, when sampling makes up most of what evaluating it would cost, is first
-evaluated on a `screen` share of each stage's validation items (`Environment.evaluate`'s
-`fidelity`). The screen's stage scores feed the score model like any observation. Then,
-as successive halving promotes the best of a rung, the next propose step evaluates in full
-the best screen whose score is within `PROMOTE_WITHIN` of the best full evaluation on the
-screen's own items (`reference`: every full trial is scored on them too, from the same
-samples; any screen before there is a full trial); otherwise the screened allocation is
-evaluated in full only if the reasoner proposes it again (a screen is never "seen" by the
-proposals, and never the best trial). A screen that disappoints has saved the rest of its
-arm's sampling.
+A successive-halving step folded into the agent's loop. An exploratory allocation (one the
+score model does not expect to beat the best full trial) that opens an arm no trial has
+sampled, when sampling makes up most of what evaluating it would cost, is first evaluated
+on a `screen` share of each stage's validation items (`Environment.evaluate`'s
+`fidelity`). The screen's stage scores feed the score model, with the noise of a share of
+the items, or more where full trials scored on the screen's items missed their full scores
+there by more (`surrogate.screen_share`). Then, as successive halving promotes the best of
+a rung, the next propose step evaluates in full the best screen whose score is within
+`PROMOTE_WITHIN` of the best full evaluation on the screen's own items (`reference`: every
+full trial is scored on them too, from the same samples; any screen before there is a full
+trial); otherwise the screened allocation is evaluated in full only if the reasoner
+proposes it again (a screen is never "seen" by the proposals, and never the best trial). A
+screen that disappoints has saved the rest of its arm's sampling.
 
 Where the environment screens training (live tasks: `planner.env.screens_training`), a
 screen also trains each resumable fine-tune for the screen's share of its steps, a prefix
@@ -102,11 +103,11 @@ def reference(history: Sequence[TrialRecord], fidelity: float) -> float | None:
 def promotions(history: Sequence[TrialRecord], k: int,
                prefix: Callable[[TrialRecord], bool] = lambda _: False) -> list[TrialRecord]:
     """Up to `k` screens to evaluate in full next, best first: not evaluated in full yet
-    (nor running), scoring at least `PROMOTE_WITHIN` of the best full trial on the screen's
-    items (`reference`). A screen that trained a `prefix` of a fine-tune's steps scored a
-    less trained model, which no full trial is measured against: it is promoted when it
-    scores above 0 and within `PROMOTE_WITHIN` of the best such screen at its fidelity (the
-    top of its rung)."""
+    (nor running), scoring above 0 and at least `PROMOTE_WITHIN` of the best full trial on
+    the screen's items (`reference`; any screen before a full trial). A screen that trained
+    a `prefix` of a fine-tune's steps scored a less trained model, which no full trial is
+    measured against: its bar is the best such screen at its fidelity (the top of its
+    rung)."""
     full = seen_keys(history)  # tried in full, or running
     screens = [t for t in history
                if t.screen and t.status is TrialStatus.OK and t.score is not None]
@@ -115,9 +116,12 @@ def promotions(history: Sequence[TrialRecord], k: int,
         if prefix(t):
             rung[t.fidelity] = max(t.score, rung.get(t.fidelity, 0.0))
     against = {f: reference(history, f) for f in {t.fidelity for t in screens}}
-    ready = [t for t in screens if t.allocation.key() not in full and (
-        t.score > 0 and t.score >= PROMOTE_WITHIN * rung[t.fidelity] if prefix(t)
-        else against[t.fidelity] is None or t.score >= PROMOTE_WITHIN * against[t.fidelity])]
+
+    def passes(t: TrialRecord) -> bool:
+        bar = rung[t.fidelity] if prefix(t) else against[t.fidelity]
+        return bar is None or t.score > 0 and t.score >= PROMOTE_WITHIN * bar
+
+    ready = [t for t in screens if t.allocation.key() not in full and passes(t)]
     ready.sort(key=lambda t: (-t.score, t.number))
     chosen: dict[str, TrialRecord] = {}  # one per allocation (it may be screened at two shares)
     for t in ready:
