@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -524,8 +524,7 @@ class Store:
                 values["score"] = observation.score
                 values["measured_json"] = json.dumps(dict(observation.measured))
                 if (on := observation.on_screen_items) is not None:
-                    values["on_screen_items_json"] = json.dumps(
-                        [on.fidelity, on.score, dict(on.subtask_scores)])
+                    values["on_screen_items_json"] = json.dumps(asdict(on))
                 costs = subtask_costs or {}
                 results = [{"trial_id": trial_id, "subtask": name, "score": score,
                             "train_gpu_hours": c.train_gpu_hours,
@@ -797,6 +796,6 @@ def _trial_record(r: Any, results: list[Any]) -> TrialRecord:
         error=r.error,
         driver=r.driver,
         fidelity=r.fidelity,
-        on_screen_items=(ScreenScores(*json.loads(r.on_screen_items_json))
+        on_screen_items=(ScreenScores(**json.loads(r.on_screen_items_json))
                          if r.on_screen_items_json else None),
     )

@@ -384,15 +384,14 @@ class LiveEnvironment:
                   models: dict[Artifact, _Model], draws: Draws | None, fidelity: float
                   ) -> tuple[list[float], list[str], float,
                              tuple[list[DrawnSamples], Target, int]]:
-        """A cascade plan's stage score per validation item, pipeline outputs and escalated
-        share
-        (`planner.cascade`). The strong plan samples every evaluated validation record
-        (`val`, with `gold` the cheap samples of each) and pipeline prompt (its arm's N-sample
-        set, `draws`, cached like any plan's); the score is the mean over the
-        stage's validation items of the expected score over n-subsets of the cheap samples,
-        each escalated item scoring the strong plan's expected score
-        (`scoring.expected_cascade`), and the share is the mean escalation probability;
-        a pipeline item whose first n samples agree too little takes the strong plan's
+        """A cascade plan's stage score per validation item, pipeline outputs and
+        escalated share (`planner.cascade`). The strong plan samples every evaluated
+        validation record (`val`, with `gold` the cheap samples of each) and pipeline
+        prompt (its arm's N-sample set, `draws`, cached like any plan's); an item's score is
+        the expected score over n-subsets of its cheap samples, escalated ones scoring the
+        strong plan's expected score (`scoring.expected_cascade`), and the share is the
+        mean escalation probability; a
+        pipeline item whose first n samples agree too little takes the strong plan's
         answer. Also the strong samples that answered pipeline items, their sampler and N."""
         strong, data, metric = cascade.strong, self.data[name], self.metrics[name]
         extract = self.answers[name]

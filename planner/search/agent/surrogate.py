@@ -84,10 +84,10 @@ def expit(y: np.ndarray) -> np.ndarray:
 
 
 def screen_share(errors: Sequence[float], fidelity: float) -> float:
-    """The share of the items a screen at `fidelity` informs a score model as (its noise is
-    that of a full trial over the share): `fidelity`, or less where full trials scored on
-    the screen's items too (at least two) missed their full logit scores there by more
-    than that noise, the mean square of those `errors`, says."""
+    """The share of the items a screen at `fidelity` counts as in the score model (its
+    noise is a full trial's over the share): `fidelity`, or less where the full trials
+    scored on the screen's items too (at least two) missed their full logit scores there
+    by more, the noise then being the mean square of those `errors`."""
     if len(errors) < 2:
         return fidelity
     return min(fidelity, _NOISE / max(float(np.mean(np.square(errors))), 1e-12))
