@@ -391,6 +391,32 @@ def test_one_stage_oracle_trials_take_the_largest_n_their_arm_affords() -> None:
         assert not larger, f"trial {t.number}: {plan.describe()} ({larger[0].describe()} fits)"
 
 
+def test_an_init_probe_the_trials_before_it_outclass_is_left_out(tmp_path: Path) -> None:
+    """monkeys-math under half its budget, seed 0: after pythia-160m, -1b and -1.4b at 6B
+    tokens, the last size stratum (12b at n = 2, the design's dearest probe) is rated
+    below the best trial even optimistically and left out, and the trace says so. The probe
+    of the 2M-token checkpoint is rated below it too, but it is the first of another
+    method: only a probe shows how much training pays, so it runs (left out, the search
+    spent a trial on a 2M checkpoint anyway and needed 12.5 trials to 99%, not 10)."""
+    from planner.search.agent.steps import read_step
+
+    spec = load_spec(TASKS / "monkeys_math.yaml").model_copy(update={"budget": "1500gpu-h"})
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    result = _run(spec, "agent", 4, db=db, agent=AgentOptions(patience=None))
+    assert [(t.allocation["solve"].model, t.allocation["solve"].method)
+            for t in result.trials] == [
+        ("pythia-160m", "pretrain-6B"), ("pythia-1b", "pretrain-6B"),
+        ("pythia-1.4b", "pretrain-6B"), ("pythia-1.4b", "pretrain-2M")]
+    evaluate = next(read_step(s) for s in Store(db).steps(result.study.name)
+                    if s.node == "evaluate")
+    assert [Allocation.from_dict(a)["solve"].model for a in evaluate.left_out] == [
+        "pythia-12b"]
+    assert "1 init probe left out" in evaluate.summary
+    analysis = _analyst(spec).analyse(result.trials[:3])
+    method_probe = result.trials[3].allocation
+    assert np.log(analysis.predicted(method_probe, 1.0)[0]) < analysis.evaluated[1]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_stage_with_only_the_model_to_probe_probes_more_model_sizes(seed: int) -> None:
     """monkeys-math-10k (seven Pythia sizes, nothing trained) and tutor's MMLU stage (nine

@@ -66,13 +66,14 @@ def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
 
 def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Run pending allocations through the runner, each at its fidelity, as many at once
-    as its executor has slots; skip any already in the study at that fidelity. Screens
+    as its executor has slots; skip any already in the study at that fidelity, and leave
+    out an init probe the trials so far outclass (`BuiltinReasoner.outclassed`). Screens
     neither set the best score nor count towards convergence."""
     ctx = runtime.context
     runner = ctx.runner
     history = runner.history()
     best, stale, credit = state.best_score, state.stale, state.llm_credit
-    launched, skipped = [], []
+    launched, skipped, left_out = [], [], []
     queue = list(state.pending)
     bets = {Allocation.from_dict(i["allocation"]).key(): i["bet"] for i in queue if "bet" in i}
     while queue or runner.in_flight():
@@ -91,11 +92,15 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             if runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours):
                 queue = []
                 break
+            if item["source"] == "agent-init" and ctx.builtin.outclassed(history, alloc):
+                left_out.append(alloc.to_dict())
+                continue
             # None: another driver claimed it meanwhile, or the study is full
             runner.submit(alloc, source=item["source"], max_trials=ctx.n_trials,
                           fidelity=fidelity)
             history = runner.history()  # with this trial and other drivers'
         finished = runner.wait()
+        history = runner.known()  # as `wait` has just read it, with the finished trials
         for trial in finished:
             launched.append(_trial_summary(trial))
             improved = _improves(trial, best)
@@ -105,14 +110,16 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             if trial.source != "agent-init" and not trial.screen:
                 stale = 0 if improved else stale + 1
         if finished and ctx.callback:
-            history = runner.known()  # as `wait` has just read it
             for trial in finished:
                 ctx.callback(trial, best_trial(history))
     _record(ctx, EvaluateStep(
         summary=f"{len(launched)} trials run"
                 + (f", {len(skipped)} already in the study" if skipped else "")
+                + (f", {len(left_out)} init probe{'s' if len(left_out) > 1 else ''} left "
+                   "out (rated below the best trial even optimistically)" if left_out else "")
                 + ("" if best is None else f"; best {best:.4f}"),
-        inputs={"pending": state.pending}, trials=launched, skipped=skipped))
+        inputs={"pending": state.pending}, trials=launched, skipped=skipped,
+        left_out=left_out))
     return {"pending": [], "best_score": best, "stale": stale, "llm_credit": credit}
 
 

@@ -61,11 +61,13 @@ class InitStep(AnsweredStep):
 
 @dataclass(frozen=True)
 class EvaluateStep(Step):
-    """Trials run from the pending allocations, and those found already in the study."""
+    """Trials run from the pending allocations, those found already in the study, and the
+    init probes left out (allocations) as the trials before them outclass them."""
 
     node = "evaluate"
     trials: list[dict] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    left_out: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@
   smallest n, or of an aggregator on the reference arm, cost a trial and was seldom worth
   it (experiments/README.md).
   Stage scores are reported per subtask, so trial i carries probe i of every subtask.
+  A probe not yet run is left out once the trials before it outclass it (`outclassed`:
+  rated below the best trial even optimistically, and opening no dimension its stage has
+  seen fewer than two values of), as the larger strata often are when the budget lets
+  them sample only once or twice.
 - reflect: the insight memory the analysis implies (`memory.derive`: which model wins,
   where n saturates, which served arms are dominated, how the budget splits), keeping a
   language model's latest notes.
@@ -40,7 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from planner.search._base import SearchContext
-from planner.search.agent.analysis import Analysis, Analyst
+from planner.search.agent.analysis import FLOOR, Analysis, Analyst
 from planner.search.agent.combine import frontier, recombination
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
@@ -100,6 +104,27 @@ class BuiltinReasoner:
             out.append(alloc)
             why.append("; ".join(f"{s}: {reason}" for s, (_, reason) in chosen.items()))
         return Proposal(out, self.name, rationale=why)
+
+    def outclassed(self, history: Sequence[TrialRecord], probe: Allocation) -> bool:
+        """Whether an init probe not yet run can be left out: the score model rates its end
+        score below the best full trial's even optimistically (`kappa` sd above the mean),
+        and none of its stage plans takes a value of a dimension (model, method, ...) that its
+        stage has seen fewer than two values of, which is how the score model learns that
+        dimension's effect. A probe of a larger model stratum the smaller ones already
+        outclass (a 12B model the budget lets sample once) costs a trial and the most search
+        compute of the design and shows nothing the search will use."""
+        analysis = self.analyse(history)
+        best = analysis.evaluated[1]
+        if best == -np.inf:
+            return False
+        for t in analysis.tables:
+            plan = probe[t.subtask]
+            for d in t.dims:
+                seen = {r.allocation[t.subtask][d.name] for r in analysis.trials}
+                if plan[d.name] not in seen and len(seen) < 2:
+                    return False
+        end, _ = analysis.predicted(probe, self.kappa)
+        return bool(np.log(max(end, FLOOR)) < best)
 
     def reflect(self, history: Sequence[TrialRecord],
                 memory: Sequence[Insight] = ()) -> Reflection:
