@@ -113,18 +113,17 @@ class BuiltinReasoner:
         dimension's effect. A probe of a larger model stratum the smaller ones already
         outclass (a 12B model the budget lets sample once) costs a trial and the most search
         compute of the design and shows nothing the search will use."""
-        analysis = self.analyse(history)
-        best = analysis.evaluated[1]
-        if best == -np.inf:
+        if not any(t.final for t in history):  # no best to compare with: fit nothing
             return False
+        analysis = self.analyse(history)
         for t in analysis.tables:
-            plan = probe[t.subtask]
+            tried = [r.allocation[t.subtask] for r in analysis.trials]
             for d in t.dims:
-                seen = {r.allocation[t.subtask][d.name] for r in analysis.trials}
-                if plan[d.name] not in seen and len(seen) < 2:
+                seen = {p[d.name] for p in tried}
+                if probe[t.subtask][d.name] not in seen and len(seen) < 2:
                     return False
         end, _ = analysis.predicted(probe, self.kappa)
-        return bool(np.log(max(end, FLOOR)) < best)
+        return bool(np.log(max(end, FLOOR)) < analysis.evaluated[1])
 
     def reflect(self, history: Sequence[TrialRecord],
                 memory: Sequence[Insight] = ()) -> Reflection:
