@@ -19,8 +19,8 @@ from planner.search._runner import best_trial
 from planner.search.agent.memory import Insight
 from planner.search.agent.reasoners.base import Attempt
 from planner.search.agent.screening import (
+    best_on_items,
     fidelities,
-    on_items,
     promotions,
     reference,
     trains_prefixes,
@@ -218,7 +218,7 @@ def _promote(ctx: AgentContext, history: list[TrialRecord], promoted: list[Trial
         ref = reference(history, t.fidelity)
         if ref is None:
             return "no full evaluation yet"
-        there = any(on_items(f, t.fidelity) is not None for f in history)
+        there = best_on_items(history, t.fidelity) is not None
         return f"the best full trial scored {ref:.4f} {'on those items' if there else 'in full'}"
 
     allocs = [t.allocation for t in promoted]

@@ -89,15 +89,20 @@ def on_items(trial: TrialRecord, fidelity: float) -> float | None:
     return there.score if trial.final and there and there.fidelity == fidelity else None
 
 
+def best_on_items(history: Sequence[TrialRecord], fidelity: float) -> float | None:
+    """The best score a full trial reached on the items a screen at `fidelity` evaluates
+    (`on_items`); None where no full trial was scored there."""
+    return max((x for t in history if (x := on_items(t, fidelity)) is not None), default=None)
+
+
 def reference(history: Sequence[TrialRecord], fidelity: float) -> float | None:
-    """What a screen at `fidelity` is measured against: the best score a full trial reached
-    on the screen's items (`on_items`), or where no full trial was scored there (a study
-    resumed with screens), the best full score; None before any full trial. A quarter of a
-    few dozen items may hold far more or fewer unsolvable ones than the whole
-    (`experiments/README.md`, "Random shapes")."""
-    there = [x for t in history if (x := on_items(t, fidelity)) is not None]
+    """What a screen at `fidelity` is measured against: `best_on_items`, or where no full
+    trial was scored there (a study resumed with screens), the best full score; None before
+    any full trial. A quarter of a few dozen items may hold far more or fewer unsolvable
+    ones than the whole (`experiments/README.md`, "Random shapes")."""
+    there = best_on_items(history, fidelity)
     best = best_trial(history)
-    return max(there) if there else None if best is None else best.score
+    return there if there is not None else None if best is None else best.score
 
 
 def promotions(history: Sequence[TrialRecord], k: int,
