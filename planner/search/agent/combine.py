@@ -30,10 +30,13 @@ def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int) -> np.ndarray:
     total = 0
     while remaining.size and total < keep:
         v = value[remaining]
-        before = np.concatenate(([-np.inf], np.maximum.accumulate(v)[:-1]))
-        front = v > before
-        chosen.append(remaining[front])
-        total += int(front.sum())
+        top = np.maximum.accumulate(v)
+        front = np.empty(v.size, dtype=bool)  # above every value before it
+        front[0] = v[0] > -np.inf
+        np.greater(top[1:], top[:-1], out=front[1:])
+        layer = remaining[front]
+        chosen.append(layer)
+        total += layer.size
         remaining = remaining[~front]
     return np.concatenate(chosen) if chosen else remaining
 
@@ -152,11 +155,10 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
     found = []
-    left_out = (skip(np.column_stack([idx[parents], picks])) if skip is not None
-                else np.zeros(len(value), dtype=bool))
-    for row in best_first(value):
-        if left_out[row]:
-            continue
+    rows = (np.flatnonzero(~skip(np.column_stack([idx[parents], picks])))
+            if skip is not None else np.arange(len(value)))
+    for at in best_first(value[rows]):  # rows ascend: ties stay in row order
+        row = rows[at]
         plan_idx = [*idx[parents[row]], picks[row]]
         alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plan_idx,
                                                                       strict=True)})
