@@ -98,7 +98,8 @@ def evaluate(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
             # None: another driver claimed it meanwhile, or the study is full
             runner.submit(alloc, source=item["source"], max_trials=ctx.n_trials,
                           fidelity=fidelity)
-            history = runner.history()  # with this trial and other drivers'
+            if queue and runner.free() > 0:  # the next item, checked now, sees this trial
+                history = runner.history()  # and other drivers' (else `wait` reads them)
         finished = runner.wait()
         history = runner.known()  # as `wait` has just read it, with the finished trials
         for trial in finished:
@@ -130,7 +131,7 @@ SETTLED = ("every allocation in budget was tried or scores no more than a tried 
 def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     """Update the insight memory from all trials; decide whether to stop."""
     ctx = runtime.context
-    history = ctx.runner.history()
+    history = ctx.runner.known()  # as evaluate (or the resume before it) last read it
     before = [Insight.from_dict(d) for d in state.memory]
     stop = ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
     if not stop and ctx.builtin.settled(history):
@@ -168,7 +169,7 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     stalls (the last proposal did not raise the best score) and while its own picks pay
     (`state.LLM_CREDIT`); the builtin answers otherwise, and when the model fails."""
     ctx = runtime.context
-    history = ctx.runner.history()
+    history = ctx.runner.known()  # as reflect saw it, an instant ago
     cm = ctx.runner.cost_model
     if ctx.screen is not None and (promoted := promotions(
             history, ctx.proposals_per_step, lambda t: trains_prefixes(cm, t.allocation))):

@@ -85,8 +85,10 @@ class AgentContext:
     """Run configuration and live objects; rebuilt on every run, never checkpointed."""
 
     runner: Runner
-    """Evaluates and stores trials (the same path every strategy uses); the nodes read
-    the study's trials from its `history()`, which sees other drivers' trials too."""
+    """Evaluates and stores trials (the same path every strategy uses); init, evaluate
+    and finalize read the study's trials from its `history()`, which sees other drivers'
+    trials too, and reflect and propose, which follow evaluate at once, take them as it
+    last read them (`known()`): a read each costs more than a trial of a replay table."""
     builtin: BuiltinReasoner
     """Answers every node the language model does not, and any it fails."""
     llm: LLMReasoner | None = None
