@@ -177,7 +177,12 @@ class Allocation:
         return cls(tuple(plans.items()))
 
     def __getitem__(self, subtask: str) -> Plan:
-        return dict(self.plans)[subtask]
+        return self._by_subtask[subtask]
+
+    @cached_property
+    def _by_subtask(self) -> dict[str, Plan]:
+        """The plans by subtask, built once (the agent reads each trial's plans per trial)."""
+        return dict(self.plans)
 
     def items(self) -> tuple[tuple[str, Plan], ...]:
         return self.plans
