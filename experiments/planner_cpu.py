@@ -19,6 +19,7 @@ says little; two revisions measured in one run do.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import statistics
@@ -44,6 +45,7 @@ def measure(tasks: list[str], strategy: str, seeds: int, trials: int) -> None:
     for path in resolve_tasks(split_names(tasks)):
         name = load_task(path).spec.name
         run_job(Job(path, strategy, 0, 5))  # first-call imports and caches, untimed
+        gc.freeze()  # what is loaded now, as `planner`'s command line freezes its modules
         ms = [cpu_ms_per_trial(Job(path, strategy, seed, trials)) for seed in range(seeds)]
         print(f"{name}: {' '.join(f'{m:.1f}' for m in ms)} ms/trial "
               f"(median {statistics.median(ms):.1f})", flush=True)

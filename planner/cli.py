@@ -6,6 +6,7 @@ Results go to stdout (a rich table, or JSON with --json); progress and errors to
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -941,6 +942,10 @@ def cache_prune(
 
 def main() -> None:
     """Entry point: known errors become one line on stderr and exit code 2."""
+    # the imported modules' ~220k objects live as long as the process: frozen, the
+    # collector's full passes skip them (one pass over them took 150 ms here; a long study
+    # makes several: experiments/README.md, "The planner's own CPU time")
+    gc.freeze()
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(code) comes back here
     except PlannerError as e:
