@@ -46,6 +46,21 @@ class Analysis:
     predictions: list[Prediction]
     weights: np.ndarray  # (S,) log end score ~ sum_s weights[s] * log stage score
     trials: list[TrialRecord]  # finished, successful
+    scores: np.ndarray  # (T, S) each trial's stage scores (`stage_scores`; NaN: none)
+    at: np.ndarray  # (T, S) each trial's plan index in each table (-1: not in it)
+
+    @cached_property
+    def full(self) -> np.ndarray:
+        """(T,) the trials that evaluated in full (not screens)."""
+        return np.array([not t.screen for t in self.trials], dtype=bool)
+
+    def observed(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Table `j`'s plans: the sum of the stage scores their full evaluations gave, and
+        how many there were."""
+        rows = self.full & (self.at[:, j] >= 0) & ~np.isnan(self.scores[:, j])
+        size = len(self.tables[j].plans)
+        return (np.bincount(self.at[rows, j], self.scores[rows, j], minlength=size),
+                np.bincount(self.at[rows, j], minlength=size).astype(float))
 
     def plan_values(self, kappa: float) -> list[np.ndarray]:
         """Each plan's contribution to the log end score at `kappa` std above the mean."""
@@ -57,11 +72,11 @@ class Analysis:
         """Per subtask, which plans a full trial (not a screen) evaluated; and the log of
         the best full trial's end score, floored at `FLOOR` as predictions are (-inf before
         any): a prediction at the floor beats no trial, not even one that scored 0."""
-        full = [t for t in self.trials if not t.screen]
         masks = [np.zeros(len(t.plans), dtype=bool) for t in self.tables]
-        for mask, t in zip(masks, self.tables, strict=True):
-            mask[[t.index[r.allocation[t.subtask]] for r in full]] = True
-        best = np.log(max(max(r.score for r in full), FLOOR)) if full else -np.inf
+        for j, mask in enumerate(masks):
+            mask[self.at[self.full & (self.at[:, j] >= 0), j]] = True
+        full = [r.score for r, f in zip(self.trials, self.full, strict=True) if f]
+        best = np.log(max(max(full), FLOOR)) if full else -np.inf
         return masks, float(best)
 
     @cached_property
@@ -72,14 +87,8 @@ class Analysis:
         model smooths an observed 0 up to its clip (1e-3), which made a stage plan that
         scored 0 look like a small gain next to a best trial of 2e-4."""
         out = []
-        for t, w in zip(self.tables, self.weights, strict=True):
-            total, count = np.zeros(len(t.plans)), np.zeros(len(t.plans))
-            for r in self.trials:
-                score = stage_scores(r, [t.subtask]).get(t.subtask)
-                if not r.screen and score is not None:
-                    i = t.index[r.allocation[t.subtask]]
-                    total[i] += score
-                    count[i] += 1
+        for j, w in enumerate(self.weights):
+            total, count = self.observed(j)
             mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
             out.append(np.where(count > 0, w * np.log(np.maximum(mean, FLOOR)), -np.inf))
         return out
@@ -128,8 +137,12 @@ class Analyst:
                              for t, p in zip(ok, per, strict=True) if s in p
                              and not (t.screen and screens_another_model(cm, s, t.allocation[s])))
                        for s, m in zip(subtasks, self._models, strict=True)]
+        scores = np.array([[p.get(s, np.nan) for s in subtasks] for p in per]).reshape(
+            len(ok), len(subtasks))
+        at = np.array([[t.index.get(r.allocation[t.subtask], -1) for t in self.tables]
+                       for r in ok], dtype=int).reshape(len(ok), len(subtasks))
         analysis = Analysis(self.tables, predictions, _combination_weights(ok, per, subtasks),
-                            ok)
+                            ok, scores, at)
         self._cache = (key, analysis)
         return analysis
 

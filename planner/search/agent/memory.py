@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.cost import CostModel
-from planner.search.agent.analysis import FLOOR, Analysis, stage_scores
+from planner.search.agent.analysis import FLOOR, Analysis
 from planner.search.agent.combine import best_allocations
 from planner.search.agent.surrogate import PlanTable, Prediction
 from planner.space import Plan, Value
-from planner.store import TrialRecord
 
 ALL = "*"  # the subtask of an insight about the whole pipeline
 _SATURATED_GAIN = 0.005  # score gained per doubling of n below which a curve is flat
@@ -59,9 +58,8 @@ def derive(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
     if not analysis.trials:
         return []
     out: list[Insight] = []
-    subtasks = [t.subtask for t in analysis.tables]
-    per = [stage_scores(trial, subtasks) for trial in analysis.trials]
-    for t, pred in zip(analysis.tables, analysis.predictions, strict=True):
+    one_stage = len(analysis.tables) == 1
+    for j, (t, pred) in enumerate(zip(analysis.tables, analysis.predictions, strict=True)):
         mean = pred.score()
         affordable = t.cost <= budget_gpu_hours
         by_model = []
@@ -80,8 +78,8 @@ def derive(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
                                           "ranking": [[n, s] for s, n, _ in by_model]}))
         out.append(_saturation(t, mean, plan))
         before = [i for i in previous if i.kind == "dominance" and i.subtask == t.subtask]
-        dominance = _dominance(t, pred, _observed(t, analysis.trials, per), budget_gpu_hours,
-                               len(subtasks) == 1, before)
+        dominance = _dominance(t, pred, _observed(analysis, j), budget_gpu_hours, one_stage,
+                               before)
         if dominance is not None:
             out.append(dominance)
     out.append(_budget(analysis, cost_model, budget_gpu_hours, previous))
@@ -134,16 +132,11 @@ def _name(arm: dict[str, Value]) -> str:
     return "/".join(str(v) for v in arm.values())
 
 
-def _observed(t: PlanTable, trials: Sequence[TrialRecord],
-              per: Sequence[dict[str, float]]) -> dict[int, float]:
-    """The mean observed stage score of each of a subtask's plans that was evaluated in
+def _observed(analysis: Analysis, j: int) -> dict[int, float]:
+    """The mean observed stage score of each of table `j`'s plans that was evaluated in
     full (a screen's score is an estimate: it rules nothing out)."""
-    scores: dict[int, list[float]] = {}
-    for trial, stages in zip(trials, per, strict=True):
-        i = t.index.get(trial.allocation[t.subtask])
-        if t.subtask in stages and i is not None and not trial.screen:
-            scores.setdefault(i, []).append(stages[t.subtask])
-    return {i: sum(s) / len(s) for i, s in scores.items()}
+    total, count = analysis.observed(j)
+    return {int(i): float(total[i] / count[i]) for i in np.flatnonzero(count)}
 
 
 def _dominance(t: PlanTable, pred: Prediction, observed: dict[int, float], budget: float,
