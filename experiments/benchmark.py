@@ -369,7 +369,8 @@ def run(tasks: list[Path], strategies: list[str], seeds: int, n_trials: int, wor
         budget_scales: Sequence[float] = (1.0,)) -> pd.DataFrame:
     jobs = [Job(t, s, seed, n_trials, llm, batch, scale) for t in tasks
             for scale in budget_scales for s in strategies for seed in range(seeds)]
-    gc.freeze()  # the loaded modules and tables, as `planner`'s command line freezes them
+    if not gc.get_freeze_count():  # the loaded modules, as `planner`'s command line does
+        gc.freeze()
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = pool.map(run_job, jobs, chunksize=1)

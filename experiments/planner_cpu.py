@@ -45,7 +45,8 @@ def measure(tasks: list[str], strategy: str, seeds: int, trials: int) -> None:
     for path in resolve_tasks(split_names(tasks)):
         name = load_task(path).spec.name
         run_job(Job(path, strategy, 0, 5))  # first-call imports and caches, untimed
-        gc.freeze()  # what is loaded now, as `planner`'s command line freezes its modules
+        if not gc.get_freeze_count():  # as `planner`'s command line freezes its modules
+            gc.freeze()
         ms = [cpu_ms_per_trial(Job(path, strategy, seed, trials)) for seed in range(seeds)]
         print(f"{name}: {' '.join(f'{m:.1f}' for m in ms)} ms/trial "
               f"(median {statistics.median(ms):.1f})", flush=True)

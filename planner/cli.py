@@ -942,10 +942,11 @@ def cache_prune(
 
 def main() -> None:
     """Entry point: known errors become one line on stderr and exit code 2."""
-    # the imported modules' ~220k objects live as long as the process: frozen, the
-    # collector's full passes skip them (one pass over them took 150 ms here; a long study
-    # makes several: experiments/README.md, "The planner's own CPU time")
-    gc.freeze()
+    # the imported modules' ~220k objects live as long as the process: frozen (once: tests
+    # run main() many times in one process), the collector's full passes skip them (one
+    # pass over them took 150 ms here, 0.8 ms a trial of a 60-trial study)
+    if not gc.get_freeze_count():
+        gc.freeze()
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(code) comes back here
     except PlannerError as e:
