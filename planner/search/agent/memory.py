@@ -61,15 +61,15 @@ def derive(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
     one_stage = len(analysis.tables) == 1
     for j, (t, pred) in enumerate(zip(analysis.tables, analysis.predictions, strict=True)):
         mean = pred.score()
-        affordable = t.cost <= budget_gpu_hours
-        by_model = []
         column = t.column("model")
-        for code, name in enumerate(t.dims[column].values):
-            mask = affordable & (t.codes[:, column] == code)
-            if mask.any():
-                i = int(np.flatnonzero(mask)[np.argmax(mean[mask])])
-                by_model.append((float(mean[i]), name, t.plans[i]))
-        by_model.sort(key=lambda r: -r[0])
+        # each model's best affordable plan (the first of equal ones), in model order
+        cand = np.flatnonzero(t.cost <= budget_gpu_hours)
+        cand = cand[np.lexsort((-mean[cand], t.codes[cand, column]))]
+        models = t.codes[cand, column]
+        tops = cand[np.r_[True, models[1:] != models[:-1]]] if cand.size else cand
+        names = t.dims[column].values
+        by_model = sorted(((float(mean[i]), names[t.codes[i, column]], t.plans[i]) for i in tops),
+                          key=lambda r: -r[0])
         score, _, plan = by_model[0]
         ranking = ", ".join(f"{name} {s:.3f}" for s, name, _ in by_model[:4])
         out.append(Insight(t.subtask, "model",
