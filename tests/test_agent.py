@@ -19,7 +19,7 @@ from planner.cost import CostModel
 from planner.draws import study_draws
 from planner.search import AgentOptions, Runner, SearchContext, make_strategy
 from planner.search.agent import surrogate
-from planner.search.agent.combine import best_first
+from planner.search.agent.combine import best_first, pareto_layers
 from planner.search.agent.memory import Insight
 from planner.search.agent.strategy import AgentStrategy
 from planner.search.agent.surrogate import PlanTable, SubtaskModel
@@ -582,6 +582,23 @@ def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
         value = rng.choice([0.0, 1.0, -2.5, np.nan], size=n) if n % 2 else rng.normal(size=n)
         for chunk in (1, 7, 64):
             assert list(best_first(value, chunk)) == list(np.argsort(-value, kind="stable"))
+
+
+def test_pareto_layers_peel_undominated_points_layer_by_layer() -> None:
+    """Against the definition, with ties in cost and value: a point is on a layer when no
+    point left before it (cheaper, or as cheap and of more value) has at least its value."""
+    rng = np.random.default_rng(2)
+    for n, keep in ((1, 1), (12, 3), (60, 10), (200, 48), (200, 500)):
+        cost = rng.integers(0, 8, size=n).astype(float)
+        value = rng.integers(0, 6, size=n) + rng.choice([0.0, 0.5], size=n)
+        order = list(np.lexsort((-value, cost)))
+        expected: list[int] = []
+        while order and len(expected) < keep:
+            layer = [i for k, i in enumerate(order)
+                     if all(value[j] < value[i] for j in order[:k])]
+            expected += layer
+            order = [i for i in order if i not in layer]
+        assert list(pareto_layers(cost, value, keep)) == expected
 
 
 def test_trace_steps_are_typed_and_read_back_from_older_payloads() -> None:
