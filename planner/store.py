@@ -796,6 +796,12 @@ def _trial_record(r: Any, results: list[Any]) -> TrialRecord:
         error=r.error,
         driver=r.driver,
         fidelity=r.fidelity,
-        on_screen_items=(ScreenScores(**json.loads(r.on_screen_items_json))
+        on_screen_items=(_screen_scores(json.loads(r.on_screen_items_json))
                          if r.on_screen_items_json else None),
     )
+
+
+def _screen_scores(stored: dict | list) -> ScreenScores:
+    """A trial's scores on a screen's items as stored: named fields, or the positional list
+    [fidelity, score, subtask scores] that stores written before 2026-12-05 10:38 hold."""
+    return ScreenScores(*stored) if isinstance(stored, list) else ScreenScores(**stored)

@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from envs import make_environment
 from planner.cost import Cost, CostModel
-from planner.env import Observation
+from planner.env import Observation, ScreenScores
 from planner.errors import StudyError
 from planner.search import OptunaStrategy, Runner, SearchContext, make_strategy
 from planner.space import Allocation, Plan, SearchSpace
@@ -71,6 +71,20 @@ def test_two_stores_writing_in_turn_number_densely(tmp_path: Path) -> None:
     assert [s.payload["by"] for s in a.steps("s")] == list(range(7))
     assert [(i.step, i.text) for i in b.insights("s")] == [(i, f"step {i}") for i in range(7)]
     assert a.start_trial("s", _alloc("small", 2), Cost(0.1, 0.1)) is None  # claimed by a
+
+def test_scores_on_a_screen_s_items_stored_positionally_still_read(tmp_path: Path) -> None:
+    """Stores written before the named fields hold [fidelity, score, subtask scores]."""
+    path = tmp_path / "db.sqlite"
+    store = Store(f"sqlite:///{path}")
+    _create(store)
+    store.start_trial("s", _alloc(), Cost(0.25, 0.5))
+    store.engine.dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE trial SET on_screen_items_json = ?",
+                     ('[0.25, 0.4, {"solve": 0.4}]',))
+    read = Store(f"sqlite:///{path}").trials("s")[0].on_screen_items
+    assert read == ScreenScores(0.25, 0.4, {"solve": 0.4})
+
 
 def test_an_older_database_is_brought_up_to_date(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
