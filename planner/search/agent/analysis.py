@@ -75,8 +75,8 @@ class Analysis:
         masks = [np.zeros(len(t.plans), dtype=bool) for t in self.tables]
         for j, mask in enumerate(masks):
             mask[self.at[self.full & (self.at[:, j] >= 0), j]] = True
-        full = [r.score for r, f in zip(self.trials, self.full, strict=True) if f]
-        best = np.log(max(max(full), FLOOR)) if full else -np.inf
+        scores = [r.score for r, f in zip(self.trials, self.full, strict=True) if f]
+        best = np.log(max(max(scores), FLOOR)) if scores else -np.inf
         return masks, float(best)
 
     @cached_property
