@@ -242,7 +242,7 @@ def test_surrogate_caches_change_no_prediction() -> None:
             score = float(rng.choice([rng.uniform(), 0.0, 1.0]))
         observations.append((plan, score))
         mean, std = _reference_fit(warm, observations)
-        got, fresh = (model.fit((plan, score, 1.0) for plan, score in observations)
+        got, fresh = (model.fit((table.index[plan], score, 1.0) for plan, score in observations)
                       for model in (warm, SubtaskModel(table)))
         assert np.array_equal(got.mean, fresh.mean) and np.array_equal(got.std, fresh.std)
         np.testing.assert_allclose(got.mean, mean, rtol=1e-9, atol=1e-9)
@@ -260,7 +260,7 @@ def test_an_untried_arms_uncertainty_does_not_grow_with_log_n_from_one_sample() 
     seen = {"pythia-160m": (10000, 0.570), "pythia-1b": (4096, 0.666),
             "pythia-6.9b": (512, 0.633), "pythia-12b": (256, 0.605)}
     prediction = SubtaskModel(table).fit(
-        (p, seen[p["model"]][1], 1.0) for p in table.plans
+        (i, seen[p["model"]][1], 1.0) for i, p in enumerate(table.plans)
         if p["model"] in seen and p.samples == seen[p["model"]][0])
     largest = {"pythia-70m": 10000, "pythia-410m": 10000, "pythia-2.8b": 1024}  # untried
     rows = {m: next(i for i, p in enumerate(table.plans)
@@ -277,7 +277,8 @@ def test_below_the_sizes_seen_the_prediction_follows_their_trend() -> None:
     spec = load_spec(TASKS / "monkeys_math_10k.yaml")
     table = _analyst(spec).tables[0]
     seen = {"pythia-1b": 0.40, "pythia-2.8b": 0.50, "pythia-6.9b": 0.58, "pythia-12b": 0.62}
-    prediction = SubtaskModel(table).fit((p, seen[p["model"]], 1.0) for p in table.plans
+    prediction = SubtaskModel(table).fit((i, seen[p["model"]], 1.0)
+                                         for i, p in enumerate(table.plans)
                                          if p["model"] in seen and p.samples == 256)
     at = {p["model"]: i for i, p in enumerate(table.plans) if p.samples == 256}
     mean = prediction.score(0.0)
@@ -627,7 +628,7 @@ def test_an_oracle_plan_is_never_predicted_above_its_arm_at_a_larger_n() -> None
     seen = {("pythia-70m", "pretrain-20B"): 0.036, ("pythia-410m", "pretrain-20B"): 0.306,
             ("pythia-1.4b", "pretrain-20B"): 0.401, ("pythia-1b", "pretrain-300B"): 0.480}
     prediction = SubtaskModel(table).fit(
-        (p, seen[p["model"], p["method"]], 1.0) for p in table.plans
+        (i, seen[p["model"], p["method"]], 1.0) for i, p in enumerate(table.plans)
         if (p["model"], p["method"]) in seen and p.samples == 128)
     arm = table.codes[:, -1]
     uncapped = surrogate.expit(prediction.mean + prediction.std)

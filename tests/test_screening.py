@@ -227,10 +227,10 @@ def test_a_screen_informs_the_score_model_less_than_a_full_evaluation() -> None:
     table = PlanTable.build(space, CostModel(spec, env.calibration()), "solve", {})
     plan = table.plans[len(table.plans) // 2]
     i = table.index[plan]
-    std = {f: SubtaskModel(table).fit([(plan, 0.3, f)]).std[i] for f in (0.25, 1.0)}
+    std = {f: SubtaskModel(table).fit([(i, 0.3, f)]).std[i] for f in (0.25, 1.0)}
     assert std[0.25] > std[1.0]
-    both = SubtaskModel(table).fit([(plan, 0.9, 0.25), (plan, 0.3, 1.0)])
-    assert both.mean[i] == SubtaskModel(table).fit([(plan, 0.3, 1.0)]).mean[i]  # superseded
+    both = SubtaskModel(table).fit([(i, 0.9, 0.25), (i, 0.3, 1.0)])
+    assert both.mean[i] == SubtaskModel(table).fit([(i, 0.3, 1.0)]).mean[i]  # superseded
 
 
 def test_a_screen_says_as_little_as_full_trials_on_its_items_show(tiny_spec: TaskSpec) -> None:

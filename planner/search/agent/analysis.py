@@ -121,6 +121,7 @@ class Analyst:
                        for s in ctx.space.subtasks]
         self._models = [SubtaskModel(t) for t in self.tables]
         self._cache: tuple[tuple[int, ...], Analysis] | None = None
+        self._rows: dict[int, tuple[TrialRecord, _Row]] = {}  # trial number -> its row
 
     def analyse(self, history: Sequence[TrialRecord]) -> Analysis:
         ok = [t for t in history if t.status is TrialStatus.OK and t.score is not None]
@@ -128,23 +129,45 @@ class Analyst:
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         subtasks = self.ctx.space.subtasks
-        per = [stage_scores(t, subtasks) for t in ok]
-        # a screen's stage that sampled a fine-tune trained for a prefix of its steps scored
-        # another model than the plan's: it does not inform the plan's score
-        cm = self.ctx.cost_model
+        rows = [self._row(t) for t in ok]
+        per = [r.scores for r in rows]
         shares = _screen_shares(ok, per, subtasks)
-        predictions = [m.fit((t.allocation[s], p[s], shares.get((t.fidelity, s), t.fidelity))
-                             for t, p in zip(ok, per, strict=True) if s in p
-                             and not (t.screen and screens_another_model(cm, s, t.allocation[s])))
-                       for s, m in zip(subtasks, self._models, strict=True)]
+        predictions = [m.fit((r.at[j], r.scores[s], shares.get((t.fidelity, s), t.fidelity))
+                             for t, r in zip(ok, rows, strict=True)
+                             if s in r.scores and s not in r.another)
+                       for j, (s, m) in enumerate(zip(subtasks, self._models, strict=True))]
         scores = np.array([[p.get(s, np.nan) for s in subtasks] for p in per]).reshape(
             len(ok), len(subtasks))
-        at = np.array([[t.index.get(r.allocation[t.subtask], -1) for t in self.tables]
-                       for r in ok], dtype=int).reshape(len(ok), len(subtasks))
+        at = np.array([r.at for r in rows], dtype=int).reshape(len(ok), len(subtasks))
         analysis = Analysis(self.tables, predictions, _combination_weights(ok, per, subtasks),
                             ok, scores, at)
         self._cache = (key, analysis)
         return analysis
+
+    def _row(self, trial: TrialRecord) -> _Row:
+        """What the analysis reads of a trial, worked out once per trial: a finished trial
+        does not change (the runner keeps its record; a pretend trial is worked out anew)."""
+        kept = self._rows.get(trial.number)
+        if kept is not None and kept[0] is trial:
+            return kept[1]
+        subtasks, cm = self.ctx.space.subtasks, self.ctx.cost_model
+        row = _Row(stage_scores(trial, subtasks),
+                   tuple(t.index.get(trial.allocation[t.subtask], -1) for t in self.tables),
+                   # a screen's stage that sampled a fine-tune trained for a prefix of its
+                   # steps scored another model than the plan's: it does not inform the plan
+                   frozenset(s for s in subtasks if trial.screen
+                             and screens_another_model(cm, s, trial.allocation[s])))
+        self._rows[trial.number] = (trial, row)
+        return row
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A trial as the analysis reads it."""
+
+    scores: dict[str, float]  # each stage's score (`stage_scores`)
+    at: tuple[int, ...]  # its plan's index in each table (-1: not in it)
+    another: frozenset[str]  # the stages whose screen scored another model than the plan's
 
 
 def _screen_shares(trials: Sequence[TrialRecord], per: Sequence[dict[str, float]],

@@ -301,16 +301,16 @@ class SubtaskModel:
         self._prior_var = (_CONSTANT + _TREND + level_w.sum()  # per plan, at amplitude 1
                            + (_SLOPE + slope_w.sum()) * table.slope_x ** 2)
 
-    def fit(self, observations: Iterable[tuple[Plan, float, float]]) -> Prediction:
-        """The posterior given (plan, score, fidelity) observations: a plan's full
-        evaluations, or else its screens (whose fidelities add up, to at most 1)."""
+    def fit(self, observations: Iterable[tuple[int, float, float]]) -> Prediction:
+        """The posterior given (plan index, score, fidelity) observations: a plan's full
+        evaluations, or else its screens (whose fidelities add up, to at most 1). An index
+        of -1 (a plan not in the table) is left out."""
         t = self.table
         full: dict[int, list[float]] = {}
         screens: dict[int, list[float]] = {}
         shares: dict[int, float] = {}
-        for plan, score, fidelity in observations:
-            i = t.index.get(plan)
-            if i is None:
+        for i, score, fidelity in observations:
+            if i < 0:
                 continue
             if fidelity >= 1.0:
                 full.setdefault(i, []).append(score)
