@@ -167,7 +167,8 @@ class BuiltinReasoner:
                               f"trial ({analysis.predicted(chosen)[0]:.3f})" if sure else
                               self._why(chosen, tables, values,
                                         self.lowered(analysis, penalty))) + note)
-            believed.append(self._believed(chosen, analysis, -len(allocs)))
+            if len(allocs) < k:  # another pick follows: it sees this one as believed
+                believed.append(self._believed(chosen, analysis, -len(allocs)))
         return Proposal(allocs, reasoner=self.name, rationale=rationale)
 
     def near_sure(self, history: Sequence[TrialRecord],
