@@ -155,11 +155,12 @@ _RESULTS_FROM = (_RESULT.select().join_from(_RESULT, _TRIAL, _RESULT.c.trial_id 
                  .where(_TRIAL.c.study_id == bindparam("study"),
                         _TRIAL.c.number >= bindparam("start"))
                  .order_by(_RESULT.c.id))
-_TRIAL_AT = _TRIAL.select().with_only_columns(_TRIAL.c.id, _TRIAL.c.started).where(
-    _TRIAL.c.study_id == bindparam("study"), _TRIAL.c.number == bindparam("number"))
 _CLAIMED = _TRIAL.select().with_only_columns(_TRIAL.c.id).where(
     _TRIAL.c.study_id == bindparam("study"), _TRIAL.c.claim == bindparam("claim"))
-_FINISH = _TRIAL.update().where(_TRIAL.c.id == bindparam("trial"))  # SET: the columns given
+# SET: the columns given, and the duration since the trial started; returns its row id
+_FINISH = (_TRIAL.update().where(_TRIAL.c.study_id == bindparam("study"),
+                                 _TRIAL.c.number == bindparam("at"))
+           .values(duration_s=bindparam("now") - _TRIAL.c.started).returning(_TRIAL.c.id))
 _INSERT = {t.name: t.insert() for t in (_TRIAL, _RESULT, _STEP, _INSIGHT)}
 _LAST_NUMBER = {t.name: t.select().with_only_columns(func.max(t.c.number)).where(
     t.c.study_id == bindparam("study")) for t in (_TRIAL, _STEP)}
@@ -476,14 +477,21 @@ class Store:
         the trial as running; return its number. None when the allocation is claimed
         already at that fidelity (a trial of it is running or finished other than failed)
         or the study holds `max_trials` trials. Atomic across processes: the unique (study,
-        number) and (study, claim) indexes refuse a lost race, which looks again."""
+        number) and (study, claim) indexes refuse a lost race, which looks again. The
+        claim is looked up only then: a first insert that a taken claim refuses costs a
+        retry, a look-up before every insert a query per trial."""
         key = allocation.key() if fidelity == 1.0 else f"{allocation.key()}@{fidelity!r}"
         claim = hashlib.sha256(key.encode()).hexdigest()
         allocation_json = json.dumps(allocation.to_dict())
+        tries = 0
 
         def row(conn: Connection, study_id: int, number: int) -> dict | None:
-            taken = conn.execute(_CLAIMED, {"study": study_id, "claim": claim}).first()
-            if taken is not None or (max_trials is not None and number >= max_trials):
+            nonlocal tries
+            tries += 1
+            if max_trials is not None and number >= max_trials:
+                return None
+            if tries > 1 and conn.execute(_CLAIMED, {"study": study_id,
+                                                     "claim": claim}).first() is not None:
                 return None
             return {"allocation_json": allocation_json, "status": TrialStatus.RUNNING.value,
                     "train_gpu_hours": cost.train_gpu_hours,
@@ -513,10 +521,7 @@ class Store:
         """Store a trial's outcome and its per-subtask results in one transaction."""
         with self.engine.begin() as conn:
             study_id = self._study_id(conn, study)
-            trial_id, started = conn.execute(_TRIAL_AT, {"study": study_id,
-                                                          "number": number}).one()
             values: dict[str, Any] = {"status": status.value,
-                                      "duration_s": time.time() - started,
                                       "error": None if error is None else redact(error)}
             if status is TrialStatus.FAILED:
                 values["claim"] = None  # a failed allocation may be tried again
@@ -525,6 +530,9 @@ class Store:
                 values["measured_json"] = json.dumps(dict(observation.measured))
                 if (on := observation.on_screen_items) is not None:
                     values["on_screen_items_json"] = json.dumps(asdict(on))
+            trial_id = conn.execute(_FINISH, {**values, "study": study_id, "at": number,
+                                              "now": time.time()}).scalar_one()
+            if observation is not None:
                 costs = subtask_costs or {}
                 results = [{"trial_id": trial_id, "subtask": name, "score": score,
                             "train_gpu_hours": c.train_gpu_hours,
@@ -533,7 +541,6 @@ class Store:
                            for c in [costs.get(name, Cost(0.0, 0.0))]]
                 if results:
                     conn.execute(_INSERT[_RESULT.name], results)
-            conn.execute(_FINISH, {**values, "trial": trial_id})
 
     def trials(self, study: str, start: int = 0) -> list[TrialRecord]:
         """The study's trials numbered `start` or more, in number order."""
