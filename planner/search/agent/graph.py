@@ -151,7 +151,7 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         summary="; ".join(i.text for i in after if i.kind != "note")[:300]
                 + (f" | stop: {stop}" if stop else ""),
         inputs={"trials": len(history), "stale": state.stale},
-        insights_before=state.memory, insights_after=memory, stop=stop,
+        insights_after=memory, stop=stop,
         reasoner=reflection.reasoner, fallback=llm.pop("fallback"),
         attempts=list(reflection.attempts)),
         insights=[d for i, d in zip(after, memory, strict=True) if i not in before])

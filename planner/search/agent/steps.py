@@ -72,10 +72,11 @@ class EvaluateStep(Step):
 
 @dataclass(frozen=True)
 class ReflectStep(AnsweredStep):
-    """The insight memory before and after, and the stop decision ("" goes on)."""
+    """The insight memory after the step (before it: the last reflect step's), and the
+    stop decision ("" goes on). Payloads written before 2026-12-05 also hold the memory
+    before the step (`insights_before`), which is not read."""
 
     node = "reflect"
-    insights_before: list[dict] = field(default_factory=list)
     insights_after: list[dict] = field(default_factory=list)
     stop: str = ""
 
