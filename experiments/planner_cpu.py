@@ -14,6 +14,15 @@ and their median. The replay look-up is part of it (microseconds).
 turn, `--rounds` times, and prints each task's two medians and their ratio. The machine's
 speed drifts between sessions by as much as a factor of two, so a figure from another day
 says little; two revisions measured in one run do.
+
+`--instructions` counts the instructions the planner executes per trial instead of timing
+it: valgrind's callgrind counts them, from after the first-call warm-up to the end of the
+studies, in a process per task and checkout (PYTHONHASHSEED=0). Two runs of one checkout
+agree to about 1e-5, where CPU time varies by up to 30% between runs on a shared virtual
+machine, so one round compares two revisions; it runs about 50 times slower than native
+(`--seeds 1` for a quick comparison). Needs valgrind (Debian: apt-get install valgrind).
+
+    python experiments/planner_cpu.py --against HEAD~3 --instructions --seeds 1
 """
 
 from __future__ import annotations
@@ -22,11 +31,15 @@ import argparse
 import gc
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmark import Job, load_task, resolve_tasks, run_job, split_names
@@ -41,12 +54,20 @@ def cpu_ms_per_trial(job: Job) -> float:
     return 1000 * (time.process_time() - start) / len(rows)
 
 
-def measure(tasks: list[str], strategy: str, seeds: int, trials: int) -> None:
+def measure(tasks: list[str], strategy: str, seeds: int, trials: int, count: bool) -> None:
+    """Print each task's CPU ms per trial, per seed; with `count` (the process runs under
+    callgrind, instrumentation off), run the studies counted and print their trials."""
     for path in resolve_tasks(split_names(tasks)):
         name = load_task(path).spec.name
         run_job(Job(path, strategy, 0, 5))  # first-call imports and caches, untimed
         if not gc.get_freeze_count():  # as `planner`'s command line freezes its modules
             gc.freeze()
+        if count:
+            subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True,
+                           capture_output=True)
+            done = sum(len(run_job(Job(path, strategy, seed, trials))) for seed in range(seeds))
+            print(f"{name}: {done} trials", flush=True)
+            continue
         ms = [cpu_ms_per_trial(Job(path, strategy, seed, trials)) for seed in range(seeds)]
         print(f"{name}: {' '.join(f'{m:.1f}' for m in ms)} ms/trial "
               f"(median {statistics.median(ms):.1f})", flush=True)
@@ -64,28 +85,77 @@ def run_tree(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
     return {m["task"]: [float(x) for x in m["ms"].split()] for m in _LINE.finditer(out)}
 
 
-def compare(args: argparse.Namespace) -> None:
-    """This checkout and revision `args.against`, measured in turn."""
+def instructions_per_trial(root: Path, task: str, args: argparse.Namespace) -> float:
+    """Instructions per trial of the studies of one task on the checkout at `root`, counted
+    by callgrind in a process of their own: this script (and harness) with `--count`,
+    importing the planner from `root`."""
+    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+           sys.executable, str(HERE / "planner_cpu.py"), "--count",
+           "--strategy", args.strategy, "--seeds", str(args.seeds), "--trials",
+           str(args.trials), "--tasks", task]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    done = subprocess.run(cmd, cwd=root / "experiments", env=env, check=True,
+                          capture_output=True, text=True)
+    counted = re.search(r"Collected : ([\d,]+)", done.stderr)
+    trials = re.search(r": (\d+) trials$", done.stdout, re.MULTILINE)
+    if counted is None or trials is None:
+        raise RuntimeError(f"no count from callgrind for {task} in {root}:\n{done.stderr[-2000:]}")
+    return int(counted[1].replace(",", "")) / int(trials[1])
+
+
+def count(args: argparse.Namespace, trees: dict[str, Path]) -> None:
+    """Print instructions per trial of each task on each checkout in `trees` (label ->
+    root), two processes at a time, and the ratio of the last to the first."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("planner_cpu.py: --instructions needs valgrind's callgrind; install it (Debian: "
+              "apt-get install valgrind) or time the planner instead (leave the flag out)",
+              file=sys.stderr)
+        sys.exit(2)
+    names = [load_task(p).spec.name for p in resolve_tasks(split_names(args.tasks))]
+    jobs = [(name, label, root) for name in names for label, root in trees.items()]
+    with ThreadPoolExecutor(2) as pool:
+        counts = list(pool.map(lambda j: instructions_per_trial(j[2], j[0], args), jobs))
+    found: dict[str, dict[str, float]] = {}
+    for (name, label, _), n in zip(jobs, counts, strict=True):
+        found.setdefault(name, {})[label] = n / 1e6
+    print(f"Million instructions per trial ({args.strategy}, {args.seeds} seeds x "
+          f"{args.trials} trials, setup included):")
+    for name, by_label in found.items():
+        values = list(by_label.values())
+        ratio = f" (ratio {values[-1] / values[0]:.3f})" if len(values) > 1 else ""
+        print(f"{name}: " + ", ".join(f"{label} {v:.2f}" for label, v in by_label.items())
+              + ratio)
+
+
+@contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """A temporary worktree of git revision `rev` of this repository (exit 2 if none)."""
     repo = HERE.parent
     known = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
-                            f"{args.against}^{{commit}}"], capture_output=True)
+                            f"{rev}^{{commit}}"], capture_output=True)
     if known.returncode:
-        print(f"planner_cpu.py: --against {args.against}: no such git revision in {repo}; "
+        print(f"planner_cpu.py: --against {rev}: no such git revision in {repo}; "
               "pass a commit, tag or branch (e.g. HEAD~1)", file=sys.stderr)
         sys.exit(2)
     with tempfile.TemporaryDirectory() as tmp:
-        other = Path(tmp) / "tree"
+        tree = Path(tmp) / "tree"
         subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "--quiet",
-                        str(other), args.against], check=True)
+                        str(tree), rev], check=True)
         try:
-            ms: dict[str, dict[str, list[float]]] = {"this": {}, args.against: {}}
-            for _ in range(args.rounds):
-                for label, root in ((args.against, other), ("this", repo)):
-                    for task, values in run_tree(root, args).items():
-                        ms[label].setdefault(task, []).extend(values)
+            yield tree
         finally:
             subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force",
-                            str(other)], check=True)
+                            str(tree)], check=True)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """This checkout and revision `args.against`, timed in turn `args.rounds` times."""
+    ms: dict[str, dict[str, list[float]]] = {"this": {}, args.against: {}}
+    with checkout(args.against) as other:
+        for _ in range(args.rounds):
+            for label, root in ((args.against, other), ("this", HERE.parent)):
+                for task, values in run_tree(root, args).items():
+                    ms[label].setdefault(task, []).extend(values)
     print(f"CPU ms per trial, median of {args.rounds} rounds x {args.seeds} seeds "
           f"({args.strategy}, {args.trials} trials):")
     medians = {label: {task: statistics.median(v) for task, v in by_task.items()}
@@ -113,11 +183,20 @@ def main() -> None:
                         help="also measure this git revision, in turn with this checkout")
     parser.add_argument("--rounds", type=int, default=2,
                         help="with --against: how many times each is measured")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per trial under valgrind's callgrind "
+                             "instead of timing (deterministic; about 50 times slower)")
+    parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.against:
+    if args.instructions and args.against:
+        with checkout(args.against) as other:
+            count(args, {args.against: other, "this checkout": HERE.parent})
+    elif args.instructions:
+        count(args, {"this checkout": HERE.parent})
+    elif args.against:
         compare(args)
     else:
-        measure(args.tasks, args.strategy, args.seeds, args.trials)
+        measure(args.tasks, args.strategy, args.seeds, args.trials, args.count)
 
 
 if __name__ == "__main__":
