@@ -286,15 +286,17 @@ class Prediction:
 class SubtaskModel:
     """Fits observed (plan, score) pairs of one subtask and predicts all its plans.
 
-    The kernel pieces between every plan and an observed plan depend on the table alone, so
-    they are computed once per observed plan and kept (a column of P values each); and a fit
-    to the same observed plans and mean scores as the last one returns the last prediction.
+    The kernel between every plan and an observed plan, at amplitude 1 and each grid
+    lengthscale, depends on the table alone, so it is computed once per observed plan and
+    kept (a row of P values per lengthscale); and a fit to the same observed plans and mean
+    scores as the last one returns the last prediction.
     """
 
     def __init__(self, table: PlanTable) -> None:
         self.table = table
         self._row: dict[int, int] = {}  # plan index -> its row in `_known`
-        self._known = [np.zeros((0, len(table.plans))) for _ in range(3)]  # (plans seen, P)
+        # per lengthscale, (plans seen, P): the kernel between each plan seen and every plan
+        self._known = [np.zeros((0, len(table.plans))) for _ in _LENGTHSCALES]
         self._last: tuple[tuple[bytes, bytes, bytes], Prediction] | None = None
         self._trend = _SLOPE_MEAN * table.log_n  # the prior mean's rise with n, per plan
         level_w, slope_w = table.weights
@@ -341,9 +343,9 @@ class SubtaskModel:
         posterior mean does not change."""
         y = y - self._trend[idx]
         r = y - y.mean()
-        pieces = self._pieces(idx)  # (P, O) each
-        among = tuple(p[idx] for p in pieces)  # (O, O) each: between the observed plans
-        k = np.stack([_kernel_at(among, ell) + np.diag(noise) for ell in _LENGTHSCALES])
+        rows = self._rows(idx)
+        # per lengthscale, the kernel between the observed plans (O, O), plus their noise
+        k = np.stack([known[np.ix_(rows, idx)].T + np.diag(noise) for known in self._known])
         chols = np.linalg.cholesky(k)
         inverse = np.linalg.inv(chols)  # L^-1: then every solve below is a product
         z = inverse @ r  # (L, O)
@@ -353,8 +355,7 @@ class SubtaskModel:
         nll = [0.5 * quad[j] / amp + logdet[j] + 0.5 * len(r) * np.log(amp)
                for amp, j in grid]
         amp, j = grid[min(range(len(grid)), key=nll.__getitem__)]  # first of equal ones
-        cross = _kernel_at(pieces, _LENGTHSCALES[j])  # (P, O), at amplitude 1
-        v = inverse[j] @ cross.T  # (O, P)
+        v = inverse[j] @ self._known[j][rows]  # (O, P)
         var = np.maximum(amp * (self._prior_var - (v * v).sum(axis=0)), 1e-9)
         beta, z_rest = self._compute_trend(inverse[j], z[j], idx)
         mean = y.mean() + self._trend + self.table.compute @ beta + v.T @ z_rest
@@ -373,16 +374,15 @@ class SubtaskModel:
         beta = np.linalg.solve(a.T @ a + np.eye(a.shape[1]) / _LINEAR, a.T @ z)
         return beta, z - a @ beta
 
-    def _pieces(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Kernel pieces between every plan and the plans `idx`, as (P, O) arrays; each
-        plan's are computed the first time it is observed and kept as a row of `_known`."""
+    def _rows(self, idx: np.ndarray) -> list[int]:
+        """The rows of `_known` that hold the plans `idx`: the kernel at amplitude 1
+        between each of them and every plan, per grid lengthscale, computed the first time
+        the plan is observed."""
         new = [int(i) for i in idx if int(i) not in self._row]
         if new:
-            computed = _kernel_pieces(self.table, np.arange(len(self.table.plans)),
-                                      np.array(new))
-            self._known = [np.vstack([known, c.T]) for known, c in zip(self._known, computed,
-                                                                       strict=True)]
+            pieces = _kernel_pieces(self.table, np.arange(len(self.table.plans)), np.array(new))
+            self._known = [np.vstack([known, _kernel_at(pieces, ell).T])
+                           for known, ell in zip(self._known, _LENGTHSCALES, strict=True)]
             for i in new:
                 self._row[i] = len(self._row)
-        rows = [self._row[int(i)] for i in idx]
-        return tuple(np.ascontiguousarray(known[rows].T) for known in self._known)
+        return [self._row[int(i)] for i in idx]
