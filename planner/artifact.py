@@ -67,26 +67,41 @@ class Artifact:
         return self.continues.generator if self.continues is not None else self
 
 
-def artifact_of(spec: TaskSpec, subtask: str, plan: Plan) -> Artifact:
+Generators = dict[tuple[str, str, str, str], "Artifact"]
+"""A memo of generator artifacts by subtask, model, method and mixture: all a generator
+depends on, so the plans that differ in n, aggregator or verifier share one (a cost model
+prices thousands of plans of a few hundred generators)."""
+
+
+def artifact_of(spec: TaskSpec, subtask: str, plan: Plan,
+                generators: Generators | None = None) -> Artifact:
     """The artifact a subtask's plan serves from: the generator its model, method and
     mixture train, or where its verifier is sequential that generator's continuation."""
-    verifier = verifier_of(spec, subtask, plan)
+    verifier = verifier_of(spec, subtask, plan, generators)
     if verifier is not None and verifier.sequential:
         return Artifact(verifier.model, verifier.settings, (), verifier.method,
                         continues=verifier)
-    return _generator(spec, subtask, plan)
+    return _generator(spec, subtask, plan, generators)
 
 
-def _generator(spec: TaskSpec, subtask: str, plan: Plan) -> Artifact:
-    """The artifact the plan's model, method and mixture train."""
+def _generator(spec: TaskSpec, subtask: str, plan: Plan,
+               generators: Generators | None = None) -> Artifact:
+    """The artifact the plan's model, method and mixture train (kept in `generators`)."""
+    key = (subtask, plan.model, plan.method, plan.mixture)
+    if generators is not None and key in generators:
+        return generators[key]
     method = spec.method(plan.method)
     if isinstance(method, Merge):
         parts = [(_served(spec, c.subtask, plan.model, c.method,
                           c.mixture or next(iter(spec.subtask(c.subtask).mixtures))), c.weight)
                  for c in method.components]
         parts.sort(key=lambda p: (p[0].settings, p[0].data, p[1]))
-        return Artifact(plan.model, method.settings(), (), method, tuple(parts))
-    return _served(spec, subtask, plan.model, plan.method, plan.mixture)
+        found = Artifact(plan.model, method.settings(), (), method, tuple(parts))
+    else:
+        found = _served(spec, subtask, plan.model, plan.method, plan.mixture)
+    if generators is not None:
+        generators[key] = found
+    return found
 
 
 def _served(spec: TaskSpec, subtask: str, model: str, method_name: str,
@@ -117,14 +132,15 @@ class VerifierArtifact:
     own: the plan serves it (`Artifact.continues`), and it generates too."""
 
 
-def verifier_of(spec: TaskSpec, subtask: str, plan: Plan) -> VerifierArtifact | None:
+def verifier_of(spec: TaskSpec, subtask: str, plan: Plan,
+                generators: Generators | None = None) -> VerifierArtifact | None:
     """The verifier a plan re-ranks its samples with; None where its aggregator uses none,
     or n = 1 (one sample is the answer whatever its score)."""
     name = plan.get("verifier")
     if plan.aggregator not in VERIFIER_AGGREGATORS or plan.samples < 2 or name is None:
         return None
     v = spec.subtask(subtask).verifiers[str(name)]
-    method, generator = spec.method(v.method), _generator(spec, subtask, plan)
+    method, generator = spec.method(v.method), _generator(spec, subtask, plan, generators)
     return VerifierArtifact(subtask, generator, generator.model if v.sequential else str(v.model),
                             method.settings(), v.items, v.samples, method, str(name),
                             v.sequential)

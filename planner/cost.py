@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from planner.artifact import (
     Artifact,
+    Generators,
     VerifierArtifact,
     artifact_of,
     tokens_per_example,
@@ -123,15 +124,17 @@ class CostModel:
         self._train_flops_per_gpu_hour = hw.peak_flops * self.train_utilization * 3600
         self._infer_flops_per_gpu_hour = hw.peak_flops * self.inference_utilization * 3600
         self._artifacts: dict[tuple[str, Plan], Artifact] = {}  # memo: searches price a lot
+        self._generators: Generators = {}
         self._verifiers: dict[tuple[str, str, Plan], VerifierArtifact | None] = {}
         self._cascades: dict[tuple[str, Plan], Cascade | None] = {}
         self._plan_costs: dict[tuple[str, Plan], Cost] = {}
+        self._model_params = {m.name: m.params for m in spec.models}
 
     def artifact(self, subtask: str, plan: Plan) -> Artifact:
         """The model a plan serves from: subtasks with equal artifacts pay training once."""
         key = (subtask, plan)
         if key not in self._artifacts:
-            self._artifacts[key] = artifact_of(self.spec, subtask, plan)
+            self._artifacts[key] = artifact_of(self.spec, subtask, plan, self._generators)
         return self._artifacts[key]
 
     def train_tokens(self, artifact: Artifact) -> float:
@@ -162,7 +165,7 @@ class CostModel:
         """The verifier the plan re-ranks with (None: its aggregator uses none)."""
         key = ("verifier", subtask, plan)
         if key not in self._verifiers:
-            self._verifiers[key] = verifier_of(self.spec, subtask, plan)
+            self._verifiers[key] = verifier_of(self.spec, subtask, plan, self._generators)
         return self._verifiers[key]
 
     def cascade(self, subtask: str, plan: Plan) -> Cascade | None:
@@ -226,7 +229,7 @@ class CostModel:
         return flops / self._infer_flops_per_gpu_hour
 
     def _params(self, model: str) -> float:
-        params = self.spec.model(model).params
+        params = self._model_params[model]
         if params is None:
             raise SpecError(f"{self.spec.name}: model {model!r} has no `params`; give them, or "
                             "price it from a replay table (FLOPs, tokens or USD column)")
