@@ -191,7 +191,7 @@ class Allocation:
         return Allocation(tuple((s, plan if s == subtask else p) for s, p in self.plans))
 
     def to_dict(self) -> dict[str, dict]:
-        return {s: dict(p) for s, p in self.plans}
+        return {s: dict(p._values) for s, p in self.plans}  # a copy without Mapping's calls
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping]) -> Allocation:
@@ -217,6 +217,7 @@ class SearchSpace:
         self.spec = spec
         self.subtasks = spec.order()
         self._dims = {s: self._dimensions(s) for s in self.subtasks}
+        self._by_name = {s: {d.name: d for d in dims} for s, dims in self._dims.items()}
         self._plans = {s: tuple(dict.fromkeys(self._enumerate(s))) for s in self.subtasks}
         self._valid = {s: frozenset(p) for s, p in self._plans.items()}
 
@@ -243,7 +244,7 @@ class SearchSpace:
         return self._dims[subtask]
 
     def dimension(self, subtask: str, name: str) -> Dimension:
-        return next(d for d in self._dims[subtask] if d.name == name)
+        return self._by_name[subtask][name]
 
     def methods_for(self, subtask: str, model: str) -> list[str]:
         """Methods a subtask may use with this model (the model's and the subtask's lists)."""
