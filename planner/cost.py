@@ -107,6 +107,17 @@ class Cost:
         return self.train_gpu_hours + self.inference_gpu_hours
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What a subtask's plan costs is made of: the artifacts serving it trains (a merge's
+    components first, a cascade's strong plan's), its verifier, and the FLOPs of answering
+    one query (sampling, scoring with the verifier, escalating)."""
+
+    trains: tuple[Artifact, ...]
+    verifier: VerifierArtifact | None
+    flops_per_query: float
+
+
 class CostModel:
     """Prices plans and allocations for one task."""
 
@@ -128,6 +139,7 @@ class CostModel:
         self._verifiers: dict[tuple[str, str, Plan], VerifierArtifact | None] = {}
         self._cascades: dict[tuple[str, Plan], Cascade | None] = {}
         self._plan_costs: dict[tuple[str, Plan], Cost] = {}
+        self._parts: dict[tuple[str, Plan], _Parts] = {}
         self._model_params = {m.name: m.params for m in spec.models}
 
     def artifact(self, subtask: str, plan: Plan) -> Artifact:
@@ -244,14 +256,25 @@ class CostModel:
         return self._plan_costs[key]
 
     def _plan_cost(self, subtask: str, plan: Plan) -> Cost:
-        infer = ((self.inference_flops_per_query(subtask, plan)
-                  + self.verifier_flops_per_query(subtask, plan)
-                  + self.escalation_flops_per_query(subtask, plan)) * self.spec.workload.queries)
-        train = sum(self.train_gpu_hours(a) for a in self.trains(subtask, plan))
-        verifier = self.verifier(subtask, plan)
-        if verifier is not None:
-            train += self.verifier_gpu_hours(verifier)
+        parts = self._parts_of(subtask, plan)
+        train = sum(self.train_gpu_hours(a) for a in parts.trains)
+        if parts.verifier is not None:
+            train += self.verifier_gpu_hours(parts.verifier)
+        infer = parts.flops_per_query * self.spec.workload.queries
         return Cost(train, infer / self._infer_flops_per_gpu_hour)
+
+    def _parts_of(self, subtask: str, plan: Plan) -> _Parts:
+        """What pricing a subtask's plan reads (memo: an allocation's estimate reads every
+        subtask's, and searches estimate many)."""
+        key = (subtask, plan)
+        found = self._parts.get(key)
+        if found is None:
+            found = self._parts[key] = _Parts(
+                self.trains(subtask, plan), self.verifier(subtask, plan),
+                self.inference_flops_per_query(subtask, plan)
+                + self.verifier_flops_per_query(subtask, plan)
+                + self.escalation_flops_per_query(subtask, plan))
+        return found
 
     def estimate(self, allocation: Allocation) -> Cost:
         """Whole allocation: inference summed, each distinct artifact trained once."""
@@ -259,15 +282,13 @@ class CostModel:
         verifiers: dict[VerifierArtifact, float] = {}
         infer = 0.0
         for subtask, plan in allocation.items():
-            for artifact in self.trains(subtask, plan):  # a merge's parts first
+            parts = self._parts_of(subtask, plan)
+            for artifact in parts.trains:  # a merge's parts first
                 if artifact not in trained:
                     trained[artifact] = self.train_flops(artifact)
-            verifier = self.verifier(subtask, plan)
+            verifier = parts.verifier
             if verifier is not None and verifier not in verifiers:
                 verifiers[verifier] = self.verifier_gpu_hours(verifier)
-            infer += ((self.inference_flops_per_query(subtask, plan)
-                       + self.verifier_flops_per_query(subtask, plan)
-                       + self.escalation_flops_per_query(subtask, plan))
-                      * self.spec.workload.queries)
+            infer += parts.flops_per_query * self.spec.workload.queries
         return Cost(sum(trained.values()) / self._train_flops_per_gpu_hour
                     + sum(verifiers.values()), infer / self._infer_flops_per_gpu_hour)
