@@ -41,9 +41,10 @@ def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int) -> np.ndarray:
     return np.concatenate(chosen) if chosen else remaining
 
 
-def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[int]:
-    """Indices by decreasing value, ties in index order (a stable argsort of -value), sorting
-    a chunk of the best at a time: callers usually stop after the first few."""
+def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[np.ndarray]:
+    """Indices by decreasing value, ties in index order (a stable argsort of -value), in
+    blocks: a chunk of the best is sorted at a time, as callers usually stop after the
+    first few."""
     key = -value
     rest = np.arange(len(value))
     while rest.size:
@@ -53,7 +54,7 @@ def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[int]:
             if not np.isnan(cut):  # else (NaN: fewer than `chunk` numbers) sort them all
                 head = key[rest] <= cut  # every tie of the cut: ties keep index order
         chosen = rest[head]  # in index order, so the stable sort breaks ties by index
-        yield from (int(i) for i in chosen[np.argsort(key[chosen], kind="stable")])
+        yield chosen[np.argsort(key[chosen], kind="stable")]
         rest = rest[~head]
 
 
@@ -154,18 +155,18 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             sub = pareto_layers(cost, value, keep * 4)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
-    found = []
-    rows = (np.flatnonzero(~skip(np.column_stack([idx[parents], picks])))
-            if skip is not None else np.arange(len(value)))
-    for at in best_first(value[rows]):  # rows ascend: ties stay in row order
-        row = rows[at]
-        plan_idx = [*idx[parents[row]], picks[row]]
-        alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plan_idx,
-                                                                      strict=True)})
-        key = alloc.key()
-        if key in seen or cost_model.estimate(alloc).total_gpu_hours > budget:
-            continue
-        found.append(alloc)
-        if len(found) == k:
-            break
+    found: list[Allocation] = []
+    for rows in best_first(value):
+        if skip is not None:  # asked of each block as it comes: most searches read one
+            rows = rows[~skip(np.column_stack([idx[parents[rows]], picks[rows]]))]
+        for row in rows:
+            plan_idx = [*idx[parents[row]], picks[row]]
+            alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plan_idx,
+                                                                          strict=True)})
+            key = alloc.key()
+            if key in seen or cost_model.estimate(alloc).total_gpu_hours > budget:
+                continue
+            found.append(alloc)
+            if len(found) == k:
+                return found, exhausted
     return found, exhausted
