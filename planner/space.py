@@ -97,6 +97,13 @@ class Plan(Mapping[str, Value]):
     def __len__(self) -> int:
         return len(self._values)
 
+    # the dict's own, where Mapping's go through __getitem__ (the cost model asks often)
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def get(self, name: str, default: Value | None = None) -> Value | None:
+        return self._values.get(name, default)
+
     def __hash__(self) -> int:
         if self._hash is None:
             self._hash = hash(frozenset(self._values.items()))
