@@ -16,11 +16,11 @@ speed drifts between sessions by as much as a factor of two, so a figure from an
 says little; two revisions measured in one run do.
 
 `--instructions` counts the instructions the planner executes per trial instead of timing
-it: valgrind's callgrind counts them, from after the first-call warm-up to the end of the
-studies, in a process per task and checkout (PYTHONHASHSEED=0). Two runs of one checkout
-agree to about 1e-5, where CPU time varies by up to 30% between runs on a shared virtual
-machine, so one round compares two revisions; it runs about 50 times slower than native
-(`--seeds 1` for a quick comparison). Needs valgrind (Debian: apt-get install valgrind).
+it: valgrind's callgrind counts them, from after the first-call warm-up to the process's
+end, in a process per task and checkout (PYTHONHASHSEED=0). Runs of one checkout agree to
+0.3%, where CPU time varies by up to 30% between runs on a shared virtual machine, so one
+round compares two revisions; it runs about 50 times slower than native (`--seeds 1` for
+a quick comparison). Needs valgrind (Debian: apt-get install valgrind).
 
     python experiments/planner_cpu.py --against HEAD~3 --instructions --seeds 1
 """
