@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
@@ -34,6 +35,7 @@ def test_store_round_trip(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     _create(store)
     n0 = store.start_trial("s", _alloc(), Cost(0.25, 0.5), source="random")
+    time.sleep(0.02)  # its duration runs from its start to its finish
     store.finish_trial("s", n0, TrialStatus.OK,
                        observation=Observation(0.42, {"extract": 0.6, "solve": 0.7},
                                                {"device_seconds": 1.5}),
@@ -48,6 +50,7 @@ def test_store_round_trip(tmp_path: Path) -> None:
     assert t0.subtask_costs["solve"] == Cost(0.15, 0.3)
     assert t0.cost.total_gpu_hours == pytest.approx(0.75)
     assert t0.measured == {"device_seconds": 1.5}
+    assert 0.02 <= t0.duration_s < 10 and 0 <= t1.duration_s < 10
     assert (t1.status, t1.error, t1.score) == (TrialStatus.FAILED, "boom", None)
     assert again.get_study("s").seed == 3
     with pytest.raises(StudyError, match="--resume"):
