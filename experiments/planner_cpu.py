@@ -73,15 +73,22 @@ def measure(tasks: list[str], strategy: str, seeds: int, trials: int, count: boo
               f"(median {statistics.median(ms):.1f})", flush=True)
 
 
+def _child(cmd: list[str], root: Path, args: argparse.Namespace, tasks: list[str],
+           **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` (a planner_cpu.py) on this run's strategy, seeds, trials and `tasks` in a
+    subprocess that imports the planner from the checkout at `root`, one thread a process."""
+    return subprocess.run(
+        [*cmd, "--strategy", args.strategy, "--seeds", str(args.seeds), "--trials",
+         str(args.trials), "--tasks", *tasks], cwd=root / "experiments", check=True,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", **env},
+        capture_output=True, text=True)
+
+
 def run_tree(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
-    """This script's measurement on the checkout at `root`, in a subprocess importing the
-    planner from there: ms per trial of each seed, per task."""
-    cmd = [sys.executable, str(root / "experiments" / "planner_cpu.py"), "--strategy",
-           args.strategy, "--seeds", str(args.seeds), "--trials", str(args.trials),
-           "--tasks", *args.tasks]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, cwd=root / "experiments", env=env, check=True,
-                         capture_output=True, text=True).stdout
+    """The checkout at `root` measured by its own copy of this script: ms per trial of each
+    seed, per task."""
+    out = _child([sys.executable, str(root / "experiments" / "planner_cpu.py")], root, args,
+                 args.tasks).stdout
     return {m["task"]: [float(x) for x in m["ms"].split()] for m in _LINE.finditer(out)}
 
 
@@ -89,13 +96,9 @@ def instructions_per_trial(root: Path, task: str, args: argparse.Namespace) -> f
     """Instructions per trial of the studies of one task on the checkout at `root`, counted
     by callgrind in a process of their own: this script (and harness) with `--count`,
     importing the planner from `root`."""
-    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
-           sys.executable, str(HERE / "planner_cpu.py"), "--count",
-           "--strategy", args.strategy, "--seeds", str(args.seeds), "--trials",
-           str(args.trials), "--tasks", task]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    done = subprocess.run(cmd, cwd=root / "experiments", env=env, check=True,
-                          capture_output=True, text=True)
+    done = _child(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                   "--callgrind-out-file=/dev/null", sys.executable, str(HERE / "planner_cpu.py"),
+                   "--count"], root, args, [task], PYTHONHASHSEED="0")
     counted = re.search(r"Collected : ([\d,]+)", done.stderr)
     trials = re.search(r": (\d+) trials$", done.stdout, re.MULTILINE)
     if counted is None or trials is None:
