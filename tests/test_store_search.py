@@ -31,6 +31,16 @@ def _create(store: Store, name: str = "s") -> None:
                        budget="1gpu-h", budget_gpu_hours=1.0, strategy="random", seed=3)
 
 
+def _one_trial_file(path: Path) -> Path:
+    """A SQLite store at `path` holding study "s" with one running trial, closed, so raw SQL
+    may edit it as an older planner would have written it."""
+    store = Store(f"sqlite:///{path}")
+    _create(store)
+    store.start_trial("s", _alloc(), Cost(0.25, 0.5))
+    store.engine.dispose()
+    return path
+
+
 def test_store_round_trip(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     _create(store)
@@ -77,11 +87,7 @@ def test_two_stores_writing_in_turn_number_densely(tmp_path: Path) -> None:
 
 def test_scores_on_a_screen_s_items_stored_positionally_still_read(tmp_path: Path) -> None:
     """Stores written before the named fields hold [fidelity, score, subtask scores]."""
-    path = tmp_path / "db.sqlite"
-    store = Store(f"sqlite:///{path}")
-    _create(store)
-    store.start_trial("s", _alloc(), Cost(0.25, 0.5))
-    store.engine.dispose()
+    path = _one_trial_file(tmp_path / "db.sqlite")
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE trial SET on_screen_items_json = ?",
                      ('[0.25, 0.4, {"solve": 0.4}]',))
@@ -90,11 +96,7 @@ def test_scores_on_a_screen_s_items_stored_positionally_still_read(tmp_path: Pat
 
 
 def test_an_older_database_is_brought_up_to_date(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    store = Store(f"sqlite:///{path}")
-    _create(store)
-    store.start_trial("s", _alloc(), Cost(0.25, 0.5))
-    store.engine.dispose()
+    path = _one_trial_file(tmp_path / "old.sqlite")
     with sqlite3.connect(path) as conn:  # the schema before study identity and claims
         conn.executescript("DROP INDEX ix_trial_claim; DROP INDEX ix_agent_step_number; "
                            "DROP TABLE driver; ALTER TABLE study DROP COLUMN task_hash; "
