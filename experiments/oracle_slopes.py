@@ -1,13 +1,14 @@
-"""How fast pass@n rises with n on the recorded pass@n tables: the logit of pass@n gained per
-doubling of n, median over each table's arms (model, checkpoint), at every n it records.
+"""How fast pass@n rises with n on the recorded one-stage pass@n tasks: the logit of the
+score gained per doubling of n, median over each task's arms (model, checkpoint), between
+each n of its grid and the one before, as the replay environment scores the plans.
 
 The agent's score model assumes a rise per doubling before an arm was tried at two n
 (`_SLOPE_MEAN` in planner/search/agent/surrogate.py); this prints what the recordings show:
 
     python experiments/oracle_slopes.py
 
-Arms whose pass@n stays under 2% at the table's largest n are left out (their logit is
-the clip's, not the model's).
+Arms that score under 2% at the grid's largest n are left out (their logit is the clip's,
+not the model's).
 """
 
 from __future__ import annotations
@@ -15,36 +16,42 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from tools.evaluate import pass_at_k
+from envs import make_environment
+from planner.search.agent.surrogate import logit
+from planner.space import Allocation, SearchSpace
+from planner.spec import load_spec
 
-DATA = Path(__file__).resolve().parent.parent / "envs" / "replay" / "tasks" / "data"
-TABLES = ("pythia_gsm8k", "pythia_math", "pythia_gsm8k_final", "pythia_math_10k")
-EPS = 1e-3  # as the score model clips before its logit
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("envs/replay/tasks/monkeys_gsm8k.yaml", "envs/replay/tasks/monkeys_math.yaml",
+         "envs/replay/heldout/gsm8k_final.yaml", "envs/replay/tasks/monkeys_math_10k.yaml")
 
 
-def rises(table: pd.DataFrame) -> dict[int, float]:
-    """n -> the median logit gained from n/2 to n over the table's arms."""
-    top = int(table.n_samples.min())
-    ns = [2 ** i for i in range(top.bit_length()) if 2 ** i <= top]
+def rises(path: Path) -> tuple[dict[int, float], int]:
+    """n -> the median logit gained per doubling from the grid's previous n to n, over the
+    arms of the task's (only) subtask; and how many arms that is."""
+    spec = load_spec(path)
+    env, space = make_environment(spec), SearchSpace(spec)
+    (subtask,) = space.subtasks
+    curves: dict[tuple, dict[int, float]] = {}  # arm -> n -> score
+    for plan in space.plans(subtask):
+        arm = (plan.model, plan.method, plan.mixture)
+        score = env.evaluate(Allocation.of({subtask: plan})).score
+        curves.setdefault(arm, {})[plan.samples] = score
     gains: dict[int, list[float]] = {}
-    for _, arm in table.groupby([c for c in ("model", "method") if c in table.columns]):
-        curve = np.array([np.mean([pass_at_k(n, c, k) for n, c in zip(
-            arm.n_samples, arm.n_correct, strict=True)]) for k in ns])
-        if curve[-1] < 0.02:
-            continue
-        p = np.clip(curve, EPS, 1 - EPS)
-        for k, gain in zip(ns[1:], np.diff(np.log(p / (1 - p))), strict=True):
-            gains.setdefault(k, []).append(float(gain))
-    return {k: float(np.median(v)) for k, v in gains.items()}
+    kept = [c for c in curves.values() if c[max(c)] >= 0.02]
+    for curve in kept:
+        ns = sorted(curve)
+        y = logit(np.array([curve[n] for n in ns]))
+        for n, gain in zip(ns[1:], np.diff(y) / np.diff(np.log2(ns)), strict=True):
+            gains.setdefault(n, []).append(float(gain))
+    return {n: float(np.median(g)) for n, g in gains.items()}, len(kept)
 
 
 def main() -> None:
-    for name in TABLES:
-        table = pd.read_csv(DATA / f"{name}.csv.gz")
-        by_n = rises(table)
-        print(f"{name}: " + ", ".join(f"n={k} {v:.2f}" for k, v in by_n.items()))
+    for task in TASKS:
+        by_n, arms = rises(ROOT / task)
+        print(f"{task} ({arms} arms): " + ", ".join(f"n={n} {g:.2f}" for n, g in by_n.items()))
 
 
 if __name__ == "__main__":
