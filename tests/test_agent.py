@@ -195,7 +195,11 @@ def _reference_fit(model: SubtaskModel, observations: list) -> tuple[np.ndarray,
     for plan, score in observations:
         scores.setdefault(t.index[plan], []).append(score)
     idx = np.array(sorted(scores))
-    trend = surrogate._SLOPE_MEAN * t.log_n  # the prior mean rises with n
+    # the prior mean rises with n: an oracle plan's steeply up to its bend, any other's gently
+    bend = surrogate._ORACLE_BEND
+    trend = np.where(t.oracle, surrogate._ORACLE_SLOPE_MEAN * np.minimum(t.log_n, bend)
+                     + surrogate._SLOPE_MEAN * np.maximum(t.log_n - bend, 0),
+                     surrogate._SLOPE_MEAN * t.log_n)
     y = surrogate.logit(np.array([np.mean(scores[i]) for i in idx])) - trend[idx]
     mu = y.mean()
     best = None
@@ -267,6 +271,38 @@ def test_an_untried_arms_uncertainty_does_not_grow_with_log_n_from_one_sample() 
                     if p["model"] == m and p.samples == n) for m, n in largest.items()}
     assert all(prediction.std[i] < 2.0 for i in rows.values())  # logits; was 2.2-3.1
     assert prediction.score(1.0)[rows["pythia-70m"]] < 0.95
+
+
+def test_before_any_trial_pass_at_n_rises_ln2_per_doubling_up_to_128() -> None:
+    """Under `oracle` a question solved with chance p in one sample is solved in n with
+    chance about n p while that is small: the recordings gain ln 2 in logit per doubling at
+    small n, less from n = 128 on (experiments/oracle_slopes.py). Other aggregators keep
+    the gentler prior rise."""
+    table = _analyst(load_spec(TASKS / "monkeys_math_10k.yaml")).tables[0]
+    prior = SubtaskModel(table).fit([])
+    arm = [i for i, p in enumerate(table.plans) if p["model"] == "pythia-1b"]
+    rise = {table.plans[j].samples: (prior.mean[j] - prior.mean[i])
+            / (table.log_n[j] - table.log_n[i]) for i, j in zip(arm[:-1], arm[1:], strict=True)}
+    assert {2, 128, 256, 10000} <= rise.keys()
+    assert all(abs(r - np.log(2)) < 1e-9 for n, r in rise.items() if n <= 128)
+    assert all(abs(r - surrogate._SLOPE_MEAN) < 1e-9 for n, r in rise.items() if n > 128)
+    vote = _analyst(load_spec(TASKS / "mmlu_cascade_gsm8k_vote.yaml")).tables[-1]
+    assert not vote.oracle.any()
+    assert np.allclose(SubtaskModel(vote).fit([]).mean, surrogate._SLOPE_MEAN * vote.log_n)
+
+
+def test_a_stalled_search_grows_its_optimism_and_finds_the_plan_it_rated_low() -> None:
+    """tutor at 0.4 times its budget: the larger Pythia models were tried on MATH only
+    with few training tokens, so the score model rates pythia-1b on 60B tokens (the
+    optimum's) at 0.024 +- 1.4 in logit, below what the search keeps refining, and at a
+    fixed optimism of one sd it was never tried (best 0.928 of the optimum after 60
+    trials). The optimism grows once the best stops rising, and the search gets there."""
+    spec = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml")
+    spec = spec.model_copy(update={"budget": f"{_budget(spec) * 0.4:.6g}gpu-h"})
+    optimum = exhaustive_optimum(spec, _budget(spec))
+    result = _run(spec, "agent", 40, agent=AgentOptions(patience=None))
+    assert result.best.score >= 0.99 * optimum.score
+    assert result.best.allocation["math"] == optimum.allocation["math"]
 
 
 def test_below_the_sizes_seen_the_prediction_follows_their_trend() -> None:
@@ -623,7 +659,8 @@ def test_an_oracle_plan_is_never_predicted_above_its_arm_at_a_larger_n() -> None
     unsure how their curves fall to n = 1, the score model rated pythia-1.4b / 300B higher
     at n = 1 than at n = 128 at one sd (0.84 against 0.79), and a two-stage search spent a
     trial on a stage at n = 1. Every prediction, at any optimism, is now capped by the
-    arm's at each larger n."""
+    arm's at each larger n. (Since pass@n's prior rises ln 2 per doubling, these arms fall
+    towards n = 1 only at a higher optimism, which a stalled search reaches.)"""
     spec = load_spec(TASKS / "pythia_gsm8k_math.yaml")
     table = _analyst(spec).tables[0]
     seen = {("pythia-70m", "pretrain-20B"): 0.036, ("pythia-410m", "pretrain-20B"): 0.306,
@@ -632,28 +669,29 @@ def test_an_oracle_plan_is_never_predicted_above_its_arm_at_a_larger_n() -> None
         (i, seen[p["model"], p["method"]], 1.0) for i, p in enumerate(table.plans)
         if (p["model"], p["method"]) in seen and p.samples == 128)
     arm = table.codes[:, -1]
-    uncapped = surrogate.expit(prediction.mean + prediction.std)
+    uncapped = surrogate.expit(prediction.mean + 3.0 * prediction.std)
     falls = 0
     for a in np.unique(arm):
         rows = np.flatnonzero(arm == a)
         rows = rows[np.argsort(table.log_n[rows])]
         falls += int((np.diff(uncapped[rows]) < 0).any())
-        for kappa in (0.0, 1.0, 2.0):
+        for kappa in (0.0, 1.0, 2.0, 3.0):
             assert (np.diff(prediction.score(kappa)[rows]) >= 0).all()
     assert falls > 0  # the case this is about
 
 
 def test_a_near_sure_gain_waits_for_a_pick_expected_to_score_more() -> None:
-    """tutor, seed 2: after the five init probes, MMLU on qwen2.5-72b with GSM8K and MATH on
-    pythia-410m / 20B, each evaluated in some trial, beat the best trial by 9% (0.039
-    against 0.036), and the agent ran that recombination next: a trial that taught the
-    stage models nothing. The allocation of the best optimistic value is expected, by the
+    """tutor, seed 6: after the five init probes, MMLU on llama3.1-405b, GSM8K on pythia-1b /
+    300B and MATH on pythia-410m / 20B, each evaluated in some trial, beat the best trial by
+    5% (0.064 against 0.060). Run next, as the agent once ran such gains (9% on seed 2,
+    before pass@n's prior rose ln 2 per doubling), it would teach the stage models
+    nothing. The allocation of the best optimistic value is expected, by the
     score model's mean, to score more, so it goes first; the recombination stays for later."""
     from planner.search.agent.combine import recombination
     from planner.search.agent.reasoners.builtin import BuiltinReasoner
 
     spec = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml")
-    trials = _run(spec, "agent", 5, seed=2, agent=AgentOptions(patience=None)).trials
+    trials = _run(spec, "agent", 5, seed=6, agent=AgentOptions(patience=None)).trials
     builtin = BuiltinReasoner(_analyst(spec).ctx)
     analysis = builtin.analyse(trials)
     none_closed = [np.zeros(len(t.plans), dtype=bool) for t in analysis.tables]

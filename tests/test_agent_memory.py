@@ -103,10 +103,12 @@ def test_a_cheaper_arm_is_kept_where_it_frees_budget_for_another_stage(
 def test_proposals_stay_below_a_saturation_cap(tmp_path: Path) -> None:
     reasoner = _reasoner(_spec(tmp_path, 1))
     # large/ckpt-b is flat in n (0.72 from n = 1 to 8: the score model expects more samples
-    # to help until it has seen them not help); the other arms are far below
+    # to help until it has seen them not help); the other arms are far below, each seen (an
+    # arm never tried would be rated by the prior rise of pass@n, ln 2 per doubling)
     history = _history(reasoner, [("large", "ckpt-b", 1, 0.72), ("large", "ckpt-b", 2, 0.72),
                                   ("large", "ckpt-b", 4, 0.72), ("large", "ckpt-b", 8, 0.72),
-                                  ("small", "ckpt-a", 1, 0.3), ("large", "ckpt-a", 2, 0.4)])
+                                  ("small", "ckpt-a", 1, 0.3), ("large", "ckpt-a", 2, 0.4),
+                                  ("small", "ckpt-b", 2, 0.2)])
     memory = reasoner.reflect(history).insights
     [saturation] = [i for i in memory if i.kind == "saturation"]
     cap = saturation.data["saturates_at"]

@@ -68,6 +68,13 @@ class Analysis:
                 for w, p in zip(self.weights, self.predictions, strict=True)]
 
     @cached_property
+    def since_best(self) -> int:
+        """How many full trials came after the first that scored the best one's score (0
+        before any)."""
+        scores = [r.score for r, f in zip(self.trials, self.full, strict=True) if f]
+        return len(scores) - 1 - int(np.argmax(scores)) if scores else 0
+
+    @cached_property
     def evaluated(self) -> tuple[list[np.ndarray], float]:
         """Per subtask, which plans a full trial (not a screen) evaluated; and the log of
         the best full trial's end score, floored at `FLOOR` as predictions are (-inf before

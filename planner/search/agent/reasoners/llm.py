@@ -229,7 +229,7 @@ class LLMReasoner:
         seen = settled(history, self.ctx.cost_model)
         hints = frontier(analysis, self._ranked(analysis, memory), self.ctx.budget_gpu_hours,
                          self.ctx.cost_model, seen, _HINTS)
-        values = analysis.plan_values(self.builtin.kappa)
+        values = analysis.plan_values(self.builtin.optimism(analysis))
         floor = _value(analysis, values, hints[0]) + math.log(SCREEN) if hints else -math.inf
 
         def messages(tools: bool) -> list[dict]:
