@@ -69,8 +69,8 @@ class Analysis:
 
     @cached_property
     def since_best(self) -> int:
-        """How many full trials came after the first that scored the best one's score (0
-        before any)."""
+        """How many full trials came after the first one to score the best score: the
+        trials since the best last rose (0 before any)."""
         scores = [r.score for r, f in zip(self.trials, self.full, strict=True) if f]
         return len(scores) - 1 - int(np.argmax(scores)) if scores else 0
 

@@ -145,10 +145,9 @@ class BuiltinReasoner:
                 k: int = 1) -> Proposal:
         """The `k` unseen feasible allocations with the best optimistic end score
         (`optimism`; a recombination predicted to beat the best trial first), chosen one at a
-        time: after
-        each, the surrogate is refit as if it had scored its predicted mean (the "kriging
-        believer" of batch Bayesian optimisation), so a batch for several workers spreads
-        over what is uncertain instead of crowding one arm.
+        time: after each, the surrogate is refit as if it had scored its predicted mean (the
+        "kriging believer" of batch Bayesian optimisation), so a batch for several workers
+        spreads over what is uncertain instead of crowding one arm.
 
         The plans `memory` rules out (`memory.closed`: arms a dominance insight dropped, n
         above a saturation point) are ranked after every open plan: their values are
