@@ -291,18 +291,24 @@ def test_before_any_trial_pass_at_n_rises_ln2_per_doubling_up_to_128() -> None:
     assert np.allclose(SubtaskModel(vote).fit([]).mean, surrogate._SLOPE_MEAN * vote.log_n)
 
 
-def test_a_stalled_search_grows_its_optimism_and_finds_the_plan_it_rated_low() -> None:
+def test_a_stalled_search_grows_its_optimism_and_finds_the_plan_it_rated_low(
+        tmp_path: Path) -> None:
     """tutor at 0.4 times its budget: the larger Pythia models were tried on MATH only
     with few training tokens, so the score model rates pythia-1b on 60B tokens (the
     optimum's) at 0.024 +- 1.4 in logit, below what the search keeps refining, and at a
     fixed optimism of one sd it was never tried (best 0.928 of the optimum after 60
-    trials). The optimism grows once the best stops rising, and the search gets there."""
+    trials). The optimism grows once the best stops rising (the trace says so), and the
+    search gets there."""
     spec = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml")
     spec = spec.model_copy(update={"budget": f"{_budget(spec) * 0.4:.6g}gpu-h"})
     optimum = exhaustive_optimum(spec, _budget(spec))
-    result = _run(spec, "agent", 40, agent=AgentOptions(patience=None))
+    db = f"sqlite:///{tmp_path / 'stall.db'}"
+    result = _run(spec, "agent", 40, db=db, agent=AgentOptions(patience=None))
     assert result.best.score >= 0.99 * optimum.score
     assert result.best.allocation["math"] == optimum.allocation["math"]
+    why = [r for s in Store(db).steps(result.study.name) if s.node == "propose"
+           for r in s.payload["rationale"]]
+    assert any("sd: the best stopped rising" in r for r in why)
 
 
 def test_below_the_sizes_seen_the_prediction_follows_their_trend() -> None:

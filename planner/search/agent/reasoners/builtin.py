@@ -173,7 +173,8 @@ class BuiltinReasoner:
             rationale.append(("stage plans already evaluated, predicted to beat the best "
                               f"trial ({analysis.predicted(chosen)[0]:.3f})" if sure else
                               self._why(chosen, tables, values,
-                                        self.lowered(analysis, penalty))) + note)
+                                        self.lowered(analysis, penalty),
+                                        self._raised(analysis))) + note)
             if len(allocs) < k:  # another pick follows: it sees this one as believed
                 believed.append(self._believed(chosen, analysis, -len(allocs)))
         return Proposal(allocs, reasoner=self.name, rationale=rationale)
@@ -201,6 +202,11 @@ class BuiltinReasoner:
         """How many standard deviations above its mean a plan is valued at: `kappa`, plus
         `KAPPA_GROWTH` per full trial beyond `STALE_FREE` since the best score last rose."""
         return self.kappa + KAPPA_GROWTH * max(0, analysis.since_best - STALE_FREE)
+
+    def _raised(self, analysis: Analysis) -> float | None:
+        """The optimism where a stall raised it above `kappa`, else None."""
+        optimism = self.optimism(analysis)
+        return optimism if optimism > self.kappa else None
 
     def ranked_values(self, analysis: Analysis,
                       penalty: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -259,9 +265,9 @@ class BuiltinReasoner:
 
     @staticmethod
     def _why(alloc: Allocation, tables: Sequence[PlanTable], values: Sequence[np.ndarray],
-             penalty: Sequence[np.ndarray]) -> str:
-        """One line: the allocation's optimistic end score, or why it was chosen though a
-        plan of it was ranked down."""
+             penalty: Sequence[np.ndarray], raised: float | None) -> str:
+        """One line: the allocation's optimistic end score (and the optimism where a stall
+        `raised` it), or why it was chosen though a plan of it was ranked down."""
         at = [t.index[alloc[t.subtask]] for t in tables]
         lowered = max(float(p[i]) for p, i in zip(penalty, at, strict=True))
         if lowered >= CLOSED:
@@ -270,7 +276,8 @@ class BuiltinReasoner:
             return ("nothing open is left unseen: a plan ranked down (a smaller n than its "
                     "arm's largest in budget, or an aggregator `oracle` outscores)")
         total = sum(float(v[i]) for v, i in zip(values, at, strict=True))
-        return f"best unseen optimistic end score ({np.exp(total):.3f})"
+        stall = "" if raised is None else f", at {raised:.1f} sd: the best stopped rising"
+        return f"best unseen optimistic end score ({np.exp(total):.3f}{stall})"
 
     def _believed(self, alloc: Allocation, analysis: Analysis, number: int) -> TrialRecord:
         """A pretend trial of `alloc` that scored what the surrogate predicts for it."""
