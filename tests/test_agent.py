@@ -689,10 +689,10 @@ def test_an_oracle_plan_is_never_predicted_above_its_arm_at_a_larger_n() -> None
 def test_a_near_sure_gain_waits_for_a_pick_expected_to_score_more() -> None:
     """tutor, seed 6: after the five init probes, MMLU on llama3.1-405b, GSM8K on pythia-1b /
     300B and MATH on pythia-410m / 20B, each evaluated in some trial, beat the best trial by
-    5% (0.064 against 0.060). Run next, as the agent once ran such gains (9% on seed 2,
-    before pass@n's prior rose ln 2 per doubling), it would teach the stage models
-    nothing. The allocation of the best optimistic value is expected, by the
-    score model's mean, to score more, so it goes first; the recombination stays for later."""
+    5% (0.064 against 0.060). Run next, as the agent once ran such a gain (9%, on seed 2
+    under the old prior), it would teach the stage models nothing. The allocation of the
+    best optimistic value is expected, by the score model's mean, to score more, so it goes
+    first; the recombination stays for later."""
     from planner.search.agent.combine import recombination
     from planner.search.agent.reasoners.builtin import BuiltinReasoner
 
