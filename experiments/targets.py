@@ -1,0 +1,89 @@
+"""Where the agent's search targets stand, read from the recorded benchmark results (runs
+nothing).
+
+    python experiments/targets.py
+
+For each set of tasks whose results are kept under experiments/results/ (the suite, the
+held-out shapes, the suite under other budgets, two sets of random tables), counts the
+tasks where the agent meets each target, by the rules of `random_shapes.tally`: median
+trials to 99% of the exact optimum at most half Optuna's (met where Optuna never gets
+there and the agent does), at most the sweep's, median search GPU-h to 99% at most
+Optuna's (both only where the agent gets there), best@10 >= 0.97. Then it names each miss
+with its figures, and prints the planner's median ms per trial over the suite's tasks (the
+wall time the benchmark measured, with its workers sharing the cores).
+
+Each set is what the command of its section in experiments/README.md wrote; rerun that
+command to bring a set up to date.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from random_shapes import tally
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# name, file (a benchmark summary, or a tally that random_shapes.py wrote), trials per run
+SETS = [
+    ("suite", RESULTS / "summary.csv", 60),
+    ("held-out shapes, x0.5 / x1 / x2", RESULTS / "heldout" / "summary.csv", 60),
+    ("suite, x0.5 / x2", RESULTS / "budgets" / "summary.csv", 60),
+    ("suite, x0.4 / x3", RESULTS / "wide" / "summary.csv", 60),
+    ("random tables 32-95", RESULTS / "random_shapes" / "tally_32_95.csv", 40),
+    ("random tables 96-159", RESULTS / "random_shapes" / "tally_96_159.csv", 40),
+]
+CLAIMS = {"half_optuna": "trials <= 1/2 Optuna's", "sweep_or_less": "trials <= sweep's",
+          "gpu_h_optuna_or_less": "search GPU-h <= Optuna's", "best_at_10": "best@10 >= 0.97"}
+
+
+def load(path: Path, trials: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The set's tally, and its agent rows where the file is a benchmark summary."""
+    table = pd.read_csv(path)
+    if "strategy" not in table:
+        return table, None
+    return tally(table, trials), table[table.strategy == "agent"].set_index("task")
+
+
+def misses(counted: pd.DataFrame, agent: pd.DataFrame | None, trials: int) -> list[str]:
+    """One line per target: the tasks that miss it, with the agent's figure against the
+    one it is compared with."""
+    lines = []
+    for claim, label in CLAIMS.items():
+        failed = counted[~counted[claim]]
+        if failed.empty:
+            continue
+        parts = []
+        for row in failed.itertuples():
+            agent_trials = f"{row.agent:g}" if row.agent <= trials else f">{trials}"
+            if claim == "best_at_10" and agent is not None:
+                parts.append(f"{row.task} {agent.loc[row.task, 'best_frac_at_10']:.3f}")
+            elif claim == "sweep_or_less":
+                parts.append(f"{row.task} {agent_trials} vs {row.sweep:g}")
+            elif claim == "half_optuna":
+                parts.append(f"{row.task} {agent_trials} vs {row.optuna:g}")
+            else:
+                parts.append(row.task)
+        lines.append(f"  {label}: {', '.join(parts)}")
+    return lines
+
+
+def main() -> None:
+    print("| set | tasks | " + " | ".join(CLAIMS.values()) + " |")
+    print("|---|---|" + "---|" * len(CLAIMS))
+    details = []
+    for name, path, trials in SETS:
+        counted, agent = load(path, trials)
+        cells = " | ".join(f"{int(counted[c].sum())} / {len(counted)}" for c in CLAIMS)
+        print(f"| {name} | {len(counted)} | {cells} |")
+        details += [f"{name}:", *misses(counted, agent, trials)]
+    print("\nMisses (agent against the baseline; a task over the trials is shown as >N):")
+    print("\n".join(details))
+    suite = pd.read_csv(SETS[0][1])
+    ms = suite[suite.strategy == "agent"].planner_ms_per_trial
+    print(f"\nplanner ms per trial on the suite (agent, wall, median over tasks): "
+          f"{ms.median():.1f} (per task {ms.min():.1f} to {ms.max():.1f})")
+
+
+if __name__ == "__main__":
+    main()
