@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="module")
-def targets():
+def targets() -> Iterator[ModuleType]:
     sys.path.insert(0, str(EXPERIMENTS))  # targets.py imports random_shapes beside it
     try:
         import targets
@@ -32,7 +34,8 @@ def _summary(task: str, agent: float, optuna: float, sweep: float, agent_gpu_h: 
              "gpu_hours_to_99_median": float("inf")}]
 
 
-def test_a_target_counts_only_where_the_agent_reached_99_percent(targets, tmp_path) -> None:
+def test_a_target_counts_only_where_the_agent_reached_99_percent(targets: ModuleType,
+                                                                 tmp_path: Path) -> None:
     rows = (_summary("solved", 5, 41, 4, 0.1, float("inf"), 0.99)  # Optuna never got there
             + _summary("unsolved", 41, 41, 41, float("inf"), float("inf"), 0.5)
             + _summary("half", 10, 20, 12, 0.2, 0.1, 0.98))
@@ -52,7 +55,8 @@ def test_a_target_counts_only_where_the_agent_reached_99_percent(targets, tmp_pa
     assert "  best@10 >= 0.97: unsolved 0.500" in lines
 
 
-def test_every_kept_set_is_read(targets, capsys) -> None:
+def test_every_kept_set_is_read(targets: ModuleType,
+                                capsys: pytest.CaptureFixture[str]) -> None:
     targets.main()
     out = capsys.readouterr().out
     for name, path, _ in targets.SETS:
