@@ -50,6 +50,7 @@ def _distinct(values: list | None) -> list | None:
 
 Distinct = AfterValidator(_distinct)
 Name = Annotated[str, Field(min_length=1, max_length=200)]  # a non-empty name
+Column = Annotated[str, Field(min_length=1)]  # a table column's name
 
 
 class _Strict(BaseModel):
@@ -108,23 +109,23 @@ class ReplaySpec(_Strict):
     """
 
     table: Path
-    item: str = "item"
-    choices: dict[Literal["model", "method", "mixture"], str] = Field(
+    item: Column = "item"
+    choices: dict[Literal["model", "method", "mixture"], Column] = Field(
         default_factory=lambda: {"model": "model"}, min_length=1,
         description="plan field -> table column; at least the model's")
-    n_samples: str | None = "n_samples"
-    n_correct: str | None = "n_correct"
-    correct: str | None = None
-    answer: str | None = Field(
+    n_samples: Column | None = "n_samples"
+    n_correct: Column | None = "n_correct"
+    correct: Column | None = None
+    answer: Column | None = Field(
         None, description="per-sample form: column of each sample's final answer (majority)")
-    flops_per_sample: str | None = Field(
+    flops_per_sample: Column | None = Field(
         None, description="column of recorded inference FLOPs per sample; else the cost model"
     )
-    input_tokens: str | None = Field(
+    input_tokens: Column | None = Field(
         None, description="column of recorded prompt tokens per sample (priced at 2N each)")
-    output_tokens: str | None = Field(
+    output_tokens: Column | None = Field(
         None, description="column of recorded generated tokens per sample (priced at 2N each)")
-    usd_per_sample: str | None = Field(
+    usd_per_sample: Column | None = Field(
         None, description="column of recorded USD per sample; needs hardware.usd_per_gpu_hour")
 
     @model_validator(mode="after")

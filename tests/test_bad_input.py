@@ -560,6 +560,10 @@ TASK_EXAMPLES = [
      "'small' is used twice"),
     (_edit(lambda t: t["subtasks"][0]["replay"].update(choices={})),
      "choices: Dictionary should have at least 1 item"),
+    (_edit(lambda t: t["subtasks"][0]["replay"].update(item="")),  # a traceback in fuzzing
+     "replay.item: String should have at least 1 character"),
+    (_edit(lambda t: t["subtasks"][0]["replay"]["choices"].update(method="")),
+     "replay.choices.method: String should have at least 1 character"),
     (_edit(lambda t: t["models"][0].update(methods=["ckpt-z"])),
      "models[0] (small).methods: names unknown methods ['ckpt-z']"),
     (_edit(lambda t: t["methods"][0].update(options={"steps": 3})), "takes no key 'options'"),
