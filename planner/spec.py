@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -139,16 +140,38 @@ class ReplaySpec(_Strict):
         return self
 
 
+def template_fields(template: str) -> list[str]:
+    """Names of the `{field}` placeholders of a template, in order (a `{}` is named '');
+    ValueError where a brace is unmatched."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
 class DataSpec(_Strict):
     """A live subtask's data: named training sources (JSONL) and a validation set, and how a
     record becomes a prompt and a label."""
 
-    sources: dict[str, Path] = Field(default_factory=dict)
+    sources: dict[Name, Path] = Field(default_factory=dict)
     val: Path
     prompt: str = Field("{prompt}", description="template of the model input: {field} is the "
                         "record's field, or, where field names a dependency, its output")
-    label: str | None = Field(None, description="field holding the gold output (default: the "
-                              "subtask's name, so dependents' {name} fields hold it too)")
+    label: Name | None = Field(None, description="field holding the gold output (default: the "
+                               "subtask's name, so dependents' {name} fields hold it too)")
+
+    @field_validator("prompt")
+    @classmethod
+    def _names_fields(cls, prompt: str) -> str:
+        try:
+            fields = template_fields(prompt)
+        except ValueError as e:  # an unmatched brace
+            raise ValueError(f"{prompt!r} is no template ({e}); write a record's field as "
+                             "{field}, and a literal brace twice: {{ or }}") from None
+        if "" in fields:
+            raise ValueError(f"{prompt!r} has an empty {{}}: name a record's field in it, e.g. "
+                             "'{question}'")
+        if not fields:
+            raise ValueError(f"{prompt!r} names no record field, so every item would get the "
+                             "same prompt; write e.g. '{question} Answer:'")
+        return prompt
 
 
 class Decoding(_Strict):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +214,24 @@ def test_missing_field_in_live_data_names_file_and_field(tmp_path: Path,
     path = write_live_task(tmp_path, bases, val=val)
     with pytest.raises(SpecError, match=r"val\.jsonl:2: record lacks field 'problem'"):
         env_for(path, tmp_path / "cache")
+
+
+# before: a traceback (an unmatched brace), or accepted (the others)
+@pytest.mark.parametrize(("edit", "expected"), [
+    ({"prompt": "{problem sum:"}, "is no template (unmatched '{' in format spec)"),
+    ({"prompt": "{} sum:"}, "has an empty {}"),
+    ({"prompt": "sum:"}, "names no record field, so every item would get the same prompt"),
+    ({"label": ""}, "data.label: String should have at least 1 character"),
+    ({"sources": {"": "train.jsonl"}}, "data.sources..[key]: String should have at least 1"),
+])
+def test_a_live_subtasks_template_and_names_are_checked_when_the_task_is_read(
+        tmp_path: Path, edit: dict, expected: str) -> None:
+    folder = shutil.copytree(ROOT / "envs" / "live" / "tasks" / "wordsum", tmp_path / "task")
+    task = yaml.safe_load((folder / "task.yaml").read_text())
+    task["subtasks"][0]["data"].update(edit)
+    (folder / "task.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    with pytest.raises(SpecError, match=re.escape(expected)):
+        load_spec(folder / "task.yaml")
 
 
 def test_a_screen_is_the_full_evaluation_of_its_first_items_and_the_rest_is_drawn_later(

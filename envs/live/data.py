@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import SpecError
-from planner.spec import SubtaskSpec, TaskSpec
+from planner.spec import SubtaskSpec, TaskSpec, template_fields
 
 Record = dict[str, str]
-
-
-def template_fields(template: str) -> list[str]:
-    """Names of the `{field}` placeholders of a template, in order."""
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 def render(template: str, record: Mapping[str, str]) -> str:

@@ -84,7 +84,7 @@ import tools.train
 import tools.verifier
 from envs.live.backends import Samplers, ServedModel, Target
 from envs.live.cache import Cache, DrawnSamples, content_key, default_root
-from envs.live.data import SubtaskData, load_subtask, read_records, template_fields
+from envs.live.data import SubtaskData, load_subtask, read_records
 from envs.live.scoring import (
     AGGREGATORS,
     aggregate,
@@ -102,7 +102,7 @@ from planner.errors import SpecError
 from planner.methods import KINDS, FineTune, Merge, Training
 from planner.sampling import Backend, backend_of, check_backends, served_name
 from planner.space import Allocation, Plan, SearchSpace
-from planner.spec import TaskSpec
+from planner.spec import TaskSpec, template_fields
 from tools.device import cpu_matmul_flops, current_device
 from tools.evaluate import Extractor, Metric, load_extractor, load_metric
 from tools.merge import merge
