@@ -560,6 +560,9 @@ TASK_EXAMPLES = [
      "'small' is used twice"),
     (_edit(lambda t: t["subtasks"][0]["replay"].update(choices={})),
      "choices: Dictionary should have at least 1 item"),
+    (_edit(lambda t: t["subtasks"][0].update(methods=["ckpt-a"], replay={
+        **t["subtasks"][0]["replay"], "choices": {"model": "model"}})),  # were averaged
+     "both count item '0' for one choice (they differ in ['method']"),
     (_edit(lambda t: t["subtasks"][0]["replay"].update(item="")),  # a traceback in fuzzing
      "replay.item: String should have at least 1 character"),
     (_edit(lambda t: t["subtasks"][0]["replay"]["choices"].update(method="")),
@@ -598,6 +601,8 @@ TABLE_EXAMPLES = [
      "negative"),
     ("fraction", _cells(table_text(), 2, 3, "7.5").encode(), "is not a whole number"),
     ("zero", _cells(table_text(), 2, 3, "0").encode(), "is not a sample count"),
+    ("twice", (table_text() + "small,ckpt-a,0,8,2\n").encode(),
+     "rows 1 and 17 both count item '0' for one choice"),
 ]
 
 

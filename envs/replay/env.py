@@ -289,6 +289,7 @@ def _check_choice_columns(where: str, rs: ReplaySpec, choices: list[_Choice]) ->
 def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     """Per-item counts of one choice's rows (and votes, where the table has answers)."""
     if not rs.correct:
+        _one_row_per_item(where, rows, rs)
         return _Outcomes(rows[rs.item].astype(str).to_numpy(),
                          rows[rs.n_samples].to_numpy().astype(np.int64),
                          rows[rs.n_correct].to_numpy().astype(np.int64))
@@ -307,6 +308,26 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     votes = tuple((g[rs.answer].tolist(), g[rs.correct].astype(int).tolist())
                   for _, g in rows.groupby(rs.item))
     return _Outcomes(items, n, c, votes)
+
+
+def _one_row_per_item(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> None:
+    """In the counts form, refuse a choice with two rows for one item: they are most often
+    rows of choices the task does not tell apart (several checkpoints of one model, the
+    method's column not in `choices`), whose scores would be averaged without a word."""
+    twice = rows[rs.item].astype(str).duplicated(keep=False).to_numpy()
+    if not twice.any():
+        return
+    same = rows[twice]
+    first = same[same[rs.item].astype(str) == str(same[rs.item].iloc[0])]
+    outcome = {rs.n_samples, rs.n_correct, rs.flops_per_sample, rs.input_tokens,
+               rs.output_tokens, rs.usd_per_sample}
+    differ = [str(c) for c in first.columns
+              if c not in outcome and first[c].astype(str).nunique() > 1]
+    apart = (f"they differ in {differ}: map the one that tells choices apart in `choices`"
+             if differ else "map the column that tells them apart in `choices`")
+    raise SpecError(f"{where}: rows {first.index[0] + 1} and {first.index[1] + 1} both count "
+                    f"item {str(first[rs.item].iloc[0])!r} for one choice ({apart}), or sum "
+                    "their counts if they are one run's samples")
 
 
 def _columns(table: pd.DataFrame) -> str:
