@@ -234,6 +234,24 @@ def test_a_live_subtasks_template_and_names_are_checked_when_the_task_is_read(
         load_spec(folder / "task.yaml")
 
 
+@pytest.mark.parametrize(("source", "expected"), [
+    ("zoo:nope", "unknown zoo model 'nope'"),
+    ("", "empty; give zoo:tiny"),
+    ("no/such-model", "'no/such-model' is neither a local path nor an HF id in the local hub"),
+    ("package:no_such_package/m.gguf", "package 'no_such_package' is not installed"),
+])
+def test_a_model_whose_weights_cannot_be_found_is_refused_before_any_trial(
+        tmp_path: Path, source: str, expected: str) -> None:
+    """Each was a failed trial for every plan of the model, found one trial at a time."""
+    folder = shutil.copytree(ROOT / "envs" / "live" / "tasks" / "wordsum", tmp_path / "task")
+    task = yaml.safe_load((folder / "task.yaml").read_text())
+    task["models"][0]["source"] = source
+    (folder / "task.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    with pytest.raises(SpecError, match=re.escape(f"models.{task['models'][0]['name']}.source: "
+                                                  f"{expected}")):
+        env_for(folder / "task.yaml", tmp_path / "cache")
+
+
 def test_a_screen_is_the_full_evaluation_of_its_first_items_and_the_rest_is_drawn_later(
         tmp_path: Path, bases: dict[str, Path]) -> None:
     val, cache = wordsum_records(6, seed=2), tmp_path / "cache"

