@@ -115,7 +115,7 @@ def test_majority_without_answer_is_an_error(tmp_path) -> None:
 
 def test_majority_beyond_recorded_samples_is_an_error(tmp_path) -> None:
     path = _edited_example(tmp_path, samples=[1, 24], aggregators=["majority"])
-    with pytest.raises(SpecError, match="only 16 recorded samples"):
+    with pytest.raises(SpecError, match=r"for 115 of its 357 items \(as few as 16\); lower"):
         ReplayEnvironment(load_spec(path))
 
 

@@ -183,10 +183,13 @@ class ReplayEnvironment:
                                 f"only recorded methods (`models: [{{name: {choice.model}, "
                                 "methods: [...]}]` in this subtask)")
             outcomes = _outcomes(where, rows, rs)
-            if any(a in USES_N for a in sub.aggregators) and max(sub.samples) > outcomes.n.min():
-                raise SpecError(f"{where}: samples go up to {max(sub.samples)} but "
-                                f"{choice.label()} has only {outcomes.n.min()} recorded samples "
-                                "for some item; lower `samples`")
+            top = max(sub.samples)
+            if any(a in USES_N for a in sub.aggregators) and top > outcomes.n.min():
+                short = int((outcomes.n < top).sum())
+                raise SpecError(f"{where}: samples go up to {top} but {choice.label()} has "
+                                f"fewer recorded samples for {short} of its "
+                                f"{len(outcomes.n)} items (as few as {outcomes.n.min()}); "
+                                "lower `samples`, or drop those items from the table")
             per_item = _score_curves(sub, outcomes)
             full = {a: {k: float(np.mean(v)) for k, v in by_n.items()}
                     for a, by_n in per_item.items()}
