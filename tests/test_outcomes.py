@@ -43,6 +43,10 @@ def test_search_says_why_it_stopped_and_what_it_spent(tmp_path: Path,
                 "--trials", "6", "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "stopped: 6 trials run; evaluating the trials cost" in r.stderr
+    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "random",
+                "--trials", "2", "--resume", cwd=tmp_path)  # it said "2 trials run" and ran none
+    assert r.returncode == 0, r.stderr
+    assert "stopped: the study already holds 6 trials, more than the 2 asked for;" in r.stderr
 
 
 def test_agent_says_it_converged(tmp_path: Path, tiny_task_path: Path) -> None:

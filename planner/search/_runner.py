@@ -97,8 +97,10 @@ class Runner:
     def exhausted(self, trials: Sequence[TrialRecord], n_trials: int,
                   search_budget_gpu_hours: float | None) -> str | None:
         """Why the search must stop (trials run, or search GPU-hours spent), or None."""
-        if len(trials) >= n_trials:
-            return f"{n_trials} trials run"
+        if len(trials) >= n_trials:  # a resumed study may hold more than asked for now
+            return (f"{n_trials} trials run" if len(trials) == n_trials else
+                    f"the study already holds {len(trials)} trials, more than the {n_trials} "
+                    "asked for")
         if search_budget_gpu_hours is not None:
             spent = self.search_spent(trials)
             if spent >= search_budget_gpu_hours:
