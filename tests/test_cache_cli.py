@@ -187,3 +187,18 @@ def test_bad_cache_options_are_one_line_and_exit_2(tmp_path: Path) -> None:
         assert isinstance(result.exception, PlannerError)
         assert str(result.exception).startswith(expected)
     assert not (tmp_path / "absent").exists()
+
+
+@pytest.mark.parametrize("cache", ["a-file", "a-file/below"])
+def test_a_cache_that_cannot_be_a_folder_is_one_line_and_exit_2(tmp_path: Path,
+                                                                 cache: str) -> None:
+    """It was a traceback (NotADirectoryError, FileNotFoundError) from the cache's mkdir."""
+    (tmp_path / "a-file").write_text("not a folder")
+    task = ROOT / "envs/live/tasks/wordsum/task.yaml"
+    r = subprocess.run([sys.executable, "-m", "planner.cli", "check", str(task)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PLANNER_CACHE": str(tmp_path / cache)})
+    assert r.returncode == 2
+    assert r.stderr == (f"Error: cache {tmp_path / cache}: cannot keep models and samples there "
+                        "(Not a directory); point $PLANNER_CACHE (or --cache-dir, where a "
+                        "command takes it) at a folder you can write\n")

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from planner.errors import PlannerError
+
 
 def default_root() -> Path:
     """`$PLANNER_CACHE`, else `~/.cache/planner`."""
@@ -85,10 +87,16 @@ class Cache:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self._live = self.root / "live"
-        for sub in ("artifacts", "locks"):
-            (self._live / sub).mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self._live / "samples.sqlite", timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            for sub in ("artifacts", "locks"):
+                (self._live / sub).mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self._live / "samples.sqlite", timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as e:
+            reason = getattr(e, "strerror", None) or e
+            raise PlannerError(f"cache {self.root}: cannot keep models and samples there "
+                               f"({reason}); point $PLANNER_CACHE (or --cache-dir, where a "
+                               "command takes it) at a folder you can write") from None
         self._db.execute("CREATE TABLE IF NOT EXISTS samples (set_key TEXT, prompt TEXT, "
                          "texts TEXT, prompt_tokens INT, completion_tokens INT, seconds REAL, "
                          "PRIMARY KEY (set_key, prompt))")
