@@ -292,8 +292,9 @@ def _check_choice_columns(where: str, rs: ReplaySpec, choices: list[_Choice]) ->
 def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     """Per-item counts of one choice's rows (and votes, where the table has answers)."""
     if not rs.correct:
-        _one_row_per_item(where, rows, rs)
-        return _Outcomes(rows[rs.item].astype(str).to_numpy(),
+        items = rows[rs.item].astype(str)
+        _one_row_per_item(where, rows, items, rs)
+        return _Outcomes(items.to_numpy(),
                          rows[rs.n_samples].to_numpy().astype(np.int64),
                          rows[rs.n_correct].to_numpy().astype(np.int64))
     per_item = rows.groupby(rs.item)[rs.correct].agg(["size", "sum"])
@@ -313,15 +314,17 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     return _Outcomes(items, n, c, votes)
 
 
-def _one_row_per_item(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> None:
-    """In the counts form, refuse a choice with two rows for one item: they are most often
-    rows of choices the task does not tell apart (several checkpoints of one model, the
-    method's column not in `choices`), whose scores would be averaged without a word."""
-    twice = rows[rs.item].astype(str).duplicated(keep=False).to_numpy()
+def _one_row_per_item(where: str, rows: pd.DataFrame, items: pd.Series,
+                      rs: ReplaySpec) -> None:
+    """In the counts form, refuse a choice with two rows for one item (`items`: the rows'
+    item column as text): they are most often rows of choices the task does not tell apart
+    (several checkpoints of one model, the method's column not in `choices`), whose scores
+    would be averaged without a word."""
+    twice = items.duplicated(keep=False)
     if not twice.any():
         return
-    same = rows[twice]
-    first = same[same[rs.item].astype(str) == str(same[rs.item].iloc[0])]
+    item = items[twice].iloc[0]
+    first = rows[items == item]
     outcome = {rs.n_samples, rs.n_correct, rs.flops_per_sample, rs.input_tokens,
                rs.output_tokens, rs.usd_per_sample}
     differ = [str(c) for c in first.columns
@@ -329,8 +332,8 @@ def _one_row_per_item(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> None:
     apart = (f"they differ in {differ}: map the one that tells choices apart in `choices`"
              if differ else "map the column that tells them apart in `choices`")
     raise SpecError(f"{where}: rows {first.index[0] + 1} and {first.index[1] + 1} both count "
-                    f"item {str(first[rs.item].iloc[0])!r} for one choice ({apart}), or sum "
-                    "their counts if they are one run's samples")
+                    f"item {item!r} for one choice ({apart}), or sum their counts if they are "
+                    "one run's samples")
 
 
 def _columns(table: pd.DataFrame) -> str:

@@ -68,10 +68,15 @@ class Analysis:
                 for w, p in zip(self.weights, self.predictions, strict=True)]
 
     @cached_property
+    def full_scores(self) -> list[float]:
+        """The end scores of the full trials, in order."""
+        return [r.score for r, f in zip(self.trials, self.full, strict=True) if f]
+
+    @cached_property
     def since_best(self) -> int:
         """How many full trials came after the first one to score the best score: the
         trials since the best last rose (0 before any)."""
-        scores = [r.score for r, f in zip(self.trials, self.full, strict=True) if f]
+        scores = self.full_scores
         return len(scores) - 1 - int(np.argmax(scores)) if scores else 0
 
     @cached_property
@@ -82,7 +87,7 @@ class Analysis:
         masks = [np.zeros(len(t.plans), dtype=bool) for t in self.tables]
         for j, mask in enumerate(masks):
             mask[self.at[self.full & (self.at[:, j] >= 0), j]] = True
-        scores = [r.score for r, f in zip(self.trials, self.full, strict=True) if f]
+        scores = self.full_scores
         best = np.log(max(max(scores), FLOOR)) if scores else -np.inf
         return masks, float(best)
 
