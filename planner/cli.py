@@ -557,8 +557,10 @@ def export(study: StudyArg,
            task: Annotated[Path | None, typer.Option(help="The study's task.yaml, where it "
                                                      "moved since the study ran.")] = None,
            db: DbOpt = DEFAULT_DB) -> None:
-    """Write a trial's allocation as a folder of training and serving configs, with a
-    README on running them (`planner optimize --from` and `planner train` read it)."""
+    """Write a trial's allocation as a folder of training and serving configs.
+
+    The folder's README says how to run them; `planner optimize --from` and `planner train`
+    read it."""
     from envs import resolve_for_export
 
     if fmt not in FORMATS:
@@ -610,8 +612,9 @@ def train(export_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Folder
               help="Artifact and sample cache (default: DIR/.planner-cache, emptied first); "
                    "a given one is reused, so what it holds is not retrained.")] = None,
           as_json: JsonOpt = False) -> None:
-    """Retrain and re-score an exported allocation of a live task on its validation data;
-    exit 0 when the score agrees with the study's within the seeds' noise, 1 when not."""
+    """Retrain and re-score an exported allocation of a live task on its validation data.
+
+    Exit 0 when the score agrees with the study's within the seeds' noise, 1 when not."""
     from envs.live.reproduce import SeedRun, reproduce
 
     def on_run(run: SeedRun) -> None:
@@ -869,8 +872,9 @@ def _cache_table(title: str, rows: list[dict]) -> Table:
 
 @cache_app.command("ls")
 def cache_ls(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
-    """List trained models, sample sets and half-written builds: size, last use, key;
-    least recently used first (the order `planner cache prune` removes them in)."""
+    """List trained models, sample sets and half-written builds: size, last use, key.
+
+    Least recently used first, the order `planner cache prune` removes them in."""
     import time
 
     from envs.live.cache import entries, format_size
