@@ -33,6 +33,7 @@ SETS = [
     ("live wordsum", RESULTS / "live" / "summary.csv", 30),
     ("random tables 32-95", RESULTS / "random_shapes" / "tally_32_95.csv", 40),
     ("random tables 96-159", RESULTS / "random_shapes" / "tally_96_159.csv", 40),
+    ("random tables 160-223", RESULTS / "random_shapes" / "tally_160_223.csv", 40),
 ]
 CLAIMS = {"half_optuna": "trials <= 1/2 Optuna's", "sweep_or_less": "trials <= sweep's",
           "gpu_h_optuna_or_less": "search GPU-h <= Optuna's", "best_at_10": "best@10 >= 0.97"}
