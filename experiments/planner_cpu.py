@@ -137,7 +137,7 @@ def checkout(rev: str) -> Iterator[Path]:
     known = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
                             f"{rev}^{{commit}}"], capture_output=True)
     if known.returncode:
-        print(f"planner_cpu.py: --against {rev}: no such git revision in {repo}; "
+        print(f"{Path(sys.argv[0]).name}: --against {rev}: no such git revision in {repo}; "
               "pass a commit, tag or branch (e.g. HEAD~1)", file=sys.stderr)
         sys.exit(2)
     with tempfile.TemporaryDirectory() as tmp:

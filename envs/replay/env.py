@@ -65,22 +65,34 @@ class _Choice:
 class _Outcomes:
     """One choice's recorded outcomes, per item (`items`, the item column as text): N
     samples, c correct and, where the table has answers, every sample's (answer, correct)
-    for the vote."""
+    for the vote, the answers coded as integers (equal codes: equal text)."""
 
     items: np.ndarray
     n: np.ndarray
     c: np.ndarray
-    votes: tuple[tuple[list[str], list[int]], ...] = ()
+    votes: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
-@dataclass(frozen=True)
 class _Curves:
-    """One choice's scores: aggregator -> n -> the mean over items (`full`) and each item's
-    expected score (`per_item`), with each item's place in the screening order (`rank`)."""
+    """One choice's scores under each aggregator and n: each item's expected score and
+    their mean, computed when first asked for (a majority vote's exact expectation costs
+    about a millisecond per item at n = 64, and a search reads few of a table's choices),
+    with each item's place in the screening order (`rank`)."""
 
-    full: dict[str, dict[int, float]]
-    per_item: dict[str, dict[int, np.ndarray]]
-    rank: np.ndarray
+    def __init__(self, outcomes: _Outcomes, rank: np.ndarray) -> None:
+        self.outcomes = outcomes
+        self.rank = rank
+        self._per_item: dict[tuple[str, int], np.ndarray] = {}
+
+    def per_item(self, aggregator: str, n: int) -> np.ndarray:
+        """(items,) each item's expected score with n samples (module docstring)."""
+        key = (aggregator, n)
+        if key not in self._per_item:
+            self._per_item[key] = _item_scores(aggregator, n, self.outcomes)
+        return self._per_item[key]
+
+    def mean(self, aggregator: str, n: int) -> float:
+        return float(np.mean(self.per_item(aggregator, n)))
 
 
 def read_table(path: Path, text: Sequence[str] = ()) -> pd.DataFrame:
@@ -140,7 +152,8 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 
 class ReplayEnvironment:
-    """Looks allocations up in recorded tables; every score is precomputed at load."""
+    """Looks allocations up in recorded tables; a choice's scores are computed when first
+    asked for."""
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
@@ -190,11 +203,8 @@ class ReplayEnvironment:
                                 f"fewer recorded samples for {short} of its "
                                 f"{len(outcomes.n)} items (as few as {outcomes.n.min()}); "
                                 "lower `samples`, or drop those items from the table")
-            per_item = _score_curves(sub, outcomes)
-            full = {a: {k: float(np.mean(v)) for k, v in by_n.items()}
-                    for a, by_n in per_item.items()}
             self._scores[(subtask, choice)] = _Curves(
-                full, per_item, np.array([rank[i] for i in outcomes.items]))
+                outcomes, np.array([rank[i] for i in outcomes.items]))
             self._price(where, subtask, choice, rows, rs)
 
     def _price(self, where: str, subtask: str, choice: _Choice, rows: pd.DataFrame,
@@ -238,9 +248,9 @@ class ReplayEnvironment:
         """Expected score of one stage under `plan`, on a screen's items if `fidelity` < 1."""
         curves = self._scores[(subtask, _Choice(plan.model, plan.method, plan.mixture))]
         if fidelity == 1.0:
-            return curves.full[plan.aggregator][plan.samples]
+            return curves.mean(plan.aggregator, plan.samples)
         kept = curves.rank < screened(self.items[subtask], fidelity)
-        return float(np.mean(curves.per_item[plan.aggregator][plan.samples][kept]))
+        return float(np.mean(curves.per_item(plan.aggregator, plan.samples)[kept]))
 
     def validation_items(self) -> dict[str, int]:
         return dict(self.items)
@@ -309,8 +319,10 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
         raise SpecError(f"{where}.answer: rows {first[0] + 1} and {first[1] + 1} give one item "
                         "the same answer, marked both correct and wrong; equal answers must "
                         "score equally in `correct`")
-    votes = tuple((g[rs.answer].tolist(), g[rs.correct].astype(int).tolist())
-                  for _, g in rows.groupby(rs.item))
+    coded = pd.DataFrame({"item": rows[rs.item], "answer": pd.factorize(rows[rs.answer])[0],
+                          "correct": rows[rs.correct].astype(np.int8)})
+    votes = tuple((g["answer"].to_numpy(), g["correct"].to_numpy())
+                  for _, g in coded.groupby("item"))
     return _Outcomes(items, n, c, votes)
 
 
@@ -381,17 +393,10 @@ def _refuse(path: Path, column: str, bad: np.ndarray, what: str) -> None:
         raise SpecError(f"{path}: row {row}: column {column!r} {what}; fix the table")
 
 
-def _score_curves(sub: SubtaskSpec, o: _Outcomes) -> dict[str, dict[int, np.ndarray]]:
-    """Aggregator -> n -> each item's expected score (module docstring)."""
-    curves: dict[str, dict[int, np.ndarray]] = {}
-    for agg in sub.aggregators:
-        if agg == "first":
-            curves[agg] = dict.fromkeys(sub.samples, o.c / o.n)
-        elif agg == "oracle":
-            curves[agg] = {k: np.array([pass_at_k(int(ni), int(ci), k)
-                                        for ni, ci in zip(o.n, o.c, strict=True)])
-                           for k in sub.samples}
-        else:
-            curves[agg] = {k: np.array([expected_majority_at_k(a, c, k) for a, c in o.votes])
-                           for k in sub.samples}
-    return curves
+def _item_scores(aggregator: str, n: int, o: _Outcomes) -> np.ndarray:
+    """(items,) each item's expected score under `aggregator` with n of its N samples."""
+    if aggregator == "first":
+        return o.c / o.n
+    if aggregator == "oracle":
+        return np.array([pass_at_k(int(ni), int(ci), n) for ni, ci in zip(o.n, o.c, strict=True)])
+    return np.array([expected_majority_at_k(a.tolist(), c.tolist(), n) for a, c in o.votes])

@@ -1,0 +1,126 @@
+"""How long a replay task over a large per-sample table takes to start and to answer.
+
+    python experiments/replay_load.py                        # 20 models x 1,000 items x 100
+    python experiments/replay_load.py --against fd48b06      # that revision too, and ratios
+
+Writes a per-sample table (one row per model, item and sample: the sample's answer and
+whether it is correct; a model's chance on an item is logistic in its skill less the item's
+difficulty, and a wrong sample picks one of `--wrong` distractors) and a one-stage task
+offering majority, oracle and first at n = 1 .. 64. Then, in a fresh process per checkout,
+times three things: building the environment (what `planner check` and every worker pay),
+the first look-up of each model's majority vote at the largest n (a search's first trials),
+and every plan of the space (what the exhaustive optimum reads). With `--against REV` it
+measures that revision's checkout (a temporary worktree) the same way, prints the ratios,
+and the largest difference between the two checkouts' scores over every plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from planner_cpu import checkout
+
+HERE = Path(__file__).resolve().parent
+SAMPLES = [1, 2, 4, 8, 16, 32, 64]
+# run in the measured checkout's root: prints the three times and every plan's score
+_MEASURE = """
+import json, sys, time
+start = time.perf_counter()
+from envs.replay.env import ReplayEnvironment
+from planner.spec import load_spec
+spec = load_spec(sys.argv[1])
+begin = time.perf_counter()
+env = ReplayEnvironment(spec)
+built = time.perf_counter()
+plans = env.space.plans("solve")
+top = max(p.samples for p in plans)
+for p in plans:
+    if p.aggregator == "majority" and p.samples == top:
+        env.subtask_score("solve", p)
+first = time.perf_counter()
+scores = [env.subtask_score("solve", p) for p in plans]
+every = time.perf_counter()
+print(json.dumps({"build": built - begin, "first": first - built, "every": every - first,
+                  "scores": scores}))
+"""
+
+
+def write_task(folder: Path, models: int, items: int, samples: int, wrong: int,
+               seed: int) -> Path:
+    """The table and its task.yaml in `folder`; returns the task's path."""
+    rng = np.random.default_rng(seed)
+    skill = np.linspace(-3.0, 1.0, models)
+    difficulty = rng.normal(0.0, 1.5, items)
+    model = np.repeat(np.arange(models), items * samples)
+    item = np.tile(np.repeat(np.arange(items), samples), models)
+    p = 1.0 / (1.0 + np.exp(difficulty[item] - skill[model]))
+    correct = rng.random(p.size) < p
+    answer = np.where(correct, -1, rng.integers(0, wrong, p.size))
+    names = [f"m{i}" for i in range(models)]
+    pd.DataFrame({"model": np.array(names)[model], "item": item, "answer": answer,
+                  "correct": correct.astype(int)}).to_csv(folder / "table.csv.gz", index=False)
+    task = {"name": "replay-load", "environment": "replay", "budget": "50gpu-h",
+            "workload": {"queries": 100000},
+            "models": [{"name": n, "params": float(p)}
+                       for n, p in zip(names, np.logspace(8, 11, models), strict=True)],
+            "subtasks": [{"name": "solve", "prompt_tokens": 500, "output_tokens": 200,
+                          "models": names, "samples": SAMPLES,
+                          "aggregators": ["majority", "oracle", "first"],
+                          "replay": {"table": "table.csv.gz", "item": "item",
+                                     "correct": "correct", "answer": "answer"}}]}
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    return path
+
+
+def measure(root: Path, task: Path) -> dict:
+    """The three times (seconds) and every plan's score, in a fresh process in `root`."""
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(task)], cwd=root, env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=100, help="recorded per item")
+    parser.add_argument("--wrong", type=int, default=5, help="distinct wrong answers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--against", metavar="REV", help="git revision to measure as well")
+    args = parser.parse_args()
+    if args.samples < max(SAMPLES):
+        parser.error(f"--samples must be at least {max(SAMPLES)}, the largest n offered")
+    with tempfile.TemporaryDirectory() as tmp:
+        task = write_task(Path(tmp), args.models, args.items, args.samples, args.wrong,
+                          args.seed)
+        print(f"{args.models} models x {args.items:,} items x {args.samples} samples "
+              f"({args.models * args.items * args.samples:,} rows), n up to {max(SAMPLES)}")
+        runs = {"this checkout": measure(HERE.parent, task)}
+        if args.against:
+            with checkout(args.against) as other:
+                runs[args.against] = measure(other, task)
+    for label, run in runs.items():
+        print(f"{label}: build {run['build']:.2f} s, first majority look-ups "
+              f"{run['first']:.2f} s, every plan {run['every']:.2f} s")
+    if args.against:
+        new, old = runs["this checkout"], runs[args.against]
+        print("ratios (this checkout / " + args.against + "): " + ", ".join(
+            f"{key} {new[key] / old[key]:.3f}" for key in ("build", "first", "every")))
+        diff = np.abs(np.array(new["scores"]) - np.array(old["scores"])).max()
+        print(f"largest score difference over {len(new['scores'])} plans: {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
