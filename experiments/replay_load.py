@@ -7,11 +7,12 @@ Writes a per-sample table (one row per model, item and sample: the sample's answ
 whether it is correct; a model's chance on an item is logistic in its skill less the item's
 difficulty, and a wrong sample picks one of `--wrong` distractors) and a one-stage task
 offering majority, oracle and first at n = 1 .. 64. Then, in a fresh process per checkout,
-times three things: building the environment (what `planner check` and every worker pay),
-the first look-up of each model's majority vote at the largest n (a search's first trials),
-and every plan of the space (what the exhaustive optimum reads). With `--against REV` it
-measures that revision's checkout (a temporary worktree) the same way, prints the ratios,
-and the largest difference between the two checkouts' scores over every plan.
+times how long until the environment is built (what `planner check` and every worker
+pay), until each model's majority vote at the largest n is answered (a search's first
+trials), and until every plan of the space is (what the exhaustive optimum reads). With
+`--against REV` it measures that revision's checkout (a temporary worktree) the same way,
+prints the ratios, and the largest difference between the two checkouts' scores over
+every plan.
 """
 
 from __future__ import annotations
@@ -111,15 +112,20 @@ def main() -> None:
         if args.against:
             with checkout(args.against) as other:
                 runs[args.against] = measure(other, task)
-    for label, run in runs.items():
-        print(f"{label}: build {run['build']:.2f} s, first majority look-ups "
-              f"{run['first']:.2f} s, every plan {run['every']:.2f} s")
+    # seconds from the start until the environment is built, until each model's majority
+    # vote at the largest n is answered, and until every plan is
+    until = {label: np.cumsum([run["build"], run["first"], run["every"]])
+             for label, run in runs.items()}
+    for label, (built, first, every) in until.items():
+        print(f"{label}: built after {built:.2f} s, each model's majority vote at n = "
+              f"{max(SAMPLES)} answered after {first:.2f} s, every plan after {every:.2f} s")
     if args.against:
-        new, old = runs["this checkout"], runs[args.against]
-        print("ratios (this checkout / " + args.against + "): " + ", ".join(
-            f"{key} {new[key] / old[key]:.3f}" for key in ("build", "first", "every")))
-        diff = np.abs(np.array(new["scores"]) - np.array(old["scores"])).max()
-        print(f"largest score difference over {len(new['scores'])} plans: {diff:.1e}")
+        ratio = until["this checkout"] / until[args.against]
+        print(f"ratios (this checkout / {args.against}): built {ratio[0]:.3f}, majority "
+              f"votes {ratio[1]:.3f}, every plan {ratio[2]:.3f}")
+        new, old = runs["this checkout"]["scores"], runs[args.against]["scores"]
+        diff = np.abs(np.array(new) - np.array(old)).max()
+        print(f"largest score difference over {len(new)} plans: {diff:.1e}")
 
 
 if __name__ == "__main__":
