@@ -48,7 +48,7 @@ import pandas as pd
 
 from envs import make_environment
 from envs.replay.optimum import (
-    NoFeasibleAllocation,
+    NoOptimum,
     builtin_tasks,
     exhaustive_optimum,
     load_optima,
@@ -149,7 +149,7 @@ def load_task(path: Path, budget_scale: float = 1.0) -> Task:
         else:
             try:
                 optimum = exhaustive_optimum(spec, _budget(spec), env).score
-            except NoFeasibleAllocation as e:
+            except NoOptimum as e:
                 refuse(str(e))
         _CACHE[path, budget_scale] = Task(spec, env, optimum)
     return _CACHE[path, budget_scale]

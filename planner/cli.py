@@ -726,7 +726,7 @@ def _study_data(store: Store, name: str) -> views.StudyData:
     environment its stored task builds) and, for a replay task, its exact optimum."""
     from envs import make_environment
     from envs.replay.env import ReplayEnvironment
-    from envs.replay.optimum import NoFeasibleAllocation, exhaustive_optimum
+    from envs.replay.optimum import NoOptimum, exhaustive_optimum
 
     record = store.require_study(name)
     trials = store.trials(name)
@@ -739,7 +739,7 @@ def _study_data(store: Store, name: str) -> views.StudyData:
                                f"trials' estimated costs (its environment failed: {e})")
     optimum = None
     if isinstance(env, ReplayEnvironment):
-        with contextlib.suppress(NoFeasibleAllocation):
+        with contextlib.suppress(NoOptimum):
             optimum = exhaustive_optimum(spec, record.budget_gpu_hours, env).score
     return views.StudyData(record, trials, space, CostModel(spec, env.calibration()),
                            env.validation_items(), optimum=optimum)

@@ -79,6 +79,24 @@ def test_optimum_errors_are_one_line(monkeypatch, capsys, args, message) -> None
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("near", "message"), [
+    ([], "7,254 allocations remain after pruning (93 x 78 plans per stage), more than the "
+         "1,000 an exact optimum enumerates; it needs fewer stages"),
+    (["--near", "0.9"], "allocations have stages within budget"),
+])
+def test_a_space_too_large_to_enumerate_is_one_line(monkeypatch, capsys, near, message) -> None:
+    """A pipeline of many stages (six of 120-163 plans each: 7e12 allocations) made the
+    enumeration ask numpy for hundreds of GiB: a traceback."""
+    monkeypatch.setattr(optimum, "MAX_ENUMERATED", 1000 if not near else 8000)
+    task = ROOT / "envs" / "replay" / "tasks" / "pythia_gsm8k_math.yaml"
+    monkeypatch.setattr(sys, "argv", ["optimum", str(task), *near])
+    with pytest.raises(SystemExit) as exit_:
+        optimum.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
 def _benchmark() -> ModuleType:
     spec = importlib.util.spec_from_file_location("experiments_benchmark", ROOT / "experiments" /
                                                   "benchmark.py")

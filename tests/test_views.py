@@ -106,6 +106,16 @@ def test_compare_reports_best_and_what_reaching_it_cost(db: str) -> None:
     assert "search GPU-h to best" in text and "trials to best" in text
 
 
+def test_compare_without_an_optimum_where_the_space_is_too_large(db: str,
+                                                                  monkeypatch) -> None:
+    """A replay task whose allocations are too many to enumerate is compared without its
+    optimum, not a traceback."""
+    monkeypatch.setattr("envs.replay.optimum.MAX_ENUMERATED", 1)
+    rows = json.loads(planner("compare", *STUDIES, "--db", db, "--json"))
+    assert [r["optimum"] for r in rows] == [None, None]
+    assert all(r["best_score"] > 0 for r in rows)
+
+
 def test_report_holds_plots_tables_and_gap_to_optimum(db: str, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     planner("report", STUDIES[0], "-o", str(out), "--db", db)

@@ -11,7 +11,9 @@ that can never be in an optimum are pruned exactly:
 
 The remaining product is enumerated with numpy broadcasting, in chunks over the first
 subtask; a shared artifact's training is paid once. Ties go to the cheaper allocation,
-then to the first in enumeration order.
+then to the first in enumeration order. A product of more than `MAX_ENUMERATED` (a pipeline
+of many stages: six of 120-163 plans each leave 7e12) has no exact optimum here: the
+command says so in one line, and `planner compare` and `planner report` show none.
 
     python -m envs.replay.optimum                       # check the suite's stored optima
     python -m envs.replay.optimum --write               # recompute and store them
@@ -27,6 +29,7 @@ within budget (no pruning: a dominated plan may still come close).
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +47,19 @@ from planner.spec import TaskSpec, load_spec
 TASKS = Path(__file__).parent / "tasks"
 OPTIMA = Path(__file__).parent / "optima.yaml"
 _CHUNK_ELEMENTS = 2_000_000  # broadcast block size: bounds memory to ~100 MB
+MAX_ENUMERATED = 500_000_000  # allocations enumerated at most: ~25 s at ~20 million a second
 
 
-class NoFeasibleAllocation(ValueError):
+class NoOptimum(ValueError):
+    """The task has no exact optimum to give under this budget."""
+
+
+class NoFeasibleAllocation(NoOptimum):
     """Every allocation costs more than the budget."""
+
+
+class SpaceTooLarge(NoOptimum):
+    """More allocations remain than `MAX_ENUMERATED` (a pipeline of many stages)."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +126,18 @@ def _block(parts: list[PlanArrays]) -> tuple[np.ndarray, np.ndarray]:
     return score, allocation_costs(parts, index)
 
 
-def _blocks(parts: list[PlanArrays]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _blocks(name: str, parts: list[PlanArrays], what: str
+            ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """`_block` of every allocation, in chunks over the first subtask's plans: the first
-    plan's index in each chunk, then the chunk's scores and costs."""
-    rest = int(np.prod([len(p.score) for p in parts[1:]]))
+    plan's index in each chunk, then the chunk's scores and costs. `SpaceTooLarge` where
+    there are more than `MAX_ENUMERATED` (`what` says which allocations they are)."""
+    sizes = [len(p.score) for p in parts]
+    if math.prod(sizes) > MAX_ENUMERATED:
+        raise SpaceTooLarge(f"{name}: {math.prod(sizes):,} allocations {what} "
+                            f"({' x '.join(map(str, sizes))} plans per stage), more than the "
+                            f"{MAX_ENUMERATED:,} an exact optimum enumerates; it needs fewer "
+                            "stages, or fewer choices per stage")
+    rest = math.prod(sizes[1:])
     chunk = max(1, _CHUNK_ELEMENTS // max(rest, 1))
     for lo in range(0, len(parts[0].score), chunk):
         head = parts[0].take(np.arange(lo, min(lo + chunk, len(parts[0].score))))
@@ -138,7 +158,7 @@ def _optimum(spec: TaskSpec, arrays: dict[str, PlanArrays], budget_gpu_hours: fl
     names = list(arrays)
     parts = [prune(arrays[s], budget_gpu_hours) for s in names]
     best: tuple[float, float, tuple[int, ...]] | None = None
-    for lo, score, cost in _blocks(parts):
+    for lo, score, cost in _blocks(spec.name, parts, "remain after pruning"):
         score = np.where(cost <= budget_gpu_hours, score, -np.inf)
         top = score.max(initial=-np.inf)  # empty where a later stage has no plan left
         if top == -np.inf:
@@ -165,7 +185,7 @@ def near_optimal(spec: TaskSpec, budget_gpu_hours: float, fractions: list[float]
     best = _optimum(spec, arrays, budget_gpu_hours).score
     parts = [a.take(np.flatnonzero(a.infer <= budget_gpu_hours)) for a in arrays.values()]
     fits, near = 0, dict.fromkeys(fractions, 0)
-    for _, score, cost in _blocks(parts):
+    for _, score, cost in _blocks(spec.name, parts, "have stages within budget"):
         score = score[cost <= budget_gpu_hours]
         fits += score.size
         for f in fractions:
@@ -265,7 +285,7 @@ def main() -> None:
             print_optima(args.tasks, args.budget, args.near)
         else:
             check_suite(args.write)
-    except (PlannerError, NoFeasibleAllocation) as e:
+    except (PlannerError, NoOptimum) as e:
         parser.exit(2, f"Error: {e}\n")
 
 
