@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import re
@@ -32,6 +33,8 @@ Aggregator = Literal["majority", "best_of_n", "pass"]
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _NOTHING = object()  # no answer abstains
+_FLOAT_COUNTS = 1000  # samples whose subsets a float counts: C(n, k) <= 2**n < 1.8e308
+_NEGLIGIBLE = math.log(1e-16)  # beyond it, a count t of g's with under this chance is skipped
 
 
 # Metrics
@@ -193,24 +196,37 @@ def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float]
     Exact and without enumerating subsets: for each correct answer g and each count t it may
     reach in the subset, count the ways the other answers fill the remaining k - t places with
     none above t, tracking how many tie at t (a tie among j + 1 answers is won with prob.
-    1/(j + 1)). Cost grows with sum(count**2) over answers, not with C(N, k).
+    1/(j + 1)). Cost grows with sum(count**2) over answers, not with C(N, k). Beyond
+    `_FLOAT_COUNTS` samples the same recursion runs on shares of the draws instead of counts
+    (equal to 1e-12), which no number of samples overflows, over the counts t that a subset
+    draws with a chance above 1e-16.
     """
     n = len(answers)
     _check_k(n, k)
     counts = Counter(answers)
     silent = counts.pop(abstain, 0)  # abstentions: never a winner, never a tie
     value = _answer_values(answers, correct)
-    won = 0.0  # sum over subsets of the winner's value (with fractional wins for ties)
+    # up to _FLOAT_COUNTS samples, subsets are counted (exactly, every count below 2**n);
+    # beyond, each draw's share of them is (C(2100, 256) is above a float's range)
+    counted = n <= _FLOAT_COUNTS
+    won = 0.0  # subsets' (or shares') sum of the winner's value, fractional for ties
     for g, m_g in counts.items():
         if value[g] == 0:
             continue
         others = [m for a, m in counts.items() if a != g]
-        for t in range(max(1, min_count), min(m_g, k) + 1):
-            won += value[g] * math.comb(m_g, t) * _ways_others_at_most(others, t, k - t,
-                                                                       silent)
-    if silent >= k and value.get(abstain, 0) and min_count <= 0:
-        won += value[abstain] * math.comb(silent, k)  # nothing but abstentions drawn
-    return won / math.comb(n, k)
+        for t in range(max(1, min_count, k - (n - m_g)), min(m_g, k) + 1):
+            if counted:
+                won += value[g] * math.comb(m_g, t) * _ways_others_at_most(others, t, k - t,
+                                                                           silent)
+            else:
+                drawn = _log_comb(m_g, t) + _log_comb(n - m_g, k - t) - _log_comb(n, k)
+                if drawn > _NEGLIGIBLE:  # the counts t a k-subset draws g with some chance
+                    won += value[g] * math.exp(drawn) * _share_others_at_most(others, t,
+                                                                              k - t, silent)
+    if silent >= k and value.get(abstain, 0) and min_count <= 0:  # only abstentions drawn
+        won += value[abstain] * (math.comb(silent, k) if counted
+                                 else math.exp(_log_comb(silent, k) - _log_comb(n, k)))
+    return won / math.comb(n, k) if counted else won
 
 
 def expected_best_of_k(scores: Sequence[float], correct: Sequence[float], k: int) -> float:
@@ -289,6 +305,57 @@ def _ways_others_at_most(others: list[int], t: int, rest: int, silent: int = 0) 
             new[t:, 1:] += math.comb(m, t) * ways[: rest + 1 - t, :-1]
         ways = new
     return float(ways[rest] @ (1.0 / np.arange(1, len(contenders) + 2)))
+
+
+def _share_others_at_most(others: list[int], t: int, rest: int, silent: int = 0
+                          ) -> float:
+    """`_ways_others_at_most` divided by the number of ways to draw `rest` of those samples:
+    the probability that a random draw takes no group more than t times, weighted alike."""
+    # Groups smaller than t can never tie or exceed, nor can abstentions: together they are
+    # one pool, drawn from freely.
+    contenders = [m for m in others if m >= t]
+    size = sum(others) - sum(contenders) + silent  # samples of the groups added so far
+    s = np.arange(rest + 1)[:, None]
+    # p[s, j]: of the ways to draw s samples from the groups so far, the share that draws
+    # none more than t times and j contenders exactly t times
+    p = np.zeros((rest + 1, len(contenders) + 1))
+    p[: size + 1, 0] = 1.0
+    for m in contenders:
+        # x < t of this group and s - x of the others: a hypergeometric share of the s
+        x = np.arange(min(t, rest + 1))[None, :]
+        ok = (x <= s) & (x <= m) & (s - x <= size) & (s <= size + m)
+        share = np.where(ok, np.exp(_log_comb_array(m, x) + _log_comb_array(size, s - x)
+                                    - _log_comb_array(size + m, s)), 0.0)
+        new = np.einsum("sx,sxj->sj", share, p[np.clip(s - x, 0, None)])
+        if t <= rest:  # drawn exactly t times: one more tie
+            tie = s[t:, 0]
+            ok_t = (tie - t <= size) & (tie <= size + m)
+            share_t = np.where(ok_t, np.exp(_log_comb(m, t) + _log_comb_array(size, tie - t)
+                                            - _log_comb_array(size + m, tie)), 0.0)
+            new[t:, 1:] += share_t[:, None] * p[: rest + 1 - t, :-1]
+        p, size = new, size + m
+    return float(p[rest] @ (1.0 / np.arange(1, len(contenders) + 2)))
+
+
+def _log_comb(a: int, b: int) -> float:
+    """log C(a, b) for 0 <= b <= a."""
+    return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
+
+
+def _log_comb_array(a: int | np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log C(a, b) elementwise, read from a table of log factorials; any value where b is
+    outside 0..a (the callers mask those)."""
+    table = _log_factorials(max(1024, 1 << int(np.max(a)).bit_length()))  # few sizes
+    b = np.clip(b, 0, a)
+    return table[a] - table[b] - table[a - b]
+
+
+@functools.cache
+def _log_factorials(top: int) -> np.ndarray:
+    """log k! for k = 0 .. top (read-only: it is shared)."""
+    table = np.array([math.lgamma(k + 1) for k in range(top + 1)])
+    table.flags.writeable = False
+    return table
 
 
 def _answer_values(answers: Sequence[Hashable], correct: Sequence[float]) -> dict[Hashable, float]:

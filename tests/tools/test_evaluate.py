@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tools import evaluate
 from tools.evaluate import (
     best_of_n,
     exact_match,
@@ -61,6 +62,36 @@ def test_majority_matches_brute_force(case: tuple[list[str], int], right: set[st
     assert expected_majority_at_k(answers, correct, k) == pytest.approx(
         brute_majority(answers, correct, k), abs=1e-12
     )
+
+
+@settings(max_examples=150, deadline=None)
+@given(samples_and_k, st.sets(st.sampled_from("abcde")), st.integers(0, 2))
+def test_majority_over_shares_matches_brute_force(case: tuple[list[str], int], right: set[str],
+                                                  min_count: int) -> None:
+    """The recursion on shares of the draws, which runs beyond `_FLOAT_COUNTS` samples, is
+    the counted one divided through: forced here on a few samples, abstentions included."""
+    answers, k = case
+    answers = [None if a == "e" else a for a in answers]
+    correct = [float(a in right) for a in answers]
+    counted = expected_majority_at_k(answers, correct, k, abstain=None, min_count=min_count)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "_FLOAT_COUNTS", 0)
+        shared = expected_majority_at_k(answers, correct, k, abstain=None, min_count=min_count)
+    assert shared == pytest.approx(counted, abs=1e-12)
+    if min_count == 0 and None not in answers:
+        assert shared == pytest.approx(brute_majority(answers, correct, k), abs=1e-12)
+
+
+def test_majority_over_thousands_of_samples() -> None:
+    """C(2100, 256) is above a float's range: counting subsets raised OverflowError (a
+    replay table with 2,100 answers per item failed every trial at n >= 256)."""
+    answers = ["a"] * 640 + ["b"] * 600 + ["c"] * 500 + ["d"] * 360
+    correct = [float(a == "a") for a in answers]
+    assert expected_majority_at_k(answers, correct, 1) == pytest.approx(640 / 2100, abs=1e-12)
+    assert expected_majority_at_k(answers, correct, 2100) == 1.0  # the whole set: "a" leads
+    at = [expected_majority_at_k(answers, correct, k) for k in (16, 256, 1024)]
+    assert 640 / 2100 < at[0] < at[1] < at[2] < 1  # the leader wins more of larger subsets
+    assert expected_majority_at_k(["a"] * 1500, [1.0] * 1500, 700) == pytest.approx(1.0)
 
 
 def test_majority_with_partial_credit_and_ties() -> None:
