@@ -27,7 +27,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from planner import dashboard, html_report, report, secrets, views
-from planner.budget import parse_budget
 from planner.check import SAMPLE, nothing_fits, summarize
 from planner.cost import CostModel
 from planner.errors import PlannerError
@@ -164,9 +163,9 @@ def optimize(
     if budget is None:
         raise PlannerError(f"{task}: budget: not set; pass --budget (e.g. 8gpu-h) or add "
                            "`budget:` to the task file")
-    _budget("--budget", budget)
+    _budget("--budget", budget, spec)
     if search_budget is not None:
-        _budget("--search-budget", search_budget)
+        _budget("--search-budget", search_budget, spec)
     agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes,
                            llm_tool_rounds, patience, workers, llm_guard)
     if screen is not None:
@@ -238,10 +237,11 @@ def _not_blank(**options: str | None) -> None:
                                "default")
 
 
-def _budget(flag: str, text: str) -> None:
-    """Check a budget option; its error names the flag."""
+def _budget(flag: str, text: str, spec: TaskSpec) -> None:
+    """Check a budget option, and that the task's hardware converts it; its error names the
+    flag."""
     try:
-        parse_budget(text)
+        spec.hardware.gpu_hours(text)
     except PlannerError as e:
         raise PlannerError(f"{flag}: {e}") from None
 
@@ -348,7 +348,7 @@ def check(
     spec = load_spec(task)
     budget = budget or spec.budget
     if budget is not None:
-        _budget("--budget", budget)
+        _budget("--budget", budget, spec)
     cap = None if budget is None else spec.hardware.gpu_hours(budget)
     env = make_environment(spec)
     _note_outside_tables(spec)

@@ -69,8 +69,10 @@ class Hardware(_Strict):
         None, gt=0, le=1e6, description="rental price of one GPU-hour; converts recorded USD costs")
 
     def gpu_hours(self, budget: str) -> float:
-        """A budget string (`8gpu-h`, `3.5e18flop`, ...) in GPU-hours of this hardware."""
-        return parse_budget(budget).gpu_hours(self.peak_flops, self.utilization)
+        """A budget string (`8gpu-h`, `3.5e18flop`, `50usd`, ...) in GPU-hours of this
+        hardware."""
+        return parse_budget(budget).gpu_hours(self.peak_flops, self.utilization,
+                                              self.usd_per_gpu_hour)
 
 
 class Workload(_Strict):
@@ -480,7 +482,7 @@ def _check_references(spec: TaskSpec) -> None:
                          "subtasks")
     if spec.budget is not None:
         try:
-            parse_budget(spec.budget)
+            spec.hardware.gpu_hours(spec.budget)
         except BudgetError as e:
             raise ValueError(str(e), "budget") from e
 

@@ -714,6 +714,8 @@ def test_read_only_database_file(monkeypatch: pytest.MonkeyPatch) -> None:
     (("--study", ""), "--study: blank"),
     (("--search-budget", " "), "--search-budget: blank"),
     (("--budget", "1e400gpu-h"), "--budget: bad budget '1e400gpu-h'"),
+    (("--budget", "50usd"), "--budget: 50usd: a budget in USD needs the price of a GPU-hour"),
+    (("--search-budget", "5usd"), "--search-budget: 5usd: a budget in USD needs the price"),
     (("--trials", "0"), "'--trials'"),
     (("--trials", "100000000"), "'--trials'"),
     (("--seed", "-1"), "'--seed'"),

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from planner.budget import Budget, parse_budget
 from planner.cost import CostModel
-from planner.errors import BudgetError
+from planner.errors import BudgetError, SpecError
 from planner.space import Allocation, Plan
-from planner.spec import TaskSpec
+from planner.spec import TaskSpec, load_spec
 
 
 def plan(model: str, method: str, n: int = 1, mixture: str = "default") -> Plan:
@@ -20,6 +21,8 @@ def plan(model: str, method: str, n: int = 1, mixture: str = "default") -> Plan:
     ("3.5e18flop", 3.5e18, "flops"),
     ("1e20 FLOPs", 1e20, "flops"),
     (" 0.5GPU-H ", 0.5, "gpu_hours"),
+    ("50usd", 50.0, "usd"),
+    ("2.5 USD", 2.5, "usd"),
 ])
 def test_parse_budget(text: str, amount: float, unit: str) -> None:
     b = parse_budget(text)
@@ -36,6 +39,31 @@ def test_bad_budget_names_the_forms(text: str) -> None:
 def test_flop_budget_in_gpu_hours() -> None:
     # 3.6e18 FLOP at 1e15 FLOP/s * 0.5 = 7200 s = 2 GPU-h
     assert Budget(3.6e18, "flops").gpu_hours(1e15, 0.5) == pytest.approx(2.0)
+
+
+def test_usd_budget_in_gpu_hours_at_the_hardware_price() -> None:
+    assert Budget(50.0, "usd").gpu_hours(1e15, 0.5, usd_per_gpu_hour=2.5) == 20.0
+    assert str(parse_budget("50usd")) == "50usd"
+    with pytest.raises(BudgetError, match="needs the price of a GPU-hour; give "
+                                          "hardware.usd_per_gpu_hour"):
+        Budget(50.0, "usd").gpu_hours(1e15, 0.5)
+
+
+def test_usd_budget_of_a_task(tiny_task_path, tmp_path) -> None:
+    """A task's own budget in USD converts at its hardware's price, and without a price it
+    is refused where the task is read, naming the field."""
+    data = yaml.safe_load(tiny_task_path.read_text())
+    data["budget"] = "30usd"
+    data["hardware"] = {**data.get("hardware", {}), "usd_per_gpu_hour": 3.0}
+    priced = tmp_path / "priced.yaml"
+    priced.write_text(yaml.safe_dump(data))
+    spec = load_spec(priced)
+    assert spec.hardware.gpu_hours(spec.budget) == 10.0
+    del data["hardware"]["usd_per_gpu_hour"]
+    unpriced = tmp_path / "unpriced.yaml"
+    unpriced.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"budget: 30usd: a budget in USD needs the price"):
+        load_spec(unpriced)
 
 
 def test_cost_model_hand_computed(tiny_spec: TaskSpec) -> None:
