@@ -324,14 +324,14 @@ def _share_others_at_most(others: list[int], t: int, rest: int, silent: int = 0
         # x < t of this group and s - x of the others: a hypergeometric share of the s
         x = np.arange(min(t, rest + 1))[None, :]
         ok = (x <= s) & (x <= m) & (s - x <= size) & (s <= size + m)
-        share = np.where(ok, np.exp(_log_comb_array(m, x) + _log_comb_array(size, s - x)
-                                    - _log_comb_array(size + m, s)), 0.0)
+        share = np.exp(np.where(ok, _log_comb_array(m, x) + _log_comb_array(size, s - x)
+                                - _log_comb_array(size + m, s), -np.inf))
         new = np.einsum("sx,sxj->sj", share, p[np.clip(s - x, 0, None)])
         if t <= rest:  # drawn exactly t times: one more tie
             tie = s[t:, 0]
             ok_t = (tie - t <= size) & (tie <= size + m)
-            share_t = np.where(ok_t, np.exp(_log_comb(m, t) + _log_comb_array(size, tie - t)
-                                            - _log_comb_array(size + m, tie)), 0.0)
+            share_t = np.exp(np.where(ok_t, _log_comb(m, t) + _log_comb_array(size, tie - t)
+                                      - _log_comb_array(size + m, tie), -np.inf))
             new[t:, 1:] += share_t[:, None] * p[: rest + 1 - t, :-1]
         p, size = new, size + m
     return float(p[rest] @ (1.0 / np.arange(1, len(contenders) + 2)))

@@ -82,6 +82,7 @@ def test_majority_over_shares_matches_brute_force(case: tuple[list[str], int], r
         assert shared == pytest.approx(brute_majority(answers, correct, k), abs=1e-12)
 
 
+@pytest.mark.filterwarnings("error")  # nor a warning (numpy overflow on a masked value)
 def test_majority_over_thousands_of_samples() -> None:
     """C(2100, 256) is above a float's range: counting subsets raised OverflowError (a
     replay table with 2,100 answers per item failed every trial at n >= 256)."""
