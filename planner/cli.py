@@ -721,6 +721,9 @@ def _choice_line(choice: dict | None) -> str:
     return f"{_plan_line(plan)}  [{report.score_text(choice['score'])}]"
 
 
+VIEW_ENUMERATED = 500_000_000  # compare and report show a replay optimum found in seconds
+
+
 def _study_data(store: Store, name: str) -> views.StudyData:
     """A study with its space, its search metered as `Runner.search_spent` does (by the
     environment its stored task builds) and, for a replay task, its exact optimum."""
@@ -740,7 +743,8 @@ def _study_data(store: Store, name: str) -> views.StudyData:
     optimum = None
     if isinstance(env, ReplayEnvironment):
         with contextlib.suppress(NoOptimum):
-            optimum = exhaustive_optimum(spec, record.budget_gpu_hours, env).score
+            optimum = exhaustive_optimum(spec, record.budget_gpu_hours, env,
+                                         limit=VIEW_ENUMERATED).score
     return views.StudyData(record, trials, space, CostModel(spec, env.calibration()),
                            env.validation_items(), optimum=optimum)
 

@@ -81,7 +81,7 @@ def test_optimum_errors_are_one_line(monkeypatch, capsys, args, message) -> None
 
 @pytest.mark.parametrize(("near", "message"), [
     ([], "7,254 allocations remain after pruning (93 x 78 plans per stage), more than the "
-         "1,000 an exact optimum enumerates; it needs fewer stages"),
+         "1,000 an exact optimum enumerates here; it needs fewer stages"),
     (["--near", "0.9"], "allocations have stages within budget"),
 ])
 def test_a_space_too_large_to_enumerate_is_one_line(monkeypatch, capsys, near, message) -> None:

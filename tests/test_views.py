@@ -110,7 +110,7 @@ def test_compare_without_an_optimum_where_the_space_is_too_large(db: str,
                                                                   monkeypatch) -> None:
     """A replay task whose allocations are too many to enumerate is compared without its
     optimum, not a traceback."""
-    monkeypatch.setattr("envs.replay.optimum.MAX_ENUMERATED", 1)
+    monkeypatch.setattr("planner.cli.VIEW_ENUMERATED", 1)
     rows = json.loads(planner("compare", *STUDIES, "--db", db, "--json"))
     assert [r["optimum"] for r in rows] == [None, None]
     assert all(r["best_score"] > 0 for r in rows)
