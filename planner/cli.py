@@ -428,9 +428,11 @@ def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
         out.print("no successful trial yet")
         return
     c = best["cost_gpu_hours"]
+    price = record.task.get("hardware", {}).get("usd_per_gpu_hour")
     out.print(f"best: trial {best['number']} score {report.score_text(best['score'])}; "
               f"cost {c['total']:.4g} GPU-h = training {c['train']:.4g} + inference "
-              f"{c['inference']:.4g}")
+              f"{c['inference']:.4g}" + (f" (${c['total'] * price:,.2f} at ${price:g} a GPU-hour)"
+                                         if price else ""))
     for s, p in best["allocation"].items():
         score = best["subtask_scores"].get(s, float("nan"))
         out.print(f"  {s}: {_plan_line(p)}  score {report.score_text(score)}")

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from planner.budget import Budget, parse_budget
+from planner.cli import app
 from planner.cost import CostModel
 from planner.errors import BudgetError, SpecError
 from planner.space import Allocation, Plan
@@ -150,3 +154,21 @@ def test_a_multi_task_fine_tune_is_paid_once_and_private_ones_twice() -> None:
     assert cm.artifact("a", private["a"]) != cm.artifact("b", private["b"])
     assert cm.estimate(private).train_gpu_hours == pytest.approx(
         sum(cm.plan_cost(s, p).train_gpu_hours for s, p in private.items()))
+
+
+def test_a_study_budgeted_in_usd_shows_its_cost_in_usd(tiny_task_path, tmp_path) -> None:
+    data = yaml.safe_load(tiny_task_path.read_text())
+    data["hardware"] = {**data.get("hardware", {}), "usd_per_gpu_hour": 3.0}
+    task = tiny_task_path.parent / "priced.yaml"
+    task.write_text(yaml.safe_dump(data))
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    runner = CliRunner()
+    done = runner.invoke(app, ["optimize", str(task), "--budget", "105usd", "--trials", "3",
+                               "--strategy", "random", "--db", db])
+    assert done.exit_code == 0, done.output
+    shown = runner.invoke(app, ["show", "tiny-random", "--db", db]).stdout
+    assert "budget=105usd (35 GPU-h)" in shown
+    found = re.search(r"cost ([\d.e+-]+) GPU-h .*\(\$([\d,.]+) at \$3 a GPU-hour\)", shown)
+    assert found, shown
+    gpu_hours, usd = float(found.group(1)), float(found.group(2).replace(",", ""))
+    assert usd == pytest.approx(3.0 * gpu_hours, rel=1e-3, abs=0.01)  # GPU-h shown to 4 digits
