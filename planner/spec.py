@@ -66,7 +66,8 @@ class Hardware(_Strict):
                               description="dense bf16 FLOP/s of one GPU")
     utilization: Float = Field(0.4, ge=1e-3, le=1, description="achieved fraction of peak (MFU)")
     usd_per_gpu_hour: Float | None = Field(
-        None, gt=0, le=1e6, description="rental price of one GPU-hour; converts recorded USD costs")
+        None, gt=0, le=1e6, description="rental price of one GPU-hour; converts recorded USD costs "
+        "and budgets in USD")
 
     def gpu_hours(self, budget: str) -> float:
         """A budget string (`8gpu-h`, `3.5e18flop`, `50usd`, ...) in GPU-hours of this

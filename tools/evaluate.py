@@ -198,7 +198,7 @@ def expected_majority_at_k(answers: Sequence[Hashable], correct: Sequence[float]
     none above t, tracking how many tie at t (a tie among j + 1 answers is won with prob.
     1/(j + 1)). Cost grows with sum(count**2) over answers, not with C(N, k). Beyond
     `_FLOAT_COUNTS` samples the same recursion runs on shares of the draws instead of counts
-    (equal to 1e-12), which no number of samples overflows, over the counts t that a subset
+    (the same to 1e-12), which no number of samples overflows, over the counts t that a subset
     draws with a chance above 1e-16.
     """
     n = len(answers)
