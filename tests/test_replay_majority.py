@@ -134,3 +134,25 @@ def test_equal_answers_scored_differently_are_an_error(tmp_path) -> None:
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
     with pytest.raises(SpecError, match="marked both correct and wrong"):
         ReplayEnvironment(load_spec(tmp_path / "task.yaml"))
+
+
+def test_a_sample_without_an_answer_abstains_as_in_a_live_vote(tmp_path) -> None:
+    """An empty answer cell is no answer: it never wins a vote (before, the empty answers of
+    an item voted together and outvoted its one right answer)."""
+    rows = [("m", 0, answer, int(answer == "7")) for answer in ["", "", "", "7"]]
+    rows += [("m", 1, answer, int(answer == "3")) for answer in ["3", "4", "4", ""]]
+    pd.DataFrame(rows, columns=["model", "item", "answer", "correct"]).to_csv(
+        tmp_path / "votes.csv", index=False)
+    task = {"name": "votes", "environment": "replay", "budget": "1gpu-h",
+            "workload": {"queries": 10}, "models": [{"name": "m", "params": 1e8}],
+            "subtasks": [{"name": "s", "prompt_tokens": 10, "output_tokens": 10,
+                          "models": ["m"], "samples": [1, 4], "aggregators": ["majority"],
+                          "replay": {"table": "votes.csv", "item": "item",
+                                     "correct": "correct", "answer": "answer"}}]}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    env = ReplayEnvironment(load_spec(tmp_path / "task.yaml"))
+    at = {n: env.subtask_score("s", Plan(model="m", method="none", mixture="default",
+                                         samples=n, aggregator="majority")) for n in (1, 4)}
+    # item 0: "7" is the only answer of 4; item 1: "4" leads "3", the blank does not vote
+    assert at[4] == pytest.approx((1.0 + 0.0) / 2)
+    assert at[1] == pytest.approx((1 / 4 + 1 / 4) / 2)  # one sample: right 1 in 4 each

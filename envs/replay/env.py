@@ -11,7 +11,9 @@ expected score of its aggregator with n samples, each from N recorded samples:
   unbiased estimator of Chen et al. 2021 with c of the N samples correct;
 - `majority` (the most frequent answer of n, ties broken at random; needs `answer`): its
   exact expectation over the n-subsets of the N samples (`tools.evaluate.
-  expected_majority_at_k`); answers are compared as text;
+  expected_majority_at_k`); answers are compared as text, and a sample with no answer (an
+  empty cell) abstains, as in a live vote: it never wins (n such samples score as the
+  table marks them);
 - `first` (one answer, whatever n): c/N.
 
 Inference cost per sample comes from the choice's own rows where the table has cost
@@ -49,6 +51,7 @@ AGGREGATORS = ("oracle", "first", "majority")
 USES_N = ("oracle", "majority")  # aggregators whose score depends on n
 FIELDS = ("model", "method", "mixture")  # the plan fields that pick a table's rows
 MAX_RECORDED = 10**7  # samples recorded per item (the largest table has 3 million)
+NO_ANSWER = -1  # the code of a sample with no answer (an empty cell): it abstains in a vote
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,9 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
         raise SpecError(f"{where}.answer: rows {first[0] + 1} and {first[1] + 1} give one item "
                         "the same answer, marked both correct and wrong; equal answers must "
                         "score equally in `correct`")
-    coded = pd.DataFrame({"item": rows[rs.item], "answer": pd.factorize(rows[rs.answer])[0],
+    codes = pd.factorize(rows[rs.answer])[0]
+    codes[rows[rs.answer].to_numpy() == ""] = NO_ANSWER
+    coded = pd.DataFrame({"item": rows[rs.item], "answer": codes,
                           "correct": rows[rs.correct].astype(np.int8)})
     votes = tuple((g["answer"].to_numpy(), g["correct"].to_numpy())
                   for _, g in coded.groupby("item"))
@@ -399,4 +404,5 @@ def _item_scores(aggregator: str, n: int, o: _Outcomes) -> np.ndarray:
         return o.c / o.n
     if aggregator == "oracle":
         return np.array([pass_at_k(int(ni), int(ci), n) for ni, ci in zip(o.n, o.c, strict=True)])
-    return np.array([expected_majority_at_k(a.tolist(), c.tolist(), n) for a, c in o.votes])
+    return np.array([expected_majority_at_k(a.tolist(), c.tolist(), n, abstain=NO_ANSWER)
+                     for a, c in o.votes])
