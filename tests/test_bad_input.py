@@ -14,6 +14,7 @@ import copy
 import gzip
 import hashlib
 import io
+import json
 import os
 import re
 import signal
@@ -336,6 +337,20 @@ def _gz(data: bytes) -> bytes:
     return gzip.compress(data, mtime=0)
 
 
+def _jsonl(text: str, nested: bool = False) -> bytes:
+    """The CSV table `text` as JSON Lines; `nested`: items as objects, counts as they are."""
+    header, *rows = text.splitlines()
+    names = header.split(",")
+    lines = []
+    for row in rows:
+        record: dict = dict(zip(names, row.split(","), strict=False))
+        record.update({k: int(v) for k, v in record.items() if v.isdigit()})
+        if nested and "item" in record:
+            record["item"] = {"id": record["item"]}
+        lines.append(json.dumps(record))
+    return ("\n".join(lines) + "\n").encode()
+
+
 def _cells(text: str, row: int, column: int, value: str) -> str:
     lines = text.splitlines()
     cells = lines[row].split(",")
@@ -362,6 +377,10 @@ TABLES: dict[str, Callable[[st.DrawFn], tuple[str, bytes | str]]] = {
     "folder": lambda d: ("table.csv", FOLDER),
     "fifo": lambda d: ("table.csv", FIFO),
     "not-parquet": lambda d: ("table.parquet", table_text().encode()),
+    "csv-as-jsonl": lambda d: ("table.jsonl", table_text().encode()),
+    "jsonl-binary": lambda d: ("table.jsonl", d(st.binary(min_size=1, max_size=200))),
+    "plain-as-jsonl-gz": lambda d: ("table.jsonl.gz", _jsonl(table_text())),
+    "jsonl-nested": lambda d: ("table.jsonl", _jsonl(table_text(), nested=True)),
     "unknown-suffix": lambda d: ("table.xlsx", table_text().encode()),
     "device": lambda d: (d(st.sampled_from(["/dev/null", "/dev/zero", "/dev/urandom"])), b""),
     "system-file": lambda d: (d(st.sampled_from(["/etc/passwd", "/proc/self/environ",
@@ -621,6 +640,8 @@ def test_table_examples(name: str, content: bytes, expected: str) -> None:
     ("table.csv", FOLDER, "is not a regular file"),
     ("table.csv", FIFO, "is not a regular file"),
     ("table.parquet", table_text().encode(), "not a readable Parquet file"),
+    ("table.jsonl", table_text().encode(), "not well-formed JSON Lines"),
+    ("table.jsonl.gz", _jsonl(table_text()), "not valid gzip data"),
     ("table.tsv", table_text().encode(), "unknown table format"),
     ("/dev/zero", None, "is not a regular file"),
 ])

@@ -175,3 +175,23 @@ def test_usd_column_needs_a_price(tmp_path) -> None:
     path.write_text(yaml.safe_dump(task))
     with pytest.raises(SpecError, match="usd_per_gpu_hour"):
         load_spec(path)
+
+
+def test_json_lines_tables_score_as_their_csv(tmp_path) -> None:
+    """A harness's per-sample log (JSON Lines, gzipped or not) replays as the same table in
+    CSV does, allocation for allocation; ids and answers written as lists or objects are
+    read as their JSON text."""
+    csv_task = _write_task(tmp_path, "8gpu-h")
+    expected = _every_allocation(csv_task)
+    pd.read_csv(tmp_path / "counts.csv").to_json(tmp_path / "counts.jsonl", orient="records",
+                                                  lines=True)
+    samples = pd.read_csv(tmp_path / "samples.csv.gz")
+    samples["query"] = [{"doc_id": q} for q in samples["query"]]  # unhashable before
+    samples.to_json(tmp_path / "samples.jsonl.gz", orient="records", lines=True,
+                    compression="gzip")
+    task = yaml.safe_load(csv_task.read_text())
+    task["subtasks"][0]["replay"]["table"] = "samples.jsonl.gz"
+    task["subtasks"][1]["replay"]["table"] = "counts.jsonl"
+    jsonl_task = tmp_path / "jsonl.yaml"
+    jsonl_task.write_text(yaml.safe_dump(task))
+    assert _every_allocation(jsonl_task) == expected

@@ -1,8 +1,8 @@
 """Replay environment: answers allocations from recorded per-item results.
 
-Each replay subtask points at a table (CSV, CSV.gz or Parquet) with one row per
-(choice, item) holding sample counts (`n_samples`, `n_correct`), or one row per sample
-holding `correct` (0/1) and, optionally, the sample's final `answer`. A choice is a
+Each replay subtask points at a table (CSV, JSON Lines, either gzipped, or Parquet) with
+one row per (choice, item) holding sample counts (`n_samples`, `n_correct`), or one row per
+sample holding `correct` (0/1) and, optionally, the sample's final `answer`. A choice is a
 (model, method, mixture) of the search space; its rows are those whose `choices` columns
 hold its values. A plan's subtask score is the mean over the choice's items of the
 expected score of its aggregator with n samples, each from N recorded samples:
@@ -29,6 +29,7 @@ a fixed shuffled order (seeded by the subtask's name), the same items for every 
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 import zlib
@@ -99,18 +100,21 @@ class _Curves:
 
 
 def read_table(path: Path, text: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a CSV (optionally gzipped) or Parquet table; `text` columns as strings (a
-    missing value is the empty string). A file that cannot be read is a `SpecError` saying
-    what is wrong in words: it never quotes the file's contents."""
+    """Read a CSV or JSON Lines table (either optionally gzipped) or a Parquet one; `text`
+    columns as strings (a missing value is the empty string). A file that cannot be read is
+    a `SpecError` saying what is wrong in words: it never quotes the file's contents."""
     if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block the read
         raise SpecError(f"{path}: not a regular file; point the table at a file")
     name = path.name.lower()
     if name.endswith(".parquet"):
-        table = _read_parquet(path)
+        table = _nested_as_text(_read_parquet(path))
     elif name.endswith((".csv", ".csv.gz")):
         table = _read_csv(path, text)
+    elif name.endswith((".jsonl", ".jsonl.gz")):
+        table = _nested_as_text(_read_jsonl(path))
     else:
-        raise SpecError(f"{path}: unknown table format; save it as .csv, .csv.gz or .parquet")
+        raise SpecError(f"{path}: unknown table format; save it as .csv, .csv.gz, .jsonl, "
+                        ".jsonl.gz or .parquet")
     if table.empty:
         raise SpecError(f"{path}: the table has no rows; record one row per choice and item")
     for column in text:
@@ -141,6 +145,41 @@ def _read_csv(path: Path, text: Sequence[str]) -> pd.DataFrame:
                             "file") from None
         raise SpecError(f"{path}: not valid gzip data; a .csv.gz table must be gzip-compressed "
                         "CSV (rename a plain CSV to .csv)") from None
+
+
+def _nested_as_text(table: pd.DataFrame) -> pd.DataFrame:
+    """Cells holding lists or objects (a harness's `"resps": [["42"]]`, an item id written as
+    `{"doc_id": 3}`) as their JSON text, which compares and groups as written."""
+    def text(value: object) -> object:
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if isinstance(value, list | dict):
+            return json.dumps(value, sort_keys=True, default=str)
+        return value
+
+    for column in table.columns:
+        if pd.api.types.is_object_dtype(table[column]):
+            table[column] = table[column].map(text)
+    return table
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line (an evaluation harness's per-sample log), values as written
+    (no guessed types)."""
+    gz = path.name.lower().endswith(".gz")
+    try:
+        return pd.read_json(path, lines=True, dtype=False,
+                            encoding="utf-8", compression="gzip" if gz else None)
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text (a binary file, or another encoding); save "
+                        "the table as UTF-8 JSON Lines") from None
+    except (OSError, EOFError, zlib.error) as e:
+        what = ("not valid gzip data; a .jsonl.gz table must be gzip-compressed JSON Lines"
+                if gz else f"cannot be read ({e.__class__.__name__}); check the file")
+        raise SpecError(f"{path}: {what}") from None
+    except ValueError:
+        raise SpecError(f"{path}: not well-formed JSON Lines (one JSON object per line, the "
+                        "same keys in each); fix the table") from None
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
