@@ -195,3 +195,19 @@ def test_json_lines_tables_score_as_their_csv(tmp_path) -> None:
     jsonl_task = tmp_path / "jsonl.yaml"
     jsonl_task.write_text(yaml.safe_dump(task))
     assert _every_allocation(jsonl_task) == expected
+
+
+def test_parquet_lists_in_cells_read_as_their_json_text(tmp_path) -> None:
+    """An item id written as a list in Parquet (numpy arrays when read) was unhashable, a
+    pandas traceback; it replays as the flat ids do."""
+    pytest.importorskip("pyarrow")
+    csv_task = _write_task(tmp_path, "8gpu-h")
+    expected = _every_allocation(csv_task)
+    samples = pd.read_csv(tmp_path / "samples.csv.gz")
+    samples["query"] = [[q, 0] for q in samples["query"]]
+    samples.to_parquet(tmp_path / "samples.parquet")
+    task = yaml.safe_load(csv_task.read_text())
+    task["subtasks"][0]["replay"]["table"] = "samples.parquet"
+    path = tmp_path / "parquet.yaml"
+    path.write_text(yaml.safe_dump(task))
+    assert _every_allocation(path) == expected
