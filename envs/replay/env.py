@@ -150,7 +150,7 @@ def _read_csv(path: Path, text: Sequence[str]) -> pd.DataFrame:
 def _nested_as_text(table: pd.DataFrame) -> pd.DataFrame:
     """Cells holding lists or objects (a harness's `"resps": [["42"]]`, an item id written as
     `{"doc_id": 3}`) as their JSON text, which compares and groups as written."""
-    def text(value: object) -> object:
+    def as_text(value: object) -> object:
         if isinstance(value, np.ndarray):
             value = value.tolist()
         if isinstance(value, list | dict):
@@ -159,7 +159,7 @@ def _nested_as_text(table: pd.DataFrame) -> pd.DataFrame:
 
     for column in table.columns:
         if pd.api.types.is_object_dtype(table[column]):
-            table[column] = table[column].map(text)
+            table[column] = table[column].map(as_text)
     return table
 
 
