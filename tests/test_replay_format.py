@@ -15,7 +15,7 @@ from envs.replay.env import ReplayEnvironment
 from envs.replay.optimum import exhaustive_optimum, near_optimal
 from planner.cost import CostModel
 from planner.errors import SpecError
-from planner.space import Allocation
+from planner.space import Allocation, Plan
 from planner.spec import load_spec
 from planner.store import Store, TrialStatus
 from planner.study import optimize
@@ -211,3 +211,37 @@ def test_parquet_lists_in_cells_read_as_their_json_text(tmp_path) -> None:
     path = tmp_path / "parquet.yaml"
     path.write_text(yaml.safe_dump(task))
     assert _every_allocation(path) == expected
+
+
+def test_partial_credit_per_sample(tmp_path) -> None:
+    """`correct` may score a sample between 0 and 1 (an F1, a share of unit tests), as a live
+    metric does: first is the mean score, oracle the expected best of n, majority the
+    winning answer's score (before, anything but 0 or 1 was refused)."""
+    rows = [("m", 0, "a", 0.5), ("m", 0, "b", 1.0), ("m", 0, "a", 0.5),
+            ("m", 1, "x", 0.0), ("m", 1, "y", 0.25), ("m", 1, "y", 0.25)]
+    pd.DataFrame(rows, columns=["model", "item", "answer", "correct"]).to_csv(
+        tmp_path / "scored.csv", index=False)
+    task = {"name": "scored", "environment": "replay", "budget": "1gpu-h",
+            "workload": {"queries": 10}, "models": [{"name": "m", "params": 1e8}],
+            "subtasks": [{"name": "s", "prompt_tokens": 10, "output_tokens": 10,
+                          "models": ["m"], "samples": [1, 2, 3],
+                          "aggregators": ["first", "oracle", "majority"],
+                          "replay": {"table": "scored.csv", "item": "item",
+                                     "correct": "correct", "answer": "answer"}}]}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    env = ReplayEnvironment(load_spec(tmp_path / "task.yaml"))
+
+    def score(aggregator: str, n: int) -> float:
+        return env.subtask_score("s", Plan(model="m", method="none", mixture="default",
+                                           samples=n, aggregator=aggregator))
+
+    # by hand, item 0 then item 1, over every n-subset of the three samples
+    assert score("first", 3) == pytest.approx((2 / 3 + 1 / 6) / 2)
+    assert score("oracle", 2) == pytest.approx((2.5 / 3 + 0.25) / 2)
+    assert score("oracle", 3) == pytest.approx((1.0 + 0.25) / 2)
+    assert score("majority", 2) == pytest.approx((2 / 3 + 1 / 6) / 2)  # ties split
+    assert score("majority", 3) == pytest.approx((0.5 + 0.25) / 2)
+    pd.DataFrame([("m", 0, "a", 1.5)], columns=["model", "item", "answer", "correct"]).to_csv(
+        tmp_path / "scored.csv", index=False)
+    with pytest.raises(SpecError, match="row 1: column 'correct' is not a score from 0 to 1"):
+        ReplayEnvironment(load_spec(tmp_path / "task.yaml"))

@@ -2,13 +2,15 @@
 
 Each replay subtask points at a table (CSV, JSON Lines, either gzipped, or Parquet) with
 one row per (choice, item) holding sample counts (`n_samples`, `n_correct`), or one row per
-sample holding `correct` (0/1) and, optionally, the sample's final `answer`. A choice is a
-(model, method, mixture) of the search space; its rows are those whose `choices` columns
-hold its values. A plan's subtask score is the mean over the choice's items of the
-expected score of its aggregator with n samples, each from N recorded samples:
+sample holding `correct` (1 or 0, or a score between for partial credit) and, optionally,
+the sample's final `answer`. A choice is a (model, method, mixture) of the search space;
+its rows are those whose `choices` columns hold its values. A plan's subtask score is the
+mean over the choice's items of the expected score of its aggregator with n samples, each
+from N recorded samples:
 
 - `oracle` (best-of-n with a perfect verifier, i.e. pass@n): 1 - C(N-c, n)/C(N, n), the
-  unbiased estimator of Chen et al. 2021 with c of the N samples correct;
+  unbiased estimator of Chen et al. 2021 with c of the N samples correct; with partial
+  credit, the expected best score of n of the N samples (`expected_best_of_k`);
 - `majority` (the most frequent answer of n, ties broken at random; needs `answer`): its
   exact expectation over the n-subsets of the N samples (`tools.evaluate.
   expected_majority_at_k`); answers are compared as text, and a sample with no answer (an
@@ -46,7 +48,7 @@ from planner.env import Observation, ScreenScores, check_fidelity, check_screen,
 from planner.errors import SpecError
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import ReplaySpec, SubtaskSpec, TaskSpec
-from tools.evaluate import expected_majority_at_k, pass_at_k
+from tools.evaluate import expected_best_of_k, expected_majority_at_k, pass_at_k
 
 AGGREGATORS = ("oracle", "first", "majority")
 USES_N = ("oracle", "majority")  # aggregators whose score depends on n
@@ -68,13 +70,15 @@ class _Choice:
 @dataclass(frozen=True)
 class _Outcomes:
     """One choice's recorded outcomes, per item (`items`, the item column as text): N
-    samples, c correct and, where the table has answers, every sample's (answer, correct)
-    for the vote, the answers coded as integers (equal codes: equal text)."""
+    samples, c correct (their summed scores) and, where the table has answers, every
+    sample's (answer, score) for the vote, the answers coded as integers (equal codes: equal
+    text)."""
 
     items: np.ndarray
     n: np.ndarray
     c: np.ndarray
     votes: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    scores: tuple[np.ndarray, ...] = ()  # each sample's score, where some has partial credit
 
 
 class _Curves:
@@ -349,12 +353,16 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
         return _Outcomes(items.to_numpy(),
                          rows[rs.n_samples].to_numpy().astype(np.int64),
                          rows[rs.n_correct].to_numpy().astype(np.int64))
-    per_item = rows.groupby(rs.item)[rs.correct].agg(["size", "sum"])
+    scored = rows[rs.correct].astype(float)
+    partial = bool(((scored > 0) & (scored < 1)).any())  # some sample has partial credit
+    per_item = scored.groupby(rows[rs.item]).agg(["size", "sum"])
     items = per_item.index.astype(str).to_numpy()
     n = per_item["size"].to_numpy().astype(np.int64)
-    c = per_item["sum"].to_numpy().astype(np.int64)
+    c = per_item["sum"].to_numpy() if partial else per_item["sum"].to_numpy().astype(np.int64)
+    scores = (tuple(g.to_numpy() for _, g in scored.groupby(rows[rs.item])) if partial
+              else ())
     if not rs.answer:
-        return _Outcomes(items, n, c)
+        return _Outcomes(items, n, c, scores=scores)
     mixed = rows.groupby([rs.item, rs.answer])[rs.correct].transform("nunique") > 1
     if mixed.any():
         first = rows.index[mixed.to_numpy()][:2]
@@ -364,10 +372,10 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     codes = pd.factorize(rows[rs.answer])[0]
     codes[rows[rs.answer].to_numpy() == ""] = NO_ANSWER
     coded = pd.DataFrame({"item": rows[rs.item], "answer": codes,
-                          "correct": rows[rs.correct].astype(np.int8)})
+                          "correct": scored if partial else rows[rs.correct].astype(np.int8)})
     votes = tuple((g["answer"].to_numpy(), g["correct"].to_numpy())
                   for _, g in coded.groupby("item"))
-    return _Outcomes(items, n, c, votes)
+    return _Outcomes(items, n, c, votes, scores)
 
 
 def _one_row_per_item(where: str, rows: pd.DataFrame, items: pd.Series,
@@ -406,7 +414,8 @@ def _check_numbers(path: Path, table: pd.DataFrame, rs: ReplaySpec) -> None:
     from 1 after the header)."""
     if rs.correct:
         correct = _numbers(path, table, rs.correct)
-        _refuse(path, rs.correct, ~np.isin(correct, (0, 1)), "is not 0 or 1")
+        _refuse(path, rs.correct, (correct < 0) | (correct > 1),
+                "is not a score from 0 to 1 (1 or 0 for right or wrong)")
     else:
         n = _numbers(path, table, rs.n_samples)
         c = _numbers(path, table, rs.n_correct)
@@ -441,6 +450,8 @@ def _item_scores(aggregator: str, n: int, o: _Outcomes) -> np.ndarray:
     """(items,) each item's expected score under `aggregator` with n of its N samples."""
     if aggregator == "first":
         return o.c / o.n
+    if aggregator == "oracle" and o.scores:  # partial credit: the best of n samples' scores
+        return np.array([expected_best_of_k(s, s, n) for s in o.scores])
     if aggregator == "oracle":
         return np.array([pass_at_k(int(ni), int(ci), n) for ni, ci in zip(o.n, o.c, strict=True)])
     return np.array([expected_majority_at_k(a.tolist(), c.tolist(), n, abstain=NO_ANSWER)
