@@ -367,8 +367,8 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     if mixed.any():
         first = rows.index[mixed.to_numpy()][:2]
         raise SpecError(f"{where}.answer: rows {first[0] + 1} and {first[1] + 1} give one item "
-                        "the same answer, marked both correct and wrong; equal answers must "
-                        "score equally in `correct`")
+                        "the same answer, scored differently (say, right and wrong); equal "
+                        "answers must score equally in `correct`")
     codes = pd.factorize(rows[rs.answer])[0]
     codes[rows[rs.answer].to_numpy() == ""] = NO_ANSWER
     coded = pd.DataFrame({"item": rows[rs.item], "answer": codes,
