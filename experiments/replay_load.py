@@ -35,7 +35,6 @@ SAMPLES = [1, 2, 4, 8, 16, 32, 64]
 # run in the measured checkout's root: prints the three times and every plan's score
 _MEASURE = """
 import json, sys, time
-start = time.perf_counter()
 from envs.replay.env import ReplayEnvironment
 from planner.spec import load_spec
 spec = load_spec(sys.argv[1])

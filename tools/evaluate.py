@@ -324,26 +324,21 @@ def _share_others_at_most(others: list[int], t: int, rest: int, silent: int = 0
         # x < t of this group and s - x of the others: a hypergeometric share of the s
         x = np.arange(min(t, rest + 1))[None, :]
         ok = (x <= s) & (x <= m) & (s - x <= size) & (s <= size + m)
-        share = np.exp(np.where(ok, _log_comb_array(m, x) + _log_comb_array(size, s - x)
-                                - _log_comb_array(size + m, s), -np.inf))
+        share = np.exp(np.where(ok, _log_comb(m, x) + _log_comb(size, s - x)
+                                - _log_comb(size + m, s), -np.inf))
         new = np.einsum("sx,sxj->sj", share, p[np.clip(s - x, 0, None)])
         if t <= rest:  # drawn exactly t times: one more tie
             tie = s[t:, 0]
             ok_t = (tie - t <= size) & (tie <= size + m)
-            share_t = np.exp(np.where(ok_t, _log_comb(m, t) + _log_comb_array(size, tie - t)
-                                      - _log_comb_array(size + m, tie), -np.inf))
+            share_t = np.exp(np.where(ok_t, _log_comb(m, t) + _log_comb(size, tie - t)
+                                      - _log_comb(size + m, tie), -np.inf))
             new[t:, 1:] += share_t[:, None] * p[: rest + 1 - t, :-1]
         p, size = new, size + m
     return float(p[rest] @ (1.0 / np.arange(1, len(contenders) + 2)))
 
 
-def _log_comb(a: int, b: int) -> float:
-    """log C(a, b) for 0 <= b <= a."""
-    return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
-
-
-def _log_comb_array(a: int | np.ndarray, b: np.ndarray) -> np.ndarray:
-    """log C(a, b) elementwise, read from a table of log factorials; any value where b is
+def _log_comb(a: int | np.ndarray, b: int | np.ndarray) -> np.ndarray:
+    """log C(a, b) (elementwise), read from a table of log factorials; any value where b is
     outside 0..a (the callers mask those)."""
     table = _log_factorials(max(1024, 1 << int(np.max(a)).bit_length()))  # few sizes
     b = np.clip(b, 0, a)

@@ -136,8 +136,9 @@ def _blocks(name: str, parts: list[PlanArrays], what: str, limit: int | None = N
     they are)."""
     limit = MAX_ENUMERATED if limit is None else limit
     sizes = [len(p.score) for p in parts]
-    if math.prod(sizes) > limit:
-        raise SpaceTooLarge(f"{name}: {math.prod(sizes):,} allocations {what} "
+    total = math.prod(sizes)
+    if total > limit:
+        raise SpaceTooLarge(f"{name}: {total:,} allocations {what} "
                             f"({' x '.join(map(str, sizes))} plans per stage), more than the "
                             f"{limit:,} an exact optimum enumerates here; it needs fewer "
                             "stages, or fewer choices per stage")
