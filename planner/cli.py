@@ -163,7 +163,7 @@ def optimize(
     if budget is None:
         raise PlannerError(f"{task}: budget: not set; pass --budget (e.g. 8gpu-h) or add "
                            "`budget:` to the task file")
-    _budget("--budget", budget, spec)
+    budget_gpu_hours = _budget("--budget", budget, spec)
     if search_budget is not None:
         _budget("--search-budget", search_budget, spec)
     agent = _agent_options(reasoner, llm_base_url, llm_model, llm_timeout, llm_nodes,
@@ -181,8 +181,7 @@ def optimize(
     space = SearchSpace(spec)
     start = read_plan(from_plan, space) if from_plan else None
     env = make_environment(spec)
-    cheapest = nothing_fits(space, CostModel(spec, env.calibration()),
-                            spec.hardware.gpu_hours(budget))
+    cheapest = nothing_fits(space, CostModel(spec, env.calibration()), budget_gpu_hours)
     if cheapest is not None:
         raise PlannerError(f"{task}: budget {budget}: no allocation fits; the cheapest costs "
                            f"{cheapest:.4g} GPU-h; pass a larger --budget")
@@ -237,11 +236,10 @@ def _not_blank(**options: str | None) -> None:
                                "default")
 
 
-def _budget(flag: str, text: str, spec: TaskSpec) -> None:
-    """Check a budget option, and that the task's hardware converts it; its error names the
-    flag."""
+def _budget(flag: str, text: str, spec: TaskSpec) -> float:
+    """A budget option in GPU-hours of the task's hardware; an error names the flag."""
     try:
-        spec.hardware.gpu_hours(text)
+        return spec.hardware.gpu_hours(text)
     except PlannerError as e:
         raise PlannerError(f"{flag}: {e}") from None
 
@@ -347,9 +345,7 @@ def check(
     _not_blank(budget=budget)
     spec = load_spec(task)
     budget = budget or spec.budget
-    if budget is not None:
-        _budget("--budget", budget, spec)
-    cap = None if budget is None else spec.hardware.gpu_hours(budget)
+    cap = None if budget is None else _budget("--budget", budget, spec)
     env = make_environment(spec)
     _note_outside_tables(spec)
     info = summarize(SearchSpace(spec), CostModel(spec, env.calibration()), cap)
