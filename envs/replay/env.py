@@ -355,12 +355,12 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
                          rows[rs.n_correct].to_numpy().astype(np.int64))
     scored = rows[rs.correct].astype(float)
     partial = bool(((scored > 0) & (scored < 1)).any())  # some sample has partial credit
-    per_item = scored.groupby(rows[rs.item]).agg(["size", "sum"])
+    by_item = scored.groupby(rows[rs.item])
+    per_item = by_item.agg(["size", "sum"])
     items = per_item.index.astype(str).to_numpy()
     n = per_item["size"].to_numpy().astype(np.int64)
     c = per_item["sum"].to_numpy() if partial else per_item["sum"].to_numpy().astype(np.int64)
-    scores = (tuple(g.to_numpy() for _, g in scored.groupby(rows[rs.item])) if partial
-              else ())
+    scores = tuple(g.to_numpy() for _, g in by_item) if partial else ()
     if not rs.answer:
         return _Outcomes(items, n, c, scores=scores)
     mixed = rows.groupby([rs.item, rs.answer])[rs.correct].transform("nunique") > 1
