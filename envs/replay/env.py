@@ -231,13 +231,10 @@ class ReplayEnvironment:
         self.items[subtask] = len(ids)
         order = np.random.default_rng(zlib.crc32(subtask.encode())).permutation(len(ids))
         rank = dict(zip(ids[order], range(len(ids)), strict=True))  # item -> place in a screen
-        columns = {column: table[column].astype(str).to_numpy() for column in rs.choices.values()}
+        by_choice = _rows_by_choice(table, rs)
         for choice in choices:
-            mask = np.ones(len(table), dtype=bool)
-            for field, column in rs.choices.items():
-                mask &= columns[column] == getattr(choice, field)
-            rows = table[mask]
-            if rows.empty:
+            rows = by_choice.get(tuple(getattr(choice, field) for field in rs.choices))
+            if rows is None:
                 raise SpecError(f"{where}: no rows for {choice.label()}; add the rows, or offer "
                                 f"only recorded methods (`models: [{{name: {choice.model}, "
                                 "methods: [...]}]` in this subtask)")
@@ -345,6 +342,18 @@ def _check_choice_columns(where: str, rs: ReplaySpec, choices: list[_Choice]) ->
                             f"COLUMN` to `choices`, or offer one {field}")
 
 
+def _rows_by_choice(table: pd.DataFrame, rs: ReplaySpec) -> dict[tuple[str, ...], pd.DataFrame]:
+    """The table's rows per choice (its values of the `choices` columns as text, in their
+    order), in table order: one pass over the table and one reordering of it, however many
+    choices it holds; each choice's rows are then a slice of the reordered table."""
+    keys = [table[column].astype(str).to_numpy() for column in rs.choices.values()]
+    groups = pd.Series(np.arange(len(table))).groupby(keys, sort=False).indices
+    grouped = table.take(np.concatenate(list(groups.values())))
+    ends = np.cumsum([len(rows) for rows in groups.values()])
+    return {k if isinstance(k, tuple) else (k,): grouped.iloc[end - len(rows):end]
+            for (k, rows), end in zip(groups.items(), ends, strict=True)}
+
+
 def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     """Per-item counts of one choice's rows (and votes, where the table has answers)."""
     if not rs.correct:
@@ -360,22 +369,42 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     items = per_item.index.astype(str).to_numpy()
     n = per_item["size"].to_numpy().astype(np.int64)
     c = per_item["sum"].to_numpy() if partial else per_item["sum"].to_numpy().astype(np.int64)
-    scores = tuple(g.to_numpy() for _, g in by_item) if partial else ()
+    # each row's item as its place in `items` (-1: no item, left out as groupby leaves it);
+    # the rows sorted by it, in table order within an item, and split per item
+    item = by_item.ngroup().fillna(-1).to_numpy(dtype=np.int64)
+    order = np.argsort(item, kind="stable")[int((item < 0).sum()):]
+    scores = _per_item(scored.to_numpy()[order], n) if partial else ()
     if not rs.answer:
         return _Outcomes(items, n, c, scores=scores)
-    mixed = rows.groupby([rs.item, rs.answer])[rs.correct].transform("nunique") > 1
+    codes = pd.factorize(rows[rs.answer])[0]
+    codes[rows[rs.answer].to_numpy() == ""] = NO_ANSWER
+    mixed = _scored_unequally(item, codes, scored.to_numpy())
     if mixed.any():
-        first = rows.index[mixed.to_numpy()][:2]
+        first = rows.index[mixed][:2]
         raise SpecError(f"{where}.answer: rows {first[0] + 1} and {first[1] + 1} give one item "
                         "the same answer, scored differently (say, right and wrong); equal "
                         "answers must score equally in `correct`")
-    codes = pd.factorize(rows[rs.answer])[0]
-    codes[rows[rs.answer].to_numpy() == ""] = NO_ANSWER
-    coded = pd.DataFrame({"item": rows[rs.item], "answer": codes,
-                          "correct": scored if partial else rows[rs.correct].astype(np.int8)})
-    votes = tuple((g["answer"].to_numpy(), g["correct"].to_numpy())
-                  for _, g in coded.groupby("item"))
+    correct = scored.to_numpy() if partial else rows[rs.correct].to_numpy().astype(np.int8)
+    votes = tuple(zip(_per_item(codes[order], n), _per_item(correct[order], n), strict=True))
     return _Outcomes(items, n, c, votes, scores)
+
+
+def _per_item(values: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`values` (sorted by item) split into runs of `n[i]` each, one per item."""
+    return tuple(np.split(values, np.cumsum(n)[:-1])) if len(n) else ()
+
+
+def _scored_unequally(item: np.ndarray, answer: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """(rows,) the rows whose item (-1: none) and answer code some other row shares with
+    another score."""
+    order = np.lexsort((answer, item))
+    pair = np.r_[True, (np.diff(item[order]) != 0) | (np.diff(answer[order]) != 0)]
+    starts = np.flatnonzero(pair)
+    differ = (np.minimum.reduceat(score[order], starts)
+              != np.maximum.reduceat(score[order], starts)) & (item[order][starts] >= 0)
+    out = np.zeros(len(item), dtype=bool)
+    out[order] = differ[np.cumsum(pair) - 1]
+    return out
 
 
 def _one_row_per_item(where: str, rows: pd.DataFrame, items: pd.Series,
