@@ -16,6 +16,7 @@ import pytest
 from envs.replay import optimum
 from envs.replay.env import ReplayEnvironment
 from envs.replay.optimum import exhaustive_optimum
+from planner.cost import CostModel
 from planner.spec import load_spec
 
 ROOT = Path(__file__).parents[1]
@@ -37,6 +38,25 @@ def test_optimum_of_a_task_file() -> None:
         "allocations)",
         "  gsm8k: llama2-13b / pot2 / n=8 / oracle",
     ]
+
+
+def test_optimum_leaves_unscored_the_plans_oracle_stands_in_for(monkeypatch) -> None:
+    """A majority vote at n scores no more than `oracle` on the same samples, at no less
+    cost: the optimum never computes one (the dearest score there is), and finds what it
+    finds over every plan scored."""
+    spec = load_spec(EXAMPLE)
+    env = ReplayEnvironment(spec)
+    asked: list[str] = []
+    score = env.subtask_score
+    monkeypatch.setattr(env, "subtask_score", lambda s, plan, *rest: (
+        asked.append(plan.aggregator) or score(s, plan, *rest)))
+    found = exhaustive_optimum(spec, 40.0, env)
+    assert "oracle" in asked and "majority" not in asked
+    every = optimum._optimum(spec, optimum.plan_arrays(env, CostModel(spec, env.calibration())),
+                             40.0)
+    assert "majority" in asked
+    assert (found.score, found.allocation, found.space_size) == (
+        every.score, every.allocation, every.space_size)
 
 
 def test_optimum_under_another_budget(monkeypatch, capsys) -> None:

@@ -4,6 +4,10 @@ Each subtask becomes arrays over its plans (score, inference and training GPU-ho
 the id of the trained artifact, which subtasks share when the cost model shares it). Plans
 that can never be in an optimum are pruned exactly:
 
+- a plan whose `oracle` twin (the same values and n, the same artifact) costs no more: no
+  aggregator of the same samples scores above `oracle`, so the twin can stand in for it;
+  such a plan is not even scored (a majority vote is the dearest score to compute). Where
+  the two tie, the optimum names the twin;
 - a plan whose inference alone is over the budget;
 - a plan beaten, in the same artifact group, by one at least as good and no dearer to serve;
 - a plan beaten on score by one whose inference *and* training cost no more than this
@@ -86,13 +90,36 @@ class Optimum:
     space_size: int
 
 
-def plan_arrays(env: ReplayEnvironment, cost_model: CostModel) -> dict[str, PlanArrays]:
-    """Every subtask's plans priced and scored, artifacts numbered across subtasks."""
+def plan_arrays(env: ReplayEnvironment, cost_model: CostModel,
+                below_oracle: bool = True) -> dict[str, PlanArrays]:
+    """Every subtask's plans priced and scored, artifacts numbered across subtasks; without
+    `below_oracle`, less the plans whose `oracle` twin can stand in for them
+    (`_below_oracle`), which are left unscored: no optimum needs them, and a majority vote
+    is the dearest score to compute."""
     out = {}
     for s, c in zip(env.space.subtasks, plan_costs(env.space, cost_model), strict=True):
         plans = env.space.plans(s)
-        out[s] = PlanArrays(c.infer, c.train, c.artifact, plans,
-                            np.array([env.subtask_score(s, p) for p in plans]))
+        kept = np.flatnonzero(np.ones(len(plans), dtype=bool) if below_oracle
+                              else ~_below_oracle(env, s, c))
+        out[s] = PlanArrays(c.infer[kept], c.train[kept], c.artifact[kept],
+                            tuple(plans[i] for i in kept),
+                            np.array([env.subtask_score(s, plans[i]) for i in kept]))
+    return out
+
+
+def _below_oracle(env: ReplayEnvironment, subtask: str, costs: PlanCosts) -> np.ndarray:
+    """(P,) the subtask's plans whose `oracle` twin (the same values and n) is another of its
+    plans, served from the same artifact and no dearer to train or serve. No aggregator of
+    the same samples scores above `oracle` (a question counts as solved if any sample
+    solves it), so the twin in a plan's place never lowers an allocation's score nor raises
+    its cost: the optimum's score is the same without the plan."""
+    plans = env.space.plans(subtask)
+    at = {p: i for i, p in enumerate(plans)}
+    out = np.zeros(len(plans), dtype=bool)
+    for i, p in enumerate(plans):
+        j = at.get(env.space.canonical(subtask, p.replace(aggregator="oracle")))
+        out[i] = (j is not None and j != i and costs.artifact[j] == costs.artifact[i]
+                  and costs.infer[j] <= costs.infer[i] and costs.train[j] <= costs.train[i])
     return out
 
 
@@ -155,13 +182,14 @@ def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
     """The exact best allocation whose estimated cost is within `budget_gpu_hours`;
     `SpaceTooLarge` where more than `limit` allocations remain to enumerate."""
     env = env or ReplayEnvironment(spec)
-    return _optimum(spec, plan_arrays(env, CostModel(spec, env.calibration())),
-                    budget_gpu_hours, limit)
+    arrays = plan_arrays(env, CostModel(spec, env.calibration()), below_oracle=False)
+    return _optimum(spec, arrays, budget_gpu_hours, limit, env.space.size())
 
 
 def _optimum(spec: TaskSpec, arrays: dict[str, PlanArrays], budget_gpu_hours: float,
-             limit: int | None = None) -> Optimum:
-    """`exhaustive_optimum` over the task's plans as `plan_arrays` gives them."""
+             limit: int | None = None, size: int | None = None) -> Optimum:
+    """`exhaustive_optimum` over the task's plans as `plan_arrays` gives them; `size` is the
+    space's (default: the product of the arrays' plans)."""
     names = list(arrays)
     parts = [prune(arrays[s], budget_gpu_hours) for s in names]
     best: tuple[float, float, tuple[int, ...]] | None = None
@@ -175,7 +203,7 @@ def _optimum(spec: TaskSpec, arrays: dict[str, PlanArrays], budget_gpu_hours: fl
         candidate = (float(top), float(cost[index]), (lo + int(index[0]), *map(int, index[1:])))
         if best is None or (candidate[0], -candidate[1]) > (best[0], -best[1]):
             best = candidate
-    size = int(np.prod([len(a.score) for a in arrays.values()]))
+    size = size or math.prod(len(a.score) for a in arrays.values())
     if best is None:
         raise NoFeasibleAllocation(f"{spec.name}: no allocation fits in {budget_gpu_hours:g} "
                                    "GPU-h; raise the budget")
