@@ -91,15 +91,15 @@ class Optimum:
 
 
 def plan_arrays(env: ReplayEnvironment, cost_model: CostModel,
-                below_oracle: bool = True) -> dict[str, PlanArrays]:
+                every_plan: bool = True) -> dict[str, PlanArrays]:
     """Every subtask's plans priced and scored, artifacts numbered across subtasks; without
-    `below_oracle`, less the plans whose `oracle` twin can stand in for them
+    `every_plan`, less the plans whose `oracle` twin can stand in for them
     (`_below_oracle`), which are left unscored: no optimum needs them, and a majority vote
     is the dearest score to compute."""
     out = {}
     for s, c in zip(env.space.subtasks, plan_costs(env.space, cost_model), strict=True):
         plans = env.space.plans(s)
-        kept = np.flatnonzero(np.ones(len(plans), dtype=bool) if below_oracle
+        kept = np.flatnonzero(np.ones(len(plans), dtype=bool) if every_plan
                               else ~_below_oracle(env, s, c))
         out[s] = PlanArrays(c.infer[kept], c.train[kept], c.artifact[kept],
                             tuple(plans[i] for i in kept),
@@ -182,7 +182,7 @@ def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
     """The exact best allocation whose estimated cost is within `budget_gpu_hours`;
     `SpaceTooLarge` where more than `limit` allocations remain to enumerate."""
     env = env or ReplayEnvironment(spec)
-    arrays = plan_arrays(env, CostModel(spec, env.calibration()), below_oracle=False)
+    arrays = plan_arrays(env, CostModel(spec, env.calibration()), every_plan=False)
     return _optimum(spec, arrays, budget_gpu_hours, limit, env.space.size())
 
 
