@@ -156,3 +156,50 @@ def test_a_sample_without_an_answer_abstains_as_in_a_live_vote(tmp_path) -> None
     # item 0: "7" is the only answer of 4; item 1: "4" leads "3", the blank does not vote
     assert at[4] == pytest.approx((1.0 + 0.0) / 2)
     assert at[1] == pytest.approx((1 / 4 + 1 / 4) / 2)  # one sample: right 1 in 4 each
+
+
+def _as_lists(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-sample table as a row per item, its samples' answers and scores as lists (as
+    Large Language Monkeys' release keeps them: `samples`, `is_corrects`)."""
+    return (table.groupby(["model", "prompt", "question"], sort=False)
+            .agg(samples=("answer", list), is_corrects=("correct", lambda c: [bool(x) for x in c]))
+            .reset_index())
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".parquet"])
+def test_a_row_of_lists_per_item_replays_as_a_row_per_sample(tmp_path, suffix) -> None:
+    """Each item's samples as lists in one row (JSON Lines or Parquet) score every plan as
+    the same samples a row each do; before, the lists were text and `correct` "not a
+    number"."""
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    flat = read_table(TABLE, ["answer"])
+    lists = _as_lists(flat)
+    table = tmp_path / f"lists{suffix}"
+    if suffix == ".parquet":
+        lists.to_parquet(table)
+    else:
+        lists.to_json(table, orient="records", lines=True, compression="gzip")
+    path = _edited_example(tmp_path)
+    task = yaml.safe_load(path.read_text())
+    task["subtasks"][0]["replay"].update(table=table.name, correct="is_corrects",
+                                         answer="samples")
+    path.write_text(yaml.safe_dump(task))
+    expected, found = ReplayEnvironment(load_spec(EXAMPLE)), ReplayEnvironment(load_spec(path))
+    plans = expected.space.plans("gsm8k")
+    assert [found.subtask_score("gsm8k", p) for p in plans] == [
+        expected.subtask_score("gsm8k", p) for p in plans]
+
+
+def test_lists_of_unequal_length_name_the_row(tmp_path) -> None:
+    lists = _as_lists(read_table(TABLE, ["answer"]))
+    lists.at[2, "samples"] = lists.at[2, "samples"][:-1]
+    lists.to_json(tmp_path / "lists.jsonl", orient="records", lines=True)
+    path = _edited_example(tmp_path)
+    task = yaml.safe_load(path.read_text())
+    task["subtasks"][0]["replay"].update(table="lists.jsonl", correct="is_corrects",
+                                         answer="samples")
+    path.write_text(yaml.safe_dump(task))
+    with pytest.raises(SpecError, match=r"lists.jsonl: row 3: column 'samples' holds a list of "
+                       r"another length than column 'is_corrects'"):
+        ReplayEnvironment(load_spec(path))

@@ -103,19 +103,22 @@ class _Curves:
         return float(np.mean(self.per_item(aggregator, n)))
 
 
-def read_table(path: Path, text: Sequence[str] = ()) -> pd.DataFrame:
+def read_table(path: Path, text: Sequence[str] = (), samples: Sequence[str] = ()
+               ) -> pd.DataFrame:
     """Read a CSV or JSON Lines table (either optionally gzipped) or a Parquet one; `text`
-    columns as strings (a missing value is the empty string). A file that cannot be read is
-    a `SpecError` saying what is wrong in words: it never quotes the file's contents."""
+    columns as strings (a missing value is the empty string). In JSON Lines and Parquet, the
+    `samples` columns may hold a list per row, a value per sample: such a table comes back
+    with a row per sample (`_per_sample_rows`). A file that cannot be read is a `SpecError`
+    saying what is wrong in words: it never quotes the file's contents."""
     if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block the read
         raise SpecError(f"{path}: not a regular file; point the table at a file")
     name = path.name.lower()
     if name.endswith(".parquet"):
-        table = _nested_as_text(_read_parquet(path))
+        table = _nested_as_text(_per_sample_rows(path, _read_parquet(path), samples))
     elif name.endswith((".csv", ".csv.gz")):
         table = _read_csv(path, text)
     elif name.endswith((".jsonl", ".jsonl.gz")):
-        table = _nested_as_text(_read_jsonl(path))
+        table = _nested_as_text(_per_sample_rows(path, _read_jsonl(path), samples))
     else:
         raise SpecError(f"{path}: unknown table format; save it as .csv, .csv.gz, .jsonl, "
                         ".jsonl.gz or .parquet")
@@ -149,6 +152,30 @@ def _read_csv(path: Path, text: Sequence[str]) -> pd.DataFrame:
                             "file") from None
         raise SpecError(f"{path}: not valid gzip data; a .csv.gz table must be gzip-compressed "
                         "CSV (rename a plain CSV to .csv)") from None
+
+
+def _per_sample_rows(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """`table` with a row per sample where its `columns` hold a list per row (an item's
+    samples, as Large Language Monkeys' release keeps them: `is_corrects: [true, false, ...]`
+    beside `samples: [...]`); the lists of one row must be equally long. Each sample's row
+    keeps its file row as its index, which errors name."""
+    lists = [c for c in columns if c in table.columns and table[c].map(_is_list).any()]
+    if not lists:
+        return table
+    for column in lists:
+        _refuse(path, table, column, ~table[column].map(_is_list).to_numpy(),
+                "holds no list, where other rows hold one (a list per row, a value per "
+                "sample)")
+    size = table[lists[0]].map(len).to_numpy()
+    for column in lists[1:]:
+        _refuse(path, table, column, table[column].map(len).to_numpy() != size,
+                f"holds a list of another length than column {lists[0]!r} (a value per "
+                "sample in each)")
+    return table.explode(lists)
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, list | np.ndarray)
 
 
 def _nested_as_text(table: pd.DataFrame) -> pd.DataFrame:
@@ -217,7 +244,8 @@ class ReplayEnvironment:
         sub = self.spec.subtask(subtask)
         _check_aggregators(where, sub, rs)
         path = self.spec.path(rs.table)
-        table = read_table(path, [rs.answer] if rs.answer else [])
+        table = read_table(path, [rs.answer] if rs.answer else [],
+                           [c for c in (rs.correct, rs.answer) if c])
         outcome = [rs.correct] if rs.correct else [rs.n_samples, rs.n_correct]
         costs = [rs.flops_per_sample, rs.input_tokens, rs.output_tokens, rs.usd_per_sample]
         needed = [*rs.choices.values(), rs.item, *outcome, rs.answer, *costs]
@@ -380,10 +408,11 @@ def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
     codes[rows[rs.answer].to_numpy() == ""] = NO_ANSWER
     mixed = _scored_unequally(item, codes, scored.to_numpy())
     if mixed.any():
-        first = rows.index[mixed][:2]
-        raise SpecError(f"{where}.answer: rows {first[0] + 1} and {first[1] + 1} give one item "
-                        "the same answer, scored differently (say, right and wrong); equal "
-                        "answers must score equally in `correct`")
+        first = rows.index[mixed][:2]  # two samples of one row, in a table of lists
+        at = (f"row {first[0] + 1} gives one item the same answer twice" if first[0] == first[1]
+              else f"rows {first[0] + 1} and {first[1] + 1} give one item the same answer")
+        raise SpecError(f"{where}.answer: {at}, scored differently (say, right and wrong); "
+                        "equal answers must score equally in `correct`")
     correct = scored.to_numpy() if partial else rows[rs.correct].to_numpy().astype(np.int8)
     votes = tuple(zip(_per_item(codes[order], n), _per_item(correct[order], n), strict=True))
     return _Outcomes(items, n, c, votes, scores)
@@ -443,35 +472,37 @@ def _check_numbers(path: Path, table: pd.DataFrame, rs: ReplaySpec) -> None:
     from 1 after the header)."""
     if rs.correct:
         correct = _numbers(path, table, rs.correct)
-        _refuse(path, rs.correct, (correct < 0) | (correct > 1),
+        _refuse(path, table, rs.correct, (correct < 0) | (correct > 1),
                 "is not a score from 0 to 1 (1 or 0 for right or wrong)")
     else:
         n = _numbers(path, table, rs.n_samples)
         c = _numbers(path, table, rs.n_correct)
         for column, values in ((rs.n_samples, n), (rs.n_correct, c)):
-            _refuse(path, column, values != np.floor(values), "is not a whole number")
-        _refuse(path, rs.n_samples, (n < 1) | (n > MAX_RECORDED),
+            _refuse(path, table, column, values != np.floor(values), "is not a whole number")
+        _refuse(path, table, rs.n_samples, (n < 1) | (n > MAX_RECORDED),
                 f"is not a sample count from 1 to {MAX_RECORDED:,}")
-        _refuse(path, rs.n_correct, c < 0, "is negative")
-        _refuse(path, rs.n_correct, c > n, f"is more than column {rs.n_samples!r}")
+        _refuse(path, table, rs.n_correct, c < 0, "is negative")
+        _refuse(path, table, rs.n_correct, c > n, f"is more than column {rs.n_samples!r}")
     for column in (rs.flops_per_sample, rs.input_tokens, rs.output_tokens, rs.usd_per_sample):
         if column:
-            _refuse(path, column, _numbers(path, table, column) < 0, "is negative")
+            _refuse(path, table, column, _numbers(path, table, column) < 0, "is negative")
 
 
 def _numbers(path: Path, table: pd.DataFrame, column: str) -> np.ndarray:
     """A column as finite floats; a `SpecError` names the first row that is not one."""
     raw = table[column]
     values = pd.to_numeric(raw, errors="coerce").astype(float).to_numpy()
-    _refuse(path, column, raw.isna().to_numpy(), "is empty")
-    _refuse(path, column, np.isnan(values), "is not a number")
-    _refuse(path, column, ~np.isfinite(values), "is not a finite number")
+    _refuse(path, table, column, raw.isna().to_numpy(), "is empty")
+    _refuse(path, table, column, np.isnan(values), "is not a number")
+    _refuse(path, table, column, ~np.isfinite(values), "is not a finite number")
     return values
 
 
-def _refuse(path: Path, column: str, bad: np.ndarray, what: str) -> None:
+def _refuse(path: Path, table: pd.DataFrame, column: str, bad: np.ndarray, what: str) -> None:
+    """A `SpecError` naming the first `bad` row of `table` as the file numbers it (from 1
+    after the header; a sample's row is its item's row in a table of lists)."""
     if bad.any():
-        row = int(np.argmax(bad)) + 1
+        row = int(table.index[np.argmax(bad)]) + 1
         raise SpecError(f"{path}: row {row}: column {column!r} {what}; fix the table")
 
 
