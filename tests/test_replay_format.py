@@ -245,3 +245,14 @@ def test_partial_credit_per_sample(tmp_path) -> None:
         tmp_path / "scored.csv", index=False)
     with pytest.raises(SpecError, match="row 1: column 'correct' is not a score from 0 to 1"):
         ReplayEnvironment(load_spec(tmp_path / "task.yaml"))
+
+
+def test_an_empty_item_cell_names_its_row(tmp_path) -> None:
+    """A row that names no item was a numpy TypeError (text and NaN sorted together)."""
+    path = _write_task(tmp_path, "8gpu-h")
+    samples = pd.read_csv(tmp_path / "samples.csv.gz")
+    samples["query"] = samples["query"].astype(str)
+    samples.loc[6, "query"] = None
+    samples.to_csv(tmp_path / "samples.csv.gz", index=False)
+    with pytest.raises(SpecError, match=r"samples.csv.gz: row 7: column 'query' is empty"):
+        ReplayEnvironment(load_spec(path))

@@ -252,6 +252,8 @@ class ReplayEnvironment:
         missing = [c for c in needed if c and c not in table.columns]
         if missing:
             raise SpecError(f"{where}: table lacks columns {missing}; {_columns(table)}")
+        _refuse(path, table, rs.item, table[rs.item].isna().to_numpy(),
+                "is empty (each row names the item it scores)")
         _check_numbers(path, table, rs)
         choices = list(self._choices(subtask))
         _check_choice_columns(where, rs, choices)
