@@ -363,7 +363,7 @@ TABLES: dict[str, Callable[[st.DrawFn], tuple[str, bytes | str]]] = {
     "empty": lambda d: ("table.csv", b""),
     "header-only": lambda d: ("table.csv", b"model,method,item,n_samples,n_correct\n"),
     "cell": lambda d: ("table.csv", _cells(table_text(), d(st.integers(1, 16)),
-                                           d(st.integers(3, 4)), d(st.sampled_from(
+                                           d(st.integers(2, 4)), d(st.sampled_from(
                                                ["abc", "", "-1", "2.5", "9", "1e400", "nan",
                                                 "true", "1e30", "-0"]))).encode()),
     "ragged": lambda d: ("table.csv", (table_text() + d(st.sampled_from(
