@@ -175,6 +175,7 @@ def test_a_row_of_lists_per_item_replays_as_a_row_per_sample(tmp_path, suffix) -
         pytest.importorskip("pyarrow")
     flat = read_table(TABLE, ["answer"])
     lists = _as_lists(flat)
+    lists["completions"] = [[f"print({a})" for a in row] for row in lists["samples"]]  # unread
     table = tmp_path / f"lists{suffix}"
     if suffix == ".parquet":
         lists.to_parquet(table)
@@ -185,6 +186,10 @@ def test_a_row_of_lists_per_item_replays_as_a_row_per_sample(tmp_path, suffix) -
     task["subtasks"][0]["replay"].update(table=table.name, correct="is_corrects",
                                          answer="samples")
     path.write_text(yaml.safe_dump(task))
+    read = read_table(table, ["samples"], ["is_corrects", "samples"],
+                      ["model", "prompt", "question", "is_corrects", "samples"])
+    assert list(read.columns) == ["model", "prompt", "question", "is_corrects", "samples"]
+    assert len(read) == len(flat)
     expected, found = ReplayEnvironment(load_spec(EXAMPLE)), ReplayEnvironment(load_spec(path))
     plans = expected.space.plans("gsm8k")
     assert [found.subtask_score("gsm8k", p) for p in plans] == [

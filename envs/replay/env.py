@@ -103,22 +103,25 @@ class _Curves:
         return float(np.mean(self.per_item(aggregator, n)))
 
 
-def read_table(path: Path, text: Sequence[str] = (), samples: Sequence[str] = ()
-               ) -> pd.DataFrame:
+def read_table(path: Path, text: Sequence[str] = (), samples: Sequence[str] = (),
+               columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a CSV or JSON Lines table (either optionally gzipped) or a Parquet one; `text`
     columns as strings (a missing value is the empty string). In JSON Lines and Parquet, the
     `samples` columns may hold a list per row, a value per sample: such a table comes back
-    with a row per sample (`_per_sample_rows`). A file that cannot be read is a `SpecError`
-    saying what is wrong in words: it never quotes the file's contents."""
+    with a row per sample (`_per_sample_rows`). Where `columns` are given, no others are
+    kept (a Parquet file reads no others: an item's completions beside their correctness
+    can be most of a dump), and one the file lacks is a `SpecError` naming the file's. A
+    file that cannot be read is a `SpecError` saying what is wrong in words: it never
+    quotes the file's contents."""
     if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block the read
         raise SpecError(f"{path}: not a regular file; point the table at a file")
     name = path.name.lower()
     if name.endswith(".parquet"):
-        table = _nested_as_text(_per_sample_rows(path, _read_parquet(path), samples))
+        table = _per_sample_rows(path, _read_parquet(path, columns), samples)
     elif name.endswith((".csv", ".csv.gz")):
-        table = _read_csv(path, text)
+        table = _kept(path, _read_csv(path, text), columns)
     elif name.endswith((".jsonl", ".jsonl.gz")):
-        table = _nested_as_text(_per_sample_rows(path, _read_jsonl(path), samples))
+        table = _per_sample_rows(path, _kept(path, _read_jsonl(path), columns), samples)
     else:
         raise SpecError(f"{path}: unknown table format; save it as .csv, .csv.gz, .jsonl, "
                         ".jsonl.gz or .parquet")
@@ -154,14 +157,37 @@ def _read_csv(path: Path, text: Sequence[str]) -> pd.DataFrame:
                         "CSV (rename a plain CSV to .csv)") from None
 
 
+def _kept(path: Path, table: pd.DataFrame, columns: Sequence[str] | None) -> pd.DataFrame:
+    """`table`'s `columns` alone (all where None); one it lacks is a `SpecError`."""
+    if columns is None:
+        return table
+    _require(path, columns, table.columns)
+    return table[list(dict.fromkeys(columns))]
+
+
+def _require(path: Path, columns: Sequence[str], names: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise SpecError(f"{path}: the table lacks columns {missing}; {_columns(names)}")
+
+
+def _parquet_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path, columns=list(dict.fromkeys(columns)))
+    except ValueError:  # a column it lacks, or no Parquet at all: read it whole to tell
+        _require(path, columns, pd.read_parquet(path).columns)
+        raise
+
+
 def _per_sample_rows(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """`table` with a row per sample where its `columns` hold a list per row (an item's
     samples, as Large Language Monkeys' release keeps them: `is_corrects: [true, false, ...]`
     beside `samples: [...]`); the lists of one row must be equally long. Each sample's row
-    keeps its file row as its index, which errors name."""
+    keeps its file row as its index, which errors name. Other lists and objects are read
+    as their JSON text (`_nested_as_text`), once per row before its samples multiply it."""
     lists = [c for c in columns if c in table.columns and table[c].map(_is_list).any()]
     if not lists:
-        return table
+        return _nested_as_text(table, table.columns)
     for column in lists:
         _refuse(path, table, column, ~table[column].map(_is_list).to_numpy(),
                 "holds no list, where other rows hold one (a list per row, a value per "
@@ -171,16 +197,18 @@ def _per_sample_rows(path: Path, table: pd.DataFrame, columns: Sequence[str]) ->
         _refuse(path, table, column, table[column].map(len).to_numpy() != size,
                 f"holds a list of another length than column {lists[0]!r} (a value per "
                 "sample in each)")
-    return table.explode(lists)
+    table = _nested_as_text(table, [c for c in table.columns if c not in lists])
+    return _nested_as_text(table.explode(lists), lists)
 
 
 def _is_list(value: object) -> bool:
     return isinstance(value, list | np.ndarray)
 
 
-def _nested_as_text(table: pd.DataFrame) -> pd.DataFrame:
-    """Cells holding lists or objects (a harness's `"resps": [["42"]]`, an item id written as
-    `{"doc_id": 3}`) as their JSON text, which compares and groups as written."""
+def _nested_as_text(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Cells of `columns` holding lists or objects (a harness's `"resps": [["42"]]`, an item
+    id written as `{"doc_id": 3}`) as their JSON text, which compares and groups as
+    written."""
     def as_text(value: object) -> object:
         if isinstance(value, np.ndarray):
             value = value.tolist()
@@ -188,7 +216,7 @@ def _nested_as_text(table: pd.DataFrame) -> pd.DataFrame:
             return json.dumps(value, sort_keys=True, default=str)
         return value
 
-    for column in table.columns:
+    for column in columns:
         if pd.api.types.is_object_dtype(table[column]):
             table[column] = table[column].map(as_text)
     return table
@@ -213,9 +241,10 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                         "same keys in each); fix the table") from None
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
+    """The file's `columns` (all where None), and no others read."""
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path) if columns is None else _parquet_columns(path, columns)
     except ImportError:
         raise SpecError(f"{path}: reading Parquet needs pyarrow, which is not installed; "
                         "`pip install pyarrow`, or save the table as .csv.gz") from None
@@ -244,14 +273,11 @@ class ReplayEnvironment:
         sub = self.spec.subtask(subtask)
         _check_aggregators(where, sub, rs)
         path = self.spec.path(rs.table)
-        table = read_table(path, [rs.answer] if rs.answer else [],
-                           [c for c in (rs.correct, rs.answer) if c])
         outcome = [rs.correct] if rs.correct else [rs.n_samples, rs.n_correct]
         costs = [rs.flops_per_sample, rs.input_tokens, rs.output_tokens, rs.usd_per_sample]
-        needed = [*rs.choices.values(), rs.item, *outcome, rs.answer, *costs]
-        missing = [c for c in needed if c and c not in table.columns]
-        if missing:
-            raise SpecError(f"{where}: table lacks columns {missing}; {_columns(table)}")
+        needed = [c for c in (*rs.choices.values(), rs.item, *outcome, rs.answer, *costs) if c]
+        table = read_table(path, [rs.answer] if rs.answer else [],
+                           [c for c in (rs.correct, rs.answer) if c], needed)
         _refuse(path, table, rs.item, table[rs.item].isna().to_numpy(),
                 "is empty (each row names the item it scores)")
         _check_numbers(path, table, rs)
@@ -268,7 +294,7 @@ class ReplayEnvironment:
                 raise SpecError(f"{where}: no rows for {choice.label()}; add the rows, or offer "
                                 f"only recorded methods (`models: [{{name: {choice.model}, "
                                 "methods: [...]}]` in this subtask)")
-            outcomes = _outcomes(where, rows, rs)
+            outcomes = _outcomes(where, path, rows, rs)
             top = max(sub.samples)
             if any(a in USES_N for a in sub.aggregators) and top > outcomes.n.min():
                 short = int((outcomes.n < top).sum())
@@ -384,11 +410,12 @@ def _rows_by_choice(table: pd.DataFrame, rs: ReplaySpec) -> dict[tuple[str, ...]
             for (k, rows), end in zip(groups.items(), ends, strict=True)}
 
 
-def _outcomes(where: str, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
-    """Per-item counts of one choice's rows (and votes, where the table has answers)."""
+def _outcomes(where: str, path: Path, rows: pd.DataFrame, rs: ReplaySpec) -> _Outcomes:
+    """Per-item counts of one choice's rows of table `path` (and votes, where the table has
+    answers)."""
     if not rs.correct:
         items = rows[rs.item].astype(str)
-        _one_row_per_item(where, rows, items, rs)
+        _one_row_per_item(where, path, rows, items, rs)
         return _Outcomes(items.to_numpy(),
                          rows[rs.n_samples].to_numpy().astype(np.int64),
                          rows[rs.n_correct].to_numpy().astype(np.int64))
@@ -438,17 +465,18 @@ def _scored_unequally(item: np.ndarray, answer: np.ndarray, score: np.ndarray) -
     return out
 
 
-def _one_row_per_item(where: str, rows: pd.DataFrame, items: pd.Series,
+def _one_row_per_item(where: str, path: Path, rows: pd.DataFrame, items: pd.Series,
                       rs: ReplaySpec) -> None:
     """In the counts form, refuse a choice with two rows for one item (`items`: the rows'
     item column as text): they are most often rows of choices the task does not tell apart
     (several checkpoints of one model, the method's column not in `choices`), whose scores
-    would be averaged without a word."""
+    would be averaged without a word. The columns they differ in are read again from the
+    file, which was read for the task's columns only."""
     twice = items.duplicated(keep=False)
     if not twice.any():
         return
     item = items[twice].iloc[0]
-    first = rows[items == item]
+    first = read_table(path).loc[rows.index[(items == item).to_numpy()]]
     outcome = {rs.n_samples, rs.n_correct, rs.flops_per_sample, rs.input_tokens,
                rs.output_tokens, rs.usd_per_sample}
     differ = [str(c) for c in first.columns
@@ -460,10 +488,10 @@ def _one_row_per_item(where: str, rows: pd.DataFrame, items: pd.Series,
                     "one run's samples")
 
 
-def _columns(table: pd.DataFrame) -> str:
-    """The table's columns, named only where they look like column names: a file that is
-    no table (say /etc/passwd) must not have its first line quoted."""
-    names = [str(c) for c in table.columns]
+def _columns(columns: Sequence[str]) -> str:
+    """A table's columns, named only where they look like column names: a file that is no
+    table (say /etc/passwd) must not have its first line quoted."""
+    names = [str(c) for c in columns]
     if len(names) <= 50 and all(re.fullmatch(r"[A-Za-z_][\w .-]{0,63}", n) for n in names):
         return f"it has {names}"
     return f"it has {len(names)} columns, none of them named so; is it the right file?"
