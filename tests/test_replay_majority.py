@@ -132,7 +132,12 @@ def test_equal_answers_scored_differently_are_an_error(tmp_path) -> None:
     task = yaml.safe_load(EXAMPLE.read_text())
     task["subtasks"][0]["replay"]["table"] = "bad.csv"
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
-    with pytest.raises(SpecError, match=r"the same answer, scored differently \(say, right "):
+    # the first two rows, in file order, of a choice's (item, answer) scored two ways
+    choice = table[(table.model == table.model[0]) & (table.prompt == table.prompt[0])]
+    mixed = choice.groupby(["question", "answer"])["correct"].transform("nunique") > 1
+    first, second = (choice.index[mixed.to_numpy()][:2] + 1).tolist()
+    with pytest.raises(SpecError, match=rf"rows {first} and {second} give one item the same "
+                       r"answer, scored differently \(say, right "):
         ReplayEnvironment(load_spec(tmp_path / "task.yaml"))
 
 
