@@ -116,6 +116,7 @@ def read_table(path: Path, text: Sequence[str] = (), samples: Sequence[str] = ()
     if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block the read
         raise SpecError(f"{path}: not a regular file; point the table at a file")
     name = path.name.lower()
+    columns = None if columns is None else list(dict.fromkeys(columns))
     if name.endswith(".parquet"):
         table = _per_sample_rows(path, _read_parquet(path, columns), samples)
     elif name.endswith((".csv", ".csv.gz")):
@@ -162,7 +163,7 @@ def _kept(path: Path, table: pd.DataFrame, columns: Sequence[str] | None) -> pd.
     if columns is None:
         return table
     _require(path, columns, table.columns)
-    return table[list(dict.fromkeys(columns))]
+    return table[list(columns)]
 
 
 def _require(path: Path, columns: Sequence[str], names: Sequence[str]) -> None:
@@ -173,7 +174,7 @@ def _require(path: Path, columns: Sequence[str], names: Sequence[str]) -> None:
 
 def _parquet_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     try:
-        return pd.read_parquet(path, columns=list(dict.fromkeys(columns)))
+        return pd.read_parquet(path, columns=list(columns))
     except ValueError:  # a column it lacks, or no Parquet at all: read it whole to tell
         _require(path, columns, pd.read_parquet(path).columns)
         raise
@@ -430,20 +431,24 @@ def _outcomes(where: str, path: Path, rows: pd.DataFrame, rs: ReplaySpec) -> _Ou
     # the rows sorted by it, in table order within an item, and split per item
     item = by_item.ngroup().fillna(-1).to_numpy(dtype=np.int64)
     order = np.argsort(item, kind="stable")[int((item < 0).sum()):]
-    scores = _per_item(scored.to_numpy()[order], n) if partial else ()
+    score = scored.to_numpy()
+    scores = _per_item(score[order], n) if partial else ()
     if not rs.answer:
         return _Outcomes(items, n, c, scores=scores)
-    codes = pd.factorize(rows[rs.answer])[0]
-    codes[rows[rs.answer].to_numpy() == ""] = NO_ANSWER
-    mixed = _scored_unequally(item, codes, scored.to_numpy())
+    answer = rows[rs.answer]
+    codes = pd.factorize(answer)[0]
+    codes[answer.to_numpy() == ""] = NO_ANSWER
+    mixed = _scored_unequally(item, codes, score)
     if mixed.any():
         first = rows.index[mixed][:2]  # two samples of one row, in a table of lists
         at = (f"row {first[0] + 1} gives one item the same answer twice" if first[0] == first[1]
               else f"rows {first[0] + 1} and {first[1] + 1} give one item the same answer")
         raise SpecError(f"{where}.answer: {at}, scored differently (say, right and wrong); "
                         "equal answers must score equally in `correct`")
-    correct = scored.to_numpy() if partial else rows[rs.correct].to_numpy().astype(np.int8)
-    votes = tuple(zip(_per_item(codes[order], n), _per_item(correct[order], n), strict=True))
+    # a vote's sample scores: with partial credit the same runs as `scores`, else 1 or 0
+    correct = scores if partial else _per_item(
+        rows[rs.correct].to_numpy().astype(np.int8)[order], n)
+    votes = tuple(zip(_per_item(codes[order], n), correct, strict=True))
     return _Outcomes(items, n, c, votes, scores)
 
 
