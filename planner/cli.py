@@ -26,7 +26,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from planner import dashboard, html_report, report, secrets, views
+from planner import html_report, report, secrets, views
 from planner.check import SAMPLE, nothing_fits, summarize
 from planner.cost import CostModel
 from planner.errors import PlannerError
@@ -34,9 +34,8 @@ from planner.executors import EXECUTORS, make_executor
 from planner.export import FORMATS, export_files, read_plan, write_export
 from planner.sampling import with_flags as with_sampling_flags
 from planner.search import STRATEGIES, AgentOptions, best_trial
-from planner.search.agent import LLMConfig
+from planner.search.agent import DEFAULT_PATIENCE, LLMConfig
 from planner.search.agent.steps import AnsweredStep, Step, step_of
-from planner.search.agent.strategy import DEFAULT_PATIENCE
 from planner.space import Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec, outside_tables, parse_spec
 from planner.store import OutdatedStoreError, Store, StudyRecord, TrialRecord, TrialStatus
@@ -802,6 +801,8 @@ def dashboard_command(
 
     One Optuna study per study (its name), one Optuna trial per trial, whatever the
     strategy; prints the optuna-dashboard command."""
+    from planner import dashboard  # loads Optuna
+
     store = Store(db, create=False)
     _check_dashboard_storage(out_url, db)
     records = [store.require_study(n) for n in names] if names else store.studies()

@@ -21,9 +21,7 @@ from planner.env import Environment
 from planner.errors import StudyError
 from planner.executors import Executor
 from planner.search import AgentOptions, Runner, SearchContext, best_trial, make_strategy
-from planner.search._optuna import delete_internal_studies
 from planner.search._runner import TrialCallback
-from planner.search.agent.strategy import delete_checkpoints
 from planner.space import Allocation
 from planner.spec import TaskSpec
 from planner.store import Store, StudyRecord, TrialRecord
@@ -162,6 +160,9 @@ def _start_from(runner: Runner, allocation: Allocation,
 def delete_study(store: Store, name: str) -> list[str]:
     """Delete a study and what its strategies kept beside it in the same database (the
     agent's graph checkpoints, the Optuna baselines' own studies); say what went."""
+    from planner.search._optuna import delete_internal_studies  # loads Optuna
+    from planner.search.agent.strategy import delete_checkpoints  # loads LangGraph
+
     store.delete_study(name)
     gone = [f"study {name!r} with its trials, steps and insights"]
     if delete_checkpoints(store.url, name):

@@ -1,13 +1,22 @@
-"""Search strategies behind one ask/tell interface, and the loop that runs them."""
+"""Search strategies behind one ask/tell interface, and the loop that runs them.
+
+The agent and Optuna strategies are imported on first use (`make_strategy`, or the names
+below), so commands that only read a study load neither LangGraph nor Optuna.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from planner.search._base import BaseStrategy, SearchContext
-from planner.search._optuna import OptunaStrategy
 from planner.search._random import RandomStrategy
 from planner.search._runner import Runner, best_trial
 from planner.search._sweep import SweepStrategy
-from planner.search.agent import AgentOptions, AgentStrategy
+from planner.search.agent.options import AgentOptions
+
+if TYPE_CHECKING:
+    from planner.search._optuna import OptunaStrategy
+    from planner.search.agent.strategy import AgentStrategy
 
 STRATEGIES = ("agent", "optuna", "optuna-stages", "random", "sweep")
 
@@ -17,14 +26,30 @@ def make_strategy(name: str, ctx: SearchContext, *, storage: str | None = None,
     """Build a strategy by name; `storage` is the study database for Optuna, `agent` the
     agent's reasoner and stopping options."""
     if name == "agent":
+        from planner.search.agent.strategy import AgentStrategy
+
         return AgentStrategy(ctx, agent)
     if name == "random":
         return RandomStrategy(ctx)
     if name in ("optuna", "optuna-stages"):
+        from planner.search._optuna import OptunaStrategy
+
         return OptunaStrategy(ctx, storage=storage, per_stage=name == "optuna-stages")
     if name == "sweep":
         return SweepStrategy(ctx)
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
+
+
+def __getattr__(name: str) -> object:
+    if name == "AgentStrategy":
+        from planner.search.agent.strategy import AgentStrategy
+
+        return AgentStrategy
+    if name == "OptunaStrategy":
+        from planner.search._optuna import OptunaStrategy
+
+        return OptunaStrategy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["STRATEGIES", "AgentOptions", "AgentStrategy", "BaseStrategy", "OptunaStrategy",

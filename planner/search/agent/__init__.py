@@ -1,6 +1,24 @@
-"""The agent strategy: a LangGraph planner with pluggable reasoners and an insight memory."""
+"""The agent strategy: a LangGraph planner with pluggable reasoners and an insight memory.
 
-from planner.search.agent.reasoners.llm import LLMConfig
-from planner.search.agent.strategy import AgentOptions, AgentStrategy
+`AgentStrategy` is imported on first use, so that reading the options loads no LangGraph.
+"""
 
-__all__ = ["AgentOptions", "AgentStrategy", "LLMConfig"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from planner.search.agent.options import DEFAULT_PATIENCE, AgentOptions, LLMConfig
+
+if TYPE_CHECKING:
+    from planner.search.agent.strategy import AgentStrategy
+
+
+def __getattr__(name: str) -> object:
+    if name == "AgentStrategy":
+        from planner.search.agent.strategy import AgentStrategy
+
+        return AgentStrategy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DEFAULT_PATIENCE", "AgentOptions", "AgentStrategy", "LLMConfig"]

@@ -9,11 +9,13 @@ of the state (a resumed run continues it) and stays bounded however many trials 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from planner.search._runner import Runner, TrialCallback
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
-from planner.search.agent.reasoners.llm import LLMReasoner
+
+if TYPE_CHECKING:  # the OpenAI client loads only where the llm reasoner runs
+    from planner.search.agent.reasoners.llm import LLMReasoner
 
 # consecutive steps the language model may fail before it is rested: the next
 # 1, 2, 4, then at most 8 steps go to the builtin reasoner, and then it is asked again

@@ -13,42 +13,26 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from sqlalchemy.engine import make_url
 
-from planner.env import check_fidelity
 from planner.errors import PlannerError
 from planner.search._base import BaseStrategy, SearchContext
 from planner.search._runner import Runner, TrialCallback
 from planner.search.agent.graph import build_graph
+from planner.search.agent.options import AgentOptions
 from planner.search.agent.reasoners.builtin import BuiltinReasoner
-from planner.search.agent.reasoners.llm import LLMConfig, LLMReasoner
 from planner.search.agent.state import AgentContext
 from planner.space import Allocation
 from planner.store import TrialRecord
 
-DEFAULT_PATIENCE = 12  # proposals without a better score before the search stops
-
-
-@dataclass(frozen=True)
-class AgentOptions:
-    """How the agent reasons and when it stops."""
-
-    reasoner: str = "builtin"  # builtin | llm
-    llm: LLMConfig | None = None  # required for reasoner="llm"
-    patience: int | None = DEFAULT_PATIENCE
-    proposals_per_step: int = 1
-    screen: float | None = None  # screen new arms on this share of the items (`screening`)
-
-    def __post_init__(self) -> None:
-        if self.screen is not None:
-            check_fidelity(self.screen)
-
+if TYPE_CHECKING:
+    from planner.search.agent.reasoners.llm import LLMReasoner
 
 class AgentStrategy(BaseStrategy):
     """AgentTTS-style search: probe, reflect into insights, propose, repeat."""
@@ -63,6 +47,8 @@ class AgentStrategy(BaseStrategy):
         if self.options.reasoner == "llm":
             if self.options.llm is None:
                 raise ValueError("reasoner 'llm' needs an LLMConfig (base URL and model)")
+            from planner.search.agent.reasoners.llm import LLMReasoner  # loads openai
+
             self.llm = LLMReasoner(ctx, self.options.llm, self.builtin)
         elif self.options.reasoner != "builtin":
             raise ValueError(f"unknown reasoner {self.options.reasoner!r}; choose builtin or llm")

@@ -50,7 +50,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -64,6 +63,7 @@ from planner.search.agent import prompts
 from planner.search.agent.analysis import Analysis
 from planner.search.agent.combine import frontier
 from planner.search.agent.memory import ALL, Insight
+from planner.search.agent.options import LLMConfig
 from planner.search.agent.reasoners.base import Attempt, Proposal, Reflection, ToolCall
 from planner.search.agent.reasoners.builtin import MAX_NOTES, BuiltinReasoner
 from planner.search.agent.screening import settled
@@ -82,25 +82,6 @@ _ANSWER_NOW = "No more tool calls: reply with the JSON object now."
 _REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError,
             openai.InternalServerError)  # how servers refuse a request field they lack
 OWN_PROBE = "chosen by the language model"  # the rationale of a probe not the design's
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """Where and how to ask (no credentials: the key comes from the environment)."""
-
-    base_url: str
-    model: str
-    timeout_s: float = 60.0
-    max_retries: int = 3  # transport retries, with the client's exponential backoff
-    repairs: int = 2  # extra rounds after an unusable reply
-    temperature: float = 0.2
-    max_tokens: int = 512  # a reply is 60-150 tokens; a small model may ramble for thousands
-    structured: bool = True  # ask for JSON matching the space's schema, where the server can
-    nodes: tuple[str, ...] = ("reflect", "propose")  # where the model acts (else the builtin)
-    tool_rounds: int = 3  # replies per node that may call tools (0: tools are not offered)
-    guard: bool = True  # asked to propose only once the search stalls, and while its own
-    # picks pay (`state.LLM_CREDIT`; the graph's propose node); at init, one probe of its own
-    # beside the builtin's design (`LLMReasoner.initial`)
 
 
 class ReplyError(ValueError):
