@@ -381,6 +381,13 @@ TABLES: dict[str, Callable[[st.DrawFn], tuple[str, bytes | str]]] = {
     "jsonl-binary": lambda d: ("table.jsonl", d(st.binary(min_size=1, max_size=200))),
     "plain-as-jsonl-gz": lambda d: ("table.jsonl.gz", _jsonl(table_text())),
     "jsonl-nested": lambda d: ("table.jsonl", _jsonl(table_text(), nested=True)),
+    "json-binary": lambda d: ("table.json", d(st.binary(min_size=1, max_size=200))),
+    "json-shape": lambda d: ("table.json", d(st.sampled_from(
+        ["[]", "5", "[1, 2]", "{}", '{"model": "small"}', "[[1, 2]]", "null", "[{}]"]))),
+    "tsv-as-csv": lambda d: ("table.tsv", table_text().encode()),
+    "trailing-extra": lambda d: ("table.csv", "\n".join(
+        [line + (",x" if i == 1 else ",") for i, line in enumerate(table_text().splitlines())]
+    ).encode()),
     "unknown-suffix": lambda d: ("table.xlsx", table_text().encode()),
     "device": lambda d: (d(st.sampled_from(["/dev/null", "/dev/zero", "/dev/urandom"])), b""),
     "system-file": lambda d: (d(st.sampled_from(["/etc/passwd", "/proc/self/environ",
@@ -642,7 +649,10 @@ def test_table_examples(name: str, content: bytes, expected: str) -> None:
     ("table.parquet", table_text().encode(), "not a readable Parquet file"),
     ("table.jsonl", table_text().encode(), "not well-formed JSON Lines"),
     ("table.jsonl.gz", _jsonl(table_text()), "not valid gzip data"),
-    ("table.tsv", table_text().encode(), "unknown table format"),
+    ("table.json", table_text().encode(), "not well-formed JSON (an array of objects"),
+    ("table.json.gz", _jsonl(table_text()), "not valid gzip data"),
+    ("table.tsv.gz", table_text().encode(), "not valid gzip data; a .tsv.gz table"),
+    ("table.xlsx", table_text().encode(), "unknown table format"),
     ("/dev/zero", None, "is not a regular file"),
 ])
 def test_table_file_examples(name: str, content: bytes | str | None, expected: str) -> None:

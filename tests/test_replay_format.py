@@ -3,7 +3,9 @@ USD and token pricing, clear errors, and the exhaustive optimum against brute fo
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +197,47 @@ def test_json_lines_tables_score_as_their_csv(tmp_path) -> None:
     jsonl_task = tmp_path / "jsonl.yaml"
     jsonl_task.write_text(yaml.safe_dump(task))
     assert _every_allocation(jsonl_task) == expected
+
+
+def test_every_table_format_scores_as_its_csv(tmp_path) -> None:
+    """TSV, a JSON array of rows (gzipped or not) and JSON Lines replay as the CSV does,
+    every price read to its last digit (JSON Lines floats were parsed inexactly before); a
+    trailing separator on every row reads as meant (it was a traceback: pandas took the
+    first column for an index)."""
+    csv_task = _write_task(tmp_path, "8gpu-h")
+    samples = pd.read_csv(tmp_path / "samples.csv.gz")
+    samples["usd"] = np.random.default_rng(1).uniform(1e-5, 3e-4, len(samples))
+    samples.to_csv(tmp_path / "samples.csv.gz", index=False)
+    expected = _every_allocation(csv_task)
+    samples = pd.read_csv(tmp_path / "samples.csv.gz")
+    samples.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    samples.to_csv(tmp_path / "samples.tsv.gz", sep="\t", index=False)
+    rows = samples.to_dict("records")  # json writes every digit (pandas' to_json 10)
+    (tmp_path / "samples.json").write_text(json.dumps(rows))
+    (tmp_path / "samples.json.gz").write_bytes(gzip.compress(json.dumps(rows).encode()))
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = samples.to_csv(index=False).splitlines()
+    (tmp_path / "trailing.csv").write_text("\n".join([lines[0], *(f"{x}," for x in lines[1:])]))
+    task = yaml.safe_load(csv_task.read_text())
+    for table in ("samples.tsv", "samples.tsv.gz", "samples.json", "samples.json.gz",
+                  "samples.jsonl", "trailing.csv"):
+        task["subtasks"][0]["replay"]["table"] = table
+        path = tmp_path / f"{table}.yaml"
+        path.write_text(yaml.safe_dump(task))
+        assert _every_allocation(path) == expected, table
+
+
+def test_a_row_longer_than_the_header_names_its_line(tmp_path) -> None:
+    """A value past the header's fields is refused with its line, not dropped or read as an
+    index that shifts the columns."""
+    csv_task = _write_task(tmp_path, "8gpu-h")
+    lines = pd.read_csv(tmp_path / "samples.csv.gz").to_csv(index=False).splitlines()
+    lines[1] += ",7"  # the first row: pandas took its extra field for an index
+    (tmp_path / "samples.csv").write_text("\n".join(lines))
+    path = _edit(csv_task, table="samples.csv")
+    with pytest.raises(SpecError, match="samples.csv: line 2 has 7 fields but the header has 6; "
+                       "quote a text that holds the separator"):
+        ReplayEnvironment(load_spec(path))
 
 
 def test_parquet_lists_in_cells_read_as_their_json_text(tmp_path) -> None:

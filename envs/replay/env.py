@@ -31,9 +31,12 @@ a fixed shuffled order (seeded by the subtask's name), the same items for every 
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import re
 import stat
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -103,10 +106,15 @@ class _Curves:
         return float(np.mean(self.per_item(aggregator, n)))
 
 
+_DELIMITED = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+_JSON = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+_FORMATS = (*_DELIMITED, *_JSON, ".parquet")
+
+
 def read_table(path: Path, text: Sequence[str] = (), samples: Sequence[str] = (),
                columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read a CSV or JSON Lines table (either optionally gzipped) or a Parquet one; `text`
-    columns as strings (a missing value is the empty string). In JSON Lines and Parquet, the
+    """Read a CSV, TSV, JSON Lines or JSON table (each optionally gzipped) or a Parquet one;
+    `text` columns as strings (a missing value is the empty string). In JSON and Parquet, the
     `samples` columns may hold a list per row, a value per sample: such a table comes back
     with a row per sample (`_per_sample_rows`). Where `columns` are given, no others are
     kept (a Parquet file reads no others: an item's completions beside their correctness
@@ -119,13 +127,13 @@ def read_table(path: Path, text: Sequence[str] = (), samples: Sequence[str] = ()
     columns = None if columns is None else list(dict.fromkeys(columns))
     if name.endswith(".parquet"):
         table = _per_sample_rows(path, _read_parquet(path, columns), samples)
-    elif name.endswith((".csv", ".csv.gz")):
+    elif name.endswith(_DELIMITED):
         table = _kept(path, _read_csv(path, text), columns)
-    elif name.endswith((".jsonl", ".jsonl.gz")):
-        table = _per_sample_rows(path, _kept(path, _read_jsonl(path), columns), samples)
+    elif name.endswith(_JSON):
+        table = _per_sample_rows(path, _kept(path, _read_json(path), columns), samples)
     else:
-        raise SpecError(f"{path}: unknown table format; save it as .csv, .csv.gz, .jsonl, "
-                        ".jsonl.gz or .parquet")
+        raise SpecError(f"{path}: unknown table format; save it as {', '.join(_FORMATS[:-1])} "
+                        f"or {_FORMATS[-1]}")
     if table.empty:
         raise SpecError(f"{path}: the table has no rows; record one row per choice and item")
     for column in text:
@@ -135,32 +143,54 @@ def read_table(path: Path, text: Sequence[str] = (), samples: Sequence[str] = ()
 
 
 def _read_csv(path: Path, text: Sequence[str]) -> pd.DataFrame:
+    """A comma-separated table, or tab-separated where the name says `.tsv`."""
     gz = path.name.lower().endswith(".gz")
+    form, sep = ("TSV", "\t") if path.name.lower().endswith((".tsv", ".tsv.gz")) else ("CSV", ",")
     try:
-        return pd.read_csv(path, dtype=dict.fromkeys(text, str), encoding="utf-8",
-                           compression="gzip" if gz else None)
+        with warnings.catch_warnings():  # a value past the header's fields would be dropped
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            # no index inferred from rows longer than the header: a trailing separator on
+            # each row reads as it is meant, an extra value is refused below
+            return pd.read_csv(path, dtype=dict.fromkeys(text, str), encoding="utf-8",
+                               sep=sep, index_col=False,
+                               compression="gzip" if gz else None)
+    except pd.errors.ParserWarning:
+        raise SpecError(f"{path}: {_longer_than_header(path, sep)}; quote a text that holds "
+                        "the separator, or fix the table") from None
     except pd.errors.EmptyDataError:
         raise SpecError(f"{path}: the table is empty; write a header and one row per choice "
                         "and item") from None
     except pd.errors.ParserError as e:
         ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
         what = (f"line {ragged[2]} has {ragged[3]} fields but the header has {ragged[1]}"
-                if ragged else "not a well-formed CSV table")
+                if ragged else f"not a well-formed {form} table")
         raise SpecError(f"{path}: {what}; fix the table") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not UTF-8 text (a binary file, or another encoding); save "
-                        "the table as UTF-8 CSV") from None
+                        f"the table as UTF-8 {form}") from None
     except (OSError, EOFError, zlib.error) as e:
         if not gz:
             raise SpecError(f"{path}: cannot be read ({e.__class__.__name__}); check the "
                             "file") from None
-        raise SpecError(f"{path}: not valid gzip data; a .csv.gz table must be gzip-compressed "
-                        "CSV (rename a plain CSV to .csv)") from None
+        raise SpecError(f"{path}: not valid gzip data; a .{form.lower()}.gz table must be "
+                        f"gzip-compressed {form} (rename a plain {form} to .{form.lower()})"
+                        ) from None
+
+
+def _longer_than_header(path: Path, sep: str) -> str:
+    """Which row is longer than the header, in words."""
+    with (gzip.open(path, "rt", encoding="utf-8", newline="") if path.name.lower().endswith(".gz")
+          else path.open(encoding="utf-8", newline="")) as f:
+        rows = csv.reader(f, delimiter=sep)
+        header = len(next(rows))
+        return next((f"line {rows.line_num} has {len(row)} fields but the header has {header}"
+                     for row in rows if len(row) > header), "a row has more fields than the header")
 
 
 def _kept(path: Path, table: pd.DataFrame, columns: Sequence[str] | None) -> pd.DataFrame:
-    """`table`'s `columns` alone (all where None); one it lacks is a `SpecError`."""
-    if columns is None:
+    """`table`'s `columns` alone (all where None); one it lacks is a `SpecError`. An empty
+    table (a JSON `[]` has no columns either) is left to be refused for its rows."""
+    if columns is None or table.empty:
         return table
     _require(path, columns, table.columns)
     return table[list(columns)]
@@ -223,23 +253,28 @@ def _nested_as_text(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame
     return table
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    """One JSON object per line (an evaluation harness's per-sample log), values as written
-    (no guessed types)."""
+def _read_json(path: Path) -> pd.DataFrame:
+    """JSON Lines (one object per line: an evaluation harness's per-sample log) or, for
+    `.json`, one array of such objects (or pandas' `to_json` column form); values as written:
+    no guessed types, every float to its last digit."""
+    lines = path.name.lower().endswith((".jsonl", ".jsonl.gz"))
+    form = "JSON Lines" if lines else "JSON"
     gz = path.name.lower().endswith(".gz")
     try:
-        return pd.read_json(path, lines=True, dtype=False,
+        return pd.read_json(path, lines=lines, dtype=False, precise_float=True,
                             encoding="utf-8", compression="gzip" if gz else None)
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not UTF-8 text (a binary file, or another encoding); save "
-                        "the table as UTF-8 JSON Lines") from None
+                        f"the table as UTF-8 {form}") from None
     except (OSError, EOFError, zlib.error) as e:
-        what = ("not valid gzip data; a .jsonl.gz table must be gzip-compressed JSON Lines"
+        suffix = ".jsonl.gz" if lines else ".json.gz"
+        what = (f"not valid gzip data; a {suffix} table must be gzip-compressed {form}"
                 if gz else f"cannot be read ({e.__class__.__name__}); check the file")
         raise SpecError(f"{path}: {what}") from None
     except ValueError:
-        raise SpecError(f"{path}: not well-formed JSON Lines (one JSON object per line, the "
-                        "same keys in each); fix the table") from None
+        shape = ("one JSON object per line, the same keys in each" if lines else
+                 "an array of objects, one per row, with the same keys")
+        raise SpecError(f"{path}: not well-formed {form} ({shape}); fix the table") from None
 
 
 def _read_parquet(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
