@@ -203,7 +203,7 @@ def test_every_table_format_scores_as_its_csv(tmp_path) -> None:
     """TSV, a JSON array of rows (gzipped or not) and JSON Lines replay as the CSV does,
     every price read to its last digit (JSON Lines floats were parsed inexactly before); a
     trailing separator on every row reads as meant (it was a traceback: pandas took the
-    first column for an index)."""
+    first column for an index), and so does JSON after a byte-order mark."""
     csv_task = _write_task(tmp_path, "8gpu-h")
     samples = pd.read_csv(tmp_path / "samples.csv.gz")
     samples["usd"] = np.random.default_rng(1).uniform(1e-5, 3e-4, len(samples))
@@ -216,11 +216,12 @@ def test_every_table_format_scores_as_its_csv(tmp_path) -> None:
     (tmp_path / "samples.json").write_text(json.dumps(rows))
     (tmp_path / "samples.json.gz").write_bytes(gzip.compress(json.dumps(rows).encode()))
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "bom.jsonl").write_text("\ufeff" + (tmp_path / "samples.jsonl").read_text())
     lines = samples.to_csv(index=False).splitlines()
     (tmp_path / "trailing.csv").write_text("\n".join([lines[0], *(f"{x}," for x in lines[1:])]))
     task = yaml.safe_load(csv_task.read_text())
     for table in ("samples.tsv", "samples.tsv.gz", "samples.json", "samples.json.gz",
-                  "samples.jsonl", "trailing.csv"):
+                  "samples.jsonl", "bom.jsonl", "trailing.csv"):
         task["subtasks"][0]["replay"]["table"] = table
         path = tmp_path / f"{table}.yaml"
         path.write_text(yaml.safe_dump(task))

@@ -262,7 +262,8 @@ def _read_json(path: Path) -> pd.DataFrame:
     gz = path.name.lower().endswith(".gz")
     try:
         return pd.read_json(path, lines=lines, dtype=False, precise_float=True,
-                            encoding="utf-8", compression="gzip" if gz else None)
+                            encoding="utf-8-sig",  # a byte-order mark, as some editors write
+                            compression="gzip" if gz else None)
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not UTF-8 text (a binary file, or another encoding); save "
                         f"the table as UTF-8 {form}") from None
