@@ -179,12 +179,17 @@ def _read_csv(path: Path, text: Sequence[str]) -> pd.DataFrame:
 
 def _longer_than_header(path: Path, sep: str) -> str:
     """Which row is longer than the header, in words."""
-    with (gzip.open(path, "rt", encoding="utf-8", newline="") if path.name.lower().endswith(".gz")
-          else path.open(encoding="utf-8", newline="")) as f:
-        rows = csv.reader(f, delimiter=sep)
-        header = len(next(rows))
-        return next((f"line {rows.line_num} has {len(row)} fields but the header has {header}"
-                     for row in rows if len(row) > header), "a row has more fields than the header")
+    longer = "a row has more fields than the header"
+    try:
+        gz = path.name.lower().endswith(".gz")
+        with (gzip.open(path, "rt", encoding="utf-8", newline="") if gz
+              else path.open(encoding="utf-8", newline="")) as f:
+            rows = csv.reader(f, delimiter=sep)
+            header = len(next(rows))
+            return next((f"line {rows.line_num} has {len(row)} fields but the header has "
+                         f"{header}" for row in rows if len(row) > header), longer)
+    except (csv.Error, UnicodeDecodeError, OSError, EOFError, zlib.error):  # a field past
+        return longer  # the csv module's size limit, say: the row stays unnamed
 
 
 def _kept(path: Path, table: pd.DataFrame, columns: Sequence[str] | None) -> pd.DataFrame:
