@@ -34,6 +34,7 @@ from planner.store import TrialRecord
 if TYPE_CHECKING:
     from planner.search.agent.reasoners.llm import LLMReasoner
 
+
 class AgentStrategy(BaseStrategy):
     """AgentTTS-style search: probe, reflect into insights, propose, repeat."""
 
