@@ -331,6 +331,14 @@ def _plan_line(p: dict) -> str:
     return Plan(p).describe()
 
 
+def _listed(values: list[str], most: int = 12) -> str:
+    """`values` joined, or their ends and how many there are where more than `most`."""
+    if len(values) <= most:
+        return ", ".join(values)
+    return (f"{', '.join(values[:5])}, ..., {', '.join(values[-2:])} ({len(values):,} values; "
+            "--json lists them)")
+
+
 @app.command()
 def check(
     task: Annotated[Path, typer.Argument(metavar="TASK", help="Path of the task.yaml.")],
@@ -355,9 +363,9 @@ def check(
     for subtask, dims in info.dimensions.items():
         out.print(f"  {subtask}: {info.plans[subtask]:,} plans")
         for d in dims:
-            values = ", ".join(f"{v['name']} {v['weights']}" if isinstance(v, dict) else str(v)
-                               for v in d["values"])
-            out.print(f"    {d['name']} ({d['kind']}): {values}", highlight=False)
+            values = [f"{v['name']} {v['weights']}" if isinstance(v, dict) else str(v)
+                      for v in d["values"]]
+            out.print(f"    {d['name']} ({d['kind']}): {_listed(values)}", highlight=False)
     how = "" if info.exact else f" (from a sample of {SAMPLE:,})"
     out.print(f"allocations: {info.allocations:,}; cost {info.cost_min_gpu_hours:.4g} .. "
               f"{info.cost_max_gpu_hours:.4g} GPU-h{how}")

@@ -83,3 +83,26 @@ def test_check_command(tiny_task_path: Path) -> None:
     assert data["binds"] is False and data["feasible_fraction"] == 1.0
     bad = _planner("check", str(tiny_task_path), "--budget", "lots")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "bad budget" in bad.stderr
+
+
+def test_a_long_list_of_values_is_shortened(tmp_path: Path) -> None:
+    """Thousands of models made one line of thousands of names; the text shows the ends and
+    the count, `--json` every one."""
+    models = [f"m{i}" for i in range(40)]
+    (tmp_path / "t.csv").write_text("model,item,n,c\n" + "".join(
+        f"{m},{q},4,{(i + q) % 5}\n" for i, m in enumerate(models) for q in range(2)))
+    (tmp_path / "task.yaml").write_text(json.dumps({
+        "name": "wide", "environment": "replay", "budget": "1gpu-h",
+        "workload": {"queries": 10},
+        "models": [{"name": m, "params": 1e8 * (i + 1)} for i, m in enumerate(models)],
+        "subtasks": [{"name": "s", "prompt_tokens": 10, "output_tokens": 10,
+                      "models": models, "samples": [1, 2, 4], "aggregators": ["oracle"],
+                      "replay": {"table": "t.csv", "item": "item", "n_samples": "n",
+                                 "n_correct": "c"}}]}))
+    r = _planner("check", str(tmp_path / "task.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "model (categorical): m0, m1, m2, m3, m4, ..., m38, m39 (40 values; --json lists " \
+           "them)" in r.stdout
+    assert "samples (ordinal): 1, 2, 4\n" in r.stdout
+    data = json.loads(_planner("check", str(tmp_path / "task.yaml"), "--json").stdout)
+    assert data["dimensions"]["s"][0]["values"] == models
