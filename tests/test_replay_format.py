@@ -203,7 +203,8 @@ def test_every_table_format_scores_as_its_csv(tmp_path) -> None:
     """TSV, a JSON array of rows (gzipped or not) and JSON Lines replay as the CSV does,
     every price read to its last digit (JSON Lines floats were parsed inexactly before); a
     trailing separator on every row reads as meant (it was a traceback: pandas took the
-    first column for an index), and so does JSON after a byte-order mark."""
+    first column for an index), and so does JSON after a byte-order mark or with its
+    correctness as the texts "True" and "False" (a CSV reader takes those as booleans)."""
     csv_task = _write_task(tmp_path, "8gpu-h")
     samples = pd.read_csv(tmp_path / "samples.csv.gz")
     samples["usd"] = np.random.default_rng(1).uniform(1e-5, 3e-4, len(samples))
@@ -217,11 +218,13 @@ def test_every_table_format_scores_as_its_csv(tmp_path) -> None:
     (tmp_path / "samples.json.gz").write_bytes(gzip.compress(json.dumps(rows).encode()))
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "bom.jsonl").write_text("\ufeff" + (tmp_path / "samples.jsonl").read_text())
+    (tmp_path / "words.jsonl").write_text("".join(  # correctness as the text "True"
+        json.dumps({**r, "correct": str(bool(r["correct"]))}) + "\n" for r in rows))
     lines = samples.to_csv(index=False).splitlines()
     (tmp_path / "trailing.csv").write_text("\n".join([lines[0], *(f"{x}," for x in lines[1:])]))
     task = yaml.safe_load(csv_task.read_text())
     for table in ("samples.tsv", "samples.tsv.gz", "samples.json", "samples.json.gz",
-                  "samples.jsonl", "bom.jsonl", "trailing.csv"):
+                  "samples.jsonl", "bom.jsonl", "words.jsonl", "trailing.csv"):
         task["subtasks"][0]["replay"]["table"] = table
         path = tmp_path / f"{table}.yaml"
         path.write_text(yaml.safe_dump(task))

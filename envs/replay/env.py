@@ -322,6 +322,8 @@ class ReplayEnvironment:
                            [c for c in (rs.correct, rs.answer) if c], needed)
         _refuse(path, table, rs.item, table[rs.item].isna().to_numpy(),
                 "is empty (each row names the item it scores)")
+        if rs.correct:
+            table[rs.correct] = _truths_as_numbers(table[rs.correct])
         _check_numbers(path, table, rs)
         choices = list(self._choices(subtask))
         _check_choice_columns(where, rs, choices)
@@ -562,6 +564,15 @@ def _check_numbers(path: Path, table: pd.DataFrame, rs: ReplaySpec) -> None:
     for column in (rs.flops_per_sample, rs.input_tokens, rs.output_tokens, rs.usd_per_sample):
         if column:
             _refuse(path, table, column, _numbers(path, table, column) < 0, "is negative")
+
+
+def _truths_as_numbers(column: pd.Series) -> pd.Series:
+    """Texts `true` and `false` (any case) as 1 and 0, as a CSV reader takes them: a JSON
+    log may write a sample's correctness as the text "True"."""
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        return column
+    words = {"true": 1, "false": 0}
+    return column.map(lambda v: words.get(v.strip().lower(), v) if isinstance(v, str) else v)
 
 
 def _numbers(path: Path, table: pd.DataFrame, column: str) -> np.ndarray:
