@@ -6,6 +6,7 @@ below), so commands that only read a study load neither LangGraph nor Optuna.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from planner.search._base import BaseStrategy, SearchContext
@@ -40,16 +41,14 @@ def make_strategy(name: str, ctx: SearchContext, *, storage: str | None = None,
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
 
 
+_HOME = {"AgentStrategy": "planner.search.agent.strategy",
+         "OptunaStrategy": "planner.search._optuna"}  # imported on first use
+
+
 def __getattr__(name: str) -> object:
-    if name == "AgentStrategy":
-        from planner.search.agent.strategy import AgentStrategy
-
-        return AgentStrategy
-    if name == "OptunaStrategy":
-        from planner.search._optuna import OptunaStrategy
-
-        return OptunaStrategy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name]), name)
 
 
 __all__ = ["STRATEGIES", "AgentOptions", "AgentStrategy", "BaseStrategy", "OptunaStrategy",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from planner.search.agent.options import DEFAULT_PATIENCE, AgentOptions, LLMConfig
@@ -14,11 +15,9 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> object:
-    if name == "AgentStrategy":
-        from planner.search.agent.strategy import AgentStrategy
-
-        return AgentStrategy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name != "AgentStrategy":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return importlib.import_module("planner.search.agent.strategy").AgentStrategy
 
 
 __all__ = ["DEFAULT_PATIENCE", "AgentOptions", "AgentStrategy", "LLMConfig"]
