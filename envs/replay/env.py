@@ -580,11 +580,13 @@ def _numbers(path: Path, table: pd.DataFrame, column: str) -> np.ndarray:
     raw = table[column]
     values = pd.to_numeric(raw, errors="coerce").astype(float).to_numpy()
     _refuse(path, table, column, raw.isna().to_numpy(), "is empty")
-    listed = raw.map(lambda v: isinstance(v, str) and v.lstrip().startswith("[")).to_numpy()
-    _refuse(path, table, column, np.isnan(values) & listed,
-            "holds a list, which only JSON Lines, JSON and Parquet tables may (a value per "
-            "sample): save it as one of those, or write a row per sample")
-    _refuse(path, table, column, np.isnan(values), "is not a number")
+    unread = np.isnan(values)
+    if unread.any():  # say why, read only here: a large table's column has millions of rows
+        listed = raw.map(lambda v: isinstance(v, str) and v.lstrip().startswith("["))
+        _refuse(path, table, column, unread & listed.to_numpy(dtype=bool),
+                "holds a list, which only JSON Lines, JSON and Parquet tables may (a value "
+                "per sample): save it as one of those, or write a row per sample")
+        _refuse(path, table, column, unread, "is not a number")
     _refuse(path, table, column, ~np.isfinite(values), "is not a finite number")
     return values
 
