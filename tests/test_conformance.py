@@ -198,3 +198,23 @@ def test_shared_artifact_is_trained_and_paid_once(tmp_path: Path) -> None:
     trial = Runner(make_environment(task.spec), store, "s", cost, task.limit).run_trial(shared)
     assert trial.status is TrialStatus.OK
     assert trial.cost.total_gpu_hours == pytest.approx(total.total_gpu_hours)
+
+
+def test_a_space_tried_to_its_end_says_so(tmp_path: Path, strategy: str) -> None:
+    """Every strategy tries each of a small space's allocations once, then stops saying the
+    space was tried to its end (it said every unseen allocation was over budget, with none
+    left unseen)."""
+    rows = [f"{m},{item},{(item + k) % 2},{(item + k) % 3}"
+            for m in "ab" for item in range(4) for k in range(3)]
+    (tmp_path / "t.csv").write_text("model,item,correct,answer\n" + "\n".join(rows) + "\n")
+    (tmp_path / "task.yaml").write_text(
+        "name: small\nenvironment: replay\nbudget: 100gpu-h\nworkload: {queries: 10}\n"
+        "models: [{name: a, params: 1.0e+8}, {name: b, params: 4.0e+8}]\n"
+        "subtasks:\n- {name: s, prompt_tokens: 10, output_tokens: 10, models: [a, b],\n"
+        "   samples: [1, 2, 3], aggregators: [majority],\n"
+        "   replay: {table: t.csv, item: item, correct: correct, answer: answer}}\n")
+    spec = load_spec(tmp_path / "task.yaml")
+    result = optimize(spec, make_environment(spec), store=Store("sqlite://"),
+                      budget="100gpu-h", strategy=strategy, n_trials=20, agent=NO_EARLY_STOP)
+    assert len(set(keys(result.trials))) == len(result.trials) == 6
+    assert result.stopped == "nothing left to try: all 6 allocations of the space were tried"

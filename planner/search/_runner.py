@@ -17,7 +17,7 @@ from planner.draws import Draws, plan_arms, study_draws
 from planner.env import Environment, Observation
 from planner.errors import SpaceError
 from planner.executors import Executor, LocalExecutor
-from planner.search._base import BaseStrategy
+from planner.search._base import BaseStrategy, seen_keys
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation, SearchSpace
 from planner.store import Driver, Store, TrialRecord, TrialStatus
@@ -246,6 +246,19 @@ class Runner:
         strategy.run(self, n_trials, callback, search_budget_gpu_hours)
         return self.history()
 
+    def tried_all(self, history: Sequence[TrialRecord]) -> bool:
+        """Whether `history` holds every allocation of the space."""
+        return len(seen_keys(history)) >= self.space.size()
+
+    def nothing_left(self, history: Sequence[TrialRecord]) -> str:
+        """Why a strategy found no allocation to ask for, in words."""
+        if self.tried_all(history):
+            size = self.space.size()
+            what = f"all {size:,} allocations of the space were" if size > 1 else \
+                "the space's one allocation was"
+            return f"nothing left to try: {what} tried"
+        return "nothing left to try: every unseen allocation is over budget"
+
     def ask_tell(self, strategy: BaseStrategy, n_trials: int,
                  callback: TrialCallback | None = None,
                  search_budget_gpu_hours: float | None = None) -> list[TrialRecord]:
@@ -259,7 +272,7 @@ class Runner:
                     stop := self.exhausted(history, n_trials, search_budget_gpu_hours)):
                 allocation = strategy.ask(history)
                 if allocation is None:
-                    stop = "nothing left to try: every unseen allocation is over budget"
+                    stop = self.nothing_left(history)
                     break
                 # None: another driver claimed it, or the study is full: look again
                 self.submit(allocation, source=strategy.name, max_trials=n_trials)

@@ -135,7 +135,7 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     before = [Insight.from_dict(d) for d in state.memory]
     stop = ctx.runner.exhausted(history, ctx.n_trials, ctx.search_budget_gpu_hours) or ""
     if not stop and ctx.builtin.settled(history):
-        stop = SETTLED
+        stop = ctx.runner.nothing_left(history) if ctx.runner.tried_all(history) else SETTLED
     if not stop and ctx.patience is not None and state.stale >= ctx.patience:
         stop = f"converged: no better score in {state.stale} proposals"
     if stop:  # nothing will read new insights: the builtin's suffice, the model is not asked
@@ -205,7 +205,7 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     if proposal.exchange:
         update["messages"] = proposal.exchange
     if not proposal.allocations:
-        update["stop"] = "no unseen allocation fits the budget"
+        update["stop"] = ctx.runner.nothing_left(history)
     return update
 
 
