@@ -667,6 +667,9 @@ def list_trials(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = Fals
     if as_json:
         _emit_json(rows)
         return
+    if not rows:
+        out.print(f"{study}: no {status.value + ' ' if status else ''}trials")
+        return
     table = Table(title=f"{study}: trials" + (f" ({status.value})" if status else ""),
                   show_lines=True)
     for col in ("#", "status", "score", "est. GPU-h", "source", "allocation", "error"):

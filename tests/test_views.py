@@ -73,6 +73,8 @@ def test_trials_lists_every_trial_and_filters_by_status(db: str) -> None:
                                               if t.status is TrialStatus.OK]
     text = planner("trials", STUDIES[0], "--db", db)
     assert "solve:" in text and "est. GPU-h" in text
+    none = planner("trials", STUDIES[0], "--db", db, "--status", "failed")
+    assert none.strip() == f"{STUDIES[0]}: no failed trials"  # not an empty table
 
 
 def test_compare_reports_best_and_what_reaching_it_cost(db: str) -> None:
