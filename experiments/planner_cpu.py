@@ -77,11 +77,9 @@ def _child(cmd: list[str], root: Path, args: argparse.Namespace, tasks: list[str
            **env: str) -> subprocess.CompletedProcess[str]:
     """Run `cmd` (a planner_cpu.py) on this run's strategy, seeds, trials and `tasks` in a
     subprocess that imports the planner from the checkout at `root`, one thread a process."""
-    return subprocess.run(
-        [*cmd, "--strategy", args.strategy, "--seeds", str(args.seeds), "--trials",
-         str(args.trials), "--tasks", *tasks], cwd=root / "experiments", check=True,
-        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", **env},
-        capture_output=True, text=True)
+    return run_in_checkout(
+        root, [*cmd, "--strategy", args.strategy, "--seeds", str(args.seeds), "--trials",
+               str(args.trials), "--tasks", *tasks], cwd=root / "experiments", **env)
 
 
 def run_tree(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
@@ -128,6 +126,15 @@ def count(args: argparse.Namespace, trees: dict[str, Path]) -> None:
         ratio = f" (ratio {values[-1] / values[0]:.3f})" if len(values) > 1 else ""
         print(f"{name}: " + ", ".join(f"{label} {v:.2f}" for label, v in by_label.items())
               + ratio)
+
+
+def run_in_checkout(root: Path, cmd: list[str], cwd: Path | None = None,
+                    **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` (in `cwd`, default `root`) in a subprocess that imports the planner from the
+    checkout at `root`, one thread a process; its output captured, a failure raised."""
+    return subprocess.run(cmd, cwd=cwd or root, check=True, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1",
+                               **env})
 
 
 @contextmanager

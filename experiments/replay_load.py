@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from planner_cpu import checkout
+from planner_cpu import checkout, run_in_checkout
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = [1, 2, 4, 8, 16, 32, 64]
@@ -95,10 +93,7 @@ def write_task(folder: Path, models: int, items: int, samples: int, wrong: int,
 def measure(root: Path, task: Path, aggregator: str) -> dict:
     """The three times (seconds) and every plan's score, in a fresh process in `root`;
     `aggregator` is the one read for each model at the largest n."""
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(task), aggregator], cwd=root,
-                         env=env,
-                         capture_output=True, text=True, check=True)
+    out = run_in_checkout(root, [sys.executable, "-c", _MEASURE, str(task), aggregator])
     return json.loads(out.stdout)
 
 

@@ -13,15 +13,13 @@ these commands wait for is mostly imports: a replay lookup takes microseconds.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from planner_cpu import checkout
+from planner_cpu import checkout, run_in_checkout
 
 HERE = Path(__file__).resolve().parent
 TASK = "envs/replay/tasks/tutor_mmlu_gsm8k_math.yaml"
@@ -31,10 +29,8 @@ _PLANNER = "import sys; from planner.cli import main; sys.argv[0] = 'planner'; m
 
 def planner(root: Path, *args: str) -> float:
     """Seconds `planner ARGS` takes in a fresh process run in `root`."""
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     begin = time.perf_counter()
-    subprocess.run([sys.executable, "-c", _PLANNER, *args], cwd=root, env=env, check=True,
-                   capture_output=True)
+    run_in_checkout(root, [sys.executable, "-c", _PLANNER, *args])
     return time.perf_counter() - begin
 
 
