@@ -1,6 +1,6 @@
 """Replay environment: answers allocations from recorded per-item results.
 
-Each replay subtask points at a table (CSV, JSON Lines, either gzipped, or Parquet) with
+Each replay subtask points at a table (CSV, TSV, JSON Lines or JSON, any gzipped, or Parquet) with
 one row per (choice, item) holding sample counts (`n_samples`, `n_correct`), or one row per
 sample holding `correct` (1 or 0, or a score between for partial credit) and, optionally,
 the sample's final `answer`. A choice is a (model, method, mixture) of the search space;
