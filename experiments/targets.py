@@ -4,7 +4,7 @@ nothing).
     python experiments/targets.py
 
 For each set of tasks whose results are kept under experiments/results/ (the suite, the
-held-out shapes, the suite under other budgets, the live task, four draws of random tables),
+held-out shapes, the suite under other budgets, the two live tasks, four draws of random tables),
 counts the tasks where the agent meets each target, by the rules of `random_shapes.tally`:
 median trials to 99% of the exact optimum at most half Optuna's (met where Optuna never
 gets there and the agent does), at most the sweep's, median search GPU-h to 99% at most
@@ -30,7 +30,7 @@ SETS = [
     ("held-out shapes, x0.5 / x1 / x2", RESULTS / "heldout" / "summary.csv", 60),
     ("suite, x0.5 / x2", RESULTS / "budgets" / "summary.csv", 60),
     ("suite, x0.4 / x3", RESULTS / "wide" / "summary.csv", 60),
-    ("live wordsum", RESULTS / "live" / "summary.csv", 30),
+    ("live tasks (wordsum, smolmath)", RESULTS / "live" / "summary.csv", 30),
     ("random tables 32-95", RESULTS / "random_shapes" / "tally_32_95.csv", 40),
     ("random tables 96-159", RESULTS / "random_shapes" / "tally_96_159.csv", 40),
     ("random tables 160-223", RESULTS / "random_shapes" / "tally_160_223.csv", 40),
