@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from envs import make_environment
@@ -21,6 +22,7 @@ from planner.search import AgentOptions, Runner, SearchContext, make_strategy
 from planner.search.agent import surrogate
 from planner.search.agent.combine import best_first, pareto_layers
 from planner.search.agent.memory import Insight
+from planner.search.agent.reasoners.builtin import BuiltinReasoner
 from planner.search.agent.strategy import AgentStrategy
 from planner.search.agent.surrogate import PlanTable, SubtaskModel
 from planner.search.search_cost import SearchCost
@@ -29,6 +31,7 @@ from planner.spec import load_spec
 from planner.store import Store, TrialRecord, TrialStatus
 from planner.study import optimize
 from tests.agent_tasks import write_random_task
+from tests.conftest import write_tiny_task
 
 TASKS = Path(__file__).parents[1] / "envs" / "replay" / "tasks"
 
@@ -73,6 +76,25 @@ def test_agent_on_random_tasks(tmp_path: Path, seed: int, stages: int) -> None:
     assert result.best.score >= 0.99 * optimum
     assert all(t.cost.total_gpu_hours <= _budget(spec) for t in result.trials)
     assert len({t.allocation.key() for t in result.trials}) == len(result.trials)
+
+
+def test_init_says_what_its_probes_vary(tmp_path: Path) -> None:
+    """The init step's summary counts the models its probes try and names the other
+    dimensions they vary; a subtask with one model has no model choice to probe (its
+    probe is the reference the others differ from)."""
+    path = write_tiny_task(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["subtasks"][0]["models"] = ["large"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_spec(path)
+    budget = parse_budget(spec.budget).gpu_hours(spec.hardware.peak_flops,
+                                                 spec.hardware.utilization)
+    probes = BuiltinReasoner(SearchContext(SearchSpace(spec), CostModel(spec), budget)
+                             ).initial([])
+    assert probes.summary == (f"{len(probes.allocations)} probes, varying extract: method; "
+                              "solve: 2 models, method")
+    assert probes.rationale[0].startswith("extract: reference probe large / ")
+    assert "solve: model probe" in probes.rationale[0]
 
 
 def test_graph_trace_and_insights(tmp_path: Path, tiny_spec) -> None:

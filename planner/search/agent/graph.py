@@ -50,9 +50,7 @@ def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     fallback = llm.pop("fallback")
     allocs = probes.allocations
     step = _record(ctx, InitStep(
-        summary=(f"{len(allocs)} probes isolating the model choice, then each other "
-                 "dimension, per subtask" if probes.reasoner == ctx.builtin.name
-                 else f"{probes.reasoner}: {len(allocs)} probes")
+        summary=(probes.summary or f"{probes.reasoner}: {len(allocs)} probes")
                 + (f" (fallback: {fallback})" if fallback else ""),
         inputs={"budget_gpu_hours": ctx.runner.budget_gpu_hours, "n_trials": ctx.n_trials,
                 "subtasks": ctx.runner.space.subtasks, "reasoner": _reasoner(ctx)},

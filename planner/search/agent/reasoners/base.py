@@ -53,6 +53,7 @@ class Proposal:
     attempts: list[Attempt] = field(default_factory=list)
     fallback: str | None = None  # why the built-in reasoner answered instead
     rationale: list[str] = field(default_factory=list)  # why each allocation, one line each
+    summary: str = ""  # the proposal as a whole, one line (the trace's step summary)
     exchange: list[dict] = field(default_factory=list)  # for the graph's messages channel
     bets: list[float | None] = field(default_factory=list)  # per allocation (empty: all
     # None): for a language model's pick outside the builtin's top candidates, the score it

@@ -101,6 +101,7 @@ class BuiltinReasoner:
         seen = settled(history, self.ctx.cost_model)
         out: list[Allocation] = []
         why: list[str] = []
+        varied: dict[str, dict[str, None]] = {t.subtask: {} for t in tables}  # in order
         for i in range(max(len(p) for p in probes)):
             chosen = {t.subtask: p[min(i, len(p) - 1)] for t, p in zip(tables, probes,
                                                                          strict=True)}
@@ -109,8 +110,12 @@ class BuiltinReasoner:
                 continue
             seen.add(alloc.key())
             out.append(alloc)
-            why.append("; ".join(f"{s}: {reason}" for s, (_, reason) in chosen.items()))
-        return Proposal(out, self.name, rationale=why)
+            why.append("; ".join(f"{s}: {what} probe {alloc[s].describe()}"
+                                 for s, (_, what) in chosen.items()))
+            for s, (_, what) in chosen.items():
+                varied[s][what] = None
+        return Proposal(out, self.name, rationale=why,
+                        summary=_design_summary(out, varied))
 
     def outclassed(self, history: Sequence[TrialRecord], probe: Allocation) -> bool:
         """Whether an init probe not yet run can be left out: the score model rates its end
@@ -307,13 +312,30 @@ def _others(t: PlanTable, afford: np.ndarray) -> int:
                for j, d in enumerate(t.dims) if d.name != "model")
 
 
+_CHEAPEST = "its cheapest plan (nothing fits its share of the budget)"
+
+
+def _design_summary(probes: Sequence[Allocation], varied: dict[str, dict[str, None]]) -> str:
+    """One line on what the probes vary, per subtask: how many models, then which other
+    dimensions (a subtask with one model probes no model choice)."""
+    parts = []
+    for s, whats in varied.items():
+        models = len({a[s]["model"] for a in probes})
+        others = [_CHEAPEST if w == "cheapest" else w for w in whats
+                  if w not in ("model", "reference")]
+        if models > 1:
+            others.insert(0, f"{models} models")
+        parts.append(f"{s}: {', '.join(others) or 'one plan'}")
+    return f"{len(probes)} probes, varying {'; '.join(parts)}"
+
+
 def _probes(t: PlanTable, share: float, ctx: SearchContext, strata: int
             ) -> list[tuple[int, str]]:
-    """Plan indices (and why) that isolate the model, one per size stratum (`strata` of
-    them, at most one per model), then each other dimension."""
+    """Plan indices that isolate the model, one per size stratum (`strata` of them, at
+    most one per model), then each other dimension; each with the dimension it probes."""
     afford = _affordable(t, share)
     if not afford.any():
-        return [(int(np.argmin(t.cost)), "cheapest plan (nothing fits the budget share)")]
+        return [(int(np.argmin(t.cost)), "cheapest")]
     model = t.codes[:, t.column("model")]
     rest = [j for j, d in enumerate(t.dims) if d.name != "model"]
     # reference arm: the values of the other dimensions most models can afford, most trained
@@ -340,10 +362,10 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext, strata: int
 
     def add(i: int | None, what: str) -> None:
         if i is not None:
-            out.append((i, f"{what} probe {t.plans[i].describe()}"))
+            out.append((i, what))
 
-    for m in picks:
-        add(best(on_ref & (model == m)), "model")
+    for m in picks:  # with one model to pick, its probe is the others' reference
+        add(best(on_ref & (model == m)), "model" if len(picks) > 1 else "reference")
     anchor = out[len(out) // 2][0]
     on_model = afford & (model == model[anchor])
     kept = (t.codes[:, rest] == ref).sum(axis=1)  # how many reference values each plan keeps
