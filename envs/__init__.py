@@ -30,15 +30,16 @@ def make_environment(spec: TaskSpec) -> Environment:
 
 def resolve_for_export(spec: TaskSpec, allocation: Allocation) -> Resolved:
     """The allocation's base models as other tools load them and, for a live task, the
-    training examples of every source: what `planner.export` writes."""
+    training examples of every source as each base trains on it: what `planner.export`
+    writes."""
     models = {p.model for _, p in allocation.items()}
     if spec.environment != "live":
         return Resolved({m: spec.model(m).source or m for m in models})
     from envs.live.env import LiveEnvironment
 
     env = LiveEnvironment(spec, progress=False)
-    sources = {q for s, p in allocation.items()
-               for q in artifact_of(spec, s, p).exported.sources}
+    exported = [artifact_of(spec, s, p).exported for s, p in allocation.items()]
+    sources = {(q, a.model) for a in exported for q in a.sources}  # as each base trains
     from tools.train import special_text
 
     bases = {m: str(env.base_path(m)) for m in models}
@@ -46,6 +47,6 @@ def resolve_for_export(spec: TaskSpec, allocation: Allocation) -> Resolved:
                for s, p in allocation.items()
                if spec.method(p.method).fine_tunes
                and spec.method(p.method).options.max_length is None}
-    return Resolved(bases, {q: env.examples(q) for q in sorted(sources)},
+    return Resolved(bases, {(q, m): env.examples(q, m) for q, m in sorted(sources)},
                     {m: special_text(path) for m, path in bases.items()},
                     {s: n for s, n in lengths.items() if n is not None})

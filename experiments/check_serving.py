@@ -9,9 +9,11 @@ DIR` (so DIR/outputs/NAME hold the models serving.yaml names):
    /v1/models must list every request's `model`;
 2. each subtask, in the task's DAG order, sends its request (serving.yaml's fields plus the
    prompt_template rendered on each validation record, whose inputs are gold, as in planner's
-   per-subtask score) to /v1/completions, aggregates the n texts with envs.live.scoring
-   and scores them with the subtask's metric; the table gives vLLM's score beside
-   expected_score (planner's, sampled with transformers: close, not identical) and latency.
+   per-subtask score) to its endpoint (/v1/completions, or /v1/chat/completions with the
+   prompt as the user message where the task used the chat template), aggregates the n
+   texts with envs.live.scoring and scores them with the subtask's metric; the table gives
+   vLLM's score beside expected_score (planner's, sampled with transformers: close, not
+   identical) and latency.
 
 Servers are stopped on exit, errors and Ctrl-C included. Exit 1 if a server fails, a name is
 not served, a request fails, or a score differs from the expected by more than --max-diff.
@@ -138,10 +140,16 @@ def check_subtask(export: Path, name: str, entry: dict[str, Any], server: Server
     n, aggregator = request["n"], entry["aggregator"]
     labels = [r[data.label] for r in records]
 
+    chat = entry.get("endpoint") == "/v1/chat/completions"
+
     def complete(body: dict[str, Any]) -> tuple[list[str], float, int]:
         begin = time.perf_counter()
-        out = get_json(f"{server.url}/v1/completions", body)
-        texts = [c["text"] for c in sorted(out["choices"], key=lambda c: c["index"])]
+        if chat:  # the prompt as the one user message, which vLLM renders
+            body = {**{k: v for k, v in body.items() if k != "prompt"},
+                    "messages": [{"role": "user", "content": body["prompt"]}]}
+        out = get_json(f"{server.url}{entry.get('endpoint', '/v1/completions')}", body)
+        choices = sorted(out["choices"], key=lambda c: c["index"])
+        texts = [c["message"]["content"] if chat else c["text"] for c in choices]
         if len(texts) != n:
             raise SystemExit(f"{name}: asked n={n}, got {len(texts)} choices")
         return texts, time.perf_counter() - begin, out["usage"]["completion_tokens"]

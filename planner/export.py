@@ -40,7 +40,6 @@ from planner.train_configs import (
     Job,
     data_file,
     dataset_info,
-    llamafactory_dataset,
     mixture_file,
 )
 
@@ -57,8 +56,10 @@ class Resolved:
 
     bases: dict[str, str]
     """Model name -> what other tools load: a local folder or file, or a hub id."""
-    examples: dict[str, list[Example]] | None = None
-    """Qualified source -> its training examples; None where the task has no data (replay)."""
+    examples: dict[tuple[str, str], list[Example]] | None = None
+    """(qualified source, model name) -> its training examples as that base trains on them
+    (in its chat template where the source's subtask sets `chat_template`); None where the
+    task has no data (replay)."""
     special: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Model name -> the BOS and EOS text its tokenizer puts around an example
     (`tools.train.special_text`); absent where the tokenizer is not at hand."""
@@ -150,10 +151,6 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
     serving, unexpressed = serving_plan(
         spec.subtasks, dict(trial.allocation.items()), jobs, resolved.bases,
         dict(trial.subtask_scores), recorded=resolved.examples is None)
-    unexpressed += [f"{s.name}: chat_template: planner gave the model each prompt in its chat "
-                    "template (sampling and training); the data files and requests here hold "
-                    "the raw prompts: apply the chat template in the tool"
-                    for s in spec.subtasks if s.chat_template]
     unexpressed += _research_notes(spec, trial.allocation, fmt)
     files = {PLAN_FILE: _yaml(doc), "serving.yaml": _yaml(serving)}
     runs: list[tuple[Job, str]] = []
@@ -217,15 +214,10 @@ def _research_notes(spec: TaskSpec, allocation: Allocation, fmt: str) -> list[st
 
 def _data_files(jobs: list[Job], fmt: str, resolved: Resolved,
                 unexpressed: list[str]) -> dict[str, str]:
-    """The sources the jobs train on as prompt/completion JSONL (for LLaMA-Factory with each
-    base's special tokens as text), LLaMA-Factory's registry and Axolotl's pre-drawn
-    mixtures."""
-    wanted: dict[str, tuple[str, str]] = {}  # file -> (qualified source, model)
-    for job in jobs:
-        for q in job.sources:
-            path = (f"{DATA_DIR}/{llamafactory_dataset(job, q)}.jsonl" if fmt == "llamafactory"
-                    else data_file(q))
-            wanted[path] = (q, job.model)
+    """The sources the jobs train on as prompt/completion JSONL, as each base trains on them
+    (for LLaMA-Factory with its special tokens as text), LLaMA-Factory's registry and
+    Axolotl's pre-drawn mixtures."""
+    wanted = {data_file(job, q): (q, job.model) for job in jobs for q in job.sources}
     files = {}
     if fmt == "llamafactory":
         names = [Path(path).stem for path in wanted]
@@ -244,13 +236,13 @@ def _data_files(jobs: list[Job], fmt: str, resolved: Resolved,
     for path, (q, model) in wanted.items():
         bos, eos = resolved.special.get(model, ("", "")) if fmt == "llamafactory" else ("", "")
         files[path] = _jsonl([{"prompt": bos + e["prompt"], "completion": e["completion"] + eos}
-                              for e in examples[q]])
+                              for e in examples[q, model]])
     if fmt == "axolotl":
         from tools.train import sample_mixture
 
         for job in (j for j in jobs if len(j.sources) > 1):
             o = job.method.options
-            drawn = sample_mixture({q: examples[q] for q in job.sources}, job.sources,
+            drawn = sample_mixture({q: examples[q, job.model] for q in job.sources}, job.sources,
                                    o.steps * o.batch_size, o.seed)
             files[mixture_file(job)] = _jsonl([example for _, example in drawn])
     return files
@@ -306,8 +298,11 @@ def readme(doc: dict, serving: dict, fmt: str, runs: list[tuple[Job, str]],
         lines += [f"- {run}{job.method.kind} on {job.base} for {', '.join(job.serves)}, data "
                   + ", ".join(f"{q} {w:.3g}" for q, w in job.sources.items())
                   + f"; writes {job.output_dir}"]
-    lines += ["", "## Serve (vLLM)", "", "serving.yaml holds each subtask's request "
-              "(POST /v1/completions) and the aggregator to apply to its n answers.", ""]
+    lines += ["", "## Serve (vLLM)", "", "serving.yaml holds each subtask's request (POST it "
+              "to the subtask's `endpoint`: /v1/completions with the filled prompt template "
+              "as `prompt`, /v1/chat/completions with it as the one user message where "
+              "planner used the model's chat template) and the aggregator to apply to its n "
+              "answers.", ""]
     lines += [f"- `{s['command']}` for {', '.join(s['subtasks'])}" for s in serving["servers"]]
     lines += ["", f"## Not expressed in the {fmt} format", ""]
     lines += [f"- {line}" for line in unexpressed] or ["Nothing: every setting is exported."]

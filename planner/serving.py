@@ -1,6 +1,10 @@
 """How the found allocation is served with vLLM: one `vllm serve` command per distinct served
 model (a base with its LoRA adapters, or a fully fine-tuned model) and, per subtask, the
-completion request that reproduces its sampling and the aggregator to apply to the n answers.
+request that reproduces its sampling and the aggregator to apply to the n answers. The
+request goes to `/v1/completions` with the filled prompt template as `prompt`, or, where the
+subtask sets `chat_template` (planner gave the model each prompt as the user's turn of its
+chat template), to `/v1/chat/completions` with it as the one user message, which vLLM
+renders with the model's chat template and the assistant's turn opened, as planner did.
 
 Flags follow vLLM's OpenAI-compatible server: `--generation-config vllm` keeps the model's
 own `generation_config.json` from overriding the request's sampling parameters, and
@@ -81,7 +85,8 @@ def serving_plan(subtasks: list[SubtaskSpec], allocation: dict[str, Plan],
         # would share the sampling noise across prompts (planner seeds each prompt apart)
         request = {"model": model_name, "n": plan.samples, "temperature": d.temperature,
                    "top_p": d.top_p, "max_tokens": d.max_new_tokens}
-        entry: dict[str, object] = {"server": server_name}
+        entry: dict[str, object] = {"server": server_name, "endpoint": (
+            "/v1/chat/completions" if s.chat_template else "/v1/completions")}
         if s.data is not None:
             entry["prompt_template"] = s.data.prompt
         if plan.aggregator == "oracle":

@@ -4,11 +4,12 @@ Each function takes one `Job` (a distinct fine-tune: base, method, mixture) and 
 config as a dict plus what that tool cannot express. Paths are relative to the export folder,
 from which the user runs the tool:
 
-    data/SUB.SRC.jsonl          {"prompt", "completion"} per line: source SRC of subtask SUB,
-                                rendered with SUB's template and label (what planner trains on)
-    data/MODEL.SUB.SRC.jsonl    the same for LLaMA-Factory, whose `empty` template adds no
-                                special tokens: each example carries base MODEL's BOS (where
-                                its tokenizer adds one) and EOS as text
+    data/MODEL.SUB.SRC.jsonl    {"prompt", "completion"} per line: source SRC of subtask SUB as
+                                base MODEL trains on it, rendered with SUB's template and label
+                                and, where SUB sets `chat_template`, in MODEL's chat template
+                                (what planner trains on); for LLaMA-Factory, whose `empty`
+                                template adds no special tokens, each example also carries
+                                MODEL's BOS (where its tokenizer adds one) and EOS as text
     data/NAME.mixture.jsonl     the examples planner's training draws for job NAME (Axolotl)
     data/dataset_info.json      LLaMA-Factory's registry of its files
     outputs/NAME/               where each tool writes the trained model
@@ -54,14 +55,14 @@ def dataset_name(qualified: str) -> str:
     return qualified.replace("/", ".")
 
 
-def data_file(qualified: str) -> str:
-    return f"{DATA_DIR}/{dataset_name(qualified)}.jsonl"
-
-
-def llamafactory_dataset(job: Job, qualified: str) -> str:
-    """LLaMA-Factory's name of a source as the job's base reads it (its special tokens in
-    the text); the file is `data/NAME.jsonl`."""
+def dataset_stem(job: Job, qualified: str) -> str:
+    """The name of a source as the job's base trains on it (its chat template, and for
+    LLaMA-Factory its special tokens, in the text); the file is `data/NAME.jsonl`."""
     return f"{job.model}.{dataset_name(qualified)}"
+
+
+def data_file(job: Job, qualified: str) -> str:
+    return f"{DATA_DIR}/{dataset_stem(job, qualified)}.jsonl"
 
 
 def mixture_file(job: Job) -> str:
@@ -80,7 +81,7 @@ def llamafactory(job: Job) -> ToolConfig:
     """`llamafactory-cli train` config. The `empty` template feeds the raw prompt, as planner
     does; a mixture interleaves the sources with its weights as probabilities."""
     own = job.method.tool_config("llamafactory")
-    names = [llamafactory_dataset(job, q) for q in job.sources]
+    names = [dataset_stem(job, q) for q in job.sources]
     data: dict[str, object] = {"dataset": ",".join(names), "dataset_dir": DATA_DIR,
                                "template": "empty"}
     if len(names) > 1:
@@ -96,7 +97,7 @@ def axolotl(job: Job) -> ToolConfig:
     sources trains on the pre-sampled examples of `mixture_file` (planner's own draw)."""
     own = job.method.tool_config("axolotl")
     single = len(job.sources) == 1
-    path = data_file(next(iter(job.sources))) if single else mixture_file(job)
+    path = data_file(job, next(iter(job.sources))) if single else mixture_file(job)
     dataset = {"path": path, "ds_type": "json",
                "type": {"field_instruction": "prompt", "field_output": "completion",
                         "format": "{instruction}", "no_input_format": "{instruction}"}}
@@ -114,7 +115,7 @@ def trl(job: Job) -> ToolConfig:
     """`trl sft --config` file: prompt/completion JSONL, the loss on completions only; a
     mixture gives each source its weight as `fraction`."""
     own = job.method.tool_config("trl")
-    datasets: list[dict[str, object]] = [{"path": "json", "data_files": data_file(q),
+    datasets: list[dict[str, object]] = [{"path": "json", "data_files": data_file(job, q),
                                           "split": "train"} for q in job.sources]
     if len(datasets) > 1:
         for entry, weight in zip(datasets, job.sources.values(), strict=True):

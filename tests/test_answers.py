@@ -18,13 +18,17 @@ import pytest
 import yaml
 
 import envs.live.env as live_env
+from envs import resolve_for_export
 from envs.live.env import LiveEnvironment, prompt_seed
 from envs.live.scoring import aggregate, expected_score, label_answer
 from envs.live.tasks.make_data import wordsum_records, write_jsonl
 from planner.artifact import artifact_of
+from planner.cost import Cost
 from planner.errors import SpecError
+from planner.export import export_files
 from planner.space import Allocation, Plan
 from planner.spec import load_spec
+from planner.store import StudyRecord, TrialRecord, TrialStatus
 from tests.conftest import write_tiny_task
 from tools.evaluate import (
     exact_match,
@@ -280,6 +284,36 @@ def test_chat_template_renders_sampling_and_training_alike(
         LiveEnvironment(load_spec(path), cache_dir=tmp_path / "cache", progress=False)
     assert str(e.value).startswith("answers: subtasks.parse.chat_template: model 'plain' (")
     assert "has no chat template in its tokenizer; use a chat model" in str(e.value)
+
+
+def test_an_export_trains_and_serves_in_the_chat_template(
+        tmp_path: Path, bases: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data files hold each chat-template source as its base trains on it, and the
+    subtask's request goes to the chat endpoint, so nothing is left to redo by hand."""
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    full = {"name": "full", "kind": "full", "options": {"steps": 1, "batch_size": 2}}
+    spec = load_spec(write_task(tmp_path, {"chat": bases["chat"]},
+                                parse={"chat_template": True}, methods=[full]))
+    allocation = Allocation.of({"parse": plan("chat", "full", n=1),
+                                "add": plan("chat", "full", n=1)})
+    study = StudyRecord("s", spec.name, "", {}, "1gpu-h", 1.0, "agent", 0, 0.0)
+    trial = TrialRecord(0, allocation, TrialStatus.OK, 0.5, {"parse": 0.5, "add": 0.5},
+                        Cost(0.1, 0.2))
+    env = LiveEnvironment(spec, cache_dir=tmp_path / "cache", progress=False)
+    raw = [env.data["parse"].prompt(r) for r in env.data["parse"].sources["train"]]
+    for fmt in ("trl", "axolotl", "planner"):
+        files, unexpressed = export_files(spec, study, trial, fmt,
+                                          resolve_for_export(spec, allocation))
+        assert not [line for line in unexpressed if "chat" in line]
+        serving = yaml.safe_load(files["serving.yaml"])["subtasks"]
+        assert serving["parse"]["endpoint"] == "/v1/chat/completions"
+        assert serving["add"]["endpoint"] == "/v1/completions"
+        if fmt == "planner":  # `planner train` renders the task's own copy
+            continue
+        parse = [json.loads(line) for line in files["data/chat.parse.train.jsonl"].splitlines()]
+        assert [e["prompt"] for e in parse] == [f"<|user|>{p}<|assistant|>" for p in raw]
+        add = [json.loads(line) for line in files["data/chat.add.train.jsonl"].splitlines()]
+        assert [e["prompt"] for e in add] == [e["prompt"] for e in env.examples("add/train")]
 
 
 # --- training length from the data -------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_tool_configs_carry_the_mixture_and_the_method() -> None:
     assert any("mixture weights" in line for line in ax.unexpressed)
     t = trl(job).keys
     assert [(d["data_files"], d["fraction"]) for d in t["datasets"]] == [
-        ("data/a.x.jsonl", 0.5), ("data/b.x.jsonl", 0.5)]
+        ("data/m.a.x.jsonl", 0.5), ("data/m.b.x.jsonl", 0.5)]
     assert t["use_peft"] is True and t["lora_r"] == 12 and t["completion_only_loss"] is True
 
 
@@ -81,7 +81,7 @@ def test_full_fine_tune_on_one_source() -> None:
     lf = llamafactory(job).keys
     assert lf["finetuning_type"] == "full" and "mix_strategy" not in lf
     assert axolotl(job).keys["adapter"] is None
-    assert axolotl(job).keys["datasets"][0]["path"] == "data/a.data.jsonl"
+    assert axolotl(job).keys["datasets"][0]["path"] == "data/m.a.data.jsonl"
     assert "fraction" not in trl(job).keys["datasets"][0]
     assert trl(job).keys["use_peft"] is False
 

@@ -68,8 +68,8 @@ def test_trl_configs_pass_trls_strict_parser_and_train(task: Path, tmp_path: Pat
     _, sft, model, mixture = parsed["parse"][:4]
     assert model.use_peft and model.lora_r == 4 and sft.max_steps == 2
     assert [(d.data_files, d.fraction) for d in mixture.datasets] == [
-        ("data/parse.easy.jsonl", 0.5), ("data/parse.hard.jsonl", 0.5)]
-    first = json.loads(Path("data/parse.easy.jsonl").read_text().splitlines()[0])
+        ("data/m1.parse.easy.jsonl", 0.5), ("data/m1.parse.hard.jsonl", 0.5)]
+    first = json.loads(Path("data/m1.parse.easy.jsonl").read_text().splitlines()[0])
     assert first["prompt"].endswith(" sum:") and "+" in first["completion"]
 
     sft.bf16 = False  # this CPU has no bf16; everything else as exported
@@ -89,7 +89,7 @@ def test_axolotl_mixture_file_holds_the_examples_planner_trained_on(task: Path,
     config = yaml.safe_load((out / "axolotl" / "add.yml").read_text())
     assert config["adapter"] is None and config["datasets"][0]["path"] == "data/add.mixture.jsonl"
     drawn = [json.loads(line) for line in (out / "data" / "add.mixture.jsonl").open()]
-    easy = {line for line in (out / "data" / "parse.easy.jsonl").read_text().splitlines()}
+    easy = {line for line in (out / "data" / "m1.parse.easy.jsonl").read_text().splitlines()}
     from_easy = sum(json.dumps(r) in easy for r in drawn)
 
     env = LiveEnvironment(load_spec(task), cache_dir=tmp_path / "cache", progress=False)
