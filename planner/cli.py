@@ -10,6 +10,7 @@ import gc
 import json
 import math
 import os
+import statistics
 import sys
 from collections import Counter
 from dataclasses import asdict, replace
@@ -464,11 +465,29 @@ def _print_measured(measured: dict, study: str) -> None:
               highlight=False)
     out.print(f"device time the search spent: {measured['spent_device_hours']:.4g} device-h "
               "(measured; work reused from the cache counted once)", highlight=False)
-    for r in measured["rows"]:
+    for line in escalation_lines(measured["rows"]):
+        out.print(line, highlight=False)
+
+
+def escalation_lines(rows: list[dict]) -> list[str]:
+    """One line per subtask and cascade threshold: the share of its validation items the
+    trials escalated to the strong plan (a range over several trials) against the share the
+    cost model assumed."""
+    runs: dict[tuple[str, float], list[tuple[int, float]]] = {}
+    for r in rows:
         for s, share in r["escalated"].items():
-            out.print(f"trial {r['number']}: {s} escalated a share {share['measured']:.3g} of "
-                      f"its validation items to its cascade's strong plan; the cost model "
-                      f"assumed {share['assumed']:.3g} (the threshold)", highlight=False)
+            runs.setdefault((s, share["assumed"]), []).append((r["number"], share["measured"]))
+    lines = []
+    for (s, assumed), seen in runs.items():
+        shares = sorted(m for _, m in seen)
+        which = _listed([str(n) for n, _ in seen])
+        measured = (f"a share {shares[0]:.3g}" if len(seen) == 1 else
+                    f"a share of {shares[0]:.3g} to {shares[-1]:.3g} (median "
+                    f"{statistics.median(shares):.3g})")
+        lines.append(f"{s}: its cascade escalated {measured} of its validation items to the "
+                     f"strong plan (trial{'s' if len(seen) > 1 else ''} {which}); the cost "
+                     f"model assumed {assumed:.3g} (the threshold)")
+    return lines
 
 
 @app.command()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from planner.cli import escalation_lines
 from planner.store import Store
 from tests.conftest import run_planner, write_tiny_task
 
@@ -196,3 +197,16 @@ def test_commands_load_only_the_libraries_they_run(study_dir: Path,
     assert _loaded("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--trials", "2",
                    "--study", "agent", cwd=study_dir) == ["langgraph"]
     assert _loaded("trace", "agent", cwd=study_dir) == []
+
+
+def test_escalations_are_one_line_per_cascade() -> None:
+    """`planner show` sums up how much each cascade escalated over its trials, against the
+    share the cost model assumed, instead of a line per trial."""
+    rows = [{"number": n, "escalated": {"compute": {"assumed": 0.75, "measured": m}}}
+            for n, m in ((3, 0.5), (5, 1.0), (8, 0.75))]
+    rows.append({"number": 9, "escalated": {"parse": {"assumed": 1.0, "measured": 0.25}}})
+    assert escalation_lines(rows) == [
+        "compute: its cascade escalated a share of 0.5 to 1 (median 0.75) of its validation "
+        "items to the strong plan (trials 3, 5, 8); the cost model assumed 0.75 (the threshold)",
+        "parse: its cascade escalated a share 0.25 of its validation items to the strong plan "
+        "(trial 9); the cost model assumed 1 (the threshold)"]
