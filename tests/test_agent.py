@@ -97,6 +97,37 @@ def test_init_says_what_its_probes_vary(tmp_path: Path) -> None:
     assert "solve: model probe" in probes.rationale[0]
 
 
+def test_the_best_trial_at_a_larger_n_of_its_arm_comes_next(tmp_path: Path) -> None:
+    """Under a majority vote, the best trial's arm at a larger n reads samples already
+    drawn: it goes first where the score model's mean rates it above the best trial (the
+    fit had put untried arms ahead of it on smolmath). Under `oracle` it is left to the
+    frontier."""
+    path = write_tiny_task(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["subtasks"] = data["subtasks"][:1]
+    data["subtasks"][0]["aggregators"] = ["majority"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_spec(path)
+    budget = parse_budget(spec.budget).gpu_hours(spec.hardware.peak_flops,
+                                                 spec.hardware.utilization)
+    reasoner = BuiltinReasoner(SearchContext(SearchSpace(spec), CostModel(spec), budget))
+    runs = [("small", "ckpt-a", 16, 0.1), ("small", "ckpt-b", 16, 0.15),
+            ("large", "ckpt-a", 16, 0.3), ("large", "ckpt-b", 1, 0.5)]
+    history = []
+    for number, (model, method, n, score) in enumerate(runs):
+        plan = SearchSpace(spec).canonical("extract", Plan(
+            model=model, method=method, mixture="default", samples=n, aggregator="majority"))
+        alloc = Allocation.of({"extract": plan})
+        history.append(TrialRecord(number, alloc, TrialStatus.OK, score, {"extract": score},
+                                   reasoner.ctx.cost_model.estimate(alloc)))
+    proposal = reasoner.propose(history, [], 1)
+    [chosen] = proposal.allocations
+    assert (chosen["extract"]["model"], chosen["extract"]["method"]) == ("large", "ckpt-b")
+    assert chosen["extract"]["samples"] > 1 and chosen["extract"]["aggregator"] == "majority"
+    assert proposal.rationale[0].startswith("the best trial at a larger n on samples its arm "
+                                            "has drawn, predicted to score ")
+
+
 def test_graph_trace_and_insights(tmp_path: Path, tiny_spec) -> None:
     db = f"sqlite:///{tmp_path / 'study.db'}"
     result = _run(tiny_spec, "agent", 10, db=db)

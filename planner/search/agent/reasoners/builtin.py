@@ -24,7 +24,10 @@
   budget (`combine`), skipping allocations already evaluated. An allocation of stage plans
   already evaluated apart whose known stage scores beat the best trial comes first: a
   near-sure gain (`combine.recombination`), unless the optimistic pick is expected, by its
-  mean, to score more (it would teach the stage models too).
+  mean, to score more (it would teach the stage models too). Next comes the best trial
+  with one stage at a larger n of the same arm (not under `oracle`), which reads samples
+  already drawn, where the mean rates it above the best trial and no lower than the
+  optimistic pick (`_n_step`).
   The memory it is given masks those values (`memory.closed`): the arms a `dominance`
   insight dropped and the n above a `saturation` insight's point on its arm rank after
   every open plan, so they are proposed only when nothing open is left; each proposal's
@@ -40,6 +43,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -53,6 +57,7 @@ from planner.search.agent.surrogate import PlanTable
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
+Pick = Literal["recombination", "n-step", "optimistic"]  # what kind of pick `_next` made
 _MAX_MODEL_PROBES = 4
 _MIN_PROBES = 5  # a stage with fewer other dimensions to probe spends the rest on models
 # values probed per other dimension (default 2); the aggregator, like n, is left to the score
@@ -171,15 +176,18 @@ class BuiltinReasoner:
         while len(allocs) < k:
             analysis = self.analyse(believed)
             values = self.ranked_values(analysis, penalty)
-            chosen, sure = self._next(analysis, values, penalty, believed)
+            chosen, kind = self._next(analysis, values, penalty, believed)
             if chosen is None:
                 break
             allocs.append(chosen)
-            rationale.append(("stage plans already evaluated, predicted to beat the best "
-                              f"trial ({analysis.predicted(chosen)[0]:.3f})" if sure else
-                              self._why(chosen, tables, values,
-                                        self.lowered(analysis, penalty),
-                                        self._raised(analysis))) + note)
+            predicted = analysis.predicted(chosen)[0]
+            rationale.append((
+                f"stage plans already evaluated, predicted to beat the best trial "
+                f"({predicted:.3f})" if kind == "recombination" else
+                f"the best trial at a larger n on samples its arm has drawn, predicted to "
+                f"score {predicted:.3f}" if kind == "n-step" else
+                self._why(chosen, tables, values, self.lowered(analysis, penalty),
+                          self._raised(analysis))) + note)
             if len(allocs) < k:  # another pick follows: it sees this one as believed
                 believed.append(self._believed(chosen, analysis, -len(allocs)))
         return Proposal(allocs, reasoner=self.name, rationale=rationale)
@@ -188,9 +196,9 @@ class BuiltinReasoner:
                   memory: Sequence[Insight] = ()) -> Allocation | None:
         """The near-sure gain `propose` would run next, if any (`_next`)."""
         analysis, penalty = self.analyse(history), self.ranking(memory)[0]
-        chosen, sure = self._next(analysis, self.ranked_values(analysis, penalty), penalty,
+        chosen, kind = self._next(analysis, self.ranked_values(analysis, penalty), penalty,
                                   history)
-        return chosen if sure else None
+        return chosen if kind == "recombination" else None
 
     def settled(self, history: Sequence[TrialRecord]) -> bool:
         """Whether, on a one-stage task, every plan within budget was evaluated by a full
@@ -233,24 +241,65 @@ class BuiltinReasoner:
 
     def _next(self, analysis: Analysis, values: Sequence[np.ndarray],
               penalty: Sequence[np.ndarray], history: Sequence[TrialRecord]
-              ) -> tuple[Allocation | None, bool]:
-        """The allocation to run next, and whether it is a near-sure gain: the unseen
+              ) -> tuple[Allocation | None, Pick]:
+        """The allocation to run next, and what kind of pick it is. The unseen
         recombination of evaluated stage plans (none the memory rules out) whose known
-        stage scores beat the best trial (`combine.recombination`) goes first, unless the
-        unseen allocation of the best optimistic value is expected, by the score model's
-        mean, to score more (it then teaches the stage models as well; the recombination
-        stays for later). Taken whenever it beat the best, recombinations of 5-15% gains
-        filled tutor's first ten trials and taught the stage models nothing."""
+        stage scores beat the best trial (`combine.recombination`), a near-sure gain, goes
+        first, unless the unseen allocation of the best optimistic value is expected, by
+        the score model's mean, to score more (it then teaches the stage models as well;
+        the recombination stays for later). Taken whenever it beat the best,
+        recombinations of 5-15% gains filled tutor's first ten trials and taught the stage
+        models nothing. Else the best trial at a larger n (`_n_step`) goes first where the
+        mean rates it at least as high as the optimistic pick."""
         budget, cost_model = self.ctx.budget_gpu_hours, self.ctx.cost_model
         seen = settled(history, cost_model)
         found = frontier(analysis, values, budget, cost_model, seen, 1)
         sure = recombination(analysis, [p >= CLOSED for p in penalty], budget, cost_model,
                              seen)
-        if sure is None or (found and found[0].key() != sure.key()
-                            and analysis.predicted(found[0])[0]
-                            > np.exp(analysis.known_value(sure))):
-            return (found[0] if found else None), False
-        return sure, True
+        if sure is not None and not (found and found[0].key() != sure.key()
+                                     and analysis.predicted(found[0])[0]
+                                     > np.exp(analysis.known_value(sure))):
+            return sure, "recombination"
+        step = self._n_step(analysis, [p >= CLOSED for p in penalty], seen)
+        if step is not None and not (found and analysis.predicted(found[0])[0]
+                                     > analysis.predicted(step)[0]):
+            return step, "n-step"
+        return (found[0] if found else None), "optimistic"
+
+    def _n_step(self, analysis: Analysis, closed: Sequence[np.ndarray],
+                seen: set[str]) -> Allocation | None:
+        """The best full trial with one stage's plan at a larger n of the same arm and
+        aggregator (none the memory rules out, within budget, unseen) that the score
+        model's mean rates highest, if it rates it above the best trial's score. A study
+        draws an arm's samples at the largest n a plan of it within budget reads
+        (`planner.draws`), so the step costs a trial but no search compute. `oracle` plans
+        are left to the frontier: their score only grows with n, which the score model's
+        prior already says (with them, this step spent trials on Pythia pipelines and
+        random tables that the frontier's picks did better with; experiments/README.md).
+        A majority vote may gain or lose with n, and a stage model fitted on few trials
+        can rate untried arms above the tried one's larger n (smolmath: 16 trials to its
+        optimum without this step, 5 with it)."""
+        full = [t for t, f in zip(analysis.trials, analysis.full, strict=True) if f]
+        if not full:
+            return None
+        best = max(full, key=lambda t: t.score)
+        plans = dict(best.allocation.items())
+        budget, cost_model = self.ctx.budget_gpu_hours, self.ctx.cost_model
+        steps = []
+        for t, shut in zip(analysis.tables, closed, strict=True):
+            i = t.index.get(plans[t.subtask])
+            if i is None:
+                continue
+            larger = (t.codes[:, -1] == t.codes[i, -1]) & (t.log_n > t.log_n[i])
+            for j in np.flatnonzero(larger & ~t.oracle & ~shut):
+                alloc = Allocation.of({**plans, t.subtask: t.plans[j]})
+                if (alloc.key() not in seen
+                        and cost_model.estimate(alloc).total_gpu_hours <= budget):
+                    steps.append(alloc)
+        if not steps:
+            return None
+        mean, step = max(((analysis.predicted(a)[0], a) for a in steps), key=lambda p: p[0])
+        return step if mean > best.score else None
 
     def ranking(self, memory: Sequence[Insight]) -> tuple[list[np.ndarray], list[str]]:
         """Per subtask, what each plan's value is lowered by before plans are ranked:
