@@ -255,6 +255,9 @@ def check_llamafactory(file: str) -> Result:
     example = next(iter(merged))
     prompt, completion = example["_prompt"][-1]["content"], example["_response"][0]["content"]
     tok = _char_tokenizer([prompt, completion])
+    if data_args.cutoff_len < (chars := len(prompt) + len(completion) + 1):
+        data_args.cutoff_len = chars  # in the base's tokens, not this tokenizer's characters
+        notes.append("cutoff_len lifted to the example's characters for the check")
     template = get_template_and_fix_tokenizer(tok, data_args)
     processor = _get_dataset_processor(data_args, stage, template, tok, None)
     out = processor.preprocess_dataset({k: [v] for k, v in example.items()})
@@ -344,9 +347,12 @@ def check_axolotl(file: str) -> Result:
                              f"field_instruction/field_output name the records' fields "
                              f"{sorted(record)}; no built-in type trains prompt -> completion")
         tok = _char_tokenizer([str(v) for v in record.values()])
+        prompt, completion = (str(record[f]) for f in fields)
+        if (cfg.get("sequence_len") or 0) < (chars := len(prompt) + len(completion) + 1):
+            cfg["sequence_len"] = chars  # in the base's tokens, not this one's characters
+            notes.append("sequence_len lifted to the example's characters for the check")
         strategy = load_strategy("user_defined", tok, cfg, dict(kind))  # as Axolotl's loader
         out = strategy.tokenize_prompt(record)
-        prompt, completion = (str(record[f]) for f in fields)
         notes.append(f"datasets[{i}] " + _check_trained_span(
             tok, prompt, completion, out["input_ids"], out["labels"]))
     return {"file": file, "ok": True, "error": "", "notes": notes}
