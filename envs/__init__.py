@@ -38,13 +38,12 @@ def resolve_for_export(spec: TaskSpec, allocation: Allocation) -> Resolved:
     from envs.live.env import LiveEnvironment
 
     env = LiveEnvironment(spec, progress=False)
-    exported = [artifact_of(spec, s, p).exported for s, p in allocation.items()]
-    sources = {(q, a.model) for a in exported for q in a.sources}  # as each base trains
+    exported = {s: artifact_of(spec, s, p).exported for s, p in allocation.items()}
+    sources = {(q, a.model) for a in exported.values() for q in a.sources}  # as each trains
     from tools.train import special_text
 
     bases = {m: str(env.base_path(m)) for m in models}
-    lengths = {s: env.train_length(artifact_of(spec, s, p).exported)
-               for s, p in allocation.items()
+    lengths = {s: env.train_length(exported[s]) for s, p in allocation.items()
                if spec.method(p.method).fine_tunes
                and spec.method(p.method).options.max_length is None}
     return Resolved(bases, {(q, m): env.examples(q, m) for q, m in sorted(sources)},

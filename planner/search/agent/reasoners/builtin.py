@@ -180,14 +180,16 @@ class BuiltinReasoner:
             if chosen is None:
                 break
             allocs.append(chosen)
-            predicted = analysis.predicted(chosen)[0]
-            rationale.append((
-                f"stage plans already evaluated, predicted to beat the best trial "
-                f"({predicted:.3f})" if kind == "recombination" else
-                f"the best trial at a larger n on samples its arm has drawn, predicted to "
-                f"score {predicted:.3f}" if kind == "n-step" else
-                self._why(chosen, tables, values, self.lowered(analysis, penalty),
-                          self._raised(analysis))) + note)
+            if kind == "optimistic":
+                why = self._why(chosen, tables, values, self.lowered(analysis, penalty),
+                                self._raised(analysis))
+            else:
+                predicted = analysis.predicted(chosen)[0]
+                why = (f"stage plans already evaluated, predicted to beat the best trial "
+                       f"({predicted:.3f})" if kind == "recombination" else
+                       f"the best trial at a larger n on samples its arm has drawn, "
+                       f"predicted to score {predicted:.3f}")
+            rationale.append(why + note)
             if len(allocs) < k:  # another pick follows: it sees this one as believed
                 believed.append(self._believed(chosen, analysis, -len(allocs)))
         return Proposal(allocs, reasoner=self.name, rationale=rationale)
@@ -253,16 +255,15 @@ class BuiltinReasoner:
         mean rates it at least as high as the optimistic pick."""
         budget, cost_model = self.ctx.budget_gpu_hours, self.ctx.cost_model
         seen = settled(history, cost_model)
+        closed = [p >= CLOSED for p in penalty]
         found = frontier(analysis, values, budget, cost_model, seen, 1)
-        sure = recombination(analysis, [p >= CLOSED for p in penalty], budget, cost_model,
-                             seen)
+        hoped = analysis.predicted(found[0])[0] if found else -np.inf  # its mean end score
+        sure = recombination(analysis, closed, budget, cost_model, seen)
         if sure is not None and not (found and found[0].key() != sure.key()
-                                     and analysis.predicted(found[0])[0]
-                                     > np.exp(analysis.known_value(sure))):
+                                     and hoped > np.exp(analysis.known_value(sure))):
             return sure, "recombination"
-        step = self._n_step(analysis, [p >= CLOSED for p in penalty], seen)
-        if step is not None and not (found and analysis.predicted(found[0])[0]
-                                     > analysis.predicted(step)[0]):
+        step = self._n_step(analysis, closed, seen)
+        if step is not None and hoped <= analysis.predicted(step)[0]:
             return step, "n-step"
         return (found[0] if found else None), "optimistic"
 
