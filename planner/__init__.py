@@ -7,8 +7,9 @@ search strategies' imports (LangGraph, Optuna, openai).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from planner._lazy import lazy_attributes
 
 _HOMES = {
     "planner.budget": ["Budget", "parse_budget"],
@@ -36,7 +37,4 @@ if TYPE_CHECKING:
     from planner.study import StudyResult, optimize
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOME:
-        raise AttributeError(f"module 'planner' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
+__getattr__ = lazy_attributes(__name__, _HOME)

@@ -6,9 +6,9 @@ below), so commands that only read a study load neither LangGraph nor Optuna.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from planner._lazy import lazy_attributes
 from planner.search._base import BaseStrategy, SearchContext
 from planner.search._random import RandomStrategy
 from planner.search._runner import Runner, best_trial
@@ -41,14 +41,8 @@ def make_strategy(name: str, ctx: SearchContext, *, storage: str | None = None,
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
 
 
-_HOME = {"AgentStrategy": "planner.search.agent.strategy",
-         "OptunaStrategy": "planner.search._optuna"}  # imported on first use
-
-
-def __getattr__(name: str) -> object:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
+__getattr__ = lazy_attributes(__name__, {"AgentStrategy": "planner.search.agent.strategy",
+                                         "OptunaStrategy": "planner.search._optuna"})
 
 
 __all__ = ["STRATEGIES", "AgentOptions", "AgentStrategy", "BaseStrategy", "OptunaStrategy",

@@ -5,19 +5,16 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from planner._lazy import lazy_attributes
 from planner.search.agent.options import DEFAULT_PATIENCE, AgentOptions, LLMConfig
 
 if TYPE_CHECKING:
     from planner.search.agent.strategy import AgentStrategy
 
 
-def __getattr__(name: str) -> object:
-    if name != "AgentStrategy":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return importlib.import_module("planner.search.agent.strategy").AgentStrategy
+__getattr__ = lazy_attributes(__name__, {"AgentStrategy": "planner.search.agent.strategy"})
 
 
 __all__ = ["DEFAULT_PATIENCE", "AgentOptions", "AgentStrategy", "LLMConfig"]
