@@ -249,8 +249,9 @@ def _data_files(jobs: list[Job], fmt: str, resolved: Resolved,
 
 
 def task_copy(spec: TaskSpec) -> dict[str, str]:
-    """The task and its data files under `task/`: data paths point into the copy, local
-    model paths become absolute."""
+    """The task, its data files and the Python modules beside it that a subtask's `metric`
+    or `answer` names (module:function) under `task/`: data paths point into the copy,
+    local model paths become absolute."""
     task = spec.model_dump(mode="json", exclude_none=True)
     for entry in task["subtasks"]:  # a field the environment ignores is refused on reading
         for name in IGNORED_FIELDS[spec.environment]:
@@ -270,6 +271,23 @@ def task_copy(spec: TaskSpec) -> dict[str, str]:
         if local is not None and local.exists():
             entry["source"] = str(local.resolve())
     files[f"{TASK_DIR}/task.yaml"] = _yaml(task)
+    return files | {f"{TASK_DIR}/{rel}": text for rel, text in _user_modules(spec).items()}
+
+
+def _user_modules(spec: TaskSpec) -> dict[str, str]:
+    """The source files, by path relative to the task's folder, of the modules beside the
+    task that a subtask's `metric` or `answer` imports (`module:function`): a `name.py`, or
+    every .py file of a package folder `name/`. A module found elsewhere on the import path
+    is installed where the export runs, as it was where the study ran."""
+    named = {s.metric for s in spec.subtasks} | {
+        s.answer for s in spec.subtasks if isinstance(s.answer, str)}
+    tops = {name.partition(":")[0].split(".")[0] for name in named if ":" in name}
+    files: dict[str, str] = {}
+    for top in sorted(tops):
+        module, package = spec.root / f"{top}.py", spec.root / top
+        found = [module] if module.is_file() else sorted(package.rglob("*.py"))
+        for path in found:
+            files[path.relative_to(spec.root).as_posix()] = path.read_text()
     return files
 
 

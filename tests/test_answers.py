@@ -25,7 +25,7 @@ from envs.live.tasks.make_data import wordsum_records, write_jsonl
 from planner.artifact import artifact_of
 from planner.cost import Cost
 from planner.errors import SpecError
-from planner.export import export_files
+from planner.export import export_files, write_export
 from planner.space import Allocation, Plan
 from planner.spec import load_spec
 from planner.store import StudyRecord, TrialRecord, TrialStatus
@@ -314,6 +314,37 @@ def test_an_export_trains_and_serves_in_the_chat_template(
         assert [e["prompt"] for e in parse] == [f"<|user|>{p}<|assistant|>" for p in raw]
         add = [json.loads(line) for line in files["data/chat.add.train.jsonl"].splitlines()]
         assert [e["prompt"] for e in add] == [e["prompt"] for e in env.examples("add/train")]
+
+
+def test_a_planner_export_carries_the_modules_its_task_imports(
+        tmp_path: Path, bases: dict[str, Path]) -> None:
+    """`planner train DIR` loads the exported task: the answer extractor and metric named
+    module:function beside the task file travel with it (smolmath's smolmath_answers.py)."""
+    task_dir, out = tmp_path / "task", tmp_path / "export"
+    (task_dir / "exported_metrics").mkdir(parents=True)
+    (task_dir / "exported_answers.py").write_text(
+        "def pick(text):\n    return text.strip()[:2] or None\n")
+    (task_dir / "exported_metrics" / "__init__.py").write_text("")
+    (task_dir / "exported_metrics" / "match.py").write_text(
+        "def score(prediction, label):\n    return float(prediction == label)\n")
+    spec = load_spec(write_task(task_dir, {"plain": bases["plain"]},
+                                parse={"answer": "exported_answers:pick"},
+                                add={"metric": "exported_metrics.match:score"}))
+    allocation = Allocation.of({"parse": plan("plain"), "add": plan("plain")})
+    study = StudyRecord("s", spec.name, "", {}, "1gpu-h", 1.0, "agent", 0, 0.0)
+    trial = TrialRecord(0, allocation, TrialStatus.OK, 0.5, {"parse": 0.5, "add": 0.5},
+                        Cost(0.1, 0.2))
+    files, _ = export_files(spec, study, trial, "planner", resolve_for_export(spec, allocation))
+    assert {"task/exported_answers.py", "task/exported_metrics/__init__.py",
+            "task/exported_metrics/match.py"} <= set(files)
+    write_export(files, out)
+    shutil.rmtree(task_dir)  # the export stands alone
+    for name in ("exported_answers", "exported_metrics", "exported_metrics.match"):
+        sys.modules.pop(name, None)
+    env = LiveEnvironment(load_spec(out / "task" / "task.yaml"),
+                          cache_dir=tmp_path / "cache", progress=False)
+    assert env.answers["parse"]("12 pens") == "12"
+    assert env.metrics["add"]("7", "7") == 1.0
 
 
 # --- training length from the data -------------------------------------------------------------
