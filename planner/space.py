@@ -158,7 +158,8 @@ class Plan(Mapping[str, Value]):
         return None if value is None else str(value)
 
     def describe(self) -> str:
-        """One readable line, e.g. `pythia-1.4b / ckpt-300B / n=16 / oracle`."""
+        """One readable line, e.g. `pythia-1.4b / ckpt-300B / n=16 / oracle`; the verifier
+        only where the aggregator uses it (the other plans hold the first, unused)."""
         parts = []
         for name, value in self._values.items():
             if name == "samples":
@@ -166,7 +167,10 @@ class Plan(Mapping[str, Value]):
             elif name == "mixture":
                 if value != "default":
                     parts.append(f"mix={value}")
-            elif name in ("verifier", "cascade"):
+            elif name == "verifier":
+                if self.aggregator in VERIFIER_AGGREGATORS and self.samples > 1:
+                    parts.append(f"{name}={value}")
+            elif name == "cascade":
                 parts.append(f"{name}={value}")
             else:
                 parts.append(str(value))

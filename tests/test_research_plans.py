@@ -123,6 +123,10 @@ def test_verifier_is_priced_by_its_formula_and_searched_as_a_dimension(
     with pytest.raises(SpaceError, match="is pruned"):
         space.validate(alloc(plan(n=4, aggregator="majority", verifier="v-few")))
     space.validate(alloc(plan(n=4, aggregator="verifier", verifier="v-few")))
+    # and said only where it is used
+    assert plan(n=4, aggregator="verifier", verifier="v-few").describe() == (
+        "m / none / n=4 / verifier / verifier=v-few")
+    assert plan(n=4).describe() == "m / none / n=4 / majority"
 
     weighted = plan(n=4, aggregator="verifier")
     verifier = verifier_of(spec, "parse", weighted)
