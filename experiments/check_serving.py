@@ -18,10 +18,11 @@ DIR` (so DIR/outputs/NAME hold the models serving.yaml names):
 Servers are stopped on exit, errors and Ctrl-C included. Exit 1 if a server fails, a name is
 not served, a request fails, or a score differs from the expected by more than --max-diff.
 
-serving.yaml sends one `seed` with every prompt, and vLLM seeds sample j of n with seed + j, so
-all prompts share their sampling noise: one pass is a correlated draw (unbiased over seeds).
---seeds K repeats it with disjoint seeds to show that spread; --prompt-seeds seeds each prompt
-as planner does, so the samples are independent across prompts.
+serving.yaml's requests carry no `seed` (vLLM seeds sample j of n with seed + j, so one seed on
+every prompt would share the sampling noise across prompts): the server's generator, seeded by
+its --seed, draws each pass. --seeds K repeats the pass to show the spread; --prompt-seeds
+seeds each prompt as planner does (pass k shifted by k*n), so a pass is reproducible.
+Completions are scored as planner scores them: the subtask's answer extractor, its metric.
 
 Run (the vLLM venv: `experiments/vllm_cpu_check.sh --setup-only`):
     .venv/bin/python experiments/check_serving.py DIR [--vllm-python /tmp/vllm-venv/bin/python]
@@ -49,9 +50,9 @@ import yaml
 
 from envs.live.data import load_subtask, render
 from envs.live.env import prompt_seed
-from envs.live.scoring import aggregate
+from envs.live.scoring import aggregate, label_answer
 from planner.spec import load_spec
-from tools.evaluate import load_metric
+from tools.evaluate import load_extractor, load_metric
 
 DEFAULT_PYTHON = Path(os.environ.get("PLANNER_VLLM_VENV", "/tmp/vllm-venv")) / "bin/python"
 # vllm-cpu 0.32.0 crashes on a seeded request whose prefill is chunked ("CPU Generator does
@@ -128,17 +129,21 @@ def stop(servers: list[Server], grace: float = 30) -> None:
 def check_subtask(export: Path, name: str, entry: dict[str, Any], server: Server,
                   concurrency: int, limit: int | None, seeds: int,
                   prompt_seeds: bool) -> dict[str, Any]:
-    """Send the subtask's request on its validation records and score the aggregated answers,
-    once per pass k < seeds; pass 0 with prompt_seeds False is serving.yaml's request as is."""
+    """Send the subtask's request on its validation records and score the answers its
+    extractor finds, aggregated, once per pass k < seeds: serving.yaml's request as is (no
+    seed: the server's generator draws each prompt's samples apart), or with prompt_seeds
+    each prompt seeded as planner seeds it, shifted by k*n."""
     spec = load_spec(export / "task" / "task.yaml")
     subtask = spec.subtask(name)
-    data, metric = load_subtask(spec, subtask), load_metric(subtask.metric)
+    data = load_subtask(spec, subtask)
+    metric = load_metric(subtask.metric, spec.root)
+    extract = load_extractor(subtask.answer, spec.root)
     template, request = entry["prompt_template"], entry["request"]
     if template != data.template:
         print(f"WARNING {name}: prompt_template {template!r} != task's {data.template!r}")
     records = data.val[:limit]
     n, aggregator = request["n"], entry["aggregator"]
-    labels = [r[data.label] for r in records]
+    labels = [label_answer(r[data.label], extract) for r in records]
 
     chat = entry.get("endpoint") == "/v1/chat/completions"
 
@@ -157,15 +162,15 @@ def check_subtask(export: Path, name: str, entry: dict[str, Any], server: Server
     scores: list[float] = []
     first: dict[str, Any] = {}  # seed +0's timings and an example
     for shift in range(seeds):
-        seed = request["seed"] + shift * n  # vLLM seeds sample j of n with seed + j
+        seed = subtask.decoding.seed + shift * n  # vLLM seeds sample j of n with seed + j
         prompts = [render(template, r) for r in records]
         bodies = [{**request, "prompt": prompt,
-                   "seed": prompt_seed(seed, prompt) if prompt_seeds else seed}
+                   **({"seed": prompt_seed(seed, prompt)} if prompt_seeds else {})}
                   for prompt in prompts]
         begin = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             results = list(pool.map(complete, bodies))
-        answers = [aggregate(texts, aggregator, n, metric, label)
+        answers = [aggregate([extract(t) for t in texts], aggregator, n, metric, label)
                    for (texts, _, _), label in zip(results, labels, strict=True)]
         scores.append(mean(metric(a, label) for a, label in zip(answers, labels, strict=True)))
         if shift == 0:
@@ -210,11 +215,11 @@ def main() -> None:
                    help="first N validation records per subtask (expected_score is over all)")
     p.add_argument("--timeout", type=float, default=900, help="seconds for a server to start")
     p.add_argument("--seeds", type=int, default=1,
-                   help="passes k < K, request seed + k*n (disjoint samples); seed noise = max "
-                        "|score(+k) - score(+0)|, as in `planner train`")
+                   help="passes k < K; seed noise = max |score(+k) - score(+0)|, as in "
+                        "`planner train`")
     p.add_argument("--prompt-seeds", action="store_true",
-                   help="seed each prompt as planner does (envs.live.env.prompt_seed) instead "
-                        "of sending serving.yaml's one seed with every prompt")
+                   help="seed each prompt as planner does (envs.live.env.prompt_seed, pass k "
+                        "at seed + k*n) instead of serving.yaml's unseeded request")
     p.add_argument("--max-diff", type=float, help="fail if |vLLM - expected| exceeds this")
     args = p.parse_args()
     if args.seeds < 1:
