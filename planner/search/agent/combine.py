@@ -22,6 +22,11 @@ from planner.search.agent.analysis import FLOOR, Analysis
 from planner.search.agent.surrogate import PlanTable
 from planner.space import Allocation
 
+# How far a known log end score must exceed the best trial's to beat it: a sum of stage logs
+# and the log of their product differ in the last bits, and a recombination that ties the
+# best (a stage plan scoring as the one it replaces) must not count as a gain
+TIE = 1e-9
+
 
 def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int) -> np.ndarray:
     """Indices of the first (cheapest, highest-value) Pareto layers, peeled until `keep`."""
@@ -98,7 +103,7 @@ def stale(analysis: Analysis) -> Callable[[np.ndarray], np.ndarray]:
         for j, (e, k) in enumerate(zip(evaluated, known, strict=True)):
             old &= e[rows[:, j]]
             total += k[rows[:, j]]
-        return old & (total <= best)
+        return old & (total <= best + TIE)
     return is_stale
 
 
@@ -118,7 +123,7 @@ def recombination(analysis: Analysis, closed: Sequence[np.ndarray], budget: floa
     found = best_allocations(analysis.tables, known, budget, cost_model, seen, 1)
     if not found:
         return None
-    return found[0] if analysis.known_value(found[0]) > best else None
+    return found[0] if analysis.known_value(found[0]) > best + TIE else None
 
 
 def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
