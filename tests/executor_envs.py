@@ -19,10 +19,11 @@ from planner.spec import TaskSpec
 
 class MarkedEnv(ReplayEnvironment):
     """Replays the allocation after `delay` seconds, leaving `<key>.<attempt>.start` (the
-    worker's pid and start time) and `.end` files under `marks`; `misbehave` may fail an
-    attempt first. With `together`, an attempt also waits (up to `TOGETHER_S`) until
-    another attempt has run beside it, so a test of parallel workers does not depend on
-    how fast a loaded machine spawns them; a serial executor still runs one at a time."""
+    worker's pid and start time) and `.end` files under `marks` (an attempt that kills its
+    worker writes `.end` first); `misbehave` may fail an attempt first. With `together`,
+    an attempt also waits (up to `TOGETHER_S`) until another attempt has run beside it, so
+    a test of parallel workers does not depend on how fast a loaded machine spawns them;
+    a serial executor still runs one at a time."""
 
     TOGETHER_S = 30.0
 
@@ -43,6 +44,7 @@ class MarkedEnv(ReplayEnvironment):
         while self.together and not self._beside(mine) and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.misbehave == "kill-first" and attempt == 1:
+            _write(self.marks / f"{key}.{attempt}.end", str(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
         if self.misbehave == "unreachable-first" and attempt == 1:
             raise ConnectionError("model server unreachable")
@@ -78,18 +80,14 @@ def attempts(marks: Path) -> dict[str, int]:
     return counts
 
 
-def most_at_once(marks: Path, killed_after: float | None = None) -> int:
-    """The most attempts that were running at one moment (from their start and end); with
-    `killed_after`, an attempt killed before its end counts as ending that many seconds
-    after its start (`MarkedEnv` kills after its delay)."""
+def most_at_once(marks: Path) -> int:
+    """The most attempts that were running at one moment (from their start and end)."""
     events = []
     for f in marks.glob("*.start"):
         start = float(f.read_text().split()[1])
         end = f.with_suffix(".end")
         if end.exists():
             events += [(start, 1), (float(end.read_text()), -1)]
-        elif killed_after is not None:
-            events += [(start, 1), (start + killed_after, -1)]
     running = peak = 0
     for _, step in sorted(events):
         running += step
