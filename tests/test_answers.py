@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import envs.live.env as live_env
+import tools.train
 from envs import resolve_for_export
 from envs.live.env import LiveEnvironment, prompt_seed
 from envs.live.scoring import aggregate, expected_score, label_answer
@@ -260,13 +260,13 @@ def test_chat_template_renders_sampling_and_training_alike(
                       methods=[full])
     env = LiveEnvironment(load_spec(path), cache_dir=tmp_path / "cache", progress=False)
     trained_on: list[dict] = []
-    real_train = live_env.train
+    real_train = tools.train.train
 
     def spy(base, data, *args, **kwargs):  # the real training, its data noted
         trained_on.append(data)
         return real_train(base, data, *args, **kwargs)
 
-    monkeypatch.setattr(live_env, "train", spy)
+    monkeypatch.setattr(tools.train, "train", spy)  # the live environment calls it
     run = env.run(Allocation.of({"parse": plan("chat", "full", n=1),
                                  "add": plan("chat", "full", n=1)}))
     raw = [env.data["parse"].prompt(r) for r in env.items]

@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-import envs.live.env as live_env
 from envs.live.env import LiveEnvironment
 from envs.live.tasks.make_data import write_jsonl
 from planner.artifact import VerifierArtifact, artifact_of, verifier_of
@@ -27,7 +26,7 @@ from tests.conftest import write_tiny_task
 from tools.evaluate import exact_match, expected_best_of_k
 from tools.merge import merge
 from tools.train import load_model
-from tools.verifier import expected_weighted_majority_at_k
+from tools.verifier import Verifier, expected_weighted_majority_at_k
 from tools.zoo import extraction_examples, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,14 +177,14 @@ def test_verifier_trains_once_scores_each_sample_once_and_decides_the_score(
     spec = load_spec(write_task(tmp_path, base))
     env = LiveEnvironment(spec, cache_dir=tmp_path / "cache", progress=False)
     scored: dict[str, tuple[list[str], list[float]]] = {}
-    score = live_env.Verifier.score
+    score = Verifier.score
 
     def spy(self: object, question: str, solutions: list[str]) -> list[float]:
         values = score(self, question, solutions)
         scored[question] = (list(solutions), values)
         return values
 
-    monkeypatch.setattr(live_env.Verifier, "score", spy)
+    monkeypatch.setattr(Verifier, "score", spy)
     weighted = plan(n=4, aggregator="verifier")
     first = env.evaluate(alloc(weighted))
     assert (env.cache.stats.train_misses, env.cache.stats.train_hits) == (1, 0)  # the verifier
@@ -254,7 +253,7 @@ def test_the_verifiers_scores_pick_the_answers(tmp_path: Path, base: dict[str, P
         right[question] = [exact_match(s.strip(), labels[question]) for s in solutions]
         return [1.0 - c for c in right[question]]
 
-    monkeypatch.setattr(live_env.Verifier, "score", inverted)
+    monkeypatch.setattr(Verifier, "score", inverted)
     run = env.run(alloc(plan(n=4, aggregator="verifier")))
     majority = env.evaluate(alloc(plan(n=4)))
     assert len(right) == 6
@@ -320,13 +319,13 @@ def test_sequential_verifier_samples_and_scores_with_one_trained_model(
     spec = load_spec(write_task(tmp_path, base, parse={"verifiers": {"seq": SEQUENTIAL}}))
     env = LiveEnvironment(spec, cache_dir=tmp_path / "cache", progress=False)
     judges: list[Path] = []
-    init = live_env.Verifier.__init__
+    init = Verifier.__init__
 
     def spy(self: object, artifact: Path, **kwargs: object) -> None:
         judges.append(Path(artifact))
         init(self, artifact, **kwargs)
 
-    monkeypatch.setattr(live_env.Verifier, "__init__", spy)
+    monkeypatch.setattr(Verifier, "__init__", spy)
     seq = plan("lora-a", n=4, aggregator="verifier", verifier="seq")
     run = env.run(alloc(seq))  # trains the LoRA generator, then continues it (merged)
     assert (env.cache.stats.train_misses, env.cache.stats.train_hits) == (2, 0)

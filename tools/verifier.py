@@ -47,13 +47,16 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from peft import PeftConfig
 
 from tools.evaluate import Metric
-from tools.train import SOFT_PROMPT, Example, TrainConfig, TrainResult, load_model, train
+
+if TYPE_CHECKING:  # torch, peft and the training loop load where a verifier trains or scores
+    from peft import PeftConfig
+
+    from tools.train import Example, TrainConfig, TrainResult
 
 SUFFIX, YES, NO = " Correct?", " yes", " no"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -93,6 +96,8 @@ def train_verifier(
 ) -> TrainResult:
     """Fine-tune `base_model` on `verifier_examples` with `tools.train` (loss on the label;
     `config` defaults to `TrainConfig()`, `adapter` None trains every weight)."""
+    from tools.train import TrainConfig, train
+
     return train(base_model, {"verify": examples}, {"verify": 1.0}, out_dir,
                  config or TrainConfig(), adapter)
 
@@ -111,6 +116,10 @@ def continue_verifier(
     saved in `out_dir` as one full-weights model that generates as any model does and scores
     with `Verifier(out_dir)`; an `adapter` trained here is merged into it too. A generator
     with a soft prompt is refused (ValueError): its prompt is not weights to train further."""
+    from peft import PeftConfig
+
+    from tools.train import SOFT_PROMPT, TrainConfig, train
+
     data = {"verify": examples, **({"generate": generation} if generation else {})}
     mixture = dict.fromkeys(data, 1.0)
     out, start = Path(out_dir), Path(generator)
@@ -133,6 +142,8 @@ def continue_verifier(
 
 def _merged(adapter: Path, out: Path) -> Path:
     """A peft adapter merged into its base's weights, saved with its tokenizer in `out`."""
+    from tools.train import load_model
+
     model, tokenizer = load_model(adapter)
     model.merge_and_unload().save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -150,6 +161,10 @@ class Verifier:
 
     def __init__(self, artifact: str | Path, *, suffix: str = SUFFIX, yes: str = YES,
                  no: str = NO, batch_size: int = 16):
+        import torch
+
+        from tools.train import load_model
+
         self.model, self.tokenizer = load_model(artifact)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
@@ -164,22 +179,24 @@ class Verifier:
         self._prefix = yes_ids[:common]  # fed after the prompt, as in training
         self._yes, self._no = yes_ids[common], no_ids[common]
 
-    @torch.inference_mode()
     def score_prompts(self, prompts: Sequence[str]) -> list[float]:
         """P(yes) / (P(yes) + P(no)) after each full verifier prompt."""
+        import torch
+
         scores: list[float] = []
         pad = self.tokenizer.pad_token_id
-        for start in range(0, len(prompts), self.batch_size):
-            ids = [self.tokenizer(p)["input_ids"] + self._prefix
-                   for p in prompts[start : start + self.batch_size]]
-            width = max(len(row) for row in ids)
-            # Right padding: under causal attention, pads after a row cannot change its logits.
-            input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids])
-            mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
-            logits = self.model(input_ids=input_ids.to(self.device),
-                                attention_mask=mask.to(self.device)).logits
-            last = logits[torch.arange(len(ids)), torch.tensor([len(row) - 1 for row in ids])]
-            scores += torch.sigmoid(last[:, self._yes] - last[:, self._no]).float().tolist()
+        with torch.inference_mode():
+            for start in range(0, len(prompts), self.batch_size):
+                ids = [self.tokenizer(p)["input_ids"] + self._prefix
+                       for p in prompts[start : start + self.batch_size]]
+                width = max(len(row) for row in ids)
+                # Right padding: under causal attention, pads after a row cannot change its logits.
+                input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids])
+                mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+                logits = self.model(input_ids=input_ids.to(self.device),
+                                    attention_mask=mask.to(self.device)).logits
+                last = logits[torch.arange(len(ids)), torch.tensor([len(row) - 1 for row in ids])]
+                scores += torch.sigmoid(last[:, self._yes] - last[:, self._no]).float().tolist()
         return scores
 
     def score(self, question: str, solutions: Sequence[str]) -> list[float]:

@@ -17,12 +17,12 @@ import shutil
 import string
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, set_seed
+if TYPE_CHECKING:  # transformers and the training loop load only where a model is built
+    from transformers import PreTrainedTokenizerFast
 
-from tools.train import Example, TrainConfig, train
+    from tools.train import Example
 
 Size = Literal["tiny", "small", "base"]
 SHIPPED = Path(__file__).with_name("zoo_models")  # `tiny_model` builds made once, shipped
@@ -47,6 +47,9 @@ _ITEMS = ["pens", "cards", "coins", "books"]
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
     """A tokenizer with one token per printable ASCII character plus <pad>, <eos>, <unk>."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {token: i for i, token in enumerate(["<pad>", "<eos>", "<unk>", *_CHARS])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -100,6 +103,10 @@ def build_tiny_model(
 ) -> Path:
     """Build a GPT-2 of `size` from random init and pretrain it on `corpus` (loss on every
     token, each line ended by eos). Returns `out_dir`, an HF model folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel, set_seed
+
+    from tools.train import TrainConfig, train
+
     tokenizer = char_tokenizer()
     config = GPT2Config(
         **SIZES[size],

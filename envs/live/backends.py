@@ -21,13 +21,14 @@ import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from planner.errors import SpecError
 from planner.sampling import Backend
 from planner.secrets import register
-from tools.infer import BaseSampler, OpenAISampler, Samples, TransformersSampler, VLLMSampler
+
+if TYPE_CHECKING:  # torch and the samplers load with the first sampler: a cached trial needs none
+    from tools.infer import BaseSampler, Samples
 
 CPU_MODELS = 8
 """Transformers models kept loaded on a CPU (host memory), least recently used dropped."""
@@ -91,6 +92,8 @@ class Samplers:
     def _load(self, backend: Backend, target: Target) -> BaseSampler:
         if isinstance(target, ServedModel) != (backend.kind == "openai"):
             raise ValueError(f"backend {backend.kind} cannot sample {target!r}")
+        from tools.infer import OpenAISampler, TransformersSampler, VLLMSampler
+
         if isinstance(target, Path):
             sampler = TransformersSampler if backend.kind == "transformers" else VLLMSampler
             return sampler(target, progress=self.progress)
@@ -103,6 +106,8 @@ class Samplers:
 
     def _make_room(self, kind: str) -> None:
         """Free what must go before a `kind` sampler loads (module docstring)."""
+        import torch
+
         gpu = torch.cuda.is_available()
         doomed: list[Key] = []
         if kind == "vllm" or (kind == "transformers" and gpu):  # one model on the GPU
@@ -115,6 +120,8 @@ class Samplers:
             self._close(k)
 
     def _close(self, key: Key) -> None:
+        import torch
+
         sampler = self._loaded.pop(key)
         sampler.close()
         del sampler

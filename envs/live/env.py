@@ -63,12 +63,17 @@ reports what it measured when done and is flagged: `cached_trainings`,
 itself spent on the device (trained and sampled afresh), which a search adds up. Every
 training and drawing is kept in the cache (artifact metadata, `Cache.samplings`), and
 `calibration()` turns them into the utilisation the cost model prices with.
+
+The tools that load torch (training, merging, verifiers, samplers, the device probe) are
+imported where they run, so a trial the cache answers in full loads no model library
+(unless a subtask's chat template needs its model's tokenizer): a worker process per trial
+spent ~5 s importing them before each such trial.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
+import importlib.util
 import json
 import logging
 import math
@@ -77,11 +82,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tools.infer
-import tools.merge
-import tools.train
-import tools.verifier
 from envs.live.backends import Samplers, ServedModel, Target
 from envs.live.cache import Cache, DrawnSamples, content_key, default_root
 from envs.live.data import SubtaskData, load_subtask, read_records
@@ -103,35 +105,29 @@ from planner.methods import KINDS, FineTune, Merge, Training
 from planner.sampling import Backend, backend_of, check_backends, served_name
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec, template_fields
-from tools.device import cpu_matmul_flops, current_device
 from tools.evaluate import Extractor, Metric, load_extractor, load_metric
-from tools.merge import merge
-from tools.train import (
-    Example,
-    TrainConfig,
-    TrainResult,
-    chat_prompt,
-    checkpoint_of,
-    load_tokenizer,
-    param_count,
-    train,
-    train_length,
-)
-from tools.verifier import YES, Verifier, continue_verifier, train_verifier, verifier_examples
+
+if TYPE_CHECKING:
+    from tools.train import Example, TrainConfig, TrainResult
 
 _Model = tuple[Path, str, dict]  # a served model: path, cache key, training metadata
 log = logging.getLogger(__name__)
 
 
-def _code_version(module: object) -> str:
-    """Hash of a tool's source: changing the tool invalidates what it produced."""
-    return hashlib.sha256(Path(inspect.getfile(module)).read_bytes()).hexdigest()[:12]
+def _code_version(module: str) -> str:
+    """Hash of a tool's source (the module named, read, not imported): changing the tool
+    invalidates what it produced."""
+    found = importlib.util.find_spec(module)
+    assert found is not None and found.origin is not None, module
+    return hashlib.sha256(Path(found.origin).read_bytes()).hexdigest()[:12]
 
 
 def device_record() -> dict[str, object]:
     """Where work runs now and the peak FLOP/s its utilisation divides by: on a CPU its fp32
     matmul rate measured here (a GPU's is the task's `hardware.peak_flops`, read when the
     calibration is made)."""
+    from tools.device import cpu_matmul_flops, current_device
+
     device = current_device()
     return {"device": device.describe(),
             "peak_flops": cpu_matmul_flops() if device.kind == "cpu" else None}
@@ -186,6 +182,8 @@ def prefix_steps(steps: int, share: float) -> int:
 
 def train_config(options: Training) -> TrainConfig:
     """A method's typed options as `tools.train`'s loop settings (adapter fields aside)."""
+    from tools.train import TrainConfig
+
     return TrainConfig(**{f.name: getattr(options, f.name) for f in fields(TrainConfig)})
 
 
@@ -241,7 +239,8 @@ class LiveEnvironment:
         self.items = self._pipeline_records()
         self._check_verifier_items()
         self._bases: dict[str, Path] = {}
-        self._versions = {"train": _code_version(tools.train), "infer": _code_version(tools.infer)}
+        self._versions = {"train": _code_version("tools.train"),
+                          "infer": _code_version("tools.infer")}
         self._tokenizers: dict[str, object] = {}
         self._params: dict[Target, int] = {}
         self._spent = 0.0  # device seconds the current `run` trained and sampled afresh
@@ -494,6 +493,8 @@ class LiveEnvironment:
         stop = prefix_steps(steps, share) if method.resumable else steps
 
         def build(out: Path) -> dict:
+            from tools.train import checkpoint_of, train
+
             data = {q: self.examples(q, artifact.model) for q in artifact.sources}
             start = max((int(meta["steps_trained"]) for meta in self.cache.prefixes(full)
                          if int(meta["steps_trained"]) < stop), default=0)
@@ -534,9 +535,11 @@ class LiveEnvironment:
         names = [f"c{i:02d}" for i in range(len(components))]  # tools.merge sorts by name
         parts = {"base": weights_identity(base), "settings": artifact.settings,
                  "components": [[key, weight] for (_, key, _), weight in components],
-                 "code": _code_version(tools.merge)}
+                 "code": _code_version("tools.merge")}
 
         def build(out: Path) -> dict:
+            from tools.merge import merge
+
             start = time.perf_counter()
             merge(base, {n: path for n, ((path, _, _), _) in zip(names, components, strict=True)},
                   {n: weight for n, (_, weight) in zip(names, components, strict=True)},
@@ -584,9 +587,11 @@ class LiveEnvironment:
                               else weights_identity(base), "settings": verifier.settings,
                               "items": verifier.items, "samples": verifier.samples,
                               **({"sequential": True} if verifier.sequential else {})},
-                 "code": {**self._versions, "verifier": _code_version(tools.verifier)}}
+                 "code": {**self._versions, "verifier": _code_version("tools.verifier")}}
 
         def build(out: Path) -> dict:
+            from tools.verifier import YES, continue_verifier, train_verifier, verifier_examples
+
             drawn = self._samples(name, generator, generator_key, prompts, n=verifier.samples)
             references = [label_answer(r[data.label], extract) for r in records]
             examples = verifier_examples(prompts, [d.texts for d in drawn], references,
@@ -622,9 +627,11 @@ class LiveEnvironment:
         path, key, _ = verifier
         texts = {p: d.texts for p, d in zip(prompts, drawn, strict=True)}
         set_key = content_key({"verifier": key, "n": n,
-                               "scores": _code_version(tools.verifier)})
+                               "scores": _code_version("tools.verifier")})
 
         def score(missing: list[str]) -> list[DrawnSamples]:
+            from tools.verifier import Verifier
+
             judge, scored = Verifier(path), []
             for prompt in missing:
                 start = time.perf_counter()
@@ -661,6 +668,8 @@ class LiveEnvironment:
         data, source = self._source(qualified)
         examples = data.examples(source)
         if model is not None and self.spec.subtask(data.name).chat_template:
+            from tools.train import chat_prompt
+
             tokenizer = self._tokenizer(model)
             examples = [{**e, "prompt": chat_prompt(tokenizer, e["prompt"])} for e in examples]
         return examples
@@ -670,6 +679,8 @@ class LiveEnvironment:
         the model's chat template where the subtask sets `chat_template`."""
         text = self.data[subtask].prompt(record)
         if self.spec.subtask(subtask).chat_template:
+            from tools.train import chat_prompt
+
             return chat_prompt(self._tokenizer(model), text)
         return text
 
@@ -680,11 +691,15 @@ class LiveEnvironment:
         method = artifact.method
         if not isinstance(method, FineTune) or artifact.continues is not None:
             return None
+        import tools.train
+
         data = {q: self.examples(q, artifact.model) for q in artifact.sources}
-        return train_length(self.base_path(artifact.model), data, artifact.sources,
+        return tools.train.train_length(self.base_path(artifact.model), data, artifact.sources,
                             train_config(method.options), method.adapter())
 
     def _tokenizer(self, model: str) -> object:
+        from tools.train import load_tokenizer
+
         if model not in self._tokenizers:
             self._tokenizers[model] = load_tokenizer(self.base_path(model))
         return self._tokenizers[model]
@@ -782,6 +797,8 @@ class LiveEnvironment:
         recorded = self.cache.samplings(set_key)  # where the set was drawn, if recorded
         where = (server if backend.kind == "openai" else
                  recorded[-1] if recorded else device_record())
+        if "params" in where:  # counted when drawn: the cached path loads no model library
+            self._params.setdefault(path, int(where["params"]))
         for x, prompt in zip(found, prompts, strict=True):  # held: no id is reused in a run
             self._drawn[id(x)] = (x, where, (set_key, prompt) in self._fresh)
         return found
@@ -790,6 +807,8 @@ class LiveEnvironment:
         """Parameters of a served model (an adapter's base's; the adapter's own are few; a
         server's model: its catalogue entry's `params`, set by `_target`)."""
         if path not in self._params:
+            from tools.train import param_count
+
             assert isinstance(path, Path)
             config = path / "adapter_config.json"
             base = json.loads(config.read_text())["base_model_name_or_path"] \
