@@ -6,8 +6,11 @@
 Each command runs `--runs` times in a fresh process (the console script's entry point, in
 the checkout's root), and its median wall time is printed: `--help`, `check` of the tutor
 task, then `studies`, `show` and `trace` of a 20-trial agent study that the checkout wrote
-first, and a 30-trial agent study of the tutor task into a new database each run. What
-these commands wait for is mostly imports: a replay lookup takes microseconds.
+first, a 30-trial agent study of the tutor task into a new database each run, and a
+one-trial study of the live wordsum task whose trial the cache answers (the same first
+trial, trained and sampled into a fresh cache once before): its driver and its worker
+process. What these commands wait for is mostly imports: a replay lookup takes
+microseconds, and a cached live trial a tenth of a second.
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from planner_cpu import checkout, run_in_checkout
 
 HERE = Path(__file__).resolve().parent
 TASK = "envs/replay/tasks/tutor_mmlu_gsm8k_math.yaml"
+LIVE = "envs/live/tasks/wordsum/task.yaml"
 STUDY = "tutor-mmlu-gsm8k-math-agent"
 _PLANNER = "import sys; from planner.cli import main; sys.argv[0] = 'planner'; main()"
 
 
-def planner(root: Path, *args: str) -> float:
-    """Seconds `planner ARGS` takes in a fresh process run in `root`."""
+def planner(root: Path, *args: str, **env: str) -> float:
+    """Seconds `planner ARGS` takes in a fresh process run in `root` (with `env` set)."""
     begin = time.perf_counter()
-    run_in_checkout(root, [sys.executable, "-c", _PLANNER, *args])
+    run_in_checkout(root, [sys.executable, "-c", _PLANNER, *args], **env)
     return time.perf_counter() - begin
 
 
@@ -47,6 +51,12 @@ def measure(root: Path, runs: int) -> dict[str, float]:
         times["optimize, 30 trials"] = statistics.median(
             planner(root, "optimize", TASK, "--trials", "30", "--db",
                     f"sqlite:///{tmp}/run{i}.db") for i in range(runs))
+        cache = {"PLANNER_CACHE": f"{tmp}/cache"}
+        planner(root, "optimize", LIVE, "--trials", "1", "--db", f"sqlite:///{tmp}/warm.db",
+                **cache)  # trains and samples the first trial into the cache
+        times["optimize wordsum, 1 cached trial"] = statistics.median(
+            planner(root, "optimize", LIVE, "--trials", "1", "--db",
+                    f"sqlite:///{tmp}/live{i}.db", **cache) for i in range(runs))
     return times
 
 
