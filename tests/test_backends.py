@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pickle
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -448,6 +451,28 @@ def test_planner_optimize_backend_flags_reach_the_workers(
     before = len(server.requests)
     observation, error, _ = evaluate(worker, alloc("m2", "m1"))
     assert error is None and observation is not None and len(server.requests) > before
+
+
+def test_a_worker_sampling_through_a_server_loads_no_model_library(
+        bases: dict[str, Path], server: CompletionsServer, tmp_path: Path) -> None:
+    """A trial whose stages sample through a server loads no model here, so its worker
+    imports the OpenAI client and none of torch, peft or transformers (~5 s a trial)."""
+    path = write_task(tmp_path, task_data(bases, sampling=openai_sampling(server)))
+    script = (
+        "import json, sys; from envs.live.env import LiveEnvironment; "
+        "from planner.space import Allocation; from planner.spec import load_spec; "
+        "env = LiveEnvironment(load_spec(sys.argv[1]), cache_dir=sys.argv[2], progress=False); "
+        "obs = env.evaluate(Allocation.from_dict(json.loads(sys.argv[3]))); "
+        "print(json.dumps({'score': obs.score, 'loaded': "
+        "[m for m in ('torch', 'peft', 'transformers', 'openai') if m in sys.modules]}))"
+    )
+    before = len(server.requests)
+    out = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "cache"),
+                          json.dumps(alloc("m1", "m2").to_dict())], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         cwd=Path(__file__).resolve().parents[1])
+    assert len(server.requests) > before  # drawn through the server, not from a cache
+    assert json.loads(out.stdout)["loaded"] == ["openai"]
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed")

@@ -28,19 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from openai import (
-    APIConnectionError,
-    InternalServerError,
-    OpenAI,
-    OpenAIError,
-    RateLimitError,
-)
 from tqdm.auto import tqdm
 
 from planner.secrets import redact, register
-from tools.train import SOFT_PROMPT, load_model
+
+if TYPE_CHECKING:  # each backend loads its own library: a server's client needs no torch
+    import torch
+    from openai import OpenAIError
 
 
 @dataclass(frozen=True)
@@ -94,6 +90,10 @@ class TransformersSampler(BaseSampler):
     """
 
     def __init__(self, model: str | Path, *, batch_size: int = 16, progress: bool = False):
+        import torch
+
+        from tools.train import load_model
+
         self.model, self.tokenizer = load_model(model)
         self.tokenizer.padding_side = "left"  # generated tokens must follow every prompt directly
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -101,7 +101,6 @@ class TransformersSampler(BaseSampler):
         self.batch_size = batch_size
         self.progress = progress
 
-    @torch.inference_mode()
     def sample(
         self,
         prompts: list[str],
@@ -112,6 +111,13 @@ class TransformersSampler(BaseSampler):
         top_p: float = 1.0,
         seed: Seed = 0,
     ) -> Samples:
+        import torch
+
+        with torch.inference_mode():
+            return self._sample(prompts, n, max_new_tokens, temperature, top_p, seed)
+
+    def _sample(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float,
+                top_p: float, seed: Seed) -> Samples:
         start = time.perf_counter()
         if isinstance(seed, int):
             texts, each = self._generate(prompts, n, max_new_tokens, temperature, top_p, seed,
@@ -139,6 +145,8 @@ class TransformersSampler(BaseSampler):
         progress: bool,
     ) -> tuple[list[list[str]], list[tuple[int, int]]]:
         """`n` completions per prompt in batches under one seed, and each prompt's tokens."""
+        import torch
+
         greedy = temperature == 0
         decoding = (
             {"do_sample": False}
@@ -177,6 +185,8 @@ class TransformersSampler(BaseSampler):
         return texts, each
 
     def close(self) -> None:
+        import torch
+
         del self.model
         gc.collect()
         if torch.cuda.is_available():
@@ -200,6 +210,7 @@ class VLLMSampler(BaseSampler):
             raise ImportError(
                 "VLLMSampler needs vLLM, which needs a GPU: pip install 'planner[gpu]'."
             ) from e
+        from tools.train import SOFT_PROMPT
         self._sampling_params = SamplingParams
         self.progress = progress
         self.lora_request = None
@@ -244,6 +255,8 @@ class VLLMSampler(BaseSampler):
 
     def close(self) -> None:
         """Shut the engine down and return its GPU memory, so another engine fits."""
+        import torch
+
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             shutdown = getattr(llm, "shutdown", None)  # newer vLLM: an explicit teardown
@@ -293,6 +306,8 @@ class OpenAISampler(BaseSampler):
         concurrency: int = 8,
         progress: bool = False,
     ):
+        from openai import OpenAI
+
         self.model = model
         self.base_url = base_url
         api_key = api_key or os.environ.get("OPENAI_API_KEY", "EMPTY")
@@ -344,6 +359,8 @@ class OpenAISampler(BaseSampler):
     def _sample_prompt(
         self, prompt: str, n: int, max_tokens: int, temperature: float, top_p: float, seed: int
     ) -> tuple[list[str], int, int]:
+        from openai import OpenAIError
+
         texts: list[str] = []
         prompt_tokens = completion_tokens = 0
         while len(texts) < n:
@@ -397,6 +414,8 @@ class ServerUnavailableError(ServerError, ConnectionError):
 def _request_failed(e: OpenAIError, base_url: str, model: str) -> ServerError:
     """`e` with its message redacted, and without its request and response (which hold the
     Authorization header and the server's echo of it)."""
+    from openai import APIConnectionError, InternalServerError, RateLimitError
+
     status = getattr(e, "status_code", None)
     where = f" (HTTP {status})" if status else ""
     text = f"{type(e).__name__}{where} from {base_url} (model {model!r}): {redact(str(e))}"
@@ -420,6 +439,8 @@ def _seeds(seed: Seed, prompts: list[str]) -> list[int]:
 
 def _lengths_until_eos(tokens: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """Generated tokens of each row up to and including the first eos."""
+    import torch
+
     is_eos = tokens == eos_token_id
     first_eos = is_eos.int().argmax(dim=1)
     return torch.where(is_eos.any(dim=1), first_eos + 1, tokens.shape[1])

@@ -106,6 +106,8 @@ class Samplers:
 
     def _make_room(self, kind: str) -> None:
         """Free what must go before a `kind` sampler loads (module docstring)."""
+        if kind == "openai":  # a server's sampler holds no model here
+            return
         import torch
 
         gpu = torch.cuda.is_available()

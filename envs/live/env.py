@@ -65,9 +65,9 @@ training and drawing is kept in the cache (artifact metadata, `Cache.samplings`)
 `calibration()` turns them into the utilisation the cost model prices with.
 
 The tools that load torch (training, merging, verifiers, samplers, the device probe) are
-imported where they run, so a trial the cache answers in full loads no model library
-(unless a subtask's chat template needs its model's tokenizer): a worker process per trial
-spent ~5 s importing them before each such trial.
+imported where they run, so a trial the cache answers in full, or whose stages sample
+through a server, loads no model library (unless a subtask's chat template needs its
+model's tokenizer): a worker process per trial spent ~5 s importing them before each.
 """
 
 from __future__ import annotations
