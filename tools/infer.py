@@ -8,7 +8,9 @@
 its seed alone, not on what else is sampled with it (the live environment's cache relies on
 it). A failed request to a server raises `ServerError`, or `ServerUnavailableError` (also a
 `ConnectionError`) where another attempt may succeed: unreachable, timed out, rate limited
-or a 5xx answer.
+or a 5xx answer. Each backend imports its library when used (torch and the model loader for
+transformers and vLLM, the openai client for a server): a process that only talks to a
+server never loads torch.
 
 Example:
     >>> sampler = make_sampler("transformers", "models/tiny")
