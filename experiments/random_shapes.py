@@ -12,6 +12,11 @@ counts, per claim, the tasks where the agent meets it:
 
     python experiments/random_shapes.py --shapes 32 --seeds 5 --trials 40 --out /tmp/shapes
     python experiments/random_shapes.py --first 32 --shapes 64 --out /tmp/more   # others
+    python experiments/random_shapes.py --first 1000 --stages 5 --out /tmp/deep   # 5 stages
+
+`--stages N` gives every table N stages in a chain (the rest drawn as before, so a table
+shares its models, checkpoints and n with the table of its seed); a table whose exact
+optimum is beyond enumeration (`envs.replay.optimum.SpaceTooLarge`) is skipped and counted.
 
 Claims (experiments/README.md): median trials to 99% of the exact optimum at most half
 Optuna's (met where Optuna never gets there and the agent does), never more than the
@@ -33,7 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from envs.replay.env import ReplayEnvironment  # noqa: E402
-from envs.replay.optimum import plan_arrays  # noqa: E402
+from envs.replay.optimum import (  # noqa: E402
+    SpaceTooLarge,
+    budget_gpu_hours,
+    exhaustive_optimum,
+    plan_arrays,
+)
 from planner.cost import CostModel  # noqa: E402
 from planner.spec import load_spec  # noqa: E402
 
@@ -68,11 +78,13 @@ def _stage_rows(rng: np.random.Generator, log_size: np.ndarray, checkpoints: lis
     return rows
 
 
-def write_shape(folder: Path, seed: int) -> Path:
-    """Draw one task from `seed`; write its tables and `task.yaml` under `folder`."""
+def write_shape(folder: Path, seed: int, stages: int | None = None) -> Path:
+    """Draw one task from `seed` (with `stages` stages, else 1-3 drawn); write its tables
+    and `task.yaml` under `folder`."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    n_stages = int(rng.choice([1, 1, 2, 2, 3]))
+    drawn = int(rng.choice([1, 1, 2, 2, 3]))
+    n_stages = stages or drawn
     log_size = np.sort(rng.uniform(7, 10.5, int(rng.integers(3, 10))))
     models = [{"name": f"m{i}", "params": float(10 ** s)} for i, s in enumerate(log_size)]
     trained = rng.random() < 0.6
@@ -148,10 +160,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stages", type=int, help="stages of every table (default: 1-3, drawn)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/random_shapes"))
     args = parser.parse_args()
-    paths = [write_shape(args.out / "tasks" / f"shape{k}", k)
-             for k in range(args.first, args.first + args.shapes)]
+    paths = []
+    for k in range(args.first, args.first + args.shapes):
+        path = write_shape(args.out / "tasks" / f"shape{k}", k, args.stages)
+        spec = load_spec(path)
+        try:  # the benchmark scores against the exact optimum: it must be enumerable
+            exhaustive_optimum(spec, budget_gpu_hours(spec))
+        except SpaceTooLarge as e:
+            print(f"skipped: {e}")
+            continue
+        paths.append(path)
     run = args.out / "run"
     subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--tasks",
                     *map(str, paths), "--strategies", "optuna", "sweep", "agent",
