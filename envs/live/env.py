@@ -668,10 +668,7 @@ class LiveEnvironment:
         data, source = self._source(qualified)
         examples = data.examples(source)
         if model is not None and self.spec.subtask(data.name).chat_template:
-            from tools.train import chat_prompt
-
-            tokenizer = self._tokenizer(model)
-            examples = [{**e, "prompt": chat_prompt(tokenizer, e["prompt"])} for e in examples]
+            examples = [{**e, "prompt": self._chat(model, e["prompt"])} for e in examples]
         return examples
 
     def prompt(self, subtask: str, model: str, record: dict[str, str]) -> str:
@@ -679,9 +676,7 @@ class LiveEnvironment:
         the model's chat template where the subtask sets `chat_template`."""
         text = self.data[subtask].prompt(record)
         if self.spec.subtask(subtask).chat_template:
-            from tools.train import chat_prompt
-
-            return chat_prompt(self._tokenizer(model), text)
+            return self._chat(model, text)
         return text
 
     def train_length(self, artifact: Artifact) -> int | None:
@@ -694,8 +689,15 @@ class LiveEnvironment:
         import tools.train
 
         data = {q: self.examples(q, artifact.model) for q in artifact.sources}
-        return tools.train.train_length(self.base_path(artifact.model), data, artifact.sources,
-                            train_config(method.options), method.adapter())
+        return tools.train.train_length(self.base_path(artifact.model), data,
+                                        artifact.sources, train_config(method.options),
+                                        method.adapter())
+
+    def _chat(self, model: str, text: str) -> str:
+        """`text` as the user's turn in `model`'s chat template (`tools.train.chat_prompt`)."""
+        from tools.train import chat_prompt
+
+        return chat_prompt(self._tokenizer(model), text)
 
     def _tokenizer(self, model: str) -> object:
         from tools.train import load_tokenizer
