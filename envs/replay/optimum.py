@@ -186,6 +186,15 @@ def exhaustive_optimum(spec: TaskSpec, budget_gpu_hours: float,
     return _optimum(spec, arrays, budget_gpu_hours, limit, env.space.size())
 
 
+def pruned_sizes(spec: TaskSpec, budget_gpu_hours: float,
+                 env: ReplayEnvironment | None = None) -> list[int]:
+    """Plans per stage left after pruning (`prune`): an exact optimum enumerates their
+    product, and refuses (`SpaceTooLarge`) past `MAX_ENUMERATED`."""
+    env = env or ReplayEnvironment(spec)
+    arrays = plan_arrays(env, CostModel(spec, env.calibration()), every_plan=False)
+    return [len(prune(a, budget_gpu_hours).score) for a in arrays.values()]
+
+
 def _optimum(spec: TaskSpec, arrays: dict[str, PlanArrays], budget_gpu_hours: float,
              limit: int | None = None, size: int | None = None) -> Optimum:
     """`exhaustive_optimum` over the task's plans as `plan_arrays` gives them; `size` is the
