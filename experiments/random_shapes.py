@@ -178,6 +178,10 @@ def main() -> None:
                   "exact optimum enumerates")
             continue
         paths.append(path)
+    if not paths:  # benchmark.py given no --tasks would run the suite instead
+        print(f"random_shapes.py: every drawn table was skipped; draw more (--shapes) or "
+              f"fewer stages than --stages {args.stages}", file=sys.stderr)
+        sys.exit(2)
     run = args.out / "run"
     subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--tasks",
                     *map(str, paths), "--strategies", "optuna", "sweep", "agent",
