@@ -548,9 +548,12 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
 
 
 def _print_step(number: int, step: Step) -> None:
-    """One agent step: its summary, each LLM exchange (the messages it added, the reply,
-    the tools it called and what they answered), then the rest as JSON."""
+    """One agent step: its summary, what it decided (`Step.details`), each LLM exchange
+    (the messages it added, the reply, the tools it called and what they answered), then
+    the rest as JSON."""
     out.print(Panel(Text(step.summary), title=f"step {number}: {step.node}"))
+    for line in step.details():
+        out.print(Text(f"  {line}"))
     attempts = step.attempts if isinstance(step, AnsweredStep) else []
     shown = 0  # messages of the conversation shown so far
     for i, a in enumerate(attempts):

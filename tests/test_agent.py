@@ -226,6 +226,47 @@ def test_cli_optimize_and_trace(tmp_path: Path, tiny_task_path: Path) -> None:
     assert res.exit_code == 0 and "probe" in res.stdout
 
 
+def test_trace_names_each_insight_by_its_subject_and_each_proposal_by_why(
+        tmp_path: Path, tiny_task_path: Path) -> None:
+    """A reflect step's summary names what each insight is about (a subtask, or the
+    pipeline) and `trace --step` lists them all, a line each, where the summary is cut;
+    a propose step's lists each proposal with why below it."""
+    runner = CliRunner()
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert runner.invoke(app, ["optimize", str(tiny_task_path), "--db", db, "--trials",
+                               "8"]).exit_code == 0
+    steps = Store(db).steps("tiny-agent")
+    reflect = next(s for s in steps if s.node == "reflect")
+    insights = reflect.payload["insights_after"]
+    subjects = [("pipeline" if d["subtask"] == "*" else d["subtask"]) + f" {d['kind']}: "
+                for d in insights]
+    assert {"extract", "solve", "pipeline"} <= {t.split()[0] for t in subjects}
+    assert reflect.payload["summary"].startswith(subjects[0] + insights[0]["text"])
+    shown = runner.invoke(app, ["trace", "tiny-agent", "--db", db, "--step",
+                                str(reflect.number)], env={"COLUMNS": "500"})
+    lines = [line.strip() for line in shown.stdout.splitlines()]
+    for subject, d in zip(subjects, insights, strict=True):
+        assert subject + d["text"] in lines
+    propose = next(s for s in steps if s.node == "propose")
+    shown = runner.invoke(app, ["trace", "tiny-agent", "--db", db, "--step",
+                                str(propose.number)], env={"COLUMNS": "500"})
+    lines = [line.strip() for line in shown.stdout.splitlines()]
+    alloc = Allocation.from_dict(propose.payload["proposals"][0])
+    at = lines.index(" | ".join(alloc.describe()))
+    assert lines[at + 1] == f"why: {propose.payload['rationale'][0]}"
+
+
+def test_a_long_reflect_summary_is_cut_between_insights() -> None:
+    from planner.search.agent.graph import _insights_line
+
+    long = [Insight("solve", "model", "x" * 130), Insight("*", "budget", "y" * 130),
+            Insight("solve", "saturation", "z" * 130)]
+    assert _insights_line(long) == (f"solve model: {'x' * 130}; pipeline budget: "
+                                    f"{'y' * 130}; ... 1 more")
+    assert _insights_line([Insight("solve", "model", "x" * 400)]) == f"solve model: {'x' * 287}..."
+    assert _insights_line([Insight("solve", "note", "a model's note")]) == ""
+
+
 def _reference_kernel(t: PlanTable, a: np.ndarray, b: np.ndarray, amp: float,
                       ell: float) -> np.ndarray:
     """The surrogate's kernel as one expression (see `surrogate` for what each term is)."""

@@ -33,6 +33,7 @@ from planner.search.agent.steps import (
     ProposeStep,
     ReflectStep,
     Step,
+    insight_subject,
 )
 from planner.space import Allocation
 from planner.store import TrialRecord
@@ -146,8 +147,7 @@ def reflect(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     after = reflection.insights
     memory = [i.to_dict() for i in after]
     _record(ctx, ReflectStep(
-        summary="; ".join(i.text for i in after if i.kind != "note")[:300]
-                + (f" | stop: {stop}" if stop else ""),
+        summary=_insights_line(after) + (f" | stop: {stop}" if stop else ""),
         inputs={"trials": len(history), "stale": state.stale},
         insights_after=memory, stop=stop,
         reasoner=reflection.reasoner, fallback=llm.pop("fallback"),
@@ -352,6 +352,22 @@ def _settle(trial: TrialRecord, bets: dict[str, float]) -> int:
 def _improves(trial: TrialRecord, best: float | None) -> bool:
     """A full evaluation that beat `best` (a screen's score is only an estimate)."""
     return trial.final and (best is None or trial.score > best)
+
+
+def _insights_line(insights: list[Insight], limit: int = 300) -> str:
+    """The insights (notes aside) on one line, each named by its subject, cut after the
+    last one that fits in `limit` characters (`planner trace --step` shows them all)."""
+    texts = [f"{insight_subject(i.subtask)} {i.kind}: {i.text}" for i in insights
+             if i.kind != "note"]
+    line = ""
+    for k, text in enumerate(texts):
+        more = f"; {text}" if line else text
+        if len(line) + len(more) > limit:
+            if not line:  # the first alone is too long: its start
+                line, k = text[:limit] + "...", 1
+            return line + (f"; ... {len(texts) - k} more" if k < len(texts) else "")
+        line += more
+    return line
 
 
 def _trial_summary(t: TrialRecord) -> dict:

@@ -8,9 +8,12 @@ A payload written by an older planner reads back with defaults for the fields it
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from itertools import zip_longest
 from typing import ClassVar
 
+from planner.search.agent.memory import ALL
 from planner.search.agent.reasoners.base import Attempt
+from planner.space import Allocation
 from planner.store import StepRecord
 
 
@@ -37,6 +40,11 @@ class Step:
             values["attempts"] = [Attempt.from_dict(a) for a in values["attempts"]]
         return cls(**values)
 
+    def details(self) -> list[str]:
+        """What the step decided, a line each, for a reader (`planner trace --step`); the
+        trials it ran are the timeline's."""
+        return []
+
 
 @dataclass(frozen=True)
 class AnsweredStep(Step):
@@ -57,6 +65,9 @@ class InitStep(AnsweredStep):
     proposals: list[dict] = field(default_factory=list)
     rationale: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def details(self) -> list[str]:
+        return _proposal_lines(self.proposals, self.rationale, self.notes)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,10 @@ class ReflectStep(AnsweredStep):
     insights_after: list[dict] = field(default_factory=list)
     stop: str = ""
 
+    def details(self) -> list[str]:
+        return ([f"{insight_subject(d['subtask'])} {d['kind']}: {d['text']}"
+                 for d in self.insights_after] + ([f"stop: {self.stop}"] if self.stop else []))
+
 
 @dataclass(frozen=True)
 class ProposeStep(AnsweredStep):
@@ -91,6 +106,9 @@ class ProposeStep(AnsweredStep):
     notes: list[str] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)
     latency_s: float = 0.0
+
+    def details(self) -> list[str]:
+        return _proposal_lines(self.proposals, self.rationale, self.notes)
 
 
 @dataclass(frozen=True)
@@ -114,3 +132,19 @@ def step_of(node: str, payload: dict) -> Step:
 def read_step(record: StepRecord) -> Step:
     """The typed step a stored record holds."""
     return step_of(record.node, record.payload)
+
+
+def insight_subject(subtask: str) -> str:
+    """How a reader is told what an insight is about: its subtask, or the pipeline."""
+    return "pipeline" if subtask == ALL else subtask
+
+
+def _proposal_lines(proposals: list[dict], rationale: list[str], notes: list[str]
+                    ) -> list[str]:
+    """Each proposal (its stages' plans), a line with why below it, then each note."""
+    lines = []
+    for p, why in zip_longest(proposals, rationale[:len(proposals)], fillvalue=""):
+        lines.append(" | ".join(Allocation.from_dict(p).describe()))
+        if why:
+            lines.append(f"    why: {why}")
+    return lines + [f"note: {n}" for n in notes]
