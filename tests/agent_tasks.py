@@ -12,6 +12,38 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from planner.cost import CostModel
+from planner.env import Environment
+from planner.space import Allocation, Plan
+from planner.store import TrialRecord, TrialStatus
+
+# cascades-mmlu-gsm8k: the agent's first nine trials on seed 0 before the mean's picks after
+# a stall (`BuiltinReasoner._exploit`) took another route; per trial, MMLU's then GSM8K's
+# (model, method), n = 1. The optimum joins trial 8's MMLU plan and trial 5's GSM8K plan.
+CASCADES_PATH = [("llama3.2-1b", "alone", "llama3.2-1b", "alone"),
+                 ("llama3.2-3b", "alone", "llama3.2-3b", "alone"),
+                 ("llama3.1-8b", "alone", "llama3.1-8b", "alone"),
+                 ("llama3.1-70b", "alone", "llama3.2-3b", "to-8b-10pct"),
+                 ("llama3.1-8b", "to-70b-10pct", "llama3.2-3b", "to-8b-10pct"),
+                 ("llama3.2-3b", "to-405b-30pct", "llama3.2-3b", "to-70b-50pct"),
+                 ("llama3.1-70b", "alone", "llama3.2-3b", "to-70b-50pct"),
+                 ("llama3.1-70b", "to-405b-20pct", "llama3.2-3b", "to-70b-30pct"),
+                 ("llama3.1-70b", "to-405b-10pct", "llama3.2-3b", "to-405b-10pct")]
+
+
+def cascades_trials(env: Environment, cost_model: CostModel) -> list[TrialRecord]:
+    """`CASCADES_PATH` evaluated, as the trials of a study (five init probes first)."""
+    trials = []
+    for number, (m1, c1, m2, c2) in enumerate(CASCADES_PATH):
+        alloc = Allocation.of({s: Plan(model=m, method=c, mixture="default", samples=1,
+                                       aggregator="first")
+                               for s, m, c in [("mmlu", m1, c1), ("gsm8k", m2, c2)]})
+        seen = env.evaluate(alloc)
+        trials.append(TrialRecord(number, alloc, TrialStatus.OK, seen.score,
+                                  seen.subtask_scores, cost_model.estimate(alloc),
+                                  source="agent-init" if number < 5 else "agent-builtin"))
+    return trials
+
 
 def write_random_task(folder: Path, seed: int, n_stages: int = 2, n_models: int = 4,
                       n_methods: int = 3, budget: str = "60gpu-h") -> Path:

@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from envs import make_environment
+from planner.budget import parse_budget
 from planner.cli import app
 from planner.cost import CostModel
 from planner.report import reasoner_fallbacks
@@ -34,6 +35,7 @@ from planner.space import Allocation, SearchSpace
 from planner.spec import load_spec
 from planner.store import Store, TrialStatus
 from planner.study import optimize
+from tests.agent_tasks import cascades_trials
 from tests.conftest import write_tiny_task
 
 SECRET = "sk-test-must-never-be-stored-0123456789"
@@ -576,20 +578,19 @@ def test_a_near_sure_gain_is_taken_without_asking_the_model(server) -> None:
     scores beat the best trial, the step is the builtin's: a weak model once passed such a
     gain over for a plan the veto let through."""
     spec = load_spec(Path(__file__).parents[1] / "envs/replay/tasks/cascades_mmlu_gsm8k.yaml")
-    store = Store("sqlite://")
-    trials = optimize(spec, make_environment(spec), store=store, budget=spec.budget,
-                      strategy="agent", n_trials=10, study="b",
-                      agent=AgentOptions(patience=None)).trials
-    at = next(i for i, t in enumerate(trials) if t.source == "agent-builtin"
-              and all(t.allocation[s.name] in {u.allocation[s.name] for u in trials[:i]}
-                      for s in spec.subtasks))
-    cost_model = CostModel(spec, make_environment(spec).calibration())
-    ctx = SearchContext(SearchSpace(spec), cost_model, store.require_study("b").budget_gpu_hours)
+    env = make_environment(spec)
+    cost_model = CostModel(spec, env.calibration())
+    ctx = SearchContext(SearchSpace(spec), cost_model,
+                        parse_budget(spec.budget).gpu_hours(spec.hardware.peak_flops,
+                                                            spec.hardware.utilization))
+    trials = cascades_trials(env, cost_model)  # the gain: trial 8's MMLU, trial 5's GSM8K
     builtin = BuiltinReasoner(ctx)
     llm = LLMReasoner(ctx, LLMConfig(server.url, "scripted", max_retries=0), builtin)
-    assert builtin.near_sure(trials[:at]) == trials[at].allocation
-    proposal = llm.propose(trials[:at], [], 1)
-    assert proposal.allocations == [trials[at].allocation] and proposal.reasoner == "builtin"
+    sure = builtin.near_sure(trials)
+    assert sure is not None and sure["mmlu"] == trials[8].allocation["mmlu"]
+    assert sure["gsm8k"] == trials[5].allocation["gsm8k"]
+    proposal = llm.propose(trials, [], 1)
+    assert proposal.allocations == [sure] and proposal.reasoner == "builtin"
     assert proposal.attempts == [] and server.requests == []
 
 

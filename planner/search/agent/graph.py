@@ -59,7 +59,7 @@ def init(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         proposals=[a.to_dict() for a in allocs], rationale=probes.rationale,
         notes=probes.notes))
     update = {"initialized": True, **llm, **_notes(ctx, state, step, probes.notes),
-              "pending": _pending(ctx, history, allocs, "agent-init")}
+              "pending": _pending(ctx, history, allocs, ["agent-init"] * len(allocs))}
     return update | ({"messages": probes.exchange} if probes.exchange else {})
 
 
@@ -185,7 +185,7 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
     fallback = llm.pop("fallback")
     if may_ask and not asked:  # held back by design, not by a failure
         fallback = SPENT if spent else None
-    source = f"agent-{proposal.reasoner}"
+    sources = proposal.sources or [f"agent-{proposal.reasoner}"] * len(proposal.allocations)
     what = "; ".join(" | ".join(a.describe()) for a in proposal.allocations)
     step = _record(ctx, ProposeStep(
         summary=f"{proposal.reasoner}: {what or 'nothing left to propose'}"
@@ -197,7 +197,7 @@ def propose(state: PlannerState, runtime: Runtime[AgentContext]) -> dict:
         proposals=[a.to_dict() for a in proposal.allocations], rationale=proposal.rationale,
         notes=proposal.notes, tokens=_sum_tokens(proposal.attempts),
         latency_s=sum(a.latency_s for a in proposal.attempts)))
-    update: dict = {"pending": _pending(ctx, history, proposal.allocations, source,
+    update: dict = {"pending": _pending(ctx, history, proposal.allocations, sources,
                                         proposal.bets), **llm,
                     **_notes(ctx, state, step, proposal.notes)}
     if proposal.exchange:
@@ -320,10 +320,10 @@ def _record(ctx: AgentContext, step: Step, insights: list[dict] | None = None) -
 
 
 def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocation],
-             source: str, bets: list[float | None] | None = None) -> list[dict]:
-    """Allocations for the evaluate node, each with its fidelity (`screening`), and its
-    bet where a language model picked it outside the builtin's top candidates
-    (`Proposal.bets`)."""
+             sources: list[str], bets: list[float | None] | None = None) -> list[dict]:
+    """Allocations for the evaluate node, each with its trial's source, its fidelity
+    (`screening`), and its bet where a language model picked it outside the builtin's top
+    candidates (`Proposal.bets`)."""
     if ctx.screen is None:
         found = [1.0] * len(allocs)
     else:
@@ -332,11 +332,12 @@ def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocat
         cm = ctx.runner.cost_model
         found = fidelities(allocs, history, ctx.runner.search_meter(history), ctx.screen,
                            lambda a: analysis.predicted(a)[0],
-                           (lambda a: trains_prefixes(cm, a)) if source == "agent-init"
-                           else None)
+                           (lambda a: trains_prefixes(cm, a))
+                           if sources and set(sources) == {"agent-init"} else None)
     return [{"allocation": a.to_dict(), "source": source, "fidelity": f}
             | ({"bet": bet} if bet is not None else {})
-            for a, f, bet in zip(allocs, found, bets or [None] * len(allocs), strict=True)]
+            for a, source, f, bet in zip(allocs, sources, found,
+                                         bets or [None] * len(allocs), strict=True)]
 
 
 def _settle(trial: TrialRecord, bets: dict[str, float]) -> int:

@@ -58,6 +58,9 @@ class Proposal:
     bets: list[float | None] = field(default_factory=list)  # per allocation (empty: all
     # None): for a language model's pick outside the builtin's top candidates, the score it
     # must reach to count as a good pick (`state.LLM_CREDIT`); None for any other
+    sources: list[str] = field(default_factory=list)  # per allocation, its trial's source
+    # where the reasoner tells (the builtin's bets on its score model's mean:
+    # `builtin.EXPLOIT`); empty: `agent-REASONER` for all
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ from planner.search.agent.surrogate import PlanTable
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
-Pick = Literal["recombination", "n-step", "optimistic"]  # what kind of pick `_next` made
+# what kind of pick `_next` made
+Pick = Literal["recombination", "exploit", "n-step", "optimistic"]
 _MAX_MODEL_PROBES = 4
 _MIN_PROBES = 5  # a stage with fewer other dimensions to probe spends the rest on models
 # values probed per other dimension (default 2); the aggregator, like n, is left to the score
@@ -77,6 +78,15 @@ CLOSED = 1e3  # lowers the value (log score) of a plan the memory rules out
 # plan, but before the memory's closed ones (it still shows how its arm's score grows in n)
 OUTGROWN = CLOSED / 2
 MAX_NOTES = 6  # language-model notes kept in the memory
+# After a trial that did not raise the best score, the allocation the score model's mean
+# rates highest is a bet that it will (`_exploit`; its trial's source is EXPLOIT): the
+# builtin starts with EXPLOIT_CREDIT such bets, wins one more each time one raises the best
+# and loses one each time one does not; with none left it goes on with optimism alone.
+# Unbounded, such picks kept tutor at 0.4 times its budget off the MATH plan it rated low
+# (99% of the optimum in 1 seed of 10); as bets they took the held-out math-easy-hard's
+# best@10 from 0.63 to 0.90 and easy-gsm8k-hard's from 0.92 to 1 (experiments/README.md).
+EXPLOIT = "agent-exploit"
+EXPLOIT_CREDIT = 1
 
 
 class BuiltinReasoner:
@@ -173,6 +183,7 @@ class BuiltinReasoner:
         believed = list(history)
         allocs: list[Allocation] = []
         rationale: list[str] = []
+        sources: list[str] = []
         while len(allocs) < k:
             analysis = self.analyse(believed)
             values = self.ranked_values(analysis, penalty)
@@ -180,19 +191,22 @@ class BuiltinReasoner:
             if chosen is None:
                 break
             allocs.append(chosen)
+            sources.append(EXPLOIT if kind == "exploit" else f"agent-{self.name}")
             if kind == "optimistic":
                 why = self._why(chosen, tables, values, self.lowered(analysis, penalty),
                                 self._raised(analysis))
             else:
                 predicted = analysis.predicted(chosen)[0]
-                why = (f"stage plans already evaluated, predicted to beat the best trial "
-                       f"({predicted:.3f})" if kind == "recombination" else
-                       f"the best trial at a larger n on samples its arm has drawn, "
-                       f"predicted to score {predicted:.3f}")
+                why = {"recombination": "stage plans already evaluated, predicted to beat "
+                                        f"the best trial ({predicted:.3f})",
+                       "exploit": "the best score did not rise: the allocation the score "
+                                  f"model's mean rates highest ({predicted:.3f})",
+                       "n-step": "the best trial at a larger n on samples its arm has "
+                                 f"drawn, predicted to score {predicted:.3f}"}[kind]
             rationale.append(why + note)
             if len(allocs) < k:  # another pick follows: it sees this one as believed
                 believed.append(self._believed(chosen, analysis, -len(allocs)))
-        return Proposal(allocs, reasoner=self.name, rationale=rationale)
+        return Proposal(allocs, reasoner=self.name, rationale=rationale, sources=sources)
 
     def near_sure(self, history: Sequence[TrialRecord],
                   memory: Sequence[Insight] = ()) -> Allocation | None:
@@ -262,10 +276,31 @@ class BuiltinReasoner:
         if sure is not None and not (found and found[0].key() != sure.key()
                                      and hoped > np.exp(analysis.known_value(sure))):
             return sure, "recombination"
+        greedy = self._exploit(analysis, penalty, seen, history)
+        if greedy is not None and not (found and found[0].key() == greedy.key()):
+            return greedy, "exploit"
         step = self._n_step(analysis, closed, seen)
         if step is not None and hoped <= analysis.predicted(step)[0]:
             return step, "n-step"
         return (found[0] if found else None), "optimistic"
+
+    def _exploit(self, analysis: Analysis, penalty: Sequence[np.ndarray], seen: set[str],
+                 history: Sequence[TrialRecord]) -> Allocation | None:
+        """After a full trial that did not raise the best score, while such bets pay
+        (`exploit_credit`): the unseen allocation the score model's mean rates highest
+        (plans lowered as `lowered` says), if the mean expects it to beat the best trial;
+        else None. Optimism alone kept sending trials to uncertain corners (pythia-14m on a
+        200B-token checkpoint for MATH) while the mean pointed at a better pairing of the
+        plans seen."""
+        if analysis.since_best == 0 or exploit_credit(history) <= 0:
+            return None
+        means = [v - p for v, p in zip(analysis.plan_values(0.0),
+                                       self.lowered(analysis, penalty), strict=True)]
+        found = frontier(analysis, means, self.ctx.budget_gpu_hours, self.ctx.cost_model,
+                         seen, 1)
+        if found and analysis.predicted(found[0])[0] > np.exp(analysis.evaluated[1]):
+            return found[0]
+        return None
 
     def _n_step(self, analysis: Analysis, closed: Sequence[np.ndarray],
                 seen: set[str]) -> Allocation | None:
@@ -345,6 +380,20 @@ class BuiltinReasoner:
 
     def _fits(self, alloc: Allocation) -> bool:
         return self.ctx.cost_model.estimate(alloc).total_gpu_hours <= self.ctx.budget_gpu_hours
+
+
+def exploit_credit(history: Sequence[TrialRecord]) -> int:
+    """The bets on the score model's mean left (`EXPLOIT_CREDIT`), from the trials in
+    order: one more for each of source `EXPLOIT` that raised the best full score, one less
+    for each that did not (a failure, a screen or a trial still running included)."""
+    credit, best = EXPLOIT_CREDIT, -np.inf
+    for t in history:
+        raised = t.final and t.score > best
+        if t.source == EXPLOIT:
+            credit += 1 if raised else -1
+        if raised:
+            best = t.score
+    return credit
 
 
 def _affordable(t: PlanTable, share: float) -> np.ndarray:
