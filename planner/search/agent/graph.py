@@ -333,7 +333,7 @@ def _pending(ctx: AgentContext, history: list[TrialRecord], allocs: list[Allocat
         found = fidelities(allocs, history, ctx.runner.search_meter(history), ctx.screen,
                            lambda a: analysis.predicted(a)[0],
                            (lambda a: trains_prefixes(cm, a))
-                           if sources and set(sources) == {"agent-init"} else None)
+                           if set(sources) == {"agent-init"} else None)
     return [{"allocation": a.to_dict(), "source": source, "fidelity": f}
             | ({"bet": bet} if bet is not None else {})
             for a, source, f, bet in zip(allocs, sources, found,

@@ -164,7 +164,8 @@ class BuiltinReasoner:
     def propose(self, history: Sequence[TrialRecord], memory: Sequence[Insight] = (),
                 k: int = 1) -> Proposal:
         """The `k` unseen feasible allocations with the best optimistic end score
-        (`optimism`; a recombination predicted to beat the best trial first), chosen one at a
+        (`optimism`; a recombination predicted to beat the best trial first, and after a
+        trial that did not raise the best, the mean's best pick: `_next`), chosen one at a
         time: after each, the surrogate is refit as if it had scored its predicted mean (the
         "kriging believer" of batch Bayesian optimisation), so a batch for several workers
         spreads over what is uncertain instead of crowding one arm.
@@ -265,8 +266,10 @@ class BuiltinReasoner:
         the score model's mean, to score more (it then teaches the stage models as well;
         the recombination stays for later). Taken whenever it beat the best,
         recombinations of 5-15% gains filled tutor's first ten trials and taught the stage
-        models nothing. Else the best trial at a larger n (`_n_step`) goes first where the
-        mean rates it at least as high as the optimistic pick."""
+        models nothing. Then, after a trial that did not raise the best score, the
+        allocation the mean rates highest where it expects it to beat the best, while such
+        bets pay (`_exploit`). Else the best trial at a larger n (`_n_step`) goes first
+        where the mean rates it at least as high as the optimistic pick."""
         budget, cost_model = self.ctx.budget_gpu_hours, self.ctx.cost_model
         seen = settled(history, cost_model)
         closed = [p >= CLOSED for p in penalty]
