@@ -33,7 +33,7 @@ from planner.search.agent.steps import (
     ProposeStep,
     ReflectStep,
     Step,
-    insight_subject,
+    insight_line,
 )
 from planner.space import Allocation
 from planner.store import TrialRecord
@@ -358,8 +358,7 @@ def _improves(trial: TrialRecord, best: float | None) -> bool:
 def _insights_line(insights: list[Insight], limit: int = 300) -> str:
     """The insights (notes aside) on one line, each named by its subject, cut after the
     last one that fits in `limit` characters (`planner trace --step` shows them all)."""
-    texts = [f"{insight_subject(i.subtask)} {i.kind}: {i.text}" for i in insights
-             if i.kind != "note"]
+    texts = [insight_line(i.subtask, i.kind, i.text) for i in insights if i.kind != "note"]
     line = ""
     for k, text in enumerate(texts):
         more = f"; {text}" if line else text

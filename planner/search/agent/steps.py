@@ -92,8 +92,8 @@ class ReflectStep(AnsweredStep):
     stop: str = ""
 
     def details(self) -> list[str]:
-        return ([f"{insight_subject(d['subtask'])} {d['kind']}: {d['text']}"
-                 for d in self.insights_after] + ([f"stop: {self.stop}"] if self.stop else []))
+        return ([insight_line(d["subtask"], d["kind"], d["text"]) for d in self.insights_after]
+                + ([f"stop: {self.stop}"] if self.stop else []))
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,10 @@ def read_step(record: StepRecord) -> Step:
     return step_of(record.node, record.payload)
 
 
-def insight_subject(subtask: str) -> str:
-    """How a reader is told what an insight is about: its subtask, or the pipeline."""
-    return "pipeline" if subtask == ALL else subtask
+def insight_line(subtask: str, kind: str, text: str) -> str:
+    """An insight as a reader sees it, led by what it is about: its subtask, or the
+    pipeline."""
+    return f"{'pipeline' if subtask == ALL else subtask} {kind}: {text}"
 
 
 def _proposal_lines(proposals: list[dict], rationale: list[str], notes: list[str]
