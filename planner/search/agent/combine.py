@@ -28,17 +28,25 @@ from planner.space import Allocation
 TIE = 1e-9
 
 
-def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int) -> np.ndarray:
-    """Indices of the first (cheapest, highest-value) Pareto layers, peeled until `keep`."""
+def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int,
+                  low: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the first (cheapest, highest-value) Pareto layers, peeled until `keep`.
+
+    `low` (default `cost`) is the least each point may come to cost once a training it
+    pays is shared with stages merged later: a point is dominated only by one of at least
+    its value that costs no more than that, so a pricey plan whose pre-training later stages
+    reuse is not dropped for a cheaper one that shares nothing."""
+    low = cost if low is None else low
     remaining = np.lexsort((-value, cost))
     chosen: list[np.ndarray] = []
     total = 0
     while remaining.size and total < keep:
         v = value[remaining]
-        top = np.maximum.accumulate(v)
-        front = np.empty(v.size, dtype=bool)  # above every value before it
-        front[0] = v[0] > -np.inf
-        np.greater(top[1:], top[:-1], out=front[1:])
+        # the points that may dominate each: those before it, at most as costly as its low
+        reach = np.minimum(np.arange(v.size),
+                           np.searchsorted(cost[remaining], low[remaining], side="right"))
+        top = np.concatenate([[-np.inf], np.maximum.accumulate(v)])  # top[k]: max of v[:k]
+        front = v > top[reach]
         layer = remaining[front]
         chosen.append(layer)
         total += layer.size
@@ -131,6 +139,7 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             skip: Callable[[np.ndarray], np.ndarray] | None
             ) -> tuple[list[Allocation], bool]:
     floor = [float(np.min(t.low)) for t in tables]  # the cheapest each subtask can cost
+    trains, wanted = _shared_trainings(tables, values)
     idx = np.zeros((1, 0), dtype=int)
     arts = np.zeros((1, 0), dtype=int)
     cost = np.zeros(1)
@@ -140,7 +149,7 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         room = budget - sum(floor[j + 1:])
         cand = np.flatnonzero((t.low <= room) & (v > -np.inf))  # -inf: never wanted
         if len(tables) > 1:
-            sub = pareto_layers(t.cost[cand], v[cand], keep)
+            sub = pareto_layers(t.cost[cand], v[cand], keep, t.low[cand])
             exhausted &= len(sub) == len(cand)
             cand = cand[sub]
         new_cost = cost[:, None] + t.cost[cand][None, :]
@@ -157,7 +166,8 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         idx = np.column_stack([idx[parents], picks])
         arts = np.column_stack([arts[parents], t.artifact[picks]])
         if len(cost) > keep:
-            sub = pareto_layers(cost, value, keep * 4)
+            credit = _credit(arts, trains, wanted[j + 1])
+            sub = pareto_layers(cost, value, keep * 4, cost - credit)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
     found: list[Allocation] = []
@@ -175,3 +185,32 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             if len(found) == k:
                 return found, exhausted
     return found, exhausted
+
+
+def _shared_trainings(tables: Sequence[PlanTable], values: Sequence[np.ndarray]
+                      ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per shared artifact (`PlanTable.artifact`), the GPU-h of its training; and, per
+    stage j, whether a wanted plan (value above -inf) of a stage from j on trains it."""
+    n = max((int(t.artifact.max()) + 1 for t in tables), default=0)
+    trains = np.zeros(n)
+    wanted = [np.zeros(n, dtype=bool) for _ in range(len(tables) + 1)]
+    for j, (t, v) in enumerate(zip(tables, values, strict=True)):
+        own = t.artifact >= 0
+        np.maximum.at(trains, t.artifact[own], t.train[own])
+        wanted[j][t.artifact[own & (v > -np.inf)]] = True
+    for j in range(len(tables) - 1, -1, -1):
+        wanted[j] |= wanted[j + 1]
+    return trains, wanted
+
+
+def _credit(arts: np.ndarray, trains: np.ndarray, later: np.ndarray) -> np.ndarray:
+    """(rows,) the GPU-h each partial allocation (rows x stages of shared artifact ids,
+    -1 for none) has paid for trainings that a later stage may reuse at no cost: each
+    distinct artifact once."""
+    credit = np.zeros(len(arts))
+    for c in range(arts.shape[1]):
+        a = arts[:, c]
+        new = (a >= 0) & ~(arts[:, :c] == a[:, None]).any(axis=1)
+        usable = new & later[np.maximum(a, 0)]
+        credit += np.where(usable, trains[np.maximum(a, 0)], 0.0)
+    return credit
