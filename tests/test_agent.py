@@ -867,6 +867,14 @@ def test_the_frontier_search_keeps_allocations_that_share_a_pretraining(
                                    exact=True)
         value = sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
         assert value == pytest.approx(totals[costs <= budget].max())
+    # the same plans with nothing shared (artifact id -1): each pays its own training
+    alone = [dataclasses.replace(t, artifact=np.full(len(t.plans), -1)) for t in tables]
+    costs = np.array([sum(t.cost[i] for t, i in zip(tables, a, strict=True))
+                      for a in allocations])
+    budget = float(np.quantile(costs, 0.2))
+    [found] = best_allocations(alone, values, budget, cost_model, set(), keep=1, exact=True)
+    value = sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
+    assert value == pytest.approx(totals[costs <= budget].max())
 
 
 def test_trace_steps_are_typed_and_read_back_from_older_payloads() -> None:

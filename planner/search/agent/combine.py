@@ -203,8 +203,9 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
 def _shared_trainings(tables: Sequence[PlanTable], values: Sequence[np.ndarray]
                       ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per shared artifact (`PlanTable.artifact`), the GPU-h of its training; and, per
-    stage j, whether a wanted plan (value above -inf) of a stage from j on trains it."""
-    n = max((int(t.artifact.max()) + 1 for t in tables), default=0)
+    stage j, whether a wanted plan (value above -inf) of a stage from j on trains it. The
+    last entry stands for no artifact (id -1): no training, wanted by none."""
+    n = max(int(t.artifact.max()) for t in tables) + 2
     trains = np.zeros(n)
     wanted = [np.zeros(n, dtype=bool) for _ in range(len(tables) + 1)]
     for j, (t, v) in enumerate(zip(tables, values, strict=True)):
@@ -219,11 +220,10 @@ def _shared_trainings(tables: Sequence[PlanTable], values: Sequence[np.ndarray]
 def _credit(arts: np.ndarray, trains: np.ndarray, later: np.ndarray) -> np.ndarray:
     """(rows,) the GPU-h each partial allocation (rows x stages of shared artifact ids,
     -1 for none) has paid for trainings that a later stage may reuse at no cost: each
-    distinct artifact once."""
+    distinct artifact once (`trains` and `later` as `_shared_trainings` gives them)."""
     credit = np.zeros(len(arts))
     for c in range(arts.shape[1]):
         a = arts[:, c]
-        new = (a >= 0) & ~(arts[:, :c] == a[:, None]).any(axis=1)
-        usable = new & later[np.maximum(a, 0)]
-        credit += np.where(usable, trains[np.maximum(a, 0)], 0.0)
+        new = ~(arts[:, :c] == a[:, None]).any(axis=1)
+        credit += np.where(new & later[a], trains[a], 0.0)
     return credit
