@@ -35,9 +35,10 @@
   arm fits the budget at a larger n (which cannot score less) ranks after every open plan
   too, but before the memory's closed ones; so does, on any task, a plan below its arm's
   largest n in budget while no trial has tried the arm (its samples are drawn at that n
-  whatever the plan's: `planner.draws`), and a plan whose `oracle` twin (same values and
-  n) costs no more (`PlanTable.below_oracle`: no aggregator of the same samples scores
-  above oracle). Notes are read by a language model, not here.
+  whatever the plan's: `planner.draws`) and the best score still rises, and a plan whose
+  `oracle` twin (same values and n) costs no more (`PlanTable.below_oracle`: no
+  aggregator of the same samples scores above oracle). Notes are read by a language
+  model, not here.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class BuiltinReasoner:
         one-stage task, `oracle` plans their own arm outscores at a larger open n in budget
         are lowered by `OUTGROWN`: after the open plans, before the closed ones; so, on any
         task, is a plan below its arm's largest n in budget while no trial has tried the arm
-        (`_untried_below_top`).
+        and the best score still rises (`_untried_below_top`).
         """
         tables = self.analyst.tables
         penalty, why = self.ranking(memory)
@@ -249,7 +250,13 @@ class BuiltinReasoner:
                 penalty: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per subtask, what each plan's value is lowered by: the `penalty` of `ranking`,
         and at least `OUTGROWN` for a plan below its arm's largest n in budget while no
-        full trial has evaluated the arm (`_untried_below_top`)."""
+        full trial has evaluated the arm (`_untried_below_top`), until the best score has
+        not risen for more than `STALE_FREE` full trials (when optimism starts to grow): in
+        a pipeline an arm's largest n may fit only beside the other stages' cheapest
+        plans, and an optimum that opens the arm at a smaller n was out of reach for good
+        (experiments/README.md)."""
+        if analysis.since_best > STALE_FREE:
+            return list(penalty)
         budget, evaluated = self.ctx.budget_gpu_hours, analysis.evaluated[0]
         floor = [float(t.low.min()) for t in analysis.tables]
         return [np.maximum(p, np.where(_untried_below_top(
