@@ -8,9 +8,9 @@ allocations that fit the budget and were not evaluated are returned. `frontier` 
 leaves out allocations that only recombine stage plans evaluated before, unless their
 known stage scores beat the best end score: each stage's score model learns only from its
 own plan, so such a trial teaches it nothing. `recombination` finds the one that beats it
-most, a near-sure gain the builtin reasoner takes first; its search prunes exactly (a
-partial allocation that paid for a checkpoint later stages reuse is kept), so the best
-recombination is found.
+most, a near-sure gain the builtin reasoner takes first. A partial allocation that paid
+for a checkpoint later stages may reuse is pruned only for one cheaper than it would then
+cost; the recombination search also prunes each stage's plans so, which makes it exact.
 """
 
 from __future__ import annotations
@@ -82,13 +82,14 @@ def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], 
     allocations as plan indices, rows x subtasks) leaves out the rows it is true for.
 
     Pruning keeps the first `keep` Pareto layers of (cost, value) per subtask and per
-    partial allocation. `exact` prunes only what no allocation sharing a training with
-    it can need (`pareto_layers`' low: the cost less the trainings other stages may reuse),
-    so the best allocation within budget is kept whatever `keep`; by cost alone a
-    partial allocation that paid for a checkpoint later stages reuse was dropped for a
-    cheaper one. Exact pruning keeps many more partial allocations where every stage
-    offers the same checkpoints (easy-gsm8k-hard: 18 -> 96-137 ms per trial as the only
-    pruning), so only the search over evaluated plans (`recombination`) asks for it."""
+    partial allocation. A partial allocation is dropped only for one of at least its value
+    that costs no more than it would once the trainings later stages may reuse are paid
+    (`pareto_layers`' low): by cost alone, one that paid for a checkpoint later stages
+    reuse was dropped for a cheaper one that shares nothing. Each subtask's own plans are
+    pruned by their cost; with `exact`, by their cost less a training another stage may
+    share, so the best allocation within budget is kept whatever `keep`. That keeps many
+    more plans where every stage offers the same checkpoints (easy-gsm8k-hard: 18 -> 96-137
+    ms per trial), so only the search over evaluated plans (`recombination`) asks for it."""
     while True:
         found, exhausted = _search(tables, values, budget, cost_model, seen, k, keep, skip,
                                    exact)
@@ -151,7 +152,7 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             skip: Callable[[np.ndarray], np.ndarray] | None, exact: bool
             ) -> tuple[list[Allocation], bool]:
     floor = [float(np.min(t.low)) for t in tables]  # the cheapest each subtask can cost
-    trainings = _shared_trainings(tables, values) if exact else None
+    trainings, later = _shared_trainings(tables, values)
     idx = np.zeros((1, 0), dtype=int)
     arts = np.zeros((1, 0), dtype=int)
     cost = np.zeros(1)
@@ -178,8 +179,7 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         idx = np.column_stack([idx[parents], picks])
         arts = np.column_stack([arts[parents], t.artifact[picks]])
         if len(cost) > keep:
-            low = (None if trainings is None
-                   else cost - _credit(arts, trainings[0], trainings[1][j + 1]))
+            low = cost - _credit(arts, trainings, later[j + 1])
             sub = pareto_layers(cost, value, keep * 4, low)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
