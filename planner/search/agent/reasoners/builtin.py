@@ -73,7 +73,7 @@ KAPPA = 1.0  # optimism, in standard deviations of the logit score
 # pythia-1b / 60B tokens, the optimum's, rated 0.024 +- 1.4 in logit after the larger models
 # were tried only on few tokens; two of ten seeds stayed at 0.928 for 60 trials).
 KAPPA_GROWTH = 0.1
-STALE_FREE = 5
+STALE_FREE = 5  # past it the rule that opens an untried arm at its drawn n lifts (`lowered`)
 CLOSED = 1e3  # lowers the value (log score) of a plan the memory rules out
 # lowers a plan its own arm at a larger n outscores (`_outgrown`): it ranks after every open
 # plan, but before the memory's closed ones (it still shows how its arm's score grows in n)
