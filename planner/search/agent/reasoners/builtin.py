@@ -188,15 +188,15 @@ class BuiltinReasoner:
         sources: list[str] = []
         while len(allocs) < k:
             analysis = self.analyse(believed)
-            values = self.ranked_values(analysis, penalty)
-            chosen, kind = self._next(analysis, values, penalty, believed)
+            lowered = self.lowered(analysis, penalty)
+            values = _ranked(analysis, self.optimism(analysis), lowered)
+            chosen, kind = self._next(analysis, values, lowered, penalty, believed)
             if chosen is None:
                 break
             allocs.append(chosen)
             sources.append(EXPLOIT if kind == "exploit" else f"agent-{self.name}")
             if kind == "optimistic":
-                why = self._why(chosen, tables, values, self.lowered(analysis, penalty),
-                                self._raised(analysis))
+                why = self._why(chosen, tables, values, lowered, self._raised(analysis))
             else:
                 predicted = analysis.predicted(chosen)[0]
                 why = {"recombination": "stage plans already evaluated, predicted to beat "
@@ -214,8 +214,9 @@ class BuiltinReasoner:
                   memory: Sequence[Insight] = ()) -> Allocation | None:
         """The near-sure gain `propose` would run next, if any (`_next`)."""
         analysis, penalty = self.analyse(history), self.ranking(memory)[0]
-        chosen, kind = self._next(analysis, self.ranked_values(analysis, penalty), penalty,
-                                  history)
+        lowered = self.lowered(analysis, penalty)
+        chosen, kind = self._next(analysis, _ranked(analysis, self.optimism(analysis), lowered),
+                                  lowered, penalty, history)
         return chosen if kind == "recombination" else None
 
     def settled(self, history: Sequence[TrialRecord]) -> bool:
@@ -243,8 +244,7 @@ class BuiltinReasoner:
                       penalty: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per subtask, each plan's value as the builtin ranks it: its optimistic log score
         (`optimism`), lowered as `lowered` says."""
-        return [v - p for v, p in zip(analysis.plan_values(self.optimism(analysis)),
-                                      self.lowered(analysis, penalty), strict=True)]
+        return _ranked(analysis, self.optimism(analysis), self.lowered(analysis, penalty))
 
     def lowered(self, analysis: Analysis,
                 penalty: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -264,9 +264,10 @@ class BuiltinReasoner:
                 for t, p, e, f in zip(analysis.tables, penalty, evaluated, floor, strict=True)]
 
     def _next(self, analysis: Analysis, values: Sequence[np.ndarray],
-              penalty: Sequence[np.ndarray], history: Sequence[TrialRecord]
-              ) -> tuple[Allocation | None, Pick]:
-        """The allocation to run next, and what kind of pick it is. The unseen
+              lowered: Sequence[np.ndarray], penalty: Sequence[np.ndarray],
+              history: Sequence[TrialRecord]) -> tuple[Allocation | None, Pick]:
+        """The allocation to run next, and what kind of pick it is (`values` as
+        `ranked_values` gives them, with the `lowered` of `penalty` they hold). The unseen
         recombination of evaluated stage plans (none the memory rules out) whose known
         stage scores beat the best trial (`combine.recombination`), a near-sure gain, goes
         first, unless the unseen allocation of the best optimistic value is expected, by
@@ -286,7 +287,7 @@ class BuiltinReasoner:
         if sure is not None and not (found and found[0].key() != sure.key()
                                      and hoped > np.exp(analysis.known_value(sure))):
             return sure, "recombination"
-        greedy = self._exploit(analysis, penalty, seen, history)
+        greedy = self._exploit(analysis, lowered, seen, history)
         if greedy is not None and not (found and found[0].key() == greedy.key()):
             return greedy, "exploit"
         step = self._n_step(analysis, closed, seen)
@@ -294,20 +295,18 @@ class BuiltinReasoner:
             return step, "n-step"
         return (found[0] if found else None), "optimistic"
 
-    def _exploit(self, analysis: Analysis, penalty: Sequence[np.ndarray], seen: set[str],
+    def _exploit(self, analysis: Analysis, lowered: Sequence[np.ndarray], seen: set[str],
                  history: Sequence[TrialRecord]) -> Allocation | None:
         """After a full trial that did not raise the best score, while such bets pay
         (`exploit_credit`): the unseen allocation the score model's mean rates highest
-        (plans lowered as `lowered` says), if the mean expects it to beat the best trial;
+        (plans lowered by `lowered`), if the mean expects it to beat the best trial;
         else None. Optimism alone kept sending trials to uncertain corners (pythia-14m on a
         200B-token checkpoint for MATH) while the mean pointed at a better pairing of the
         plans seen."""
         if analysis.since_best == 0 or exploit_credit(history) <= 0:
             return None
-        means = [v - p for v, p in zip(analysis.plan_values(0.0),
-                                       self.lowered(analysis, penalty), strict=True)]
-        found = frontier(analysis, means, self.ctx.budget_gpu_hours, self.ctx.cost_model,
-                         seen, 1)
+        found = frontier(analysis, _ranked(analysis, 0.0, lowered), self.ctx.budget_gpu_hours,
+                         self.ctx.cost_model, seen, 1)
         if found and analysis.predicted(found[0])[0] > np.exp(analysis.evaluated[1]):
             return found[0]
         return None
@@ -390,6 +389,13 @@ class BuiltinReasoner:
 
     def _fits(self, alloc: Allocation) -> bool:
         return self.ctx.cost_model.estimate(alloc).total_gpu_hours <= self.ctx.budget_gpu_hours
+
+
+def _ranked(analysis: Analysis, optimism: float,
+            lowered: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per subtask, each plan's log score at `optimism` standard deviations above its mean,
+    less what `lowered` says."""
+    return [v - p for v, p in zip(analysis.plan_values(optimism), lowered, strict=True)]
 
 
 def exploit_credit(history: Sequence[TrialRecord]) -> int:
