@@ -19,7 +19,6 @@ import pytest
 from typer.testing import CliRunner
 
 from envs import make_environment
-from planner.budget import parse_budget
 from planner.cli import app
 from planner.cost import CostModel
 from planner.report import reasoner_fallbacks
@@ -580,9 +579,7 @@ def test_a_near_sure_gain_is_taken_without_asking_the_model(server) -> None:
     spec = load_spec(Path(__file__).parents[1] / "envs/replay/tasks/cascades_mmlu_gsm8k.yaml")
     env = make_environment(spec)
     cost_model = CostModel(spec, env.calibration())
-    ctx = SearchContext(SearchSpace(spec), cost_model,
-                        parse_budget(spec.budget).gpu_hours(spec.hardware.peak_flops,
-                                                            spec.hardware.utilization))
+    ctx = SearchContext(SearchSpace(spec), cost_model, spec.hardware.gpu_hours(spec.budget))
     trials = cascades_trials(env, cost_model)  # the gain: trial 8's MMLU, trial 5's GSM8K
     builtin = BuiltinReasoner(ctx)
     llm = LLMReasoner(ctx, LLMConfig(server.url, "scripted", max_retries=0), builtin)
