@@ -1,9 +1,10 @@
 """The built-in reasoner: AgentTTS's regularities applied without an LLM.
 
 - init: per subtask, probes that isolate the model choice (one model from each size
-  stratum, drawn with the seed, on one reference arm at the largest n that fits the
-  subtask's share of the budget, under `oracle` where it is offered, else an aggregator
-  that reads several samples where one can) and each other dimension but the aggregator
+  stratum, drawn with the seed, on one reference arm, the most trained that at least half
+  the models can afford, at the largest n that fits the subtask's share of the budget,
+  under `oracle` where it is offered, else an aggregator that reads several samples where
+  one can) and each other dimension but the aggregator
   (the values farthest from the reference: one method, two mixtures). Four strata, or
   more where the design's slots (at least five, or a multi-stage task's longest design)
   are not taken by other dimensions: a subtask with nothing but the model to probe tries
@@ -43,6 +44,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -66,6 +68,11 @@ _MIN_PROBES = 5  # a stage with fewer other dimensions to probe spends the rest 
 # model, which tries it on the arms that look best (a probe on the reference arm was often a
 # trial spent on an arm no better than the others)
 _PROBES_PER_DIMENSION = {"method": 1, "aggregator": 0}
+# The design's reference arm is the most trained one that this share of the models can afford
+# (`_probes`). The one most models could afford was often too little trained to score: on
+# MATH at 2B tokens every Pythia size solves nothing, and five probes read zero
+# (experiments/README.md, "A reference trained enough to score").
+_REFERENCE_SHARE = 0.5
 KAPPA = 1.0  # optimism, in standard deviations of the logit score
 # The optimism grows by KAPPA_GROWTH per full trial beyond STALE_FREE since the best score
 # last rose (`optimism`), as GP-UCB's grows with the trials: at a fixed one a plan the score
@@ -453,15 +460,18 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext, strata: int
         return [(int(np.argmin(t.cost)), "cheapest")]
     model = t.codes[:, t.column("model")]
     rest = [j for j, d in enumerate(t.dims) if d.name != "model"]
-    # reference arm: the values of the other dimensions most models can afford, most trained
-    # (a plan at n = 1 is coded under an aggregator that reads several samples: `PlanTable`)
+    # reference arm: the most trained values of the other dimensions that at least half the
+    # models (and two) can afford (`_REFERENCE_SHARE`), then those most models can afford (a
+    # plan at n = 1 is coded under an aggregator that reads several samples: `PlanTable`)
     keys: dict[tuple[int, ...], set[int]] = {}
     tokens: dict[tuple[int, ...], float] = {}
     for i in np.flatnonzero(afford):
         k = tuple(int(c) for c in t.codes[i, rest])
         keys.setdefault(k, set()).add(int(model[i]))
         tokens.setdefault(k, float(t.compute[i, 1]))
-    ref = max(keys, key=lambda k: (len(keys[k]), tokens[k], *(-c for c in k[1:])))
+    enough = max(2, math.ceil(_REFERENCE_SHARE * len(np.unique(model[afford]))))
+    ref = max(keys, key=lambda k: (len(keys[k]) >= enough, tokens[k], len(keys[k]),
+                                   *(-c for c in k[1:])))
     on_ref = afford & (t.codes[:, rest] == ref).all(axis=1)
     models = sorted(keys[ref], key=lambda m: t.compute[model == m, 0].min())  # by size
     # one model from each size stratum (which one: the seed's choice)
