@@ -642,6 +642,35 @@ def test_an_init_probe_the_trials_before_it_outclass_is_left_out(tmp_path: Path)
     assert np.log(analysis.predicted(method_probe, 1.0)[0]) < analysis.evaluated[1]
 
 
+def test_the_model_probes_share_the_most_trained_arm_half_the_models_afford() -> None:
+    """math-easy-hard under half its budget. Within a stage's share of the budget all nine
+    Pythia sizes afford checkpoints up to 2B tokens, where every size solves nothing on
+    MATH: as the model probes' reference (the arm most models afford), it gave five init
+    trials that all scored 0. The reference is the most trained checkpoint at least half
+    the sizes afford (60B: six of nine; 200B: four), and two of the five trials score."""
+    from planner.search.agent.reasoners.builtin import BuiltinReasoner
+
+    spec = load_spec(TASKS.parent / "heldout" / "math_easy_hard.yaml").model_copy(
+        update={"budget": "1000gpu-h"})
+    analyst = _analyst(spec)
+    easy = analyst.tables[0]
+    afford: dict[str, set[str]] = {}  # checkpoint -> the sizes with a plan of it in the share
+    for plan, cost in zip(easy.plans, easy.cost, strict=True):
+        if cost <= _budget(spec) / 2:
+            afford.setdefault(plan.method, set()).add(plan.model)
+    assert len(afford["pretrain-2B"]) == 9
+    half = [m for m, sizes in afford.items() if len(sizes) >= 5]
+    reference = max(half, key=lambda m: spec.method(m).train_tokens)
+    assert reference == "pretrain-60B"
+    design = BuiltinReasoner(analyst.ctx).initial([])
+    probed = [a["easy"] for a, why in zip(design.allocations, design.rationale, strict=True)
+              if "easy: model probe" in why]
+    assert len({p.model for p in probed}) >= 3
+    assert {p.method for p in probed} == {reference}
+    trials = _run(spec, "agent", 5, agent=AgentOptions(patience=None)).trials
+    assert sum(t.score > 0 for t in trials) >= 2
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_stage_with_only_the_model_to_probe_probes_more_model_sizes(seed: int) -> None:
     """monkeys-math-10k (seven Pythia sizes, nothing trained) and tutor's MMLU stage (nine
