@@ -59,7 +59,8 @@ def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int,
 def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[np.ndarray]:
     """Indices by decreasing value, ties in index order (a stable argsort of -value), in
     blocks: a chunk of the best is sorted at a time, as callers usually stop after the
-    first few."""
+    first few. Each chunk is twice the last, so a caller that reads far (a `skip` that
+    leaves out most rows) partitions the rest a few times rather than once per 64 rows."""
     key = -value
     rest = np.arange(len(value))
     while rest.size:
@@ -71,6 +72,7 @@ def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[np.ndarray]:
         chosen = rest[head]  # in index order, so the stable sort breaks ties by index
         yield chosen[np.argsort(key[chosen], kind="stable")]
         rest = rest[~head]
+        chunk *= 2
 
 
 def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
