@@ -4,8 +4,8 @@
   stratum, drawn with the seed, on one reference arm, the most trained that at least half
   the models can afford, at the largest n that fits the subtask's share of the budget,
   under `oracle` where it is offered, else an aggregator that reads several samples where
-  one can) and each other dimension but the aggregator
-  (the values farthest from the reference: one method, two mixtures). Four strata, or
+  one can) and each other dimension but the aggregator (the values farthest from the
+  reference: one method, two mixtures). Four strata, or
   more where the design's slots (at least five, or a multi-stage task's longest design)
   are not taken by other dimensions: a subtask with nothing but the model to probe tries
   five sizes. The trend in n and the aggregator are left to the score model, which shares
