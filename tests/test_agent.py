@@ -20,7 +20,7 @@ from planner.cost import Cost, CostModel
 from planner.draws import study_draws
 from planner.search import AgentOptions, Runner, SearchContext, make_strategy
 from planner.search.agent import surrogate
-from planner.search.agent.combine import best_first, pareto_layers
+from planner.search.agent.combine import pareto_layers
 from planner.search.agent.memory import Insight
 from planner.search.agent.reasoners.builtin import (
     EXPLOIT,
@@ -861,13 +861,33 @@ def test_a_stage_that_scored_zero_is_no_sure_gain() -> None:
     assert analysis.known[2][zero] == pytest.approx(analysis.weights[2] * np.log(1e-4))
 
 
-def test_best_first_is_a_stable_sort_by_decreasing_value() -> None:
-    rng = np.random.default_rng(1)
-    for n in (0, 1, 5, 63, 64, 65, 300):
-        value = rng.choice([0.0, 1.0, -2.5, np.nan], size=n) if n % 2 else rng.normal(size=n)
-        for chunk in (1, 7, 64):
-            got = [i for block in best_first(value, chunk) for i in block]
-            assert got == list(np.argsort(-value, kind="stable"))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_last_stage_is_joined_best_first_in_the_order_of_one_stable_sort(
+        tmp_path: Path, seed: int) -> None:
+    """`_completions` joins partial allocations (here the first stage's plans) to the last
+    stage's plans a block of rows at a time, yet yields every join that fits the room, in
+    the order one stable sort of them all by decreasing value gives (ties, many here, in
+    row-then-plan order): the search picks what it picked when it made every join."""
+    from planner.search.agent.analysis import Analyst
+    from planner.search.agent.combine import _completions, _join
+
+    spec = load_spec(write_random_task(tmp_path, seed, n_stages=2, n_methods=5))
+    cost_model = CostModel(spec, make_environment(spec).calibration())
+    first, last = Analyst(SearchContext(SearchSpace(spec), cost_model, 1.0, 0,
+                                        Store("sqlite://"), "s")).tables
+    rng = np.random.default_rng(seed)
+    arts, cost = first.artifact[:, None], first.cost
+    value = np.round(rng.normal(size=len(first.plans)), 1)
+    v = np.round(rng.normal(size=len(last.plans)), 1)
+    cand = rng.permutation(len(last.plans))[: len(last.plans) // 2]
+    room = float(np.quantile(cost[:, None] + last.cost[None, :], 0.3))
+    rows, pos, _, joined = _join(arts, cost, value, last, v, cand, room)
+    order = np.argsort(-joined, kind="stable")
+    assert len(first.plans) > 64 and len(order) > 100
+    for block in (1, 5, 64):
+        got = list(_completions(arts, cost, value, last, v, cand, room, block))
+        assert np.array_equal(np.concatenate([r for r, _ in got]), rows[order])
+        assert np.array_equal(np.concatenate([p for _, p in got]), cand[pos[order]])
 
 
 def test_pareto_layers_peel_undominated_points_layer_by_layer() -> None:

@@ -56,25 +56,6 @@ def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int,
     return np.concatenate(chosen) if chosen else remaining
 
 
-def best_first(value: np.ndarray, chunk: int = 64) -> Iterator[np.ndarray]:
-    """Indices by decreasing value, ties in index order (a stable argsort of -value), in
-    blocks: a chunk of the best is sorted at a time, as callers usually stop after the
-    first few. Each chunk is twice the last, so a caller that reads far (a `skip` that
-    leaves out most rows) partitions the rest a few times rather than once per 64 rows."""
-    key = -value
-    rest = np.arange(len(value))
-    while rest.size:
-        head = np.ones(rest.size, dtype=bool)
-        if rest.size > chunk:
-            cut = np.partition(key[rest], chunk - 1)[chunk - 1]
-            if not np.isnan(cut):  # else (NaN: fewer than `chunk` numbers) sort them all
-                head = key[rest] <= cut  # every tie of the cut: ties keep index order
-        chosen = rest[head]  # in index order, so the stable sort breaks ties by index
-        yield chosen[np.argsort(key[chosen], kind="stable")]
-        rest = rest[~head]
-        chunk *= 2
-
-
 def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
                      cost_model: CostModel, seen: set[str], k: int = 1,
                      keep: int = 48,
@@ -167,30 +148,23 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             sub = pareto_layers(t.cost[cand], v[cand], keep, t.low[cand] if exact else None)
             exhausted &= len(sub) == len(cand)
             cand = cand[sub]
-        new_cost = cost[:, None] + t.cost[cand][None, :]
-        if arts.shape[1] and (t.artifact[cand] >= 0).any():  # a training paid already
-            shared = ((arts[:, :, None] == t.artifact[cand][None, None, :]).any(axis=1)
-                      & (t.artifact[cand] >= 0)[None, :])
-            new_cost = new_cost - shared * t.train[cand][None, :]
-        new_value = value[:, None] + v[cand][None, :]
-        ok = np.flatnonzero((new_cost <= room + 1e-9).ravel())
-        parents, picks = ok // len(cand), cand[ok % len(cand)]
-        cost, value = new_cost.ravel()[ok], new_value.ravel()[ok]
         if j == len(tables) - 1:
-            break  # the last picks are joined to their parents' plans only when read, below
-        idx = np.column_stack([idx[parents], picks])
-        arts = np.column_stack([arts[parents], t.artifact[picks]])
+            break  # the last stage is joined best first as it is read, below
+        parents, pos, cost, value = _join(arts, cost, value, t, v, cand, room)
+        idx = np.column_stack([idx[parents], cand[pos]])
+        arts = np.column_stack([arts[parents], t.artifact[cand[pos]]])
         if len(cost) > keep:
             low = cost - _credit(arts, trainings, later[j + 1])
             sub = pareto_layers(cost, value, keep * 4, low)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
     found: list[Allocation] = []
-    for rows in best_first(value):
+    for parents, picks in _completions(arts, cost, value, t, v, cand, room):
         if skip is not None:  # asked of each block as it comes: most searches read one
-            rows = rows[~skip(np.column_stack([idx[parents[rows]], picks[rows]]))]
-        for row in rows:
-            plan_idx = [*idx[parents[row]], picks[row]]
+            kept = ~skip(np.column_stack([idx[parents], picks]))
+            parents, picks = parents[kept], picks[kept]
+        for parent, pick in zip(parents, picks, strict=True):
+            plan_idx = [*idx[parent], pick]
             alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plan_idx,
                                                                           strict=True)})
             key = alloc.key()
@@ -200,6 +174,51 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             if len(found) == k:
                 return found, exhausted
     return found, exhausted
+
+
+def _join(arts: np.ndarray, cost: np.ndarray, value: np.ndarray, t: PlanTable,
+          v: np.ndarray, cand: np.ndarray, room: float
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each partial allocation (rows of `arts`, `cost`, `value`) joined to each of `t`'s
+    plans `cand` (values `v`) within `room`: per pair that fits, in row-then-plan order, its
+    row, the plan's position in `cand`, its cost and value. A training a row paid already is
+    not paid again."""
+    new_cost = cost[:, None] + t.cost[cand][None, :]
+    if arts.shape[1] and (t.artifact[cand] >= 0).any():  # a training paid already
+        shared = ((arts[:, :, None] == t.artifact[cand][None, None, :]).any(axis=1)
+                  & (t.artifact[cand] >= 0)[None, :])
+        new_cost = new_cost - shared * t.train[cand][None, :]
+    new_value = value[:, None] + v[cand][None, :]
+    ok = np.flatnonzero((new_cost <= room + 1e-9).ravel())
+    return ok // len(cand), ok % len(cand), new_cost.ravel()[ok], new_value.ravel()[ok]
+
+
+def _completions(arts: np.ndarray, cost: np.ndarray, value: np.ndarray, t: PlanTable,
+                 v: np.ndarray, cand: np.ndarray, room: float, block: int = 64
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The last stage's joins (`_join`) as blocks of (rows, plans), by decreasing value,
+    ties in row-then-plan order: what one stable sort of every join would give, without
+    making them all. Rows are joined a block at a time, the most valuable first (each
+    block twice the last); no join of the rows left can be worth more than the next row's
+    value plus the best plan's, so the joins above that are final. A reader that stops
+    early (most read one block) never joins the rest: a five-stage search used to join
+    230,000 partial allocations to 50 plans for one allocation."""
+    order = np.argsort(-value, kind="stable")
+    top = float(v[cand].max()) if cand.size else -np.inf
+    keys, values = np.zeros(0, dtype=int), np.zeros(0)  # joined, not yet final
+    start = 0
+    while start < len(order):
+        rows = order[start:start + block]
+        start, block = start + len(rows), block * 2
+        parents, pos, _, joined = _join(arts[rows], cost[rows], value[rows], t, v, cand, room)
+        keys = np.concatenate([keys, rows[parents] * len(cand) + pos])
+        values = np.concatenate([values, joined])
+        final = (values > value[order[start]] + top if start < len(order)
+                 else np.ones(len(values), dtype=bool))
+        chosen = keys[final][np.lexsort((keys[final], -values[final]))]
+        keys, values = keys[~final], values[~final]
+        if chosen.size:
+            yield chosen // len(cand), cand[chosen % len(cand)]
 
 
 def _shared_trainings(tables: Sequence[PlanTable], values: Sequence[np.ndarray]
