@@ -460,9 +460,10 @@ def _probes(t: PlanTable, share: float, ctx: SearchContext, strata: int
         return [(int(np.argmin(t.cost)), "cheapest")]
     model = t.codes[:, t.column("model")]
     rest = [j for j, d in enumerate(t.dims) if d.name != "model"]
-    # reference arm: the most trained values of the other dimensions that at least half the
-    # models (and two) can afford (`_REFERENCE_SHARE`), then those most models can afford (a
-    # plan at n = 1 is coded under an aggregator that reads several samples: `PlanTable`)
+    # reference arm: the most trained values of the other dimensions among those at least
+    # half the models (and two) can afford (`_REFERENCE_SHARE`; where no arm is, among all),
+    # ties to the one most models afford (a plan at n = 1 is coded under an aggregator that
+    # reads several samples: `PlanTable`)
     keys: dict[tuple[int, ...], set[int]] = {}
     tokens: dict[tuple[int, ...], float] = {}
     for i in np.flatnonzero(afford):
