@@ -892,22 +892,40 @@ def test_the_last_stage_is_joined_best_first_in_the_order_of_one_stable_sort(
 
 def test_pareto_layers_peel_undominated_points_layer_by_layer() -> None:
     """Against the definition, with ties in cost and value: a point is on a layer when no
-    point left before it (cheaper, or as cheap and of more value) and costing at most the
-    point's low (its cost, unless a training it pays may be shared) has at least its
-    value."""
+    point left before it (cheaper, or as cheap and of more value) has at least its value
+    and costs at most the point's low (its cost, unless a training it pays may be shared)
+    or is of its group (paid for the same trainings that may be shared)."""
     rng = np.random.default_rng(2)
     for n, keep in ((1, 1), (12, 3), (60, 10), (200, 48), (200, 500)):
         cost = rng.integers(0, 8, size=n).astype(float)
         value = rng.integers(0, 6, size=n) + rng.choice([0.0, 0.5], size=n)
         for low in (cost, cost - rng.integers(0, 4, size=n) * rng.integers(0, 2, size=n)):
-            order = list(np.lexsort((-value, cost)))
-            expected: list[int] = []
-            while order and len(expected) < keep:
-                layer = [i for k, i in enumerate(order)
-                         if all(value[j] < value[i] for j in order[:k] if cost[j] <= low[i])]
-                expected += layer
-                order = [i for i in order if i not in layer]
-            assert list(pareto_layers(cost, value, keep, low)) == expected
+            for group in (None, rng.integers(0, 4, size=n), np.zeros(n, dtype=int)):
+                order = list(np.lexsort((-value, cost)))
+                expected: list[int] = []
+                while order and len(expected) < keep:
+                    layer = [i for k, i in enumerate(order)
+                             if all(value[j] < value[i] for j in order[:k]
+                                    if cost[j] <= low[i]
+                                    or (group is not None and group[j] == group[i]))]
+                    expected += layer
+                    order = [i for i in order if i not in layer]
+                assert list(pareto_layers(cost, value, keep, low, group)) == expected
+
+
+def test_partial_allocations_are_grouped_by_the_trainings_they_paid_that_may_be_shared(
+        ) -> None:
+    """Same set, same group, whatever the order, repeats or trainings no later stage
+    reuses (id -1: none; artifact 3: wanted by no later stage)."""
+    from planner.search.agent.combine import _paid
+
+    later = np.array([True, True, True, False, False])  # the last entry stands for id -1
+    arts = np.array([[0, 1, -1], [1, 0, 0], [1, 3, 0], [0, -1, 3], [-1, 3, 0], [2, 2, -1],
+                     [-1, -1, -1], [3, 3, 3]])
+    group = _paid(arts, later)
+    assert len(set(group[:3])) == 1 and len(set(group[3:5])) == 1
+    assert len(set(group[6:])) == 1
+    assert len({group[0], group[3], group[5], group[6]}) == 4
 
 
 @pytest.mark.parametrize("seed", range(8))

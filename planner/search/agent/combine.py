@@ -10,7 +10,8 @@ known stage scores beat the best end score: each stage's score model learns only
 own plan, so such a trial teaches it nothing. `recombination` finds the one that beats it
 most, a near-sure gain the builtin reasoner takes first. A partial allocation that paid
 for a checkpoint later stages may reuse is pruned only for one cheaper than it would then
-cost; the recombination search also prunes each stage's plans so, which makes it exact.
+cost, or for a cheaper one that paid for the same checkpoints; the recombination search
+also prunes each stage's plans so, which makes it exact.
 """
 
 from __future__ import annotations
@@ -31,15 +32,20 @@ TIE = 1e-9
 
 
 def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int,
-                  low: np.ndarray | None = None) -> np.ndarray:
+                  low: np.ndarray | None = None,
+                  group: np.ndarray | None = None) -> np.ndarray:
     """Indices of the first (cheapest, highest-value) Pareto layers, peeled until `keep`.
 
     `low` (default `cost`) is the least each point may come to cost once a training it
-    pays is shared with stages merged later: a point is dominated only by one of at least
-    its value that costs no more than that, so a pricey plan whose pre-training later stages
-    reuse is not dropped for a cheaper one that shares nothing."""
+    pays is shared with stages merged later: a point is dominated by one of at least its
+    value that costs no more than that, so a pricey plan whose pre-training later stages
+    reuse is not dropped for a cheaper one that shares nothing. Points of one `group` (ids;
+    partial allocations that paid for the same trainings later stages may reuse) save the
+    same on any completion, so among them cost alone decides: a point is also dominated by
+    one of its group of at least its value that costs no more than it does."""
     low = cost if low is None else low
     remaining = np.lexsort((-value, cost))
+    rank = np.unique(value, return_inverse=True)[1].ravel() if group is not None else None
     chosen: list[np.ndarray] = []
     total = 0
     while remaining.size and total < keep:
@@ -49,11 +55,25 @@ def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int,
                            np.searchsorted(cost[remaining], low[remaining], side="right"))
         top = np.concatenate([[-np.inf], np.maximum.accumulate(v)])  # top[k]: max of v[:k]
         front = v > top[reach]
+        if group is not None and rank is not None:
+            front &= ~_beaten_in_group(group[remaining], rank[remaining])
         layer = remaining[front]
         chosen.append(layer)
         total += layer.size
         remaining = remaining[~front]
     return np.concatenate(chosen) if chosen else remaining
+
+
+def _beaten_in_group(group: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """For points in order, whether one before it of the same `group` has a value `rank`
+    at least its own: a running maximum of one integer key, group first, over the points
+    sorted by group (stably, so each group keeps its order)."""
+    order = np.argsort(group, kind="stable")
+    key = group[order] * (int(rank.max()) + 1) + rank[order]  # a lower group's keys are less
+    before = np.concatenate([[-1], np.maximum.accumulate(key)[:-1]])
+    beaten = np.empty(len(group), dtype=bool)
+    beaten[order] = before >= key
+    return beaten
 
 
 def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
@@ -67,12 +87,16 @@ def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], 
     Pruning keeps the first `keep` Pareto layers of (cost, value) per subtask and per
     partial allocation. A partial allocation is dropped only for one of at least its value
     that costs no more than it would once the trainings later stages may reuse are paid
-    (`pareto_layers`' low): by cost alone, one that paid for a checkpoint later stages
-    reuse was dropped for a cheaper one that shares nothing. Each subtask's own plans are
-    pruned by their cost; with `exact`, by their cost less a training another stage may
-    share, so the best allocation within budget is kept whatever `keep`. That keeps many
-    more plans where every stage offers the same checkpoints (easy-gsm8k-hard: 18 -> 96-137
-    ms per trial), so only the search over evaluated plans (`recombination`) asks for it."""
+    (`pareto_layers`' low), or for one that costs no more and paid for the same such
+    trainings (`_paid`: any completion saves both the same). By cost alone, one that paid
+    for a checkpoint later stages reuse was dropped for a cheaper one that shares nothing;
+    by the first rule alone, where every plan trains a checkpoint that every stage offers,
+    almost nothing was (shape-2013 of the five-stage tables: 4.8 of 6.0 million kept).
+    Each subtask's own plans are pruned by their cost; with `exact`, by their cost less a
+    training another stage may share, so the best allocation within budget is kept
+    whatever `keep`. That keeps many more plans where every stage offers the same
+    checkpoints (easy-gsm8k-hard: 18 -> 96-137 ms per trial), so only the search over
+    evaluated plans (`recombination`) asks for it."""
     while True:
         found, exhausted = _search(tables, values, budget, cost_model, seen, k, keep, skip,
                                    exact)
@@ -155,7 +179,7 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         arts = np.column_stack([arts[parents], t.artifact[cand[pos]]])
         if len(cost) > keep:
             low = cost - _credit(arts, trainings, later[j + 1])
-            sub = pareto_layers(cost, value, keep * 4, low)
+            sub = pareto_layers(cost, value, keep * 4, low, _paid(arts, later[j + 1]))
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
     found: list[Allocation] = []
@@ -248,3 +272,13 @@ def _credit(arts: np.ndarray, trains: np.ndarray, later: np.ndarray) -> np.ndarr
         new = ~(arts[:, :c] == a[:, None]).any(axis=1)
         credit += np.where(new & later[a], trains[a], 0.0)
     return credit
+
+
+def _paid(arts: np.ndarray, later: np.ndarray) -> np.ndarray:
+    """(rows,) an id per set of trainings that a later stage may reuse (`later`, per
+    artifact id) which each partial allocation (rows x stages of artifact ids) has paid:
+    equal ids, equal sets."""
+    paid = np.sort(np.where(later[arts], arts, -1), axis=1)
+    paid[:, 1:][paid[:, 1:] == paid[:, :-1]] = -1  # an artifact paid twice is one training
+    paid.sort(axis=1)
+    return np.unique(paid, axis=0, return_inverse=True)[1].ravel()
