@@ -281,4 +281,8 @@ def _paid(arts: np.ndarray, later: np.ndarray) -> np.ndarray:
     paid = np.sort(np.where(later[arts], arts, -1), axis=1)
     paid[:, 1:][paid[:, 1:] == paid[:, :-1]] = -1  # an artifact paid twice is one training
     paid.sort(axis=1)
-    return np.unique(paid, axis=0, return_inverse=True)[1].ravel()
+    order = np.lexsort(paid.T)  # equal rows together (np.unique of rows is 20x slower)
+    starts = (np.diff(paid[order], axis=0) != 0).any(axis=1)
+    group = np.empty(len(paid), dtype=int)
+    group[order] = np.concatenate([[0], np.cumsum(starts)])
+    return group
