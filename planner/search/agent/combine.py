@@ -178,8 +178,10 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         idx = np.column_stack([idx[parents], cand[pos]])
         arts = np.column_stack([arts[parents], t.artifact[cand[pos]]])
         if len(cost) > keep:
-            low = cost - _credit(arts, trainings, later[j + 1])
-            sub = pareto_layers(cost, value, keep * 4, low, _paid(arts, later[j + 1]))
+            reused = later[j + 1] & (trainings > 0)  # paid trainings a later stage may reuse
+            low = cost - _credit(arts, trainings, reused)
+            group = _paid(arts, reused) if reused.any() else None  # none: one group
+            sub = pareto_layers(cost, value, keep * 4, low, group)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
     found: list[Allocation] = []
