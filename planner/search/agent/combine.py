@@ -45,7 +45,7 @@ def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int,
     one of its group of at least its value that costs no more than it does."""
     low = cost if low is None else low
     remaining = np.lexsort((-value, cost))
-    rank = np.unique(value, return_inverse=True)[1].ravel() if group is not None else None
+    rank = None if group is None else np.unique(value, return_inverse=True)[1].ravel()
     chosen: list[np.ndarray] = []
     total = 0
     while remaining.size and total < keep:
@@ -283,7 +283,7 @@ def _paid(arts: np.ndarray, later: np.ndarray) -> np.ndarray:
     paid = np.sort(np.where(later[arts], arts, -1), axis=1)
     paid[:, 1:][paid[:, 1:] == paid[:, :-1]] = -1  # an artifact paid twice is one training
     paid.sort(axis=1)
-    order = np.lexsort(paid.T)  # equal rows together (np.unique of rows is 20x slower)
+    order = np.lexsort(paid.T)  # equal rows together (np.unique of rows: 5x slower)
     starts = (np.diff(paid[order], axis=0) != 0).any(axis=1)
     group = np.empty(len(paid), dtype=int)
     group[order] = np.concatenate([[0], np.cumsum(starts)])
