@@ -276,15 +276,18 @@ def _credit(arts: np.ndarray, trains: np.ndarray, later: np.ndarray) -> np.ndarr
     return credit
 
 
-def _paid(arts: np.ndarray, later: np.ndarray) -> np.ndarray:
-    """(rows,) an id per set of trainings that a later stage may reuse (`later`, per
-    artifact id) which each partial allocation (rows x stages of artifact ids) has paid:
-    equal ids, equal sets."""
-    paid = np.sort(np.where(later[arts], arts, -1), axis=1)
-    paid[:, 1:][paid[:, 1:] == paid[:, :-1]] = -1  # an artifact paid twice is one training
-    paid.sort(axis=1)
-    order = np.lexsort(paid.T)  # equal rows together (np.unique of rows: 5x slower)
-    starts = (np.diff(paid[order], axis=0) != 0).any(axis=1)
-    group = np.empty(len(paid), dtype=int)
-    group[order] = np.concatenate([[0], np.cumsum(starts)])
-    return group
+def _paid(arts: np.ndarray, reused: np.ndarray) -> np.ndarray:
+    """(rows,) an id per set of trainings that a later stage may reuse (`reused`, per
+    artifact id; at least one) which each partial allocation (rows x stages of artifact
+    ids) has paid: equal ids, equal sets. A set is a bit mask, a bit per training and 64 to
+    a word: 15x faster than sorting the rows."""
+    trainings = np.flatnonzero(reused)
+    words = []
+    for first in range(0, len(trainings), 64):
+        chunk = trainings[first:first + 64]
+        bit = np.zeros(len(reused), dtype=np.uint64)  # 0 for the artifacts left out
+        bit[chunk] = np.left_shift(np.uint64(1), np.arange(len(chunk), dtype=np.uint64))
+        words.append(np.bitwise_or.reduce(bit[arts], axis=1))
+    if len(words) == 1:
+        return np.unique(words[0], return_inverse=True)[1].ravel()
+    return np.unique(np.column_stack(words), axis=0, return_inverse=True)[1].ravel()
