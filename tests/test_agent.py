@@ -915,17 +915,24 @@ def test_pareto_layers_peel_undominated_points_layer_by_layer() -> None:
 
 def test_partial_allocations_are_grouped_by_the_trainings_they_paid_that_may_be_shared(
         ) -> None:
-    """Same set, same group, whatever the order, repeats or trainings no later stage
-    reuses (id -1: none; artifact 3: wanted by no later stage)."""
+    """Against the definition: two rows share an id exactly when the sets of their
+    artifacts that a later stage may reuse are equal, whatever the order, repeats and
+    artifacts no later stage reuses (id -1: none); with up to 64 such trainings (one word
+    of bits) and with more."""
     from planner.search.agent.combine import _paid
 
-    later = np.array([True, True, True, False, False])  # the last entry stands for id -1
-    arts = np.array([[0, 1, -1], [1, 0, 0], [1, 3, 0], [0, -1, 3], [-1, 3, 0], [2, 2, -1],
-                     [-1, -1, -1], [3, 3, 3]])
-    group = _paid(arts, later)
-    assert len(set(group[:3])) == 1 and len(set(group[3:5])) == 1
-    assert len(set(group[6:])) == 1
-    assert len({group[0], group[3], group[5], group[6]}) == 4
+    rng = np.random.default_rng(3)
+    for n_artifacts, n_reused in ((6, 3), (40, 30), (150, 64), (150, 130)):
+        reused = np.zeros(n_artifacts + 1, dtype=bool)  # the last entry stands for id -1
+        reused[rng.choice(n_artifacts, n_reused, replace=False)] = True
+        # few distinct sets, so that many rows share one
+        pool = rng.integers(-1, n_artifacts, size=(12, 3))
+        arts = np.concatenate([rng.permuted(pool[rng.integers(0, 12, 400)], axis=1),
+                               rng.integers(-1, n_artifacts, size=(100, 3))])
+        sets = [frozenset(a for a in row if a >= 0 and reused[a]) for row in arts.tolist()]
+        group = _paid(arts, reused)
+        for i in range(0, len(arts), 7):
+            assert ((group == group[i]) == np.array([x == sets[i] for x in sets])).all()
 
 
 @pytest.mark.parametrize("seed", range(8))
