@@ -179,8 +179,9 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         arts = np.column_stack([arts[parents], t.artifact[cand[pos]]])
         if len(cost) > keep:
             reused = later[j + 1] & (trainings > 0)  # paid trainings a later stage may reuse
-            low = cost - _credit(arts, trainings, reused)
-            group = _paid(arts, reused) if reused.any() else None  # none: one group
+            low, group = None, None  # none reused: cost alone decides
+            if reused.any():
+                low, group = cost - _credit(arts, trainings, reused), _paid(arts, reused)
             sub = pareto_layers(cost, value, keep * 4, low, group)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
