@@ -20,7 +20,7 @@ from planner.cost import Cost, CostModel
 from planner.draws import study_draws
 from planner.search import AgentOptions, Runner, SearchContext, make_strategy
 from planner.search.agent import surrogate
-from planner.search.agent.combine import pareto_layers
+from planner.search.agent.combine import Paid, pareto_layers
 from planner.search.agent.memory import Insight
 from planner.search.agent.reasoners.builtin import (
     EXPLOIT,
@@ -893,24 +893,34 @@ def test_the_last_stage_is_joined_best_first_in_the_order_of_one_stable_sort(
 def test_pareto_layers_peel_undominated_points_layer_by_layer() -> None:
     """Against the definition, with ties in cost and value: a point is on a layer when no
     point left before it (cheaper, or as cheap and of more value) has at least its value
-    and costs at most the point's low (its cost, unless a training it pays may be shared)
-    or is of its group (paid for the same trainings that may be shared)."""
+    and costs at most the point's low (its cost, unless a training it pays may be shared),
+    or paid for the same trainings that may be shared (is of its group), or paid for one
+    of them too and costs at most the point's low plus that training."""
     rng = np.random.default_rng(2)
     for n, keep in ((1, 1), (12, 3), (60, 10), (200, 48), (200, 500)):
         cost = rng.integers(0, 8, size=n).astype(float)
         value = rng.integers(0, 6, size=n) + rng.choice([0.0, 0.5], size=n)
-        for low in (cost, cost - rng.integers(0, 4, size=n) * rng.integers(0, 2, size=n)):
-            for group in (None, rng.integers(0, 4, size=n), np.zeros(n, dtype=int)):
-                order = list(np.lexsort((-value, cost)))
-                expected: list[int] = []
-                while order and len(expected) < keep:
-                    layer = [i for k, i in enumerate(order)
-                             if all(value[j] < value[i] for j in order[:k]
-                                    if cost[j] <= low[i]
-                                    or (group is not None and group[j] == group[i]))]
-                    expected += layer
-                    order = [i for i in order if i not in layer]
-                assert list(pareto_layers(cost, value, keep, low, group)) == expected
+        for paid in (None, "some", "one"):
+            low, sets, group, p = cost, [frozenset()] * n, None, None
+            if paid is not None:  # up to three of four trainings (1, 2, 3, 4 GPU-h) per row
+                sets = ([frozenset(rng.choice(4, rng.integers(0, 4), replace=False).tolist())
+                         for _ in range(n)] if paid == "some" else [frozenset([2])] * n)
+                row = np.array([i for i, s in enumerate(sets) for _ in s], dtype=int)
+                training = np.array([t for s in sets for t in sorted(s)], dtype=int)
+                ids = {s: i for i, s in enumerate(dict.fromkeys(sets))}
+                group = np.array([ids[s] for s in sets])
+                p = Paid(group, row, training, training + 1.0)
+                low = cost - p.credit(n)
+            order = list(np.lexsort((-value, cost)))
+            expected: list[int] = []
+            while order and len(expected) < keep:
+                layer = [i for k, i in enumerate(order)
+                         if all(value[j] < value[i] for j in order[:k]
+                                if cost[j] <= low[i] or (p is not None and sets[j] == sets[i])
+                                or any(cost[j] <= low[i] + t + 1 for t in sets[i] & sets[j]))]
+                expected += layer
+                order = [i for i in order if i not in layer]
+            assert list(pareto_layers(cost, value, keep, low, p)) == expected
 
 
 def test_partial_allocations_are_grouped_by_the_trainings_they_paid_that_may_be_shared(
@@ -918,21 +928,27 @@ def test_partial_allocations_are_grouped_by_the_trainings_they_paid_that_may_be_
     """Against the definition: two rows share an id exactly when the sets of their
     artifacts that a later stage may reuse are equal, whatever the order, repeats and
     artifacts no later stage reuses (id -1: none); with up to 64 such trainings (one word
-    of bits) and with more."""
+    of bits) and with more. Each row's pairs are those artifacts, once each, at their
+    trainings' GPU-h."""
     from planner.search.agent.combine import _paid
 
     rng = np.random.default_rng(3)
     for n_artifacts, n_reused in ((6, 3), (40, 30), (150, 64), (150, 130)):
         reused = np.zeros(n_artifacts + 1, dtype=bool)  # the last entry stands for id -1
         reused[rng.choice(n_artifacts, n_reused, replace=False)] = True
+        trains = np.r_[rng.uniform(1, 2, n_artifacts), 0.0]
         # few distinct sets, so that many rows share one
         pool = rng.integers(-1, n_artifacts, size=(12, 3))
         arts = np.concatenate([rng.permuted(pool[rng.integers(0, 12, 400)], axis=1),
                                rng.integers(-1, n_artifacts, size=(100, 3))])
         sets = [frozenset(a for a in row if a >= 0 and reused[a]) for row in arts.tolist()]
-        group = _paid(arts, reused)
+        paid = _paid(arts, trains, reused)
         for i in range(0, len(arts), 7):
-            assert ((group == group[i]) == np.array([x == sets[i] for x in sets])).all()
+            assert ((paid.group == paid.group[i]) == np.array([x == sets[i] for x in sets])).all()
+            mine = paid.row == i
+            assert sorted(paid.training[mine]) == sorted(sets[i])
+            assert np.allclose(paid.gpu_hours[mine], trains[paid.training[mine]])
+        assert np.allclose(paid.credit(len(arts)), [trains[list(s)].sum() for s in sets])
 
 
 @pytest.mark.parametrize("seed", range(8))

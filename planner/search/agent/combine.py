@@ -10,13 +10,15 @@ known stage scores beat the best end score: each stage's score model learns only
 own plan, so such a trial teaches it nothing. `recombination` finds the one that beats it
 most, a near-sure gain the builtin reasoner takes first. A partial allocation that paid
 for a checkpoint later stages may reuse is pruned only for one cheaper than it would then
-cost, or for a cheaper one that paid for the same checkpoints; the recombination search
-also prunes each stage's plans so, which makes it exact.
+cost, for a cheaper one that paid for the same checkpoints, or for one that paid for one
+of them too and costs no more than it would once the others are shared; the
+recombination search also prunes each stage's plans so, which makes it exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,32 +33,55 @@ from planner.space import Allocation
 TIE = 1e-9
 
 
+@dataclass(frozen=True)
+class Paid:
+    """The trainings a later stage may reuse that each partial allocation (a row) paid for.
+    Rows of one `group` paid for the same set, so they save the same on any completion; a
+    (row, training) pair says a row paid for that training, at `gpu_hours`."""
+
+    group: np.ndarray  # (rows,) an id per set: equal ids, equal sets
+    row: np.ndarray  # (pairs,)
+    training: np.ndarray  # (pairs,) the training's artifact id
+    gpu_hours: np.ndarray  # (pairs,)
+
+    def credit(self, rows: int) -> np.ndarray:
+        """(rows,) the GPU-h each row paid for trainings a later stage may reuse."""
+        return np.bincount(self.row, self.gpu_hours, minlength=rows)
+
+
 def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int,
-                  low: np.ndarray | None = None,
-                  group: np.ndarray | None = None) -> np.ndarray:
+                  low: np.ndarray | None = None, paid: Paid | None = None) -> np.ndarray:
     """Indices of the first (cheapest, highest-value) Pareto layers, peeled until `keep`.
 
-    `low` (default `cost`) is the least each point may come to cost once a training it
-    pays is shared with stages merged later: a point is dominated by one of at least its
-    value that costs no more than that, so a pricey plan whose pre-training later stages
-    reuse is not dropped for a cheaper one that shares nothing. Points of one `group` (ids;
-    partial allocations that paid for the same trainings later stages may reuse) save the
-    same on any completion, so among them cost alone decides: a point is also dominated by
-    one of its group of at least its value that costs no more than it does."""
+    A point is dominated by one before it (cheaper, or as cheap and of more value) of at
+    least its value that costs no more than its `low` (default its cost): the least it may
+    come to cost once the trainings it paid are shared with stages merged later, so a pricey
+    plan whose pre-training later stages reuse is not dropped for a cheaper one that shares
+    nothing. With `paid` (rows are partial allocations; `low` their cost less their
+    `Paid.credit`), a point is also dominated by one that paid for the same set
+    (`Paid.group`: then cost alone decides), or for a training it paid too and costs no
+    more than its low plus that training (any completion saves the other at least as much
+    on it)."""
     low = cost if low is None else low
     remaining = np.lexsort((-value, cost))
-    rank = None if group is None else np.unique(value, return_inverse=True)[1].ravel()
+    rank = None if paid is None else np.unique(value, return_inverse=True)[1].ravel()
     chosen: list[np.ndarray] = []
     total = 0
     while remaining.size and total < keep:
         v = value[remaining]
-        # the points that may dominate each: those before it, at most as costly as its low
-        reach = np.minimum(np.arange(v.size),
-                           np.searchsorted(cost[remaining], low[remaining], side="right"))
         top = np.concatenate([[-np.inf], np.maximum.accumulate(v)])  # top[k]: max of v[:k]
-        front = v > top[reach]
-        if group is not None and rank is not None:
-            front &= ~_beaten_in_group(group[remaining], rank[remaining])
+        front = np.ones(v.size, dtype=bool)
+        if paid is not None and rank is not None:
+            front = ~_beaten_in_group(paid.group[remaining], rank[remaining])
+        # the points that may dominate each: those before it, at most as costly as its low
+        at = np.flatnonzero(front)
+        reach = np.minimum(at, np.searchsorted(cost[remaining], low[remaining[at]],
+                                               side="right"))
+        front[at] = v[at] > top[reach]
+        if paid is not None and rank is not None:
+            # a point dominated by one dominated in turn is dominated by what dominates
+            # that one, under these rules: the points left by the others are witness enough
+            front[front] = ~_beaten_by_training(paid, remaining[front], cost, low, rank)
         layer = remaining[front]
         chosen.append(layer)
         total += layer.size
@@ -76,6 +101,29 @@ def _beaten_in_group(group: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return beaten
 
 
+def _beaten_by_training(paid: Paid, rows: np.ndarray, cost: np.ndarray, low: np.ndarray,
+                        rank: np.ndarray) -> np.ndarray:
+    """For points `rows` (in order), whether one before it of them that paid for a training
+    it paid too, of a value `rank` at least its own, costs no more than its low plus that
+    training: per training, the same running maximum as `_beaten_in_group` over the points
+    that paid for it, read where their cost passes that bound."""
+    place = np.full(len(cost), -1)  # a row's place in `rows`, -1: not in them
+    place[rows] = np.arange(rows.size)
+    mine = place[paid.row] >= 0
+    at, training, extra = place[paid.row[mine]], paid.training[mine], paid.gpu_hours[mine]
+    by = np.argsort(training * rows.size + at)  # by training, then in order
+    at, training, extra = at[by], training[by], extra[by]
+    key = training * (int(rank.max()) + 1) + rank[rows[at]]
+    top = np.maximum.accumulate(key)  # a lower training's keys are less
+    reach = np.minimum(at, np.searchsorted(cost[rows], low[rows[at]] + extra, side="right"))
+    span = rows.size + 1
+    # the first pair of its training at or past its reach: the ones before it may beat it
+    first = np.searchsorted(training * span + at, training * span + reach)
+    beaten = np.zeros(rows.size, dtype=bool)
+    beaten[at[(first > 0) & (top[first - 1] >= key)]] = True
+    return beaten
+
+
 def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
                      cost_model: CostModel, seen: set[str], k: int = 1,
                      keep: int = 48,
@@ -87,11 +135,13 @@ def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], 
     Pruning keeps the first `keep` Pareto layers of (cost, value) per subtask and per
     partial allocation. A partial allocation is dropped only for one of at least its value
     that costs no more than it would once the trainings later stages may reuse are paid
-    (`pareto_layers`' low), or for one that costs no more and paid for the same such
-    trainings (`_paid`: any completion saves both the same). By cost alone, one that paid
-    for a checkpoint later stages reuse was dropped for a cheaper one that shares nothing;
-    by the first rule alone, where every plan trains a checkpoint that every stage offers,
-    almost nothing was (shape-2013 of the five-stage tables: 4.8 of 6.0 million kept).
+    (`pareto_layers`' low), for one that costs no more and paid for the same such
+    trainings (`_paid`: any completion saves both the same), or for one that paid for one
+    of them too and costs no more than its low plus that training. By cost alone, one that
+    paid for a checkpoint later stages reuse was dropped for a cheaper one that shares
+    nothing; by the first rule alone, where every plan trains a checkpoint that every stage
+    offers, almost nothing was (shape-2013 of the five-stage tables: 4.8 of 6.0 million
+    kept); the third keeps a quarter to a third as many there.
     Each subtask's own plans are pruned by their cost; with `exact`, by their cost less a
     training another stage may share, so the best allocation within budget is kept
     whatever `keep`. That keeps many more plans where every stage offers the same
@@ -179,10 +229,11 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         arts = np.column_stack([arts[parents], t.artifact[cand[pos]]])
         if len(cost) > keep:
             reused = later[j + 1] & (trainings > 0)  # paid trainings a later stage may reuse
-            low, group = None, None  # none reused: cost alone decides
+            low, paid = None, None  # none reused: cost alone decides
             if reused.any():
-                low, group = cost - _credit(arts, trainings, reused), _paid(arts, reused)
-            sub = pareto_layers(cost, value, keep * 4, low, group)
+                paid = _paid(arts, trainings, reused)
+                low = cost - paid.credit(len(cost))
+            sub = pareto_layers(cost, value, keep * 4, low, paid)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
     found: list[Allocation] = []
@@ -265,30 +316,27 @@ def _shared_trainings(tables: Sequence[PlanTable], values: Sequence[np.ndarray]
     return trains, wanted
 
 
-def _credit(arts: np.ndarray, trains: np.ndarray, later: np.ndarray) -> np.ndarray:
-    """(rows,) the GPU-h each partial allocation (rows x stages of shared artifact ids,
-    -1 for none) has paid for trainings that a later stage may reuse at no cost: each
-    distinct artifact once (`trains` and `later` as `_shared_trainings` gives them)."""
-    credit = np.zeros(len(arts))
+def _paid(arts: np.ndarray, trains: np.ndarray, reused: np.ndarray) -> Paid:
+    """The trainings that a later stage may reuse (`reused`, per artifact id; at least one)
+    which each partial allocation (rows x stages of artifact ids, -1 for none) has paid,
+    each distinct one once, at its GPU-h (`trains`). A set is a bit mask, a bit per
+    training and 64 to a word: 15x faster to group by than sorted rows."""
+    rows, trainings = [], []
     for c in range(arts.shape[1]):
         a = arts[:, c]
-        new = ~(arts[:, :c] == a[:, None]).any(axis=1)
-        credit += np.where(new & later[a], trains[a], 0.0)
-    return credit
-
-
-def _paid(arts: np.ndarray, reused: np.ndarray) -> np.ndarray:
-    """(rows,) an id per set of trainings that a later stage may reuse (`reused`, per
-    artifact id; at least one) which each partial allocation (rows x stages of artifact
-    ids) has paid: equal ids, equal sets. A set is a bit mask, a bit per training and 64 to
-    a word: 15x faster than sorting the rows."""
-    trainings = np.flatnonzero(reused)
+        new = np.flatnonzero(reused[a] & ~(arts[:, :c] == a[:, None]).any(axis=1))
+        rows.append(new)
+        trainings.append(a[new])
+    row, training = np.concatenate(rows), np.concatenate(trainings)
+    ids = np.flatnonzero(reused)
     words = []
-    for first in range(0, len(trainings), 64):
-        chunk = trainings[first:first + 64]
+    for first in range(0, len(ids), 64):
+        chunk = ids[first:first + 64]
         bit = np.zeros(len(reused), dtype=np.uint64)  # 0 for the artifacts left out
         bit[chunk] = np.left_shift(np.uint64(1), np.arange(len(chunk), dtype=np.uint64))
         words.append(np.bitwise_or.reduce(bit[arts], axis=1))
     if len(words) == 1:
-        return np.unique(words[0], return_inverse=True)[1].ravel()
-    return np.unique(np.column_stack(words), axis=0, return_inverse=True)[1].ravel()
+        group = np.unique(words[0], return_inverse=True)[1].ravel()
+    else:
+        group = np.unique(np.column_stack(words), axis=0, return_inverse=True)[1].ravel()
+    return Paid(group, row, training, trains[training])
