@@ -900,9 +900,11 @@ def test_pareto_layers_peel_undominated_points_layer_by_layer() -> None:
     for n, keep in ((1, 1), (12, 3), (60, 10), (200, 48), (200, 500)):
         cost = rng.integers(0, 8, size=n).astype(float)
         value = rng.integers(0, 6, size=n) + rng.choice([0.0, 0.5], size=n)
-        for paid in (None, "some", "one"):
+        for paid in (None, "low", "some", "one"):
             low, sets, group, p = cost, [frozenset()] * n, None, None
-            if paid is not None:  # up to three of four trainings (1, 2, 3, 4 GPU-h) per row
+            if paid == "low":  # a plan whose training another stage may share
+                low = cost - rng.integers(0, 4, size=n) * rng.integers(0, 2, size=n)
+            elif paid is not None:  # up to three of four trainings (1, 2, 3, 4 GPU-h) per row
                 sets = ([frozenset(rng.choice(4, rng.integers(0, 4), replace=False).tolist())
                          for _ in range(n)] if paid == "some" else [frozenset([2])] * n)
                 row = np.array([i for i, s in enumerate(sets) for _ in s], dtype=int)
