@@ -91,13 +91,10 @@ def pareto_layers(cost: np.ndarray, value: np.ndarray, keep: int,
 
 def _beaten_in_group(group: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """For points in order, whether one before it of the same `group` has a value `rank`
-    at least its own: a running maximum of one integer key, group first, over the points
-    sorted by group (stably, so each group keeps its order)."""
+    at least its own (`_beaten_in_segments` over the points sorted stably by group)."""
     order = np.argsort(group, kind="stable")
-    key = group[order] * (int(rank.max()) + 1) + rank[order]  # a lower group's keys are less
-    before = np.concatenate([[-1], np.maximum.accumulate(key)[:-1]])
     beaten = np.empty(len(group), dtype=bool)
-    beaten[order] = before >= key
+    beaten[order] = _beaten_in_segments(group[order], rank[order], int(rank.max()) + 1)
     return beaten
 
 
@@ -105,23 +102,36 @@ def _beaten_by_training(paid: Paid, rows: np.ndarray, cost: np.ndarray, low: np.
                         rank: np.ndarray) -> np.ndarray:
     """For points `rows` (in order), whether one before it of them that paid for a training
     it paid too, of a value `rank` at least its own, costs no more than its low plus that
-    training: per training, the same running maximum as `_beaten_in_group` over the points
-    that paid for it, read where their cost passes that bound."""
+    training (`_beaten_in_segments` over the points that paid for each training, read
+    where their cost passes that bound)."""
     place = np.full(len(cost), -1)  # a row's place in `rows`, -1: not in them
     place[rows] = np.arange(rows.size)
     mine = place[paid.row] >= 0
     at, training, extra = place[paid.row[mine]], paid.training[mine], paid.gpu_hours[mine]
     by = np.argsort(training * rows.size + at)  # by training, then in order
     at, training, extra = at[by], training[by], extra[by]
-    key = training * (int(rank.max()) + 1) + rank[rows[at]]
-    top = np.maximum.accumulate(key)  # a lower training's keys are less
     reach = np.minimum(at, np.searchsorted(cost[rows], low[rows[at]] + extra, side="right"))
-    span = rows.size + 1
-    # the first pair of its training at or past its reach: the ones before it may beat it
-    first = np.searchsorted(training * span + at, training * span + reach)
     beaten = np.zeros(rows.size, dtype=bool)
-    beaten[at[(first > 0) & (top[first - 1] >= key)]] = True
+    beaten[at[_beaten_in_segments(training, rank[rows[at]], int(rank.max()) + 1,
+                                  at, reach)]] = True
     return beaten
+
+
+def _beaten_in_segments(segment: np.ndarray, rank: np.ndarray, span: int,
+                        at: np.ndarray | None = None,
+                        reach: np.ndarray | None = None) -> np.ndarray:
+    """For points listed by `segment`, then in order, whether one before it of its segment
+    has a value `rank` (below `span`) at least its own: a running maximum of one integer
+    key, segment first. With `reach`, only the points of its segment at places (`at`)
+    before its reach count."""
+    key = segment * span + rank  # a lower segment's keys are less
+    top = np.maximum.accumulate(key)
+    if at is None or reach is None:
+        first = np.arange(len(key))  # the points before it
+    else:  # its segment's first point at or past its reach
+        places = int(at.max(initial=0)) + 1  # more than any place
+        first = np.searchsorted(segment * places + at, segment * places + reach)
+    return (first > 0) & (top[first - 1] >= key)
 
 
 def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
@@ -141,7 +151,7 @@ def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], 
     paid for a checkpoint later stages reuse was dropped for a cheaper one that shares
     nothing; by the first rule alone, where every plan trains a checkpoint that every stage
     offers, almost nothing was (shape-2013 of the five-stage tables: 4.8 of 6.0 million
-    kept); the third keeps a quarter to a third as many there.
+    kept); the third keeps a quarter to two fifths as many there.
     Each subtask's own plans are pruned by their cost; with `exact`, by their cost less a
     training another stage may share, so the best allocation within budget is kept
     whatever `keep`. That keeps many more plans where every stage offers the same
