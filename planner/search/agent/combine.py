@@ -345,8 +345,18 @@ def _paid(arts: np.ndarray, trains: np.ndarray, reused: np.ndarray) -> Paid:
         bit = np.zeros(len(reused), dtype=np.uint64)  # 0 for the artifacts left out
         bit[chunk] = np.left_shift(np.uint64(1), np.arange(len(chunk), dtype=np.uint64))
         words.append(np.bitwise_or.reduce(bit[arts], axis=1))
+    return Paid(_group_ids(words), row, training, trains[training])
+
+
+def _group_ids(words: list[np.ndarray]) -> np.ndarray:
+    """An id per distinct row of the columns `words` (their rank in sorted order): one
+    lexsort, 4-5x faster than `np.unique(axis=0)` for two words (easy-gsm8k-hard's 81
+    checkpoints)."""
     if len(words) == 1:
-        group = np.unique(words[0], return_inverse=True)[1].ravel()
-    else:
-        group = np.unique(np.column_stack(words), axis=0, return_inverse=True)[1].ravel()
-    return Paid(group, row, training, trains[training])
+        return np.unique(words[0], return_inverse=True)[1].ravel()
+    order = np.lexsort(words[::-1])  # the first word first
+    rows = np.column_stack(words)[order]
+    new = np.r_[True, (rows[1:] != rows[:-1]).any(axis=1)]
+    group = np.empty(len(order), dtype=int)
+    group[order] = np.cumsum(new) - 1
+    return group
