@@ -959,13 +959,14 @@ def test_the_frontier_search_keeps_allocations_that_share_a_pretraining(
     """Three stages choosing among checkpoints of one pre-training (paid once however many
     stages use it), a value per plan that favours some checkpoints in every stage: the
     search's best allocation is the best of all within budget, even pruning to its first
-    Pareto layers (`keep=1`). Pruned by cost alone, a partial allocation that paid for a
-    checkpoint later stages reuse was dropped for a cheaper one (shape-2000 of the
-    five-stage random tables: its optimum shares one checkpoint among three stages)."""
+    Pareto layers (`keep=1`), and so is the branch and bound's (`best_allocation`). Pruned
+    by cost alone, a partial allocation that paid for a checkpoint later stages reuse was
+    dropped for a cheaper one (shape-2000 of the five-stage random tables: its optimum
+    shares one checkpoint among three stages)."""
     from itertools import product
 
     from planner.search.agent.analysis import Analyst
-    from planner.search.agent.combine import best_allocations
+    from planner.search.agent.combine import best_allocation, best_allocations
 
     spec = load_spec(write_random_task(tmp_path, seed, n_stages=3, n_methods=5))
     cost_model = CostModel(spec, make_environment(spec).calibration())
@@ -987,19 +988,25 @@ def test_the_frontier_search_keeps_allocations_that_share_a_pretraining(
         for a in allocations])
     totals = np.array([sum(v[i] for v, i in zip(values, a, strict=True))
                        for a in allocations])
+    def value(found: Allocation) -> float:
+        return sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
+
     for budget in np.quantile(costs, [0.02, 0.05, 0.1, 0.2, 0.4]):
         [found] = best_allocations(tables, values, float(budget), cost_model, set(), keep=1,
                                    exact=True)
-        value = sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
-        assert value == pytest.approx(totals[costs <= budget].max())
+        best = best_allocation(tables, values, float(budget), cost_model)
+        assert best is not None and cost_model.estimate(best).total_gpu_hours <= budget
+        assert value(found) == value(best) == pytest.approx(totals[costs <= budget].max())
+    assert best_allocation(tables, values, float(costs.min()) * 0.99, cost_model) is None
     # the same plans with nothing shared (artifact id -1): each pays its own training
     alone = [dataclasses.replace(t, artifact=np.full(len(t.plans), -1)) for t in tables]
     costs = np.array([sum(t.cost[i] for t, i in zip(tables, a, strict=True))
                       for a in allocations])
     budget = float(np.quantile(costs, 0.2))
     [found] = best_allocations(alone, values, budget, cost_model, set(), keep=1, exact=True)
-    value = sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
-    assert value == pytest.approx(totals[costs <= budget].max())
+    best = best_allocation(alone, values, budget, cost_model)
+    assert best is not None
+    assert value(found) == value(best) == pytest.approx(totals[costs <= budget].max())
 
 
 def test_trace_steps_are_typed_and_read_back_from_older_payloads() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from planner.cost import CostModel
 from planner.search.agent.analysis import FLOOR, Analysis
-from planner.search.agent.combine import best_allocations
+from planner.search.agent.combine import best_allocation
 from planner.search.agent.surrogate import PlanTable, Prediction
 from planner.space import Plan, Value
 
@@ -216,11 +216,10 @@ def _saturation(t: PlanTable, mean: np.ndarray, plan: Plan) -> Insight:
 def _budget(analysis: Analysis, cost_model: CostModel, budget_gpu_hours: float,
             previous: Sequence[Insight]) -> Insight:
     """How the predicted-best allocation splits the budget, and the shift since last time."""
-    found = best_allocations(analysis.tables, analysis.plan_values(0.0), budget_gpu_hours,
-                             cost_model, set(), 1)
-    if not found:
+    alloc = best_allocation(analysis.tables, analysis.plan_values(0.0), budget_gpu_hours,
+                            cost_model)
+    if alloc is None:
         return Insight(ALL, "budget", "no allocation fits the budget", {})
-    alloc = found[0]
     tables = {t.subtask: t for t in analysis.tables}
     costs = {s: float(tables[s].cost[tables[s].index[p]]) for s, p in alloc.items()}
     total = sum(costs.values()) or 1.0
