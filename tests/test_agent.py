@@ -953,20 +953,15 @@ def test_partial_allocations_are_grouped_by_the_trainings_they_paid_that_may_be_
         assert np.allclose(paid.credit(len(arts)), [trains[list(s)].sum() for s in sets])
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_the_frontier_search_keeps_allocations_that_share_a_pretraining(
-        tmp_path: Path, seed: int) -> None:
+def _shared_checkpoints(tmp_path: Path, seed: int) -> tuple[
+        list, list[np.ndarray], CostModel, list[tuple[int, ...]], np.ndarray, np.ndarray]:
     """Three stages choosing among checkpoints of one pre-training (paid once however many
-    stages use it), a value per plan that favours some checkpoints in every stage: the
-    search's best allocation is the best of all within budget, even pruning to its first
-    Pareto layers (`keep=1`), and so is the branch and bound's (`best_allocation`). Pruned
-    by cost alone, a partial allocation that paid for a checkpoint later stages reuse was
-    dropped for a cheaper one (shape-2000 of the five-stage random tables: its optimum
-    shares one checkpoint among three stages)."""
+    stages use it), a value per plan that favours some checkpoints in every stage (12 plans
+    per stage, -inf for the rest): the tables, values and cost model, then every
+    allocation (plan indices), its cost and total value."""
     from itertools import product
 
     from planner.search.agent.analysis import Analyst
-    from planner.search.agent.combine import best_allocation, best_allocations
 
     spec = load_spec(write_random_task(tmp_path, seed, n_stages=3, n_methods=5))
     cost_model = CostModel(spec, make_environment(spec).calibration())
@@ -988,6 +983,21 @@ def test_the_frontier_search_keeps_allocations_that_share_a_pretraining(
         for a in allocations])
     totals = np.array([sum(v[i] for v, i in zip(values, a, strict=True))
                        for a in allocations])
+    return tables, values, cost_model, allocations, costs, totals
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_frontier_search_keeps_allocations_that_share_a_pretraining(
+        tmp_path: Path, seed: int) -> None:
+    """On `_shared_checkpoints`' tables, the search's best allocation is the best of all
+    within budget, even pruning to its first Pareto layers (`keep=1`), and so is the
+    branch and bound's (`best_allocation`). Pruned by cost alone, a partial allocation that
+    paid for a checkpoint later stages reuse was dropped for a cheaper one (shape-2000 of
+    the five-stage random tables: its optimum shares one checkpoint among three stages)."""
+    from planner.search.agent.combine import best_allocation, best_allocations
+
+    tables, values, cost_model, allocations, costs, totals = _shared_checkpoints(tmp_path, seed)
+
     def value(found: Allocation) -> float:
         return sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
 
@@ -1007,6 +1017,28 @@ def test_the_frontier_search_keeps_allocations_that_share_a_pretraining(
     best = best_allocation(alone, values, budget, cost_model)
     assert best is not None
     assert value(found) == value(best) == pytest.approx(totals[costs <= budget].max())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_none_above_holds_exactly_when_every_allocation_above_the_bar_was_seen(
+        tmp_path: Path, seed: int) -> None:
+    """`none_above` against its definition on `_shared_checkpoints`' tables: for bars at
+    and below the best within budget, and seen sets holding all, all but one, or none of
+    the allocations above the bar (the best or the last left out), it holds exactly when
+    all were seen."""
+    from planner.search.agent.combine import none_above
+
+    tables, values, cost_model, allocations, costs, totals = _shared_checkpoints(tmp_path, seed)
+    keys = [Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, a, strict=True)}).key()
+            for a in allocations]
+    for budget in np.quantile(costs, [0.05, 0.2]):
+        fits = np.flatnonzero(costs <= budget)
+        order = fits[np.argsort(-totals[fits], kind="stable")]
+        for bar in (totals[order[3]], totals[order[0]] - 1e-6, totals[order[0]]):
+            above = [keys[i] for i in order if totals[i] > bar]
+            for seen in (set(above), set(above[:-1]), set(above[1:]), set()):
+                assert none_above(tables, values, float(budget), cost_model, seen,
+                                  float(bar)) == (len(seen) == len(above))
 
 
 def test_trace_steps_are_typed_and_read_back_from_older_payloads() -> None:

@@ -33,6 +33,9 @@ from planner.space import Allocation
 # and the log of their product differ in the last bits, and a recombination that ties the
 # best (a stage plan scoring as the one it replaces) must not count as a gain
 TIE = 1e-9
+# The most partial allocations `none_above` looks at before it gives up its proof: with no
+# pruning by dominance, a bound too weak to prune could make millions (5-stage tables)
+PROOF_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,28 @@ def best_allocation(tables: Sequence[PlanTable], values: Sequence[np.ndarray], b
     return found[0] if found else None
 
 
+def none_above(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
+               cost_model: CostModel, seen: set[str], bar: float) -> bool:
+    """Whether no unseen allocation within `budget` has a total value above `bar`, proved
+    by a branch and bound: plans and partial allocations are dropped only where what the
+    other stages could add (`_Bound`) leaves them at or below `bar`, never for dominance
+    (what dominates one may be seen), and the allocations above `bar` are read best
+    first. False where an unseen one is above it, or where more than `PROOF_ROWS` partial
+    allocations could be (not proved)."""
+    merged = _merge(tables, values, budget, None, False, _Bound.of(tables, values, budget, bar))
+    if merged is None:
+        return False
+    for parents, picks in merged.joins():
+        for parent, pick in zip(parents, picks, strict=True):
+            if merged.value[parent] + merged.v[pick] <= bar:
+                return True
+            alloc = merged.allocation(tables, parent, pick)
+            if (alloc.key() not in seen
+                    and cost_model.estimate(alloc).total_gpu_hours <= budget):
+                return False
+    return True
+
+
 def frontier(analysis: Analysis, values: Sequence[np.ndarray], budget: float,
              cost_model: CostModel, seen: set[str], k: int = 1) -> list[Allocation]:
     """`best_allocations`, leaving out stale recombinations (`stale`) while anything else
@@ -224,6 +249,8 @@ def recombination(analysis: Analysis, closed: Sequence[np.ndarray], budget: floa
     if best <= np.log(FLOOR):
         return None
     known = [np.where(c, -np.inf, k) for c, k in zip(closed, analysis.known, strict=True)]
+    if none_above(analysis.tables, known, budget, cost_model, seen, best + TIE / 2):
+        return None  # cheaper than the search, which then finds none to beat the best
     found = best_allocations(analysis.tables, known, budget, cost_model, seen, 1, exact=True)
     if not found:
         return None
@@ -234,6 +261,57 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             cost_model: CostModel, seen: set[str], k: int, keep: int,
             skip: Callable[[np.ndarray], np.ndarray] | None, exact: bool,
             bound: _Bound | None = None) -> tuple[list[Allocation], bool]:
+    merged = _merge(tables, values, budget, keep, exact, bound)
+    assert merged is not None  # only a merge without pruning by dominance gives up
+    found: list[Allocation] = []
+    for parents, picks in merged.joins():
+        if skip is not None:  # asked of each block as it comes: most searches read one
+            kept = ~skip(np.column_stack([merged.idx[parents], picks]))
+            parents, picks = parents[kept], picks[kept]
+        for parent, pick in zip(parents, picks, strict=True):
+            alloc = merged.allocation(tables, parent, pick)
+            if alloc.key() in seen or cost_model.estimate(alloc).total_gpu_hours > budget:
+                continue
+            found.append(alloc)
+            if len(found) == k:
+                return found, merged.exhausted
+    return found, merged.exhausted
+
+
+@dataclass(frozen=True)
+class _Merged:
+    """Every stage but the last merged: partial allocations (rows of plan indices `idx`,
+    of the shared artifacts they train `arts`, their `cost` and `value`); and the last
+    stage's plans to join them to (`cand` of `table`, values `v`, within `room`).
+    `exhausted`: nothing was pruned by dominance past `keep`."""
+
+    idx: np.ndarray
+    arts: np.ndarray
+    cost: np.ndarray
+    value: np.ndarray
+    table: PlanTable
+    v: np.ndarray
+    cand: np.ndarray
+    room: float
+    exhausted: bool
+
+    def joins(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The whole allocations as blocks of (rows, plans), best first (`_completions`)."""
+        return _completions(self.arts, self.cost, self.value, self.table, self.v, self.cand,
+                            self.room)
+
+    def allocation(self, tables: Sequence[PlanTable], row: int, pick: int) -> Allocation:
+        """Row `row` joined to the last stage's plan `pick`."""
+        plans = [*self.idx[row], pick]
+        return Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plans,
+                                                                    strict=True)})
+
+
+def _merge(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
+           keep: int | None, exact: bool, bound: _Bound | None) -> _Merged | None:
+    """Merge the stages but the last, pruning to the first `keep` Pareto layers (none
+    pruned by dominance where `keep` is None; then None past `PROOF_ROWS` rows) and by
+    `bound`."""
     floor = [float(np.min(t.low)) for t in tables]  # the cheapest each subtask can cost
     trainings, later = _shared_trainings(tables, values)
     idx = np.zeros((1, 0), dtype=int)
@@ -246,19 +324,22 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
         cand = np.flatnonzero((t.low <= room) & (v > -np.inf))  # -inf: never wanted
         if bound is not None:
             cand = cand[bound.reaches(v[cand], bound.others[j], budget - t.low[cand])]
-        if len(tables) > 1:
+        if len(tables) > 1 and keep is not None:
             sub = pareto_layers(t.cost[cand], v[cand], keep, t.low[cand] if exact else None)
             exhausted &= len(sub) == len(cand)
             cand = cand[sub]
         if j == len(tables) - 1:
-            break  # the last stage is joined best first as it is read, below
+            break  # the last stage is joined best first as it is read (`_Merged.joins`)
         parents, pos, cost, value = _join(arts, cost, value, t, v, cand, room)
         idx = np.column_stack([idx[parents], cand[pos]])
         arts = np.column_stack([arts[parents], t.artifact[cand[pos]]])
         if bound is not None:
             ok = bound.reaches(value, bound.later[j], budget - cost)
             idx, arts, cost, value = idx[ok], arts[ok], cost[ok], value[ok]
-        if len(cost) > keep:
+        if keep is None:
+            if len(cost) > PROOF_ROWS:
+                return None
+        elif len(cost) > keep:
             reused = later[j + 1] & (trainings > 0)  # paid trainings a later stage may reuse
             low, paid = None, None  # none reused: cost alone decides
             if reused.any():
@@ -267,22 +348,7 @@ def _search(tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: f
             sub = pareto_layers(cost, value, keep * 4, low, paid)
             exhausted &= len(sub) == len(cost)
             idx, arts, cost, value = idx[sub], arts[sub], cost[sub], value[sub]
-    found: list[Allocation] = []
-    for parents, picks in _completions(arts, cost, value, t, v, cand, room):
-        if skip is not None:  # asked of each block as it comes: most searches read one
-            kept = ~skip(np.column_stack([idx[parents], picks]))
-            parents, picks = parents[kept], picks[kept]
-        for parent, pick in zip(parents, picks, strict=True):
-            plan_idx = [*idx[parent], pick]
-            alloc = Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, plan_idx,
-                                                                          strict=True)})
-            key = alloc.key()
-            if key in seen or cost_model.estimate(alloc).total_gpu_hours > budget:
-                continue
-            found.append(alloc)
-            if len(found) == k:
-                return found, exhausted
-    return found, exhausted
+    return _Merged(idx, arts, cost, value, t, v, cand, room, exhausted)
 
 
 def _join(arts: np.ndarray, cost: np.ndarray, value: np.ndarray, t: PlanTable,
@@ -359,27 +425,29 @@ class _Bound:
     later: list[_Stairs]  # per stage, what the stages after it can add, likewise
 
     @classmethod
-    def of(cls, tables: Sequence[PlanTable], values: Sequence[np.ndarray],
-           budget: float) -> _Bound:
+    def of(cls, tables: Sequence[PlanTable], values: Sequence[np.ndarray], budget: float,
+           sure: float | None = None) -> _Bound:
         """At its `low`, a plan costs the least it may in any allocation, so what the
         stages add at their lows is a bound; at full cost, each stage paying for a training
-        it shares, an allocation that fits will fit however the trainings are shared."""
+        it shares, an allocation that fits will fit however the trainings are shared (the
+        value to reach, unless `sure` says it)."""
         wanted = [v > -np.inf for v in values]
         low = [_staircase(t.low[w], v[w]) for t, v, w in zip(tables, values, wanted,
                                                              strict=True)]
-        full = [_staircase(t.cost[w], v[w]) for t, v, w in zip(tables, values, wanted,
-                                                              strict=True)]
         nothing: _Stairs = (np.zeros(1), np.zeros(1))
         later, earlier = [nothing], [nothing]
         for stairs in low[:0:-1]:
             later.insert(0, _plus(stairs, later[0]))
         for stairs in low[:-1]:
             earlier.append(_plus(earlier[-1], stairs))
-        every = nothing
-        for stairs in full:
-            every = _plus(every, stairs)
-        return cls(float(_most(every, np.array([budget]))[0]),
-                   [_plus(a, b) for a, b in zip(earlier, later, strict=True)], later)
+        if sure is None:
+            full = [_staircase(t.cost[w], v[w]) for t, v, w in zip(tables, values, wanted,
+                                                                  strict=True)]
+            every = nothing
+            for stairs in full:
+                every = _plus(every, stairs)
+            sure = float(_most(every, np.array([budget]))[0])
+        return cls(sure, [_plus(a, b) for a, b in zip(earlier, later, strict=True)], later)
 
     def reaches(self, value: np.ndarray, stairs: _Stairs, room: np.ndarray) -> np.ndarray:
         """Whether each `value`, plus the most `stairs` add within its `room`, reaches

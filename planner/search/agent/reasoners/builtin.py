@@ -52,7 +52,7 @@ import numpy as np
 
 from planner.search._base import SearchContext
 from planner.search.agent.analysis import FLOOR, Analysis, Analyst
-from planner.search.agent.combine import frontier, recombination
+from planner.search.agent.combine import TIE, frontier, none_above, recombination
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.screening import settled
@@ -309,11 +309,17 @@ class BuiltinReasoner:
         (plans lowered by `lowered`), if the mean expects it to beat the best trial;
         else None. Optimism alone kept sending trials to uncertain corners (pythia-14m on a
         200B-token checkpoint for MATH) while the mean pointed at a better pairing of the
-        plans seen."""
+        plans seen. Where no unseen allocation's mean can beat the best (`none_above`, as
+        on most trials of the three-stage suite and held-out tasks), that proof is all it
+        runs: it costs half the search."""
         if analysis.since_best == 0 or exploit_credit(history) <= 0:
             return None
-        found = frontier(analysis, _ranked(analysis, 0.0, lowered), self.ctx.budget_gpu_hours,
-                         self.ctx.cost_model, seen, 1)
+        budget, cost_model = self.ctx.budget_gpu_hours, self.ctx.cost_model
+        if none_above(analysis.tables, analysis.plan_values(0.0), budget, cost_model, seen,
+                      analysis.evaluated[1] - TIE):
+            return None
+        found = frontier(analysis, _ranked(analysis, 0.0, lowered), budget, cost_model, seen,
+                         1)
         if found and analysis.predicted(found[0])[0] > np.exp(analysis.evaluated[1]):
             return found[0]
         return None
