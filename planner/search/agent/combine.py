@@ -14,7 +14,8 @@ cost, for a cheaper one that paid for the same checkpoints, or for one that paid
 of them too and costs no more than it would once the others are shared; the
 recombination search also prunes each stage's plans so, which makes it exact.
 `best_allocation` finds the single best allocation with nothing left out, exactly and
-cheaply, by bounding what the stages not yet merged can add.
+cheaply, by bounding what the stages not yet merged can add; `none_above` proves so that
+no unseen allocation beats a bar.
 """
 
 from __future__ import annotations
@@ -418,9 +419,10 @@ _Stairs = tuple[np.ndarray, np.ndarray]  # costs ascending, the most value at ea
 
 @dataclass(frozen=True)
 class _Bound:
-    """What stages can add at most, for `best_allocation`'s branch and bound."""
+    """What stages can add at most, for the branch and bounds of `best_allocation` and
+    `none_above`."""
 
-    sure: float  # the value of an allocation known to fit: the best at the plans' full costs
+    sure: float  # the value to reach (by default the best at full costs, known to fit)
     others: list[_Stairs]  # per stage, what all the others can add, each plan at its low
     later: list[_Stairs]  # per stage, what the stages after it can add, likewise
 
@@ -451,7 +453,7 @@ class _Bound:
 
     def reaches(self, value: np.ndarray, stairs: _Stairs, room: np.ndarray) -> np.ndarray:
         """Whether each `value`, plus the most `stairs` add within its `room`, reaches
-        the allocation known to fit (all, where none is known)."""
+        `sure` (all, where it is -inf: nothing known to fit)."""
         return value + _most(stairs, room) >= self.sure - TIE
 
 
