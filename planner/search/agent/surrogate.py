@@ -311,9 +311,11 @@ class SubtaskModel:
 
     def __init__(self, table: PlanTable) -> None:
         self.table = table
-        self._row: dict[int, int] = {}  # plan index -> its row in `_known`
-        # per lengthscale, (plans seen, P): the kernel between each plan seen and every plan
-        self._known = [np.zeros((0, len(table.plans))) for _ in _LENGTHSCALES]
+        self._row = np.full(len(table.plans), -1)  # plan index -> its row in `_known`
+        # (lengthscales, rows, P): per lengthscale, the kernel between each plan seen (the
+        # first `_seen` rows; the rest is room to grow into) and every plan
+        self._known = np.zeros((len(_LENGTHSCALES), 8, len(table.plans)))
+        self._seen = 0
         self._last: tuple[tuple[bytes, bytes, bytes], Prediction] | None = None
         self._trend = _prior_rise(table)
         level_w, slope_w = table.weights
@@ -362,7 +364,7 @@ class SubtaskModel:
         r = y - y.mean()
         rows = self._rows(idx)
         # per lengthscale, the kernel between the observed plans (O, O), plus their noise
-        k = np.stack([known[np.ix_(rows, idx)].T + np.diag(noise) for known in self._known])
+        k = self._known[:, rows[:, None], idx].transpose(0, 2, 1) + np.diag(noise)
         chols = np.linalg.cholesky(k)
         inverse = np.linalg.inv(chols)  # L^-1: then every solve below is a product
         z = inverse @ r  # (L, O)
@@ -372,7 +374,7 @@ class SubtaskModel:
         nll = [0.5 * quad[j] / amp + logdet[j] + 0.5 * len(r) * np.log(amp)
                for amp, j in grid]
         amp, j = grid[min(range(len(grid)), key=nll.__getitem__)]  # first of equal ones
-        v = inverse[j] @ self._known[j][rows]  # (O, P)
+        v = inverse[j] @ self._known[j, rows]  # (O, P)
         var = np.maximum(amp * (self._prior_var - (v * v).sum(axis=0)), 1e-9)
         beta, z_rest = self._compute_trend(inverse[j], z[j], idx)
         mean = y.mean() + self._trend + self.table.compute @ beta + v.T @ z_rest
@@ -391,15 +393,21 @@ class SubtaskModel:
         beta = np.linalg.solve(a.T @ a + np.eye(a.shape[1]) / _LINEAR, a.T @ z)
         return beta, z - a @ beta
 
-    def _rows(self, idx: np.ndarray) -> list[int]:
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
         """The rows of `_known` that hold the plans `idx`: the kernel at amplitude 1
         between each of them and every plan, per grid lengthscale, computed the first time
-        the plan is observed."""
-        new = [int(i) for i in idx if int(i) not in self._row]
-        if new:
-            pieces = _kernel_pieces(self.table, np.arange(len(self.table.plans)), np.array(new))
-            self._known = [np.vstack([known, _kernel_at(pieces, ell).T])
-                           for known, ell in zip(self._known, _LENGTHSCALES, strict=True)]
-            for i in new:
-                self._row[i] = len(self._row)
-        return [self._row[int(i)] for i in idx]
+        the plan is observed (the rows' room doubles when it runs out)."""
+        new = idx[self._row[idx] < 0]
+        if new.size:
+            pieces = _kernel_pieces(self.table, np.arange(len(self.table.plans)), new)
+            end = self._seen + new.size
+            if end > self._known.shape[1]:
+                grown = np.zeros((len(_LENGTHSCALES), max(2 * self._known.shape[1], end),
+                                  len(self.table.plans)))
+                grown[:, :self._seen] = self._known[:, :self._seen]
+                self._known = grown
+            for known, ell in zip(self._known, _LENGTHSCALES, strict=True):
+                known[self._seen:end] = _kernel_at(pieces, ell).T
+            self._row[new] = np.arange(self._seen, end)
+            self._seen = end
+        return self._row[idx]
