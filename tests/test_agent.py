@@ -953,17 +953,17 @@ def test_partial_allocations_are_grouped_by_the_trainings_they_paid_that_may_be_
         assert np.allclose(paid.credit(len(arts)), [trains[list(s)].sum() for s in sets])
 
 
-def _shared_checkpoints(tmp_path: Path, seed: int) -> tuple[
+def _shared_checkpoints(tmp_path: Path, seed: int, stages: int = 3, plans: int = 12) -> tuple[
         list, list[np.ndarray], CostModel, list[tuple[int, ...]], np.ndarray, np.ndarray]:
-    """Three stages choosing among checkpoints of one pre-training (paid once however many
-    stages use it), a value per plan that favours some checkpoints in every stage (12 plans
-    per stage, -inf for the rest): the tables, values and cost model, then every
-    allocation (plan indices), its cost and total value."""
+    """`stages` stages choosing among checkpoints of one pre-training (paid once however
+    many stages use it), a value per plan that favours some checkpoints in every stage
+    (`plans` plans per stage, -inf for the rest): the tables, values and cost model, then
+    every allocation (plan indices), its cost and total value."""
     from itertools import product
 
     from planner.search.agent.analysis import Analyst
 
-    spec = load_spec(write_random_task(tmp_path, seed, n_stages=3, n_methods=5))
+    spec = load_spec(write_random_task(tmp_path, seed, n_stages=stages, n_methods=5))
     cost_model = CostModel(spec, make_environment(spec).calibration())
     tables = Analyst(SearchContext(SearchSpace(spec), cost_model, 1.0, 0, Store("sqlite://"),
                                    "s")).tables
@@ -972,7 +972,7 @@ def _shared_checkpoints(tmp_path: Path, seed: int) -> tuple[
     values = []
     for t in tables:
         v = np.full(len(t.plans), -np.inf)  # -inf: a plan the search never takes
-        for i in rng.choice(len(t.plans), 12, replace=False):
+        for i in rng.choice(len(t.plans), plans, replace=False):
             checkpoint = (t.plans[i]["model"], t.plans[i]["method"])
             v[i] = (effect.setdefault(checkpoint, rng.normal()) + 0.3 * rng.normal()
                     + 0.2 * t.log_n[i])
@@ -1039,6 +1039,44 @@ def test_none_above_holds_exactly_when_every_allocation_above_the_bar_was_seen(
             for seen in (set(above), set(above[:-1]), set(above[1:]), set()):
                 assert none_above(tables, values, float(budget), cost_model, seen,
                                   float(bar)) == (len(seen) == len(above))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_past_three_stages_the_search_keeps_what_can_beat_a_quick_pick(
+        tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On four of `_shared_checkpoints`' stages, pruned to few Pareto layers (`keep=4`),
+    the search that drops what cannot beat a quick pick (`BARRED_STAGES`) returns an
+    unseen allocation within budget worth at least what the quick pick and the layered
+    search alone return, and more than the latter somewhere; with the best allocations
+    seen or not."""
+    from planner.search.agent import combine
+
+    tables, values, cost_model, allocations, costs, totals = _shared_checkpoints(
+        tmp_path, seed, stages=4, plans=10)
+    keys = [Allocation.of({t.subtask: t.plans[i] for t, i in zip(tables, a, strict=True)}).key()
+            for a in allocations]
+
+    def value(found: Allocation) -> float:
+        return sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
+
+    gains = []
+    for budget in map(float, np.quantile(costs, [0.02, 0.1, 0.4])):
+        order = np.flatnonzero(costs <= budget)
+        order = order[np.argsort(-totals[order], kind="stable")]
+        for seen in ({keys[i] for i in order[:n]} for n in (0, 3, 20)):
+            [barred] = combine.best_allocations(tables, values, budget, cost_model, seen,
+                                                keep=4)
+            assert barred.key() not in seen
+            assert cost_model.estimate(barred).total_gpu_hours <= budget
+            [quick] = combine.best_allocations(tables, values, budget, cost_model, seen,
+                                               keep=1)
+            monkeypatch.setattr(combine, "BARRED_STAGES", 5)
+            [layered] = combine.best_allocations(tables, values, budget, cost_model, seen,
+                                                 keep=4)
+            monkeypatch.undo()
+            assert value(barred) >= max(value(quick), value(layered)) - 1e-9
+            gains.append(value(barred) - value(layered))
+    assert max(gains) > 1e-9
 
 
 def test_trace_steps_are_typed_and_read_back_from_older_payloads() -> None:
