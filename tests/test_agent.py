@@ -1068,12 +1068,10 @@ def test_past_three_stages_the_search_keeps_what_can_beat_a_quick_pick(
                                                 keep=4)
             assert barred.key() not in seen
             assert cost_model.estimate(barred).total_gpu_hours <= budget
-            [quick] = combine.best_allocations(tables, values, budget, cost_model, seen,
-                                               keep=1)
-            monkeypatch.setattr(combine, "BARRED_STAGES", 5)
-            [layered] = combine.best_allocations(tables, values, budget, cost_model, seen,
-                                                 keep=4)
-            monkeypatch.undo()
+            with monkeypatch.context() as m:  # the layered search alone
+                m.setattr(combine, "BARRED_STAGES", 5)
+                [quick], [layered] = (combine.best_allocations(
+                    tables, values, budget, cost_model, seen, keep=keep) for keep in (1, 4))
             assert value(barred) >= max(value(quick), value(layered)) - 1e-9
             gains.append(value(barred) - value(layered))
     assert max(gains) > 1e-9

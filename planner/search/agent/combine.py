@@ -178,12 +178,14 @@ def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], 
     52 on the slowest); on three stages the quick search costs more than it saves
     (experiments/README.md, "A bar before the layers")."""
     if len(tables) >= BARRED_STAGES and k == 1 and not exact:
-        quick, _ = _search(tables, values, budget, cost_model, seen, 1, 1, skip, False)
+        quick, _ = _search(tables, values, budget, cost_model, seen, k=1, keep=1, skip=skip,
+                           exact=False)
         if quick:
             at = [t.index[quick[0][t.subtask]] for t in tables]
             bar = sum(float(v[i]) for v, i in zip(values, at, strict=True))
-            found, _ = _search(tables, values, budget, cost_model, seen, 1, keep, skip,
-                               False, _Bound.of(tables, values, budget, bar))
+            found, _ = _search(tables, values, budget, cost_model, seen, k=1, keep=keep,
+                               skip=skip, exact=False,
+                               bound=_Bound.of(tables, values, budget, bar))
             return found or quick
     while True:
         found, exhausted = _search(tables, values, budget, cost_model, seen, k, keep, skip,
