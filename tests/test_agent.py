@@ -30,7 +30,7 @@ from planner.search.agent.reasoners.builtin import (
     exploit_credit,
 )
 from planner.search.agent.strategy import AgentStrategy
-from planner.search.agent.surrogate import PlanTable, SubtaskModel
+from planner.search.agent.surrogate import PlanTable, SubtaskModel, allocation_value
 from planner.search.search_cost import SearchCost
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import load_spec
@@ -999,7 +999,7 @@ def test_the_frontier_search_keeps_allocations_that_share_a_pretraining(
     tables, values, cost_model, allocations, costs, totals = _shared_checkpoints(tmp_path, seed)
 
     def value(found: Allocation) -> float:
-        return sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
+        return allocation_value(tables, values, found)
 
     for budget in np.quantile(costs, [0.02, 0.05, 0.1, 0.2, 0.4]):
         [found] = best_allocations(tables, values, float(budget), cost_model, set(), keep=1,
@@ -1057,7 +1057,7 @@ def test_past_three_stages_the_search_keeps_what_can_beat_a_quick_pick(
             for a in allocations]
 
     def value(found: Allocation) -> float:
-        return sum(v[t.index[found[t.subtask]]] for t, v in zip(tables, values, strict=True))
+        return allocation_value(tables, values, found)
 
     gains = []
     for budget in map(float, np.quantile(costs, [0.02, 0.1, 0.4])):

@@ -20,6 +20,7 @@ from planner.search.agent.surrogate import (
     PlanTable,
     Prediction,
     SubtaskModel,
+    allocation_value,
     logit,
     screen_share,
 )
@@ -108,8 +109,7 @@ class Analysis:
     def known_value(self, allocation: Allocation) -> float:
         """An allocation's log end score from its stage plans' own full evaluations
         (`known`): -inf where a stage plan was never evaluated."""
-        return sum(float(k[t.index[allocation[t.subtask]]])
-                   for t, k in zip(self.tables, self.known, strict=True))
+        return allocation_value(self.tables, self.known, allocation)
 
     def predicted(self, allocation: Allocation, kappa: float = 0.0
                   ) -> tuple[float, dict[str, float]]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from planner.cost import CostModel
 from planner.search.agent.analysis import FLOOR, Analysis
-from planner.search.agent.surrogate import PlanTable
+from planner.search.agent.surrogate import PlanTable, allocation_value
 from planner.space import Allocation
 
 # How far a known log end score must exceed the best trial's to beat it: a sum of stage logs
@@ -181,8 +181,7 @@ def best_allocations(tables: Sequence[PlanTable], values: Sequence[np.ndarray], 
         quick, _ = _search(tables, values, budget, cost_model, seen, k=1, keep=1, skip=skip,
                            exact=False)
         if quick:
-            at = [t.index[quick[0][t.subtask]] for t in tables]
-            bar = sum(float(v[i]) for v, i in zip(values, at, strict=True))
+            bar = allocation_value(tables, values, quick[0])
             found, _ = _search(tables, values, budget, cost_model, seen, k=1, keep=keep,
                                skip=skip, exact=False,
                                bound=_Bound.of(tables, values, budget, bar))

@@ -45,7 +45,15 @@ import numpy as np
 
 from planner.artifact import Artifact
 from planner.cost import CostModel
-from planner.space import ORACLE, SINGLE_SAMPLE, Dimension, Mixture, Plan, SearchSpace
+from planner.space import (
+    ORACLE,
+    SINGLE_SAMPLE,
+    Allocation,
+    Dimension,
+    Mixture,
+    Plan,
+    SearchSpace,
+)
 
 _EPS = 1e-3  # scores are clipped to [eps, 1 - eps] before the logit
 # Kernel weights at amplitude 1. Level: a constant, the compute trend (an RBF over log size
@@ -246,6 +254,14 @@ def _prior_rise(t: PlanTable) -> np.ndarray:
     bent = (_ORACLE_SLOPE_MEAN * np.minimum(t.log_n, _ORACLE_BEND)
             + _SLOPE_MEAN * np.maximum(t.log_n - _ORACLE_BEND, 0.0))
     return np.where(t.oracle, bent, _SLOPE_MEAN * t.log_n)
+
+
+def allocation_value(tables: Sequence[PlanTable], values: Sequence[np.ndarray],
+                     allocation: Allocation) -> float:
+    """An allocation's total value: each stage's plan's entry in `values` (one array per
+    table, as `Analysis.plan_values` gives them), summed."""
+    return sum(float(v[t.index[allocation[t.subtask]]])
+               for t, v in zip(tables, values, strict=True))
 
 
 def _unit(weights: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ from planner.search.agent.combine import TIE, frontier, none_above, recombinatio
 from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.screening import settled
-from planner.search.agent.surrogate import PlanTable
+from planner.search.agent.surrogate import PlanTable, allocation_value
 from planner.space import Allocation
 from planner.store import TrialRecord, TrialStatus
 
@@ -387,7 +387,7 @@ class BuiltinReasoner:
         if lowered > 0:
             return ("nothing open is left unseen: a plan ranked down (a smaller n than its "
                     "arm's largest in budget, or an aggregator `oracle` outscores)")
-        total = sum(float(v[i]) for v, i in zip(values, at, strict=True))
+        total = allocation_value(tables, values, alloc)
         stall = "" if raised is None else f", at {raised:.1f} sd: the best stopped rising"
         return f"best unseen optimistic end score ({np.exp(total):.3f}{stall})"
 

@@ -67,6 +67,7 @@ from planner.search.agent.options import LLMConfig
 from planner.search.agent.reasoners.base import Attempt, Proposal, Reflection, ToolCall
 from planner.search.agent.reasoners.builtin import MAX_NOTES, BuiltinReasoner
 from planner.search.agent.screening import settled
+from planner.search.agent.surrogate import allocation_value
 from planner.search.agent.tools import Tools
 from planner.secrets import redact, redact_data, register
 from planner.space import Allocation
@@ -211,7 +212,8 @@ class LLMReasoner:
         hints = frontier(analysis, self._ranked(analysis, memory), self.ctx.budget_gpu_hours,
                          self.ctx.cost_model, seen, _HINTS)
         values = analysis.plan_values(self.builtin.optimism(analysis))
-        floor = _value(analysis, values, hints[0]) + math.log(SCREEN) if hints else -math.inf
+        floor = (allocation_value(analysis.tables, values, hints[0]) + math.log(SCREEN)
+                 if hints else -math.inf)
 
         def messages(tools: bool) -> list[dict]:
             shown = None if tools else [(a, analysis.predicted(a)[0]) for a in hints]
@@ -221,7 +223,8 @@ class LLMReasoner:
 
         found, attempts, failed, exchange = self._converse(
             "propose", history, memory, messages, prompts.schema(self.ctx.space, k),
-            self._proposals(seen, lambda a: _value(analysis, values, a) >= floor),
+            self._proposals(seen, lambda a: allocation_value(analysis.tables, values, a)
+                            >= floor),
             prompts.repair_message, "proposal")
         if found is None:
             fallback = self.builtin.propose(history, memory, k)
@@ -427,12 +430,6 @@ def _content(reply: ChatCompletion) -> tuple[str, dict[str, int]]:
     tokens = ({"prompt": reply.usage.prompt_tokens,
                "completion": reply.usage.completion_tokens} if reply.usage else {})
     return text, tokens
-
-
-def _value(analysis: Analysis, values: Sequence[np.ndarray], alloc: Allocation) -> float:
-    """An allocation's optimistic log end score (`Analysis.plan_values`)."""
-    return float(sum(v[t.index[alloc[t.subtask]]]
-                     for t, v in zip(analysis.tables, values, strict=True)))
 
 
 def _bets(picks: Sequence[Allocation], top: Sequence[Allocation], analysis: Analysis,
