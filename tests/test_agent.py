@@ -308,6 +308,21 @@ def test_after_a_stall_the_score_models_mean_picks_while_its_bets_pay() -> None:
     assert not builtin.propose(spent).rationale[0].startswith(mean_pick)
 
 
+def test_after_every_init_probe_failed_the_agent_still_proposes() -> None:
+    """A live study whose first trials all failed (out of memory, a server that died) has
+    no scored plan in any stage. The stage scores' sums were then integer zeros (what
+    `np.bincount` gives for no rows), dividing into them raised, and the agent stopped with
+    a numpy traceback instead of proposing the next trial."""
+    spec = load_spec(TASKS / "pythia_gsm8k_math.yaml")
+    builtin = BuiltinReasoner(_analyst(spec).ctx)
+    probes = builtin.initial([]).allocations
+    failed = [TrialRecord(i, a, TrialStatus.FAILED, None, {}, Cost(0.0, 0.0))
+              for i, a in enumerate(probes)]
+    chosen = builtin.propose(failed).allocations
+    assert chosen
+    assert builtin.ctx.cost_model.estimate(chosen[0]).total_gpu_hours <= _budget(spec)
+
+
 def test_the_exploit_credit_counts_bets_won_and_lost() -> None:
     def trial(number: int, score: float | None, source: str = "agent-builtin",
               fidelity: float = 1.0) -> TrialRecord:

@@ -60,7 +60,8 @@ class Analysis:
         how many there were."""
         rows = self.full & (self.at[:, j] >= 0) & ~np.isnan(self.scores[:, j])
         size = len(self.tables[j].plans)
-        return (np.bincount(self.at[rows, j], self.scores[rows, j], minlength=size),
+        # as floats even where no row is (`np.bincount` then gives integer zeros)
+        return (np.bincount(self.at[rows, j], self.scores[rows, j], minlength=size).astype(float),
                 np.bincount(self.at[rows, j], minlength=size).astype(float))
 
     def plan_values(self, kappa: float) -> list[np.ndarray]:
