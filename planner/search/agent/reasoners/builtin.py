@@ -2,7 +2,8 @@
 
 - init: per subtask, probes that isolate the model choice (one model from each size
   stratum, drawn with the seed, on one reference arm, the most trained that at least half
-  the models can afford, at the largest n that fits the subtask's share of the budget,
+  the models can afford, at the largest n that fits the subtask's share of the budget (a
+  training other subtasks can use charged at its share among them: `_design_costs`),
   under `oracle` where it is offered, else an aggregator that reads several samples where
   one can) and each other dimension but the aggregator (the values farthest from the
   reference: one method, two mixtures). Four strata, or
@@ -117,10 +118,12 @@ class BuiltinReasoner:
         share = self.ctx.budget_gpu_hours / len(tables)
         # the design's slots: at least five, or the longest stage's; each stage fills the
         # slots its other dimensions leave with size strata
-        others = [_others(t, _affordable(t, share)) for t in tables]
+        afford = [_affordable(t, c, share) for t, c in zip(tables, _design_costs(tables),
+                                                            strict=True)]
+        others = [_others(t, a) for t, a in zip(tables, afford, strict=True)]
         slots = max(_MIN_PROBES, _MAX_MODEL_PROBES + max(others))
-        probes = [_probes(t, share, self.ctx, max(_MAX_MODEL_PROBES, slots - o))
-                  for t, o in zip(tables, others, strict=True)]
+        probes = [_probes(t, a, self.ctx, max(_MAX_MODEL_PROBES, slots - o))
+                  for t, a, o in zip(tables, afford, others, strict=True)]
         seen = settled(history, self.ctx.cost_model)
         out: list[Allocation] = []
         why: list[str] = []
@@ -425,10 +428,24 @@ def exploit_credit(history: Sequence[TrialRecord]) -> int:
     return credit
 
 
-def _affordable(t: PlanTable, share: float) -> np.ndarray:
-    """(P,) the plans the design may probe: within `share` of the budget, and not below
-    their `oracle` twin (`PlanTable.below_oracle`)."""
-    return (t.cost <= share) & ~t.below_oracle
+def _design_costs(tables: Sequence[PlanTable]) -> list[np.ndarray]:
+    """(P,) per table, what the design charges a plan against its stage's share of the
+    budget: its cost, with a training that other stages can use split evenly among the
+    stages that can (where their choices allow, the design gives them the same probe, so
+    the training is paid once). Charged in full, a checkpoint that two stages share
+    counted twice, and the design probed only models half the budget could train alone
+    (experiments/README.md, "Shared training at its share")."""
+    users = np.zeros(max(int(t.artifact.max()) for t in tables) + 2)
+    for t in tables:
+        users[np.unique(t.artifact[t.artifact >= 0])] += 1
+    users[-1] = 1  # id -1: a training no other stage uses
+    return [t.cost - t.train + t.train / users[t.artifact] for t in tables]
+
+
+def _affordable(t: PlanTable, cost: np.ndarray, share: float) -> np.ndarray:
+    """(P,) the plans the design may probe: within `share` of the budget at their design
+    `cost`, and not below their `oracle` twin (`PlanTable.below_oracle`)."""
+    return (cost <= share) & ~t.below_oracle
 
 
 def _others(t: PlanTable, afford: np.ndarray) -> int:
@@ -457,11 +474,11 @@ def _design_summary(probes: Sequence[Allocation], varied: dict[str, dict[str, No
     return f"{len(probes)} probes, varying {'; '.join(parts)}"
 
 
-def _probes(t: PlanTable, share: float, ctx: SearchContext, strata: int
+def _probes(t: PlanTable, afford: np.ndarray, ctx: SearchContext, strata: int
             ) -> list[tuple[int, str]]:
-    """Plan indices that isolate the model, one per size stratum (`strata` of them, at
-    most one per model), then each other dimension; each with the dimension it probes."""
-    afford = _affordable(t, share)
+    """Plan indices among those the design can `afford` that isolate the model, one per
+    size stratum (`strata` of them, at most one per model), then each other dimension;
+    each with the dimension it probes."""
     if not afford.any():
         return [(int(np.argmin(t.cost)), "cheapest")]
     model = t.codes[:, t.column("model")]
