@@ -3,7 +3,8 @@
 - init: per subtask, probes that isolate the model choice (one model from each size
   stratum, drawn with the seed, on one reference arm, the most trained that at least half
   the models can afford, at the largest n that fits the subtask's share of the budget (a
-  training other subtasks can use charged at its share among them: `_design_costs`),
+  training other subtasks can use charged at its share among them, `_design_costs`, and a
+  slot that then trains two such checkpoints aligned on one, `_aligned`),
   under `oracle` where it is offered, else an aggregator that reads several samples where
   one can) and each other dimension but the aggregator (the values farthest from the
   reference: one method, two mixtures). Four strata, or
@@ -58,7 +59,7 @@ from planner.search.agent.memory import Insight, closed, derive
 from planner.search.agent.reasoners.base import Proposal, Reflection
 from planner.search.agent.screening import settled
 from planner.search.agent.surrogate import PlanTable, allocation_value
-from planner.space import Allocation
+from planner.space import Allocation, Plan
 from planner.store import TrialRecord, TrialStatus
 
 # what kind of pick `_next` made
@@ -132,6 +133,8 @@ class BuiltinReasoner:
             chosen = {t.subtask: p[min(i, len(p) - 1)] for t, p in zip(tables, probes,
                                                                          strict=True)}
             alloc = Allocation.of({t.subtask: t.plans[chosen[t.subtask][0]] for t in tables})
+            if not self._fits(alloc):  # stages train different checkpoints, each at a share
+                alloc = _aligned(tables, afford, alloc)
             if alloc.key() in seen or not self._fits(alloc):
                 continue
             seen.add(alloc.key())
@@ -442,6 +445,29 @@ def _design_costs(tables: Sequence[PlanTable]) -> list[np.ndarray]:
     return [t.cost - t.train + t.train / users[t.artifact] for t in tables]
 
 
+def _aligned(tables: Sequence[PlanTable], afford: Sequence[np.ndarray],
+             alloc: Allocation) -> Allocation:
+    """`alloc` with every stage that can afford it on the first stage's shared training
+    (at its widest such plan). The design charges each stage only its share of a shared
+    training, which holds where the stages train it once; stages whose size strata differ
+    can put two such trainings in one slot, over the budget."""
+    first = next((int(t.artifact[t.index[alloc[t.subtask]]]) for t in tables
+                  if t.artifact[t.index[alloc[t.subtask]]] >= 0), None)
+    if first is None:
+        return alloc
+    plans: dict[str, Plan] = {}
+    for t, a in zip(tables, afford, strict=True):
+        i = _widest(t, a & (t.artifact == first))
+        plans[t.subtask] = alloc[t.subtask] if i is None else t.plans[i]
+    return Allocation.of(plans)
+
+
+def _widest(t: PlanTable, mask: np.ndarray) -> int | None:
+    """The plan in `mask` with the largest n (then the lowest cost); None where none is."""
+    cand = np.flatnonzero(mask)
+    return int(cand[np.lexsort((t.cost[cand], t.log_n[cand]))[-1]]) if cand.size else None
+
+
 def _affordable(t: PlanTable, cost: np.ndarray, share: float) -> np.ndarray:
     """(P,) the plans the design may probe: within `share` of the budget at their design
     `cost`, and not below their `oracle` twin (`PlanTable.below_oracle`)."""
@@ -506,8 +532,7 @@ def _probes(t: PlanTable, afford: np.ndarray, ctx: SearchContext, strata: int
 
     def best(mask: np.ndarray) -> int | None:
         """The affordable plan in `mask` with the largest n (then the lowest cost)."""
-        cand = np.flatnonzero(mask & afford)
-        return int(cand[np.lexsort((t.cost[cand], t.log_n[cand]))[-1]]) if cand.size else None
+        return _widest(t, mask & afford)
 
     def add(i: int | None, what: str) -> None:
         if i is not None:
