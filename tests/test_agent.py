@@ -730,9 +730,9 @@ def test_a_design_slot_whose_stages_train_two_checkpoints_is_aligned_on_one(
     checkpoints, each charged by the design a third of a checkpoint's pre-training, as the
     stages probe it together. Their size strata differ (the second stage affords one
     more model), so the third slot put m4 in two stages beside m3 in the other: two
-    pre-trainings, over the budget, and the slot was dropped (seed 0 then took 25 trials
-    to 99% of the optimum where the design charged in full took 10; aligned, 11). The
-    stages that can afford the first stage's checkpoint now take it."""
+    pre-trainings, over the budget, and the slot was dropped (the median of five seeds then
+    took 25 trials to 99% of the optimum, where the design charged in full took 10; aligned,
+    11). The stages that can afford the first stage's checkpoint now take it."""
     import sys
 
     from planner.search.agent.reasoners.builtin import BuiltinReasoner
