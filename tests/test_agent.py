@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,14 @@ def _run(spec, strategy: str, n_trials: int, db: str = "sqlite://", seed: int = 
     env = make_environment(spec)
     return optimize(spec, env, store=Store(db), budget=spec.budget, strategy=strategy,
                     n_trials=n_trials, seed=seed, **kwargs)
+
+
+def _random_table(folder: Path, seed: int, stages: int | None = None):
+    """Random table `seed` of experiments/random_shapes.py (written into `folder`)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+    from random_shapes import write_shape
+
+    return load_spec(write_shape(folder, seed, stages))
 
 
 def _analyst(spec):
@@ -601,14 +610,9 @@ def test_a_stall_opens_an_untried_arm_below_its_drawn_n(tmp_path: Path) -> None:
     risen for more than `STALE_FREE` full trials the rule lifts. While it held for good,
     seed 0 reached 99% of the optimum at trial 38; once a stall lifted it, at trial 24 (the
     design now probes m3 / ck0 itself, in its third trial, and the fifth is the optimum)."""
-    import sys
-
     from planner.search.agent.reasoners.builtin import OUTGROWN, BuiltinReasoner
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
-    from random_shapes import write_shape
-
-    spec = load_spec(write_shape(tmp_path, 1015, stages=4))
+    spec = _random_table(tmp_path, 1015, stages=4)
     optimum = exhaustive_optimum(spec, _budget(spec)).allocation
     rising = _run(spec, "agent", 2, agent=AgentOptions(patience=None)).trials
     assert rising[1].score > rising[0].score
@@ -733,14 +737,9 @@ def test_a_design_slot_whose_stages_train_two_checkpoints_is_aligned_on_one(
     pre-trainings, over the budget, and the slot was dropped (the median of five seeds then
     took 25 trials to 99% of the optimum, where the design charged in full took 10; aligned,
     11). The stages that can afford the first stage's checkpoint now take it."""
-    import sys
-
     from planner.search.agent.reasoners.builtin import BuiltinReasoner
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
-    from random_shapes import write_shape
-
-    spec = load_spec(write_shape(tmp_path, 360))
+    spec = _random_table(tmp_path, 360)
     builtin = BuiltinReasoner(_analyst(spec).ctx)
     design = builtin.initial([]).allocations
     assert all(builtin.ctx.cost_model.estimate(a).total_gpu_hours <= _budget(spec)

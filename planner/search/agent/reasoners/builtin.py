@@ -451,8 +451,8 @@ def _aligned(tables: Sequence[PlanTable], afford: Sequence[np.ndarray],
     (at its widest such plan). The design charges each stage only its share of a shared
     training, which holds where the stages train it once; stages whose size strata differ
     can put two such trainings in one slot, over the budget."""
-    first = next((int(t.artifact[t.index[alloc[t.subtask]]]) for t in tables
-                  if t.artifact[t.index[alloc[t.subtask]]] >= 0), None)
+    trained = (int(t.artifact[t.index[alloc[t.subtask]]]) for t in tables)
+    first = next((a for a in trained if a >= 0), None)
     if first is None:
         return alloc
     plans: dict[str, Plan] = {}
