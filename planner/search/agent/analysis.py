@@ -133,6 +133,7 @@ class Analyst:
         self.tables = [PlanTable.build(ctx.space, ctx.cost_model, s, shared)
                        for s in ctx.space.subtasks]
         self._models = [SubtaskModel(t) for t in self.tables]
+        self._twins = _twins(self.tables)
         self._cache: tuple[tuple[int, ...], Analysis] | None = None
         self._rows: dict[int, tuple[TrialRecord, _Row]] = {}  # trial number -> its row
 
@@ -149,6 +150,12 @@ class Analyst:
                              for t, r in zip(ok, rows, strict=True)
                              if s in r.scores and s not in r.another)
                        for j, (s, m) in enumerate(zip(subtasks, self._models, strict=True))]
+        # each stage's mean also reads what the other stages' trials showed of its plans'
+        # twins (`SubtaskModel.transferred`)
+        residuals = [m.residual for m in self._models]
+        predictions = [m.transferred(p, _evidence(t, residuals, twins)) if twins else p
+                       for t, m, p, twins in zip(self.tables, self._models, predictions,
+                                                 self._twins, strict=True)]
         scores = np.array([[p.get(s, np.nan) for s in subtasks] for p in per]).reshape(
             len(ok), len(subtasks))
         at = np.array([r.at for r in rows], dtype=int).reshape(len(ok), len(subtasks))
@@ -198,6 +205,43 @@ def _screen_shares(trials: Sequence[TrialRecord], per: Sequence[dict[str, float]
                       if s in p and s in there]
             shares[(fidelity, s)] = screen_share(errors, fidelity)
     return shares
+
+
+def _twins(tables: Sequence[PlanTable]) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Per table, for each other table that offers twins of some of its plans (the same
+    n and the same value of every dimension both offer: model, method, aggregator ...):
+    that table's number, those plans, and their twins' indices there."""
+    out = []
+    for t in tables:
+        pairs = []
+        for k, u in enumerate(tables):
+            common = [d.name for d in t.dims if d.name in {e.name for e in u.dims}]
+            if u is t or "model" not in common:
+                continue
+            there = {(p.samples, *(p[d] for d in common)): i for i, p in enumerate(u.plans)}
+            found = [(i, there.get((p.samples, *(p[d] for d in common)), -1))
+                     for i, p in enumerate(t.plans)]
+            mine = np.array([i for i, at in found if at >= 0], dtype=int)
+            if mine.size:
+                pairs.append((k, mine, np.array([at for _, at in found if at >= 0])))
+        out.append(pairs)
+    return out
+
+
+def _evidence(t: PlanTable, residuals: Sequence[np.ndarray],
+              twins: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(P,) per plan of `t`, what the other stages' score models found of its twins (`_twins`)
+    beyond their trends (`SubtaskModel.residual`), averaged over the stages, each centred
+    on its twins; 0 where it has none. The residual, not the whole mean: each stage fits
+    its own trend in size and training tokens, and another stage's steeper trend lent as
+    evidence moved predictions beyond the sizes seen (random tables: 1,857 summed median
+    trials against 1,820)."""
+    total, count = np.zeros(len(t.plans)), np.zeros(len(t.plans))
+    for k, mine, theirs in twins:
+        own = residuals[k][theirs]
+        total[mine] += own - own.mean()
+        count[mine] += 1
+    return np.divide(total, count, out=total, where=count > 0)
 
 
 def shared_artifacts(ctx: SearchContext) -> dict[Artifact, int]:

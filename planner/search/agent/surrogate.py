@@ -297,6 +297,18 @@ def _mean(scores: list[float]) -> float:
 
 
 @dataclass(frozen=True)
+class _Fitted:
+    """A posterior's parts that the mean's trend (`SubtaskModel._predict`) is fitted on."""
+
+    idx: np.ndarray  # (O,) the observed plans
+    inverse: np.ndarray  # (O, O) L^-1, L the Cholesky factor of their covariance
+    z: np.ndarray  # (O,) their whitened residuals, L^-1 (y - mean y)
+    v: np.ndarray  # (O, P) L^-1 K(observed, every plan)
+    level: float  # the mean observed logit, less the prior rise
+    std: np.ndarray  # (P,) the posterior standard deviation
+
+
+@dataclass(frozen=True)
 class Prediction:
     """Posterior logit-score mean and standard deviation for every plan of a subtask."""
 
@@ -333,6 +345,10 @@ class SubtaskModel:
         self._known = np.zeros((len(_LENGTHSCALES), 8, len(table.plans)))
         self._seen = 0
         self._last: tuple[tuple[bytes, bytes, bytes], Prediction] | None = None
+        self._fitted: _Fitted | None = None  # the last posterior's parts (`transferred`)
+        # (P,) what the last fit's kernel adds to its mean's trends: each plan's own
+        # effects, as far as the observations show them (0 before any)
+        self.residual = np.zeros(len(table.plans))
         self._trend = _prior_rise(table)
         level_w, slope_w = table.weights
         self._prior_var = (_CONSTANT + _TREND + level_w.sum()  # per plan, at amplitude 1
@@ -355,22 +371,34 @@ class SubtaskModel:
                 screens.setdefault(i, []).append(score)
                 shares[i] = min(1.0, shares.get(i, 0.0) + fidelity)
         if not full and not screens:
+            self._last, self._fitted, self.residual = None, None, np.zeros(len(t.plans))
             return Prediction(self._trend, np.sqrt(self._prior_var), t.oracle_runs)
         idx = np.array(sorted(full.keys() | screens.keys()))
         y = logit(np.array([_mean(full[i] if i in full else screens[i]) for i in idx]))
         noise = np.array([_NOISE / len(full[i]) if i in full else _NOISE / shares[i]
                           for i in idx])
         key = (idx.tobytes(), y.tobytes(), noise.tobytes())
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
-        prediction = self._posterior(idx, y, noise)
-        self._last = (key, prediction)
-        return prediction
+        if self._last is None or self._last[0] != key:
+            self._fitted = self._posterior(idx, y, noise)
+            prediction, self.residual = self._predict(self.table.compute)
+            self._last = (key, prediction)
+        return self._last[1]
 
-    def _posterior(self, idx: np.ndarray, y: np.ndarray, noise: np.ndarray) -> Prediction:
-        """Posterior at every plan given logit scores `y` at plan indices `idx` observed
-        with `noise` (at amplitude 1), with the kernel weights of the highest marginal
-        likelihood on the grid.
+    def transferred(self, prediction: Prediction, evidence: np.ndarray) -> Prediction:
+        """The last fit's `prediction` with `evidence` (P,: what the other stages' score
+        models rate each plan's twin, `Analyst`) as one more basis function of the mean
+        beside the compute trend, its weight fitted as the trend's are: where a stage's
+        models rank as in the others (Pythia's checkpoints on GSM8K and on MATH), one
+        stage's trials inform the others'; where they do not, the weight stays near 0.
+        The uncertainty is the kernel's, as before. Before any observation, `prediction`."""
+        if self._fitted is None:
+            return prediction
+        return self._predict(np.column_stack([self.table.compute, evidence]))[0]
+
+    def _posterior(self, idx: np.ndarray, y: np.ndarray, noise: np.ndarray) -> _Fitted:
+        """The parts of the posterior at every plan given logit scores `y` at plan indices
+        `idx` observed with `noise` (at amplitude 1), with the kernel weights of the highest
+        marginal likelihood on the grid.
 
         The amplitude scales the whole covariance (kernel and noise alike), so one Cholesky
         factor per lengthscale serves every amplitude: at amplitude a the factor is
@@ -392,22 +420,24 @@ class SubtaskModel:
         amp, j = grid[min(range(len(grid)), key=nll.__getitem__)]  # first of equal ones
         v = inverse[j] @ self._known[j, rows]  # (O, P)
         var = np.maximum(amp * (self._prior_var - (v * v).sum(axis=0)), 1e-9)
-        beta, z_rest = self._compute_trend(inverse[j], z[j], idx)
-        mean = y.mean() + self._trend + self.table.compute @ beta + v.T @ z_rest
-        return Prediction(mean, np.sqrt(var), self.table.oracle_runs)
+        return _Fitted(idx, inverse[j], z[j], v, float(y.mean()), np.sqrt(var))
 
-    def _compute_trend(self, inverse: np.ndarray, z: np.ndarray,
-                       idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The linear trend of the logit in the compute features (log size, log training
-        tokens) as explicit basis functions of the mean (Rasmussen & Williams 2006, 2.7):
-        its coefficients' posterior mean under a N(0, `_LINEAR`) prior, and the whitened
-        residuals the kernel then explains. Beyond the sizes seen, the mean follows the
-        trend instead of falling back to the observed mean; the uncertainty is the
-        kernel's alone (the coefficients' own would make the extremes the most uncertain
-        plans, and trials went to them)."""
-        a = inverse @ self.table.compute[idx]  # (O, 2): L^-1 X
-        beta = np.linalg.solve(a.T @ a + np.eye(a.shape[1]) / _LINEAR, a.T @ z)
-        return beta, z - a @ beta
+    def _predict(self, features: np.ndarray) -> tuple[Prediction, np.ndarray]:
+        """The last posterior's prediction, and what its kernel adds to the trend: a
+        linear trend of the logit in `features` (per plan: the compute features, log size
+        and log training tokens, and any `transferred` evidence) as explicit basis
+        functions of the mean (Rasmussen & Williams 2006, 2.7), its coefficients' posterior
+        mean under a N(0, `_LINEAR`) prior, and the whitened residuals the kernel then
+        explains. Beyond the sizes seen, the mean follows the trend instead of falling back
+        to the observed mean; the uncertainty is the kernel's alone (the coefficients' own
+        would make the extremes the most uncertain plans, and trials went to them)."""
+        f = self._fitted
+        assert f is not None  # only a fit to observations predicts so
+        a = f.inverse @ features[f.idx]  # (O, F): L^-1 X
+        beta = np.linalg.solve(a.T @ a + np.eye(a.shape[1]) / _LINEAR, a.T @ f.z)
+        kernel = f.v.T @ (f.z - a @ beta)
+        mean = f.level + self._trend + features @ beta + kernel
+        return Prediction(mean, f.std, self.table.oracle_runs), kernel
 
     def _rows(self, idx: np.ndarray) -> np.ndarray:
         """The rows of `_known` that hold the plans `idx`: the kernel at amplitude 1
