@@ -233,9 +233,8 @@ def _evidence(t: PlanTable, residuals: Sequence[np.ndarray],
     """(P,) per plan of `t`, what the other stages' score models found of its twins (`_twins`)
     beyond their trends (`SubtaskModel.residual`), averaged over the stages, each centred
     on its twins; 0 where it has none. The residual, not the whole mean: each stage fits
-    its own trend in size and training tokens, and another stage's steeper trend lent as
-    evidence moved predictions beyond the sizes seen (random tables: 1,857 summed median
-    trials against 1,820)."""
+    its own trend in size and training tokens (the whole means lent took 1,857 summed
+    median trials on the random tables against 1,820; experiments/README.md)."""
     total, count = np.zeros(len(t.plans)), np.zeros(len(t.plans))
     for k, mine, theirs in twins:
         own = residuals[k][theirs]
