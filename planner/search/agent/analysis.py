@@ -1,4 +1,5 @@
-"""What the evaluated trials say: per-subtask score models and how stages combine.
+"""What the evaluated trials say: per-subtask score models, what each stage's trials lend
+the others (a plan's twin in another stage: `_evidence`), and how stages combine.
 
 `Analysis` is rebuilt from the trial history alone (never from hidden state), so a resumed
 search reasons exactly as an uninterrupted one would.
@@ -215,7 +216,8 @@ def _twins(tables: Sequence[PlanTable]) -> list[list[tuple[int, np.ndarray, np.n
     for t in tables:
         pairs = []
         for k, u in enumerate(tables):
-            common = [d.name for d in t.dims if d.name in {e.name for e in u.dims}]
+            offered = {d.name for d in u.dims}
+            common = [d.name for d in t.dims if d.name in offered]
             if u is t or "model" not in common:
                 continue
             there = {(p.samples, *(p[d] for d in common)): i for i, p in enumerate(u.plans)}

@@ -386,12 +386,12 @@ class SubtaskModel:
 
     def transferred(self, prediction: Prediction, evidence: np.ndarray) -> Prediction:
         """The last fit's `prediction` with `evidence` (P,: what the other stages' score
-        models rate each plan's twin, `Analyst`) as one more basis function of the mean
-        beside the compute trend, its weight fitted on this stage's trials as the trend's
-        is: where a stage's models rank as in the others (Pythia's checkpoints on GSM8K and
-        on MATH), one stage's trials inform the others' predictions, as far as this
-        stage's own trials bear the evidence out. The uncertainty is the kernel's, as
-        before. Before any observation, `prediction`."""
+        models found of each plan's twin beyond their trends, `analysis._evidence`) as one
+        more basis function of the mean beside the compute trend, its weight fitted on
+        this stage's trials as the trend's is: where a stage's models rank as in the
+        others (Pythia's checkpoints on GSM8K and on MATH), one stage's trials inform the
+        others' predictions, as far as this stage's own trials bear the evidence out. The
+        uncertainty is the kernel's, as before. Before any observation, `prediction`."""
         if self._fitted is None:
             return prediction
         return self._predict(np.column_stack([self.table.compute, evidence]))[0]
