@@ -294,13 +294,12 @@ def test_after_a_stall_the_score_models_mean_picks_while_its_bets_pay() -> None:
     tutor = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml").model_copy(
         update={"budget": "2000gpu-h"})
     mean_pick = "the best score did not rise"
-    runs = {name: (spec, _run(spec, "agent", 12, seed=0,
-                              agent=AgentOptions(patience=None)).trials)
+    runs = {name: (BuiltinReasoner(_analyst(spec).ctx),
+                   _run(spec, "agent", 12, seed=0, agent=AgentOptions(patience=None)).trials)
             for name, spec in (("won", load_spec(TASKS / "pythia_gsm8k_math.yaml")),
                                ("lost", tutor))}
     bets = 0
-    for spec, trials in runs.values():
-        builtin = BuiltinReasoner(_analyst(spec).ctx)
+    for builtin, trials in runs.values():
         for k, t in enumerate(trials):
             if t.source != EXPLOIT:
                 continue
@@ -314,14 +313,13 @@ def test_after_a_stall_the_score_models_mean_picks_while_its_bets_pay() -> None:
     _, lost = runs["lost"]
     assert [t.number for t in lost if t.source == EXPLOIT] == [8]
     assert exploit_credit(lost) == 0
-    spec, won = runs["won"]
+    builtin, won = runs["won"]
     assert [t.number for t in won if t.source == EXPLOIT][:2] == [5, 9]
     before = won[:9]
     spent = [dataclasses.replace(t, source={5: "agent-builtin", 8: EXPLOIT}.get(t.number,
                                                                               t.source))
              for t in before]
     assert exploit_credit(before) == 2 and exploit_credit(spent) == 0
-    builtin = BuiltinReasoner(_analyst(spec).ctx)
     assert builtin.propose(before).rationale[0].startswith(mean_pick)
     assert not builtin.propose(spent).rationale[0].startswith(mean_pick)
 
