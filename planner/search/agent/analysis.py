@@ -26,7 +26,7 @@ from planner.search.agent.surrogate import (
     screen_share,
 )
 from planner.search.search_cost import screens_another_model
-from planner.space import Allocation
+from planner.space import Allocation, Plan
 from planner.store import TrialRecord, TrialStatus
 
 FLOOR = 1e-4  # scores are floored before taking logs
@@ -220,14 +220,19 @@ def _twins(tables: Sequence[PlanTable]) -> list[list[tuple[int, np.ndarray, np.n
             common = [d.name for d in t.dims if d.name in offered]
             if u is t or "model" not in common:
                 continue
-            there = {(p.samples, *(p[d] for d in common)): i for i, p in enumerate(u.plans)}
-            found = [(i, there.get((p.samples, *(p[d] for d in common)), -1))
-                     for i, p in enumerate(t.plans)]
-            mine = np.array([i for i, at in found if at >= 0], dtype=int)
-            if mine.size:
-                pairs.append((k, mine, np.array([at for _, at in found if at >= 0])))
+            there = {key: i for i, key in enumerate(_keys(u.plans, common))}
+            found = [(i, there[key]) for i, key in enumerate(_keys(t.plans, common))
+                     if key in there]
+            if found:
+                mine, theirs = zip(*found, strict=True)
+                pairs.append((k, np.array(mine), np.array(theirs)))
         out.append(pairs)
     return out
+
+
+def _keys(plans: Sequence[Plan], dims: Sequence[str]) -> list[tuple]:
+    """Each plan's n and its values of `dims`: equal keys, twin plans."""
+    return [(p.samples, *(p[d] for d in dims)) for p in plans]
 
 
 def _evidence(t: PlanTable, residuals: Sequence[np.ndarray],
