@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from planner.artifact import artifact_of
 from planner.env import Environment
 from planner.errors import SpecError
 from planner.export import Resolved
 from planner.space import Allocation
 from planner.spec import TaskSpec
-
-BUILTIN_TASKS = Path(__file__).parent / "replay" / "tasks"
 
 
 def make_environment(spec: TaskSpec) -> Environment:

@@ -19,9 +19,5 @@ class SpaceError(PlannerError):
     """An allocation does not fit the task's search space."""
 
 
-class BudgetExceededError(SpaceError):
-    """An allocation's estimated cost is over the budget."""
-
-
 class StudyError(PlannerError):
     """A study cannot be created, found or resumed as asked."""

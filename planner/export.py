@@ -111,15 +111,11 @@ def _with_targets(method: FineTune, base: str) -> FineTune:
     return method.model_copy(update={"options": options})
 
 
-def plan_document(spec: TaskSpec, study: StudyRecord, trial: TrialRecord,
-                  bases: Mapping[str, str]) -> dict:
-    """Everything needed to run the allocation again: the choices, scores and cost, and
-    each distinct fine-tune once, whichever subtasks it serves."""
-    return _plan_document(spec, study, trial, jobs_of(spec, trial.allocation, bases))
-
-
 def _plan_document(spec: TaskSpec, study: StudyRecord, trial: TrialRecord,
                    served: Mapping[str, Job | None]) -> dict:
+    """Everything needed to run the allocation again: the choices, scores and cost, and
+    each distinct fine-tune once (`served`: each subtask's, `jobs_of`), whichever subtasks
+    it serves."""
     cost_model = CostModel(spec)
     jobs = {j.name: j for j in served.values() if j}
     return {

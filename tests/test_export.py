@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from planner.cost import Cost
-from planner.export import Resolved, export_files, jobs_of, plan_document
+from planner.export import PLAN_FILE, Resolved, export_files, jobs_of
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec
 from planner.store import StudyRecord, TrialRecord, TrialStatus
@@ -41,8 +41,14 @@ def _trial(a: Plan, b: Plan) -> TrialRecord:
                        {"a": 0.7, "b": 0.7}, Cost(0.1, 0.2))
 
 
+def plan_document(trial: TrialRecord) -> dict:
+    """The exported plan.yaml of `trial`, read back."""
+    files, _ = export_files(SPEC, STUDY, trial, "planner", Resolved(BASES))
+    return yaml.safe_load(files[PLAN_FILE])
+
+
 def test_a_shared_fine_tune_is_exported_once() -> None:
-    doc = plan_document(SPEC, STUDY, _trial(plan("lora", "mt"), plan("lora", "mt")), BASES)
+    doc = plan_document(_trial(plan("lora", "mt"), plan("lora", "mt")))
     [entry] = doc["training"]
     assert entry["name"] == "a_b" and entry["serves"] == ["a", "b"]
     assert entry["base_model"] == "org/m" and entry["output_dir"] == "outputs/a_b"
@@ -52,7 +58,7 @@ def test_a_shared_fine_tune_is_exported_once() -> None:
 
 def test_private_fine_tunes_and_base_models() -> None:
     trial = _trial(plan("lora", n=1, aggregator="first"), plan("none", n=1, aggregator="first"))
-    doc = plan_document(SPEC, STUDY, trial, BASES)
+    doc = plan_document(trial)
     assert [e["serves"] for e in doc["training"]] == [["a"]]
     assert doc["training"][0]["mixture"] == {"a/data": 1.0}  # no sources declared: the data
 
