@@ -184,7 +184,7 @@ def optimize(
     cheapest = nothing_fits(space, CostModel(spec, env.calibration()), budget_gpu_hours)
     if cheapest is not None:
         raise PlannerError(f"{task}: budget {budget}: no allocation fits; the cheapest costs "
-                           f"{cheapest:.4g} GPU-h; pass a larger --budget")
+                           f"{_rounded_up(cheapest)} GPU-h; pass a larger --budget")
     if resume:  # a missing study is refused before the database is created or changed
         with contextlib.suppress(OutdatedStoreError):  # checked once it is brought up to date
             Store(db, create=False).require_study(study or default_study_name(spec, strategy))
@@ -225,6 +225,16 @@ def optimize(
                   soft_wrap=True)
     err.print(f"stopped: {result.stopped or 'done'}; evaluating the trials cost {spent:.4g} "
               "GPU-h (each fine-tune and sampled arm once)", soft_wrap=True, highlight=False)
+
+
+def _rounded_up(gpu_hours: float) -> str:
+    """`gpu_hours` to four significant digits, rounded up: a budget of the figure shown
+    fits what it prices (rounded to nearest, a cheapest cost of 0.0637202 showed as
+    0.06372, a budget it then refused)."""
+    text = f"{gpu_hours:.4g}"
+    if float(text) >= gpu_hours:
+        return text
+    return f"{float(text) + 10.0 ** (math.floor(math.log10(gpu_hours)) - 3):.4g}"
 
 
 def _not_blank(**options: str | None) -> None:

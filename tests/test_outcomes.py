@@ -29,6 +29,21 @@ def test_budget_nothing_fits_is_refused_before_anything_is_written(
                            "the cheapest costs ")
     assert "--budget" in line
     assert not (tmp_path / "planner.db").exists()
+    # the figure it names is a budget that fits the cheapest allocation
+    cheapest = line.split("the cheapest costs ")[1].split(" GPU-h")[0]
+    r = planner("optimize", str(tiny_task_path), "--budget", f"{cheapest}gpu-h",
+                "--strategy", "random", "--trials", "2", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["trials"] >= 1
+
+
+def test_a_cost_is_shown_as_a_budget_that_fits_it() -> None:
+    from planner.cli import _rounded_up
+
+    assert _rounded_up(0.06372023725750725) == "0.06373"  # was shown as 0.06372
+    assert _rounded_up(0.4879609) == "0.488" and _rounded_up(1e-9) == "1e-09"
+    for cost in (0.06372023725750725, 0.3142211694073475, 9.99949, 123456.7, 3e14):
+        assert float(_rounded_up(cost)) >= cost
 
 
 def test_search_says_why_it_stopped_and_what_it_spent(tmp_path: Path,
