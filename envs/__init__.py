@@ -20,7 +20,7 @@ def make_environment(spec: TaskSpec) -> Environment:
         from envs.live.env import LiveEnvironment
 
         return LiveEnvironment(spec)
-    raise SpecError(f"{spec.name}: environment: {spec.environment!r} is not available in this "
+    raise SpecError(f"{spec.source}: environment: {spec.environment!r} is not available in this "
                     "version; use environment: replay or live")
 
 

@@ -243,7 +243,7 @@ class CostModel:
     def _params(self, model: str) -> float:
         params = self._model_params[model]
         if params is None:
-            raise SpecError(f"{self.spec.name}: model {model!r} has no `params`; give them, or "
+            raise SpecError(f"{self.spec.source}: model {model!r} has no `params`; give them, or "
                             "price it from a replay table (FLOPs, tokens or USD column)")
         return params
 

@@ -369,6 +369,8 @@ class TaskSpec(_Strict):
     sampling: Sampling | None = Field(None, description="live: the sampling backend "
                                       "(transformers, vllm, openai; planner/sampling.py)")
     root: Path = Field(Path("."), exclude=True, description="folder relative paths start from")
+    source: str = Field("<task>", exclude=True, description="what it was read from (a task "
+                        "file, a study), as errors name it")
 
     @model_serializer(mode="wrap")
     def _omit_unset_sampling(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -705,11 +707,12 @@ def parse_spec(data: dict, *, root: Path = Path("."), source: str = "<task>") ->
         raise SpecError(f"{source}: (top level): expected a mapping, got "
                         f"{type(data).__name__}; a task maps name, workload, models and "
                         "subtasks at the top level")
-    if "root" in data:
-        raise SpecError(f"{source}: root: unknown key; remove it (paths are relative to the "
-                        "task file's folder)")
+    for key, note in (("root", "paths are relative to the task file's folder"),
+                      ("source", "errors name the task file")):
+        if key in data:
+            raise SpecError(f"{source}: {key}: unknown key; remove it ({note})")
     try:
-        spec = TaskSpec.model_validate({**data, "root": root})
+        spec = TaskSpec.model_validate({**data, "root": root, "source": source})
     except ValidationError as e:
         raise SpecError(f"{source}: {_describe(e.errors()[0], data)}") from None
     try:

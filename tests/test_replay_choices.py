@@ -131,10 +131,10 @@ def test_model_method_pairs_per_subtask(tmp_path) -> None:
     assert pairs("y") == {("small", "ckpt-a"), ("large", "ckpt-a"), ("large", "ckpt-b")}
 
 
-def test_unrecorded_pair_names_the_per_subtask_form(tmp_path) -> None:
+def test_unrecorded_pair_names_the_file_and_the_per_subtask_form(tmp_path) -> None:
     path = _pairs_task(tmp_path, restrict=False)
-    with pytest.raises(SpecError, match=r"subtasks\.y\.replay: no rows for small/ckpt-b/default"
-                       r".*\{name: small, methods: \[\.\.\.\]\}"):
+    with pytest.raises(SpecError, match=rf"^{re.escape(str(path))}: subtasks\.y\.replay: no "
+                       r"rows for small/ckpt-b/default.*\{name: small, methods: \[\.\.\.\]\}"):
         ReplayEnvironment(load_spec(path))
 
 

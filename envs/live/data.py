@@ -82,7 +82,7 @@ class SubtaskData:
 def load_subtask(spec: TaskSpec, subtask: SubtaskSpec) -> SubtaskData:
     """Read a live subtask's files; every record must hold the template's fields and label."""
     if subtask.data is None:
-        raise SpecError(f"{spec.name}: subtasks.{subtask.name}: a live subtask needs `data:`")
+        raise SpecError(f"{spec.source}: subtasks.{subtask.name}: a live subtask needs `data:`")
     data = subtask.data
     label = data.label or subtask.name
     fields = [*dict.fromkeys([*template_fields(data.prompt), label])]

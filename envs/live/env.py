@@ -729,7 +729,7 @@ class LiveEnvironment:
                         needs.setdefault(strong.model, owner)
         for m, owner in needs.items():
             if not getattr(self._tokenizer(m), "chat_template", None):
-                raise SpecError(f"{self.spec.name}: subtasks.{owner}.chat_template: model "
+                raise SpecError(f"{self.spec.source}: subtasks.{owner}.chat_template: model "
                                 f"{m!r} ({self.base_path(m)}) has no chat template in its "
                                 "tokenizer; use a chat model (chat_template in its "
                                 "tokenizer_config.json or chat_template.jinja) or remove "
@@ -842,7 +842,7 @@ class LiveEnvironment:
         """Aggregators and methods the live environment can run; SpecError otherwise."""
         for s in self.spec.subtasks:
             if bad := sorted(set(s.aggregators) - set(AGGREGATORS)):
-                raise SpecError(f"{self.spec.name}: subtasks.{s.name}.aggregators: {bad} are not "
+                raise SpecError(f"{self.spec.source}: subtasks.{s.name}.aggregators: {bad} are not "
                                 f"live aggregators; use {list(AGGREGATORS)}")
         self._check_methods()
         self._check_sources()
@@ -854,7 +854,7 @@ class LiveEnvironment:
         used = {m for s in self.spec.subtasks for m in s.methods}
         for m in self.spec.methods:
             if m.name in used and m.kind not in live:
-                raise SpecError(f"{self.spec.name}: methods.{m.name}: kind {m.kind!r} cannot run "
+                raise SpecError(f"{self.spec.source}: methods.{m.name}: kind {m.kind!r} cannot run "
                                 f"live; use one of {live}")
 
     def _check_sources(self) -> None:
@@ -864,7 +864,7 @@ class LiveEnvironment:
                 continue
             for mixture in s.mixtures:
                 if q := self._untrainable(s.name, mixture):
-                    raise SpecError(f"{self.spec.name}: subtasks.{s.name}.mixtures.{mixture}: "
+                    raise SpecError(f"{self.spec.source}: subtasks.{s.name}.mixtures.{mixture}: "
                                     f"{q!r} has no training file; give subtask "
                                     f"{q.split('/')[0]!r} data.sources")
         for s in self.spec.subtasks:
@@ -872,7 +872,7 @@ class LiveEnvironment:
                 strong = strong_plan(self.spec, s.name, name)
                 if self.spec.method(strong.method).fine_tunes and (
                         q := self._untrainable(s.name, strong.mixture)):
-                    raise SpecError(f"{self.spec.name}: subtasks.{s.name}.cascades.{name}: "
+                    raise SpecError(f"{self.spec.source}: subtasks.{s.name}.cascades.{name}: "
                                     f"{q!r} has no training file; give subtask "
                                     f"{q.split('/')[0]!r} data.sources")
         used = {m for s in self.spec.subtasks for m in s.methods}
@@ -881,7 +881,7 @@ class LiveEnvironment:
                                   else ()):
                 mixture = c.mixture or next(iter(self.spec.subtask(c.subtask).mixtures))
                 if q := self._untrainable(c.subtask, mixture):
-                    raise SpecError(f"{self.spec.name}: methods.{m.name}.components[{j}]: "
+                    raise SpecError(f"{self.spec.source}: methods.{m.name}.components[{j}]: "
                                     f"{q!r} has no training file; give subtask "
                                     f"{q.split('/')[0]!r} data.sources")
 
@@ -900,12 +900,12 @@ class LiveEnvironment:
             pool = sum(len(r) for r in self.data[s.name].sources.values())
             for name, v in s.verifiers.items():
                 if v.sequential and self.backends[s.name].kind == "openai":
-                    raise SpecError(f"{self.spec.name}: subtasks.{s.name}.verifiers.{name}."
+                    raise SpecError(f"{self.spec.source}: subtasks.{s.name}.verifiers.{name}."
                                     "sequential: a server's model has no weights here to train "
                                     "further; sample with transformers or vllm, or train a "
                                     "verifier model (model: M)")
                 if v.items > pool:
-                    raise SpecError(f"{self.spec.name}: subtasks.{s.name}.verifiers.{name}."
+                    raise SpecError(f"{self.spec.source}: subtasks.{s.name}.verifiers.{name}."
                                     f"items: {v.items} training items, but the subtask's "
                                     f"sources hold {pool} records; lower items")
 
@@ -914,21 +914,21 @@ class LiveEnvironment:
         try:
             return load_metric(name, self.spec.root)
         except (ValueError, ImportError, AttributeError, SyntaxError) as e:
-            raise SpecError(f"{self.spec.name}: subtasks.{subtask}.metric: {e}") from None
+            raise SpecError(f"{self.spec.source}: subtasks.{subtask}.metric: {e}") from None
 
     def _answer(self, subtask: str) -> Extractor:
         answer = self.spec.subtask(subtask).answer
         try:
             return load_extractor(answer, self.spec.root)
         except (ValueError, ImportError, AttributeError, SyntaxError) as e:
-            raise SpecError(f"{self.spec.name}: subtasks.{subtask}.answer: cannot load "
+            raise SpecError(f"{self.spec.source}: subtasks.{subtask}.answer: cannot load "
                             f"{answer!r} ({type(e).__name__}: {e}); put the module beside the "
                             "task file (or on PYTHONPATH) and name a function in it") from None
 
     def _sink(self) -> str:
         sinks = [n for n in self.spec.order() if self.spec.graph().out_degree(n) == 0]
         if len(sinks) != 1:
-            raise SpecError(f"{self.spec.name}: subtasks: a live pipeline needs one final "
+            raise SpecError(f"{self.spec.source}: subtasks: a live pipeline needs one final "
                             f"subtask (no dependents), found {sinks}")
         return sinks[0]
 

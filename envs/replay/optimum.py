@@ -246,7 +246,7 @@ def budget_gpu_hours(spec: TaskSpec, budget: str | None = None) -> float:
     """`budget` (default: the task's own) in GPU-hours of the task's hardware."""
     budget = budget or spec.budget
     if budget is None:
-        raise SpecError(f"{spec.name}: budget: the task declares none; pass --budget, e.g. "
+        raise SpecError(f"{spec.source}: budget: the task declares none; pass --budget, e.g. "
                         "--budget 20gpu-h")
     return spec.hardware.gpu_hours(budget)
 
