@@ -282,7 +282,7 @@ def test_chat_template_renders_sampling_and_training_alike(
     path = write_task(tmp_path, bases, parse={"chat_template": True})
     with pytest.raises(SpecError) as e:
         LiveEnvironment(load_spec(path), cache_dir=tmp_path / "cache", progress=False)
-    assert str(e.value).startswith("answers: subtasks.parse.chat_template: model 'plain' (")
+    assert str(e.value).startswith(f"{path}: subtasks.parse.chat_template: model 'plain' (")
     assert "has no chat template in its tokenizer; use a chat model" in str(e.value)
 
 

