@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from planner import html_report, report, secrets, views
-from planner.check import SAMPLE, nothing_fits, summarize
+from planner.check import SAMPLE, SpaceSummary, nothing_fits, summarize
 from planner.cost import CostModel
 from planner.errors import PlannerError
 from planner.executors import EXECUTORS, make_executor
@@ -183,8 +183,7 @@ def optimize(
     env = make_environment(spec)
     cheapest = nothing_fits(space, CostModel(spec, env.calibration()), budget_gpu_hours)
     if cheapest is not None:
-        raise PlannerError(f"{task}: budget {budget}: no allocation fits; the cheapest costs "
-                           f"{_rounded_up(cheapest)} GPU-h; pass a larger --budget")
+        raise _nothing_fits(task, budget, cheapest)
     if resume:  # a missing study is refused before the database is created or changed
         with contextlib.suppress(OutdatedStoreError):  # checked once it is brought up to date
             Store(db, create=False).require_study(study or default_study_name(spec, strategy))
@@ -225,6 +224,12 @@ def optimize(
                   soft_wrap=True)
     err.print(f"stopped: {result.stopped or 'done'}; evaluating the trials cost {spent:.4g} "
               "GPU-h (each fine-tune and sampled arm once)", soft_wrap=True, highlight=False)
+
+
+def _nothing_fits(task: Path, budget: str, cheapest: float) -> PlannerError:
+    """The error for a budget under the cheapest allocation's cost."""
+    return PlannerError(f"{task}: budget {budget}: no allocation fits; the cheapest costs "
+                        f"{_rounded_up(cheapest)} GPU-h; pass a larger --budget")
 
 
 def _rounded_up(gpu_hours: float) -> str:
@@ -366,10 +371,20 @@ def check(
     cap = None if budget is None else _budget("--budget", budget, spec)
     env = make_environment(spec)
     _note_outside_tables(spec)
-    info = summarize(SearchSpace(spec), CostModel(spec, env.calibration()), cap)
+    space, cost_model = SearchSpace(spec), CostModel(spec, env.calibration())
+    info = summarize(space, cost_model, cap)
+    # a budget `optimize` would refuse is refused here too, after the report
+    cheapest = None if cap is None else nothing_fits(space, cost_model, cap)
     if as_json:
         _emit_json({"task": spec.name, "budget": budget, **asdict(info), "binds": info.binds})
-        return
+    else:
+        _print_check(spec, info, budget, cap)
+    if cheapest is not None:
+        raise _nothing_fits(task, str(budget), cheapest)
+
+
+def _print_check(spec: TaskSpec, info: SpaceSummary, budget: str | None, cap: float | None) -> None:
+    """`planner check`'s report: dimensions, allocations, costs, the budget's cut."""
     out.print(f"[bold]{spec.name}[/] ({spec.environment}): valid")
     for subtask, dims in info.dimensions.items():
         out.print(f"  {subtask}: {info.plans[subtask]:,} plans")
@@ -383,8 +398,11 @@ def check(
     if cap is not None:
         verdict = "binds: the dearest allocations do not fit" if info.binds else \
             "does not bind: every allocation fits"
-        out.print(f"budget {budget} ({cap:.4g} GPU-h): {info.feasible_fraction:.1%} of "
-                  f"allocations fit{how}; it {verdict}")
+        share = info.feasible_fraction
+        fit = (f"{share:.1%} of allocations fit" if share >= 0.001 else
+               "no allocation fits" if share == 0 and info.exact else
+               "under 0.1% of allocations fit")  # not "0.0%" where some do
+        out.print(f"budget {budget} ({cap:.4g} GPU-h): {fit}{how}; it {verdict}")
         for subtask, arms in info.cut_draws.items():
             counts = Counter(a["samples"] for a in arms)
             drawn = ", ".join(f"{k} for {counts[k]}" for k in sorted(counts, reverse=True))

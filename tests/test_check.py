@@ -85,6 +85,18 @@ def test_check_command(tiny_task_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "bad budget" in bad.stderr
 
 
+def test_check_refuses_a_budget_nothing_fits_as_optimize_does(tiny_task_path: Path) -> None:
+    r = _planner("check", str(tiny_task_path), "--budget", "0.001gpu-h")
+    assert r.returncode == 2
+    assert "budget 0.001gpu-h (0.001 GPU-h): no allocation fits; it binds" in r.stdout
+    line, = r.stderr.strip().splitlines()
+    cheapest = line.split("the cheapest costs ")[1].split(" GPU-h")[0]
+    refused = _planner("optimize", str(tiny_task_path), "--budget", "0.001gpu-h",
+                       "--db", "sqlite://")
+    assert refused.stderr.strip() == line  # the same line
+    assert _planner("check", str(tiny_task_path), "--budget", f"{cheapest}gpu-h").returncode == 0
+
+
 def test_a_long_list_of_values_is_shortened(tmp_path: Path) -> None:
     """Thousands of models made one line of thousands of names; the text shows the ends and
     the count, `--json` every one."""
