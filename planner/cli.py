@@ -370,11 +370,12 @@ def check(
     budget = budget or spec.budget
     cap = None if budget is None else _budget("--budget", budget, spec)
     env = make_environment(spec)
-    _note_outside_tables(spec)
     space, cost_model = SearchSpace(spec), CostModel(spec, env.calibration())
     info = summarize(space, cost_model, cap)
-    # a budget `optimize` would refuse is refused here too, after the report
+    # a budget `optimize` would refuse is refused here too, after the report, in one line
     cheapest = None if cap is None else nothing_fits(space, cost_model, cap)
+    if cheapest is None:
+        _note_outside_tables(spec)
     if as_json:
         _emit_json({"task": spec.name, "budget": budget, **asdict(info), "binds": info.binds})
     else:
