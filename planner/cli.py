@@ -530,8 +530,9 @@ def trace(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
     if step is not None:
         match = [s for s in steps if s.number == step]
         if not match:
-            raise PlannerError(f"--step: study {study!r} has no step {step}; it has "
-                               f"{len(steps)} steps (0..{len(steps) - 1})")
+            has = (f"it has {len(steps)} steps (0..{len(steps) - 1})" if steps else
+                   "it has none: only the agent records steps; leave --step out for its trials")
+            raise PlannerError(f"--step: study {study!r} has no step {step}; {has}")
         s = match[0]
         data = {"number": s.number, "node": s.node, "created": s.created, "payload": s.payload}
         if as_json:

@@ -64,6 +64,17 @@ def test_search_says_why_it_stopped_and_what_it_spent(tmp_path: Path,
     assert "stopped: the study already holds 6 trials, more than the 2 asked for;" in r.stderr
 
 
+def test_a_study_without_agent_steps_says_so_when_a_step_is_asked(
+        tmp_path: Path, tiny_task_path: Path) -> None:
+    r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--strategy", "random",
+                "--trials", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = planner("trace", "tiny-random", "--step", "1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("Error: --step: study 'tiny-random' has no step 1; it has none: "
+                                "only the agent records steps; leave --step out for its trials")
+
+
 def test_agent_says_it_converged(tmp_path: Path, tiny_task_path: Path) -> None:
     r = planner("optimize", str(tiny_task_path), "--budget", "35gpu-h", "--trials", "60",
                 "--patience", "2", "--json", cwd=tmp_path)
