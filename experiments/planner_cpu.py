@@ -112,10 +112,13 @@ def count(args: argparse.Namespace, trees: dict[str, Path]) -> None:
               "apt-get install valgrind) or time the planner instead (leave the flag out)",
               file=sys.stderr)
         sys.exit(2)
-    names = [load_task(p).spec.name for p in resolve_tasks(split_names(args.tasks))]
-    jobs = [(name, label, root) for name in names for label, root in trees.items()]
+    # a task file's path, not its name, goes to the child: only a suite task has a name
+    # the child resolves
+    paths = {load_task(p).spec.name: str(p.resolve())
+             for p in resolve_tasks(split_names(args.tasks))}
+    jobs = [(name, label, root) for name in paths for label, root in trees.items()]
     with ThreadPoolExecutor(2) as pool:
-        counts = list(pool.map(lambda j: instructions_per_trial(j[2], j[0], args), jobs))
+        counts = list(pool.map(lambda j: instructions_per_trial(j[2], paths[j[0]], args), jobs))
     found: dict[str, dict[str, float]] = {}
     for (name, label, _), n in zip(jobs, counts, strict=True):
         found.setdefault(name, {})[label] = n / 1e6
