@@ -304,15 +304,18 @@ def _kernel_at(pieces: tuple[np.ndarray, np.ndarray, np.ndarray], ell: float) ->
     return _CONSTANT + _TREND * trend + level_effect + slope_term
 
 
-def _trend_fit(a: np.ndarray, z: np.ndarray, prior: np.ndarray) -> tuple[float, np.ndarray]:
-    """The log marginal likelihood (less what every basis shares) and the coefficients'
-    posterior mean of a trend whose basis functions, whitened by the kernel's factor, are
-    `a` (O, F), for whitened residuals `z`, under independent N(0, `prior`) coefficients:
-    z ~ N(0, I + A diag(prior) A'), by Woodbury and the determinant lemma."""
-    m = a.T @ a + np.diag(1.0 / prior)
-    beta = np.linalg.solve(m, a.T @ z)
-    logdet = np.linalg.slogdet(m)[1] + np.log(prior).sum()
-    return 0.5 * (float(beta @ (a.T @ z)) - logdet), beta
+def _trend_fits(a: np.ndarray, z: np.ndarray,
+                priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `priors` (V, F: the coefficients' independent prior variances), the log
+    marginal likelihood (less what every basis shares) and the coefficients' posterior mean
+    of a trend whose basis functions, whitened by the kernel's factor, are `a` (O, F), for
+    whitened residuals `z`: z ~ N(0, I + A diag(prior) A'), by Woodbury and the determinant
+    lemma. (V,) and (V, F); the rows are solved as one batch."""
+    m = (a.T @ a)[None] + np.eye(a.shape[1])[None] / priors[:, None, :]  # (V, F, F)
+    b = a.T @ z
+    beta = np.linalg.solve(m, np.broadcast_to(b[:, None], (len(priors), *b.shape, 1)))[..., 0]
+    logdet = np.linalg.slogdet(m)[1] + np.log(priors).sum(axis=1)
+    return 0.5 * (beta @ b - logdet), beta
 
 
 def _mean(scores: list[float]) -> float:
@@ -462,13 +465,15 @@ class SubtaskModel:
         f = self._fitted
         assert f is not None  # only a fit to observations predicts so
         a = f.inverse @ features[f.idx]  # (O, F): L^-1 X
-        linear = np.full(a.shape[1], _LINEAR)
-        evidence, beta = _trend_fit(a, f.z, linear)
+        straight, beta = _trend_fits(a, f.z, np.full((1, a.shape[1]), _LINEAR))
         curved = np.column_stack([a, f.inverse @ self.table.curvature[f.idx]])
-        for variance in _CURVATURE:
-            fit = _trend_fit(curved, f.z, np.r_[linear, np.full(3, variance)])
-            if fit[0] > evidence:
-                evidence, beta = fit
+        priors = np.column_stack([np.full((len(_CURVATURE), a.shape[1]), _LINEAR),
+                                  np.repeat(np.array(_CURVATURE)[:, None], 3, axis=1)])
+        evidence, betas = _trend_fits(curved, f.z, priors)
+        if evidence.size and evidence.max() > straight[0]:
+            beta = betas[int(np.argmax(evidence))]
+        else:
+            beta = beta[0]
         trend = features @ beta[:a.shape[1]]
         if beta.size > a.shape[1]:
             trend += self.table.curvature @ beta[a.shape[1]:]
