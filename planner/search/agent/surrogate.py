@@ -466,15 +466,14 @@ class SubtaskModel:
         f = self._fitted
         assert f is not None  # only a fit to observations predicts so
         a = f.inverse @ features[f.idx]  # (O, F): L^-1 X
-        straight, beta = _trend_fits(a, f.z, np.full((1, a.shape[1]), _LINEAR))
+        straight, betas = _trend_fits(a, f.z, np.full((1, a.shape[1]), _LINEAR))
+        beta = betas[0]
         curved = np.column_stack([a, f.inverse @ self.table.curvature[f.idx]])
         priors = np.column_stack([np.full((len(_CURVATURE), a.shape[1]), _LINEAR),
                                   np.repeat(np.array(_CURVATURE)[:, None], 3, axis=1)])
         evidence, betas = _trend_fits(curved, f.z, priors)
         if evidence.size and evidence.max() > straight[0]:
             beta = betas[int(np.argmax(evidence))]
-        else:
-            beta = beta[0]
         trend = features @ beta[:a.shape[1]]
         if beta.size > a.shape[1]:
             trend += self.table.curvature @ beta[a.shape[1]:]
