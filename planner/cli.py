@@ -372,8 +372,10 @@ def check(
     env = make_environment(spec)
     space, cost_model = SearchSpace(spec), CostModel(spec, env.calibration())
     info = summarize(space, cost_model, cap)
-    # a budget `optimize` would refuse is refused here too, after the report, in one line
-    cheapest = None if cap is None else nothing_fits(space, cost_model, cap)
+    # a budget `optimize` would refuse is refused here too, after the report, in one line;
+    # where the summary saw an allocation fit, none is refused, and no plan is priced again
+    cheapest = (nothing_fits(space, cost_model, cap)
+                if cap is not None and info.feasible_fraction == 0 else None)
     if cheapest is None:
         _note_outside_tables(spec)
     if as_json:
