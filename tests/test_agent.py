@@ -847,6 +847,36 @@ def test_a_stage_with_only_the_model_to_probe_probes_more_model_sizes(seed: int)
     assert max(t.score for t in trials) >= 0.99 * optimum  # the sweep's 5 trials at most
 
 
+def test_the_method_probe_goes_to_the_probed_model_that_trains_farthest(
+        tmp_path: Path) -> None:
+    """Random table 74: one stage, nine sizes, five pre-training checkpoints; the optimum is
+    the smallest model on checkpoint ck3, two past the model probes' reference ck1. The
+    method probe went to the middle size stratum's model, which affords nothing past ck1
+    within the budget: it probed ck0, one log-token away, and told the score model little of
+    how training pays; seed 1 reached the optimum at trial 11. The probe now goes to the
+    probed model that puts a checkpoint farthest from its own model probe: m0 on ck4, six
+    log-tokens away, and seed 1 is there by trial 8."""
+    from planner.search.agent.reasoners.builtin import BuiltinReasoner
+
+    spec = _random_table(tmp_path, 74)
+    ctx = _analyst(spec).ctx
+    tokens = {m.name: m.train_tokens for m in spec.methods}
+    design = BuiltinReasoner(dataclasses.replace(ctx, seed=1)).initial([])
+    [(probe, why)] = [(a["s0"], why) for a, why in zip(design.allocations, design.rationale,
+                                                       strict=True) if "method probe" in why]
+    models = [a["s0"] for a in design.allocations if a["s0"] != probe]
+    assert {p.method for p in models} == {"ck1"}
+    assert (probe.model, probe.method) == ("m0", "ck4")
+    middle = models[len(models) // 2].model
+    share = [p for p in ctx.space.plans("s0") if p.model == middle
+             and ctx.cost_model.plan_cost("s0", p).total_gpu_hours <= _budget(spec)]
+    assert max(tokens[p.method] for p in share) == tokens["ck1"]
+    optimum = exhaustive_optimum(spec, _budget(spec))
+    assert (optimum.allocation["s0"].model, optimum.allocation["s0"].method) == ("m0", "ck3")
+    trials = _run(spec, "agent", 8, seed=1, agent=AgentOptions(patience=None)).trials
+    assert max(t.score for t in trials) >= 0.99 * optimum.score
+
+
 def test_probes_read_the_samples_under_oracle_where_it_is_offered() -> None:
     """mot-gsm8k-llama2: one model, two prompts, aggregators first / majority / oracle. No
     aggregator scores above `oracle` on the same samples, and here it costs no more. The

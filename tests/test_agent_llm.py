@@ -136,7 +136,7 @@ def _reply(*allocs: dict, insights: tuple[str, ...] = ("extract likes the large 
 
 
 GOOD = {"extract": _plan("large", "ckpt-a", 16), "solve": _plan("small", "ckpt-b", 16)}
-GOOD2 = {"extract": _plan("small", "ckpt-a", 2), "solve": _plan("large", "ckpt-a", 8)}
+GOOD2 = {"extract": _plan("small", "ckpt-b", 16), "solve": _plan("large", "ckpt-a", 16)}
 OVER = {"extract": _plan("large", "ckpt-b", 16), "solve": _plan("large", "ckpt-b", 16)}
 
 

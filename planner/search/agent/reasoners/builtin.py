@@ -7,7 +7,9 @@
   slot that then trains two such checkpoints aligned on one, `_aligned`),
   under `oracle` where it is offered, else an aggregator that reads several samples where
   one can) and each other dimension but the aggregator (the values farthest from the
-  reference: one method, two mixtures). Four strata, or
+  reference: one method, two mixtures; each on the probed model that puts it farthest
+  from that model's own probe, the middle stratum's where none puts it farther, so the
+  small model that alone affords the most trained checkpoint probes it). Four strata, or
   more where the design's slots (at least five, or a multi-stage task's longest design)
   are not taken by other dimensions: a subtask with nothing but the model to probe tries
   five sizes. The trend in n and the aggregator are left to the score model, which shares
@@ -503,8 +505,9 @@ def _design_summary(probes: Sequence[Allocation], varied: dict[str, dict[str, No
 def _probes(t: PlanTable, afford: np.ndarray, ctx: SearchContext, strata: int
             ) -> list[tuple[int, str]]:
     """Plan indices among those the design can `afford` that isolate the model, one per
-    size stratum (`strata` of them, at most one per model), then each other dimension;
-    each with the dimension it probes."""
+    size stratum (`strata` of them, at most one per model), then each other dimension
+    (its values farthest from the reference, each on the probed model that puts it
+    farthest from its own probe); each with the dimension it probes."""
     if not afford.any():
         return [(int(np.argmin(t.cost)), "cheapest")]
     model = t.codes[:, t.column("model")]
@@ -540,18 +543,26 @@ def _probes(t: PlanTable, afford: np.ndarray, ctx: SearchContext, strata: int
 
     for m in picks:  # with one model to pick, its probe is the others' reference
         add(best(on_ref & (model == m)), "model" if len(picks) > 1 else "reference")
-    anchor = out[len(out) // 2][0]
-    on_model = afford & (model == model[anchor])
+    # the middle model first: it takes the probe of a value where no other puts it farther
+    mid = len(out) // 2
+    probed = [out[mid][0], *(i for i, _ in out[:mid] + out[mid + 1:])]
     kept = (t.codes[:, rest] == ref).sum(axis=1)  # how many reference values each plan keeps
-    for j in rest:
+    for j, reference in zip(rest, ref, strict=True):
         probes = []
-        for value in np.unique(t.codes[on_model & (t.codes[:, j] != t.codes[anchor, j]), j]):
-            # the plan with this value that keeps most of the reference's other values
-            mask = on_model & (t.codes[:, j] == value)
-            i = best(mask & (kept == kept[mask].max()))
-            probes.append((_distance(t, i, anchor), i))
-        probes.sort(key=lambda p: -p[0])  # stable: the farthest first, then in value order
-        for _, i in probes[:_PROBES_PER_DIMENSION.get(t.dims[j].name, 2)]:
+        for value in np.unique(t.codes[afford & (t.codes[:, j] != reference), j]):
+            # per probed model, the plan with this value that keeps most of the reference's
+            # other values; the one farthest from its model's probe
+            found = []
+            for k in probed:
+                mask = afford & (model == model[k]) & (t.codes[:, j] == value)
+                if mask.any():
+                    i = best(mask & (kept == kept[mask].max()))
+                    found.append((_distance(t, i, k), k != probed[0], i))
+            if found:
+                probes.append(min(found, key=lambda p: (-p[0], p[1])))
+        # stable: the farthest first, the middle model's on a tie, then in value order
+        probes.sort(key=lambda p: (-p[0], p[1]))
+        for *_, i in probes[:_PROBES_PER_DIMENSION.get(t.dims[j].name, 2)]:
             add(i, t.dims[j].name)
     return out
 
