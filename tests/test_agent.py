@@ -862,8 +862,8 @@ def test_the_method_probe_goes_to_the_probed_model_that_trains_farthest(
     ctx = _analyst(spec).ctx
     tokens = {m.name: m.train_tokens for m in spec.methods}
     design = BuiltinReasoner(dataclasses.replace(ctx, seed=1)).initial([])
-    [(probe, why)] = [(a["s0"], why) for a, why in zip(design.allocations, design.rationale,
-                                                       strict=True) if "method probe" in why]
+    [probe] = [a["s0"] for a, why in zip(design.allocations, design.rationale, strict=True)
+               if "method probe" in why]
     models = [a["s0"] for a in design.allocations if a["s0"] != probe]
     assert {p.method for p in models} == {"ck1"}
     assert (probe.model, probe.method) == ("m0", "ck4")
