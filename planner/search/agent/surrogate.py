@@ -468,15 +468,17 @@ class SubtaskModel:
         a = f.inverse @ features[f.idx]  # (O, F): L^-1 X
         straight, betas = _trend_fits(a, f.z, np.full((1, a.shape[1]), _LINEAR))
         beta = betas[0]
-        curved = np.column_stack([a, f.inverse @ self.table.curvature[f.idx]])
+        bends = self.table.curvature
+        curved = np.column_stack([a, f.inverse @ bends[f.idx]])
         priors = np.column_stack([np.full((len(_CURVATURE), a.shape[1]), _LINEAR),
-                                  np.repeat(np.array(_CURVATURE)[:, None], 3, axis=1)])
+                                  np.repeat(np.array(_CURVATURE)[:, None], bends.shape[1],
+                                            axis=1)])
         evidence, betas = _trend_fits(curved, f.z, priors)
         if evidence.size and evidence.max() > straight[0]:
             beta = betas[int(np.argmax(evidence))]
         trend = features @ beta[:a.shape[1]]
         if beta.size > a.shape[1]:
-            trend += self.table.curvature @ beta[a.shape[1]:]
+            trend += bends @ beta[a.shape[1]:]
             a = curved
         kernel = f.v.T @ (f.z - a @ beta)
         mean = f.level + self._trend + trend + kernel

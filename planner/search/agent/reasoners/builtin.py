@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Literal
 
 import numpy as np
@@ -557,14 +558,18 @@ def _probes(t: PlanTable, afford: np.ndarray, ctx: SearchContext, strata: int
                 mask = afford & (model == model[k]) & (t.codes[:, j] == value)
                 if mask.any():
                     i = best(mask & (kept == kept[mask].max()))
-                    found.append((_distance(t, i, k), k != probed[0], i))
+                    found.append((-_distance(t, i, k), k != probed[0], i))
             if found:
-                probes.append(min(found, key=lambda p: (-p[0], p[1])))
-        # stable: the farthest first, the middle model's on a tie, then in value order
-        probes.sort(key=lambda p: (-p[0], p[1]))
+                probes.append(min(found, key=_FARTHEST))
+        probes.sort(key=_FARTHEST)  # stable: then in value order
         for *_, i in probes[:_PROBES_PER_DIMENSION.get(t.dims[j].name, 2)]:
             add(i, t.dims[j].name)
     return out
+
+
+# orders candidate probes (minus distance, off the middle model, plan): the farthest from
+# its model's probe first, the middle model's on a tie
+_FARTHEST = itemgetter(0, 1)
 
 
 def _outgrown(t: PlanTable, budget: float, shut: np.ndarray) -> np.ndarray:
