@@ -38,6 +38,7 @@ SETS = [
     ("random tables 160-223", RESULTS / "random_shapes" / "tally_160_223.csv", 40),
     ("random tables 224-287", RESULTS / "random_shapes" / "tally_224_287.csv", 40),
     ("random tables 288-351", RESULTS / "random_shapes" / "tally_288_351.csv", 40),
+    ("random tables 352-415", RESULTS / "random_shapes" / "tally_352_415.csv", 40),
     ("random tables of 4 stages, 1000-1015", RESULTS / "random_shapes" / "tally_4_stages.csv",
      40),
     ("random tables of 5 stages, 2000-2015", RESULTS / "random_shapes" / "tally_5_stages.csv",
