@@ -45,6 +45,7 @@ from typing import NoReturn
 import matplotlib
 import numpy as np
 import pandas as pd
+from sections import write_section
 
 from envs import make_environment
 from envs.replay.optimum import (
@@ -443,25 +444,11 @@ def main() -> None:
         plot_task(trials, task, args.out / f"{task}.png")
         plots.append(task)
     table = markdown_table(summary, args.trials)
-    write_section(args.readme, _readme(table, plots, args, strategies, elapsed, live))
+    write_section(args.readme, _readme(table, plots, args, strategies, elapsed, live),
+                  "benchmark.py")
     print(table)
     print(f"\n{len(trials)} trials in {elapsed:.0f} s with {args.workers} workers; "
           f"wrote {args.out} and {args.readme}")
-
-
-START, END = "<!-- benchmark.py: start -->", "<!-- benchmark.py: end -->"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Put `text` between the START/END markers of `path`, keeping the rest of the file."""
-    section = f"{START}\n{text.rstrip()}\n{END}\n"
-    old = path.read_text() if path.exists() else ""
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        section = head + section + rest.split(END, 1)[1].lstrip("\n")
-    elif old:
-        section = old.rstrip() + "\n\n" + section
-    path.write_text(section)
 
 
 def _as_from_root(path: Path) -> str:

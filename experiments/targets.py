@@ -2,17 +2,20 @@
 nothing).
 
     python experiments/targets.py
+    python experiments/targets.py --readme README.md experiments/README.md   # their sections
 
 For each set of tasks whose results are kept under experiments/results/ (the suite, the
-held-out shapes, the suite under other budgets, the two live tasks, five draws of random
-tables and two of 4 and 5 stages), counts the tasks where the agent meets each target, by
+held-out shapes, the suite under other budgets, the two live tasks, six draws of random
+tables, alone and together, and two of 4 and 5 stages), counts the tasks where the agent
+meets each target, by
 the rules of `random_shapes.tally`: median trials to 99% of the exact optimum at most half
 Optuna's (met where Optuna never gets there and the agent does), at most the sweep's,
 median search GPU-h to 99% at most Optuna's (both only where the agent gets there),
-best@10 >= 0.97. Then it names each miss with its figures, and prints the planner's median
-ms per trial over the tasks of the suite and of the held-out shapes, and the tasks over
-the 10 ms target (the wall time the benchmark measured, with its workers sharing the
-cores).
+best@10 >= 0.97. Then it gives the planner's median ms per trial over the tasks of the
+suite and of the held-out shapes, and the tasks over the 10 ms target (the wall time the
+benchmark measured, with its workers sharing the cores), and names each miss with its
+figures, in markdown. `--readme` writes the same between the `targets.py` markers of each file named, so
+the README's figures come from the kept results, not from retyping.
 
 Each set is what the command of its section in experiments/README.md wrote; rerun that
 command to bring a set up to date.
@@ -20,12 +23,18 @@ command to bring a set up to date.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
 from random_shapes import tally
+from sections import write_section
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# the draws of random tables of one to three stages (`random_shapes.py --first A --shapes 64`),
+# each run once after it was drawn; their sum is a row of its own
+DRAWS = [(32, 95), (96, 159), (160, 223), (224, 287), (288, 351), (352, 415)]
+DRAWN = [RESULTS / "random_shapes" / f"tally_{a}_{b}.csv" for a, b in DRAWS]
 # name, file (a benchmark summary, or a tally that random_shapes.py wrote), trials per run
 SETS = [
     ("suite", RESULTS / "summary.csv", 60),
@@ -33,12 +42,7 @@ SETS = [
     ("suite, x0.5 / x2", RESULTS / "budgets" / "summary.csv", 60),
     ("suite, x0.4 / x3", RESULTS / "wide" / "summary.csv", 60),
     ("live tasks (wordsum, smolmath)", RESULTS / "live" / "summary.csv", 30),
-    ("random tables 32-95", RESULTS / "random_shapes" / "tally_32_95.csv", 40),
-    ("random tables 96-159", RESULTS / "random_shapes" / "tally_96_159.csv", 40),
-    ("random tables 160-223", RESULTS / "random_shapes" / "tally_160_223.csv", 40),
-    ("random tables 224-287", RESULTS / "random_shapes" / "tally_224_287.csv", 40),
-    ("random tables 288-351", RESULTS / "random_shapes" / "tally_288_351.csv", 40),
-    ("random tables 352-415", RESULTS / "random_shapes" / "tally_352_415.csv", 40),
+    *((f"random tables {a}-{b}", path, 40) for (a, b), path in zip(DRAWS, DRAWN, strict=True)),
     ("random tables of 4 stages, 1000-1015", RESULTS / "random_shapes" / "tally_4_stages.csv",
      40),
     ("random tables of 5 stages, 2000-2015", RESULTS / "random_shapes" / "tally_5_stages.csv",
@@ -76,28 +80,54 @@ def misses(counted: pd.DataFrame, agent: pd.DataFrame | None, trials: int) -> li
                 parts.append(f"{row.task} {agent_trials} vs {row.optuna:g}")
             else:
                 parts.append(row.task)
-        lines.append(f"  {label}: {', '.join(parts)}")
+        lines.append(f"{label}: {', '.join(parts)}")
     return lines
 
 
-def main() -> None:
-    print("| set | tasks | " + " | ".join(CLAIMS.values()) + " |")
-    print("|---|---|" + "---|" * len(CLAIMS))
-    details = []
+def report() -> str:
+    """In markdown: per set, how many tasks meet each target; the planner's ms per trial on
+    the suite and the held-out shapes; and, folded, every miss."""
+    lines = ["| set | tasks | " + " | ".join(CLAIMS.values()) + " |",
+             "|---|---|" + "---|" * len(CLAIMS)]
+    missed, drawn = [], []
     for name, path, trials in SETS:
         counted, agent = load(path, trials)
-        cells = " | ".join(f"{int(counted[c].sum())} / {len(counted)}" for c in CLAIMS)
-        print(f"| {name} | {len(counted)} | {cells} |")
-        details += [f"{name}:", *misses(counted, agent, trials)]
-    print("\nMisses (agent against the baseline; a task over the trials is shown as >N):")
-    print("\n".join(details))
-    print("\nplanner ms per trial (agent, wall, median over tasks):")
+        lines.append(_row(name, counted))
+        found = misses(counted, agent, trials)
+        if found:
+            missed.append(f"- {name}: " + "; ".join(found))
+        if path in DRAWN:
+            drawn.append(counted)
+        if len(drawn) == len(DRAWN):  # after the last draw
+            lines.append(_row(f"random tables {DRAWS[0][0]}-{DRAWS[-1][1]}, the {len(DRAWS)} "
+                              "draws together", pd.concat(drawn)))
+            drawn = []
+    lines += ["", "Planner ms per trial (agent, wall time with two workers, median over tasks):"]
     for name, path, _ in SETS[:2]:
         summary = pd.read_csv(path)
         ms = summary[summary.strategy == "agent"].set_index("task").planner_ms_per_trial
         over = ", ".join(f"{t} {v:.1f}" for t, v in ms[ms >= PLANNER_MS].items()) or "none"
-        print(f"  {name}: {ms.median():.1f} (per task {ms.min():.1f} to {ms.max():.1f}; "
-              f"over {PLANNER_MS:g} ms: {over})")
+        lines.append(f"- {name}: {ms.median():.1f} (per task {ms.min():.1f} to "
+                     f"{ms.max():.1f}; over {PLANNER_MS:g} ms: {over})")
+    lines += ["", "<details><summary>Every miss (the agent's figure against the baseline's; "
+              "a task over the trials is shown as >N)</summary>", "", *missed, "", "</details>"]
+    return "\n".join(lines)
+
+
+def _row(name: str, counted: pd.DataFrame) -> str:
+    cells = " | ".join(f"{int(counted[c].sum())} / {len(counted)}" for c in CLAIMS)
+    return f"| {name} | {len(counted)} | {cells} |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readme", nargs="+", type=Path, default=[], metavar="MD",
+                        help="markdown files whose targets.py section is rewritten")
+    args = parser.parse_args(argv)
+    text = report()
+    for path in args.readme:
+        write_section(path, text, "targets.py")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,8 @@ def test_a_space_too_large_to_enumerate_is_one_line(monkeypatch, capsys, near, m
 
 
 def _benchmark() -> ModuleType:
+    if str(ROOT / "experiments") not in sys.path:  # it imports `sections` beside it
+        sys.path.append(str(ROOT / "experiments"))
     spec = importlib.util.spec_from_file_location("experiments_benchmark", ROOT / "experiments" /
                                                   "benchmark.py")
     assert spec is not None and spec.loader is not None

@@ -51,14 +51,22 @@ def test_a_target_counts_only_where_the_agent_reached_99_percent(targets: Module
     claims = ["half_optuna", "sweep_or_less", "gpu_h_optuna_or_less", "best_at_10"]
     assert met.loc["half", claims].tolist() == [True, True, False, True]
     lines = targets.misses(counted, agent, 40)
-    assert "  trials <= sweep's: solved 5 vs 4, unsolved >40 vs 41" in lines
-    assert "  best@10 >= 0.97: unsolved 0.500" in lines
+    assert "trials <= sweep's: solved 5 vs 4, unsolved >40 vs 41" in lines
+    assert "best@10 >= 0.97: unsolved 0.500" in lines
 
 
-def test_every_kept_set_is_read(targets: ModuleType,
-                                capsys: pytest.CaptureFixture[str]) -> None:
-    targets.main()
+def test_every_kept_set_is_read_and_a_readme_section_rewritten_in_place(
+        targets: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    start, end = "<!-- targets.py: start -->", "<!-- targets.py: end -->"
+    readme.write_text(f"# Title\n\nBefore.\n\n{start}\nstale figures\n{end}\n\nAfter.\n")
+    targets.main(["--readme", str(readme)])
     out = capsys.readouterr().out
     for name, path, _ in targets.SETS:
         assert path.exists(), path
         assert f"| {name} |" in out
+    text = readme.read_text()
+    assert "stale figures" not in text and out.strip() in text
+    assert text.startswith("# Title\n\nBefore.\n\n" + start) and text.endswith(f"{end}\nAfter.\n")
+    targets.main(["--readme", str(readme)])  # a rerun leaves one section, the same
+    assert readme.read_text() == text

@@ -1,0 +1,32 @@
+"""Generated sections of a markdown file: a script's output between its own two markers.
+
+    <!-- benchmark.py: start -->
+    ... what the script last wrote ...
+    <!-- benchmark.py: end -->
+
+A rerun replaces what lies between its markers and keeps the rest of the file, so figures
+that a script measures are never retyped by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def markers(writer: str) -> tuple[str, str]:
+    """The start and end markers of `writer`'s section (a script's file name)."""
+    return f"<!-- {writer}: start -->", f"<!-- {writer}: end -->"
+
+
+def write_section(path: Path, text: str, writer: str) -> None:
+    """Put `text` between `writer`'s markers in `path`, keeping the rest of the file; where
+    the markers are missing, append the section (a new file holds it alone)."""
+    start, end = markers(writer)
+    section = f"{start}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text() if path.exists() else ""
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        section = head + section + rest.split(end, 1)[1].lstrip("\n")
+    elif old:
+        section = old.rstrip() + "\n\n" + section
+    path.write_text(section)
