@@ -19,14 +19,16 @@ def markers(writer: str) -> tuple[str, str]:
 
 
 def write_section(path: Path, text: str, writer: str) -> None:
-    """Put `text` between `writer`'s markers in `path`, keeping the rest of the file; where
-    the markers are missing, append the section (a new file holds it alone)."""
+    """Put `text` between `writer`'s markers in `path`, keeping the rest of the file (one
+    blank line after the section); where the markers are missing, append the section (a
+    new file holds it alone)."""
     start, end = markers(writer)
     section = f"{start}\n{text.rstrip()}\n{end}\n"
     old = path.read_text() if path.exists() else ""
     if start in old and end in old:
         head, rest = old.split(start, 1)
-        section = head + section + rest.split(end, 1)[1].lstrip("\n")
+        after = rest.split(end, 1)[1].lstrip("\n")
+        section = head + section + ("\n" + after if after else "")
     elif old:
         section = old.rstrip() + "\n\n" + section
     path.write_text(section)

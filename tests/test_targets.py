@@ -67,6 +67,6 @@ def test_every_kept_set_is_read_and_a_readme_section_rewritten_in_place(
         assert f"| {name} |" in out
     text = readme.read_text()
     assert "stale figures" not in text and out.strip() in text
-    assert text.startswith("# Title\n\nBefore.\n\n" + start) and text.endswith(f"{end}\nAfter.\n")
+    assert text.startswith("# Title\n\nBefore.\n\n" + start) and text.endswith(f"{end}\n\nAfter.\n")
     targets.main(["--readme", str(readme)])  # a rerun leaves one section, the same
     assert readme.read_text() == text
