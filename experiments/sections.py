@@ -13,16 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def markers(writer: str) -> tuple[str, str]:
-    """The start and end markers of `writer`'s section (a script's file name)."""
-    return f"<!-- {writer}: start -->", f"<!-- {writer}: end -->"
-
-
 def write_section(path: Path, text: str, writer: str) -> None:
-    """Put `text` between `writer`'s markers in `path`, keeping the rest of the file (one
-    blank line after the section); where the markers are missing, append the section (a
-    new file holds it alone)."""
-    start, end = markers(writer)
+    """Put `text` between `writer`'s markers (`writer` is a script's file name) in `path`,
+    keeping the rest of the file (one blank line after the section); where the markers are
+    missing, append the section (a new file holds it alone)."""
+    start, end = f"<!-- {writer}: start -->", f"<!-- {writer}: end -->"
     section = f"{start}\n{text.rstrip()}\n{end}\n"
     old = path.read_text() if path.exists() else ""
     if start in old and end in old:

@@ -7,15 +7,15 @@ nothing).
 For each set of tasks whose results are kept under experiments/results/ (the suite, the
 held-out shapes, the suite under other budgets, the two live tasks, six draws of random
 tables, alone and together, and two of 4 and 5 stages), counts the tasks where the agent
-meets each target, by
-the rules of `random_shapes.tally`: median trials to 99% of the exact optimum at most half
-Optuna's (met where Optuna never gets there and the agent does), at most the sweep's,
-median search GPU-h to 99% at most Optuna's (both only where the agent gets there),
-best@10 >= 0.97. Then it gives the planner's median ms per trial over the tasks of the
-suite and of the held-out shapes, and the tasks over the 10 ms target (the wall time the
-benchmark measured, with its workers sharing the cores), and names each miss with its
-figures, in markdown. `--readme` writes the same between the `targets.py` markers of each
-file named, so the README's figures come from the kept results, not from retyping.
+meets each target, by the rules of `random_shapes.tally`: median trials to 99% of the
+exact optimum at most half Optuna's (met where Optuna never gets there and the agent
+does), at most the sweep's, median search GPU-h to 99% at most Optuna's (both only where
+the agent gets there), best@10 >= 0.97. Then it gives the suite's figures per task, the
+planner's median ms per trial over the tasks of the suite and of the held-out shapes and
+the tasks over the 10 ms target (the wall time the benchmark measured, with its workers
+sharing the cores), and each miss with its figures, in markdown. `--readme` writes the
+same between the `targets.py` markers of each file named, so the README's figures come
+from the kept results, not from retyping.
 
 Each set is what the command of its section in experiments/README.md wrote; rerun that
 command to bring a set up to date.
@@ -31,8 +31,8 @@ from random_shapes import tally
 from sections import write_section
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# the draws of random tables of one to three stages (`random_shapes.py --first A --shapes 64`),
-# each run once after it was drawn; their sum is a row of its own
+# the draws of random tables of one to three stages (`random_shapes.py --first A --shapes
+# 64`); their sum is a row of its own
 DRAWS = [(32, 95), (96, 159), (160, 223), (224, 287), (288, 351), (352, 415)]
 DRAWN = [RESULTS / "random_shapes" / f"tally_{a}_{b}.csv" for a, b in DRAWS]
 # name, file (a benchmark summary, or a tally that random_shapes.py wrote), trials per run
