@@ -116,24 +116,22 @@ def report() -> str:
     folded, every miss."""
     lines = ["| set | tasks | " + " | ".join(CLAIMS.values()) + " |",
              "|---|---|" + "---|" * len(CLAIMS)]
-    missed, drawn = [], []
+    missed, drawn, agents = [], [], {}
     for name, path, trials in SETS:
-        counted, agent = load(path, trials)
+        counted, agents[name] = load(path, trials)
         lines.append(_row(name, counted))
-        found = misses(counted, agent, trials)
+        found = misses(counted, agents[name], trials)
         if found:
             missed.append(f"- {name}: " + "; ".join(found))
         if path in DRAWN:
             drawn.append(counted)
-        if len(drawn) == len(DRAWN):  # after the last draw
+        if path == DRAWN[-1]:
             lines.append(_row(f"random tables {DRAWS[0][0]}-{DRAWS[-1][1]}, the {len(DRAWS)} "
                               "draws together", pd.concat(drawn)))
-            drawn = []
     lines += ["", *suite_table()]
     lines += ["", "Planner ms per trial (agent, wall time with two workers, median over tasks):"]
-    for name, path, _ in SETS[:2]:
-        summary = pd.read_csv(path)
-        ms = summary[summary.strategy == "agent"].set_index("task").planner_ms_per_trial
+    for name, _, _ in SETS[:2]:
+        ms = agents[name].planner_ms_per_trial
         over = ", ".join(f"{t} {v:.1f}" for t, v in ms[ms >= PLANNER_MS].items()) or "none"
         lines.append(f"- {name}: {ms.median():.1f} (per task {ms.min():.1f} to "
                      f"{ms.max():.1f}; over {PLANNER_MS:g} ms: {over})")
