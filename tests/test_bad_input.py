@@ -600,6 +600,10 @@ TASK_EXAMPLES = [
     (_edit(_sub(data={"val": "v.jsonl"})), "the replay environment ignores `data`"),
     (_edit(lambda t: t["subtasks"][0]["replay"].update(table="../../etc/passwd")),
      "leaves the task's folder"),
+    (_edit(lambda t: (t["models"][1].update(name="big"),
+                      [s.update(models=["small", "big"]) for s in t["subtasks"]])),
+     "no rows for big/ckpt-a/default; column `model` (choices.model) never holds `big`; it "
+     "holds large, small: name the model as the table does, or add its rows"),
 ]
 
 
@@ -633,6 +637,9 @@ TABLE_EXAMPLES = [
     ("zero", _cells(table_text(), 2, 3, "0").encode(), "is not a sample count"),
     ("twice", (table_text() + "small,ckpt-a,0,8,2\n").encode(),
      "rows 1 and 17 both count item '0' for one choice"),
+    ("pair unrecorded", "".join(ln for ln in table_text().splitlines(keepends=True)
+                                if not ln.startswith("small,ckpt-b")).encode(),
+     "no rows for small/ckpt-b/default; add the rows, or offer only recorded methods"),
 ]
 
 

@@ -337,9 +337,8 @@ class ReplayEnvironment:
         for choice in choices:
             rows = by_choice.get(tuple(getattr(choice, field) for field in rs.choices))
             if rows is None:
-                raise SpecError(f"{where}: no rows for {choice.label()}; add the rows, or offer "
-                                f"only recorded methods (`models: [{{name: {choice.model}, "
-                                "methods: [...]}]` in this subtask)")
+                raise SpecError(f"{where}: no rows for {choice.label()}; "
+                                + _no_rows_fix(table, rs, choice))
             outcomes = _outcomes(where, path, rows, rs)
             top = max(sub.samples)
             if any(a in USES_N for a in sub.aggregators) and top > outcomes.n.min():
@@ -444,6 +443,29 @@ def _check_choice_columns(where: str, rs: ReplaySpec, choices: list[_Choice]) ->
             raise SpecError(f"{where}.choices: {field} takes values {sorted(several)} but no "
                             f"column tells them apart (they would score alike); add `{field}: "
                             f"COLUMN` to `choices`, or offer one {field}")
+
+
+def _no_rows_fix(table: pd.DataFrame, rs: ReplaySpec, choice: _Choice) -> str:
+    """What to do about a choice without rows: where its column never holds one of its
+    values (a model named otherwise in the table), that value and the column's own (the
+    first `_SHOWN`); else, the values recorded but not together, offer only recorded
+    methods."""
+    for field, column in rs.choices.items():
+        value = getattr(choice, field)
+        held = sorted(set(table[column].astype(str)))
+        if value not in held:
+            shown = held[:_SHOWN]
+            listed = (", ".join(shown) + (", ..." if len(held) > _SHOWN else "")
+                      if all(_NAME.fullmatch(v) for v in shown)  # never a system file's text
+                      else f"{len(held)} other values")
+            return (f"column `{column}` (choices.{field}) never holds `{value}`; it holds "
+                    f"{listed}: name the {field} as the table does, or add its rows")
+    return (f"add the rows, or offer only recorded methods (`models: [{{name: {choice.model}, "
+            "methods: [...]}]` in this subtask)")
+
+
+_SHOWN = 8  # column values a "never holds" error lists
+_NAME = re.compile(r"[\w.+-][\w .:/+-]{0,63}")  # a value that looks like a choice's name
 
 
 def _rows_by_choice(table: pd.DataFrame, rs: ReplaySpec) -> dict[tuple[str, ...], pd.DataFrame]:
