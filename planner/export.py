@@ -148,6 +148,7 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
         spec.subtasks, dict(trial.allocation.items()), jobs, resolved.bases,
         dict(trial.subtask_scores), recorded=resolved.examples is None)
     unexpressed += _research_notes(spec, trial.allocation, fmt)
+    unexpressed += _unsourced(spec, trial.allocation)
     files = {PLAN_FILE: _yaml(doc), "serving.yaml": _yaml(serving)}
     runs: list[tuple[Job, str]] = []
     if fmt == "planner":
@@ -171,6 +172,17 @@ def export_files(spec: TaskSpec, study: StudyRecord, trial: TrialRecord, fmt: st
         files |= _data_files(distinct, fmt, resolved, unexpressed)
     files["README.md"] = readme(doc, serving, fmt, runs, unexpressed)
     return files, unexpressed
+
+
+def _unsourced(spec: TaskSpec, allocation: Allocation) -> list[str]:
+    """A line naming the allocation's models the task gives no `source` (a replay task's
+    table labels), which the configs and `vllm serve` then load by name; none if none."""
+    names = sorted({p.model for _, p in allocation.items() if not spec.model(p.model).source})
+    if not names:
+        return []
+    return [f"models {', '.join(names)}: the task gives no `source`, so the configs and "
+            "`vllm serve` load them by name; set each model's `source:` to its Hugging Face "
+            "id or folder"]
 
 
 def _research_notes(spec: TaskSpec, allocation: Allocation, fmt: str) -> list[str]:

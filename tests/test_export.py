@@ -14,7 +14,7 @@ from planner.spec import TaskSpec
 from planner.store import StudyRecord, TrialRecord, TrialStatus
 from planner.train_configs import axolotl, llamafactory, trl
 
-SPEC = TaskSpec.model_validate({
+TASK = {
     "name": "t", "workload": {"queries": 1},
     "models": [{"name": "m", "params": 1e8, "source": "org/m"}],
     "methods": [{"name": "none", "kind": "none"},
@@ -27,7 +27,8 @@ SPEC = TaskSpec.model_validate({
                   "methods": ["none", "lora", "full", "soft"], "samples": [1, 4],
                   "aggregators": ["first", "majority", "oracle"],
                   "mixtures": {"own": {}, "mt": {"x": 1, f"{other}/x": 1}}}
-                 for s, other in (("a", "b"), ("b", "a"))]})
+                 for s, other in (("a", "b"), ("b", "a"))]}
+SPEC = TaskSpec.model_validate(TASK)
 STUDY = StudyRecord("s", "t", "", {}, "1gpu-h", 1.0, "random", 0, 0.0)
 BASES = {"m": "org/m"}
 
@@ -122,6 +123,17 @@ def test_a_full_fine_tune_is_served_as_its_own_model_and_oracle_is_named() -> No
     assert "--enable-lora" not in servers["m"]["command"]
     assert any("aggregator oracle" in line for line in unexpressed)
     assert any(line.startswith("data: a replay task") for line in unexpressed)
+
+
+def test_models_without_a_source_are_named_as_loaded_by_name() -> None:
+    trial = _trial(plan("lora"), plan("none", n=1, aggregator="first"))
+    unsourced = TaskSpec.model_validate({**TASK, "models": [{"name": "m", "params": 1e8}]})
+    files, unexpressed = export_files(unsourced, STUDY, trial, "axolotl", Resolved({"m": "m"}))
+    note = ("models m: the task gives no `source`, so the configs and `vllm serve` load them "
+            "by name; set each model's `source:` to its Hugging Face id or folder")
+    assert note in unexpressed and note in files["README.md"]
+    assert not any("no `source`" in line
+                   for line in export_files(SPEC, STUDY, trial, "axolotl", Resolved(BASES))[1])
 
 
 def test_the_readme_multitask_example_shares_one_three_source_model() -> None:
