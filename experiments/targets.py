@@ -5,8 +5,9 @@ nothing).
     python experiments/targets.py --readme README.md experiments/README.md   # their sections
 
 For each set of tasks whose results are kept under experiments/results/ (the suite, the
-held-out shapes, the suite under other budgets, the two live tasks, six draws of random
-tables, alone and together, and two of 4 and 5 stages), counts the tasks where the agent
+held-out shapes, the suite under other budgets, the two live tasks, the recordings with
+every checkpoint listed as a model (`flat_tables.py`), six draws of random tables, alone
+and together, and two of 4 and 5 stages), counts the tasks where the agent
 meets each target, by the rules of `random_shapes.tally`: median trials to 99% of the
 exact optimum at most half Optuna's (met where Optuna never gets there and the agent
 does), at most the sweep's, median search GPU-h to 99% at most Optuna's (both only where
@@ -42,6 +43,7 @@ SETS = [
     ("suite, x0.5 / x2", RESULTS / "budgets" / "summary.csv", 60),
     ("suite, x0.4 / x3", RESULTS / "wide" / "summary.csv", 60),
     ("live tasks (wordsum, smolmath)", RESULTS / "live" / "summary.csv", 30),
+    ("checkpoints listed as models (flat_tables.py)", RESULTS / "flat" / "summary.csv", 40),
     *((f"random tables {a}-{b}", path, 40) for (a, b), path in zip(DRAWS, DRAWN, strict=True)),
     ("random tables of 4 stages, 1000-1015", RESULTS / "random_shapes" / "tally_4_stages.csv",
      40),
