@@ -445,6 +445,10 @@ def _check_choice_columns(where: str, rs: ReplaySpec, choices: list[_Choice]) ->
                             f"COLUMN` to `choices`, or offer one {field}")
 
 
+_SHOWN = 8  # column values a "never holds" error lists
+_NAME = re.compile(r"[\w.+-][\w .:/+-]{0,63}")  # a value that looks like a choice's name
+
+
 def _no_rows_fix(table: pd.DataFrame, rs: ReplaySpec, choice: _Choice) -> str:
     """What to do about a choice without rows: where its column never holds one of its
     values (a model named otherwise in the table), that value and the column's own (the
@@ -462,10 +466,6 @@ def _no_rows_fix(table: pd.DataFrame, rs: ReplaySpec, choice: _Choice) -> str:
                     f"{listed}: name the {field} as the table does, or add its rows")
     return (f"add the rows, or offer only recorded methods (`models: [{{name: {choice.model}, "
             "methods: [...]}]` in this subtask)")
-
-
-_SHOWN = 8  # column values a "never holds" error lists
-_NAME = re.compile(r"[\w.+-][\w .:/+-]{0,63}")  # a value that looks like a choice's name
 
 
 def _rows_by_choice(table: pd.DataFrame, rs: ReplaySpec) -> dict[tuple[str, ...], pd.DataFrame]:
