@@ -36,9 +36,10 @@ def _params(task: str) -> dict[str, float]:
     return {m["name"]: float(m["params"]) for m in spec["models"]}
 
 
-def _checkpoints(source: str, folder: Path) -> tuple[list[dict], dict]:
+def _checkpoints(source: str, folder: Path, name: str, prompt: int,
+                 output: int) -> tuple[list[dict], dict]:
     """A Pythia counts table with each (size, checkpoint) as one model, written to
-    `folder`; its models and a subtask's `replay` block."""
+    `folder`; its models and the subtask `name` over it (n up to 128, pass@n)."""
     table = pd.read_csv(REPLAY / "data" / source)
     table["model"] = table["model"] + "-" + table["method"].str.removeprefix("pretrain-")
     sizes = _params("monkeys_math.yaml")
@@ -47,11 +48,13 @@ def _checkpoints(source: str, folder: Path) -> tuple[list[dict], dict]:
     models = [{"name": m, "params": params[m]} for m in sorted(params)]
     replay = {"table": source, "item": "problem", "choices": {"model": "model"},
               "n_samples": "n_samples", "n_correct": "n_correct"}
-    return models, replay
+    return models, _stage(name, models, replay, prompt, output, SAMPLES, "oracle")
 
 
-def _llama(source: str, folder: Path) -> tuple[list[dict], dict]:
-    """A Llama 3 cascades table's answers of each model alone, written to `folder`."""
+def _llama(source: str, folder: Path, name: str, prompt: int,
+           output: int) -> tuple[list[dict], dict]:
+    """A Llama 3 cascades table's answers of each model alone, written to `folder`; its
+    models and the subtask `name` over it (one answer)."""
     table = pd.read_csv(REPLAY / "data" / source)
     table = table[table["route"] == "alone"][["query", "model", "correct", "flops"]]
     table.to_csv(folder / source, index=False)
@@ -59,7 +62,7 @@ def _llama(source: str, folder: Path) -> tuple[list[dict], dict]:
     models = [{"name": m, "params": params[m]} for m in params]
     replay = {"table": source, "item": "query", "choices": {"model": "model"},
               "correct": "correct", "flops_per_sample": "flops"}
-    return models, replay
+    return models, _stage(name, models, replay, prompt, output, [1], "first")
 
 
 def _stage(name: str, models: list[dict], replay: dict, prompt: int, output: int,
@@ -69,35 +72,34 @@ def _stage(name: str, models: list[dict], replay: dict, prompt: int, output: int
             "aggregators": [aggregator], "replay": replay}
 
 
+def _write(folder: Path, budget: float, models: list[dict], stages: list[dict]) -> Path:
+    """The task named after `folder`, its stages in a chain, as `folder`/task.yaml."""
+    for before, stage in zip(stages[:-1], stages[1:], strict=True):
+        stage["depends_on"] = [before["name"]]
+    task = {"name": folder.name, "environment": "replay", "budget": f"{budget:g}gpu-h",
+            "hardware": HARDWARE, "workload": {"queries": 1_000_000},
+            "models": models, "methods": [{"name": "none", "kind": "none"}],
+            "subtasks": stages}
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    return path
+
+
 def write_tasks(out: Path) -> list[Path]:
     """The three tasks' folders under `out` (task.yaml and its tables); their task files."""
-    written = []
-    for name in ("pythia-checkpoints-gsm8k", "pythia-checkpoints-math", "llama-llama-pythia"):
-        folder = out / name
+    folders = [out / name for name in ("pythia-checkpoints-gsm8k", "pythia-checkpoints-math",
+                                       "llama-llama-pythia")]
+    for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
-        if name == "pythia-checkpoints-gsm8k":
-            models, replay = _checkpoints("pythia_gsm8k.csv.gz", folder)
-            stages, budget = [_stage("solve", models, replay, 700, 256, SAMPLES, "oracle")], 20
-        else:
-            models, replay = _checkpoints("pythia_math.csv.gz", folder)
-            stages = [_stage("math" if name == "llama-llama-pythia" else "solve", models,
-                             replay, 1000, 512, SAMPLES, "oracle")]
-            budget = 250
-        if name == "llama-llama-pythia":
-            mmlu = _llama("mmlu_llama_cascades.csv.gz", folder)
-            gsm8k = _llama("gsm8k_llama_cascades.csv.gz", folder)
-            stages = [_stage("mmlu", *mmlu, 190, 1, [1], "first"),
-                      {**_stage("gsm8k", *gsm8k, 157, 210, [1], "first"),
-                       "depends_on": ["mmlu"]},
-                      {**stages[0], "depends_on": ["gsm8k"]}]
-            models, budget = mmlu[0] + models, 300
-        task = {"name": name, "environment": "replay", "budget": f"{budget}gpu-h",
-                "hardware": HARDWARE, "workload": {"queries": 1_000_000},
-                "models": models, "methods": [{"name": "none", "kind": "none"}],
-                "subtasks": stages}
-        path = folder / "task.yaml"
-        path.write_text(yaml.safe_dump(task, sort_keys=False))
-        written.append(path)
+    gsm8k, math, pipeline = folders
+    models, solve = _checkpoints("pythia_gsm8k.csv.gz", gsm8k, "solve", 700, 256)
+    written = [_write(gsm8k, 20, models, [solve])]
+    models, solve = _checkpoints("pythia_math.csv.gz", math, "solve", 1000, 512)
+    written.append(_write(math, 250, models, [solve]))
+    llama, mmlu = _llama("mmlu_llama_cascades.csv.gz", pipeline, "mmlu", 190, 1)
+    _, arithmetic = _llama("gsm8k_llama_cascades.csv.gz", pipeline, "gsm8k", 157, 210)
+    models, solve = _checkpoints("pythia_math.csv.gz", pipeline, "math", 1000, 512)
+    written.append(_write(pipeline, 300, llama + models, [mmlu, arithmetic, solve]))
     return written
 
 
