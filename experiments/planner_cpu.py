@@ -85,8 +85,11 @@ def _child(cmd: list[str], root: Path, args: argparse.Namespace, tasks: list[str
 def run_tree(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
     """The checkout at `root` measured by its own copy of this script: ms per trial of each
     seed, per task."""
+    # a task file goes to the child by its absolute path (the child runs in experiments/), a
+    # suite name as it is (each checkout reads its own suite file)
+    tasks = [str(Path(t).resolve()) if Path(t).is_file() else t for t in split_names(args.tasks)]
     out = _child([sys.executable, str(root / "experiments" / "planner_cpu.py")], root, args,
-                 args.tasks).stdout
+                 tasks).stdout
     return {m["task"]: [float(x) for x in m["ms"].split()] for m in _LINE.finditer(out)}
 
 
