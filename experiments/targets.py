@@ -6,7 +6,7 @@ nothing).
 
 For each set of tasks whose results are kept under experiments/results/ (the suite, the
 held-out shapes, the suite under other budgets, the two live tasks, the recordings with
-every checkpoint listed as a model (`flat_tables.py`), six draws of random tables, alone
+every checkpoint listed as a model (`flat_tables.py`), seven draws of random tables, alone
 and together, and two of 4 and 5 stages), counts the tasks where the agent
 meets each target, by the rules of `random_shapes.tally`: median trials to 99% of the
 exact optimum at most half Optuna's (met where Optuna never gets there and the agent
@@ -34,7 +34,7 @@ from sections import write_section
 RESULTS = Path(__file__).resolve().parent / "results"
 # the draws of random tables of one to three stages (`random_shapes.py --first A --shapes
 # 64`); their sum is a row of its own
-DRAWS = [(32, 95), (96, 159), (160, 223), (224, 287), (288, 351), (352, 415)]
+DRAWS = [(32, 95), (96, 159), (160, 223), (224, 287), (288, 351), (352, 415), (416, 479)]
 DRAWN = [RESULTS / "random_shapes" / f"tally_{a}_{b}.csv" for a, b in DRAWS]
 # name, file (a benchmark summary, or a tally that random_shapes.py wrote), trials per run
 SETS = [
