@@ -41,7 +41,6 @@ from tests.agent_tasks import cascades_trials, write_random_task
 from tests.conftest import write_tiny_task
 
 TASKS = Path(__file__).parents[1] / "envs" / "replay" / "tasks"
-HELDOUT = TASKS.parent / "heldout"
 
 
 def _budget(spec) -> float:
@@ -287,15 +286,18 @@ def test_after_a_stall_the_score_models_mean_picks_while_its_bets_pay() -> None:
     """After a trial that did not raise the best score, the unseen allocation the score
     model's mean rates highest goes next where the mean expects it to beat the best; its
     trial (source `EXPLOIT`) is a bet on that. pythia-gsm8k-math at its own budget, seed 0,
-    won its first bet (trial 4); mmlu-cascade-gsm8k-vote, seed 0, lost its first (5) and
-    left no credit. Before pythia's bet, the same trials with the credit spent (the stall
-    before it a lost bet) go to optimism instead. (pythia bet twice in twelve trials and
-    tutor at half its budget lost its bet until a score of 0 bounded a plan's score.)"""
+    won its first bet (trial 5) and bet again after the next stall (9); tutor under half its
+    budget, seed 0, lost its first (8) and left no credit. Before pythia's second bet, the
+    same trials with the credit spent (its won bet not a bet, the stall before the second a
+    lost one) go to optimism instead. (tutor at 0.3 times its budget showed both until each
+    stage's score model read what the other stages' trials showed of its plans' twins.)"""
+    tutor = load_spec(TASKS / "tutor_mmlu_gsm8k_math.yaml").model_copy(
+        update={"budget": "2000gpu-h"})
     mean_pick = "the best score did not rise"
     runs = {name: (BuiltinReasoner(_analyst(spec).ctx),
                    _run(spec, "agent", 12, seed=0, agent=AgentOptions(patience=None)).trials)
             for name, spec in (("won", load_spec(TASKS / "pythia_gsm8k_math.yaml")),
-                               ("lost", load_spec(TASKS / "mmlu_cascade_gsm8k_vote.yaml")))}
+                               ("lost", tutor))}
     bets = 0
     for builtin, trials in runs.values():
         for k, t in enumerate(trials):
@@ -307,17 +309,17 @@ def test_after_a_stall_the_score_models_mean_picks_while_its_bets_pay() -> None:
             assert exploit_credit(before) > 0
             assert builtin.analyse(before).predicted(t.allocation)[0] > best
             assert builtin.propose(before).rationale[0].startswith(mean_pick)
-    assert bets >= 2
+    assert bets >= 3
     _, lost = runs["lost"]
-    assert [t.number for t in lost if t.source == EXPLOIT] == [5]
+    assert [t.number for t in lost if t.source == EXPLOIT] == [8]
     assert exploit_credit(lost) == 0
     builtin, won = runs["won"]
-    assert [t.number for t in won if t.source == EXPLOIT][:1] == [4]
-    assert exploit_credit(won) == 2
-    before = won[:4]
-    spent = [dataclasses.replace(t, source=EXPLOIT if t.number == 3 else t.source)
+    assert [t.number for t in won if t.source == EXPLOIT][:2] == [5, 9]
+    before = won[:9]
+    spent = [dataclasses.replace(t, source={5: "agent-builtin", 8: EXPLOIT}.get(t.number,
+                                                                              t.source))
              for t in before]
-    assert exploit_credit(before) == 1 and exploit_credit(spent) == 0
+    assert exploit_credit(before) == 2 and exploit_credit(spent) == 0
     assert builtin.propose(before).rationale[0].startswith(mean_pick)
     assert not builtin.propose(spent).rationale[0].startswith(mean_pick)
 
@@ -378,18 +380,14 @@ def _reference_fit(model: SubtaskModel, observations: list) -> tuple[np.ndarray,
     trend = np.where(t.oracle, surrogate._ORACLE_SLOPE_MEAN * np.minimum(t.log_n, bend)
                      + surrogate._SLOPE_MEAN * np.maximum(t.log_n - bend, 0),
                      surrogate._SLOPE_MEAN * t.log_n)
-    mean = np.array([np.mean(scores[i]) for i in idx])
-    # a plan evaluated k times: the mean of k observations, 1/k the noise; a mean of about 0
-    # read as 1% with a wide noise
-    zero = mean <= surrogate._EPS
-    y = surrogate.logit(np.where(zero, surrogate._ZERO, mean)) - trend[idx]
-    noise = np.where(zero, surrogate._ZERO_NOISE,
-                     [surrogate._NOISE / len(scores[i]) for i in idx])
+    y = surrogate.logit(np.array([np.mean(scores[i]) for i in idx])) - trend[idx]
     mu = y.mean()
     best = None
     for amp in surrogate._AMPLITUDES:
         for ell in surrogate._LENGTHSCALES:
-            k = _reference_kernel(t, idx, idx, amp, ell) + amp * np.diag(noise)
+            # a plan evaluated k times: the mean of k observations, 1/k the noise
+            k = (_reference_kernel(t, idx, idx, amp, ell)
+                 + surrogate._NOISE * amp * np.diag([1 / len(scores[i]) for i in idx]))
             chol = np.linalg.cholesky(k)
             alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y - mu))
             nll = 0.5 * (y - mu) @ alpha + np.log(np.diag(chol)).sum()
@@ -506,13 +504,11 @@ def test_a_stage_reads_what_the_other_stages_showed_of_its_plans_twins() -> None
     and hard levels), six more vary only the easy stage's. The hard stage's score model then
     predicts the hard twins of those six plans, which it never saw, from what the easy
     stage showed of them beyond its trend (the stages' checkpoints rank alike): on each of
-    eight draws its mean error in score there is below that of the hard stage's model
-    fitted alone (0.12 to 0.93 of it per draw), and in all 0.56 of it. (In logit, a plan
-    scoring 0 weighs as much as the ranking the search needs, and a 0 is read as a bound:
-    `surrogate._ZERO`.)"""
-    from planner.search.agent.surrogate import expit
+    eight draws its mean logit error there is below that of the hard stage's model fitted
+    alone, and in all under half of it (0.11 to 0.62 of it per draw)."""
+    from planner.search.agent.surrogate import logit
 
-    spec = load_spec(HELDOUT / "math_easy_hard.yaml")
+    spec = load_spec(TASKS.parent / "heldout" / "math_easy_hard.yaml")
     env = make_environment(spec)
     errors = {"alone": 0.0, "read": 0.0}
     for seed in range(8):
@@ -529,16 +525,16 @@ def test_a_stage_reads_what_the_other_stages_showed_of_its_plans_twins() -> None
                                        scores["easy"] * scores["hard"], scores,
                                        analyst.ctx.cost_model.estimate(alloc)))
         unseen = np.array([hard.index[p] for p in picked[8:]])
-        truth = np.array([env.subtask_score("hard", p) for p in picked[8:]])
+        truth = logit(np.array([env.subtask_score("hard", p) for p in picked[8:]]))
         alone = SubtaskModel(hard).fit((hard.index[t.allocation["hard"]],
                                         t.subtask_scores["hard"], 1.0) for t in history)
         read = analyst.analyse(history).predictions[1]
-        error = {name: float(np.abs(expit(prediction.mean[unseen]) - truth).mean())
+        error = {name: float(np.abs(prediction.mean[unseen] - truth).mean())
                  for name, prediction in (("alone", alone), ("read", read))}
         assert error["read"] < error["alone"]
         for name in errors:
             errors[name] += error[name]
-    assert errors["read"] < 0.6 * errors["alone"]
+    assert errors["read"] < 0.5 * errors["alone"]
 
 
 def test_below_the_sizes_seen_the_prediction_follows_their_trend() -> None:
@@ -559,16 +555,15 @@ def test_below_the_sizes_seen_the_prediction_follows_their_trend() -> None:
 
 
 def test_the_compute_trend_curves_only_where_the_trials_bear_a_curve_out(monkeypatch) -> None:
-    """Pythia on MATH scores next to nothing up to a few billion tokens, then jumps and stays
-    level: on nine trials of monkeys-math's table (two at 6B tokens, where 70m and 12b solve
-    a tenth of a percent) the trend curves, and the optimum (pythia-410m at 20B tokens,
-    untried) is predicted above the straight trend's 0.042. Scores exactly logit-linear in
-    the compute features leave the trend straight: the very prediction of a model without
-    curvature terms."""
+    """Pythia on MATH scores 0 up to a few billion tokens, then jumps and stays level: after
+    the first nine trials of a recorded monkeys-math run the trend curves, and the optimum
+    (pythia-410m at 20B tokens, untried) is predicted above the straight trend's 0.042.
+    Scores exactly logit-linear in the compute features leave the trend straight: the very
+    prediction of a model without curvature terms."""
     table = _analyst(load_spec(TASKS / "monkeys_math.yaml")).tables[0]
     at = {(p["model"][7:], p["method"][9:], p.samples): i for i, p in enumerate(table.plans)}
-    trials = [("70m", "6B", 128, 0.0013), ("410m", "300B", 128, 0.0625),
-              ("1b", "300B", 64, 0.0897), ("1.4b", "300B", 32, 0.0525), ("12b", "6B", 128, 0.0016),
+    trials = [("70m", "300B", 128, 0.0), ("410m", "300B", 128, 0.0625),
+              ("1b", "300B", 64, 0.0897), ("1.4b", "300B", 32, 0.0525), ("1b", "2M", 128, 0.0),
               ("1b", "200B", 64, 0.1466), ("1b", "20B", 128, 0.1374),
               ("2.8b", "60B", 32, 0.1418), ("12b", "20B", 4, 0.0091)]
     bent = [(at[m, c, n], score, 1.0) for m, c, n, score in trials]
@@ -583,35 +578,8 @@ def test_the_compute_trend_curves_only_where_the_trials_bear_a_curve_out(monkeyp
     curved = predict(bent)
     straight_fit = predict(straight)
     monkeypatch.setattr(surrogate, "_CURVATURE", ())
-    assert curved[optimum] > predict(bent)[optimum] + 0.003
+    assert curved[optimum] > predict(bent)[optimum] + 0.005
     np.testing.assert_array_equal(straight_fit, predict(straight))
-
-
-def test_a_score_of_zero_bounds_a_plans_score_and_does_not_drag_its_neighbours(
-        monkeypatch) -> None:
-    """gsm8k-final's released models: 410m and 1b score well and 1.4b (say, a bad release)
-    nothing. Read as the logit of 0.1% with a full trial's noise, the zero bent the compute
-    trend down past 1b, and 2.8b was rated at 1% at n=64; observed as 1% with a wide noise
-    (as a score of 1% seen on a fiftieth of the items), it leaves 2.8b several times higher,
-    and the plans scored well where they were."""
-    table = _analyst(load_spec(HELDOUT / "gsm8k_final.yaml")).tables[0]
-    at = {(p.model.removeprefix("pythia-"), p.samples): i for i, p in enumerate(table.plans)}
-    seen = [(at["160m", 128], 0.05), (at["410m", 128], 0.30), (at["1b", 64], 0.35)]
-    zero = at["1.4b", 64]
-
-    def predict(observations: list) -> np.ndarray:
-        return SubtaskModel(table).fit(observations).score(0.0)
-
-    bound = predict([(i, s, 1.0) for i, s in seen] + [(zero, 0.0, 1.0)])
-    as_screen = predict([(i, s, 1.0) for i, s in seen]
-                        + [(zero, surrogate._ZERO, surrogate._NOISE / surrogate._ZERO_NOISE)])
-    np.testing.assert_allclose(bound, as_screen)
-    monkeypatch.setattr(surrogate, "_ZERO", surrogate._EPS)
-    monkeypatch.setattr(surrogate, "_ZERO_NOISE", surrogate._NOISE)
-    placed = predict([(i, s, 1.0) for i, s in seen] + [(zero, 0.0, 1.0)])
-    assert bound[at["2.8b", 64]] > 5 * placed[at["2.8b", 64]]
-    for i, s in seen:
-        assert abs(bound[i] - s) < 0.01 and abs(placed[i] - s) < 0.01
 
 
 def test_stage_weights_of_a_product_pipeline_stay_one_when_scores_hit_the_floor() -> None:
@@ -764,12 +732,11 @@ def test_one_stage_oracle_trials_take_the_largest_n_their_arm_affords() -> None:
 def test_an_init_probe_the_trials_before_it_outclass_is_left_out(tmp_path: Path) -> None:
     """monkeys-math under a third of its budget, seed 0: after pythia-70m, -160m and -410m at
     200B tokens, the last size stratum (1b at n = 4, the design's dearest probe) is rated below
-    the best trial even optimistically and left out, and the trace says so. A probe of
-    the 2M-token checkpoint on pythia-70m is rated below it too, but it would be the first
-    of another method: only a probe shows how much training pays, so it is not left out
-    (left out, the search spent a trial on a 2M checkpoint anyway: 12.5 trials to 99% over
-    20 seeds, against 9 with it, when the design's reference was the 6B checkpoint); once
-    the trials have tried two methods, it is."""
+    the best trial even optimistically and left out, and the trace says so. The probe of
+    the 2M-token checkpoint is rated below it too, but it is the first of another method:
+    only a probe shows how much training pays, so it runs (left out, the search spent a
+    trial on a 2M checkpoint anyway: 12.5 trials to 99% over 20 seeds, against 9 with it,
+    when the design's reference was the 6B checkpoint)."""
     from planner.search.agent.steps import read_step
 
     spec = load_spec(TASKS / "monkeys_math.yaml").model_copy(update={"budget": "1000gpu-h"})
@@ -784,13 +751,9 @@ def test_an_init_probe_the_trials_before_it_outclass_is_left_out(tmp_path: Path)
     assert [Allocation.from_dict(a)["solve"].model for a in evaluate.left_out] == [
         "pythia-1b"]
     assert "1 init probe left out" in evaluate.summary
-    builtin = BuiltinReasoner(_analyst(spec).ctx)
-    analysis = builtin.analyse(result.trials[:3])
-    probe = Allocation.of({"solve": Plan({**result.trials[3].allocation["solve"],
-                                          "model": "pythia-70m"})})
-    assert np.log(analysis.predicted(probe, 1.0)[0]) < analysis.evaluated[1]
-    assert not builtin.outclassed(result.trials[:3], probe)
-    assert builtin.outclassed(result.trials, probe)
+    analysis = _analyst(spec).analyse(result.trials[:3])
+    method_probe = result.trials[3].allocation
+    assert np.log(analysis.predicted(method_probe, 1.0)[0]) < analysis.evaluated[1]
 
 
 def test_the_model_probes_share_the_most_trained_arm_half_the_models_afford() -> None:
@@ -808,7 +771,7 @@ def test_the_model_probes_share_the_most_trained_arm_half_the_models_afford() ->
     is over a stage's share, is probed in both stages, within the budget."""
     from planner.search.agent.reasoners.builtin import BuiltinReasoner
 
-    spec = load_spec(HELDOUT / "math_easy_hard.yaml").model_copy(
+    spec = load_spec(TASKS.parent / "heldout" / "math_easy_hard.yaml").model_copy(
         update={"budget": "1000gpu-h"})
     analyst = _analyst(spec)
     easy = analyst.tables[0]

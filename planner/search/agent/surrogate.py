@@ -34,9 +34,7 @@ times is observed as the mean of its scores, with 1/k the noise of one evaluatio
 pipeline the same stage plan recurs in many allocations; one noise for all of them kept
 its optimism, and so proposals recombining it, undiminished however often it was seen).
 A screen (a score on a share f of the items) is observed with 1/f times the noise of a
-full evaluation, and a full evaluation of the plan supersedes its screens. A score of about
-0 bounds a plan's score rather than placing it: it is observed at 1% with a wide noise
-(`_ZERO`).
+full evaluation, and a full evaluation of the plan supersedes its screens.
 """
 
 from __future__ import annotations
@@ -60,14 +58,6 @@ from planner.space import (
 )
 
 _EPS = 1e-3  # scores are clipped to [eps, 1 - eps] before the logit
-# A score the clip flattens (at most `_EPS`: on a recorded table, no item solved) says a
-# plan scores little, not how little. Read as the logit of `_EPS` (-6.9) with a full trial's
-# noise, one barely trained checkpoint bent the compute trend down at every size near its
-# own, and the well-trained checkpoints of that size were rated below the smaller models'
-# (Pythia checkpoints listed as models: 39 trials to 99% on MATH). It is observed at `_ZERO`
-# with the noise `_ZERO_NOISE`, a logit's standard deviation of one at amplitude 1
-# (experiments/README.md, "A score of zero bounds a plan's score").
-_ZERO, _ZERO_NOISE = 1e-2, 1.0
 # Kernel weights at amplitude 1. Level: a constant, the compute trend (an RBF over log size
 # and log training tokens, weighed 3x: one probe then informs neighbouring checkpoints, which
 # per-value effects cannot when the best checkpoint differs by model size), each dimension's
@@ -413,12 +403,9 @@ class SubtaskModel:
             self._last, self._fitted, self.residual = None, None, np.zeros(len(t.plans))
             return Prediction(self._trend, np.sqrt(self._prior_var), t.oracle_runs)
         idx = np.array(sorted(full.keys() | screens.keys()))
-        scores = np.array([_mean(full[i] if i in full else screens[i]) for i in idx])
+        y = logit(np.array([_mean(full[i] if i in full else screens[i]) for i in idx]))
         noise = np.array([_NOISE / len(full[i]) if i in full else _NOISE / shares[i]
                           for i in idx])
-        zero = scores <= _EPS
-        y = logit(np.where(zero, _ZERO, scores))
-        noise = np.where(zero, np.maximum(noise, _ZERO_NOISE), noise)
         key = (idx.tobytes(), y.tobytes(), noise.tobytes())
         if self._last is None or self._last[0] != key:
             self._fitted = self._posterior(idx, y, noise)
