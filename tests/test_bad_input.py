@@ -9,6 +9,7 @@ generators and `run_case` are shared with `experiments/fuzz_inputs.py`, which ru
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import gzip
@@ -17,6 +18,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -217,6 +219,7 @@ def _make_db(kind: str, path: Path) -> None:
 def study_db() -> Path:
     """A database holding study `fuzz-random` (3 trials), made once per process."""
     folder = Path(tempfile.mkdtemp(prefix="planner-fuzz-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # each run left one behind
     (folder / "table.csv").write_text(table_text())
     (folder / "task.yaml").write_bytes(dump(base_task()))
     r = run_cli(["optimize", str(folder / "task.yaml"), "--strategy", "random", "--trials",
