@@ -203,13 +203,13 @@ def optimize(
     fallbacks = report.reasoner_fallbacks(store.steps(result.study.name))
     spent = result.search_gpu_hours
     failure = report.failure(result.trials)
+    notes = [*result.notes, *report.unsolved(result.trials, spec.environment == "live")]
     if as_json:
         _emit_json({**report.summary(result.study, result.trials), "leaderboard": board,
                     "stopped": result.stopped, "search_gpu_hours": spent,
-                    "notes": list(result.notes), "failure": failure,
-                    "llm_fallbacks": fallbacks})
+                    "notes": notes, "failure": failure, "llm_fallbacks": fallbacks})
         raise typer.Exit(1 if failure else 0)
-    for note in result.notes:
+    for note in notes:
         err.print(note, style="yellow", soft_wrap=True)
     if failure:
         _error_line(failure)

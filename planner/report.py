@@ -37,6 +37,20 @@ def failure(trials: Sequence[TrialRecord]) -> str | None:
     return "no trial was run"
 
 
+def unsolved(trials: Sequence[TrialRecord], live: bool) -> list[str]:
+    """A note for each stage that scored 0 in every evaluated trial (screens included): a
+    search that never saw a right answer there found nothing, whatever its leaderboard
+    ranks first. On a live task the usual cause is the stage's prompt or answer format."""
+    ok = [t for t in trials if t.status is TrialStatus.OK]
+    stages = dict.fromkeys(s for t in ok for s in t.subtask_scores)
+    zero = [s for s in stages
+            if all(t.subtask_scores[s] <= 0.0 for t in ok if s in t.subtask_scores)]
+    hint = ("; check that its `prompt` asks for what its labels hold and that its `answer:` "
+            "extracts it (README, \"Real models\")" if live else "")
+    return [f"stage {s} scored 0 in every evaluated trial ({len(ok)}): no plan tried "
+            f"answered one of its validation items right{hint}" for s in zero]
+
+
 def trial_row(t: TrialRecord) -> dict:
     return {
         "number": t.number,

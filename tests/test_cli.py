@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from planner import report
 from planner.cli import escalation_lines
 from planner.store import Store
 from tests.conftest import run_planner, write_tiny_task
@@ -54,10 +55,31 @@ def test_same_command_resumes_without_repeating(study_dir: Path, tiny_task_path:
                 "--trials", "12", "--seed", "3", "--resume", "--json", cwd=study_dir)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert data["trials"] == 12
+    assert data["trials"] == 12 and data["notes"] == []
     trials = Store(f"sqlite:///{study_dir / 'planner.db'}").trials("tiny-optuna")
     assert [t.number for t in trials] == list(range(12))
     assert len({t.allocation.key() for t in trials}) == 12
+
+
+def test_a_stage_that_never_scored_is_named(tmp_path: Path) -> None:
+    task = write_tiny_task(tmp_path)
+    spec = yaml.safe_load(task.read_text())
+    spec["subtasks"][1]["replay"]["table"] = "unsolved.csv"
+    task.write_text(yaml.safe_dump(spec, sort_keys=False))
+    rows = (tmp_path / "table.csv").read_text().splitlines()
+    (tmp_path / "unsolved.csv").write_text("\n".join(
+        [rows[0]] + [r.rsplit(",", 1)[0] + ",0" for r in rows[1:]]) + "\n")
+    r = planner("optimize", str(task), "--strategy", "random", "--trials", "3", "--json",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["notes"] == [
+        "stage solve scored 0 in every evaluated trial (3): no plan tried answered one of its "
+        "validation items right"]
+    r = planner("optimize", str(task), "--strategy", "random", "--trials", "3", cwd=tmp_path)
+    assert "stage solve scored 0 in every evaluated trial" in r.stderr
+    assert "stage extract" not in r.stderr
+    trials = Store(f"sqlite:///{tmp_path / 'planner.db'}").trials("tiny-random")
+    assert "`answer:`" in report.unsolved(trials, live=True)[0]  # a live stage: the hint
 
 
 def test_studies_show_trace_json(study_dir: Path) -> None:
