@@ -26,10 +26,11 @@ def planner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def optimized(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with the tiny task and its 8-trial Optuna study, made by a subprocess."""
+    """A folder with the tiny task and its 8-trial Optuna study, made by a subprocess
+    (`python -m planner`)."""
     folder = tmp_path_factory.mktemp("study")
     task = write_tiny_task(folder)
-    r = subprocess.run([sys.executable, "-m", "planner.cli", "optimize", str(task), "--budget",
+    r = subprocess.run([sys.executable, "-m", "planner", "optimize", str(task), "--budget",
                         "35gpu-h", "--strategy", "optuna", "--trials", "8", "--seed", "3"],
                        cwd=folder, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
