@@ -13,7 +13,8 @@ from envs import make_environment
 from planner.cost import Cost, CostModel
 from planner.env import Observation, ScreenScores
 from planner.errors import StudyError
-from planner.search import OptunaStrategy, Runner, SearchContext, make_strategy
+from planner.report import leaderboard
+from planner.search import OptunaStrategy, Runner, SearchContext, best_trial, make_strategy
 from planner.space import Allocation, Plan, SearchSpace
 from planner.spec import TaskSpec, load_spec
 from planner.store import Store, TrialRecord, TrialStatus
@@ -141,6 +142,16 @@ def test_a_changed_task_or_reasoner_is_refused_unless_allowed(tiny_task_path: Pa
         open_study(store, spec, reasoner="llm", **settings)
     assert open_study(store, spec, reasoner="llm", allow_changed_task=True,
                       **settings).reasoner == "llm"
+
+
+def test_the_best_of_equal_scores_is_the_cheapest_then_the_earliest() -> None:
+    def trial(number: int, score: float, train: float) -> TrialRecord:
+        return TrialRecord(number, _alloc(n=2 ** number), TrialStatus.OK, score, {},
+                           Cost(train, 1.0))
+
+    trials = [trial(0, 0.5, 2.0), trial(1, 0.5, 1.0), trial(2, 0.5, 1.0), trial(3, 0.4, 0.0)]
+    assert best_trial(trials).number == 1  # what a user would deploy of the three
+    assert [row["number"] for row in leaderboard(trials)] == [1, 2, 0, 3]
 
 
 def test_over_budget_allocation_is_never_evaluated(tiny_spec: TaskSpec) -> None:
