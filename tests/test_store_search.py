@@ -151,6 +151,7 @@ def test_the_best_of_equal_scores_is_the_cheapest_then_the_earliest() -> None:
 
     trials = [trial(0, 0.5, 2.0), trial(1, 0.5, 1.0), trial(2, 0.5, 1.0), trial(3, 0.4, 0.0)]
     assert best_trial(trials).number == 1  # what a user would deploy of the three
+    assert best_trial(trials, cheapest=False).number == 0  # the sweep's rule
     assert [row["number"] for row in leaderboard(trials)] == [1, 2, 0, 3]
 
 

@@ -25,12 +25,13 @@ from planner.store import Driver, Store, TrialRecord, TrialStatus
 TrialCallback = Callable[[TrialRecord, TrialRecord | None], None]
 
 
-def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
+def best_trial(trials: Sequence[TrialRecord], cheapest: bool = True) -> TrialRecord | None:
     """The highest-scoring finished trial, or None; on a tie the cheapest (what a user
-    deploys), then the earliest. A screen's score is an estimate on a share of the items,
-    so a screen is never the best."""
+    deploys; with `cheapest` False, not), then the earliest. A screen's score is an
+    estimate on a share of the items, so a screen is never the best."""
     ok = [t for t in trials if t.final]
-    return max(ok, key=lambda t: (t.score, -t.cost.total_gpu_hours, -t.number), default=None)
+    return max(ok, key=lambda t: (t.score, -t.cost.total_gpu_hours if cheapest else 0.0,
+                                  -t.number), default=None)
 
 
 class Runner:

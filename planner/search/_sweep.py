@@ -36,7 +36,10 @@ class SweepStrategy(BaseStrategy):
         return self.random_feasible(random.Random(f"{self.ctx.seed}-{len(history)}"), seen)
 
     def _sweep(self, history: Sequence[TrialRecord]) -> Iterator[Allocation]:
-        best = best_trial(history)
+        # the earliest of equal scores, the rule the sweep was measured with: held here, the
+        # cheaper one moved its median trials to 99% on live wordsum (22.5 -> 23) and random
+        # shape-279 (14 -> 15), and a baseline does not change with how results are shown
+        best = best_trial(history, cheapest=False)
         held = dict(best.allocation.items()) if best else self._cheapest()
         for s, plans in self._plans.items():
             served = [d.name for d in self.ctx.space.dimensions(s) if not d.test_time]
