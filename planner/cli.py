@@ -447,8 +447,10 @@ def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
     info = report.summary(record, trials)
     board = report.leaderboard(trials, top)
     measured = views.measured_vs_estimated(record, trials)
+    notes = report.unsolved(trials, record.task.get("environment") == "live")
     if as_json:
-        _emit_json({**info, "leaderboard": board, "measured_vs_estimated": measured})
+        _emit_json({**info, "leaderboard": board, "measured_vs_estimated": measured,
+                    "notes": notes})
         return
     out.print(f"[bold]{record.name}[/] task={record.task_name} strategy={record.strategy} "
               f"seed={record.seed} budget={record.budget} ({record.budget_gpu_hours:.4g} GPU-h)")
@@ -471,6 +473,8 @@ def show(study: StudyArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False,
     for s, p in best["allocation"].items():
         score = best["subtask_scores"].get(s, float("nan"))
         out.print(f"  {s}: {_plan_line(p)}  score {report.score_text(score)}")
+    for note in notes:
+        err.print(note, style="yellow", soft_wrap=True)
     _print_leaderboard(None, board, record.name)
     if measured:
         _print_measured(measured, record.name)

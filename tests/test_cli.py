@@ -79,6 +79,9 @@ def test_a_stage_that_never_scored_is_named(tmp_path: Path) -> None:
     r = planner("optimize", str(task), "--strategy", "random", "--trials", "3", cwd=tmp_path)
     assert "stage solve scored 0 in every evaluated trial" in r.stderr
     assert "stage extract" not in r.stderr
+    shown = planner("show", "tiny-random", cwd=tmp_path)  # read again later, it still says so
+    assert "stage solve scored 0 in every evaluated trial (3)" in shown.stderr
+    assert json.loads(planner("show", "tiny-random", "--json", cwd=tmp_path).stdout)["notes"]
     trials = Store(f"sqlite:///{tmp_path / 'planner.db'}").trials("tiny-random")
     assert "`answer:`" in report.unsolved(trials, live=True)[0]  # a live stage: the hint
 
@@ -89,6 +92,7 @@ def test_studies_show_trace_json(study_dir: Path) -> None:
     shown = json.loads(planner("show", "tiny-optuna", "--json", cwd=study_dir).stdout)
     best = shown["best"]
     assert shown["trials"] == 8 and best["score"] == shown["leaderboard"][0]["score"]
+    assert shown["notes"] == []
     split = best["cost_gpu_hours"]
     assert split["train"] + split["inference"] == pytest.approx(split["total"])
     assert split["total"] <= 35
