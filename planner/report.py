@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from planner.search import best_trial
+from planner.search import best_trial, standing
 from planner.search.agent.steps import (
     AnsweredStep,
     InitStep,
@@ -71,10 +71,10 @@ def trial_row(t: TrialRecord) -> dict:
 
 
 def leaderboard(trials: Sequence[TrialRecord], top: int = 10) -> list[dict]:
-    """The best `top` finished trials, ranked by score (ties: the cheaper, then the earlier
-    first); screens (scored on a share of the items) are not ranked."""
+    """The best `top` finished trials by `standing` (the first is `best_trial`'s); screens
+    (scored on a share of the items) are not ranked."""
     ok = [t for t in trials if t.final]
-    ranked = sorted(ok, key=lambda t: (-t.score, t.cost.total_gpu_hours, t.number))[:top]
+    ranked = sorted(ok, key=standing, reverse=True)[:top]
     return [{"rank": i + 1, **trial_row(t)} for i, t in enumerate(ranked)]
 
 

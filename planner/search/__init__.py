@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from planner._lazy import lazy_attributes
 from planner.search._base import BaseStrategy, SearchContext
 from planner.search._random import RandomStrategy
-from planner.search._runner import Runner, best_trial
+from planner.search._runner import Runner, best_trial, standing
 from planner.search._sweep import SweepStrategy
 from planner.search.agent.options import AgentOptions
 
@@ -47,4 +47,4 @@ __getattr__ = lazy_attributes(__name__, {"AgentStrategy": "planner.search.agent.
 
 __all__ = ["STRATEGIES", "AgentOptions", "AgentStrategy", "BaseStrategy", "OptunaStrategy",
            "RandomStrategy", "Runner", "SearchContext", "SweepStrategy", "best_trial",
-           "make_strategy"]
+           "make_strategy", "standing"]

@@ -25,13 +25,18 @@ from planner.store import Driver, Store, TrialRecord, TrialStatus
 TrialCallback = Callable[[TrialRecord, TrialRecord | None], None]
 
 
+def standing(trial: TrialRecord) -> tuple[float, float, int]:
+    """How a finished trial ranks, the larger the better: by score, on a tie the cheaper
+    (what a user deploys), then the earlier."""
+    return trial.score, -trial.cost.total_gpu_hours, -trial.number
+
+
 def best_trial(trials: Sequence[TrialRecord], cheapest: bool = True) -> TrialRecord | None:
-    """The highest-scoring finished trial, or None; on a tie the cheapest (what a user
-    deploys; with `cheapest` False, not), then the earliest. A screen's score is an
-    estimate on a share of the items, so a screen is never the best."""
+    """The finished trial of the highest `standing`, or None; with `cheapest` False, a tie
+    goes to the earlier whatever it cost. A screen's score is an estimate on a share of the
+    items, so a screen is never the best."""
     ok = [t for t in trials if t.final]
-    return max(ok, key=lambda t: (t.score, -t.cost.total_gpu_hours if cheapest else 0.0,
-                                  -t.number), default=None)
+    return max(ok, key=standing if cheapest else lambda t: (t.score, -t.number), default=None)
 
 
 class Runner:
